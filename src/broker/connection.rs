@@ -1,0 +1,207 @@
+//! A RabbitMQ connection kept alive in the background: connect, declare the topology, open a
+//! confirming publisher channel, watch it, and start again when it breaks.
+//!
+//! Callers never wait for a connection: while there is none, [`Broker::publish`] fails at once
+//! with [`BrokerError::Unavailable`], so the intake can answer 503 instead of hanging.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::ConfirmSelectOptions;
+use lapin::{Channel, Connection, ConnectionProperties};
+use secrecy::{ExposeSecret, SecretString};
+use tokio_util::sync::CancellationToken;
+
+use super::publish::BrokerError;
+use super::topology::Topology;
+
+/// How long one connection attempt (TCP, AMQP handshake, topology) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause between attempts, doubled up to the maximum while the broker stays away.
+const RECONNECT_MIN: Duration = Duration::from_millis(200);
+const RECONNECT_MAX: Duration = Duration::from_secs(2);
+/// How often a live connection is checked, besides lapin's own error events.
+const WATCH_INTERVAL: Duration = Duration::from_millis(250);
+
+/// A handle on the broker, cheap to clone.
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    topology: Topology,
+    live: RwLock<Option<Live>>,
+    /// Woken whenever a connection comes up, for callers that want to wait for one.
+    connected: tokio::sync::Notify,
+}
+
+#[derive(Clone)]
+struct Live {
+    connection: Arc<Connection>,
+    publisher: Channel,
+}
+
+impl Live {
+    fn is_healthy(&self) -> bool {
+        self.connection.status().connected() && self.publisher.status().connected()
+    }
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("prefix", &self.inner.topology.jobs())
+            .field("ready", &self.is_ready())
+            .finish()
+    }
+}
+
+impl Broker {
+    /// Starts the connection loop; returns at once. The loop ends with `shutdown`.
+    pub fn start(url: SecretString, topology: Topology, shutdown: CancellationToken) -> Self {
+        let broker = Broker {
+            inner: Arc::new(Inner {
+                topology,
+                live: RwLock::new(None),
+                connected: tokio::sync::Notify::new(),
+            }),
+        };
+        tokio::spawn(broker.clone().supervise(url, shutdown));
+        broker
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.inner.topology
+    }
+
+    /// Whether a connection with a working publisher channel is up right now.
+    pub fn is_ready(&self) -> bool {
+        self.live().is_some_and(|live| live.is_healthy())
+    }
+
+    /// Waits up to `timeout` for a connection; true when there is one.
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.inner.connected.notified();
+            if self.is_ready() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.is_ready();
+            }
+        }
+    }
+
+    /// The publisher channel, if connected.
+    pub(super) fn publisher(&self) -> Result<Channel, BrokerError> {
+        match self.live() {
+            Some(live) if live.is_healthy() => Ok(live.publisher),
+            _ => Err(BrokerError::Unavailable),
+        }
+    }
+
+    /// A new channel on the live connection (consumers open their own).
+    pub async fn open_channel(&self) -> Result<Channel, BrokerError> {
+        let live = self.live().ok_or(BrokerError::Unavailable)?;
+        live.connection
+            .create_channel()
+            .await
+            .map_err(BrokerError::Amqp)
+    }
+
+    fn live(&self) -> Option<Live> {
+        // A poisoned lock only means a panic elsewhere while holding it; the value is still a
+        // plain Option and safe to read.
+        match self.inner.live.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn set_live(&self, live: Option<Live>) {
+        match self.inner.live.write() {
+            Ok(mut guard) => *guard = live,
+            Err(poisoned) => *poisoned.into_inner() = live,
+        }
+    }
+
+    async fn supervise(self, url: SecretString, shutdown: CancellationToken) {
+        let mut pause = RECONNECT_MIN;
+        loop {
+            let attempt = tokio::time::timeout(CONNECT_TIMEOUT, self.connect(&url));
+            let outcome = tokio::select! {
+                () = shutdown.cancelled() => break,
+                outcome = attempt => outcome,
+            };
+            match outcome {
+                Ok(Ok(live)) => {
+                    tracing::info!("connected to RabbitMQ");
+                    pause = RECONNECT_MIN;
+                    self.set_live(Some(live.clone()));
+                    self.inner.connected.notify_waiters();
+                    self.watch(&live, &shutdown).await;
+                    self.set_live(None);
+                    if shutdown.is_cancelled() {
+                        let _ = live.connection.close(200, "shutting down".into()).await;
+                        break;
+                    }
+                    tracing::warn!("lost the RabbitMQ connection; reconnecting");
+                }
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "cannot connect to RabbitMQ; retrying");
+                }
+                Err(_) => tracing::warn!("connecting to RabbitMQ timed out; retrying"),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(pause) => {}
+            }
+            pause = (pause * 2).min(RECONNECT_MAX);
+        }
+        self.set_live(None);
+    }
+
+    async fn connect(&self, url: &SecretString) -> lapin::Result<Live> {
+        let properties = ConnectionProperties::default()
+            .with_connection_name(format!("autorenew-{}", std::process::id()).into());
+        let connection = Connection::connect(url.expose_secret(), properties).await?;
+        let setup = connection.create_channel().await?;
+        self.inner.topology.declare(&setup).await?;
+        let _ = setup.close(200, "topology declared".into()).await;
+        let publisher = connection.create_channel().await?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Live {
+            connection: Arc::new(connection),
+            publisher,
+        })
+    }
+
+    /// Returns when the connection or its publisher channel breaks, or on shutdown.
+    async fn watch(&self, live: &Live, shutdown: &CancellationToken) {
+        let mut events = live.connection.events_listener();
+        let mut tick = tokio::time::interval(WATCH_INTERVAL);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                event = events.next() => match event {
+                    Some(lapin::Event::Error(error)) => {
+                        tracing::warn!(%error, "RabbitMQ connection error");
+                        return;
+                    }
+                    Some(_) => {}
+                    None => return,
+                },
+                _ = tick.tick() => {
+                    if !live.is_healthy() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}

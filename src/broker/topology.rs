@@ -1,0 +1,212 @@
+//! The RabbitMQ topology of CONTRACT §5, under a configurable prefix, declared idempotently.
+
+use std::time::Duration;
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Channel, ExchangeKind};
+
+/// The routing key jobs travel under, on the jobs exchange and back from the retry queues.
+pub const JOB_ROUTING_KEY: &str = "job";
+
+/// How often a job may be delivered before RabbitMQ dead-letters it: a message that makes
+/// workers crash (not merely fail) would otherwise go round forever.
+const JOB_DELIVERY_LIMIT: i64 = 50;
+
+/// The names of every exchange and queue, derived from one prefix.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    prefix: String,
+    retry_delays: Vec<Duration>,
+}
+
+impl Topology {
+    pub fn new(prefix: &str, retry_delays: Vec<Duration>) -> Self {
+        Topology {
+            prefix: prefix.to_owned(),
+            retry_delays,
+        }
+    }
+
+    /// Exchange and quorum queue of the jobs.
+    pub fn jobs(&self) -> String {
+        format!("{}.jobs", self.prefix)
+    }
+
+    /// Exchange and queue of the dead letters.
+    pub fn dead(&self) -> String {
+        format!("{}.dead", self.prefix)
+    }
+
+    /// Topic exchange of the result events.
+    pub fn results(&self) -> String {
+        format!("{}.results", self.prefix)
+    }
+
+    /// The delayed-retry queues, shortest delay first.
+    pub fn retry_queues(&self) -> Vec<(Duration, String)> {
+        self.retry_delays
+            .iter()
+            .map(|delay| (*delay, self.retry_queue(*delay)))
+            .collect()
+    }
+
+    /// The retry queue for `delay`, e.g. `autorenew.retry.10s`.
+    pub fn retry_queue(&self, delay: Duration) -> String {
+        format!("{}.retry.{}", self.prefix, humanize(delay))
+    }
+
+    /// Declares everything; safe to run at every start-up and from every process.
+    pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        let durable_queue = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+
+        // Dead letters first: the jobs queue names the dead exchange.
+        channel
+            .exchange_declare(
+                self.dead().into(),
+                ExchangeKind::Fanout,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_declare(self.dead().into(), durable_queue, quorum())
+            .await?;
+        channel
+            .queue_bind(
+                self.dead().into(),
+                self.dead().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+
+        channel
+            .exchange_declare(
+                self.jobs().into(),
+                ExchangeKind::Direct,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+        let mut jobs_args = quorum();
+        // A job a worker rejects (it cannot be parsed, or its retries are spent) goes to the
+        // dead letters, never back to the queue.
+        jobs_args.insert(
+            "x-dead-letter-exchange".into(),
+            long_string(&self.dead()),
+        );
+        jobs_args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(JOB_DELIVERY_LIMIT),
+        );
+        channel
+            .queue_declare(self.jobs().into(), durable_queue, jobs_args)
+            .await?;
+        channel
+            .queue_bind(
+                self.jobs().into(),
+                self.jobs().into(),
+                JOB_ROUTING_KEY.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+
+        for (delay, queue) in self.retry_queues() {
+            let mut args = quorum();
+            // Nobody consumes a retry queue: each message waits out the TTL, then RabbitMQ
+            // dead-letters it back to the jobs exchange under the job routing key.
+            args.insert(
+                "x-message-ttl".into(),
+                AMQPValue::LongLongInt(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
+            );
+            args.insert("x-dead-letter-exchange".into(), long_string(&self.jobs()));
+            args.insert(
+                "x-dead-letter-routing-key".into(),
+                long_string(JOB_ROUTING_KEY),
+            );
+            // At-least-once dead-lettering (quorum queues, RabbitMQ 3.10+): the move back to the
+            // jobs queue is confirmed, so a broker crash cannot drop a job in transit. It needs
+            // publishers to be refused, not messages dropped, when the queue is full.
+            args.insert(
+                "x-dead-letter-strategy".into(),
+                long_string("at-least-once"),
+            );
+            args.insert("x-overflow".into(), long_string("reject-publish"));
+            channel
+                .queue_declare(queue.into(), durable_queue, args)
+                .await?;
+        }
+
+        channel
+            .exchange_declare(
+                self.results().into(),
+                ExchangeKind::Topic,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// Quorum queues: replicated, durable, and the only kind that keeps a job through a node loss.
+fn quorum() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), long_string("quorum"));
+    args
+}
+
+fn long_string(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value.as_bytes().to_vec()))
+}
+
+/// `10s`, `1m`, `1h`, or milliseconds when it is not a whole second.
+fn humanize(delay: Duration) -> String {
+    let millis = delay.as_millis();
+    let secs = delay.as_secs();
+    if millis % 1000 != 0 {
+        format!("{millis}ms")
+    } else if secs % 3600 == 0 {
+        format!("{}h", secs / 3600)
+    } else if secs % 60 == 0 {
+        format!("{}m", secs / 60)
+    } else {
+        format!("{secs}s")
+    }
+}
+
+/// A short string for AMQP names and properties.
+pub fn short(value: &str) -> ShortString {
+    ShortString::from(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_derive_from_the_prefix() {
+        let topology = Topology::new(
+            "autorenew",
+            vec![Duration::from_secs(10), Duration::from_secs(60), Duration::from_millis(1500)],
+        );
+        assert_eq!(topology.jobs(), "autorenew.jobs");
+        assert_eq!(topology.dead(), "autorenew.dead");
+        assert_eq!(topology.results(), "autorenew.results");
+        let names: Vec<String> = topology.retry_queues().into_iter().map(|(_, n)| n).collect();
+        assert_eq!(
+            names,
+            ["autorenew.retry.10s", "autorenew.retry.1m", "autorenew.retry.1500ms"]
+        );
+    }
+}

@@ -1,0 +1,41 @@
+//! The command line: one binary, one subcommand per job (CONTRACT §1).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::sign_tool::SignArgs;
+use crate::sim::SimArgs;
+
+#[derive(Debug, Parser)]
+#[command(name = "autorenew", version, about = "Signed partner requests in, Stripe subscriptions out")]
+pub struct Cli {
+    /// Configuration file (default: ./config.toml when it exists). `AUTORENEW__SECTION__KEY`
+    /// environment variables override it.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the HTTP intake: check signed requests and put them on RabbitMQ.
+    Intake,
+    /// Run the built-in Stripe simulator (the stand-in for Stripe's API in demos and tests).
+    StripeSim(SimArgs),
+    /// Print signContent and the sign of a JSON body read from stdin.
+    Sign(SignArgs),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,377 @@
+//! Settings: `config.toml` layered under `AUTORENEW__SECTION__KEY` environment variables (CONTRACT §7).
+//!
+//! Loading checks every value once, at start-up, and names the offending key, so a bad
+//! deployment stops before it takes a request instead of failing on the first one.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// The default configuration file, at the repository root.
+pub const DEFAULT_CONFIG_FILE: &str = "config.toml";
+/// Prefix of the environment variables that override the file: `AUTORENEW__AMQP__URL`.
+pub const ENV_PREFIX: &str = "AUTORENEW";
+
+/// A configuration that cannot run, with the key it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration key `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    #[serde(default)]
+    pub intake: IntakeSettings,
+    #[serde(default)]
+    pub amqp: AmqpSettings,
+    #[serde(default)]
+    pub redis: RedisSettings,
+    #[serde(default)]
+    pub worker: WorkerSettings,
+    #[serde(default)]
+    pub stripe: StripeSettings,
+    #[serde(default)]
+    pub partners: Vec<PartnerSettings>,
+    #[serde(default)]
+    pub plans: BTreeMap<String, PlanSettings>,
+    #[serde(default)]
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IntakeSettings {
+    pub listen: String,
+    /// Largest accepted request body; larger ones get 413 `BODY_TOO_LARGE`.
+    pub max_body_bytes: usize,
+    /// Allowed distance between `tradeTime` and the server's clock; 0 turns the check off.
+    pub max_clock_skew_ms: u64,
+    /// Cap on `Prefer: wait=N`.
+    pub max_wait_secs: u64,
+    /// How long a request may wait for the broker's confirm (or for Redis) before it gets a 503.
+    pub publish_timeout_ms: u64,
+    /// How long a client may take to send its whole request before it is cut off (slow clients).
+    pub request_timeout_ms: u64,
+}
+
+impl Default for IntakeSettings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            max_body_bytes: 16 * 1024,
+            max_clock_skew_ms: 300_000,
+            max_wait_secs: 30,
+            publish_timeout_ms: 1_500,
+            request_timeout_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AmqpSettings {
+    pub url: SecretString,
+    /// Names every exchange and queue: `<prefix>.jobs`, `<prefix>.dead`, …
+    pub prefix: String,
+    /// Delays of the delayed-retry queues, shortest first.
+    pub retry_delays_ms: Vec<u64>,
+}
+
+impl Default for AmqpSettings {
+    fn default() -> Self {
+        Self {
+            url: SecretString::from("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            prefix: "autorenew".into(),
+            retry_delays_ms: vec![10_000, 60_000, 600_000, 3_600_000],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisSettings {
+    pub url: SecretString,
+    /// Starts every Redis key, so deployments and test runs can share one Redis.
+    pub key_prefix: String,
+    /// How long an intake record of a payId is kept (its idempotency window).
+    pub record_ttl_secs: u64,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            url: SecretString::from("redis://127.0.0.1:6379"),
+            key_prefix: "autorenew".into(),
+            record_ttl_secs: 30 * 24 * 3600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerSettings {
+    pub concurrency: u16,
+    pub listen: String,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            concurrency: 32,
+            listen: "127.0.0.1:9090".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StripeSettings {
+    /// Empty: `autorenew run` starts the built-in simulator.
+    pub secret_key: SecretString,
+    /// Empty: Stripe's own API.
+    pub api_base: String,
+    pub max_requests_per_second: u32,
+}
+
+impl Default for StripeSettings {
+    fn default() -> Self {
+        Self {
+            secret_key: SecretString::from(""),
+            api_base: String::new(),
+            max_requests_per_second: 25,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartnerSettings {
+    pub code: String,
+    #[serde(default = "empty_secret")]
+    pub secret: SecretString,
+    #[serde(default)]
+    pub allow_empty_secret: bool,
+}
+
+fn empty_secret() -> SecretString {
+    SecretString::from("")
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanSettings {
+    #[serde(default)]
+    pub price: Option<String>,
+    #[serde(default = "default_interval")]
+    pub interval: String,
+}
+
+fn default_interval() -> String {
+    "month".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// A `tracing` filter, e.g. `info,autorenew=debug`; `RUST_LOG` wins when set.
+    pub filter: String,
+    /// One JSON object per line instead of human-readable text.
+    pub json: bool,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            filter: "info".into(),
+            json: false,
+        }
+    }
+}
+
+impl Settings {
+    /// Loads `path` (or `config.toml` when it exists), then the process environment on top.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_with_env(path, None)
+    }
+
+    /// As [`Settings::load`], with the environment given as a map (tests) instead of the process's.
+    pub fn load_with_env(
+        path: Option<&Path>,
+        env: Option<std::collections::HashMap<String, String>>,
+    ) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder();
+        match path {
+            Some(path) => builder = builder.add_source(config::File::from(path).required(true)),
+            None => {
+                builder = builder.add_source(
+                    config::File::with_name(DEFAULT_CONFIG_FILE)
+                        .format(config::FileFormat::Toml)
+                        .required(false),
+                )
+            }
+        }
+        let environment = config::Environment::with_prefix(ENV_PREFIX)
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .source(env);
+        let settings: Settings = builder
+            .add_source(environment)
+            .build()?
+            .try_deserialize()?;
+        settings.check()?;
+        Ok(settings)
+    }
+
+    /// Checks what serde cannot: addresses, ranges, partner secrets, plan intervals.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        parse_addr("intake.listen", &self.intake.listen)?;
+        parse_addr("worker.listen", &self.worker.listen)?;
+        if self.intake.max_body_bytes < 256 {
+            return Err(invalid("intake.max_body_bytes", "must be at least 256"));
+        }
+        if self.intake.publish_timeout_ms == 0 {
+            return Err(invalid("intake.publish_timeout_ms", "must be above 0"));
+        }
+        if self.intake.request_timeout_ms == 0 {
+            return Err(invalid("intake.request_timeout_ms", "must be above 0"));
+        }
+        check_name("amqp.prefix", &self.amqp.prefix)?;
+        check_name("redis.key_prefix", &self.redis.key_prefix)?;
+        if !self.amqp.url.expose_secret().starts_with("amqp://")
+            && !self.amqp.url.expose_secret().starts_with("amqps://")
+        {
+            return Err(invalid("amqp.url", "must start with amqp:// or amqps://"));
+        }
+        if self.amqp.retry_delays_ms.is_empty() || self.amqp.retry_delays_ms.contains(&0) {
+            return Err(invalid(
+                "amqp.retry_delays_ms",
+                "must list at least one delay, each above 0",
+            ));
+        }
+        let redis_url = self.redis.url.expose_secret();
+        if !(redis_url.starts_with("redis://")
+            || redis_url.starts_with("rediss://")
+            || redis_url.starts_with("unix://"))
+        {
+            return Err(invalid(
+                "redis.url",
+                "must start with redis://, rediss:// or unix://",
+            ));
+        }
+        if self.worker.concurrency == 0 {
+            return Err(invalid("worker.concurrency", "must be above 0"));
+        }
+        if self.stripe.max_requests_per_second == 0 {
+            return Err(invalid("stripe.max_requests_per_second", "must be above 0"));
+        }
+        let api_base = self.stripe.api_base.trim();
+        if !api_base.is_empty()
+            && !(api_base.starts_with("http://") || api_base.starts_with("https://"))
+        {
+            return Err(invalid(
+                "stripe.api_base",
+                "must be empty (Stripe's own API) or an http(s):// URL",
+            ));
+        }
+        let key = self.stripe.secret_key.expose_secret();
+        if !key.is_empty() && !(key.starts_with("sk_") || key.starts_with("rk_")) {
+            return Err(invalid(
+                "stripe.secret_key",
+                "must be a Stripe secret key (sk_…) or restricted key (rk_…)",
+            ));
+        }
+        self.check_partners()?;
+        for (plan_id, plan) in &self.plans {
+            if !matches!(plan.interval.as_str(), "day" | "week" | "month" | "year") {
+                return Err(invalid(
+                    format!("plans.{plan_id}.interval"),
+                    "must be day, week, month or year",
+                ));
+            }
+            if let Some(price) = &plan.price
+                && !price.starts_with("price_")
+                && !price.starts_with("plan_")
+            {
+                return Err(invalid(
+                    format!("plans.{plan_id}.price"),
+                    "must be a Stripe price id (price_…)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_partners(&self) -> Result<(), ConfigError> {
+        let mut seen = std::collections::HashSet::new();
+        for (index, partner) in self.partners.iter().enumerate() {
+            let key = format!("partners[{index}]");
+            if partner.code.trim().is_empty() {
+                return Err(invalid(format!("{key}.code"), "must not be empty"));
+            }
+            if !seen.insert(partner.code.as_str()) {
+                return Err(invalid(
+                    format!("{key}.code"),
+                    format!("partner `{}` is configured twice", partner.code),
+                ));
+            }
+            if partner.secret.expose_secret().is_empty() && !partner.allow_empty_secret {
+                return Err(invalid(
+                    format!("{key}.secret"),
+                    format!(
+                        "partner `{}` has an empty secret; set allow_empty_secret = true to accept that",
+                        partner.code
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn intake_listen(&self) -> SocketAddr {
+        // `check` has parsed it already; the fallback is never taken for a loaded Settings.
+        self.intake
+            .listen
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080)))
+    }
+
+    pub fn publish_timeout(&self) -> Duration {
+        Duration::from_millis(self.intake.publish_timeout_ms)
+    }
+}
+
+fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value
+        .parse()
+        .map_err(|_| invalid(key, format!("`{value}` is not an address like 127.0.0.1:8080")))
+}
+
+/// Prefixes become parts of queue names and Redis keys: keep them to a safe alphabet.
+fn check_name(key: &str, value: &str) -> Result<(), ConfigError> {
+    let ok = !value.is_empty()
+        && value.len() <= 64
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(key, "must be 1-64 characters of A-Z a-z 0-9 - _ ."))
+    }
+}

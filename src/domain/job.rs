@@ -1,0 +1,75 @@
+//! The job: what the intake puts on the jobs queue and a worker takes off it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::request::{Email, PartnerCode, PayId, PaymentMethodId, PlanId, SubscriptionRequest};
+
+/// The `type` property of a job message, so a consumer can tell a job from anything else.
+pub const JOB_MESSAGE_TYPE: &str = "autorenew.job.v1";
+
+/// One accepted request, self-contained: a worker needs nothing else to carry it out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Job {
+    pub pay_id: PayId,
+    pub partner_code: PartnerCode,
+    pub email: Email,
+    #[serde(rename = "plan_id")]
+    pub plan_id: PlanId,
+    #[serde(rename = "pm_id")]
+    pub pm_id: PaymentMethodId,
+    /// `payAmount` as the partner wrote it.
+    pub pay_amount: String,
+    /// The amount in the currency's minor units, as Stripe takes it.
+    pub amount_minor: i64,
+    /// Lower case, as Stripe takes it.
+    pub pay_currency: String,
+    pub trade_type: String,
+    /// When the intake accepted the request (RFC 3339).
+    pub accepted_at: String,
+    /// The intake's id for the HTTP request that brought the job, for following it in logs.
+    pub request_id: String,
+    /// Fields the contract does not name; they were signed, so they travel with the job.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extras: BTreeMap<String, String>,
+}
+
+/// A message body that is not a job.
+#[derive(Debug, thiserror::Error)]
+#[error("not a job: {0}")]
+pub struct JobDecodeError(#[from] serde_json::Error);
+
+impl Job {
+    pub fn new(
+        request: &SubscriptionRequest,
+        extras: BTreeMap<String, String>,
+        accepted_at: String,
+        request_id: String,
+    ) -> Self {
+        Job {
+            pay_id: request.pay_id.clone(),
+            partner_code: request.partner_code.clone(),
+            email: request.email.clone(),
+            plan_id: request.plan_id.clone(),
+            pm_id: request.pm_id.clone(),
+            pay_amount: request.pay_amount.clone(),
+            amount_minor: request.amount.minor_units(),
+            pay_currency: request.amount.currency().as_str().to_owned(),
+            trade_type: request.trade_type.clone(),
+            accepted_at,
+            request_id,
+            extras,
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        // A struct of strings and integers always serializes.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, JobDecodeError> {
+        Ok(serde_json::from_slice(bytes)?)
+    }
+}

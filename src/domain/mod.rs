@@ -1,0 +1,14 @@
+//! The domain: the sign, the requests and their validation, amounts, the job and its result.
+//! Pure types and functions: no I/O, no tokio, no HTTP.
+
+pub mod fields;
+pub mod job;
+pub mod money;
+pub mod outcome;
+pub mod request;
+pub mod sign;
+
+pub use fields::{FieldError, SignedFields};
+pub use job::Job;
+pub use outcome::{FailureCode, FailureDetail, FinalResult};
+pub use request::{PartnerCode, PayId, ResultQuery, SubscriptionRequest};

@@ -1,0 +1,163 @@
+//! Every way the intake refuses a request, mapped once to an HTTP status, a stable `errorCode`
+//! and a log line (CONTRACT §4).
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::response::ApiResponse;
+use crate::broker::BrokerError;
+use crate::domain::FieldError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    #[error("body is larger than {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("Content-Type `{0}` is not supported; send application/json")]
+    ContentType(String),
+    #[error("the request body was not received within {0} ms")]
+    SlowBody(u64),
+    #[error("{0}")]
+    Field(#[from] FieldError),
+    #[error("partner `{0}` is not configured")]
+    PartnerUnknown(String),
+    #[error("sign does not verify")]
+    SignInvalid,
+    #[error("tradeTime is more than {max_skew_ms} ms away from the server's clock")]
+    TradeTimeExpired { max_skew_ms: u64 },
+    #[error("payId is not known for this partner")]
+    PayIdUnknown,
+    #[error("payId is already known with different content")]
+    PayIdConflict,
+    #[error("an earlier request for this payId is still being enqueued; retry shortly")]
+    PayIdBusy,
+    #[error("no such endpoint")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("the job could not be enqueued: {0}")]
+    Broker(#[from] BrokerError),
+    #[error("the request could not be recorded: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl IntakeError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            IntakeError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            IntakeError::ContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            IntakeError::SlowBody(_) => StatusCode::REQUEST_TIMEOUT,
+            IntakeError::Field(_) => StatusCode::BAD_REQUEST,
+            IntakeError::PartnerUnknown(_)
+            | IntakeError::SignInvalid
+            | IntakeError::TradeTimeExpired { .. } => StatusCode::UNAUTHORIZED,
+            IntakeError::PayIdUnknown | IntakeError::NotFound => StatusCode::NOT_FOUND,
+            IntakeError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            IntakeError::PayIdConflict => StatusCode::CONFLICT,
+            IntakeError::PayIdBusy | IntakeError::Broker(_) | IntakeError::Store(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        }
+    }
+
+    /// The stable code partners program against; listed in the README.
+    pub fn code(&self) -> &'static str {
+        match self {
+            IntakeError::BodyTooLarge { .. } => "BODY_TOO_LARGE",
+            IntakeError::ContentType(_) => "CONTENT_TYPE_UNSUPPORTED",
+            IntakeError::SlowBody(_) => "REQUEST_TIMEOUT",
+            IntakeError::Field(FieldError::Body(_)) => "BODY_INVALID",
+            IntakeError::Field(FieldError::Missing { .. }) => "PARAM_MISSING",
+            IntakeError::Field(FieldError::Invalid { .. }) => "PARAM_INVALID",
+            IntakeError::PartnerUnknown(_) => "PARTNER_UNKNOWN",
+            IntakeError::SignInvalid => "SIGN_INVALID",
+            IntakeError::TradeTimeExpired { .. } => "TRADE_TIME_EXPIRED",
+            IntakeError::PayIdUnknown => "PAY_ID_UNKNOWN",
+            IntakeError::PayIdConflict => "PAY_ID_CONFLICT",
+            IntakeError::PayIdBusy => "PAY_ID_BUSY",
+            IntakeError::NotFound => "NOT_FOUND",
+            IntakeError::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            IntakeError::Broker(_) => "BROKER_UNAVAILABLE",
+            IntakeError::Store(_) => "STORE_UNAVAILABLE",
+        }
+    }
+
+    fn field(&self) -> Option<String> {
+        match self {
+            IntakeError::Field(error) => error.field().map(str::to_owned),
+            IntakeError::PartnerUnknown(_) => Some("partnerCode".into()),
+            IntakeError::SignInvalid => Some("sign".into()),
+            IntakeError::TradeTimeExpired { .. } => Some("tradeTime".into()),
+            IntakeError::PayIdUnknown | IntakeError::PayIdConflict | IntakeError::PayIdBusy => {
+                Some("payId".into())
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether a client should simply try again later.
+    fn retry_after(&self) -> Option<&'static str> {
+        match self {
+            IntakeError::Broker(_) | IntakeError::Store(_) => Some("2"),
+            IntakeError::PayIdBusy => Some("1"),
+            _ => None,
+        }
+    }
+
+    /// The answer for this error, with the payId echoed when the request had a readable one.
+    pub fn into_response_for(self, pay_id: Option<&str>) -> Response {
+        let status = self.status();
+        let code = self.code();
+        if status.is_server_error() {
+            // The cause chain (Redis's or RabbitMQ's own words) goes to the log, not the partner.
+            tracing::warn!(error_code = code, pay_id, error = %self, "request not taken");
+        } else {
+            tracing::info!(error_code = code, pay_id, error = %self, "request refused");
+        }
+        let message = match &self {
+            IntakeError::Broker(_) => "the job could not be enqueued now; retry later".to_owned(),
+            IntakeError::Store(_) => "the request could not be recorded now; retry later".to_owned(),
+            other => other.to_string(),
+        };
+        let body = ApiResponse::refused(code, message, self.field(), pay_id);
+        let mut response = (status, Json(body)).into_response();
+        response
+            .extensions_mut()
+            .insert(super::metrics::ErrorCode(code));
+        if let Some(seconds) = self.retry_after() {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static(seconds));
+        }
+        response
+    }
+}
+
+impl IntoResponse for IntakeError {
+    fn into_response(self) -> Response {
+        self.into_response_for(None)
+    }
+}
+
+/// An error together with the payId of the request it answers.
+#[derive(Debug)]
+pub struct Refusal {
+    pub error: IntakeError,
+    pub pay_id: Option<String>,
+}
+
+impl<E: Into<IntakeError>> From<E> for Refusal {
+    fn from(error: E) -> Self {
+        Refusal {
+            error: error.into(),
+            pay_id: None,
+        }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        self.error.into_response_for(self.pay_id.as_deref())
+    }
+}

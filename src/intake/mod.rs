@@ -1,0 +1,112 @@
+//! The HTTP intake (axum): checks a signed partner request and puts it on the broker. Uses the
+//! domain, the broker and the store; never Stripe.
+
+mod error;
+mod health;
+mod metrics;
+mod partners;
+mod response;
+mod result_query;
+mod signed;
+mod state;
+mod subscribe;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use error::IntakeError;
+pub use partners::Partners;
+pub use response::ApiResponse;
+pub use state::{AppState, Limits};
+
+use crate::broker::{Broker, Topology};
+use crate::config::Settings;
+use crate::store::Store;
+use crate::telemetry;
+
+/// The intake, bound to its port and ready to serve.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    broker: Broker,
+}
+
+impl Application {
+    /// Binds the listener and starts the broker connection (in the background: the intake
+    /// serves, and reports not ready, while RabbitMQ is away).
+    pub async fn build(settings: &Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        let topology = Topology::new(
+            &settings.amqp.prefix,
+            settings
+                .amqp
+                .retry_delays_ms
+                .iter()
+                .map(|ms| Duration::from_millis(*ms))
+                .collect(),
+        );
+        let broker = Broker::start(settings.amqp.url.clone(), topology, shutdown);
+        let store = Store::new(&settings.redis)?;
+        let state = Arc::new(AppState {
+            limits: Limits::from_settings(settings),
+            partners: Partners::new(&settings.partners),
+            broker: broker.clone(),
+            store,
+            metrics: telemetry::metrics_handle(),
+        });
+        let listener = TcpListener::bind(settings.intake_listen()).await?;
+        Ok(Application {
+            listener,
+            router: router(state),
+            broker,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr().port()
+    }
+
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    /// Serves until `shutdown`, then finishes the requests in hand.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await?;
+        Ok(())
+    }
+}
+
+fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/stripeSubDirectly", post(subscribe::subscribe))
+        .route("/resultQuery", post(result_query::result_query))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .fallback(|| async { IntakeError::NotFound })
+        .method_not_allowed_fallback(|| async { IntakeError::MethodNotAllowed })
+        .layer(axum::middleware::from_fn(metrics::track))
+        .with_state(state)
+}
+
+/// `autorenew intake`: serve until a signal.
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let app = Application::build(&settings, shutdown.clone()).await?;
+    tracing::info!(address = %app.local_addr(), "intake listening");
+    println!("autorenew intake listening on http://{}", app.local_addr());
+    app.run_until_stopped(shutdown).await
+}

@@ -1,0 +1,90 @@
+//! The body of every intake answer: the partner documentation's flat fields at top level
+//! (CONTRACT §4), always all present so strict partner parsers never miss one.
+
+use serde::Serialize;
+
+use crate::domain::outcome::STATUS_PROCESSING;
+use crate::domain::{FailureDetail, FinalResult};
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiResponse {
+    pub operate_code: &'static str,
+    pub message: String,
+    pub pay_id: String,
+    pub status: String,
+    #[serde(rename = "customer_id")]
+    pub customer_id: String,
+    #[serde(rename = "pay_method")]
+    pub pay_method: String,
+    #[serde(rename = "product_id")]
+    pub product_id: String,
+    #[serde(rename = "sub_id")]
+    pub sub_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<FailureDetail>,
+}
+
+impl ApiResponse {
+    /// A request we refused: `F` with a stable code and, where there is one, the field.
+    pub fn refused(
+        code: &'static str,
+        message: String,
+        field: Option<String>,
+        pay_id: Option<&str>,
+    ) -> Self {
+        ApiResponse {
+            operate_code: "F",
+            message,
+            pay_id: pay_id.unwrap_or_default().to_owned(),
+            status: String::new(),
+            customer_id: String::new(),
+            pay_method: String::new(),
+            product_id: String::new(),
+            sub_id: String::new(),
+            error_code: Some(code),
+            field,
+            error: None,
+        }
+    }
+
+    /// Where an accepted payId stands: processing, or its final result.
+    pub fn for_job(pay_id: &str, result: Option<&FinalResult>) -> Self {
+        let Some(result) = result else {
+            return ApiResponse {
+                operate_code: "S",
+                message: "accepted".into(),
+                pay_id: pay_id.to_owned(),
+                status: STATUS_PROCESSING.into(),
+                customer_id: String::new(),
+                pay_method: String::new(),
+                product_id: String::new(),
+                sub_id: String::new(),
+                error_code: None,
+                field: None,
+                error: None,
+            };
+        };
+        let failed = result.error.as_ref();
+        ApiResponse {
+            operate_code: if failed.is_some() { "F" } else { "S" },
+            message: match failed {
+                Some(detail) => detail.message.clone(),
+                None => "subscription created".into(),
+            },
+            pay_id: pay_id.to_owned(),
+            status: result.status.clone(),
+            customer_id: result.customer_id.clone(),
+            pay_method: result.pay_method.clone(),
+            product_id: result.product_id.clone(),
+            sub_id: result.sub_id.clone(),
+            error_code: failed.map(|detail| detail.code.as_str()),
+            field: None,
+            error: failed.cloned(),
+        }
+    }
+}

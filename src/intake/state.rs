@@ -1,0 +1,41 @@
+//! What every intake handler shares.
+
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use super::partners::Partners;
+use crate::broker::Broker;
+use crate::config::Settings;
+use crate::store::Store;
+
+/// The intake's limits, read once from the settings.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub max_clock_skew_ms: u64,
+    pub max_wait: Duration,
+    pub publish_timeout: Duration,
+    pub request_timeout_ms: u64,
+}
+
+impl Limits {
+    pub fn from_settings(settings: &Settings) -> Self {
+        Limits {
+            max_body_bytes: settings.intake.max_body_bytes,
+            max_clock_skew_ms: settings.intake.max_clock_skew_ms,
+            max_wait: Duration::from_secs(settings.intake.max_wait_secs),
+            publish_timeout: settings.publish_timeout(),
+            request_timeout_ms: settings.intake.request_timeout_ms,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct AppState {
+    pub limits: Limits,
+    pub partners: Partners,
+    pub broker: Broker,
+    pub store: Store,
+    pub metrics: PrometheusHandle,
+}

@@ -1,0 +1,137 @@
+//! `POST /stripeSubDirectly`: a checked request becomes a job on the broker, once per payId.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::State;
+use time::format_description::well_known::Rfc3339;
+
+use super::error::{IntakeError, Refusal};
+use super::metrics::ENQUEUE_SECONDS;
+use super::response::ApiResponse;
+use super::signed::{SignedRequest, now_millis};
+use super::state::AppState;
+use crate::broker::{BrokerError, JOB_ROUTING_KEY, Message};
+use crate::domain::job::JOB_MESSAGE_TYPE;
+use crate::domain::request::SUBSCRIPTION_FIELDS;
+use crate::domain::{Job, SubscriptionRequest};
+use crate::store::{Claim, ClaimOutcome};
+
+/// How often a request for a payId that another request is enqueueing looks again.
+const PENDING_POLL: Duration = Duration::from_millis(20);
+
+pub async fn subscribe(
+    State(state): State<Arc<AppState>>,
+    SignedRequest { body, fields }: SignedRequest<SubscriptionRequest>,
+) -> Result<Json<ApiResponse>, Refusal> {
+    let pay_id = body.pay_id.clone();
+    let refuse = |error: IntakeError| Refusal {
+        error,
+        pay_id: Some(pay_id.to_string()),
+    };
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let accepted_at = time::OffsetDateTime::now_utc()
+        .format(&Rfc3339)
+        .unwrap_or_default();
+    let extras = fields
+        .extras(SUBSCRIPTION_FIELDS)
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let job = Job::new(&body, extras, accepted_at.clone(), request_id.clone()).encode();
+    let fingerprint = fields.fingerprint();
+    let started = Instant::now();
+    let deadline = started + state.limits.publish_timeout;
+
+    loop {
+        let claim = Claim {
+            pay_id: &body.pay_id,
+            partner: &body.partner_code,
+            fingerprint: &fingerprint,
+            token: &request_id,
+            now_ms: now_millis(),
+            // A claim outlives any publish that is still in flight: the publish gives up
+            // after `publish_timeout`, so only a dead holder leaves a claim this old.
+            lease: state.limits.publish_timeout * 2,
+            accepted_at: &accepted_at,
+            job: &job,
+        };
+        let outcome = state.store.claim(claim).await.map_err(|e| refuse(e.into()))?;
+        match outcome {
+            ClaimOutcome::Claimed { job, .. } => {
+                enqueue(&state, &body, &job, &request_id)
+                    .await
+                    .map_err(&refuse)?;
+                metrics::histogram!(ENQUEUE_SECONDS).record(started.elapsed().as_secs_f64());
+                tracing::info!(
+                    pay_id = %body.pay_id,
+                    partner = %body.partner_code,
+                    email = %body.email.masked(),
+                    request_id,
+                    "job enqueued"
+                );
+                return Ok(Json(ApiResponse::for_job(body.pay_id.as_str(), None)));
+            }
+            ClaimOutcome::Enqueued { result, .. } => {
+                return Ok(Json(ApiResponse::for_job(
+                    body.pay_id.as_str(),
+                    result.as_ref(),
+                )));
+            }
+            ClaimOutcome::Conflict => return Err(refuse(IntakeError::PayIdConflict)),
+            ClaimOutcome::Pending { .. } => {
+                // Another request with this content is between Redis and the broker. Its
+                // answer decides ours: wait for it, within our own deadline.
+                if Instant::now() + PENDING_POLL > deadline {
+                    return Err(refuse(IntakeError::PayIdBusy));
+                }
+                tokio::time::sleep(PENDING_POLL).await;
+            }
+        }
+    }
+}
+
+/// Publishes the job and records that it is on the broker. On a failure that proves the job
+/// is not on the broker, the claim is released so the partner's retry starts afresh; on one
+/// that leaves it unknown, the claim stays until its lease ends.
+async fn enqueue(
+    state: &AppState,
+    request: &SubscriptionRequest,
+    job: &[u8],
+    token: &str,
+) -> Result<(), IntakeError> {
+    let exchange = state.broker.topology().jobs();
+    let message = Message {
+        exchange: &exchange,
+        routing_key: JOB_ROUTING_KEY,
+        body: job,
+        content_type: "application/json",
+        message_id: request.pay_id.as_str(),
+        kind: JOB_MESSAGE_TYPE,
+        headers: Vec::new(),
+    };
+    match state
+        .broker
+        .publish(message, state.limits.publish_timeout)
+        .await
+    {
+        Ok(()) => {
+            // If this write fails, the record stays pending: a retry after the lease publishes
+            // the job again, which the worker's idempotency makes harmless.
+            if let Err(error) = state.store.mark_enqueued(&request.pay_id).await {
+                tracing::warn!(pay_id = %request.pay_id, %error, "job enqueued but not marked");
+            }
+            Ok(())
+        }
+        Err(error) => {
+            let known_not_sent = matches!(
+                error,
+                BrokerError::Unavailable | BrokerError::Nacked | BrokerError::Unroutable
+            );
+            if known_not_sent && let Err(release) = state.store.release(&request.pay_id, token).await {
+                tracing::warn!(pay_id = %request.pay_id, error = %release, "claim not released");
+            }
+            Err(error.into())
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! autorenew: signed partner requests in, Stripe subscriptions and result events out.
+//!
+//! # Layout
+//! - [`domain`]: the sign, the requests and their validation, amounts, the job and its result.
+//!   Pure: no I/O.
+//! - [`config`]: `config.toml` + `AUTORENEW__…` environment, checked at start-up.
+//! - [`broker`]: RabbitMQ: the topology, a self-healing connection, the confirming publisher.
+//! - [`store`]: Redis: intake records (idempotency) and results.
+//! - [`intake`]: the HTTP front door (axum): checks a request and puts it on the broker.
+//! - [`sim`]: `autorenew stripe-sim`, a stateful Stripe stand-in; it shares no code with the
+//!   Stripe gateway.
+//! - [`telemetry`]: logging and Prometheus metrics.
+//! - [`cli`]: the command line; `main.rs` only parses it and calls in here.
+
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod intake;
+pub mod sign_tool;
+pub mod sim;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,46 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+use autorenew::cli::{Cli, Command};
+use autorenew::config::Settings;
+use autorenew::{intake, sign_tool, sim, telemetry};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("autorenew: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Sign(args) => sign_tool::run(args),
+        Command::StripeSim(args) => {
+            telemetry::init_logging(&Default::default());
+            sim::run(args, shutdown_on_signal()).await
+        }
+        Command::Intake => {
+            let settings = Settings::load(cli.config.as_deref())?;
+            telemetry::init_logging(&settings.log);
+            intake::run(settings, shutdown_on_signal()).await
+        }
+    }
+}
+
+/// A token cancelled on SIGINT or SIGTERM: every server and loop takes it and stops cleanly.
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        telemetry::wait_for_signal().await;
+        cancel.cancel();
+    });
+    token
+}

@@ -1,0 +1,211 @@
+//! The intake's record of a payId: what was asked (its fingerprint), by whom, and whether the
+//! job is safely on the broker yet.
+//!
+//! A record is `pending` from the moment a request claims the payId until RabbitMQ confirms the
+//! job, then `enqueued`. A process that dies in between leaves a pending record behind; its
+//! claim has a lease, and the partner's retry of the same request, once the lease is over, takes
+//! the claim over and publishes the stored job. So no payId is ever stranded, and no partner is
+//! ever told `S` for a job that is not on the broker.
+
+use std::time::Duration;
+
+use redis::Script;
+use std::sync::LazyLock;
+
+use super::{Store, StoreError, with_timeout};
+use crate::domain::FinalResult;
+use crate::domain::request::{PartnerCode, PayId};
+
+/// Claims a payId, or tells where its record stands.
+/// KEYS: intake record, result. ARGV: fingerprint, partner, token, now (ms), lease (ms),
+/// record TTL (s), accepted_at, job.
+/// Returns {outcome, accepted_at, job-or-result}.
+static CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local rec = redis.call('HMGET', KEYS[1], 'fp', 'state', 'claimed_at', 'accepted_at', 'job')
+if not rec[1] then
+  redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'partner', ARGV[2], 'state', 'pending',
+             'claim', ARGV[3], 'claimed_at', ARGV[4], 'accepted_at', ARGV[7], 'job', ARGV[8])
+  redis.call('EXPIRE', KEYS[1], ARGV[6])
+  return {'claimed', ARGV[7], ARGV[8]}
+end
+if rec[1] ~= ARGV[1] then
+  return {'conflict', '', ''}
+end
+if rec[2] == 'enqueued' then
+  return {'enqueued', rec[4], redis.call('GET', KEYS[2]) or ''}
+end
+if tonumber(ARGV[4]) - tonumber(rec[3]) > tonumber(ARGV[5]) then
+  -- The claim's holder died between Redis and the broker: take its claim over.
+  redis.call('HSET', KEYS[1], 'claim', ARGV[3], 'claimed_at', ARGV[4])
+  return {'claimed', rec[4], rec[5]}
+end
+return {'pending', rec[4], ''}
+"#,
+    )
+});
+
+/// Marks a record enqueued, whoever holds the claim now: the job is on the broker either way.
+static MARK_ENQUEUED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'state', 'enqueued')
+  return 1
+end
+return 0
+"#,
+    )
+});
+
+/// Deletes a pending record if this token still holds its claim: the job is known not to be on
+/// the broker, so the payId is free again for the partner's retry.
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local rec = redis.call('HMGET', KEYS[1], 'state', 'claim')
+if rec[1] == 'pending' and rec[2] == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"#,
+    )
+});
+
+/// A request's bid for a payId.
+#[derive(Debug, Clone)]
+pub struct Claim<'a> {
+    pub pay_id: &'a PayId,
+    pub partner: &'a PartnerCode,
+    pub fingerprint: &'a str,
+    /// Unique to this request: only its holder may release the claim.
+    pub token: &'a str,
+    pub now_ms: u64,
+    /// After this long, a pending claim is taken to be abandoned.
+    pub lease: Duration,
+    pub accepted_at: &'a str,
+    pub job: &'a [u8],
+}
+
+/// Where a payId stands after a claim.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClaimOutcome {
+    /// This request holds the payId and must publish `job` (the stored one, when it took over an
+    /// abandoned claim).
+    Claimed { accepted_at: String, job: Vec<u8> },
+    /// The job is on the broker; `result` is its final result, if there is one yet.
+    Enqueued {
+        accepted_at: String,
+        result: Option<FinalResult>,
+    },
+    /// Another request for the same content is being enqueued right now.
+    Pending { accepted_at: String },
+    /// The payId is known with other content.
+    Conflict,
+}
+
+/// What `/resultQuery` may show of a payId.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordView {
+    pub partner: String,
+    pub accepted_at: String,
+    pub result: Option<FinalResult>,
+}
+
+impl Store {
+    pub async fn claim(&self, claim: Claim<'_>) -> Result<ClaimOutcome, StoreError> {
+        let mut connection = self.connection();
+        let intake_key = self.keys.intake(claim.pay_id);
+        let result_key = self.keys.result(claim.pay_id);
+        let lease_ms = u64::try_from(claim.lease.as_millis()).unwrap_or(u64::MAX);
+        let ttl = self.record_ttl.as_secs().max(1);
+        let (outcome, accepted_at, payload): (String, String, Vec<u8>) = with_timeout(async {
+            CLAIM
+                .key(intake_key)
+                .key(result_key)
+                .arg(claim.fingerprint)
+                .arg(claim.partner.as_str())
+                .arg(claim.token)
+                .arg(claim.now_ms)
+                .arg(lease_ms)
+                .arg(ttl)
+                .arg(claim.accepted_at)
+                .arg(claim.job)
+                .invoke_async(&mut connection)
+                .await
+        })
+        .await?;
+        match outcome.as_str() {
+            "claimed" => Ok(ClaimOutcome::Claimed {
+                accepted_at,
+                job: payload,
+            }),
+            "enqueued" => Ok(ClaimOutcome::Enqueued {
+                accepted_at,
+                result: parse_result(&payload)?,
+            }),
+            "pending" => Ok(ClaimOutcome::Pending { accepted_at }),
+            "conflict" => Ok(ClaimOutcome::Conflict),
+            other => Err(StoreError::Corrupt(format!("claim outcome `{other}`"))),
+        }
+    }
+
+    pub async fn mark_enqueued(&self, pay_id: &PayId) -> Result<(), StoreError> {
+        let mut connection = self.connection();
+        let key = self.keys.intake(pay_id);
+        let _: i64 = with_timeout(async {
+            MARK_ENQUEUED.key(key).invoke_async(&mut connection).await
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub async fn release(&self, pay_id: &PayId, token: &str) -> Result<(), StoreError> {
+        let mut connection = self.connection();
+        let key = self.keys.intake(pay_id);
+        let _: i64 = with_timeout(async {
+            RELEASE.key(key).arg(token).invoke_async(&mut connection).await
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// The record of a payId and its result, if the payId is known.
+    pub async fn record(&self, pay_id: &PayId) -> Result<Option<RecordView>, StoreError> {
+        let mut connection = self.connection();
+        let intake_key = self.keys.intake(pay_id);
+        let result_key = self.keys.result(pay_id);
+        let (fields, result): ((Option<String>, Option<String>), Option<Vec<u8>>) =
+            with_timeout(async {
+                redis::pipe()
+                    .cmd("HMGET")
+                    .arg(&intake_key)
+                    .arg("partner")
+                    .arg("accepted_at")
+                    .cmd("GET")
+                    .arg(&result_key)
+                    .query_async(&mut connection)
+                    .await
+            })
+            .await?;
+        let (Some(partner), accepted_at) = fields else {
+            return Ok(None);
+        };
+        Ok(Some(RecordView {
+            partner,
+            accepted_at: accepted_at.unwrap_or_default(),
+            result: parse_result(result.as_deref().unwrap_or_default())?,
+        }))
+    }
+}
+
+fn parse_result(payload: &[u8]) -> Result<Option<FinalResult>, StoreError> {
+    if payload.is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_slice(payload)
+        .map(Some)
+        .map_err(|e| StoreError::Corrupt(format!("result: {e}")))
+}

@@ -1,0 +1,38 @@
+//! Redis key names, in one place.
+
+use crate::domain::request::PayId;
+
+/// Builds every key under one prefix. The payId sits in braces: Redis Cluster hashes only the
+/// braced part, so all keys of one payId land in one slot.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        Keys {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// The intake's record of a payId (a hash).
+    pub fn intake(&self, pay_id: &PayId) -> String {
+        format!("{}:intake:{{{}}}", self.prefix, pay_id)
+    }
+
+    /// The final result of a payId (a JSON string).
+    pub fn result(&self, pay_id: &PayId) -> String {
+        format!("{}:result:{{{}}}", self.prefix, pay_id)
+    }
+
+    /// The worker's lock on a payId.
+    pub fn lock(&self, pay_id: &PayId) -> String {
+        format!("{}:lock:{{{}}}", self.prefix, pay_id)
+    }
+
+    /// The shared Stripe request budget.
+    pub fn stripe_budget(&self) -> String {
+        format!("{}:stripe-budget", self.prefix)
+    }
+}

@@ -1,0 +1,137 @@
+//! Redis: the intake's record of every payId (idempotency), final results, and the keys they
+//! live under. Knows the domain, never HTTP or Stripe.
+//!
+//! Every key of one payId carries it as a hash tag (`autorenew:intake:{P123}`), so the scripts,
+//! which touch several keys of one payId, also run unchanged on Redis Cluster.
+
+mod intake_record;
+mod keys;
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use secrecy::ExposeSecret;
+
+use crate::config::RedisSettings;
+use crate::domain::FinalResult;
+use crate::domain::request::PayId;
+
+pub use intake_record::{Claim, ClaimOutcome, RecordView};
+pub use keys::Keys;
+
+/// How long one Redis command may take before the caller gives up on it.
+const COMMAND_TIMEOUT: Duration = Duration::from_millis(1_000);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("Redis is unavailable: {0}")]
+    Unavailable(#[from] redis::RedisError),
+    #[error("Redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("Redis holds a value this version cannot read: {0}")]
+    Corrupt(String),
+}
+
+/// A handle on Redis, cheap to clone. Connects lazily and reconnects by itself.
+#[derive(Clone)]
+pub struct Store {
+    connection: ConnectionManager,
+    keys: Keys,
+    record_ttl: Duration,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("keys", &self.keys).finish()
+    }
+}
+
+impl Store {
+    /// A store for `settings`; nothing is sent until the first command, so start-up does not
+    /// depend on Redis being up.
+    pub fn new(settings: &RedisSettings) -> Result<Self, StoreError> {
+        let client = redis::Client::open(settings.url.expose_secret())?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(COMMAND_TIMEOUT))
+            .set_response_timeout(Some(COMMAND_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let connection = ConnectionManager::new_lazy_with_config(client, config)?;
+        Ok(Store {
+            connection,
+            keys: Keys::new(&settings.key_prefix),
+            record_ttl: Duration::from_secs(settings.record_ttl_secs),
+        })
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Whether Redis answers a PING now.
+    pub async fn ping(&self) -> bool {
+        let mut connection = self.connection.clone();
+        let ping = with_timeout(async move {
+            redis::cmd("PING").query_async::<String>(&mut connection).await
+        });
+        ping.await.is_ok()
+    }
+
+    /// The final result of a payId, if a worker has stored one.
+    pub async fn result(&self, pay_id: &PayId) -> Result<Option<FinalResult>, StoreError> {
+        let mut connection = self.connection.clone();
+        let key = self.keys.result(pay_id);
+        let raw: Option<String> = with_timeout(async move {
+            redis::cmd("GET").arg(key).query_async(&mut connection).await
+        })
+        .await?;
+        raw.map(|json| {
+            serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("result: {e}")))
+        })
+        .transpose()
+    }
+
+    /// Stores the final result of a payId once; a second call keeps the first result and
+    /// returns it, so racing workers agree on one outcome.
+    pub async fn save_result(
+        &self,
+        pay_id: &PayId,
+        result: &FinalResult,
+    ) -> Result<FinalResult, StoreError> {
+        let json = serde_json::to_string(result)
+            .map_err(|e| StoreError::Corrupt(format!("result: {e}")))?;
+        let mut connection = self.connection.clone();
+        let key = self.keys.result(pay_id);
+        let ttl = self.record_ttl.as_secs();
+        let stored: String = with_timeout(async move {
+            // SET NX GET: write if absent, and tell what was there (Redis 7).
+            let previous: Option<String> = redis::cmd("SET")
+                .arg(&key)
+                .arg(&json)
+                .arg("NX")
+                .arg("GET")
+                .arg("EX")
+                .arg(ttl)
+                .query_async(&mut connection)
+                .await?;
+            Ok(previous.unwrap_or(json))
+        })
+        .await?;
+        serde_json::from_str(&stored).map_err(|e| StoreError::Corrupt(format!("result: {e}")))
+    }
+
+    pub(crate) fn connection(&self) -> ConnectionManager {
+        self.connection.clone()
+    }
+}
+
+/// Runs a Redis future with the command timeout, so a Redis that accepts connections but does
+/// not answer cannot hold a request.
+async fn with_timeout<T>(
+    future: impl Future<Output = redis::RedisResult<T>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(COMMAND_TIMEOUT, future).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(StoreError::Timeout(COMMAND_TIMEOUT)),
+    }
+}
