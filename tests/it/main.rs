@@ -1,3 +1,10 @@
 //! One integration-test binary: real RabbitMQ, real Redis, the app on a random port.
 
+mod helpers;
+mod intake_enqueue;
+mod intake_outages;
+mod intake_validation;
+mod logs;
+mod settings;
+mod sign_vectors;
 mod sim;

@@ -1,0 +1,297 @@
+//! Test helpers: a `TestApp` on a random port with its own queue and key prefixes, a signed
+//! client, a jobs-queue reader, bounded polling, and private RabbitMQ / Redis instances.
+
+pub mod private;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use autorenew::config::{PartnerSettings, Settings};
+use autorenew::domain::sign;
+use autorenew::intake::Application;
+use futures_util::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+pub const PARTNER: &str = "P000818";
+pub const SECRET: &str = "s3cr3t-P000818";
+pub const OTHER_PARTNER: &str = "P000999";
+pub const OTHER_SECRET: &str = "other-secret";
+pub const SHARED_AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const SHARED_REDIS: &str = "redis://127.0.0.1:6379";
+
+pub fn repo_path(relative: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+/// Settings from the repo's config.toml, with a fresh prefix so each test has its own queues
+/// and keys, listening on a random port, and a second partner.
+pub fn test_settings(amqp_url: &str, redis_url: &str) -> Settings {
+    let prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
+    let env = [
+        ("AUTORENEW__INTAKE__LISTEN", "127.0.0.1:0".to_owned()),
+        ("AUTORENEW__AMQP__URL", amqp_url.to_owned()),
+        ("AUTORENEW__AMQP__PREFIX", prefix.clone()),
+        ("AUTORENEW__REDIS__URL", redis_url.to_owned()),
+        ("AUTORENEW__REDIS__KEY_PREFIX", prefix),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let mut settings = Settings::load_with_env(Some(&repo_path("config.toml")), Some(env))
+        .expect("the repo's config.toml loads");
+    settings.partners.push(PartnerSettings {
+        code: OTHER_PARTNER.into(),
+        secret: SecretString::from(OTHER_SECRET),
+        allow_empty_secret: false,
+    });
+    settings
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub settings: Settings,
+    pub client: reqwest::Client,
+    shutdown: CancellationToken,
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(test_settings(SHARED_AMQP, SHARED_REDIS)).await
+    }
+
+    /// Starts the intake and waits (bounded) until it is ready.
+    pub async fn spawn_with(settings: Settings) -> TestApp {
+        let app = Self::spawn_unready(settings).await;
+        let ready = poll_until(Duration::from_secs(20), || async {
+            app.get("/readyz").await.status() == 200
+        })
+        .await;
+        assert!(ready, "the intake did not become ready");
+        app
+    }
+
+    pub async fn spawn_unready(settings: Settings) -> TestApp {
+        let shutdown = CancellationToken::new();
+        let app = Application::build(&settings, shutdown.clone())
+            .await
+            .expect("the intake builds");
+        let address = format!("http://127.0.0.1:{}", app.port());
+        tokio::spawn(app.run_until_stopped(shutdown.clone()));
+        TestApp {
+            address,
+            settings,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(15))
+                .build()
+                .expect("client"),
+            shutdown,
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.settings.amqp.prefix
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{}", self.address, path))
+            .send()
+            .await
+            .expect("GET")
+    }
+
+    /// POSTs raw bytes with the given content type (None: no Content-Type header).
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+        content_type: Option<&str>,
+    ) -> reqwest::Response {
+        let mut request = self.client.post(format!("{}{}", self.address, path)).body(body);
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        request.send().await.expect("POST")
+    }
+
+    /// Signs `params` with `secret` (fresh tradeTime unless given) and POSTs them as JSON.
+    pub async fn post_signed(&self, path: &str, params: Value, secret: &str) -> Answer {
+        let body = signed(params, secret);
+        Answer::from(self.post_raw(path, body.to_string(), Some("application/json")).await).await
+    }
+
+    pub async fn subscribe(&self, params: Value) -> Answer {
+        self.post_signed("/stripeSubDirectly", params, SECRET).await
+    }
+
+    /// Stops the intake and deletes the test's queues.
+    pub async fn teardown(self) {
+        self.shutdown.cancel();
+        delete_queues(&self.settings.amqp.prefix).await;
+    }
+}
+
+/// A parsed answer: status and JSON body.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+    pub retry_after: Option<String>,
+}
+
+impl Answer {
+    pub async fn from(response: reqwest::Response) -> Answer {
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let text = response.text().await.expect("body");
+        let body = serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("answer is not JSON ({status}): {text}"));
+        Answer {
+            status,
+            body,
+            retry_after,
+        }
+    }
+
+    pub fn code(&self) -> &str {
+        self.body["errorCode"].as_str().unwrap_or("")
+    }
+
+    pub fn field(&self) -> &str {
+        self.body["field"].as_str().unwrap_or("")
+    }
+}
+
+pub fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as u64
+}
+
+/// A valid request for a fresh payId (unsigned; `post_signed` signs it).
+pub fn valid_request() -> Value {
+    json!({
+        "email": "421516116@qq.com",
+        "partnerCode": PARTNER,
+        "payAmount": "19.99",
+        "payCurrency": "usd",
+        "payId": format!("T{}", uuid::Uuid::new_v4().simple()),
+        "plan_id": "PLAN_MONTHLY_1GB",
+        "pm_id": "pm_1GnMUDLnVNBddzslXw7xuoe6",
+        "tradeType": "stripeSubDirectly",
+        "version": "3.0",
+    })
+}
+
+/// `params` with a tradeTime (now, unless one is set) and the sign for `secret`.
+pub fn signed(mut params: Value, secret: &str) -> Value {
+    let object = params.as_object_mut().expect("params are an object");
+    object
+        .entry("tradeTime")
+        .or_insert_with(|| Value::String(now_millis().to_string()));
+    object.remove("sign");
+    let strings: BTreeMap<String, String> = object
+        .iter()
+        .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_owned())))
+        .collect();
+    let content = sign::sign_content(strings.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    object.insert("sign".into(), Value::String(sign::sign(&content, secret)));
+    params
+}
+
+/// Polls `check` every 50 ms until it holds or `limit` passes.
+pub async fn poll_until<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A message read back from a queue.
+#[derive(Debug)]
+pub struct Received {
+    pub body: Value,
+    pub properties: lapin::BasicProperties,
+}
+
+/// Reads up to `count` messages from `queue` on the shared broker, waiting at most `limit`
+/// (acks them, so the queue is left empty).
+pub async fn read_queue(queue: &str, count: usize, limit: Duration) -> Vec<Received> {
+    let connection = lapin::Connection::connect(SHARED_AMQP, Default::default())
+        .await
+        .expect("connect");
+    let channel = connection.create_channel().await.expect("channel");
+    let mut consumer = channel
+        .basic_consume(
+            queue.into(),
+            "test-reader".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    let mut received = Vec::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    while received.len() < count {
+        match tokio::time::timeout_at(deadline, consumer.next()).await {
+            Ok(Some(Ok(delivery))) => {
+                delivery
+                    .ack(BasicAckOptions::default())
+                    .await
+                    .expect("ack");
+                received.push(Received {
+                    body: serde_json::from_slice(&delivery.data).expect("JSON message"),
+                    properties: delivery.properties.clone(),
+                });
+            }
+            _ => break,
+        }
+    }
+    let _ = connection.close(200, "done".into()).await;
+    received
+}
+
+/// Deletes the queues of a test prefix on the shared broker.
+pub async fn delete_queues(prefix: &str) {
+    let Ok(connection) = lapin::Connection::connect(SHARED_AMQP, Default::default()).await else {
+        return;
+    };
+    let Ok(channel) = connection.create_channel().await else {
+        return;
+    };
+    let mut names = vec![format!("{prefix}.jobs"), format!("{prefix}.dead")];
+    for delay in ["10s", "1m", "10m", "1h"] {
+        names.push(format!("{prefix}.retry.{delay}"));
+    }
+    for name in names {
+        let _ = channel
+            .queue_delete(name.into(), QueueDeleteOptions::default())
+            .await;
+    }
+    for exchange in ["jobs", "dead", "results"] {
+        let _ = channel
+            .exchange_delete(format!("{prefix}.{exchange}").into(), Default::default())
+            .await;
+    }
+    let _ = connection.close(200, "done".into()).await;
+}

@@ -1,0 +1,139 @@
+//! A valid request becomes exactly one persistent job on the jobs queue.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::helpers::{OTHER_PARTNER, OTHER_SECRET, PARTNER, SECRET, TestApp, read_queue, valid_request};
+
+#[tokio::test]
+async fn a_valid_request_lands_on_the_jobs_queue_as_a_persistent_job() {
+    let app = TestApp::spawn().await;
+    let mut request = valid_request();
+    request["memo"] = json!("kept with the job");
+    let pay_id = request["payId"].as_str().expect("payId").to_owned();
+
+    let answer = app.subscribe(request).await;
+
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    assert_eq!(answer.body["operateCode"], "S");
+    assert_eq!(answer.body["status"], "processing");
+    assert_eq!(answer.body["payId"], pay_id.as_str());
+    for field in ["customer_id", "pay_method", "product_id", "sub_id"] {
+        assert_eq!(answer.body[field], "", "{field}");
+    }
+    let jobs = read_queue(&format!("{}.jobs", app.prefix()), 2, Duration::from_secs(3)).await;
+    assert_eq!(jobs.len(), 1, "exactly one job");
+    let job = &jobs[0];
+    assert_eq!(job.properties.delivery_mode(), &Some(2), "persistent");
+    assert_eq!(
+        job.properties.content_type().as_ref().map(|s| s.as_str()),
+        Some("application/json")
+    );
+    assert_eq!(
+        job.properties.message_id().as_ref().map(|s| s.as_str()),
+        Some(pay_id.as_str())
+    );
+    assert_eq!(job.body["payId"], pay_id.as_str());
+    assert_eq!(job.body["partnerCode"], PARTNER);
+    assert_eq!(job.body["amountMinor"], 1999);
+    assert_eq!(job.body["payCurrency"], "usd");
+    assert_eq!(job.body["pm_id"], "pm_1GnMUDLnVNBddzslXw7xuoe6");
+    assert_eq!(job.body["extras"]["memo"], "kept with the job");
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn the_same_request_again_answers_the_same_and_enqueues_nothing_more() {
+    let app = TestApp::spawn().await;
+    let request = valid_request();
+
+    let first = app.subscribe(request.clone()).await;
+    // A partner's retry: a fresh tradeTime and a new sign, the same content.
+    let mut retry = request.clone();
+    retry["tradeTime"] = json!((crate::helpers::now_millis() + 5).to_string());
+    let second = app.subscribe(retry).await;
+
+    assert_eq!(first.status, 200);
+    assert_eq!(second.status, 200);
+    assert_eq!(first.body, second.body);
+    let jobs = read_queue(&format!("{}.jobs", app.prefix()), 2, Duration::from_secs(2)).await;
+    assert_eq!(jobs.len(), 1, "one job for one payId");
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn concurrent_copies_of_one_request_make_one_job() {
+    let app = TestApp::spawn().await;
+    let request = valid_request();
+
+    let answers = futures_util::future::join_all((0..20).map(|_| app.subscribe(request.clone()))).await;
+
+    for answer in &answers {
+        assert_eq!(answer.status, 200, "{:?}", answer.body);
+        assert_eq!(answer.body["operateCode"], "S");
+    }
+    let jobs = read_queue(&format!("{}.jobs", app.prefix()), 3, Duration::from_secs(2)).await;
+    assert_eq!(jobs.len(), 1, "one job for one payId");
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn the_same_pay_id_with_other_content_is_a_conflict() {
+    let app = TestApp::spawn().await;
+    let request = valid_request();
+    assert_eq!(app.subscribe(request.clone()).await.status, 200);
+
+    for (field, value) in [("payAmount", "29.99"), ("email", "other@example.com"), ("plan_id", "OTHER")] {
+        let mut changed = request.clone();
+        changed[field] = json!(value);
+        let answer = app.subscribe(changed).await;
+        assert_eq!((answer.status, answer.code()), (409, "PAY_ID_CONFLICT"), "{field}");
+        assert_eq!(answer.field(), "payId");
+    }
+    // Another partner's request for the same payId is other content too.
+    let mut other = request.clone();
+    other["partnerCode"] = json!(OTHER_PARTNER);
+    let answer = app.post_signed("/stripeSubDirectly", other, OTHER_SECRET).await;
+    assert_eq!((answer.status, answer.code()), (409, "PAY_ID_CONFLICT"));
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn result_query_shows_a_partner_only_its_own_pay_ids() {
+    let app = TestApp::spawn().await;
+    let request = valid_request();
+    let pay_id = request["payId"].clone();
+    assert_eq!(app.subscribe(request).await.status, 200);
+    let query = |partner: &str| {
+        json!({"partnerCode": partner, "payId": pay_id, "tradeType": "resultQuery", "version": "3.0"})
+    };
+
+    let own = app.post_signed("/resultQuery", query(PARTNER), SECRET).await;
+    let other = app.post_signed("/resultQuery", query(OTHER_PARTNER), OTHER_SECRET).await;
+    let mut unknown_query = query(PARTNER);
+    unknown_query["payId"] = json!("never-sent");
+    let unknown = app.post_signed("/resultQuery", unknown_query, SECRET).await;
+
+    assert_eq!(own.status, 200, "{:?}", own.body);
+    assert_eq!(own.body["status"], "processing");
+    assert_eq!((other.status, other.code()), (404, "PAY_ID_UNKNOWN"));
+    assert_eq!((unknown.status, unknown.code()), (404, "PAY_ID_UNKNOWN"));
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_and_code() {
+    let app = TestApp::spawn().await;
+    app.subscribe(valid_request()).await;
+    let mut bad = valid_request();
+    bad["version"] = json!("1.0");
+    app.subscribe(bad).await;
+
+    let text = app.get("/metrics").await.text().await.expect("metrics");
+
+    assert!(text.contains(r#"autorenew_intake_requests_total{route="/stripeSubDirectly",status="200",code="S"}"#), "{text}");
+    assert!(text.contains(r#"code="PARAM_INVALID""#), "{text}");
+    assert!(text.contains("autorenew_intake_enqueue_duration_seconds_bucket"), "{text}");
+    app.teardown().await;
+}

@@ -1,0 +1,79 @@
+//! RabbitMQ or Redis going away: fast 503s with the right code, readiness says so, and the
+//! intake heals by itself when they return. Uses private instances, never the shared ones.
+
+use std::time::{Duration, Instant};
+
+use crate::helpers::private::{PrivateRabbit, PrivateRedis};
+use crate::helpers::{SHARED_AMQP, SHARED_REDIS, TestApp, poll_until, test_settings, valid_request};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_broker_down_requests_get_a_fast_503_and_are_accepted_once_it_is_back() {
+    let mut rabbit = tokio::task::spawn_blocking(PrivateRabbit::start).await.expect("rabbit");
+    let app = TestApp::spawn_with(test_settings(&rabbit.url(), SHARED_REDIS)).await;
+    assert_eq!(app.subscribe(valid_request()).await.status, 200);
+
+    rabbit = tokio::task::spawn_blocking(move || {
+        rabbit.stop();
+        rabbit
+    })
+    .await
+    .expect("stop");
+    let started = Instant::now();
+    let answer = app.subscribe(valid_request()).await;
+    let took = started.elapsed();
+
+    assert_eq!((answer.status, answer.code()), (503, "BROKER_UNAVAILABLE"), "{:?}", answer.body);
+    assert!(took < Duration::from_secs(2), "a 503 must come within 2 s, took {took:?}");
+    assert!(answer.retry_after.is_some(), "a 503 says when to retry");
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.status(), 503);
+    let ready: serde_json::Value = ready.json().await.expect("json");
+    assert_eq!(ready["broker"], "down");
+
+    // The refused payId is free again: its retry is accepted once the broker is back.
+    let refused = valid_request();
+    let answer = app.subscribe(refused.clone()).await;
+    assert_eq!(answer.status, 503);
+    let rabbit = tokio::task::spawn_blocking(move || {
+        rabbit.boot();
+        rabbit
+    })
+    .await
+    .expect("boot");
+    let back = poll_until(Duration::from_secs(30), || async {
+        app.get("/readyz").await.status() == 200
+    })
+    .await;
+    assert!(back, "the intake reconnects by itself");
+    let answer = app.subscribe(refused).await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    assert_eq!(answer.body["operateCode"], "S");
+
+    app.teardown().await;
+    tokio::task::spawn_blocking(move || drop(rabbit)).await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_requests_get_a_fast_503_and_are_accepted_once_it_is_back() {
+    let mut redis = PrivateRedis::start();
+    let app = TestApp::spawn_with(test_settings(SHARED_AMQP, &redis.url())).await;
+    assert_eq!(app.subscribe(valid_request()).await.status, 200);
+
+    redis.stop();
+    let started = Instant::now();
+    let answer = app.subscribe(valid_request()).await;
+    let took = started.elapsed();
+
+    assert_eq!((answer.status, answer.code()), (503, "STORE_UNAVAILABLE"), "{:?}", answer.body);
+    assert!(took < Duration::from_secs(2), "a 503 must come within 2 s, took {took:?}");
+    let ready: serde_json::Value = app.get("/readyz").await.json().await.expect("json");
+    assert_eq!(ready["redis"], "down");
+
+    redis.boot();
+    let back = poll_until(Duration::from_secs(20), || async {
+        app.subscribe(valid_request()).await.status == 200
+    })
+    .await;
+    assert!(back, "the intake reconnects to Redis by itself");
+    app.teardown().await;
+}

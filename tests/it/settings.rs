@@ -1,0 +1,75 @@
+//! Configuration: the repo's config.toml works, the environment overrides it, and a bad value
+//! stops start-up with a message that names the key.
+
+use std::collections::HashMap;
+use std::process::Command;
+
+use autorenew::config::Settings;
+
+use crate::helpers::repo_path;
+
+fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+#[test]
+fn the_repo_config_loads_and_the_environment_overrides_it() {
+    let settings = Settings::load_with_env(
+        Some(&repo_path("config.toml")),
+        Some(env(&[
+            ("AUTORENEW__AMQP__PREFIX", "elsewhere"),
+            ("AUTORENEW__INTAKE__MAX_BODY_BYTES", "4096"),
+        ])),
+    )
+    .expect("loads");
+    assert_eq!(settings.amqp.prefix, "elsewhere");
+    assert_eq!(settings.intake.max_body_bytes, 4096);
+    assert_eq!(settings.partners[0].code, "P000818");
+}
+
+#[test]
+fn bad_values_name_their_key() {
+    let cases = [
+        ("AUTORENEW__INTAKE__LISTEN", "not-an-address", "intake.listen"),
+        ("AUTORENEW__AMQP__URL", "http://x", "amqp.url"),
+        ("AUTORENEW__AMQP__PREFIX", "has space", "amqp.prefix"),
+        ("AUTORENEW__WORKER__CONCURRENCY", "0", "worker.concurrency"),
+        ("AUTORENEW__STRIPE__SECRET_KEY", "pk_test_123", "stripe.secret_key"),
+        ("AUTORENEW__INTAKE__MAX_BODY_BYTES", "lots", "max_body_bytes"),
+    ];
+    for (key, value, named) in cases {
+        let error = Settings::load_with_env(Some(&repo_path("config.toml")), Some(env(&[(key, value)])))
+            .expect_err(key)
+            .to_string();
+        assert!(error.contains(named), "{key}={value}: {error}");
+    }
+}
+
+#[test]
+fn a_partner_with_an_empty_secret_needs_allow_empty_secret() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, "[[partners]]\ncode = \"P1\"\nsecret = \"\"\n").expect("write");
+    let error = Settings::load_with_env(Some(&path), Some(HashMap::new()))
+        .expect_err("empty secret")
+        .to_string();
+    assert!(error.contains("partners[0].secret"), "{error}");
+
+    std::fs::write(&path, "[[partners]]\ncode = \"P1\"\nsecret = \"\"\nallow_empty_secret = true\n")
+        .expect("write");
+    assert!(Settings::load_with_env(Some(&path), Some(HashMap::new())).is_ok());
+}
+
+#[test]
+fn the_binary_refuses_to_start_on_a_bad_configuration() {
+    let output = Command::new(env!("CARGO_BIN_EXE_autorenew"))
+        .arg("--config")
+        .arg(repo_path("config.toml"))
+        .arg("intake")
+        .env("AUTORENEW__REDIS__URL", "nope://x")
+        .output()
+        .expect("runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("redis.url"), "{stderr}");
+}
