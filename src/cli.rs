@@ -8,7 +8,11 @@ use crate::sign_tool::SignArgs;
 use crate::sim::SimArgs;
 
 #[derive(Debug, Parser)]
-#[command(name = "autorenew", version, about = "Signed partner requests in, Stripe subscriptions out")]
+#[command(
+    name = "autorenew",
+    version,
+    about = "Signed partner requests in, Stripe subscriptions out"
+)]
 pub struct Cli {
     /// Configuration file (default: ./config.toml when it exists). `AUTORENEW__SECTION__KEY`
     /// environment variables override it.

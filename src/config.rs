@@ -230,10 +230,7 @@ impl Settings {
             .separator("__")
             .try_parsing(true)
             .source(env);
-        let settings: Settings = builder
-            .add_source(environment)
-            .build()?
-            .try_deserialize()?;
+        let settings: Settings = builder.add_source(environment).build()?.try_deserialize()?;
         settings.check()?;
         Ok(settings)
     }
@@ -281,8 +278,9 @@ impl Settings {
             return Err(invalid("stripe.max_requests_per_second", "must be above 0"));
         }
         let api_base = self.stripe.api_base.trim();
-        if !api_base.is_empty()
-            && !(api_base.starts_with("http://") || api_base.starts_with("https://"))
+        if !(api_base.is_empty()
+            || api_base.starts_with("http://")
+            || api_base.starts_with("https://"))
         {
             return Err(invalid(
                 "stripe.api_base",
@@ -290,7 +288,7 @@ impl Settings {
             ));
         }
         let key = self.stripe.secret_key.expose_secret();
-        if !key.is_empty() && !(key.starts_with("sk_") || key.starts_with("rk_")) {
+        if !(key.is_empty() || key.starts_with("sk_") || key.starts_with("rk_")) {
             return Err(invalid(
                 "stripe.secret_key",
                 "must be a Stripe secret key (sk_…) or restricted key (rk_…)",
@@ -357,9 +355,12 @@ impl Settings {
 }
 
 fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
-    value
-        .parse()
-        .map_err(|_| invalid(key, format!("`{value}` is not an address like 127.0.0.1:8080")))
+    value.parse().map_err(|_| {
+        invalid(
+            key,
+            format!("`{value}` is not an address like 127.0.0.1:8080"),
+        )
+    })
 }
 
 /// Prefixes become parts of queue names and Redis keys: keep them to a safe alphabet.

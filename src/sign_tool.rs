@@ -11,7 +11,12 @@ use crate::domain::sign;
 #[derive(Debug, clap::Args)]
 pub struct SignArgs {
     /// The partner's secret (or set AUTORENEW_SIGN_SECRET).
-    #[arg(long, env = "AUTORENEW_SIGN_SECRET", hide_env_values = true, default_value = "")]
+    #[arg(
+        long,
+        env = "AUTORENEW_SIGN_SECRET",
+        hide_env_values = true,
+        default_value = ""
+    )]
     pub secret: String,
     /// Print the body with a fresh `tradeTime` and its `sign`, ready to send.
     #[arg(long)]

@@ -45,7 +45,11 @@ impl Broker {
     /// never holds up the next request. `Ok` means the broker has the message stored (for a
     /// quorum queue: on a majority of nodes); a returned (unroutable) message is an error, since
     /// nothing would ever consume it.
-    pub async fn publish(&self, message: Message<'_>, timeout: Duration) -> Result<(), BrokerError> {
+    pub async fn publish(
+        &self,
+        message: Message<'_>,
+        timeout: Duration,
+    ) -> Result<(), BrokerError> {
         let channel = self.publisher()?;
         let mut headers = FieldTable::default();
         for (key, value) in message.headers {

@@ -100,10 +100,7 @@ impl Topology {
         let mut jobs_args = quorum();
         // A job a worker rejects (it cannot be parsed, or its retries are spent) goes to the
         // dead letters, never back to the queue.
-        jobs_args.insert(
-            "x-dead-letter-exchange".into(),
-            long_string(&self.dead()),
-        );
+        jobs_args.insert("x-dead-letter-exchange".into(), long_string(&self.dead()));
         jobs_args.insert(
             "x-delivery-limit".into(),
             AMQPValue::LongLongInt(JOB_DELIVERY_LIMIT),
@@ -174,11 +171,11 @@ fn long_string(value: &str) -> AMQPValue {
 fn humanize(delay: Duration) -> String {
     let millis = delay.as_millis();
     let secs = delay.as_secs();
-    if millis % 1000 != 0 {
+    if !millis.is_multiple_of(1000) {
         format!("{millis}ms")
-    } else if secs % 3600 == 0 {
+    } else if secs.is_multiple_of(3600) {
         format!("{}h", secs / 3600)
-    } else if secs % 60 == 0 {
+    } else if secs.is_multiple_of(60) {
         format!("{}m", secs / 60)
     } else {
         format!("{secs}s")
@@ -198,15 +195,27 @@ mod tests {
     fn names_derive_from_the_prefix() {
         let topology = Topology::new(
             "autorenew",
-            vec![Duration::from_secs(10), Duration::from_secs(60), Duration::from_millis(1500)],
+            vec![
+                Duration::from_secs(10),
+                Duration::from_secs(60),
+                Duration::from_millis(1500),
+            ],
         );
         assert_eq!(topology.jobs(), "autorenew.jobs");
         assert_eq!(topology.dead(), "autorenew.dead");
         assert_eq!(topology.results(), "autorenew.results");
-        let names: Vec<String> = topology.retry_queues().into_iter().map(|(_, n)| n).collect();
+        let names: Vec<String> = topology
+            .retry_queues()
+            .into_iter()
+            .map(|(_, n)| n)
+            .collect();
         assert_eq!(
             names,
-            ["autorenew.retry.10s", "autorenew.retry.1m", "autorenew.retry.1500ms"]
+            [
+                "autorenew.retry.10s",
+                "autorenew.retry.1m",
+                "autorenew.retry.1500ms"
+            ]
         );
     }
 }

@@ -198,7 +198,15 @@ mod tests {
 
     #[test]
     fn non_objects_and_non_json_are_body_errors() {
-        for body in [&b"[1]"[..], b"\"x\"", b"12", b"{", b"", b"\xef\xbb\xbf{}", b"{\"a\":\"\xff\"}"] {
+        for body in [
+            &b"[1]"[..],
+            b"\"x\"",
+            b"12",
+            b"{",
+            b"",
+            b"\xef\xbb\xbf{}",
+            b"{\"a\":\"\xff\"}",
+        ] {
             assert!(
                 matches!(SignedFields::parse(body, &[]), Err(FieldError::Body(_))),
                 "{body:?}"

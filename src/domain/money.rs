@@ -167,12 +167,24 @@ mod tests {
 
     #[test]
     fn decimals_convert_exactly_to_minor_units() {
-        assert_eq!(Amount::parse("19.99", usd()).map(|a| a.minor_units()), Ok(1999));
-        assert_eq!(Amount::parse("19.9", usd()).map(|a| a.minor_units()), Ok(1990));
-        assert_eq!(Amount::parse("20", usd()).map(|a| a.minor_units()), Ok(2000));
+        assert_eq!(
+            Amount::parse("19.99", usd()).map(|a| a.minor_units()),
+            Ok(1999)
+        );
+        assert_eq!(
+            Amount::parse("19.9", usd()).map(|a| a.minor_units()),
+            Ok(1990)
+        );
+        assert_eq!(
+            Amount::parse("20", usd()).map(|a| a.minor_units()),
+            Ok(2000)
+        );
         assert_eq!(Amount::parse("0.01", usd()).map(|a| a.minor_units()), Ok(1));
         let kwd = Currency::parse("kwd").expect("kwd");
-        assert_eq!(Amount::parse("1.234", kwd).map(|a| a.minor_units()), Ok(1234));
+        assert_eq!(
+            Amount::parse("1.234", kwd).map(|a| a.minor_units()),
+            Ok(1234)
+        );
         let jpy = Currency::parse("jpy").expect("jpy");
         assert_eq!(Amount::parse("500", jpy).map(|a| a.minor_units()), Ok(500));
     }
@@ -188,8 +200,14 @@ mod tests {
             Amount::parse("19.999", usd()),
             Err(AmountError::TooManyDecimals { allowed: 2, .. })
         ));
-        for bad in ["", "-1", "+1", "1e3", ".5", "5.", "1,00", " 1", "0x10", "١٢"] {
-            assert_eq!(Amount::parse(bad, usd()), Err(AmountError::NotDecimal), "{bad:?}");
+        for bad in [
+            "", "-1", "+1", "1e3", ".5", "5.", "1,00", " 1", "0x10", "١٢",
+        ] {
+            assert_eq!(
+                Amount::parse(bad, usd()),
+                Err(AmountError::NotDecimal),
+                "{bad:?}"
+            );
         }
         assert_eq!(Amount::parse("0.00", usd()), Err(AmountError::NotPositive));
         assert_eq!(Amount::parse("1000000", usd()), Err(AmountError::TooLarge));

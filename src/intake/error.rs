@@ -117,7 +117,9 @@ impl IntakeError {
         }
         let message = match &self {
             IntakeError::Broker(_) => "the job could not be enqueued now; retry later".to_owned(),
-            IntakeError::Store(_) => "the request could not be recorded now; retry later".to_owned(),
+            IntakeError::Store(_) => {
+                "the request could not be recorded now; retry later".to_owned()
+            }
             other => other.to_string(),
         };
         let body = ApiResponse::refused(code, message, self.field(), pay_id);

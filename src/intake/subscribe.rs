@@ -56,7 +56,11 @@ pub async fn subscribe(
             accepted_at: &accepted_at,
             job: &job,
         };
-        let outcome = state.store.claim(claim).await.map_err(|e| refuse(e.into()))?;
+        let outcome = state
+            .store
+            .claim(claim)
+            .await
+            .map_err(|e| refuse(e.into()))?;
         match outcome {
             ClaimOutcome::Claimed { job, .. } => {
                 enqueue(&state, &body, &job, &request_id)
@@ -75,7 +79,7 @@ pub async fn subscribe(
             ClaimOutcome::Enqueued { result, .. } => {
                 return Ok(Json(ApiResponse::for_job(
                     body.pay_id.as_str(),
-                    result.as_ref(),
+                    result.as_deref(),
                 )));
             }
             ClaimOutcome::Conflict => return Err(refuse(IntakeError::PayIdConflict)),
@@ -128,7 +132,9 @@ async fn enqueue(
                 error,
                 BrokerError::Unavailable | BrokerError::Nacked | BrokerError::Unroutable
             );
-            if known_not_sent && let Err(release) = state.store.release(&request.pay_id, token).await {
+            if known_not_sent
+                && let Err(release) = state.store.release(&request.pay_id, token).await
+            {
                 tracing::warn!(pay_id = %request.pay_id, error = %release, "claim not released");
             }
             Err(error.into())

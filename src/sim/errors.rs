@@ -117,7 +117,11 @@ impl ApiError {
             decline_code: Some(decline_code.to_owned()),
             ..Self::new(StatusCode::PAYMENT_REQUIRED, "card_error", message)
                 .code(code)
-                .param(if code == "card_declined" { None } else { Some("exp_month") })
+                .param(match code {
+                    "expired_card" => Some("exp_month"),
+                    "incorrect_cvc" => Some("cvc"),
+                    _ => None,
+                })
         }
     }
 
@@ -203,7 +207,10 @@ impl ApiError {
             error.insert("code".into(), json!(code));
             error.insert(
                 "doc_url".into(),
-                json!(format!("https://stripe.com/docs/error-codes/{}", code.replace('_', "-"))),
+                json!(format!(
+                    "https://stripe.com/docs/error-codes/{}",
+                    code.replace('_', "-")
+                )),
             );
         }
         if let Some(decline_code) = &self.decline_code {

@@ -55,7 +55,10 @@ impl Params {
         match finish(Node::Branch(root)) {
             Value::Map(map) => Ok(Params(map)),
             // A root made only of `[0]=…` keys cannot come from `split_key`, which starts with a name.
-            _ => Err(ApiError::invalid_request("Invalid request parameters.", None)),
+            _ => Err(ApiError::invalid_request(
+                "Invalid request parameters.",
+                None,
+            )),
         }
     }
 
@@ -91,7 +94,10 @@ impl Params {
             Some(Value::Map(map)) => Ok(Some(map)),
             Some(Value::Str(s)) if s.is_empty() => Ok(None),
             None => Ok(None),
-            Some(_) => Err(ApiError::invalid_param(name, "an object (`name[key]=value`)")),
+            Some(_) => Err(ApiError::invalid_param(
+                name,
+                "an object (`name[key]=value`)",
+            )),
         }
     }
 
@@ -129,7 +135,10 @@ impl Params {
                 })
                 .collect::<Result<_, _>>()
                 .map(Some),
-            Some(_) => Err(ApiError::invalid_param(name, "an object (`metadata[key]=value`)")),
+            Some(_) => Err(ApiError::invalid_param(
+                name,
+                "an object (`metadata[key]=value`)",
+            )),
         }
     }
 
@@ -148,7 +157,10 @@ impl Params {
             None => Ok(None),
             Some("true") => Ok(Some(true)),
             Some("false") => Ok(Some(false)),
-            Some(_) => Err(ApiError::invalid_param(name, "a boolean (`true` or `false`)")),
+            Some(_) => Err(ApiError::invalid_param(
+                name,
+                "a boolean (`true` or `false`)",
+            )),
         }
     }
 
@@ -195,7 +207,10 @@ fn insert(
     key: &str,
 ) -> Result<(), ApiError> {
     let conflict = || {
-        ApiError::invalid_request(&format!("Conflicting values for parameter {key}."), Some(key))
+        ApiError::invalid_request(
+            &format!("Conflicting values for parameter {key}."),
+            Some(key),
+        )
     };
     let Some((first, rest)) = path.split_first() else {
         return Err(conflict());
@@ -256,21 +271,35 @@ mod tests {
 
     #[test]
     fn brackets_build_nested_maps_and_lists() {
-        let p = parse("items[0][price]=price_1&items[1][price]=price_2&metadata[payId]=P1&expand[]=latest_invoice");
+        let p = parse(
+            "items[0][price]=price_1&items[1][price]=price_2&metadata[payId]=P1&expand[]=latest_invoice",
+        );
         let items = p.list("items").expect("list");
         assert_eq!(items.len(), 2);
         assert_eq!(
             items[1],
-            &Value::Map(BTreeMap::from([("price".into(), Value::Str("price_2".into()))]))
+            &Value::Map(BTreeMap::from([(
+                "price".into(),
+                Value::Str("price_2".into())
+            )]))
         );
-        assert_eq!(p.metadata("metadata").expect("ok").expect("some")["payId"], "P1");
-        assert_eq!(p.strings("expand").expect("ok"), vec!["latest_invoice".to_owned()]);
+        assert_eq!(
+            p.metadata("metadata").expect("ok").expect("some")["payId"],
+            "P1"
+        );
+        assert_eq!(
+            p.strings("expand").expect("ok"),
+            vec!["latest_invoice".to_owned()]
+        );
     }
 
     #[test]
     fn percent_encoded_brackets_decode_like_plain_ones() {
         let p = parse("metadata%5BpayId%5D=P%2B1&email=a%40b.c");
-        assert_eq!(p.metadata("metadata").expect("ok").expect("some")["payId"], "P+1");
+        assert_eq!(
+            p.metadata("metadata").expect("ok").expect("some")["payId"],
+            "P+1"
+        );
         assert_eq!(p.str("email"), Some("a@b.c"));
     }
 

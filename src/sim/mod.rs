@@ -1,15 +1,287 @@
-//! `autorenew stripe-sim`: a stateful Stripe stand-in (CONTRACT §8). Being built.
+//! `autorenew stripe-sim`: a stateful Stripe stand-in with Stripe's limits and faults
+//! (CONTRACT §8). The embedded default for `autorenew run`, the tests, the benchmarks and the
+//! fault drills. It shares no code with the Stripe gateway, so a misreading of Stripe in one
+//! cannot hide in the other.
+//!
+//! # Stripe API (`/v1/…`, form-encoded, `Authorization: Bearer sk_test_…|sk_live_…`)
+//! Customers (create, retrieve, update, list by `email`, search), payment methods (retrieve,
+//! attach, detach, list for a customer), products and prices (create, retrieve, list; prices
+//! by `lookup_keys[]`), subscriptions (create, retrieve, list, search, cancel). Errors are
+//! Stripe's: `{"error": {"type", "code", "decline_code", "param", "message"}}` with Stripe's
+//! statuses; unknown parameters are refused as Stripe refuses them. Test payment methods:
+//! see [`cards`]. Idempotency: see [`idempotency`].
+//!
+//! # Admin (`/_sim/…`, JSON, never limited or faulted)
+//! - `GET /_sim/stats`: `{"requests": {"POST /v1/subscriptions": {"200": 1, "402": 1}},
+//!   "requests_total": 2, "objects": {"customers": 1, …}, "subscriptions_by_pay_id":
+//!   {"P1": 1}, "idempotency": {"keys", "in_flight", "replays"}, "faults": {"rate_limited",
+//!   "spurious_429", "errors", "hangs", "lost_responses", "scripted"}}`. A dropped connection
+//!   counts under status `"dropped"`; unknown URLs under route `"unrecognized"`.
+//! - `POST /_sim/reset`: forget every object, key, count, script; the configuration stays.
+//! - `GET /_sim/config`: the [`faults::FaultConfig`] in force. `PATCH` sets the fields given,
+//!   `POST` sets them over the defaults: `{"rate_limit": "test"|"live"|"off"|N,
+//!   "rate_limit_burst": N, "latency_p50_ms": 20, "latency_p99_ms": 200, "error_rate": 0.01,
+//!   "rate_limit_error_rate": 0.01, "hang_rate": 0.01, "hang_ms": 60000,
+//!   "lost_response_rate": 0.01, "lost_response_mode": "error"|"drop", "search_delay_ms": 0,
+//!   "declines_at": "attach"|"charge", "unknown_payment_methods": "good_card"|"missing"}`.
+//! - `POST /_sim/script`: `{"route": "POST /v1/subscriptions", "answers": [{"kind": "error",
+//!   "status": 500}, {"kind": "lost_response", "mode": "drop"}, {"kind": "pass"}]}` (or a list
+//!   of such) queues answers for the next requests to that route (`{id}` for path ids, a
+//!   concrete path, or `*`). Kinds: `pass`, `delay` (`ms`), `error` (`status`, `type`, `code`,
+//!   `decline_code`, `message`), `rate_limit`, `hang` (`ms`), `lost_response` (`mode`).
+//!   Scripted requests skip the limiter and the random faults. `GET` shows what is queued,
+//!   `DELETE` clears it.
 
+mod admin;
+mod api;
+pub mod cards;
+mod errors;
+pub mod faults;
+mod form;
+pub mod idempotency;
+mod routes;
+mod stats;
+mod store;
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::serve::ListenerExt;
 use tokio_util::sync::CancellationToken;
 
-/// Flags of `autorenew stripe-sim`.
+use faults::{DeclinesAt, FaultConfig, Limiter, LostMode, Scripts, UnknownPaymentMethods};
+use idempotency::Keys;
+use stats::{Fault, Stats};
+use store::Store;
+
+/// Flags of `autorenew stripe-sim`. Every fault and limit can also be changed while it runs
+/// (`PATCH /_sim/config`).
 #[derive(Debug, clap::Args)]
 pub struct SimArgs {
-    /// Address to listen on.
+    /// Address to listen on (port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:12111")]
     pub listen: String,
+    /// Request-rate limit: `off`, `test` (Stripe's 25/s), `live` (100/s), or requests/s.
+    #[arg(long, default_value = "off", value_parser = admin::parse_rate)]
+    pub rate_limit: f64,
+    /// Token-bucket size in requests (default: a tenth of a second's worth, at least 1).
+    #[arg(long)]
+    pub rate_limit_burst: Option<f64>,
+    /// Latency before each answer: `MS` (fixed) or `P50:P99` in ms (log-normal).
+    #[arg(long, default_value = "0", value_parser = parse_latency)]
+    pub latency: (u64, u64),
+    /// Share (0–1) of requests answered 500 `api_error`, nothing written.
+    #[arg(long, default_value_t = 0.0)]
+    pub error_rate: f64,
+    /// Share (0–1) of requests answered 429 `rate_limit` whatever the limiter says.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate_limit_error_rate: f64,
+    /// Share (0–1) of requests that hang for `--hang-ms`, then answer 500.
+    #[arg(long, default_value_t = 0.0)]
+    pub hang_rate: f64,
+    #[arg(long, default_value_t = 60_000)]
+    pub hang_ms: u64,
+    /// Share (0–1) of requests that write, then lose their answer (`--lost-response-mode`).
+    #[arg(long, default_value_t = 0.0)]
+    pub lost_response_rate: f64,
+    #[arg(long, value_enum, default_value = "error")]
+    pub lost_response_mode: LostMode,
+    /// Search misses objects younger than this, as Stripe's eventually consistent search does.
+    #[arg(long, default_value_t = 0)]
+    pub search_delay_ms: u64,
+    /// When decline test cards decline: when attached (as Stripe) or only when charged.
+    #[arg(long, value_enum, default_value = "attach")]
+    pub declines_at: DeclinesAt,
+    /// What an unseen well-formed `pm_…` id is: a good card, or missing (404).
+    #[arg(long, value_enum, default_value = "good-card")]
+    pub unknown_payment_methods: UnknownPaymentMethods,
 }
 
-pub async fn run(_args: SimArgs, _shutdown: CancellationToken) -> anyhow::Result<()> {
-    anyhow::bail!("the simulator is not built yet")
+fn parse_latency(s: &str) -> Result<(u64, u64), String> {
+    let number = |n: &str| {
+        n.trim_end_matches("ms")
+            .parse::<u64>()
+            .map_err(|_| format!("latency must be MS or P50:P99 in ms, got {s}"))
+    };
+    match s.split_once(':') {
+        None => number(s).map(|ms| (ms, ms)),
+        Some((p50, p99)) => Ok((number(p50)?, number(p99)?)),
+    }
+}
+
+/// What the simulator needs to start.
+#[derive(Debug, Clone)]
+pub struct SimSettings {
+    pub listen: SocketAddr,
+    pub faults: FaultConfig,
+}
+
+impl SimSettings {
+    /// Port 0 on localhost, no faults: what tests start.
+    pub fn for_tests() -> Self {
+        SimSettings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            faults: FaultConfig::default(),
+        }
+    }
+}
+
+impl TryFrom<SimArgs> for SimSettings {
+    type Error = anyhow::Error;
+
+    fn try_from(args: SimArgs) -> anyhow::Result<Self> {
+        let listen = args.listen.parse().with_context(|| {
+            format!(
+                "--listen {:?} is not an address like 127.0.0.1:12111",
+                args.listen
+            )
+        })?;
+        let faults = FaultConfig {
+            rate_limit_per_second: args.rate_limit,
+            rate_limit_burst: args.rate_limit_burst,
+            latency_p50_ms: args.latency.0,
+            latency_p99_ms: args.latency.1,
+            error_rate: args.error_rate,
+            rate_limit_error_rate: args.rate_limit_error_rate,
+            hang_rate: args.hang_rate,
+            hang_ms: args.hang_ms,
+            lost_response_rate: args.lost_response_rate,
+            lost_response_mode: args.lost_response_mode,
+            search_delay_ms: args.search_delay_ms,
+            declines_at: args.declines_at,
+            unknown_payment_methods: args.unknown_payment_methods,
+        };
+        faults.check().map_err(anyhow::Error::msg)?;
+        Ok(SimSettings { listen, faults })
+    }
+}
+
+/// `autorenew stripe-sim`: serve until `shutdown`.
+pub async fn run(args: SimArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let app = Application::build(SimSettings::try_from(args)?)?;
+    println!("stripe-sim listening on http://{}", app.address());
+    app.run_until_stopped(shutdown).await
+}
+
+/// The faults stage's state: one lock, taken briefly once per API request.
+#[derive(Debug)]
+struct FaultState {
+    config: FaultConfig,
+    limiter: Limiter,
+    scripts: Scripts,
+}
+
+/// State shared by every request. Each part has its own lock, held only for synchronous
+/// work, never across an await.
+#[derive(Debug)]
+struct Shared {
+    store: Mutex<Store>,
+    keys: Mutex<Keys>,
+    faults: Mutex<FaultState>,
+    stats: Mutex<Stats>,
+    /// Cancelled on shutdown, so latency and hangs end at once instead of holding it up.
+    stopping: CancellationToken,
+}
+
+/// A poisoned lock only means a request panicked mid-way; the data is still the best we
+/// have, and a simulator that keeps answering is more useful than one that cascades.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    fn store(&self) -> MutexGuard<'_, Store> {
+        lock(&self.store)
+    }
+    fn keys(&self) -> MutexGuard<'_, Keys> {
+        lock(&self.keys)
+    }
+    fn faults(&self) -> MutexGuard<'_, FaultState> {
+        lock(&self.faults)
+    }
+    fn stats(&self) -> MutexGuard<'_, Stats> {
+        lock(&self.stats)
+    }
+    fn stats_record(&self, route: &'static str, status: u16) {
+        self.stats().record(route, status);
+    }
+    fn stats_fault(&self, fault: Fault) {
+        self.stats().fault(fault);
+    }
+    async fn sleep(&self, duration: Duration) {
+        if duration.is_zero() {
+            return;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(duration) => {}
+            () = self.stopping.cancelled() => {}
+        }
+    }
+}
+
+/// The simulator, bound and ready to serve.
+pub struct Application {
+    listener: TcpListener,
+    address: SocketAddr,
+    shared: Arc<Shared>,
+}
+
+impl Application {
+    /// Binds the listen address (port 0: a free port) without serving yet.
+    pub fn build(settings: SimSettings) -> anyhow::Result<Application> {
+        settings.faults.check().map_err(anyhow::Error::msg)?;
+        let listener = TcpListener::bind(settings.listen)
+            .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        listener.set_nonblocking(true)?;
+        let address = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            store: Mutex::default(),
+            keys: Mutex::default(),
+            faults: Mutex::new(FaultState {
+                config: settings.faults,
+                limiter: Limiter::new(),
+                scripts: Scripts::default(),
+            }),
+            stats: Mutex::default(),
+            stopping: CancellationToken::new(),
+        });
+        Ok(Application {
+            listener,
+            address,
+            shared,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.address.port()
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Serves until `shutdown` is cancelled, then finishes the requests in hand.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let listener = tokio::net::TcpListener::from_std(self.listener)?
+            // Answers are small: without NODELAY, Nagle and delayed ACKs add ~40 ms to some.
+            .tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+        let stopping = self.shared.stopping.clone();
+        let app = Router::new()
+            .merge(admin::router())
+            .fallback(api::handle)
+            .with_state(self.shared);
+        tracing::info!(address = %self.address, "stripe-sim listening");
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown.cancelled().await;
+                stopping.cancel();
+            })
+            .await
+            .context("stripe-sim stopped serving")
+    }
 }

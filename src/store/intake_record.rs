@@ -98,7 +98,7 @@ pub enum ClaimOutcome {
     /// The job is on the broker; `result` is its final result, if there is one yet.
     Enqueued {
         accepted_at: String,
-        result: Option<FinalResult>,
+        result: Option<Box<FinalResult>>,
     },
     /// Another request for the same content is being enqueued right now.
     Pending { accepted_at: String },
@@ -144,7 +144,7 @@ impl Store {
             }),
             "enqueued" => Ok(ClaimOutcome::Enqueued {
                 accepted_at,
-                result: parse_result(&payload)?,
+                result: parse_result(&payload)?.map(Box::new),
             }),
             "pending" => Ok(ClaimOutcome::Pending { accepted_at }),
             "conflict" => Ok(ClaimOutcome::Conflict),
@@ -155,10 +155,9 @@ impl Store {
     pub async fn mark_enqueued(&self, pay_id: &PayId) -> Result<(), StoreError> {
         let mut connection = self.connection();
         let key = self.keys.intake(pay_id);
-        let _: i64 = with_timeout(async {
-            MARK_ENQUEUED.key(key).invoke_async(&mut connection).await
-        })
-        .await?;
+        let _: i64 =
+            with_timeout(async { MARK_ENQUEUED.key(key).invoke_async(&mut connection).await })
+                .await?;
         Ok(())
     }
 
@@ -166,7 +165,11 @@ impl Store {
         let mut connection = self.connection();
         let key = self.keys.intake(pay_id);
         let _: i64 = with_timeout(async {
-            RELEASE.key(key).arg(token).invoke_async(&mut connection).await
+            RELEASE
+                .key(key)
+                .arg(token)
+                .invoke_async(&mut connection)
+                .await
         })
         .await?;
         Ok(())
@@ -177,19 +180,19 @@ impl Store {
         let mut connection = self.connection();
         let intake_key = self.keys.intake(pay_id);
         let result_key = self.keys.result(pay_id);
-        let (fields, result): ((Option<String>, Option<String>), Option<Vec<u8>>) =
-            with_timeout(async {
-                redis::pipe()
-                    .cmd("HMGET")
-                    .arg(&intake_key)
-                    .arg("partner")
-                    .arg("accepted_at")
-                    .cmd("GET")
-                    .arg(&result_key)
-                    .query_async(&mut connection)
-                    .await
-            })
-            .await?;
+        type Fields = (Option<String>, Option<String>);
+        let (fields, result): (Fields, Option<Vec<u8>>) = with_timeout(async {
+            redis::pipe()
+                .cmd("HMGET")
+                .arg(&intake_key)
+                .arg("partner")
+                .arg("accepted_at")
+                .cmd("GET")
+                .arg(&result_key)
+                .query_async(&mut connection)
+                .await
+        })
+        .await?;
         let (Some(partner), accepted_at) = fields else {
             return Ok(None);
         };

@@ -72,7 +72,9 @@ impl Store {
     pub async fn ping(&self) -> bool {
         let mut connection = self.connection.clone();
         let ping = with_timeout(async move {
-            redis::cmd("PING").query_async::<String>(&mut connection).await
+            redis::cmd("PING")
+                .query_async::<String>(&mut connection)
+                .await
         });
         ping.await.is_ok()
     }
@@ -82,7 +84,10 @@ impl Store {
         let mut connection = self.connection.clone();
         let key = self.keys.result(pay_id);
         let raw: Option<String> = with_timeout(async move {
-            redis::cmd("GET").arg(key).query_async(&mut connection).await
+            redis::cmd("GET")
+                .arg(key)
+                .query_async(&mut connection)
+                .await
         })
         .await?;
         raw.map(|json| {

@@ -1,0 +1,429 @@
+//! Subscriptions: create (charging the first invoice), retrieve, list, search, cancel.
+//!
+//! Creating one charges its first invoice with the subscription's `default_payment_method`,
+//! else the customer's `invoice_settings.default_payment_method`. A declining card then
+//! follows `payment_behavior` as Stripe does: `error_if_incomplete` answers 402 `card_error`
+//! and creates nothing; `allow_incomplete` (the default) creates an `incomplete` subscription
+//! with an open invoice; `default_incomplete` never charges and is `incomplete` until paid.
+
+use serde_json::Value;
+
+use super::search::{Field, Query, visible};
+use super::{Ctx, check_known, check_list, expansions, page};
+use crate::sim::errors::ApiError;
+use crate::sim::form::{Params, Value as Param};
+use crate::sim::store::{
+    Expand, Invoice, Item, Store, Subscription, new_id, now, period_end, render_subscription,
+};
+
+const CREATE_PARAMS: &[&str] = &[
+    "customer",
+    "items",
+    "default_payment_method",
+    "off_session",
+    "payment_behavior",
+    "metadata",
+    "expand",
+    "collection_method",
+    "days_until_due",
+    "trial_period_days",
+    "trial_end",
+    "description",
+    "discounts",
+    "automatic_tax",
+    "billing_cycle_anchor",
+    "billing_cycle_anchor_config",
+    "billing_mode",
+    "billing_thresholds",
+    "cancel_at",
+    "cancel_at_period_end",
+    "currency",
+    "default_source",
+    "default_tax_rates",
+    "add_invoice_items",
+    "application_fee_percent",
+    "backdate_start_date",
+    "invoice_settings",
+    "on_behalf_of",
+    "payment_settings",
+    "pending_invoice_item_interval",
+    "proration_behavior",
+    "transfer_data",
+    "trial_from_plan",
+    "trial_settings",
+    "customer_account",
+];
+const ITEM_PARAMS: &[&str] = &[
+    "price",
+    "plan",
+    "quantity",
+    "metadata",
+    "tax_rates",
+    "discounts",
+    "billing_thresholds",
+];
+const EXPANDABLE: &[&str] = &["latest_invoice", "customer", "default_payment_method"];
+
+fn expand_of(paths: &[String]) -> Expand {
+    let has = |p: &str| paths.iter().any(|e| e == p);
+    Expand {
+        customer: has("customer"),
+        latest_invoice: has("latest_invoice"),
+        default_payment_method: has("default_payment_method"),
+    }
+}
+
+pub fn create(ctx: &mut Ctx, params: &Params) -> Result<Value, ApiError> {
+    check_known(params, CREATE_PARAMS)?;
+    let expand = expand_of(&expansions(params, EXPANDABLE)?);
+    let customer = params.required("customer")?;
+    let Some(customer_obj) = ctx.store.customers.get(customer) else {
+        return Err(ApiError::no_such_param("customer", customer, "customer"));
+    };
+    let behaviour = params
+        .optional("payment_behavior")?
+        .unwrap_or("allow_incomplete");
+    if !matches!(
+        behaviour,
+        "allow_incomplete" | "error_if_incomplete" | "default_incomplete"
+    ) {
+        return Err(ApiError::invalid_request(
+            &format!(
+                "Invalid payment_behavior: must be one of allow_incomplete, \
+                 error_if_incomplete, or default_incomplete (got {behaviour})."
+            ),
+            Some("payment_behavior"),
+        ));
+    }
+    let collection = params
+        .optional("collection_method")?
+        .unwrap_or("charge_automatically");
+    if !matches!(collection, "charge_automatically" | "send_invoice") {
+        return Err(ApiError::invalid_param(
+            "collection_method",
+            "one of charge_automatically or send_invoice",
+        ));
+    }
+    if collection == "send_invoice" && params.integer("days_until_due")?.is_none() {
+        return Err(ApiError::missing_param("days_until_due"));
+    }
+    params.boolean("off_session")?;
+    let items = items(ctx.store, params)?;
+    let first = &ctx.store.prices[&items[0].price];
+    let currency = first.currency.clone();
+    // `items` admits recurring prices only.
+    let recurring = first
+        .recurring
+        .clone()
+        .ok_or_else(|| ApiError::missing_param("items[0][price]"))?;
+    for (n, item) in items.iter().enumerate() {
+        let price = &ctx.store.prices[&item.price];
+        if price.currency != currency {
+            return Err(ApiError::invalid_request(
+                "All prices on a subscription must have the same currency.",
+                Some(&format!("items[{n}][price]")),
+            ));
+        }
+    }
+    let payment_method = match params.optional("default_payment_method")? {
+        Some(pm) => {
+            let param = "default_payment_method";
+            match ctx.store.payment_methods.get(pm) {
+                Some(found) if found.customer.as_deref() == Some(customer) => Some(pm.to_owned()),
+                Some(_) => {
+                    return Err(ApiError::invalid_request(
+                        &format!(
+                            "The customer does not have a payment method with the ID {pm}. \
+                             The payment method must be attached to the customer."
+                        ),
+                        Some(param),
+                    ));
+                }
+                None => return Err(ApiError::no_such_param("PaymentMethod", pm, param)),
+            }
+        }
+        None => None,
+    };
+    let charge_with = payment_method
+        .clone()
+        .or_else(|| customer_obj.default_payment_method.clone());
+    let trial_days = params.integer("trial_period_days")?.unwrap_or(0);
+    if !(0..=730).contains(&trial_days) {
+        return Err(ApiError::invalid_param(
+            "trial_period_days",
+            "between 0 and 730",
+        ));
+    }
+    let total: i64 = items
+        .iter()
+        .map(|i| {
+            ctx.store.prices[&i.price]
+                .unit_amount
+                .saturating_mul(i.quantity as i64)
+        })
+        .sum();
+    let created = now();
+    let charges_now = collection == "charge_automatically"
+        && behaviour != "default_incomplete"
+        && trial_days == 0
+        && total > 0;
+    let (status, paid, attempted) = if trial_days > 0 {
+        ("trialing", true, false)
+    } else if collection == "send_invoice" {
+        ("active", false, false)
+    } else if behaviour == "default_incomplete" && total > 0 {
+        ("incomplete", false, false)
+    } else if !charges_now {
+        ("active", true, false)
+    } else {
+        let decline = match &charge_with {
+            None if behaviour == "error_if_incomplete" => {
+                return Err(ApiError::invalid_request(
+                    "This customer has no attached payment source or default payment method. \
+                     Please consider adding a default payment method.",
+                    None,
+                ));
+            }
+            None => None,
+            Some(pm) => ctx
+                .store
+                .payment_methods
+                .get(pm)
+                .and_then(|pm| pm.card.behaviour.error()),
+        };
+        match decline {
+            Some(error) if behaviour == "error_if_incomplete" => return Err(error),
+            Some(_) => ("incomplete", false, true),
+            None if charge_with.is_none() => ("incomplete", false, false),
+            None => ("active", true, true),
+        }
+    };
+    let trial_end = (trial_days > 0).then(|| created + trial_days * 86_400);
+    let period_end = trial_end.unwrap_or_else(|| period_end(created, &recurring));
+    let id = new_id("sub");
+    let invoice = Invoice {
+        id: new_id("in"),
+        created,
+        customer: customer.to_owned(),
+        subscription: id.clone(),
+        currency: currency.clone(),
+        lines: items
+            .iter()
+            .map(|i| {
+                let amount = if trial_days > 0 {
+                    0
+                } else {
+                    ctx.store.prices[&i.price].unit_amount * i.quantity as i64
+                };
+                (i.price.clone(), i.quantity, amount)
+            })
+            .collect(),
+        total: if trial_days > 0 { 0 } else { total },
+        paid,
+        attempted,
+        status: if paid { "paid" } else { "open" }.to_owned(),
+        period_start: created,
+        period_end: created,
+    };
+    let subscription = Subscription {
+        id: id.clone(),
+        created,
+        born: ctx.now,
+        customer: customer.to_owned(),
+        items,
+        currency,
+        status: status.to_owned(),
+        collection_method: collection.to_owned(),
+        default_payment_method: payment_method,
+        latest_invoice: invoice.id.clone(),
+        metadata: params.metadata("metadata")?.unwrap_or_default(),
+        period_start: created,
+        period_end,
+        trial_end,
+        canceled_at: None,
+    };
+    ctx.store.insert_subscription(subscription, invoice);
+    Ok(render_subscription(
+        ctx.store,
+        &ctx.store.subscriptions[&id],
+        expand,
+    ))
+}
+
+/// `items[n][price]` (or the legacy `items[n][plan]`) and `items[n][quantity]`, checked.
+fn items(store: &Store, params: &Params) -> Result<Vec<Item>, ApiError> {
+    let given = params.list("items")?;
+    if given.is_empty() {
+        return Err(ApiError::missing_param("items"));
+    }
+    if given.len() > 20 {
+        return Err(ApiError::invalid_request(
+            "A subscription can have at most 20 items.",
+            Some("items"),
+        ));
+    }
+    given
+        .into_iter()
+        .enumerate()
+        .map(|(n, item)| {
+            let Param::Map(map) = item else {
+                return Err(ApiError::invalid_param(&format!("items[{n}]"), "an object"));
+            };
+            let item = Params(map.clone());
+            check_known(&item, ITEM_PARAMS)
+                .map_err(|e| ApiError { param: e.param.map(|p| format!("items[{n}][{p}]")), ..e })?;
+            let param = format!("items[{n}][price]");
+            let price_id = match (item.optional("price")?, item.optional("plan")?) {
+                (Some(price), _) | (None, Some(price)) => price,
+                (None, None) => return Err(ApiError::missing_param(&param)),
+            };
+            let Some(price) = store.prices.get(price_id) else {
+                return Err(ApiError::no_such_param("price", price_id, &param));
+            };
+            if price.recurring.is_none() {
+                return Err(ApiError::invalid_request(
+                    &format!(
+                        "The price specified ({price_id}) is set to `type=one_time` but this \
+                         field only accepts prices with `type=recurring`."
+                    ),
+                    Some(&param),
+                ));
+            }
+            if !price.active {
+                return Err(ApiError::invalid_request(
+                    &format!("The price specified ({price_id}) is inactive. This field only accepts active prices."),
+                    Some(&param),
+                ));
+            }
+            let quantity = item
+                .integer("quantity")
+                .map_err(|_| ApiError::invalid_param(&format!("items[{n}][quantity]"), "an integer"))?
+                .unwrap_or(1);
+            let quantity = u64::try_from(quantity)
+                .map_err(|_| ApiError::invalid_param(&format!("items[{n}][quantity]"), "a non-negative integer"))?;
+            Ok(Item { id: new_id("si"), price: price_id.to_owned(), quantity })
+        })
+        .collect()
+}
+
+pub fn retrieve(ctx: &mut Ctx, id: &str, params: &Params) -> Result<Value, ApiError> {
+    check_known(params, &["expand"])?;
+    let expand = expand_of(&expansions(params, EXPANDABLE)?);
+    let subscription = ctx
+        .store
+        .subscriptions
+        .get(id)
+        .ok_or_else(|| ApiError::no_such("subscription", id, "id"))?;
+    Ok(render_subscription(ctx.store, subscription, expand))
+}
+
+pub fn cancel(ctx: &mut Ctx, id: &str, params: &Params) -> Result<Value, ApiError> {
+    check_known(
+        params,
+        &["expand", "cancellation_details", "invoice_now", "prorate"],
+    )?;
+    let expand = expand_of(&expansions(params, EXPANDABLE)?);
+    let subscription = ctx
+        .store
+        .subscriptions
+        .get_mut(id)
+        .ok_or_else(|| ApiError::no_such("subscription", id, "id"))?;
+    if subscription.status == "canceled" {
+        return Err(ApiError::invalid_request(
+            &format!(
+                "A canceled subscription can only update its cancellation_details and metadata. ({id})"
+            ),
+            None,
+        ));
+    }
+    subscription.status = "canceled".into();
+    subscription.canceled_at = Some(now());
+    Ok(render_subscription(
+        ctx.store,
+        &ctx.store.subscriptions[id],
+        expand,
+    ))
+}
+
+pub fn list(ctx: &mut Ctx, params: &Params) -> Result<Value, ApiError> {
+    check_list(
+        params,
+        &[
+            "customer",
+            "customer_account",
+            "price",
+            "status",
+            "collection_method",
+            "current_period_end",
+            "current_period_start",
+            "test_clock",
+            "automatic_tax",
+        ],
+    )?;
+    let expand = expand_of(&expansions(params, EXPANDABLE)?);
+    let status = params.optional("status")?;
+    let price = params.optional("price")?;
+    let store = &*ctx.store;
+    let ids: Vec<&str> = match params.optional("customer")? {
+        Some(customer) => store
+            .subscriptions_by_customer
+            .get(customer)
+            .map(|ids| ids.iter().rev().map(String::as_str).collect())
+            .unwrap_or_default(),
+        None => store
+            .subscription_order
+            .iter()
+            .rev()
+            .map(String::as_str)
+            .collect(),
+    };
+    let ids: Vec<&str> = ids
+        .into_iter()
+        .filter(|id| {
+            store.subscriptions.get(*id).is_some_and(|s| {
+                let by_status = match status {
+                    // Stripe's default leaves out canceled subscriptions only.
+                    None => s.status != "canceled",
+                    Some("all") => true,
+                    Some("ended") => matches!(s.status.as_str(), "canceled" | "incomplete_expired"),
+                    Some(wanted) => s.status == wanted,
+                };
+                by_status && price.is_none_or(|p| s.items.iter().any(|i| i.price == p))
+            })
+        })
+        .collect();
+    page(ids, params, "/v1/subscriptions", |id| {
+        store
+            .subscriptions
+            .get(id)
+            .map(|s| render_subscription(store, s, expand))
+    })
+}
+
+pub fn search(ctx: &mut Ctx, params: &Params) -> Result<Value, ApiError> {
+    check_known(params, &["query", "limit", "page", "expand"])?;
+    let expand = expand_of(&expansions(params, EXPANDABLE)?);
+    let query = Query::parse(params.required("query")?, &["status"])?;
+    let store = &*ctx.store;
+    let ids: Vec<&str> = store
+        .subscription_order
+        .iter()
+        .rev()
+        .filter_map(|id| store.subscriptions.get(id))
+        .filter(|s| visible(s.born, ctx.now, ctx.config.search_delay_ms))
+        .filter(|s| {
+            query.matches(|field| match field {
+                Field::Plain(f) if f == "status" => Some(s.status.clone()),
+                Field::Metadata(k) => s.metadata.get(k).cloned(),
+                Field::Plain(_) => None,
+            })
+        })
+        .map(|s| s.id.as_str())
+        .collect();
+    super::search::page(ids, params, "/v1/subscriptions/search", |id| {
+        store
+            .subscriptions
+            .get(id)
+            .map(|s| render_subscription(store, s, expand))
+    })
+}
