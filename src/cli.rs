@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use crate::loadgen::LoadgenArgs;
 use crate::sign_tool::SignArgs;
 use crate::sim::SimArgs;
 
@@ -31,6 +32,8 @@ pub enum Command {
     StripeSim(SimArgs),
     /// Print signContent and the sign of a JSON body read from stdin.
     Sign(SignArgs),
+    /// Send signed load to an intake, follow every job to its result, report the figures.
+    Loadgen(LoadgenArgs),
 }
 
 #[cfg(test)]

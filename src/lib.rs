@@ -9,6 +9,8 @@
 //! - [`intake`]: the HTTP front door (axum): checks a request and puts it on the broker.
 //! - [`sim`]: `autorenew stripe-sim`, a stateful Stripe stand-in; it shares no code with the
 //!   Stripe gateway.
+//! - [`loadgen`]: `autorenew loadgen`, signed load and its report; talks to the service only as
+//!   an outside client would (the sign, HTTP, the results exchange).
 //! - [`telemetry`]: logging and Prometheus metrics.
 //! - [`cli`]: the command line; `main.rs` only parses it and calls in here.
 
@@ -17,6 +19,7 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod intake;
+pub mod loadgen;
 pub mod sign_tool;
 pub mod sim;
 pub mod store;

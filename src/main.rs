@@ -5,7 +5,7 @@ use tokio_util::sync::CancellationToken;
 
 use autorenew::cli::{Cli, Command};
 use autorenew::config::Settings;
-use autorenew::{intake, sign_tool, sim, telemetry};
+use autorenew::{intake, loadgen, sign_tool, sim, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -25,6 +25,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::StripeSim(args) => {
             telemetry::init_logging(&Default::default());
             sim::run(args, shutdown_on_signal()).await
+        }
+        Command::Loadgen(args) => {
+            let settings = Settings::load(cli.config.as_deref())?;
+            telemetry::init_logging(&settings.log);
+            loadgen::run(settings, args, shutdown_on_signal()).await
         }
         Command::Intake => {
             let settings = Settings::load(cli.config.as_deref())?;
