@@ -47,7 +47,7 @@ async fn stats(State(shared): State<Arc<Shared>>) -> Response {
     }
     let keys = shared.keys();
     body["idempotency"] =
-        json!({"keys": keys.len(), "in_flight": keys.in_flight(), "replays": keys.replays});
+        json!({"keys": keys.count(), "in_flight": keys.in_flight(), "replays": keys.replays});
     axum::Json(body).into_response()
 }
 
@@ -199,7 +199,7 @@ impl Shared {
         *self.stats() = Default::default();
         let mut faults = self.faults();
         faults.scripts.clear();
-        faults.limiter = Limiter::new();
+        faults.limiter = Limiter::default();
     }
 }
 

@@ -68,7 +68,7 @@ async fn serve(
         Plan::Hang(duration) => {
             shared.stats_fault(Fault::Hang);
             shared.sleep(duration).await;
-            return counted(ApiError::api_error().into_response());
+            return counted(ApiError::server_error().into_response());
         }
         Plan::Error(answer) => {
             shared.stats_fault(Fault::Error);
@@ -157,7 +157,7 @@ fn lose(shared: &Shared, response: Response, lost: Option<LostMode>) -> (Respons
     };
     shared.stats_fault(Fault::LostResponse);
     match mode {
-        LostMode::Error => counted(ApiError::api_error().into_response()),
+        LostMode::Error => counted(ApiError::server_error().into_response()),
         LostMode::Drop => {
             // A body that fails makes hyper abort the connection: the client sees a
             // transport error and cannot tell whether the write happened.
@@ -217,7 +217,7 @@ fn scripted_error(answer: Answer) -> ApiError {
             error.decline_code = decline_code;
             error
         }
-        _ => ApiError::api_error(),
+        _ => ApiError::server_error(),
     }
 }
 

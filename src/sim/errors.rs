@@ -136,7 +136,7 @@ impl ApiError {
         .retry(true)
     }
 
-    pub fn api_error() -> Self {
+    pub fn server_error() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "api_error",

@@ -146,14 +146,17 @@ pub struct Limiter {
     last: Instant,
 }
 
-impl Limiter {
-    pub fn new() -> Self {
+impl Default for Limiter {
+    /// A full bucket.
+    fn default() -> Self {
         Limiter {
             tokens: f64::MAX,
             last: Instant::now(),
         }
     }
+}
 
+impl Limiter {
     /// Takes one token if the configured rate allows it.
     pub fn take(&mut self, config: &FaultConfig, now: Instant) -> bool {
         let rate = config.rate_limit_per_second;
@@ -164,8 +167,9 @@ impl Limiter {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * rate).min(burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        // The epsilon absorbs float drift: ten refills of 0.1 must make a whole token.
+        if self.tokens >= 1.0 - 1e-9 {
+            self.tokens = (self.tokens - 1.0).max(0.0);
             true
         } else {
             false
@@ -321,7 +325,7 @@ mod tests {
             rate_limit_per_second: 10.0,
             ..FaultConfig::default()
         };
-        let mut limiter = Limiter::new();
+        let mut limiter = Limiter::default();
         let start = Instant::now();
         let allowed = (0..100).filter(|_| limiter.take(&config, start)).count();
         assert_eq!(
@@ -331,7 +335,7 @@ mod tests {
         let later = start + Duration::from_millis(1000);
         let allowed = (0..100).filter(|_| limiter.take(&config, later)).count();
         assert_eq!(allowed, 1, "the bucket never holds more than its burst");
-        let mut limiter = Limiter::new();
+        let mut limiter = Limiter::default();
         let allowed = (0..=100)
             .filter(|n| limiter.take(&config, start + Duration::from_millis(n * 10)))
             .count();

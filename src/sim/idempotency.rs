@@ -106,7 +106,7 @@ impl Keys {
         self.entries.remove(&(api_key.to_owned(), key.to_owned()));
     }
 
-    pub fn len(&self) -> usize {
+    pub fn count(&self) -> usize {
         self.entries.len()
     }
 

@@ -242,7 +242,7 @@ impl Application {
             keys: Mutex::default(),
             faults: Mutex::new(FaultState {
                 config: settings.faults,
-                limiter: Limiter::new(),
+                limiter: Limiter::default(),
                 scripts: Scripts::default(),
             }),
             stats: Mutex::default(),

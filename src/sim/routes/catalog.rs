@@ -24,6 +24,7 @@ const PRODUCT_PARAMS: &[&str] = &[
     "statement_descriptor",
     "tax_code",
     "tax_details",
+    "type",
     "unit_label",
     "url",
 ];

@@ -88,7 +88,10 @@ pub fn retrieve(ctx: &mut Ctx, id: &str, params: &Params) -> Result<Value, ApiEr
 }
 
 pub fn update(ctx: &mut Ctx, id: &str, params: &Params) -> Result<Value, ApiError> {
-    check_known(params, &[WRITABLE, &["default_source", "source"]].concat())?;
+    check_known(
+        params,
+        &[WRITABLE, &["default_source", "source", "validate"]].concat(),
+    )?;
     let expand = expansions(params, EXPANDABLE)?;
     if !ctx.store.customers.contains_key(id) {
         return Err(ApiError::no_such("customer", id, "id"));

@@ -34,6 +34,7 @@ const CREATE_PARAMS: &[&str] = &[
     "billing_cycle_anchor",
     "billing_cycle_anchor_config",
     "billing_mode",
+    "billing_schedules",
     "billing_thresholds",
     "cancel_at",
     "cancel_at_period_end",
@@ -351,6 +352,7 @@ pub fn list(ctx: &mut Ctx, params: &Params) -> Result<Value, ApiError> {
         &[
             "customer",
             "customer_account",
+            "plan",
             "price",
             "status",
             "collection_method",

@@ -1,1 +1,9 @@
-//! Tests of the Stripe simulator.
+//! Tests of the Stripe simulator (`autorenew stripe-sim`): real HTTP against it on port 0,
+//! and the real async-stripe client the worker uses.
+
+mod declines;
+mod faults;
+mod helpers;
+mod idempotency;
+mod queries;
+mod stripe_client;

@@ -1,0 +1,138 @@
+//! Benchmarks of `autorenew stripe-sim`: simple requests per second with no faults (the
+//! simulator must never be what limits a load test), and the rate limiter's accuracy over
+//! ten seconds at Stripe's live (100/s) and test (25/s) limits.
+//!
+//! `cargo bench --bench sim` (add `-- SECONDS` to change the throughput run's length). The
+//! client runs in the same process, on the same cores, so the throughput is a lower bound.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use autorenew::sim::faults::{FaultConfig, STRIPE_LIVE_RATE, STRIPE_TEST_RATE};
+use autorenew::sim::{Application, SimSettings};
+use tokio_util::sync::CancellationToken;
+
+const KEY: &str = "sk_test_bench";
+/// Concurrent clients: enough to keep both cores busy despite per-request round trips.
+const CLIENTS: usize = 64;
+
+fn main() -> anyhow::Result<()> {
+    let seconds = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse::<u64>().ok())
+        .unwrap_or(5);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let (requests, rate) = throughput(Duration::from_secs(seconds)).await?;
+        println!(
+            "throughput: GET /v1/customers/{{id}}, {CLIENTS} clients, {seconds} s: \
+             {requests} requests, {rate:.0} req/s"
+        );
+        for (name, limit) in [("live", STRIPE_LIVE_RATE), ("test", STRIPE_TEST_RATE)] {
+            let window = Duration::from_secs(10);
+            let (accepted, limited) = limiter(limit, window).await?;
+            let measured = accepted as f64 / window.as_secs_f64();
+            println!(
+                "limiter ({name}, {limit}/s): {accepted} accepted, {limited} answered 429 in \
+                 10 s = {measured:.2}/s, {:+.2}% off the configured rate",
+                (measured - limit) / limit * 100.0
+            );
+        }
+        Ok(())
+    })
+}
+
+/// A running simulator, its base URL, and one customer to read.
+async fn start(faults: FaultConfig) -> anyhow::Result<(String, String, CancellationToken)> {
+    let app = Application::build(SimSettings {
+        faults,
+        ..SimSettings::for_tests()
+    })?;
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let stop = CancellationToken::new();
+    tokio::spawn(app.run_until_stopped(stop.clone()));
+    let created: serde_json::Value = reqwest::Client::new()
+        .post(format!("{base}/v1/customers"))
+        .bearer_auth(KEY)
+        .form(&[("email", "bench@example.com")])
+        .send()
+        .await?
+        .json()
+        .await?;
+    let id = created["id"].as_str().unwrap_or_default().to_owned();
+    Ok((base, id, stop))
+}
+
+/// `CLIENTS` tasks hammering one URL until `done`; returns the count per status class.
+async fn hammer(url: String, done: Arc<AtomicBool>) -> (u64, u64) {
+    let ok = Arc::new(AtomicU64::new(0));
+    let limited = Arc::new(AtomicU64::new(0));
+    let client = reqwest::Client::new();
+    let tasks: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (client, url, done) = (client.clone(), url.clone(), done.clone());
+            let (ok, limited) = (ok.clone(), limited.clone());
+            tokio::spawn(async move {
+                while !done.load(Ordering::Relaxed) {
+                    let Ok(response) = client.get(&url).bearer_auth(KEY).send().await else {
+                        continue;
+                    };
+                    let status = response.status().as_u16();
+                    let _ = response.bytes().await;
+                    match status {
+                        200 => ok.fetch_add(1, Ordering::Relaxed),
+                        429 => limited.fetch_add(1, Ordering::Relaxed),
+                        _ => 0,
+                    };
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        let _ = task.await;
+    }
+    (ok.load(Ordering::Relaxed), limited.load(Ordering::Relaxed))
+}
+
+async fn throughput(length: Duration) -> anyhow::Result<(u64, f64)> {
+    let (base, id, stop) = start(FaultConfig::default()).await?;
+    let url = format!("{base}/v1/customers/{id}");
+    // Warm the connections up so the count measures steady state.
+    let done = Arc::new(AtomicBool::new(false));
+    let warm = tokio::spawn(hammer(url.clone(), done.clone()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    done.store(true, Ordering::Relaxed);
+    let _ = warm.await;
+
+    let done = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let run = tokio::spawn(hammer(url, done.clone()));
+    tokio::time::sleep(length).await;
+    done.store(true, Ordering::Relaxed);
+    let (ok, _) = run.await?;
+    let rate = ok as f64 / started.elapsed().as_secs_f64();
+    stop.cancel();
+    Ok((ok, rate))
+}
+
+/// Requests accepted in `window` by a limiter at `rate`, with clients far above it.
+async fn limiter(rate: f64, window: Duration) -> anyhow::Result<(u64, u64)> {
+    let faults = FaultConfig {
+        rate_limit_per_second: rate,
+        ..FaultConfig::default()
+    };
+    let (base, id, stop) = start(faults).await?;
+    // Let the bucket refill after `start`'s own request, then measure from a full bucket,
+    // as a client arriving at an idle Stripe would.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let done = Arc::new(AtomicBool::new(false));
+    let run = tokio::spawn(hammer(format!("{base}/v1/customers/{id}"), done.clone()));
+    tokio::time::sleep(window).await;
+    done.store(true, Ordering::Relaxed);
+    let counts = run.await?;
+    stop.cancel();
+    Ok(counts)
+}
