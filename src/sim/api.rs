@@ -42,7 +42,7 @@ pub async fn handle(
 
 /// The response and the status to count for it (`DROPPED` for a dropped connection).
 async fn serve(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     route: Route,
     id: Option<&str>,
     method: &Method,
@@ -105,43 +105,85 @@ async fn serve(
             }
         }
     }
-    shared.sleep(latency).await;
-    let result = {
-        let mut store = shared.store();
-        let mut ctx = Ctx {
-            store: &mut store,
-            config: &config,
-            now: Instant::now(),
-        };
-        route.execute(&mut ctx, id, &params)
+    // The work runs in its own task: if the client gives up (a timeout) the request still
+    // completes and saves its answer under the key, as on Stripe, where a write the client
+    // stopped waiting for still happens. That is the outcome-unknown case the worker settles.
+    let work = Work {
+        shared: Arc::clone(shared),
+        route,
+        id: id.map(str::to_owned),
+        params,
+        config,
+        latency,
+        key: key.map(|key| (api_key, key)),
     };
-    let (saved, validation) = match result {
-        Ok(value) => (
-            Saved {
-                status: StatusCode::OK,
-                body: Bytes::from(serde_json::to_vec(&value).unwrap_or_default()),
-                should_retry: None,
-            },
-            false,
-        ),
-        Err(error) => (
-            Saved {
-                status: error.status,
-                body: Bytes::from(serde_json::to_vec(&error.body()).unwrap_or_default()),
-                should_retry: error.should_retry,
-            },
-            error.is_validation(),
-        ),
-    };
-    if let Some(key) = &key {
-        let mut keys = shared.keys();
-        if validation {
-            keys.release(&api_key, key);
-        } else {
-            keys.finish(&api_key, key, saved.clone());
-        }
+    match tokio::spawn(work.run()).await {
+        Ok(saved) => lose(shared, respond(&saved), lost),
+        Err(_) => counted(ApiError::server_error().into_response()),
     }
-    lose(shared, respond(&saved), lost)
+}
+
+/// One endpoint call with everything it needs owned, so it can outlive its client.
+struct Work {
+    shared: Arc<Shared>,
+    route: Route,
+    id: Option<String>,
+    params: Params,
+    config: faults::FaultConfig,
+    latency: std::time::Duration,
+    /// (API key, idempotency key) when the request claimed one.
+    key: Option<(String, String)>,
+}
+
+impl Work {
+    async fn run(self) -> Saved {
+        let Work {
+            shared,
+            route,
+            id,
+            params,
+            config,
+            latency,
+            key,
+        } = self;
+        shared.sleep(latency).await;
+        let result = {
+            let mut store = shared.store();
+            let mut ctx = Ctx {
+                store: &mut store,
+                config: &config,
+                now: Instant::now(),
+            };
+            route.execute(&mut ctx, id.as_deref(), &params)
+        };
+        let (saved, validation) = match result {
+            Ok(value) => (
+                Saved {
+                    status: StatusCode::OK,
+                    body: Bytes::from(serde_json::to_vec(&value).unwrap_or_default()),
+                    should_retry: None,
+                },
+                false,
+            ),
+            Err(error) => (
+                Saved {
+                    status: error.status,
+                    body: Bytes::from(serde_json::to_vec(&error.body()).unwrap_or_default()),
+                    should_retry: error.should_retry,
+                },
+                error.is_validation(),
+            ),
+        };
+        if let Some((api_key, key)) = &key {
+            let mut keys = shared.keys();
+            if validation {
+                keys.release(api_key, key);
+            } else {
+                keys.finish(api_key, key, saved.clone());
+            }
+        }
+        saved
+    }
 }
 
 fn counted(response: Response) -> (Response, u16) {

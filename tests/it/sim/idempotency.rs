@@ -161,3 +161,36 @@ async fn get_requests_ignore_the_idempotency_key() {
     assert!(second.headers().get("idempotent-replayed").is_none());
     assert_eq!(sim.stats().await["idempotency"]["keys"], 0);
 }
+
+#[tokio::test]
+async fn a_request_whose_client_timed_out_still_completes_and_replays_under_its_key() {
+    let sim = spawn().await;
+    sim.script("POST /v1/customers", json!([{"kind": "delay", "ms": 400}]))
+        .await;
+    let impatient = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_millis(100))
+        .build()
+        .expect("client");
+
+    let gave_up = impatient
+        .post(format!("{}/v1/customers", sim.base))
+        .bearer_auth(super::helpers::KEY)
+        .header("idempotency-key", "impatient")
+        .form(&[("email", "a@b.c")])
+        .send()
+        .await;
+    let stats = sim
+        .wait_for_stats(|s| s["idempotency"]["in_flight"] == 0 && s["objects"]["customers"] == 1)
+        .await;
+    let retried = sim
+        .post("/v1/customers", "email=a@b.c", Some("impatient"))
+        .await;
+
+    assert!(gave_up.is_err_and(|e| e.is_timeout()));
+    assert_eq!(stats["idempotency"]["keys"], 1);
+    assert_eq!(retried.status, 200);
+    assert!(
+        retried.replayed(),
+        "the retry gets the write the client never saw"
+    );
+}
