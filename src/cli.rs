@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use crate::dlq::DlqArgs;
 use crate::loadgen::LoadgenArgs;
+use crate::run::RunArgs;
 use crate::sign_tool::SignArgs;
 use crate::sim::SimArgs;
 
@@ -26,8 +28,14 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Intake, worker and (with no Stripe key configured) the Stripe simulator in one process.
+    Run(RunArgs),
     /// Serve the HTTP intake: check signed requests and put them on RabbitMQ.
     Intake,
+    /// Consume jobs: create the Stripe subscriptions and publish the result events.
+    Worker,
+    /// List the dead letters, or replay them into the jobs queue.
+    Dlq(DlqArgs),
     /// Run the built-in Stripe simulator (the stand-in for Stripe's API in demos and tests).
     StripeSim(SimArgs),
     /// Print signContent and the sign of a JSON body read from stdin.

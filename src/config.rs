@@ -125,8 +125,21 @@ impl Default for RedisSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WorkerSettings {
+    /// Jobs one worker process works on at once; also its prefetch.
     pub concurrency: u16,
+    /// The worker's probes and metrics.
     pub listen: String,
+    /// Quick retries of one Stripe step (exponential backoff with jitter) before the job goes to
+    /// a delayed-retry queue.
+    pub step_retries: u32,
+    pub retry_min_delay_ms: u64,
+    pub retry_max_delay_ms: u64,
+    /// How long a worker's lock on a payId lives without being extended.
+    pub lock_ttl_ms: u64,
+    /// A job whose payId is locked by another worker waits this long in the lock-retry queue.
+    pub lock_retry_delay_ms: u64,
+    /// On SIGTERM, how long jobs in hand may take to finish before they are handed back.
+    pub drain_timeout_secs: u64,
 }
 
 impl Default for WorkerSettings {
@@ -134,6 +147,12 @@ impl Default for WorkerSettings {
         Self {
             concurrency: 32,
             listen: "127.0.0.1:9090".into(),
+            step_retries: 4,
+            retry_min_delay_ms: 200,
+            retry_max_delay_ms: 5_000,
+            lock_ttl_ms: 30_000,
+            lock_retry_delay_ms: 2_000,
+            drain_timeout_secs: 20,
         }
     }
 }
@@ -146,6 +165,11 @@ pub struct StripeSettings {
     /// Empty: Stripe's own API.
     pub api_base: String,
     pub max_requests_per_second: u32,
+    /// How long one Stripe call may take before its outcome counts as unknown.
+    pub request_timeout_ms: u64,
+    /// `payment_behavior` of new subscriptions: `error_if_incomplete` (a declined first charge
+    /// fails the job) or `allow_incomplete` (it makes an `incomplete` subscription).
+    pub payment_behavior: String,
 }
 
 impl Default for StripeSettings {
@@ -154,6 +178,8 @@ impl Default for StripeSettings {
             secret_key: SecretString::from(""),
             api_base: String::new(),
             max_requests_per_second: 25,
+            request_timeout_ms: 10_000,
+            payment_behavior: "error_if_incomplete".into(),
         }
     }
 }
@@ -274,6 +300,33 @@ impl Settings {
         if self.worker.concurrency == 0 {
             return Err(invalid("worker.concurrency", "must be above 0"));
         }
+        if self.worker.lock_ttl_ms < 1_000 {
+            return Err(invalid("worker.lock_ttl_ms", "must be at least 1000"));
+        }
+        if self.worker.lock_retry_delay_ms == 0 {
+            return Err(invalid("worker.lock_retry_delay_ms", "must be above 0"));
+        }
+        if self.worker.retry_min_delay_ms > self.worker.retry_max_delay_ms {
+            return Err(invalid(
+                "worker.retry_min_delay_ms",
+                "must not be above worker.retry_max_delay_ms",
+            ));
+        }
+        if self.stripe.request_timeout_ms == 0 {
+            return Err(invalid("stripe.request_timeout_ms", "must be above 0"));
+        }
+        if !matches!(
+            self.stripe.payment_behavior.as_str(),
+            "error_if_incomplete"
+                | "allow_incomplete"
+                | "default_incomplete"
+                | "pending_if_incomplete"
+        ) {
+            return Err(invalid(
+                "stripe.payment_behavior",
+                "must be error_if_incomplete, allow_incomplete, default_incomplete or pending_if_incomplete",
+            ));
+        }
         if self.stripe.max_requests_per_second == 0 {
             return Err(invalid("stripe.max_requests_per_second", "must be above 0"));
         }
@@ -347,6 +400,26 @@ impl Settings {
             .listen
             .parse()
             .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080)))
+    }
+
+    pub fn worker_listen(&self) -> SocketAddr {
+        self.worker
+            .listen
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 9090)))
+    }
+
+    /// The broker topology these settings name.
+    pub fn topology(&self) -> crate::broker::Topology {
+        crate::broker::Topology::new(
+            &self.amqp.prefix,
+            self.amqp
+                .retry_delays_ms
+                .iter()
+                .map(|ms| Duration::from_millis(*ms))
+                .collect(),
+            Duration::from_millis(self.worker.lock_retry_delay_ms),
+        )
     }
 
     pub fn publish_timeout(&self) -> Duration {

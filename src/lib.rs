@@ -7,20 +7,29 @@
 //! - [`broker`]: RabbitMQ: the topology, a self-healing connection, the confirming publisher.
 //! - [`store`]: Redis: intake records (idempotency) and results.
 //! - [`intake`]: the HTTP front door (axum): checks a request and puts it on the broker.
+//! - [`stripe`]: the Stripe gateway over async-stripe: the calls of a job, errors classified.
 //! - [`sim`]: `autorenew stripe-sim`, a stateful Stripe stand-in; it shares no code with the
 //!   Stripe gateway.
 //! - [`loadgen`]: `autorenew loadgen`, signed load and its report; talks to the service only as
 //!   an outside client would (the sign, HTTP, the results exchange).
+//! - [`worker`]: consumes jobs, runs the Stripe steps under a lock, stores results, publishes
+//!   events, routes retries and dead letters.
+//! - [`run`]: `autorenew run`, intake + worker (+ simulator) in one process.
+//! - [`dlq`]: `autorenew dlq list|replay`.
 //! - [`telemetry`]: logging and Prometheus metrics.
 //! - [`cli`]: the command line; `main.rs` only parses it and calls in here.
 
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod dlq;
 pub mod domain;
 pub mod intake;
 pub mod loadgen;
+pub mod run;
 pub mod sign_tool;
 pub mod sim;
 pub mod store;
+pub mod stripe;
 pub mod telemetry;
+pub mod worker;

@@ -5,7 +5,7 @@ use tokio_util::sync::CancellationToken;
 
 use autorenew::cli::{Cli, Command};
 use autorenew::config::Settings;
-use autorenew::{intake, loadgen, sign_tool, sim, telemetry};
+use autorenew::{dlq, intake, loadgen, run as run_all, sign_tool, sim, telemetry, worker};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -30,6 +30,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let settings = Settings::load(cli.config.as_deref())?;
             telemetry::init_logging(&settings.log);
             loadgen::run(settings, args, shutdown_on_signal()).await
+        }
+        Command::Run(args) => {
+            let settings = Settings::load(cli.config.as_deref())?;
+            telemetry::init_logging(&settings.log);
+            run_all::run(settings, args, shutdown_on_signal()).await
+        }
+        Command::Worker => {
+            let settings = Settings::load(cli.config.as_deref())?;
+            telemetry::init_logging(&settings.log);
+            worker::run(settings, shutdown_on_signal()).await
+        }
+        Command::Dlq(args) => {
+            let settings = Settings::load(cli.config.as_deref())?;
+            telemetry::init_logging(&settings.log);
+            dlq::run(settings, args, CancellationToken::new()).await
         }
         Command::Intake => {
             let settings = Settings::load(cli.config.as_deref())?;

@@ -36,10 +36,13 @@ pub struct Message<'a> {
     /// `type`: what the body is.
     pub kind: &'a str,
     pub headers: Vec<(&'a str, AMQPValue)>,
+    /// Whether a message no queue takes is an error. True for jobs (a job nobody will consume
+    /// is lost); false for events, which may have no subscriber yet.
+    pub mandatory: bool,
 }
 
 impl Broker {
-    /// Publishes a persistent, mandatory message and waits for RabbitMQ's confirm.
+    /// Publishes a persistent message and waits for RabbitMQ's confirm.
     ///
     /// Many publishes may wait for their confirms at once on the one channel: a slow confirm
     /// never holds up the next request. `Ok` means the broker has the message stored (for a
@@ -65,7 +68,7 @@ impl Broker {
             .with_timestamp(u64::try_from(now).unwrap_or(0))
             .with_headers(headers);
         let options = BasicPublishOptions {
-            mandatory: true,
+            mandatory: message.mandatory,
             ..BasicPublishOptions::default()
         };
         let exchange = message.exchange.into();

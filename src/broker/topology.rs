@@ -18,14 +18,30 @@ const JOB_DELIVERY_LIMIT: i64 = 50;
 pub struct Topology {
     prefix: String,
     retry_delays: Vec<Duration>,
+    lock_delay: Duration,
 }
 
 impl Topology {
-    pub fn new(prefix: &str, retry_delays: Vec<Duration>) -> Self {
+    pub fn new(prefix: &str, retry_delays: Vec<Duration>, lock_delay: Duration) -> Self {
         Topology {
             prefix: prefix.to_owned(),
             retry_delays,
+            lock_delay,
         }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Where a job waits while another worker holds its payId's lock; it spends no attempt.
+    pub fn lock_retry_queue(&self) -> String {
+        format!("{}.retry.locked", self.prefix)
+    }
+
+    /// The delays of the delayed-retry queues, shortest first.
+    pub fn retry_delays(&self) -> &[Duration] {
+        &self.retry_delays
     }
 
     /// Exchange and quorum queue of the jobs.
@@ -118,7 +134,9 @@ impl Topology {
             )
             .await?;
 
-        for (delay, queue) in self.retry_queues() {
+        let mut delayed = self.retry_queues();
+        delayed.push((self.lock_delay, self.lock_retry_queue()));
+        for (delay, queue) in delayed {
             let mut args = quorum();
             // Nobody consumes a retry queue: each message waits out the TTL, then RabbitMQ
             // dead-letters it back to the jobs exchange under the job routing key.
@@ -200,6 +218,7 @@ mod tests {
                 Duration::from_secs(60),
                 Duration::from_millis(1500),
             ],
+            Duration::from_secs(2),
         );
         assert_eq!(topology.jobs(), "autorenew.jobs");
         assert_eq!(topology.dead(), "autorenew.dead");
@@ -209,6 +228,7 @@ mod tests {
             .into_iter()
             .map(|(_, n)| n)
             .collect();
+        assert_eq!(topology.lock_retry_queue(), "autorenew.retry.locked");
         assert_eq!(
             names,
             [

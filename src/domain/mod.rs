@@ -1,6 +1,7 @@
 //! The domain: the sign, the requests and their validation, amounts, the job and its result.
 //! Pure types and functions: no I/O, no tokio, no HTTP.
 
+pub mod event;
 pub mod fields;
 pub mod job;
 pub mod money;
@@ -8,6 +9,7 @@ pub mod outcome;
 pub mod request;
 pub mod sign;
 
+pub use event::ResultEvent;
 pub use fields::{FieldError, SignedFields};
 pub use job::Job;
 pub use outcome::{FailureCode, FailureDetail, FinalResult};

@@ -13,7 +13,6 @@ mod subscribe;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{get, post};
@@ -25,7 +24,7 @@ pub use partners::Partners;
 pub use response::ApiResponse;
 pub use state::{AppState, Limits};
 
-use crate::broker::{Broker, Topology};
+use crate::broker::Broker;
 use crate::config::Settings;
 use crate::store::Store;
 use crate::telemetry;
@@ -41,16 +40,7 @@ impl Application {
     /// Binds the listener and starts the broker connection (in the background: the intake
     /// serves, and reports not ready, while RabbitMQ is away).
     pub async fn build(settings: &Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
-        let topology = Topology::new(
-            &settings.amqp.prefix,
-            settings
-                .amqp
-                .retry_delays_ms
-                .iter()
-                .map(|ms| Duration::from_millis(*ms))
-                .collect(),
-        );
-        let broker = Broker::start(settings.amqp.url.clone(), topology, shutdown);
+        let broker = Broker::start(settings.amqp.url.clone(), settings.topology(), shutdown);
         let store = Store::new(&settings.redis)?;
         let state = Arc::new(AppState {
             limits: Limits::from_settings(settings),

@@ -113,6 +113,7 @@ async fn enqueue(
         message_id: request.pay_id.as_str(),
         kind: JOB_MESSAGE_TYPE,
         headers: Vec::new(),
+        mandatory: true,
     };
     match state
         .broker

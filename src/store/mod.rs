@@ -4,8 +4,10 @@
 //! Every key of one payId carries it as a hash tag (`autorenew:intake:{P123}`), so the scripts,
 //! which touch several keys of one payId, also run unchanged on Redis Cluster.
 
+mod budget;
 mod intake_record;
 mod keys;
+mod lock;
 
 use std::time::Duration;
 
@@ -123,6 +125,20 @@ impl Store {
         })
         .await?;
         serde_json::from_str(&stored).map_err(|e| StoreError::Corrupt(format!("result: {e}")))
+    }
+
+    /// Forgets a payId's result, so a replayed job runs again (`autorenew dlq replay`).
+    pub async fn clear_result(&self, pay_id: &PayId) -> Result<(), StoreError> {
+        let mut connection = self.connection.clone();
+        let key = self.keys.result(pay_id);
+        let _: i64 = with_timeout(async move {
+            redis::cmd("DEL")
+                .arg(key)
+                .query_async(&mut connection)
+                .await
+        })
+        .await?;
+        Ok(())
     }
 
     pub(crate) fn connection(&self) -> ConnectionManager {

@@ -112,7 +112,10 @@ impl TestApp {
         body: impl Into<reqwest::Body>,
         content_type: Option<&str>,
     ) -> reqwest::Response {
-        let mut request = self.client.post(format!("{}{}", self.address, path)).body(body);
+        let mut request = self
+            .client
+            .post(format!("{}{}", self.address, path))
+            .body(body);
         if let Some(content_type) = content_type {
             request = request.header("content-type", content_type);
         }
@@ -122,7 +125,11 @@ impl TestApp {
     /// Signs `params` with `secret` (fresh tradeTime unless given) and POSTs them as JSON.
     pub async fn post_signed(&self, path: &str, params: Value, secret: &str) -> Answer {
         let body = signed(params, secret);
-        Answer::from(self.post_raw(path, body.to_string(), Some("application/json")).await).await
+        Answer::from(
+            self.post_raw(path, body.to_string(), Some("application/json"))
+                .await,
+        )
+        .await
     }
 
     pub async fn subscribe(&self, params: Value) -> Answer {
@@ -255,10 +262,7 @@ pub async fn read_queue(queue: &str, count: usize, limit: Duration) -> Vec<Recei
     while received.len() < count {
         match tokio::time::timeout_at(deadline, consumer.next()).await {
             Ok(Some(Ok(delivery))) => {
-                delivery
-                    .ack(BasicAckOptions::default())
-                    .await
-                    .expect("ack");
+                delivery.ack(BasicAckOptions::default()).await.expect("ack");
                 received.push(Received {
                     body: serde_json::from_slice(&delivery.data).expect("JSON message"),
                     properties: delivery.properties.clone(),
@@ -280,7 +284,7 @@ pub async fn delete_queues(prefix: &str) {
         return;
     };
     let mut names = vec![format!("{prefix}.jobs"), format!("{prefix}.dead")];
-    for delay in ["10s", "1m", "10m", "1h"] {
+    for delay in ["10s", "1m", "10m", "1h", "locked"] {
         names.push(format!("{prefix}.retry.{delay}"));
     }
     for name in names {

@@ -1,0 +1,129 @@
+//! The result event: a CloudEvents 1.0 envelope (structured mode) around a job's final result
+//! (CONTRACT §5).
+
+use serde::{Deserialize, Serialize};
+
+use super::job::Job;
+use super::outcome::{FailureDetail, FinalResult};
+
+pub const CLOUDEVENTS_CONTENT_TYPE: &str = "application/cloudevents+json";
+pub const TYPE_SUCCEEDED: &str = "autorenew.subscription.succeeded";
+pub const TYPE_FAILED: &str = "autorenew.subscription.failed";
+
+/// `succeeded` or `failed`: the middle word of the routing key and the end of the type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Succeeded,
+    Failed,
+}
+
+impl Outcome {
+    pub fn of(result: &FinalResult) -> Self {
+        if result.is_failed() {
+            Outcome::Failed
+        } else {
+            Outcome::Succeeded
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+/// The `data` of a result event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResultData {
+    #[serde(rename = "payId")]
+    pub pay_id: String,
+    #[serde(rename = "partnerCode")]
+    pub partner_code: String,
+    pub email: String,
+    pub plan_id: String,
+    #[serde(rename = "payAmount")]
+    pub pay_amount: String,
+    #[serde(rename = "payCurrency")]
+    pub pay_currency: String,
+    pub status: String,
+    pub customer_id: String,
+    pub sub_id: String,
+    pub product_id: String,
+    pub pay_method: String,
+    pub error: Option<FailureDetail>,
+    pub attempts: u32,
+    pub accepted_at: String,
+    pub completed_at: String,
+}
+
+/// A CloudEvents 1.0 event in structured mode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResultEvent {
+    pub specversion: String,
+    /// Stable for a payId and outcome, so consumers can de-duplicate redeliveries.
+    pub id: String,
+    pub source: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The payId.
+    pub subject: String,
+    pub time: String,
+    pub datacontenttype: String,
+    pub data: ResultData,
+}
+
+impl ResultEvent {
+    /// The event for a job's final result. `source` names the emitting deployment.
+    pub fn new(job: &Job, result: &FinalResult, source: &str) -> Self {
+        let outcome = Outcome::of(result);
+        ResultEvent {
+            specversion: "1.0".into(),
+            id: format!("{}:{}", job.pay_id, outcome.as_str()),
+            source: source.to_owned(),
+            kind: match outcome {
+                Outcome::Succeeded => TYPE_SUCCEEDED.into(),
+                Outcome::Failed => TYPE_FAILED.into(),
+            },
+            subject: job.pay_id.to_string(),
+            time: result.completed_at.clone(),
+            datacontenttype: "application/json".into(),
+            data: ResultData {
+                pay_id: job.pay_id.to_string(),
+                partner_code: job.partner_code.to_string(),
+                email: job.email.to_string(),
+                plan_id: job.plan_id.to_string(),
+                pay_amount: job.pay_amount.clone(),
+                pay_currency: job.pay_currency.clone(),
+                status: result.status.clone(),
+                customer_id: result.customer_id.clone(),
+                sub_id: result.sub_id.clone(),
+                product_id: result.product_id.clone(),
+                pay_method: result.pay_method.clone(),
+                error: result.error.clone(),
+                attempts: result.attempts,
+                accepted_at: result.accepted_at.clone(),
+                completed_at: result.completed_at.clone(),
+            },
+        }
+    }
+
+    /// `subscription.<outcome>.<partnerCode>`.
+    pub fn routing_key(&self) -> String {
+        let outcome = if self.kind == TYPE_FAILED {
+            Outcome::Failed
+        } else {
+            Outcome::Succeeded
+        };
+        format!(
+            "subscription.{}.{}",
+            outcome.as_str(),
+            self.data.partner_code
+        )
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}

@@ -1,0 +1,102 @@
+//! What a failed Stripe call means for the job: retry it, settle it by lookup, or end the job.
+
+use stripe::{ApiErrorsCode, ApiErrorsType, StripeError};
+
+use crate::domain::{FailureCode, FailureDetail};
+
+/// A Stripe call that did not succeed, classified for the retry policy.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StripeFailure {
+    /// Nothing happened, or it is safe to send the same request again (429, 409 lock, a
+    /// network error on a read): retry after a pause.
+    #[error("transient Stripe failure: {0}")]
+    Transient(String),
+    /// A write whose outcome is unknown (a timeout or 5xx after sending, an answer that would
+    /// not parse): look the object up before anything is created again.
+    #[error("Stripe outcome unknown: {0}")]
+    Unknown(String),
+    /// Stripe said no for good: the job ends `failed` with this detail.
+    #[error("Stripe refused: {}", .0.message)]
+    Permanent(FailureDetail),
+}
+
+impl StripeFailure {
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, StripeFailure::Permanent(_))
+    }
+
+    /// Whether a pause and the same request again may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StripeFailure::Transient(_))
+    }
+
+    /// A permanent failure of the payment method (unknown, or someone else's).
+    pub fn payment_method(message: impl Into<String>, stripe_code: Option<String>) -> Self {
+        StripeFailure::Permanent(FailureDetail {
+            code: FailureCode::PaymentMethodUnavailable,
+            message: message.into(),
+            stripe_code,
+            decline_code: None,
+        })
+    }
+
+    /// Classifies an error of a call; `write` says whether the call may have changed something.
+    pub fn classify(error: StripeError, write: bool) -> Self {
+        let unknown_or_transient = |reason: String| {
+            if write {
+                StripeFailure::Unknown(reason)
+            } else {
+                StripeFailure::Transient(reason)
+            }
+        };
+        match error {
+            StripeError::Stripe(api, status) => {
+                let message = api
+                    .message
+                    .clone()
+                    .unwrap_or_else(|| format!("HTTP {status}"));
+                let stripe_code = api.code.as_ref().map(|c| c.as_str().to_owned());
+                match status {
+                    // Rate limited, or a lock / idempotency key in use: nothing was done.
+                    429 | 409 => StripeFailure::Transient(format!("{status}: {message}")),
+                    // Stripe's 5xx may come after the write happened.
+                    500..=599 => unknown_or_transient(format!("{status}: {message}")),
+                    // A bad key or missing permission is the operator's to fix; the job waits.
+                    401 | 403 => StripeFailure::Transient(format!("{status}: {message}")),
+                    _ => StripeFailure::Permanent(permanent_detail(&api, message, stripe_code)),
+                }
+            }
+            StripeError::Timeout => unknown_or_transient("timed out".into()),
+            StripeError::ClientError(reason) => unknown_or_transient(reason),
+            StripeError::JSONDeserialize(reason) => {
+                unknown_or_transient(format!("unreadable answer: {reason}"))
+            }
+            StripeError::ConfigError(reason) => StripeFailure::Transient(reason),
+        }
+    }
+}
+
+fn permanent_detail(
+    api: &stripe::ApiErrors,
+    message: String,
+    stripe_code: Option<String>,
+) -> FailureDetail {
+    let code = if api.type_ == ApiErrorsType::CardError {
+        FailureCode::CardDeclined
+    } else if matches!(api.code, Some(ApiErrorsCode::ResourceMissing))
+        && api
+            .param
+            .as_deref()
+            .is_some_and(|p| p.contains("payment_method"))
+    {
+        FailureCode::PaymentMethodUnavailable
+    } else {
+        FailureCode::StripeRejected
+    };
+    FailureDetail {
+        code,
+        message,
+        stripe_code,
+        decline_code: api.decline_code.clone(),
+    }
+}

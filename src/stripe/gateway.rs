@@ -1,0 +1,363 @@
+//! The Stripe calls of one job. Every write carries a fixed idempotency key chosen by the
+//! caller; every answer is read with async-stripe's own types.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use stripe::{Client, ClientBuilder, IdempotencyKey, RequestStrategy, StripeRequest};
+use stripe_billing::subscription::{
+    CreateSubscription, CreateSubscriptionItems, CreateSubscriptionPaymentBehavior,
+    ListSubscription, ListSubscriptionStatus,
+};
+use stripe_core::customer::{ListCustomer, UpdateCustomer, UpdateCustomerInvoiceSettings};
+use stripe_payment::payment_method::{AttachPaymentMethod, RetrievePaymentMethod};
+use stripe_product::price::{
+    CreatePrice, CreatePriceProductData, CreatePriceRecurring, CreatePriceRecurringInterval,
+    ListPrice, RetrievePrice,
+};
+use stripe_types::Expandable;
+
+use super::{Budget, StripeFailure};
+
+/// A payment method attached to the customer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attached {
+    pub id: String,
+    /// Its type as Stripe reports it (`card`, …).
+    pub kind: String,
+}
+
+/// A price to find by lookup key or create.
+#[derive(Debug, Clone)]
+pub struct PriceSpec<'a> {
+    pub lookup_key: &'a str,
+    pub product_name: &'a str,
+    pub unit_amount: i64,
+    pub currency: &'a str,
+    pub interval: &'a str,
+}
+
+/// A subscription to create.
+#[derive(Debug, Clone)]
+pub struct NewSubscription<'a> {
+    pub customer: &'a str,
+    pub price: &'a str,
+    pub payment_method: &'a str,
+    pub payment_behavior: &'a str,
+    pub metadata: HashMap<String, String>,
+}
+
+/// A subscription as the job reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscribed {
+    pub id: String,
+    pub status: String,
+    pub product_id: String,
+}
+
+/// The Stripe client with the shared budget in front of it.
+#[derive(Clone)]
+pub struct Gateway {
+    client: Client,
+    budget: Arc<dyn Budget>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// A client for `secret_key`; `api_base` empty means Stripe's own API.
+    pub fn new(
+        secret_key: &SecretString,
+        api_base: &str,
+        timeout: Duration,
+        budget: Arc<dyn Budget>,
+    ) -> Result<Self, StripeFailure> {
+        let mut builder = ClientBuilder::new(secret_key.expose_secret()).timeout(timeout);
+        let base = api_base.trim().trim_end_matches('/');
+        if !base.is_empty() {
+            builder = builder.url(base);
+        }
+        let client = builder
+            .build()
+            .map_err(|e| StripeFailure::Transient(format!("Stripe client: {e}")))?;
+        Ok(Gateway { client, budget })
+    }
+
+    async fn take_budget(&self) -> Result<(), StripeFailure> {
+        self.budget
+            .take()
+            .await
+            .map_err(|e| StripeFailure::Transient(format!("rate budget: {e}")))
+    }
+
+    /// The customer of `email` that carries `partnerCode` in its metadata. Lists by email,
+    /// which (unlike search) sees a customer created a moment ago.
+    pub async fn find_customer(
+        &self,
+        partner_code: &str,
+        email: &str,
+    ) -> Result<Option<String>, StripeFailure> {
+        self.take_budget().await?;
+        let list = ListCustomer::new()
+            .email(email)
+            .limit(100)
+            .send(&self.client)
+            .await
+            .map_err(|e| StripeFailure::classify(e, false))?;
+        Ok(list
+            .data
+            .into_iter()
+            .find(|customer| {
+                customer
+                    .metadata
+                    .as_ref()
+                    .and_then(|m| m.get("partnerCode"))
+                    .is_some_and(|code| code == partner_code)
+            })
+            .map(|customer| customer.id.to_string()))
+    }
+
+    pub async fn create_customer(
+        &self,
+        partner_code: &str,
+        email: &str,
+        key: &str,
+    ) -> Result<String, StripeFailure> {
+        self.take_budget().await?;
+        let metadata = HashMap::from([("partnerCode".to_owned(), partner_code.to_owned())]);
+        let customer = stripe_core::customer::CreateCustomer::new()
+            .email(email)
+            .metadata(metadata)
+            .customize()
+            .request_strategy(idempotent(key)?)
+            .send(&self.client)
+            .await
+            .map_err(|e| StripeFailure::classify(e, true))?;
+        Ok(customer.id.to_string())
+    }
+
+    /// Attaches a payment method to the customer. Already on this customer is fine; on another
+    /// customer, or unknown to Stripe, it is a permanent failure.
+    pub async fn attach_payment_method(
+        &self,
+        payment_method: &str,
+        customer: &str,
+        key: &str,
+    ) -> Result<Attached, StripeFailure> {
+        self.take_budget().await?;
+        let attached = AttachPaymentMethod::new(payment_method)
+            .customer(customer)
+            .customize()
+            .request_strategy(idempotent(key)?)
+            .send(&self.client)
+            .await;
+        match attached {
+            Ok(method) => Ok(Attached {
+                id: method.id.to_string(),
+                kind: method.type_.to_string(),
+            }),
+            Err(error) => match StripeFailure::classify(error, true) {
+                StripeFailure::Permanent(detail)
+                    if detail.code == crate::domain::FailureCode::StripeRejected =>
+                {
+                    // Stripe refuses to attach a method that is attached already; whose it is
+                    // decides whether that is fine.
+                    self.owner_check(payment_method, customer, detail).await
+                }
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn owner_check(
+        &self,
+        payment_method: &str,
+        customer: &str,
+        refusal: crate::domain::FailureDetail,
+    ) -> Result<Attached, StripeFailure> {
+        self.take_budget().await?;
+        let method = RetrievePaymentMethod::new(payment_method)
+            .send(&self.client)
+            .await
+            .map_err(|e| StripeFailure::classify(e, false))?;
+        match &method.customer {
+            Some(owner) if owner.id().as_str() == customer => Ok(Attached {
+                id: method.id.to_string(),
+                kind: method.type_.to_string(),
+            }),
+            Some(_) => Err(StripeFailure::payment_method(
+                "the payment method is attached to another customer",
+                refusal.stripe_code,
+            )),
+            None => Err(StripeFailure::Permanent(refusal)),
+        }
+    }
+
+    pub async fn set_default_payment_method(
+        &self,
+        customer: &str,
+        payment_method: &str,
+        key: &str,
+    ) -> Result<(), StripeFailure> {
+        self.take_budget().await?;
+        UpdateCustomer::new(customer)
+            .invoice_settings(UpdateCustomerInvoiceSettings {
+                default_payment_method: Some(payment_method.to_owned()),
+                ..UpdateCustomerInvoiceSettings::new()
+            })
+            .customize()
+            .request_strategy(idempotent(key)?)
+            .send(&self.client)
+            .await
+            .map_err(|e| StripeFailure::classify(e, true))?;
+        Ok(())
+    }
+
+    /// A configured price: its product, for the result.
+    pub async fn price_product(&self, price: &str) -> Result<String, StripeFailure> {
+        self.take_budget().await?;
+        let price = RetrievePrice::new(price)
+            .send(&self.client)
+            .await
+            .map_err(|e| StripeFailure::classify(e, false))?;
+        Ok(price.product.id().to_string())
+    }
+
+    /// The price with this lookup key: (price id, product id).
+    pub async fn find_price(
+        &self,
+        lookup_key: &str,
+    ) -> Result<Option<(String, String)>, StripeFailure> {
+        self.take_budget().await?;
+        let list = ListPrice::new()
+            .lookup_keys(vec![lookup_key.to_owned()])
+            .send(&self.client)
+            .await
+            .map_err(|e| StripeFailure::classify(e, false))?;
+        Ok(list
+            .data
+            .into_iter()
+            .next()
+            .map(|price| (price.id.to_string(), price.product.id().to_string())))
+    }
+
+    pub async fn create_price(
+        &self,
+        spec: &PriceSpec<'_>,
+        key: &str,
+    ) -> Result<(String, String), StripeFailure> {
+        self.take_budget().await?;
+        let currency = stripe_types::Currency::from_str(spec.currency)
+            .map_err(|_| StripeFailure::Transient("currency".into()))?;
+        let interval = CreatePriceRecurringInterval::from_str(spec.interval)
+            .map_err(|_| StripeFailure::Transient("interval".into()))?;
+        let price = CreatePrice::new(currency)
+            .unit_amount(spec.unit_amount)
+            .product_data(CreatePriceProductData::new(spec.product_name))
+            .recurring(CreatePriceRecurring::new(interval))
+            .lookup_key(spec.lookup_key)
+            .customize()
+            .request_strategy(idempotent(key)?)
+            .send(&self.client)
+            .await
+            .map_err(|e| StripeFailure::classify(e, true))?;
+        Ok((price.id.to_string(), price.product.id().to_string()))
+    }
+
+    /// The customer's subscription whose metadata carries this payId. Lists (consistent) rather
+    /// than searches (up to a minute behind).
+    pub async fn find_subscription(
+        &self,
+        customer: &str,
+        pay_id: &str,
+    ) -> Result<Option<Subscribed>, StripeFailure> {
+        let mut starting_after: Option<String> = None;
+        // Bounded: a customer with more than 1,000 subscriptions is not one of ours.
+        for _ in 0..10 {
+            self.take_budget().await?;
+            let mut request = ListSubscription::new()
+                .customer(customer)
+                .status(ListSubscriptionStatus::All)
+                .limit(100);
+            if let Some(after) = &starting_after {
+                request = request.starting_after(after.as_str());
+            }
+            let page = request
+                .send(&self.client)
+                .await
+                .map_err(|e| StripeFailure::classify(e, false))?;
+            if let Some(found) = page
+                .data
+                .iter()
+                .find(|sub| sub.metadata.get("payId").is_some_and(|p| p == pay_id))
+            {
+                return Ok(Some(subscribed(found)));
+            }
+            match page.data.last() {
+                Some(last) if page.has_more => starting_after = Some(last.id.to_string()),
+                _ => return Ok(None),
+            }
+        }
+        Ok(None)
+    }
+
+    pub async fn create_subscription(
+        &self,
+        new: NewSubscription<'_>,
+        key: &str,
+    ) -> Result<Subscribed, StripeFailure> {
+        self.take_budget().await?;
+        let behavior = match new.payment_behavior {
+            "allow_incomplete" => CreateSubscriptionPaymentBehavior::AllowIncomplete,
+            "default_incomplete" => CreateSubscriptionPaymentBehavior::DefaultIncomplete,
+            "pending_if_incomplete" => CreateSubscriptionPaymentBehavior::PendingIfIncomplete,
+            _ => CreateSubscriptionPaymentBehavior::ErrorIfIncomplete,
+        };
+        let subscription = CreateSubscription::new()
+            .customer(new.customer)
+            .items(vec![CreateSubscriptionItems {
+                price: Some(new.price.to_owned()),
+                ..CreateSubscriptionItems::new()
+            }])
+            .default_payment_method(new.payment_method)
+            .off_session(true)
+            .payment_behavior(behavior)
+            .metadata(new.metadata)
+            .customize()
+            .request_strategy(idempotent(key)?)
+            .send(&self.client)
+            .await
+            .map_err(|e| StripeFailure::classify(e, true))?;
+        Ok(subscribed(&subscription))
+    }
+}
+
+fn subscribed(subscription: &stripe_billing::Subscription) -> Subscribed {
+    let product_id = subscription
+        .items
+        .data
+        .first()
+        .map(|item| match &item.price.product {
+            Expandable::Id(id) => id.to_string(),
+            Expandable::Object(product) => product.id.to_string(),
+        })
+        .unwrap_or_default();
+    Subscribed {
+        id: subscription.id.to_string(),
+        status: subscription.status.to_string(),
+        product_id,
+    }
+}
+
+fn idempotent(key: &str) -> Result<RequestStrategy, StripeFailure> {
+    IdempotencyKey::new(key)
+        .map(RequestStrategy::Idempotent)
+        .map_err(|e| StripeFailure::Transient(format!("idempotency key `{key}`: {e:?}")))
+}

@@ -1,0 +1,125 @@
+//! The worker: jobs become Stripe subscriptions and result events (CONTRACT §5, §6). Uses the
+//! domain, the broker, the store and the Stripe gateway; never the intake.
+
+mod budget;
+mod consumer;
+mod health;
+pub mod process;
+pub mod route;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use consumer::Worker;
+pub use process::{DeliveryInfo, JobContext, Outcome, RetryPolicy, process};
+
+use crate::broker::Broker;
+use crate::config::Settings;
+use crate::store::Store;
+use crate::stripe::Gateway;
+
+/// A worker process: the consumer and its probe server, bound and ready to run.
+pub struct Application {
+    worker: Arc<Worker>,
+    listener: TcpListener,
+}
+
+impl Application {
+    /// Connects (in the background) and binds the probe address. `settings.stripe` must name a
+    /// key, and an API base unless it is Stripe's own.
+    pub async fn build(settings: &Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        let broker = Broker::start(settings.amqp.url.clone(), settings.topology(), shutdown);
+        let store = Store::new(&settings.redis)?;
+        let budget = Arc::new(budget::RedisBudget {
+            store: store.clone(),
+            per_second: settings.stripe.max_requests_per_second,
+        });
+        let gateway = Gateway::new(
+            &settings.stripe.secret_key,
+            &settings.stripe.api_base,
+            Duration::from_millis(settings.stripe.request_timeout_ms),
+            budget,
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let ctx = JobContext {
+            gateway,
+            store,
+            plans: settings.plans.clone(),
+            payment_behavior: settings.stripe.payment_behavior.clone(),
+            retry: RetryPolicy {
+                step_retries: settings.worker.step_retries,
+                min_delay: Duration::from_millis(settings.worker.retry_min_delay_ms),
+                max_delay: Duration::from_millis(settings.worker.retry_max_delay_ms),
+            },
+            lock_ttl: Duration::from_millis(settings.worker.lock_ttl_ms),
+            prices: Mutex::new(HashMap::new()),
+        };
+        let worker = Arc::new(Worker {
+            broker,
+            ctx: Arc::new(ctx),
+            concurrency: settings.worker.concurrency,
+            drain_timeout: Duration::from_secs(settings.worker.drain_timeout_secs),
+            consuming: AtomicBool::new(false),
+            store_trouble: AtomicBool::new(false),
+        });
+        let listener = TcpListener::bind(settings.worker_listen()).await?;
+        Ok(Application { worker, listener })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr().port()
+    }
+
+    /// Consumes until `shutdown`, then drains the jobs in hand and stops the probes.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let probes_stop = CancellationToken::new();
+        let probes = axum::serve(self.listener, health::router(self.worker.clone()))
+            .with_graceful_shutdown(probes_stop.clone().cancelled_owned());
+        let probes = tokio::spawn(async move { probes.await });
+        self.worker.clone().run(shutdown).await;
+        probes_stop.cancel();
+        let _ = probes.await;
+        Ok(())
+    }
+}
+
+/// `autorenew worker`: work until a signal, then drain and exit.
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    if secrecy::ExposeSecret::expose_secret(&settings.stripe.secret_key).is_empty() {
+        anyhow::bail!(
+            "configuration key `stripe.secret_key` is empty: `autorenew worker` needs a Stripe key \
+             (use `autorenew run` for the built-in simulator)"
+        );
+    }
+    let app = Application::build(&settings, shutdown.clone()).await?;
+    tracing::info!(probes = %app.local_addr(), "worker starting");
+    println!(
+        "autorenew worker: probes and metrics on http://{}",
+        app.local_addr()
+    );
+    app.run_until_stopped(shutdown).await
+}
+
+/// Makes sure the broker is reachable before a tool goes on.
+pub async fn broker_for_tools(
+    settings: &Settings,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Broker> {
+    let broker = Broker::start(settings.amqp.url.clone(), settings.topology(), shutdown);
+    if !broker.wait_ready(Duration::from_secs(10)).await {
+        anyhow::bail!("RabbitMQ at `amqp.url` is not reachable");
+    }
+    Ok(broker)
+}
