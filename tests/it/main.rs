@@ -4,6 +4,7 @@ mod helpers;
 mod intake_enqueue;
 mod intake_outages;
 mod intake_validation;
+mod loadgen;
 mod logs;
 mod settings;
 mod sign_vectors;

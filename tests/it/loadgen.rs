@@ -1,0 +1,273 @@
+//! `autorenew loadgen` in-process against a real intake (and, for following, a stand-in worker
+//! that publishes result events by the contract). Tests count; they never time anything.
+
+use std::time::Duration;
+
+use autorenew::cli::{Cli, Command};
+use autorenew::loadgen::{self, LoadgenArgs, Plan, Report};
+use clap::Parser;
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::{SHARED_AMQP, SHARED_REDIS, TestApp, read_queue, test_settings};
+
+/// The flags as the command line would parse them.
+fn args(flags: &[&str]) -> LoadgenArgs {
+    let argv = ["autorenew", "loadgen", "--quiet"].iter().chain(flags);
+    match Cli::try_parse_from(argv).expect("the flags parse").command {
+        Command::Loadgen(args) => args,
+        _ => panic!("not the loadgen command"),
+    }
+}
+
+async fn run(app_settings: &autorenew::config::Settings, flags: &[&str]) -> Report {
+    let plan = Plan::new(app_settings, &args(flags)).expect("a valid plan");
+    loadgen::execute(&plan, &CancellationToken::new())
+        .await
+        .expect("the run completes")
+}
+
+fn answers(report: &Report, key: &str) -> u64 {
+    report.answers.get(key).copied().unwrap_or(0)
+}
+
+#[tokio::test]
+async fn intake_only_load_gets_the_answer_each_request_kind_expects() {
+    // Arrange
+    let app = TestApp::spawn().await;
+
+    // Act
+    let report = run(
+        &app.settings,
+        &[
+            "--target",
+            &app.address,
+            "--no-follow",
+            "--requests",
+            "200",
+            "--concurrency",
+            "8",
+            "--duplicate-share",
+            "0.1",
+            "--conflict-share",
+            "0.1",
+            "--invalid-share",
+            "0.15",
+        ],
+    )
+    .await;
+
+    // Assert
+    let sent = &report.sent;
+    assert_eq!(sent.total, 200);
+    assert_eq!(
+        sent.fresh + sent.duplicates + sent.conflicts + sent.invalid,
+        200
+    );
+    assert_eq!(sent.invalid, 30);
+    // Only the very first requests, with nothing accepted yet to repeat, fall back to fresh.
+    assert!(sent.duplicates >= 15 && sent.conflicts >= 15, "{sent:?}");
+    assert_eq!(answers(&report, "200 S"), sent.fresh + sent.duplicates);
+    assert_eq!(answers(&report, "409 PAY_ID_CONFLICT"), sent.conflicts);
+    assert_eq!(answers(&report, "401 SIGN_INVALID"), 10);
+    assert_eq!(answers(&report, "400 PARAM_MISSING"), 10);
+    assert_eq!(answers(&report, "400 PARAM_INVALID"), 10);
+    assert_eq!(report.checks.expected, 200, "{:?}", report.mismatched);
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert!(report.results.is_none());
+    assert_eq!(report.latency_ms.all.map(|p| p.count), Some(200));
+
+    // One job per distinct valid payId: duplicates and conflicts made none.
+    let jobs = read_queue(
+        &format!("{}.jobs", app.prefix()),
+        200,
+        Duration::from_secs(3),
+    )
+    .await;
+    assert_eq!(jobs.len() as u64, sent.fresh);
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn an_open_loop_run_sends_its_count() {
+    let app = TestApp::spawn().await;
+
+    let report = run(
+        &app.settings,
+        &[
+            "--target",
+            &app.address,
+            "--no-follow",
+            "--rate",
+            "400",
+            "--requests",
+            "100",
+        ],
+    )
+    .await;
+
+    assert_eq!(report.sent.total, 100);
+    assert_eq!(answers(&report, "200 S"), 100);
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn the_baseline_confirms_every_message_and_removes_its_queue() {
+    let settings = test_settings(SHARED_AMQP, SHARED_REDIS);
+
+    let report = run(
+        &settings,
+        &["--baseline", "--requests", "500", "--concurrency", "16"],
+    )
+    .await;
+
+    assert_eq!(report.mode, "baseline");
+    assert_eq!(report.sent.total, 500);
+    assert_eq!(answers(&report, "ack"), 500);
+    assert_eq!(report.checks.expected, 500);
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    let queue = report
+        .target
+        .strip_prefix("queue ")
+        .expect("the target names the queue");
+    assert!(queue.starts_with(&settings.amqp.prefix));
+    assert!(!queue_exists(queue).await, "the scratch queue is deleted");
+}
+
+#[tokio::test]
+async fn following_counts_results_redeliveries_second_outcomes_and_lost_jobs() {
+    // Arrange: a stand-in worker that answers every job with a result event, except that the
+    // first job's event is delivered twice (same id), the second gets a second, different
+    // outcome, and the third gets none.
+    let app = TestApp::spawn().await;
+    let stop = CancellationToken::new();
+    let worker = tokio::spawn(stand_in_worker(app.prefix().to_owned(), stop.clone()));
+
+    // Act
+    let report = run(
+        &app.settings,
+        &[
+            "--target",
+            &app.address,
+            "--requests",
+            "40",
+            "--concurrency",
+            "4",
+            "--duplicate-share",
+            "0.25",
+            "--result-timeout",
+            "3s",
+        ],
+    )
+    .await;
+    stop.cancel();
+    let _ = worker.await;
+
+    // Assert
+    let results = report.results.as_ref().expect("followed");
+    assert_eq!(results.followed, report.sent.fresh);
+    assert_eq!(results.received, results.followed - 1);
+    assert_eq!(results.no_result, 1);
+    assert_eq!(results.outcomes.get("active"), Some(&results.received));
+    assert_eq!(results.duplicate_events.same_id, 1);
+    assert_eq!(results.duplicate_events.different_id, 1);
+    assert_eq!(
+        results.completion_ms.map(|p| p.count),
+        Some(results.received as usize)
+    );
+    assert_eq!(report.failures.len(), 2, "{:?}", report.failures);
+    assert!(report.failures.iter().any(|f| f.contains("DUPLICATES")));
+    app.teardown().await;
+}
+
+/// Consumes jobs and publishes CloudEvents to the results exchange as CONTRACT §5 says.
+async fn stand_in_worker(prefix: String, stop: CancellationToken) {
+    let connection = Connection::connect(SHARED_AMQP, Default::default())
+        .await
+        .expect("connect");
+    let channel = connection.create_channel().await.expect("channel");
+    let mut jobs = channel
+        .basic_consume(
+            format!("{prefix}.jobs").into(),
+            "stand-in-worker".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume the jobs");
+    let results = format!("{prefix}.results");
+    let mut seen = 0;
+    loop {
+        let delivery = tokio::select! {
+            () = stop.cancelled() => break,
+            delivery = jobs.next() => match delivery {
+                Some(Ok(delivery)) => delivery,
+                _ => break,
+            },
+        };
+        let job: Value = serde_json::from_slice(&delivery.data).expect("a JSON job");
+        let pay_id = job["payId"].as_str().expect("payId").to_owned();
+        let partner = job["partnerCode"].as_str().expect("partnerCode").to_owned();
+        let events = match seen {
+            0 => vec![event(&pay_id, "e-1"), event(&pay_id, "e-1")],
+            1 => vec![event(&pay_id, "e-1"), event(&pay_id, "e-2")],
+            2 => vec![],
+            _ => vec![event(&pay_id, "e-1")],
+        };
+        seen += 1;
+        for body in events {
+            channel
+                .basic_publish(
+                    results.as_str().into(),
+                    format!("subscription.succeeded.{partner}").into(),
+                    BasicPublishOptions::default(),
+                    body.to_string().as_bytes(),
+                    BasicProperties::default()
+                        .with_content_type("application/cloudevents+json".into()),
+                )
+                .await
+                .expect("publish")
+                .await
+                .expect("confirm");
+        }
+        delivery.ack(BasicAckOptions::default()).await.expect("ack");
+    }
+    let _ = connection.close(200, "done".into()).await;
+}
+
+fn event(pay_id: &str, id: &str) -> Value {
+    json!({
+        "specversion": "1.0",
+        "id": format!("{pay_id}-{id}"),
+        "source": "autorenew/worker",
+        "type": "autorenew.subscription.succeeded",
+        "subject": pay_id,
+        "time": "2026-01-01T00:00:00Z",
+        "datacontenttype": "application/json",
+        "data": {"payId": pay_id, "status": "active", "error": null},
+    })
+}
+
+async fn queue_exists(queue: &str) -> bool {
+    let connection = Connection::connect(SHARED_AMQP, Default::default())
+        .await
+        .expect("connect");
+    let channel = connection.create_channel().await.expect("channel");
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let exists = channel
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await
+        .is_ok();
+    let _ = connection.close(200, "done".into()).await;
+    exists
+}
