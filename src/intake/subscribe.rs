@@ -5,6 +5,8 @@ use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
 use time::format_description::well_known::Rfc3339;
 
 use super::error::{IntakeError, Refusal};
@@ -14,17 +16,78 @@ use super::signed::{SignedRequest, now_millis};
 use super::state::AppState;
 use crate::broker::{BrokerError, JOB_ROUTING_KEY, Message};
 use crate::domain::job::JOB_MESSAGE_TYPE;
+use crate::domain::outcome::STATUS_PROCESSING;
 use crate::domain::request::SUBSCRIPTION_FIELDS;
 use crate::domain::{Job, SubscriptionRequest};
 use crate::store::{Claim, ClaimOutcome};
 
 /// How often a request for a payId that another request is enqueueing looks again.
 const PENDING_POLL: Duration = Duration::from_millis(20);
+/// How often a request with `Prefer: wait` looks for its job's result.
+const RESULT_POLL: Duration = Duration::from_millis(50);
 
 pub async fn subscribe(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
     SignedRequest { body, fields }: SignedRequest<SubscriptionRequest>,
-) -> Result<Json<ApiResponse>, Refusal> {
+) -> Result<Response, Refusal> {
+    let wait = preferred_wait(&headers).map(|wait| wait.min(state.limits.max_wait));
+    let answer = accept(&state, body, fields).await?;
+    let Some(wait) = wait else {
+        return Ok(Json(answer).into_response());
+    };
+    let answer = if answer.status == STATUS_PROCESSING && answer.operate_code == "S" {
+        wait_for_result(&state, answer, wait).await
+    } else {
+        answer
+    };
+    let applied = format!("wait={}", wait.as_secs());
+    let mut response = Json(answer).into_response();
+    if let Ok(value) = HeaderValue::from_str(&applied) {
+        response.headers_mut().insert("preference-applied", value);
+    }
+    Ok(response)
+}
+
+/// `Prefer: wait=N` (RFC 7240), among other preferences; None when absent or unreadable.
+fn preferred_wait(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split([',', ';']))
+        .filter_map(|preference| {
+            let (name, value) = preference.split_once('=')?;
+            (name.trim().eq_ignore_ascii_case("wait"))
+                .then(|| value.trim().trim_matches('"').parse::<u64>().ok())
+                .flatten()
+        })
+        .next()
+        .map(Duration::from_secs)
+}
+
+/// Holds an accepted request's answer until its job's final result is stored, or `wait` ends.
+async fn wait_for_result(state: &AppState, answer: ApiResponse, wait: Duration) -> ApiResponse {
+    let Ok(pay_id) = crate::domain::PayId::parse(&answer.pay_id) else {
+        return answer;
+    };
+    let deadline = Instant::now() + wait;
+    while Instant::now() < deadline {
+        tokio::time::sleep(RESULT_POLL.min(deadline.saturating_duration_since(Instant::now())))
+            .await;
+        // A Redis hiccup while waiting does not undo the acceptance: answer what we know.
+        if let Ok(Some(result)) = state.store.result(&pay_id).await {
+            return ApiResponse::for_job(pay_id.as_str(), Some(&result));
+        }
+    }
+    answer
+}
+
+async fn accept(
+    state: &AppState,
+    body: SubscriptionRequest,
+    fields: crate::domain::SignedFields,
+) -> Result<ApiResponse, Refusal> {
     let pay_id = body.pay_id.clone();
     let refuse = |error: IntakeError| Refusal {
         error,
@@ -63,7 +126,7 @@ pub async fn subscribe(
             .map_err(|e| refuse(e.into()))?;
         match outcome {
             ClaimOutcome::Claimed { job, .. } => {
-                enqueue(&state, &body, &job, &request_id)
+                enqueue(state, &body, &job, &request_id)
                     .await
                     .map_err(&refuse)?;
                 metrics::histogram!(ENQUEUE_SECONDS).record(started.elapsed().as_secs_f64());
@@ -74,13 +137,13 @@ pub async fn subscribe(
                     request_id,
                     "job enqueued"
                 );
-                return Ok(Json(ApiResponse::for_job(body.pay_id.as_str(), None)));
+                return Ok(ApiResponse::for_job(body.pay_id.as_str(), None));
             }
             ClaimOutcome::Enqueued { result, .. } => {
-                return Ok(Json(ApiResponse::for_job(
+                return Ok(ApiResponse::for_job(
                     body.pay_id.as_str(),
                     result.as_deref(),
-                )));
+                ));
             }
             ClaimOutcome::Conflict => return Err(refuse(IntakeError::PayIdConflict)),
             ClaimOutcome::Pending { .. } => {

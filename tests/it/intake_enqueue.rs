@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::{OTHER_PARTNER, OTHER_SECRET, PARTNER, SECRET, TestApp, read_queue, valid_request};
+use crate::helpers::{
+    OTHER_PARTNER, OTHER_SECRET, PARTNER, SECRET, TestApp, read_queue, valid_request,
+};
 
 #[tokio::test]
 async fn a_valid_request_lands_on_the_jobs_queue_as_a_persistent_job() {
@@ -67,7 +69,8 @@ async fn concurrent_copies_of_one_request_make_one_job() {
     let app = TestApp::spawn().await;
     let request = valid_request();
 
-    let answers = futures_util::future::join_all((0..20).map(|_| app.subscribe(request.clone()))).await;
+    let answers =
+        futures_util::future::join_all((0..20).map(|_| app.subscribe(request.clone()))).await;
 
     for answer in &answers {
         assert_eq!(answer.status, 200, "{:?}", answer.body);
@@ -84,17 +87,27 @@ async fn the_same_pay_id_with_other_content_is_a_conflict() {
     let request = valid_request();
     assert_eq!(app.subscribe(request.clone()).await.status, 200);
 
-    for (field, value) in [("payAmount", "29.99"), ("email", "other@example.com"), ("plan_id", "OTHER")] {
+    for (field, value) in [
+        ("payAmount", "29.99"),
+        ("email", "other@example.com"),
+        ("plan_id", "OTHER"),
+    ] {
         let mut changed = request.clone();
         changed[field] = json!(value);
         let answer = app.subscribe(changed).await;
-        assert_eq!((answer.status, answer.code()), (409, "PAY_ID_CONFLICT"), "{field}");
+        assert_eq!(
+            (answer.status, answer.code()),
+            (409, "PAY_ID_CONFLICT"),
+            "{field}"
+        );
         assert_eq!(answer.field(), "payId");
     }
     // Another partner's request for the same payId is other content too.
     let mut other = request.clone();
     other["partnerCode"] = json!(OTHER_PARTNER);
-    let answer = app.post_signed("/stripeSubDirectly", other, OTHER_SECRET).await;
+    let answer = app
+        .post_signed("/stripeSubDirectly", other, OTHER_SECRET)
+        .await;
     assert_eq!((answer.status, answer.code()), (409, "PAY_ID_CONFLICT"));
     app.teardown().await;
 }
@@ -105,12 +118,14 @@ async fn result_query_shows_a_partner_only_its_own_pay_ids() {
     let request = valid_request();
     let pay_id = request["payId"].clone();
     assert_eq!(app.subscribe(request).await.status, 200);
-    let query = |partner: &str| {
-        json!({"partnerCode": partner, "payId": pay_id, "tradeType": "resultQuery", "version": "3.0"})
-    };
+    let query = |partner: &str| json!({"partnerCode": partner, "payId": pay_id, "tradeType": "resultQuery", "version": "3.0"});
 
-    let own = app.post_signed("/resultQuery", query(PARTNER), SECRET).await;
-    let other = app.post_signed("/resultQuery", query(OTHER_PARTNER), OTHER_SECRET).await;
+    let own = app
+        .post_signed("/resultQuery", query(PARTNER), SECRET)
+        .await;
+    let other = app
+        .post_signed("/resultQuery", query(OTHER_PARTNER), OTHER_SECRET)
+        .await;
     let mut unknown_query = query(PARTNER);
     unknown_query["payId"] = json!("never-sent");
     let unknown = app.post_signed("/resultQuery", unknown_query, SECRET).await;
@@ -132,8 +147,16 @@ async fn metrics_count_requests_by_route_and_code() {
 
     let text = app.get("/metrics").await.text().await.expect("metrics");
 
-    assert!(text.contains(r#"autorenew_intake_requests_total{route="/stripeSubDirectly",status="200",code="S"}"#), "{text}");
+    assert!(
+        text.contains(
+            r#"autorenew_intake_requests_total{route="/stripeSubDirectly",status="200",code="S"}"#
+        ),
+        "{text}"
+    );
     assert!(text.contains(r#"code="PARAM_INVALID""#), "{text}");
-    assert!(text.contains("autorenew_intake_enqueue_duration_seconds_bucket"), "{text}");
+    assert!(
+        text.contains("autorenew_intake_enqueue_duration_seconds_bucket"),
+        "{text}"
+    );
     app.teardown().await;
 }

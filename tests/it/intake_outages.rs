@@ -4,11 +4,15 @@
 use std::time::{Duration, Instant};
 
 use crate::helpers::private::{PrivateRabbit, PrivateRedis};
-use crate::helpers::{SHARED_AMQP, SHARED_REDIS, TestApp, poll_until, test_settings, valid_request};
+use crate::helpers::{
+    SHARED_AMQP, SHARED_REDIS, TestApp, poll_until, test_settings, valid_request,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_broker_down_requests_get_a_fast_503_and_are_accepted_once_it_is_back() {
-    let mut rabbit = tokio::task::spawn_blocking(PrivateRabbit::start).await.expect("rabbit");
+    let mut rabbit = tokio::task::spawn_blocking(PrivateRabbit::start)
+        .await
+        .expect("rabbit");
     let app = TestApp::spawn_with(test_settings(&rabbit.url(), SHARED_REDIS)).await;
     assert_eq!(app.subscribe(valid_request()).await.status, 200);
 
@@ -22,8 +26,16 @@ async fn with_the_broker_down_requests_get_a_fast_503_and_are_accepted_once_it_i
     let answer = app.subscribe(valid_request()).await;
     let took = started.elapsed();
 
-    assert_eq!((answer.status, answer.code()), (503, "BROKER_UNAVAILABLE"), "{:?}", answer.body);
-    assert!(took < Duration::from_secs(2), "a 503 must come within 2 s, took {took:?}");
+    assert_eq!(
+        (answer.status, answer.code()),
+        (503, "BROKER_UNAVAILABLE"),
+        "{:?}",
+        answer.body
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "a 503 must come within 2 s, took {took:?}"
+    );
     assert!(answer.retry_after.is_some(), "a 503 says when to retry");
     let ready = app.get("/readyz").await;
     assert_eq!(ready.status(), 503);
@@ -50,7 +62,9 @@ async fn with_the_broker_down_requests_get_a_fast_503_and_are_accepted_once_it_i
     assert_eq!(answer.body["operateCode"], "S");
 
     app.teardown().await;
-    tokio::task::spawn_blocking(move || drop(rabbit)).await.expect("stop");
+    tokio::task::spawn_blocking(move || drop(rabbit))
+        .await
+        .expect("stop");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,8 +78,16 @@ async fn with_redis_down_requests_get_a_fast_503_and_are_accepted_once_it_is_bac
     let answer = app.subscribe(valid_request()).await;
     let took = started.elapsed();
 
-    assert_eq!((answer.status, answer.code()), (503, "STORE_UNAVAILABLE"), "{:?}", answer.body);
-    assert!(took < Duration::from_secs(2), "a 503 must come within 2 s, took {took:?}");
+    assert_eq!(
+        (answer.status, answer.code()),
+        (503, "STORE_UNAVAILABLE"),
+        "{:?}",
+        answer.body
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "a 503 must come within 2 s, took {took:?}"
+    );
     let ready: serde_json::Value = app.get("/readyz").await.json().await.expect("json");
     assert_eq!(ready["redis"], "down");
 

@@ -72,7 +72,16 @@ async fn a_partner_secret_never_appears_in_the_logs() {
 
     assert!(logs.contains("job enqueued"), "the run was logged: {logs}");
     assert!(!logs.contains(SECRET), "a partner secret was logged");
-    assert!(!logs.contains("pm_1GnMUDLnVNBddzslXw7xuoe6"), "a payment method id was logged");
-    assert!(!logs.contains("421516116@qq.com"), "a whole email address was logged");
-    assert!(!logs.contains("guest:guest"), "broker credentials were logged");
+    assert!(
+        !logs.contains("pm_1GnMUDLnVNBddzslXw7xuoe6"),
+        "a payment method id was logged"
+    );
+    assert!(
+        !logs.contains("421516116@qq.com"),
+        "a whole email address was logged"
+    );
+    assert!(
+        !logs.contains("guest:guest"),
+        "broker credentials were logged"
+    );
 }

@@ -9,7 +9,10 @@ use autorenew::config::Settings;
 use crate::helpers::repo_path;
 
 fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 #[test]
@@ -30,17 +33,30 @@ fn the_repo_config_loads_and_the_environment_overrides_it() {
 #[test]
 fn bad_values_name_their_key() {
     let cases = [
-        ("AUTORENEW__INTAKE__LISTEN", "not-an-address", "intake.listen"),
+        (
+            "AUTORENEW__INTAKE__LISTEN",
+            "not-an-address",
+            "intake.listen",
+        ),
         ("AUTORENEW__AMQP__URL", "http://x", "amqp.url"),
         ("AUTORENEW__AMQP__PREFIX", "has space", "amqp.prefix"),
         ("AUTORENEW__WORKER__CONCURRENCY", "0", "worker.concurrency"),
-        ("AUTORENEW__STRIPE__SECRET_KEY", "pk_test_123", "stripe.secret_key"),
-        ("AUTORENEW__INTAKE__MAX_BODY_BYTES", "lots", "max_body_bytes"),
+        (
+            "AUTORENEW__STRIPE__SECRET_KEY",
+            "pk_test_123",
+            "stripe.secret_key",
+        ),
+        (
+            "AUTORENEW__INTAKE__MAX_BODY_BYTES",
+            "lots",
+            "max_body_bytes",
+        ),
     ];
     for (key, value, named) in cases {
-        let error = Settings::load_with_env(Some(&repo_path("config.toml")), Some(env(&[(key, value)])))
-            .expect_err(key)
-            .to_string();
+        let error =
+            Settings::load_with_env(Some(&repo_path("config.toml")), Some(env(&[(key, value)])))
+                .expect_err(key)
+                .to_string();
         assert!(error.contains(named), "{key}={value}: {error}");
     }
 }
@@ -55,8 +71,11 @@ fn a_partner_with_an_empty_secret_needs_allow_empty_secret() {
         .to_string();
     assert!(error.contains("partners[0].secret"), "{error}");
 
-    std::fs::write(&path, "[[partners]]\ncode = \"P1\"\nsecret = \"\"\nallow_empty_secret = true\n")
-        .expect("write");
+    std::fs::write(
+        &path,
+        "[[partners]]\ncode = \"P1\"\nsecret = \"\"\nallow_empty_secret = true\n",
+    )
+    .expect("write");
     assert!(Settings::load_with_env(Some(&path), Some(HashMap::new())).is_ok());
 }
 

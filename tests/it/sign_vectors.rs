@@ -21,11 +21,18 @@ fn check_all(cases: &[Value]) {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str().expect("string params")));
         let content = sign::sign_content(pairs);
-        assert_eq!(content, case["signContent"].as_str().expect("signContent"), "{name}");
+        assert_eq!(
+            content,
+            case["signContent"].as_str().expect("signContent"),
+            "{name}"
+        );
         let secret = case["secret"].as_str().expect("secret");
         let expected = case["sign"].as_str().expect("sign");
         assert_eq!(sign::sign(&content, secret), expected, "{name}");
-        assert!(sign::verify(&content, secret, &expected.to_uppercase()), "{name}");
+        assert!(
+            sign::verify(&content, secret, &expected.to_uppercase()),
+            "{name}"
+        );
     }
 }
 
@@ -43,7 +50,11 @@ fn every_shared_vector_signs_and_verifies() {
 fn the_sign_command_prints_the_documented_sign() {
     let case = &cases(&repo_path("tests/data/sign.json"))[2];
     let body = serde_json::to_string(&case["params"]).expect("json");
-    let output = autorenew::sign_tool::sign_body(&body, case["secret"].as_str().unwrap_or(""), None)
-        .expect("signs");
-    assert!(output.contains(case["sign"].as_str().expect("sign")), "{output}");
+    let output =
+        autorenew::sign_tool::sign_body(&body, case["secret"].as_str().unwrap_or(""), None)
+            .expect("signs");
+    assert!(
+        output.contains(case["sign"].as_str().expect("sign")),
+        "{output}"
+    );
 }

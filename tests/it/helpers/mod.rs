@@ -139,7 +139,7 @@ impl TestApp {
     /// Stops the intake and deletes the test's queues.
     pub async fn teardown(self) {
         self.shutdown.cancel();
-        delete_queues(&self.settings.amqp.prefix).await;
+        delete_topology(&self.settings.topology()).await;
     }
 }
 
@@ -275,26 +275,43 @@ pub async fn read_queue(queue: &str, count: usize, limit: Duration) -> Vec<Recei
     received
 }
 
-/// Deletes the queues of a test prefix on the shared broker.
+/// Deletes the queues and exchanges of a test's topology on the shared broker.
+pub async fn delete_topology(topology: &autorenew::broker::Topology) {
+    let mut queues = vec![
+        topology.jobs(),
+        topology.dead(),
+        topology.lock_retry_queue(),
+    ];
+    queues.extend(topology.retry_queues().into_iter().map(|(_, name)| name));
+    let exchanges = [topology.jobs(), topology.dead(), topology.results()];
+    delete_names(&queues, &exchanges).await;
+}
+
+/// Deletes the queues of a test prefix with the default retry delays.
 pub async fn delete_queues(prefix: &str) {
+    let mut names = vec![format!("{prefix}.jobs"), format!("{prefix}.dead")];
+    for delay in ["10s", "1m", "10m", "1h", "locked"] {
+        names.push(format!("{prefix}.retry.{delay}"));
+    }
+    let exchanges = ["jobs", "dead", "results"].map(|e| format!("{prefix}.{e}"));
+    delete_names(&names, &exchanges).await;
+}
+
+async fn delete_names(queues: &[String], exchanges: &[String]) {
     let Ok(connection) = lapin::Connection::connect(SHARED_AMQP, Default::default()).await else {
         return;
     };
     let Ok(channel) = connection.create_channel().await else {
         return;
     };
-    let mut names = vec![format!("{prefix}.jobs"), format!("{prefix}.dead")];
-    for delay in ["10s", "1m", "10m", "1h", "locked"] {
-        names.push(format!("{prefix}.retry.{delay}"));
-    }
-    for name in names {
+    for name in queues {
         let _ = channel
-            .queue_delete(name.into(), QueueDeleteOptions::default())
+            .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
             .await;
     }
-    for exchange in ["jobs", "dead", "results"] {
+    for exchange in exchanges {
         let _ = channel
-            .exchange_delete(format!("{prefix}.{exchange}").into(), Default::default())
+            .exchange_delete(exchange.as_str().into(), Default::default())
             .await;
     }
     let _ = connection.close(200, "done".into()).await;

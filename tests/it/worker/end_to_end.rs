@@ -1,0 +1,160 @@
+//! A partner's request becomes a subscription, an event and an answer.
+
+use std::time::Duration;
+
+use autorenew::sim::faults::FaultConfig;
+use serde_json::json;
+
+use super::stack::{Stack, subscriptions_by_pay_id};
+
+#[tokio::test]
+async fn a_request_becomes_an_active_subscription_an_event_and_an_answer() {
+    let mut stack = Stack::start(FaultConfig::default()).await;
+    stack.spawn_worker().await;
+
+    let pay_id = stack.send(|r| r["pm_id"] = json!("pm_card_visa")).await;
+
+    assert!(
+        stack
+            .wait_for_events(std::slice::from_ref(&pay_id), Duration::from_secs(20))
+            .await
+    );
+    let events = stack.events_by_pay_id();
+    let event = &events[&pay_id][0];
+    assert_eq!(event["specversion"], "1.0");
+    assert_eq!(event["type"], "autorenew.subscription.succeeded");
+    assert_eq!(event["subject"], pay_id.as_str());
+    assert_eq!(event["id"], format!("{pay_id}:succeeded"));
+    assert!(event["source"].as_str().is_some_and(|s| !s.is_empty()));
+    assert!(event["time"].as_str().is_some_and(|t| t.contains('T')));
+    assert_eq!(event["_routing_key"], "subscription.succeeded.P000818");
+    assert_eq!(event["_content_type"], "application/cloudevents+json");
+    let data = &event["data"];
+    assert_eq!(data["payId"], pay_id.as_str());
+    assert_eq!(data["partnerCode"], "P000818");
+    assert_eq!(data["email"], "421516116@qq.com");
+    assert_eq!(data["plan_id"], "PLAN_MONTHLY_1GB");
+    assert_eq!(data["payAmount"], "19.99");
+    assert_eq!(data["payCurrency"], "usd");
+    assert_eq!(data["status"], "active");
+    assert_eq!(data["pay_method"], "card");
+    assert_eq!(data["attempts"], 1);
+    assert!(data["error"].is_null());
+    for field in [
+        "customer_id",
+        "sub_id",
+        "product_id",
+        "accepted_at",
+        "completed_at",
+    ] {
+        assert!(
+            data[field].as_str().is_some_and(|v| !v.is_empty()),
+            "{field}"
+        );
+    }
+
+    let answer = stack.result_query(&pay_id).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.body["operateCode"], "S");
+    assert_eq!(answer.body["status"], "active");
+    assert_eq!(answer.body["sub_id"], data["sub_id"]);
+    assert_eq!(answer.body["customer_id"], data["customer_id"]);
+    assert_eq!(answer.body["pay_method"], "card");
+    assert_eq!(
+        subscriptions_by_pay_id(&stack.sim_stats().await)[&pay_id],
+        1
+    );
+    stack.teardown().await;
+}
+
+#[tokio::test]
+async fn a_declined_card_ends_failed_with_the_decline_code_and_a_failed_event() {
+    let mut stack = Stack::start(FaultConfig::default()).await;
+    stack.spawn_worker().await;
+
+    let pay_id = stack
+        .send(|r| r["pm_id"] = json!("pm_card_chargeDeclinedInsufficientFunds"))
+        .await;
+
+    assert!(
+        stack
+            .wait_for_events(std::slice::from_ref(&pay_id), Duration::from_secs(20))
+            .await
+    );
+    let event = stack.events_by_pay_id()[&pay_id][0].clone();
+    assert_eq!(event["type"], "autorenew.subscription.failed");
+    assert_eq!(event["_routing_key"], "subscription.failed.P000818");
+    assert_eq!(event["data"]["status"], "failed");
+    assert_eq!(event["data"]["error"]["code"], "CARD_DECLINED");
+    assert_eq!(event["data"]["error"]["decline_code"], "insufficient_funds");
+    let answer = stack.result_query(&pay_id).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.body["operateCode"], "F");
+    assert_eq!(answer.body["status"], "failed");
+    assert_eq!(answer.code(), "CARD_DECLINED");
+    assert_eq!(answer.body["error"]["decline_code"], "insufficient_funds");
+    assert_eq!(
+        subscriptions_by_pay_id(&stack.sim_stats().await).get(&pay_id),
+        None
+    );
+    stack.teardown().await;
+}
+
+#[tokio::test]
+async fn prefer_wait_answers_with_the_final_result() {
+    let mut stack = Stack::start(FaultConfig::default()).await;
+    stack.spawn_worker().await;
+    let request = crate::helpers::signed(crate::helpers::valid_request(), crate::helpers::SECRET);
+
+    let response = stack
+        .intake
+        .client
+        .post(format!("{}/stripeSubDirectly", stack.intake.address))
+        .header("prefer", "wait=10")
+        .json(&request)
+        .send()
+        .await
+        .expect("POST");
+    let applied = response.headers().get("preference-applied").cloned();
+    let answer = crate::helpers::Answer::from(response).await;
+
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.body["status"], "active", "{:?}", answer.body);
+    assert!(
+        answer.body["sub_id"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("sub_"))
+    );
+    assert_eq!(
+        applied.as_ref().and_then(|v| v.to_str().ok()),
+        Some("wait=10")
+    );
+    stack.teardown().await;
+}
+
+#[tokio::test]
+async fn the_same_request_twice_makes_one_subscription() {
+    let mut stack = Stack::start(FaultConfig::default()).await;
+    stack.spawn_worker().await;
+    let request = crate::helpers::valid_request();
+    let pay_id = request["payId"].as_str().expect("payId").to_owned();
+
+    let first = stack.intake.subscribe(request.clone()).await;
+    assert!(
+        stack
+            .wait_for_events(std::slice::from_ref(&pay_id), Duration::from_secs(20))
+            .await
+    );
+    let second = stack.intake.subscribe(request).await;
+
+    assert_eq!(first.body["status"], "processing");
+    assert_eq!(
+        second.body["status"], "active",
+        "the retry sees the final result"
+    );
+    assert_eq!(
+        subscriptions_by_pay_id(&stack.sim_stats().await)[&pay_id],
+        1
+    );
+    stack.teardown().await;
+}

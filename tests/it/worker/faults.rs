@@ -1,0 +1,121 @@
+//! Stripe misbehaving: transient errors, lost answers, its rate limit.
+
+use std::time::Duration;
+
+use autorenew::sim::faults::FaultConfig;
+use serde_json::json;
+
+use super::stack::{Stack, subscriptions_by_pay_id};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_transient_faults_and_lost_answers_every_job_ends_once_and_no_pay_id_is_charged_twice()
+ {
+    let faults = FaultConfig {
+        error_rate: 0.2,
+        rate_limit_error_rate: 0.1,
+        lost_response_rate: 0.1,
+        ..FaultConfig::default()
+    };
+    let mut stack = Stack::start_with(faults, |s| {
+        s.worker.step_retries = 6;
+        s.worker.concurrency = 32;
+    })
+    .await;
+    stack.spawn_worker().await;
+    stack.spawn_worker().await;
+
+    let sends = (0..300).map(|i| {
+        let stack = &stack;
+        async move {
+            stack
+                .send(|r| r["email"] = json!(format!("user{}@example.com", i % 40)))
+                .await
+        }
+    });
+    let pay_ids: Vec<String> = futures_util::future::join_all(sends).await;
+
+    assert!(
+        stack
+            .wait_for_events(&pay_ids, Duration::from_secs(180))
+            .await,
+        "every job reaches a final result"
+    );
+    let events = stack.events_by_pay_id();
+    let stats = stack.sim_stats().await;
+    let subscriptions = subscriptions_by_pay_id(&stats);
+    let mut succeeded = 0;
+    let mut failures = Vec::new();
+    for pay_id in &pay_ids {
+        let ids: std::collections::HashSet<_> =
+            events[pay_id].iter().map(|e| e["id"].clone()).collect();
+        assert_eq!(
+            ids.len(),
+            1,
+            "{pay_id} has one outcome: {:?}",
+            events[pay_id]
+        );
+        let count = subscriptions.get(pay_id).copied().unwrap_or(0);
+        assert!(count <= 1, "{pay_id} has {count} subscriptions");
+        if events[pay_id][0]["type"] == "autorenew.subscription.succeeded" {
+            assert_eq!(count, 1, "{pay_id} succeeded with its subscription");
+            succeeded += 1;
+        } else if failures.len() < 5 {
+            failures.push(events[pay_id][0]["data"]["error"].clone());
+        }
+    }
+    assert!(
+        stats["faults"]["lost_responses"].as_u64().unwrap_or(0) > 0,
+        "faults were injected: {stats}"
+    );
+    assert!(
+        succeeded >= 290,
+        "only {succeeded} of 300 succeeded; failures like {failures:?}"
+    );
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_sharing_the_budget_stay_under_stripe_s_rate_limit() {
+    let faults = FaultConfig {
+        rate_limit_per_second: 20.0,
+        // Stripe's limiter admits short bursts; ours stands in for it with one second's worth.
+        rate_limit_burst: Some(20.0),
+        ..FaultConfig::default()
+    };
+    let mut stack = Stack::start_with(faults, |s| {
+        s.stripe.max_requests_per_second = 20;
+    })
+    .await;
+    stack.spawn_worker().await;
+    stack.spawn_worker().await;
+
+    // Distinct emails: each job lists and creates its own customer, so ~5 calls a job.
+    let mut pay_ids = Vec::new();
+    for i in 0..80 {
+        pay_ids.push(
+            stack
+                .send(|r| r["email"] = json!(format!("budget{i}@example.com")))
+                .await,
+        );
+    }
+
+    assert!(
+        stack
+            .wait_for_events(&pay_ids, Duration::from_secs(90))
+            .await
+    );
+    let stats = stack.sim_stats().await;
+    let total = stats["requests_total"].as_u64().unwrap_or(0);
+    assert!(total >= 300, "at least 300 Stripe calls were made: {total}");
+    assert_eq!(
+        stats["faults"]["rate_limited"], 0,
+        "no 429 from the limiter: {stats}"
+    );
+    let any_429 = stats["requests"].as_object().is_some_and(|routes| {
+        routes
+            .values()
+            .any(|by_status| by_status.get("429").is_some())
+    });
+    assert!(!any_429, "no route answered 429: {stats}");
+    stack.teardown().await;
+}

@@ -1,0 +1,8 @@
+//! The worker, end to end: real RabbitMQ and Redis, the simulator as Stripe, the intake over
+//! HTTP, events read from the results exchange.
+
+mod dead_letters;
+mod end_to_end;
+mod faults;
+mod processes;
+pub mod stack;
