@@ -9,3 +9,4 @@ mod logs;
 mod settings;
 mod sign_vectors;
 mod sim;
+mod worker;
