@@ -18,8 +18,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use super::percentiles::{Percentiles, round3};
 use super::progress::Live;
-use super::report::Percentiles;
 
 /// After the last expected event, how long to keep listening for a second event of a payId.
 const DUPLICATE_GRACE: Duration = Duration::from_secs(2);
@@ -58,7 +58,8 @@ pub struct Follower {
     connection: Connection,
     seen: Arc<Mutex<Seen>>,
     stop: CancellationToken,
-    consumer: tokio::task::JoinHandle<()>,
+    /// Returns true when the consumer stopped because the connection went away.
+    consumer: tokio::task::JoinHandle<bool>,
     result_timeout: Duration,
 }
 
@@ -83,6 +84,8 @@ pub struct FollowOutcome {
     /// Results per second, from the first request to the last result.
     pub completed_per_s: f64,
     pub interrupted: bool,
+    /// The subscription broke before the end: events after that were not seen.
+    pub connection_lost: bool,
 }
 
 /// Result events beyond the first for one payId.
@@ -232,11 +235,12 @@ impl Follower {
             }
         }
         self.stop.cancel();
-        let _ = self.consumer.await;
+        let connection_lost = self.consumer.await.unwrap_or(true);
         let _ = self.connection.close(200, "loadgen done".into()).await;
         let seen = std::mem::take(&mut *lock(&self.seen));
         let mut outcome = summarize(seen, &expected, started);
         outcome.interrupted = interrupted;
+        outcome.connection_lost = connection_lost;
         outcome
     }
 }
@@ -265,15 +269,15 @@ async fn consume(
     prefix: String,
     live: Arc<Live>,
     stop: CancellationToken,
-) {
+) -> bool {
     loop {
         let delivery = tokio::select! {
-            () = stop.cancelled() => return,
+            () = stop.cancelled() => return false,
             delivery = consumer.next() => delivery,
         };
         let Some(Ok(delivery)) = delivery else {
             // The connection went away: what was seen so far is what the report shows.
-            return;
+            return true;
         };
         let received = Instant::now();
         let Some((pay_id, event)) = parse(&delivery.data, received) else {
@@ -367,7 +371,7 @@ fn summarize(seen: Seen, expected: &HashMap<String, Instant>, started: Instant) 
     if let Some(last) = last {
         let seconds = last.saturating_duration_since(started).as_secs_f64();
         if seconds > 0.0 {
-            outcome.completed_per_s = (outcome.received as f64 / seconds * 1000.0).round() / 1000.0;
+            outcome.completed_per_s = round3(outcome.received as f64 / seconds);
         }
     }
     outcome
@@ -402,6 +406,12 @@ impl FollowOutcome {
                 out,
                 "  {} events for payIds never accepted, {} unreadable",
                 self.unexpected_events, self.unparsed_events
+            );
+        }
+        if self.connection_lost {
+            let _ = writeln!(
+                out,
+                "  ! lost the RabbitMQ connection: later events were missed"
             );
         }
         if !self.no_result_examples.is_empty() {

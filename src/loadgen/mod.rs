@@ -12,13 +12,14 @@
 //! - [`http`]: the HTTP client and how an answer is read.
 //! - [`follow`]: the result-event subscriber.
 //! - [`baseline`]: publishing with confirms to a scratch quorum queue.
-//! - [`report`]: samples, percentiles, the table and the JSON.
+//! - [`report`]: samples and their verdicts, the table and the JSON; [`percentiles`] the figures.
 
 mod baseline;
 mod drive;
 mod follow;
 mod http;
 mod payload;
+mod percentiles;
 mod progress;
 mod report;
 
@@ -337,7 +338,11 @@ pub async fn execute(plan: &Plan, shutdown: &CancellationToken) -> anyhow::Resul
             // Bound before the first request, so no result event can slip past unseen.
             let follower = match follow {
                 Some(spec) => Some(
-                    follow::Follower::start(spec, generator.pay_id_prefix(), live.clone()).await?,
+                    follow::Follower::start(spec, generator.pay_id_prefix(), live.clone())
+                        .await
+                        .context(
+                            "following result events (--no-follow measures the intake only)",
+                        )?,
                 ),
                 None => None,
             };
