@@ -84,13 +84,11 @@ impl Progress {
         let length = requests.or(duration.map(|d| d.as_secs().max(1)));
         let bar = ProgressBar::with_draw_target(length, target);
         let template = if by_time {
-            "{elapsed_precise} [{bar:30}] {pos}/{len} s  {msg}"
+            "{elapsed_precise} [{bar:20}] {pos}/{len}s {msg}"
         } else {
-            "{elapsed_precise} [{bar:30}] {pos}/{len}  {msg}"
+            "{elapsed_precise} [{bar:20}] {pos}/{len} {msg}"
         };
-        if let Ok(style) = ProgressStyle::with_template(template) {
-            bar.set_style(style.progress_chars("=> "));
-        }
+        set_template(&bar, template);
         let following = Arc::new(AtomicBool::new(false));
         let stop = CancellationToken::new();
         let task = tokio::spawn(redraw(
@@ -110,6 +108,10 @@ impl Progress {
 
     /// Sending is over: the bar now counts result events of the `expected` accepted jobs.
     pub fn following(&self, expected: u64) {
+        set_template(
+            &self.bar,
+            "{elapsed_precise} [{bar:20}] {pos}/{len} results, {msg}",
+        );
         self.following.store(true, Ordering::Relaxed);
         self.bar.set_position(0);
         self.bar.set_length(expected);
@@ -119,6 +121,13 @@ impl Progress {
         self.stop.cancel();
         let _ = self.task.await;
         self.bar.finish_and_clear();
+    }
+}
+
+fn set_template(bar: &ProgressBar, template: &str) {
+    // The templates are constants; should one not parse, the bar keeps its previous look.
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style.progress_chars("=> "));
     }
 }
 
@@ -144,22 +153,26 @@ async fn redraw(
             window.pop_front();
         }
         let rate = |i: usize| match window.front() {
-            Some((t, old)) if now > *t => (counts[i] - old[i]) as f64 / (now - *t).as_secs_f64(),
+            Some((t, old)) if now > *t => {
+                counts[i].saturating_sub(old[i]) as f64 / (now - *t).as_secs_f64()
+            }
             _ => 0.0,
         };
         let [sent, accepted, shed, bad, results] = counts;
         if following.load(Ordering::Relaxed) {
             bar.set_position(results);
-        } else if by_time {
-            bar.set_position(started.elapsed().as_secs());
-        } else {
-            bar.set_position(sent);
+            bar.set_message(format!("{:.0}/s", rate(4)));
+            continue;
         }
+        bar.set_position(if by_time {
+            started.elapsed().as_secs()
+        } else {
+            sent
+        });
+        // Short enough for an 80-column terminal next to the bar: a wrapped bar redraws badly.
         bar.set_message(format!(
-            "{:.0} sent/s  {accepted} ok ({:.0}/s)  {shed} shed  {bad} bad  {results} results ({:.0}/s)",
-            rate(0),
-            rate(1),
-            rate(4)
+            "{:.0}/s ok {accepted} shed {shed} bad {bad} res {results}",
+            rate(0)
         ));
     }
 }
