@@ -22,6 +22,10 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
 
+    /// Log one JSON object per line (same as `log.json = true`).
+    #[arg(long, global = true)]
+    pub log_json: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }

@@ -67,6 +67,10 @@ pub struct IntakeSettings {
     pub publish_timeout_ms: u64,
     /// How long a client may take to send its whole request before it is cut off (slow clients).
     pub request_timeout_ms: u64,
+    /// Requests per second one partner may send, shared by every intake through Redis, so one
+    /// partner's flood cannot starve the others; 0 turns the limit off. A partner's own
+    /// `rate_limit_per_second` overrides it.
+    pub partner_rate_limit_per_second: u32,
 }
 
 impl Default for IntakeSettings {
@@ -78,6 +82,7 @@ impl Default for IntakeSettings {
             max_wait_secs: 30,
             publish_timeout_ms: 1_500,
             request_timeout_ms: 10_000,
+            partner_rate_limit_per_second: 1_000,
         }
     }
 }
@@ -190,8 +195,37 @@ pub struct PartnerSettings {
     pub code: String,
     #[serde(default = "empty_secret")]
     pub secret: SecretString,
+    /// Further secrets that verify too: during a rotation the old and the new one are both
+    /// valid, so the partner can switch whenever it likes.
+    #[serde(default)]
+    pub secrets: Vec<SecretString>,
+    /// The name of an environment variable that holds the secret (e.g. from a Kubernetes
+    /// Secret); when set, it replaces `secret`.
+    #[serde(default)]
+    pub secret_env: Option<String>,
     #[serde(default)]
     pub allow_empty_secret: bool,
+    /// This partner's intake rate (requests/s); unset: `intake.partner_rate_limit_per_second`.
+    #[serde(default)]
+    pub rate_limit_per_second: Option<u32>,
+}
+
+impl PartnerSettings {
+    pub fn new(code: &str, secret: &str) -> Self {
+        PartnerSettings {
+            code: code.to_owned(),
+            secret: SecretString::from(secret),
+            secrets: Vec::new(),
+            secret_env: None,
+            allow_empty_secret: false,
+            rate_limit_per_second: None,
+        }
+    }
+
+    /// Every secret that verifies this partner's sign, the current one first.
+    pub fn valid_secrets(&self) -> impl Iterator<Item = &SecretString> {
+        std::iter::once(&self.secret).chain(self.secrets.iter())
+    }
 }
 
 fn empty_secret() -> SecretString {
@@ -255,10 +289,37 @@ impl Settings {
             .prefix_separator("__")
             .separator("__")
             .try_parsing(true)
-            .source(env);
-        let settings: Settings = builder.add_source(environment).build()?.try_deserialize()?;
+            .source(env.clone());
+        let mut settings: Settings = builder.add_source(environment).build()?.try_deserialize()?;
+        settings.resolve_secret_env(env.as_ref())?;
         settings.check()?;
         Ok(settings)
+    }
+
+    /// Reads each partner's `secret_env` variable into its secret.
+    fn resolve_secret_env(
+        &mut self,
+        env: Option<&std::collections::HashMap<String, String>>,
+    ) -> Result<(), ConfigError> {
+        for (index, partner) in self.partners.iter_mut().enumerate() {
+            let Some(variable) = &partner.secret_env else {
+                continue;
+            };
+            let value = match env {
+                Some(map) => map.get(variable).cloned(),
+                None => std::env::var(variable).ok(),
+            };
+            match value {
+                Some(secret) => partner.secret = SecretString::from(secret),
+                None => {
+                    return Err(invalid(
+                        format!("partners[{index}].secret_env"),
+                        format!("environment variable `{variable}` is not set"),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Checks what serde cannot: addresses, ranges, partner secrets, plan intervals.
@@ -379,6 +440,12 @@ impl Settings {
                 return Err(invalid(
                     format!("{key}.code"),
                     format!("partner `{}` is configured twice", partner.code),
+                ));
+            }
+            if partner.secrets.iter().any(|s| s.expose_secret().is_empty()) {
+                return Err(invalid(
+                    format!("{key}.secrets"),
+                    "must not hold an empty secret",
                 ));
             }
             if partner.secret.expose_secret().is_empty() && !partner.allow_empty_secret {

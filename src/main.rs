@@ -20,35 +20,40 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let load = || -> anyhow::Result<Settings> {
+        let mut settings = Settings::load(cli.config.as_deref())?;
+        settings.log.json |= cli.log_json;
+        telemetry::init_logging(&settings.log);
+        Ok(settings)
+    };
     match cli.command {
         Command::Sign(args) => sign_tool::run(args),
         Command::StripeSim(args) => {
-            telemetry::init_logging(&Default::default());
+            let log = autorenew::config::LogSettings {
+                json: cli.log_json,
+                ..Default::default()
+            };
+            telemetry::init_logging(&log);
             sim::run(args, shutdown_on_signal()).await
         }
         Command::Loadgen(args) => {
-            let settings = Settings::load(cli.config.as_deref())?;
-            telemetry::init_logging(&settings.log);
+            let settings = load()?;
             loadgen::run(settings, args, shutdown_on_signal()).await
         }
         Command::Run(args) => {
-            let settings = Settings::load(cli.config.as_deref())?;
-            telemetry::init_logging(&settings.log);
+            let settings = load()?;
             run_all::run(settings, args, shutdown_on_signal()).await
         }
         Command::Worker => {
-            let settings = Settings::load(cli.config.as_deref())?;
-            telemetry::init_logging(&settings.log);
+            let settings = load()?;
             worker::run(settings, shutdown_on_signal()).await
         }
         Command::Dlq(args) => {
-            let settings = Settings::load(cli.config.as_deref())?;
-            telemetry::init_logging(&settings.log);
+            let settings = load()?;
             dlq::run(settings, args, CancellationToken::new()).await
         }
         Command::Intake => {
-            let settings = Settings::load(cli.config.as_deref())?;
-            telemetry::init_logging(&settings.log);
+            let settings = load()?;
             intake::run(settings, shutdown_on_signal()).await
         }
     }

@@ -9,9 +9,21 @@ use crate::config::LogSettings;
 
 /// Sets up logging once per process; later calls (tests that build several apps) are no-ops.
 pub fn init_logging(settings: &LogSettings) {
-    let filter = EnvFilter::try_from_default_env()
+    let mut filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&settings.filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    // The Stripe client and its HTTP stack log request paths at debug level, and those paths
+    // carry payment method ids: they stay at info whatever the filter asks.
+    for quiet in [
+        "stripe=info",
+        "hyper_util=info",
+        "hyper=info",
+        "reqwest=info",
+    ] {
+        if let Ok(directive) = quiet.parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

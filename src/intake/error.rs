@@ -32,6 +32,8 @@ pub enum IntakeError {
     PayIdConflict,
     #[error("an earlier request for this payId is still being enqueued; retry shortly")]
     PayIdBusy,
+    #[error("this partner is over its request rate; retry shortly")]
+    RateLimited,
     #[error("no such endpoint")]
     NotFound,
     #[error("method not allowed")]
@@ -43,6 +45,28 @@ pub enum IntakeError {
 }
 
 impl IntakeError {
+    /// Every `errorCode` the intake answers a refusal with: the README's table and the OpenAPI
+    /// document (`openapi.json`) list each one.
+    pub const ERROR_CODES: &[&str] = &[
+        "BODY_INVALID",
+        "PARAM_MISSING",
+        "PARAM_INVALID",
+        "PARTNER_UNKNOWN",
+        "SIGN_INVALID",
+        "TRADE_TIME_EXPIRED",
+        "PAY_ID_UNKNOWN",
+        "NOT_FOUND",
+        "METHOD_NOT_ALLOWED",
+        "REQUEST_TIMEOUT",
+        "PAY_ID_CONFLICT",
+        "BODY_TOO_LARGE",
+        "CONTENT_TYPE_UNSUPPORTED",
+        "RATE_LIMITED",
+        "BROKER_UNAVAILABLE",
+        "STORE_UNAVAILABLE",
+        "PAY_ID_BUSY",
+    ];
+
     pub fn status(&self) -> StatusCode {
         match self {
             IntakeError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -55,6 +79,7 @@ impl IntakeError {
             IntakeError::PayIdUnknown | IntakeError::NotFound => StatusCode::NOT_FOUND,
             IntakeError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             IntakeError::PayIdConflict => StatusCode::CONFLICT,
+            IntakeError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             IntakeError::PayIdBusy | IntakeError::Broker(_) | IntakeError::Store(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -76,6 +101,7 @@ impl IntakeError {
             IntakeError::PayIdUnknown => "PAY_ID_UNKNOWN",
             IntakeError::PayIdConflict => "PAY_ID_CONFLICT",
             IntakeError::PayIdBusy => "PAY_ID_BUSY",
+            IntakeError::RateLimited => "RATE_LIMITED",
             IntakeError::NotFound => "NOT_FOUND",
             IntakeError::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             IntakeError::Broker(_) => "BROKER_UNAVAILABLE",
@@ -100,7 +126,7 @@ impl IntakeError {
     fn retry_after(&self) -> Option<&'static str> {
         match self {
             IntakeError::Broker(_) | IntakeError::Store(_) => Some("2"),
-            IntakeError::PayIdBusy => Some("1"),
+            IntakeError::PayIdBusy | IntakeError::RateLimited => Some("1"),
             _ => None,
         }
     }
@@ -161,5 +187,71 @@ impl<E: Into<IntakeError>> From<E> for Refusal {
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
         self.error.into_response_for(self.pay_id.as_deref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// One error of each kind. The match fails to compile when a variant is added, as a
+    /// reminder to add it here (and its code to `ERROR_CODES` and the OpenAPI document).
+    fn one_of_each() -> Vec<IntakeError> {
+        let all = vec![
+            IntakeError::BodyTooLarge { limit: 16 },
+            IntakeError::ContentType("text/plain".into()),
+            IntakeError::SlowBody(10),
+            IntakeError::Field(FieldError::Body("not JSON".into())),
+            IntakeError::Field(FieldError::Missing {
+                field: "email".into(),
+            }),
+            IntakeError::Field(FieldError::invalid("email", "must be an email address")),
+            IntakeError::PartnerUnknown("P0".into()),
+            IntakeError::SignInvalid,
+            IntakeError::TradeTimeExpired { max_skew_ms: 1 },
+            IntakeError::PayIdUnknown,
+            IntakeError::PayIdConflict,
+            IntakeError::PayIdBusy,
+            IntakeError::RateLimited,
+            IntakeError::NotFound,
+            IntakeError::MethodNotAllowed,
+            IntakeError::Broker(BrokerError::Unavailable),
+            IntakeError::Store(StoreError::Timeout(Duration::from_millis(1))),
+        ];
+        for error in &all {
+            match error {
+                IntakeError::BodyTooLarge { .. }
+                | IntakeError::ContentType(_)
+                | IntakeError::SlowBody(_)
+                | IntakeError::Field(_)
+                | IntakeError::PartnerUnknown(_)
+                | IntakeError::SignInvalid
+                | IntakeError::TradeTimeExpired { .. }
+                | IntakeError::PayIdUnknown
+                | IntakeError::PayIdConflict
+                | IntakeError::PayIdBusy
+                | IntakeError::RateLimited
+                | IntakeError::NotFound
+                | IntakeError::MethodNotAllowed
+                | IntakeError::Broker(_)
+                | IntakeError::Store(_) => {}
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn error_codes_lists_every_code_and_nothing_else() {
+        let produced: HashSet<&str> = one_of_each().iter().map(IntakeError::code).collect();
+        let listed: HashSet<&str> = IntakeError::ERROR_CODES.iter().copied().collect();
+        assert_eq!(
+            listed.len(),
+            IntakeError::ERROR_CODES.len(),
+            "a code listed twice"
+        );
+        assert_eq!(produced, listed);
     }
 }

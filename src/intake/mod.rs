@@ -4,7 +4,9 @@
 mod error;
 mod health;
 mod metrics;
+mod openapi;
 mod partners;
+mod request_id;
 mod response;
 mod result_query;
 mod signed;
@@ -44,7 +46,10 @@ impl Application {
         let store = Store::new(&settings.redis)?;
         let state = Arc::new(AppState {
             limits: Limits::from_settings(settings),
-            partners: Partners::new(&settings.partners),
+            partners: Partners::new(
+                &settings.partners,
+                settings.intake.partner_rate_limit_per_second,
+            ),
             broker: broker.clone(),
             store,
             metrics: telemetry::metrics_handle(),
@@ -87,9 +92,11 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .route("/openapi.json", get(openapi::openapi))
         .fallback(|| async { IntakeError::NotFound })
         .method_not_allowed_fallback(|| async { IntakeError::MethodNotAllowed })
         .layer(axum::middleware::from_fn(metrics::track))
+        .layer(axum::middleware::from_fn(request_id::assign))
         .with_state(state)
 }
 

@@ -8,7 +8,6 @@ use axum::body::Body;
 use axum::extract::{FromRequest, Request};
 use axum::http::header;
 use http_body_util::{BodyExt, Limited};
-use secrecy::ExposeSecret;
 
 use super::error::{IntakeError, Refusal};
 use super::state::AppState;
@@ -74,21 +73,35 @@ impl<T: SignedBody> FromRequest<Arc<AppState>> for SignedRequest<T> {
             pay_id: readable_pay_id(&bytes),
         })?;
         let pay_id = Some(fields.get("payId").to_owned()).filter(|p| PayId::parse(p).is_ok());
+        if let Some(pay_id) = &pay_id {
+            tracing::Span::current().record("pay_id", pay_id.as_str());
+        }
         let refuse = |error: IntakeError| Refusal {
             error,
             pay_id: pay_id.clone(),
         };
 
-        let secret = state
+        let partner = state
             .partners
-            .secret(body.partner().as_str())
+            .get(body.partner().as_str())
             .ok_or_else(|| refuse(IntakeError::PartnerUnknown(body.partner().to_string())))?;
-        if !fields.verify_sign(secret.expose_secret()) {
+        if !partner.verifies(&fields) {
             return Err(refuse(IntakeError::SignInvalid));
         }
         let max_skew_ms = state.limits.max_clock_skew_ms;
         if !body.trade_time().is_within(now_millis(), max_skew_ms) {
             return Err(refuse(IntakeError::TradeTimeExpired { max_skew_ms }));
+        }
+        // Only signed requests count against a partner's rate: nobody else can spend it.
+        if partner.rate_limit_per_second > 0 {
+            let allowed = state
+                .store
+                .try_take_rate(body.partner().as_str(), partner.rate_limit_per_second)
+                .await
+                .map_err(|e| refuse(e.into()))?;
+            if !allowed {
+                return Err(refuse(IntakeError::RateLimited));
+            }
         }
         Ok(SignedRequest { body, fields })
     }

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::Extension;
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue};
@@ -11,6 +12,7 @@ use time::format_description::well_known::Rfc3339;
 
 use super::error::{IntakeError, Refusal};
 use super::metrics::ENQUEUE_SECONDS;
+use super::request_id::RequestId;
 use super::response::ApiResponse;
 use super::signed::{SignedRequest, now_millis};
 use super::state::AppState;
@@ -29,10 +31,11 @@ const RESULT_POLL: Duration = Duration::from_millis(50);
 pub async fn subscribe(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
+    Extension(RequestId(request_id)): Extension<RequestId>,
     SignedRequest { body, fields }: SignedRequest<SubscriptionRequest>,
 ) -> Result<Response, Refusal> {
     let wait = preferred_wait(&headers).map(|wait| wait.min(state.limits.max_wait));
-    let answer = accept(&state, body, fields).await?;
+    let answer = accept(&state, body, fields, request_id).await?;
     let Some(wait) = wait else {
         return Ok(Json(answer).into_response());
     };
@@ -87,13 +90,15 @@ async fn accept(
     state: &AppState,
     body: SubscriptionRequest,
     fields: crate::domain::SignedFields,
+    request_id: String,
 ) -> Result<ApiResponse, Refusal> {
     let pay_id = body.pay_id.clone();
     let refuse = |error: IntakeError| Refusal {
         error,
         pay_id: Some(pay_id.to_string()),
     };
-    let request_id = uuid::Uuid::new_v4().to_string();
+    // The claim token must be unique even when a caller reuses its X-Request-Id.
+    let token = uuid::Uuid::new_v4().to_string();
     let accepted_at = time::OffsetDateTime::now_utc()
         .format(&Rfc3339)
         .unwrap_or_default();
@@ -111,7 +116,7 @@ async fn accept(
             pay_id: &body.pay_id,
             partner: &body.partner_code,
             fingerprint: &fingerprint,
-            token: &request_id,
+            token: &token,
             now_ms: now_millis(),
             // A claim outlives any publish that is still in flight: the publish gives up
             // after `publish_timeout`, so only a dead holder leaves a claim this old.
@@ -126,9 +131,7 @@ async fn accept(
             .map_err(|e| refuse(e.into()))?;
         match outcome {
             ClaimOutcome::Claimed { job, .. } => {
-                enqueue(state, &body, &job, &request_id)
-                    .await
-                    .map_err(&refuse)?;
+                enqueue(state, &body, &job, &token).await.map_err(&refuse)?;
                 metrics::histogram!(ENQUEUE_SECONDS).record(started.elapsed().as_secs_f64());
                 tracing::info!(
                     pay_id = %body.pay_id,

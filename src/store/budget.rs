@@ -37,22 +37,43 @@ impl Store {
         let interval_us = 1_000_000 / u64::from(per_second.max(1));
         // A small tolerance lets workers that asked at almost the same instant both go, without
         // ever exceeding the rate over any second.
-        let burst_us = interval_us;
+        let key = self.keys.stripe_budget();
         loop {
-            let mut connection = self.connection();
-            let key = self.keys.stripe_budget();
-            let wait_us: i64 = with_timeout(async {
-                TAKE.key(key)
-                    .arg(interval_us)
-                    .arg(burst_us)
-                    .invoke_async(&mut connection)
-                    .await
-            })
-            .await?;
-            if wait_us <= 0 {
-                return Ok(());
+            let wait = self.gcra(&key, interval_us, interval_us).await?;
+            match wait {
+                None => return Ok(()),
+                Some(wait) => tokio::time::sleep(wait).await,
             }
-            tokio::time::sleep(Duration::from_micros(u64::try_from(wait_us).unwrap_or(0))).await;
         }
+    }
+
+    /// One request of a partner against its intake rate; false when it is over. A second's
+    /// worth may come in one burst.
+    pub async fn try_take_rate(&self, partner: &str, per_second: u32) -> Result<bool, StoreError> {
+        let interval_us = 1_000_000 / u64::from(per_second.max(1));
+        let burst_us = 1_000_000u64.saturating_sub(interval_us);
+        let wait = self
+            .gcra(&self.keys.partner_rate(partner), interval_us, burst_us)
+            .await?;
+        Ok(wait.is_none())
+    }
+
+    /// None when a request may go now, else how long until one may.
+    async fn gcra(
+        &self,
+        key: &str,
+        interval_us: u64,
+        burst_us: u64,
+    ) -> Result<Option<Duration>, StoreError> {
+        let mut connection = self.connection();
+        let wait_us: i64 = with_timeout(async {
+            TAKE.key(key)
+                .arg(interval_us)
+                .arg(burst_us)
+                .invoke_async(&mut connection)
+                .await
+        })
+        .await?;
+        Ok((wait_us > 0).then(|| Duration::from_micros(u64::try_from(wait_us).unwrap_or(0))))
     }
 }

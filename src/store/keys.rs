@@ -31,6 +31,11 @@ impl Keys {
         format!("{}:lock:{{{}}}", self.prefix, pay_id)
     }
 
+    /// A partner's intake rate.
+    pub fn partner_rate(&self, partner: &str) -> String {
+        format!("{}:rate:{{{}}}", self.prefix, partner)
+    }
+
     /// The shared Stripe request budget.
     pub fn stripe_budget(&self) -> String {
         format!("{}:stripe-budget", self.prefix)

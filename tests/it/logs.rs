@@ -85,3 +85,111 @@ async fn a_partner_secret_never_appears_in_the_logs() {
         "broker credentials were logged"
     );
 }
+
+/// `autorenew run --log-json`: every line is JSON, every line of a job names its payId and
+/// request id, and no secret, payment method id or whole email is in any of them.
+#[tokio::test]
+async fn a_full_run_logs_json_with_pay_id_and_request_id_and_no_secrets() {
+    let prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_autorenew"))
+        .arg("--config")
+        .arg(repo_path("config.toml"))
+        .arg("--log-json")
+        .args(["run", "--sim-listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "debug")
+        .env("AUTORENEW__INTAKE__LISTEN", "127.0.0.1:0")
+        .env("AUTORENEW__WORKER__LISTEN", "127.0.0.1:0")
+        .env("AUTORENEW__AMQP__PREFIX", &prefix)
+        .env("AUTORENEW__REDIS__KEY_PREFIX", &prefix)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("autorenew run starts");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut address = None;
+    for _ in 0..10 {
+        let mut line = String::new();
+        if stdout.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        if line.trim_start().starts_with("intake") {
+            address = line
+                .split_whitespace()
+                .find(|w| w.starts_with("http://"))
+                .map(str::to_owned);
+            break;
+        }
+    }
+    let address = address.expect("run prints the intake's address");
+    let client = reqwest::Client::new();
+    let ready = crate::helpers::poll_until(Duration::from_secs(20), || async {
+        client
+            .get(format!("{address}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    assert!(ready);
+
+    let request = signed(valid_request(), SECRET);
+    let pay_id = request["payId"].as_str().expect("payId").to_owned();
+    let response = client
+        .post(format!("{address}/stripeSubDirectly"))
+        .header("prefer", "wait=15")
+        .header("x-request-id", "req-logs-test-1")
+        .json(&request)
+        .send()
+        .await
+        .expect("POST");
+    let answer = Answer::from(response).await;
+    assert_eq!(answer.body["status"], "active", "{:?}", answer.body);
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut logs)
+        .expect("logs");
+    delete_queues(&prefix).await;
+
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .collect();
+    let of_job: Vec<_> = lines
+        .iter()
+        .filter(|l| l.to_string().contains(&pay_id))
+        .collect();
+    assert!(
+        of_job.iter().any(|l| l["message"] == "job finished"),
+        "{logs}"
+    );
+    assert!(
+        of_job.iter().any(|l| l["message"] == "job enqueued"),
+        "{logs}"
+    );
+    for line in &of_job {
+        let text = line.to_string();
+        assert!(
+            text.contains("req-logs-test-1"),
+            "a job line without its request id: {text}"
+        );
+    }
+    assert!(!logs.contains(SECRET), "a partner secret was logged");
+    assert!(
+        !logs.contains("pm_card_visa") && !logs.contains("pm_1GnMUDLnVNBddzslXw7xuoe6"),
+        "a payment method id was logged"
+    );
+    assert!(
+        !logs.contains("421516116@qq.com"),
+        "a whole email address was logged"
+    );
+    assert!(!logs.contains("sk_test_"), "a Stripe key was logged");
+}

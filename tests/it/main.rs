@@ -3,9 +3,11 @@
 mod helpers;
 mod intake_enqueue;
 mod intake_outages;
+mod intake_partners;
 mod intake_validation;
 mod loadgen;
 mod logs;
+mod openapi;
 mod settings;
 mod sign_vectors;
 mod sim;

@@ -13,7 +13,6 @@ use autorenew::intake::Application;
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
-use secrecy::SecretString;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -44,11 +43,9 @@ pub fn test_settings(amqp_url: &str, redis_url: &str) -> Settings {
     .collect();
     let mut settings = Settings::load_with_env(Some(&repo_path("config.toml")), Some(env))
         .expect("the repo's config.toml loads");
-    settings.partners.push(PartnerSettings {
-        code: OTHER_PARTNER.into(),
-        secret: SecretString::from(OTHER_SECRET),
-        allow_empty_secret: false,
-    });
+    settings
+        .partners
+        .push(PartnerSettings::new(OTHER_PARTNER, OTHER_SECRET));
     settings
 }
 
