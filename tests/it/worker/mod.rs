@@ -4,5 +4,6 @@
 mod dead_letters;
 mod end_to_end;
 mod faults;
+mod outages;
 mod processes;
 pub mod stack;

@@ -94,13 +94,19 @@ impl Stack {
 
     /// Starts a worker in this process; stopping its token drains it.
     pub async fn spawn_worker(&mut self) -> CancellationToken {
+        self.spawn_worker_at().await.0
+    }
+
+    /// As `spawn_worker`, also telling the worker's probe address.
+    pub async fn spawn_worker_at(&mut self) -> (CancellationToken, String) {
         let stop = CancellationToken::new();
         let app = autorenew::worker::Application::build(&self.settings, stop.clone())
             .await
             .expect("the worker builds");
+        let address = format!("http://{}", app.local_addr());
         tokio::spawn(app.run_until_stopped(stop.clone()));
         self.workers.push(stop.clone());
-        stop
+        (stop, address)
     }
 
     /// Starts `autorenew worker` as a child process with this stack's configuration.
