@@ -275,7 +275,11 @@ fn target(settings: &Settings, args: &LoadgenArgs) -> anyhow::Result<reqwest::Ur
             format!("http://{listen}")
         }
     };
-    let url = reqwest::Url::parse(&text).with_context(|| format!("--target `{text}`"))?;
+    checked_target(&text, args.allow_remote)
+}
+
+fn checked_target(text: &str, allow_remote: bool) -> anyhow::Result<reqwest::Url> {
+    let url = reqwest::Url::parse(text).with_context(|| format!("--target `{text}`"))?;
     if url.scheme() != "http" {
         bail!("--target `{text}`: loadgen speaks plain http:// only");
     }
@@ -286,7 +290,7 @@ fn target(settings: &Settings, args: &LoadgenArgs) -> anyhow::Result<reqwest::Ur
             .trim_end_matches(']')
             .parse::<IpAddr>()
             .is_ok_and(|ip| ip.is_loopback());
-    if !loopback && !args.allow_remote {
+    if !loopback && !allow_remote {
         bail!("--target `{text}` is not on this machine; add --allow-remote if you mean it");
     }
     Ok(url)
@@ -458,6 +462,23 @@ mod tests {
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn only_plain_http_on_this_machine_is_a_target_unless_remote_is_allowed() {
+        for local in [
+            "http://127.0.0.1:8080",
+            "http://localhost:1",
+            "http://[::1]:8080",
+            "http://127.0.0.2",
+        ] {
+            assert!(checked_target(local, false).is_ok(), "{local}");
+        }
+        assert!(checked_target("http://10.0.0.1:8080", false).is_err());
+        assert!(checked_target("http://example.com", false).is_err());
+        assert!(checked_target("http://10.0.0.1:8080", true).is_ok());
+        assert!(checked_target("https://127.0.0.1", true).is_err());
+        assert!(checked_target("127.0.0.1:8080", false).is_err());
     }
 
     #[test]
