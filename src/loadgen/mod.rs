@@ -403,7 +403,8 @@ pub async fn execute(plan: &Plan, shutdown: &CancellationToken) -> anyhow::Resul
     }
 }
 
-/// `autorenew loadgen`: runs, prints the report, and fails when the run failed its checks.
+/// `autorenew loadgen`: runs, prints the report, and fails when the run failed its checks or
+/// was interrupted.
 pub async fn run(
     settings: Settings,
     args: LoadgenArgs,
@@ -418,6 +419,10 @@ pub async fn run(
     }
     if !report.failures.is_empty() {
         bail!("the run failed {} of its checks", report.failures.len());
+    }
+    // A partial run must not pass for a complete one in a script.
+    if shutdown.is_cancelled() {
+        bail!("interrupted: the figures are partial");
     }
     Ok(())
 }

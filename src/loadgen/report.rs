@@ -359,7 +359,10 @@ impl Report {
         if let Some(results) = &self.results {
             results.write_table(&mut out);
         }
-        if self.failures.is_empty() {
+        let interrupted = self.interrupted || self.results.as_ref().is_some_and(|r| r.interrupted);
+        if self.failures.is_empty() && interrupted {
+            let _ = writeln!(out, "\nINTERRUPTED (partial figures)");
+        } else if self.failures.is_empty() {
             let _ = writeln!(out, "\nOK");
         } else {
             let _ = writeln!(out, "\nFAILED");
