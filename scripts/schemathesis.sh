@@ -127,5 +127,8 @@ args=(
   --report junit --report-dir "$WORK/report"
 )
 [ -n "$SEED" ] && args+=(--seed "$SEED")
-PYTHONPATH=scripts SCHEMATHESIS_HOOKS=schemathesis_hooks \
+# From the scratch folder, so schemathesis's own cache (.schemathesis/) stays out of the work tree.
+HOOKS_DIR=$PWD/scripts
+cd "$WORK"
+PYTHONPATH=$HOOKS_DIR SCHEMATHESIS_HOOKS=schemathesis_hooks \
 NO_COLOR=1 "$VENV/bin/schemathesis" "${args[@]}"
