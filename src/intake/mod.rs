@@ -9,12 +9,14 @@ mod partners;
 mod request_id;
 mod response;
 mod result_query;
+mod serve;
 mod signed;
 mod state;
 mod subscribe;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{get, post};
@@ -36,6 +38,8 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     broker: Broker,
+    /// How long a client may take to send a request's headers (its body has the same again).
+    header_timeout: Duration,
 }
 
 impl Application {
@@ -59,6 +63,7 @@ impl Application {
             listener,
             router: router(state),
             broker,
+            header_timeout: Duration::from_millis(settings.intake.request_timeout_ms),
         })
     }
 
@@ -76,11 +81,10 @@ impl Application {
         &self.broker
     }
 
-    /// Serves until `shutdown`, then finishes the requests in hand.
+    /// Serves until `shutdown`, then finishes the requests in hand. Clients that trickle their
+    /// headers are dropped after `intake.request_timeout_ms` (see `serve`).
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await?;
+        serve::serve(self.listener, self.router, self.header_timeout, shutdown).await;
         Ok(())
     }
 }
