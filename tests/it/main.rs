@@ -1,6 +1,7 @@
 //! One integration-test binary: real RabbitMQ, real Redis, the app on a random port.
 
 mod helpers;
+mod hostile;
 mod intake_enqueue;
 mod intake_outages;
 mod intake_partners;
