@@ -102,6 +102,10 @@ pub struct LoadgenArgs {
     /// Print the report as one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Also write every answer to this file, one JSON object a line (`payId`, `kind`, `status`,
+    /// `code`, `latency_ms`): what a checker needs to hold the service to each answer.
+    #[arg(long, value_name = "PATH")]
+    pub record: Option<std::path::PathBuf>,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -150,6 +154,7 @@ pub struct Plan {
     pub mode: Mode,
     pub request_timeout: Duration,
     pub progress: bool,
+    pub record: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -239,6 +244,7 @@ impl Plan {
             mode,
             request_timeout: args.request_timeout,
             progress: !args.quiet,
+            record: args.record.clone(),
         })
     }
 }
@@ -376,6 +382,10 @@ pub async fn execute(plan: &Plan, shutdown: &CancellationToken) -> anyhow::Resul
                 None => None,
             };
             progress.finish().await;
+            if let Some(path) = &plan.record {
+                report::write_record(path, &sent.samples)
+                    .with_context(|| format!("writing --record {}", path.display()))?;
+            }
             Ok(report::Report::build(header("http", url), sent, results))
         }
         Mode::Baseline { amqp_url, queue } => {

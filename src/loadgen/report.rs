@@ -55,6 +55,27 @@ pub struct Sample {
     pub answer: Answer,
 }
 
+/// Writes every sample as one JSON line: the per-request record behind the report.
+pub fn write_record(path: &std::path::Path, samples: &[Sample]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for sample in samples {
+        let (status, code) = match &sample.answer {
+            Answer::Http { status, code } => (Some(*status), code.clone()),
+            other => (None, other.key()),
+        };
+        let line = serde_json::json!({
+            "payId": sample.pay_id,
+            "kind": sample.kind.as_str(),
+            "status": status,
+            "code": code,
+            "latency_ms": sample.latency.as_secs_f64() * 1000.0,
+        });
+        writeln!(out, "{line}")?;
+    }
+    out.flush()
+}
+
 /// How an answer compares with what its kind expects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {

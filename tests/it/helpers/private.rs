@@ -137,19 +137,33 @@ impl Drop for PrivateRabbit {
     }
 }
 
-/// A Redis server of the test's own, without persistence.
+/// A Redis server of the test's own.
 pub struct PrivateRedis {
     pub port: u16,
     dir: tempfile::TempDir,
     running: bool,
+    persistent: bool,
 }
 
 impl PrivateRedis {
+    /// Without persistence: a restart forgets everything (as the shared development Redis).
     pub fn start() -> PrivateRedis {
+        Self::start_with(false)
+    }
+
+    /// With an append-only file synced on every write, as a production Redis keeps it: a
+    /// restart loses nothing. (Used by the chaos suite, which shares these helpers.)
+    #[allow(dead_code)]
+    pub fn start_persistent() -> PrivateRedis {
+        Self::start_with(true)
+    }
+
+    fn start_with(persistent: bool) -> PrivateRedis {
         let mut redis = PrivateRedis {
             port: free_port(),
             dir: tempfile::tempdir().expect("temp dir"),
             running: false,
+            persistent,
         };
         redis.boot();
         redis
@@ -163,7 +177,12 @@ impl PrivateRedis {
         let pidfile = self.dir.path().join("redis.pid");
         let status = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "yes"])
+            .args(["--save", "", "--daemonize", "yes"])
+            .args(if self.persistent {
+                ["--appendonly", "yes", "--appendfsync", "always"]
+            } else {
+                ["--appendonly", "no", "--appendfsync", "no"]
+            })
             .arg("--pidfile")
             .arg(&pidfile)
             .arg("--dir")
