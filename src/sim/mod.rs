@@ -82,11 +82,13 @@ pub struct SimArgs {
     /// Share (0–1) of requests that hang for `--hang-ms`, then answer 500.
     #[arg(long, default_value_t = 0.0)]
     pub hang_rate: f64,
+    /// How long a hang lasts, in ms (longer than any sane client timeout).
     #[arg(long, default_value_t = 60_000)]
     pub hang_ms: u64,
     /// Share (0–1) of requests that write, then lose their answer (`--lost-response-mode`).
     #[arg(long, default_value_t = 0.0)]
     pub lost_response_rate: f64,
+    /// How an answer is lost: `error` (a 500) or `drop` (the connection breaks).
     #[arg(long, value_enum, default_value = "error")]
     pub lost_response_mode: LostMode,
     /// Search misses objects younger than this, as Stripe's eventually consistent search does.
