@@ -90,11 +90,17 @@ impl Gateway {
         Ok(Gateway { client, budget })
     }
 
+    /// Waits for one request's worth of the shared budget; every call goes through here, so
+    /// this also counts the calls.
     async fn take_budget(&self) -> Result<(), StripeFailure> {
+        let started = std::time::Instant::now();
         self.budget
             .take()
             .await
-            .map_err(|e| StripeFailure::Transient(format!("rate budget: {e}")))
+            .map_err(|e| StripeFailure::Transient(format!("rate budget: {e}")))?;
+        metrics::histogram!(BUDGET_WAIT_SECONDS).record(started.elapsed().as_secs_f64());
+        metrics::counter!(REQUESTS_TOTAL).increment(1);
+        Ok(())
     }
 
     /// The customer of `email` that carries `partnerCode` in its metadata. Lists by email,
@@ -110,7 +116,7 @@ impl Gateway {
             .limit(100)
             .send(&self.client)
             .await
-            .map_err(|e| StripeFailure::classify(e, false))?;
+            .map_err(|e| failed("customers.list", e, false))?;
         Ok(list
             .data
             .into_iter()
@@ -139,7 +145,7 @@ impl Gateway {
             .request_strategy(idempotent(key)?)
             .send(&self.client)
             .await
-            .map_err(|e| StripeFailure::classify(e, true))?;
+            .map_err(|e| failed("customers.create", e, true))?;
         Ok(customer.id.to_string())
     }
 
@@ -163,7 +169,7 @@ impl Gateway {
                 id: method.id.to_string(),
                 kind: method.type_.to_string(),
             }),
-            Err(error) => match StripeFailure::classify(error, true) {
+            Err(error) => match failed("payment_methods.attach", error, true) {
                 StripeFailure::Permanent(detail)
                     if detail.code == crate::domain::FailureCode::StripeRejected =>
                 {
@@ -186,7 +192,7 @@ impl Gateway {
         let method = RetrievePaymentMethod::new(payment_method)
             .send(&self.client)
             .await
-            .map_err(|e| StripeFailure::classify(e, false))?;
+            .map_err(|e| failed("payment_methods.retrieve", e, false))?;
         match &method.customer {
             Some(owner) if owner.id().as_str() == customer => Ok(Attached {
                 id: method.id.to_string(),
@@ -216,7 +222,7 @@ impl Gateway {
             .request_strategy(idempotent(key)?)
             .send(&self.client)
             .await
-            .map_err(|e| StripeFailure::classify(e, true))?;
+            .map_err(|e| failed("customers.update", e, true))?;
         Ok(())
     }
 
@@ -226,7 +232,7 @@ impl Gateway {
         let price = RetrievePrice::new(price)
             .send(&self.client)
             .await
-            .map_err(|e| StripeFailure::classify(e, false))?;
+            .map_err(|e| failed("prices.retrieve", e, false))?;
         Ok(price.product.id().to_string())
     }
 
@@ -240,7 +246,7 @@ impl Gateway {
             .lookup_keys(vec![lookup_key.to_owned()])
             .send(&self.client)
             .await
-            .map_err(|e| StripeFailure::classify(e, false))?;
+            .map_err(|e| failed("prices.list", e, false))?;
         Ok(list
             .data
             .into_iter()
@@ -267,7 +273,7 @@ impl Gateway {
             .request_strategy(idempotent(key)?)
             .send(&self.client)
             .await
-            .map_err(|e| StripeFailure::classify(e, true))?;
+            .map_err(|e| failed("prices.create", e, true))?;
         Ok((price.id.to_string(), price.product.id().to_string()))
     }
 
@@ -292,7 +298,7 @@ impl Gateway {
             let page = request
                 .send(&self.client)
                 .await
-                .map_err(|e| StripeFailure::classify(e, false))?;
+                .map_err(|e| failed("subscriptions.list", e, false))?;
             if let Some(found) = page
                 .data
                 .iter()
@@ -334,7 +340,7 @@ impl Gateway {
             .request_strategy(idempotent(key)?)
             .send(&self.client)
             .await
-            .map_err(|e| StripeFailure::classify(e, true))?;
+            .map_err(|e| failed("subscriptions.create", e, true))?;
         Ok(subscribed(&subscription))
     }
 }
@@ -354,6 +360,26 @@ fn subscribed(subscription: &stripe_billing::Subscription) -> Subscribed {
         status: subscription.status.to_string(),
         product_id,
     }
+}
+
+/// Stripe calls made, after the budget let them go.
+pub const REQUESTS_TOTAL: &str = "autorenew_stripe_requests_total";
+/// Stripe calls that failed, by operation and what the failure was (`429`, `500`, `timeout`, …).
+pub const ERRORS_TOTAL: &str = "autorenew_stripe_errors_total";
+/// How long calls waited for the shared budget.
+pub const BUDGET_WAIT_SECONDS: &str = "autorenew_stripe_budget_wait_seconds";
+
+/// Counts a failed call and classifies it.
+fn failed(operation: &'static str, error: stripe::StripeError, write: bool) -> StripeFailure {
+    let kind = match &error {
+        stripe::StripeError::Stripe(_, status) => status.to_string(),
+        stripe::StripeError::Timeout => "timeout".into(),
+        stripe::StripeError::ClientError(_) => "network".into(),
+        stripe::StripeError::JSONDeserialize(_) => "unreadable".into(),
+        stripe::StripeError::ConfigError(_) => "config".into(),
+    };
+    metrics::counter!(ERRORS_TOTAL, "operation" => operation, "error" => kind).increment(1);
+    StripeFailure::classify(error, write)
 }
 
 fn idempotent(key: &str) -> Result<RequestStrategy, StripeFailure> {
