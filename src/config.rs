@@ -203,6 +203,10 @@ pub struct PartnerSettings {
     /// Secret); when set, it replaces `secret`.
     #[serde(default)]
     pub secret_env: Option<String>,
+    /// Environment variables that hold further valid secrets (a rotation's old secret, kept in
+    /// the same secret store as the current one).
+    #[serde(default)]
+    pub secrets_env: Vec<String>,
     #[serde(default)]
     pub allow_empty_secret: bool,
     /// This partner's intake rate (requests/s); unset: `intake.partner_rate_limit_per_second`.
@@ -217,6 +221,7 @@ impl PartnerSettings {
             secret: SecretString::from(secret),
             secrets: Vec::new(),
             secret_env: None,
+            secrets_env: Vec::new(),
             allow_empty_secret: false,
             rate_limit_per_second: None,
         }
@@ -301,22 +306,22 @@ impl Settings {
         &mut self,
         env: Option<&std::collections::HashMap<String, String>>,
     ) -> Result<(), ConfigError> {
-        for (index, partner) in self.partners.iter_mut().enumerate() {
-            let Some(variable) = &partner.secret_env else {
-                continue;
-            };
+        let read = |key: String, variable: &str| -> Result<SecretString, ConfigError> {
             let value = match env {
                 Some(map) => map.get(variable).cloned(),
                 None => std::env::var(variable).ok(),
             };
-            match value {
-                Some(secret) => partner.secret = SecretString::from(secret),
-                None => {
-                    return Err(invalid(
-                        format!("partners[{index}].secret_env"),
-                        format!("environment variable `{variable}` is not set"),
-                    ));
-                }
+            value.map(SecretString::from).ok_or_else(|| {
+                invalid(key, format!("environment variable `{variable}` is not set"))
+            })
+        };
+        for (index, partner) in self.partners.iter_mut().enumerate() {
+            if let Some(variable) = &partner.secret_env {
+                partner.secret = read(format!("partners[{index}].secret_env"), variable)?;
+            }
+            for variable in &partner.secrets_env {
+                let secret = read(format!("partners[{index}].secrets_env"), variable)?;
+                partner.secrets.push(secret);
             }
         }
         Ok(())

@@ -49,10 +49,14 @@ fn a_partner_secret_can_come_from_the_environment() {
     let path = dir.path().join("config.toml");
     std::fs::write(
         &path,
-        "[[partners]]\ncode = \"P1\"\nsecret_env = \"P1_SECRET\"\n",
+        "[[partners]]\ncode = \"P1\"\nsecret_env = \"P1_SECRET\"\nsecrets_env = [\"P1_OLD\"]\n",
     )
     .expect("write");
-    let env: HashMap<String, String> = [("P1_SECRET".to_owned(), "from-env".to_owned())].into();
+    let env: HashMap<String, String> = [
+        ("P1_SECRET".to_owned(), "from-env".to_owned()),
+        ("P1_OLD".to_owned(), "old-from-env".to_owned()),
+    ]
+    .into();
 
     let settings = Settings::load_with_env(Some(&path), Some(env)).expect("loads");
     let missing = Settings::load_with_env(Some(&path), Some(HashMap::new()))
@@ -60,6 +64,10 @@ fn a_partner_secret_can_come_from_the_environment() {
         .to_string();
 
     assert_eq!(settings.partners[0].secret.expose_secret(), "from-env");
+    assert_eq!(
+        settings.partners[0].secrets[0].expose_secret(),
+        "old-from-env"
+    );
     assert!(missing.contains("partners[0].secret_env"), "{missing}");
     assert!(repo_path("config.toml").exists());
 }
