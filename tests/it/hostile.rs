@@ -60,6 +60,15 @@ async fn send(app: &TestApp, case: &Case) -> Result<(u16, Value), String> {
         .await
         .map_err(|e| format!("no answer: {e:?}"))?;
     let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    if !content_type.starts_with("application/json") {
+        return Err(format!("{status} with Content-Type {content_type:?}"));
+    }
     let text = response
         .text()
         .await
@@ -77,6 +86,21 @@ fn check(case: &Case, status: u16, body: &Value) -> Result<(), String> {
         if !body[field].is_string() {
             return Err(format!("{status}: flat field `{field}` missing: {body}"));
         }
+    }
+    // An accepted request answers for its own payId; a refusal echoes one only when it is a
+    // well-formed payId (never the hostile bytes).
+    let pay_id = body["payId"].as_str().unwrap_or("");
+    let sent: Option<String> = match &case.body {
+        Body::Sized(bytes) | Body::Chunked(bytes, _) => serde_json::from_slice::<Value>(bytes)
+            .ok()
+            .and_then(|v| v["payId"].as_str().map(str::to_owned)),
+    };
+    let well_formed = pay_id.len() <= 64
+        && pay_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !well_formed || (case.expect == Expect::Accepted && sent.as_deref() != Some(pay_id)) {
+        return Err(format!("answered for payId {pay_id:?}, sent {sent:?}"));
     }
     let code = body["errorCode"].as_str().unwrap_or("");
     let field = body["field"].as_str().unwrap_or("");
