@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# The performance figures of the README (issue 5), all in one run on this machine, each as a
+# ratio against a baseline measured in the same run. Needs RabbitMQ and Redis on localhost (as
+# .ci/run leaves them). Writes the table to stdout and to bench-results.md; a CPU profile of the
+# worker (when `perf` works here) to bench-profile.txt.
+#
+#   scripts/bench.sh            # all four figures (about 5 minutes)
+#   scripts/bench.sh intake     # one of: intake e2e budget latency
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+only="${1:-all}"
+cargo build --release --quiet
+BIN=$PWD/target/release/autorenew
+RUN=bench$$
+pids=()
+results=()
+
+cleanup() {
+  for pid in "${pids[@]:-}"; do [ -n "$pid" ] && kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  # Every queue and key of this run's prefixes.
+  rabbitmqctl -q list_queues name 2>/dev/null | grep "^$RUN" | while read -r q; do
+    rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true
+  done
+  redis-cli --scan --pattern "$RUN*" 2>/dev/null | xargs -r -n 500 redis-cli del >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() { # url
+  for _ in $(seq 1 100); do curl -fs "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done
+  echo "not ready: $1" >&2; return 1
+}
+json() { python3 -c "import json,sys; r=json.load(open('$1')); print($2)"; }
+row() { results+=("$1"); printf '%s\n' "$1"; }
+
+# A fresh deployment prefix per scenario, so no scenario sees another's queues or keys.
+scenario_env() { # name
+  export AUTORENEW__AMQP__PREFIX="$RUN-$1" AUTORENEW__REDIS__KEY_PREFIX="$RUN-$1"
+  export AUTORENEW__INTAKE__PARTNER_RATE_LIMIT_PER_SECOND=0
+  export AUTORENEW__INTAKE__LISTEN="127.0.0.1:$(free_port)"
+  export RUST_LOG=warn
+  INTAKE="http://$AUTORENEW__INTAKE__LISTEN"
+}
+start_intake() { "$BIN" intake >/dev/null 2>&1 & pids+=($!); wait_http "$INTAKE/readyz"; }
+start_sim() { # flags…
+  local port; port=$(free_port)
+  "$BIN" stripe-sim --listen "127.0.0.1:$port" "$@" >/dev/null 2>&1 & pids+=($!)
+  SIM="http://127.0.0.1:$port"; wait_http "$SIM/_sim/stats"
+  export AUTORENEW__STRIPE__SECRET_KEY=sk_test_bench AUTORENEW__STRIPE__API_BASE="$SIM"
+}
+start_worker() { # concurrency budget → sets WORKER_PID, WORKER_URL
+  local port; port=$(free_port)
+  AUTORENEW__WORKER__CONCURRENCY="$1" AUTORENEW__STRIPE__MAX_REQUESTS_PER_SECOND="$2" \
+    AUTORENEW__WORKER__LISTEN="127.0.0.1:$port" "$BIN" worker >/dev/null 2>&1 & pids+=($!)
+  WORKER_PID=$!; WORKER_URL="http://127.0.0.1:$port"; wait_http "$WORKER_URL/readyz"
+}
+stop_all() { for pid in "${pids[@]:-}"; do [ -n "$pid" ] && kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }
+loadgen() { "$BIN" loadgen --quiet --json --target "$INTAKE" "$@"; }
+
+row "| figure | measured | target |"
+row "|---|---|---|"
+
+if [ "$only" = all ] || [ "$only" = intake ]; then
+  # 1. The intake alone (no worker): accepted requests/s against the raw broker baseline, then
+  #    p99 at half that rate, open loop.
+  scenario_env intake; start_intake
+  loadgen --no-follow --concurrency 64 --requests 3000 >/dev/null   # warm-up
+  loadgen --baseline --concurrency 64 --requests 20000 > /tmp/$RUN-base.json
+  loadgen --no-follow --concurrency 64 --requests 20000 > /tmp/$RUN-intake.json
+  base=$(json /tmp/$RUN-base.json "round(r['throughput']['accepted_per_s'])")
+  intake=$(json /tmp/$RUN-intake.json "round(r['throughput']['accepted_per_s'])")
+  half=$(( intake / 2 ))
+  loadgen --no-follow --rate "$half" --duration 15s > /tmp/$RUN-half.json
+  p99=$(json /tmp/$RUN-half.json "r['latency_ms']['accepted']['p99']")
+  ratio=$(python3 -c "print(f'{$intake/$base:.0%}')")
+  row "| intake accepted/s, closed loop 64 (raw confirm baseline $base/s) | $intake/s = $ratio of baseline | ≥ 60 % |"
+  row "| intake p99 at half that rate ($half/s, open loop, 15 s) | ${p99} ms | ≤ 25 ms |"
+  stop_all
+fi
+
+if [ "$only" = all ] || [ "$only" = e2e ]; then
+  # 2. End to end, simulator without latency or limits: jobs/s with 1 and 2 worker processes.
+  for workers in 1 2; do
+    scenario_env "e2e$workers"; start_sim; start_intake
+    for _ in $(seq 1 "$workers"); do start_worker 64 1000000; done
+    profile=""
+    if [ "$workers" = 1 ] && perf stat -e task-clock true >/dev/null 2>&1; then
+      perf record -q -F 199 -g -o /tmp/$RUN-perf.data -p "$WORKER_PID" -- sleep 12 >/dev/null 2>&1 &
+      profile=$!
+    fi
+    loadgen --concurrency 64 --requests 4000 > /tmp/$RUN-e2e$workers.json
+    jobs=$(json /tmp/$RUN-e2e$workers.json "round(r['results']['completed_per_s'])")
+    p99=$(json /tmp/$RUN-e2e$workers.json "r['results']['completion_ms']['p99']")
+    row "| end to end, $workers worker process(es), 4000 jobs | $jobs jobs/s (completion p99 ${p99} ms) | |"
+    if [ -n "$profile" ]; then
+      wait "$profile" || true
+      perf report -q -i /tmp/$RUN-perf.data --no-children --stdio --percent-limit 2 --sort dso,symbol \
+        2>/dev/null | grep -v '^$' | head -60 > bench-profile.txt || true
+    fi
+    stop_all
+  done
+fi
+
+if [ "$only" = all ] || [ "$only" = budget ]; then
+  # 3. Stripe's budget: simulator at live mode's 100/s, workers' budget 100/s, 4 workers (2
+  #    processes × 2 concurrent jobs), 3000 jobs: calls/s against the budget, 429s, duplicates.
+  scenario_env budget; start_sim --rate-limit live --rate-limit-burst 100; start_intake
+  start_worker 2 100; start_worker 2 100
+  start=$(date +%s.%N)
+  loadgen --concurrency 32 --requests 3000 --result-timeout 400s > /tmp/$RUN-budget.json
+  end=$(date +%s.%N)
+  curl -fs "$SIM/_sim/stats" > /tmp/$RUN-budget-stats.json
+  python3 - "$start" "$end" /tmp/$RUN-budget-stats.json /tmp/$RUN-budget.json > /tmp/$RUN-budget.row <<'PY'
+import json, sys
+start, end = float(sys.argv[1]), float(sys.argv[2])
+stats, report = json.load(open(sys.argv[3])), json.load(open(sys.argv[4]))
+calls = stats["requests_total"]
+# The Stripe phase: from the first job to the last result (loadgen's elapsed covers both).
+elapsed = report["elapsed_s"]
+limited = stats["faults"]["rate_limited"] + stats["faults"]["spurious_429"]
+twice = sum(1 for n in stats["subscriptions_by_pay_id"].values() if n > 1)
+results = report["results"]["received"]
+print(f"| Stripe budget: 3000 jobs, budget 100/s, simulator limited to 100/s | {calls/elapsed:.1f} calls/s = {calls/elapsed:.1%} of budget; 429s {limited} of {calls} = {limited/calls:.2%}; payIds twice {twice}; results {results} | ≥ 95 %, ≤ 0.5 %, 0 |")
+PY
+  row "$(cat /tmp/$RUN-budget.row)"
+  stop_all
+fi
+
+if [ "$only" = all ] || [ "$only" = latency ]; then
+  # 4. Latency-bound: simulator at 300 ms a call, 2000 jobs in flight in one worker process.
+  scenario_env latency; start_sim --latency 300; start_intake
+  start_worker 2000 1000000
+  loadgen --concurrency 256 --requests 2000 > /tmp/$RUN-latency.json
+  jobs=$(json /tmp/$RUN-latency.json "r['results']['completed_per_s']")
+  metrics=$(curl -fs "$WORKER_URL/metrics")
+  job_s=$(printf '%s\n' "$metrics" | python3 -c "
+import sys
+v={}
+for l in sys.stdin:
+    if l.startswith('autorenew_worker_job_duration_seconds_sum') or l.startswith('autorenew_worker_job_duration_seconds_count'):
+        k,n=l.split()[0],float(l.split()[-1]); v[k.split('_')[-1]]=n
+print(v['sum']/v['count'])")
+  rss=$(awk '/VmHWM/ {print int($2/1024)}' /proc/"$WORKER_PID"/status)
+  python3 - "$jobs" "$job_s" "$rss" > /tmp/$RUN-latency.row <<'PY'
+import sys
+jobs, job_s, rss = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+ideal = 2000 / job_s
+print(f"| latency-bound: 300 ms a call, 2000 jobs in flight | {jobs:.0f} jobs/s = {jobs/ideal:.0%} of 2000 ÷ {job_s:.2f} s ({ideal:.0f}/s); worker peak RSS {rss} MB | ≥ 90 %, ≤ 100 MB |")
+PY
+  row "$(cat /tmp/$RUN-latency.row)"
+  stop_all
+fi
+
+{
+  echo "Machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; $(date -u +%Y-%m-%d)."
+  echo
+  printf '%s\n' "${results[@]}"
+} > bench-results.md
