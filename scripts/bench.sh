@@ -67,7 +67,7 @@ if [ "$only" = all ] || [ "$only" = intake ]; then
   #    p99 at half that rate, open loop.
   scenario_env intake; start_intake
   loadgen --no-follow --concurrency 64 --requests 3000 >/dev/null   # warm-up
-  loadgen --baseline --concurrency 64 --requests 20000 > /tmp/$RUN-base.json
+  "$BIN" loadgen --quiet --json --baseline --concurrency 64 --requests 20000 > /tmp/$RUN-base.json
   loadgen --no-follow --concurrency 64 --requests 20000 > /tmp/$RUN-intake.json
   base=$(json /tmp/$RUN-base.json "round(r['throughput']['accepted_per_s'])")
   intake=$(json /tmp/$RUN-intake.json "round(r['throughput']['accepted_per_s'])")
@@ -117,12 +117,12 @@ import json, sys
 start, end = float(sys.argv[1]), float(sys.argv[2])
 stats, report = json.load(open(sys.argv[3])), json.load(open(sys.argv[4]))
 calls = stats["requests_total"]
-# The Stripe phase: from the first job to the last result (loadgen's elapsed covers both).
-elapsed = report["elapsed_s"]
+# Wall clock from the first request to the last result: the sending takes under a second of it.
+elapsed = end - start
 limited = stats["faults"]["rate_limited"] + stats["faults"]["spurious_429"]
 twice = sum(1 for n in stats["subscriptions_by_pay_id"].values() if n > 1)
 results = report["results"]["received"]
-print(f"| Stripe budget: 3000 jobs, budget 100/s, simulator limited to 100/s | {calls/elapsed:.1f} calls/s = {calls/elapsed:.1%} of budget; 429s {limited} of {calls} = {limited/calls:.2%}; payIds twice {twice}; results {results} | ≥ 95 %, ≤ 0.5 %, 0 |")
+print(f"| Stripe budget: 3000 jobs, budget 100/s, simulator limited to 100/s | {calls/elapsed:.1f} calls/s = {calls/elapsed/100:.1%} of budget; 429s {limited} of {calls} = {limited/calls:.2%}; payIds twice {twice}; results {results} | ≥ 95 %, ≤ 0.5 %, 0 |")
 PY
   row "$(cat /tmp/$RUN-budget.row)"
   stop_all

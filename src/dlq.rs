@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use lapin::options::{BasicAckOptions, BasicGetOptions};
-use lapin::types::AMQPValue;
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -34,7 +34,7 @@ pub enum DlqCommand {
     },
     /// Put dead letters back on the jobs queue with fresh attempts.
     Replay {
-        /// Only this payId (default: every dead letter that is a job).
+        /// Only this payId (default: every dead letter).
         #[arg(long)]
         pay_id: Option<String>,
         /// At most this many.
@@ -116,8 +116,8 @@ pub async fn list(
     Ok(letters)
 }
 
-/// Moves dead letters (all jobs, or those of one payId) back to the jobs queue, each confirmed
-/// before its dead letter is acked. A job that failed only because Stripe was unavailable gets
+/// Moves dead letters (all of them, or the jobs of one payId) back to the jobs queue, each
+/// confirmed before its dead letter is acked. A job that failed only because Stripe was unavailable gets
 /// its stored result cleared, so the worker runs it again instead of announcing the old failure.
 pub async fn replay(
     settings: &Settings,
@@ -130,9 +130,22 @@ pub async fn replay(
     let channel = broker.open_channel().await?;
     let dead = broker.topology().dead();
     let jobs = broker.topology().jobs();
+    // Only the letters there now: one replayed and killed again lands behind them, and must not
+    // be replayed a second time in the same run.
+    let waiting = channel
+        .queue_declare(
+            dead.as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?
+        .message_count();
     let mut replayed = 0;
     let mut seen = 0;
-    while replayed < limit && seen < 100_000 {
+    while replayed < limit && seen < waiting {
         let Some(message) = channel
             .basic_get(dead.as_str().into(), BasicGetOptions { no_ack: false })
             .await?
@@ -142,16 +155,14 @@ pub async fn replay(
         seen += 1;
         let delivery = message.delivery;
         let letter = describe(&delivery);
-        let wanted = pay_id.is_none_or(|wanted| letter.pay_id.as_deref() == Some(wanted));
-        let Ok(job) = Job::decode(&delivery.data) else {
-            // Not a job: replaying it would only kill it again. It stays (unacked, requeued
-            // when the channel closes).
-            continue;
-        };
-        if !wanted {
+        // With a payId, only that job; without, every dead letter, messages that are not jobs
+        // included: after a fix (a worker that reads them now) they go back too, and one that is
+        // still unreadable simply returns to the dead letters.
+        if pay_id.is_some_and(|wanted| letter.pay_id.as_deref() != Some(wanted)) {
             continue;
         }
-        if let Some(result) = store.result(&job.pay_id).await?
+        if let Ok(job) = Job::decode(&delivery.data)
+            && let Some(result) = store.result(&job.pay_id).await?
             && result
                 .error
                 .as_ref()
@@ -166,7 +177,7 @@ pub async fn replay(
                     routing_key: JOB_ROUTING_KEY,
                     body: &delivery.data,
                     content_type: "application/json",
-                    message_id: job.pay_id.as_str(),
+                    message_id: &letter.message_id,
                     kind: JOB_MESSAGE_TYPE,
                     headers: vec![(ATTEMPT_HEADER, AMQPValue::LongUInt(1))],
                     mandatory: true,

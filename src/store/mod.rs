@@ -20,6 +20,7 @@ use crate::domain::request::PayId;
 
 pub use intake_record::{Claim, ClaimOutcome, RecordView};
 pub use keys::Keys;
+pub use lock::JobStart;
 
 /// How long one Redis command may take before the caller gives up on it.
 const COMMAND_TIMEOUT: Duration = Duration::from_millis(1_000);

@@ -34,6 +34,8 @@ impl Application {
     /// Connects (in the background) and binds the probe address. `settings.stripe` must name a
     /// key, and an API base unless it is Stripe's own.
     pub async fn build(settings: &Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        // The recorder must exist before the first job counts anything, not at the first scrape.
+        crate::telemetry::metrics_handle();
         let broker = Broker::start(settings.amqp.url.clone(), settings.topology(), shutdown);
         let store = Store::new(&settings.redis)?;
         let budget = Arc::new(budget::RedisBudget {

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::PlanSettings;
 use crate::domain::outcome::STATUS_FAILED;
 use crate::domain::{FailureDetail, FinalResult, Job};
-use crate::store::{Store, StoreError};
+use crate::store::{JobStart, Store, StoreError};
 use crate::stripe::{Attached, Gateway, NewSubscription, PriceSpec, StripeFailure, Subscribed};
 
 /// What the consumer does with a job after `process`.
@@ -96,24 +96,11 @@ impl From<StoreError> for StepError {
 }
 
 pub async fn process(job: &Job, delivery: DeliveryInfo, ctx: &JobContext) -> Outcome {
-    match ctx.store.result(&job.pay_id).await {
-        Ok(Some(result)) => return Outcome::Settled(result),
-        Ok(None) => {}
-        Err(error) => return Outcome::HandBack(error.to_string()),
-    }
     let token = uuid::Uuid::new_v4().to_string();
-    match ctx.store.lock(&job.pay_id, &token, ctx.lock_ttl).await {
-        Ok(true) => {}
-        Ok(false) => return Outcome::Locked,
-        Err(error) => return Outcome::HandBack(error.to_string()),
-    }
-    // Between our check and our lock another worker may have finished the job.
-    match ctx.store.result(&job.pay_id).await {
-        Ok(Some(result)) => {
-            let _ = ctx.store.unlock(&job.pay_id, &token).await;
-            return Outcome::Settled(result);
-        }
-        Ok(None) => {}
+    match ctx.store.begin_job(&job.pay_id, &token, ctx.lock_ttl).await {
+        Ok(JobStart::Locked) => {}
+        Ok(JobStart::Settled(result)) => return Outcome::Settled(*result),
+        Ok(JobStart::Busy) => return Outcome::Locked,
         Err(error) => return Outcome::HandBack(error.to_string()),
     }
 

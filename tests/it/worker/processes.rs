@@ -171,3 +171,48 @@ async fn sigterm_with_jobs_in_hand_finishes_them_and_loses_none() {
     assert_once_each(&stack, &pay_ids, &stack.sim_stats().await);
     stack.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_process_counts_its_jobs_and_stripe_calls_in_its_metrics() {
+    use std::io::BufRead;
+    let stack = Stack::start(FaultConfig::default()).await;
+    let mut worker = stack.worker_process_with_stdout();
+    let mut line = String::new();
+    std::io::BufReader::new(worker.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("the banner");
+    let probes = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_owned();
+
+    let pay_id = stack.send(|_| {}).await;
+    assert!(
+        stack
+            .wait_for_events(std::slice::from_ref(&pay_id), Duration::from_secs(20))
+            .await
+    );
+    let metrics = reqwest::get(format!("{probes}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    signal(&worker, "-TERM");
+    let _ = worker.wait();
+
+    assert!(
+        metrics.contains(r#"autorenew_worker_jobs_total{outcome="succeeded"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("autorenew_stripe_requests_total"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("autorenew_worker_job_duration_seconds_count 1"),
+        "{metrics}"
+    );
+    stack.teardown().await;
+}

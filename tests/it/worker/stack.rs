@@ -111,13 +111,22 @@ impl Stack {
 
     /// Starts `autorenew worker` as a child process with this stack's configuration.
     pub fn worker_process(&self) -> Child {
+        self.worker_command(Stdio::null())
+    }
+
+    /// As `worker_process`, with its stdout (where it prints its probe address) piped.
+    pub fn worker_process_with_stdout(&self) -> Child {
+        self.worker_command(Stdio::piped())
+    }
+
+    fn worker_command(&self, stdout: Stdio) -> Child {
         Command::new(env!("CARGO_BIN_EXE_autorenew"))
             .arg("--config")
             .arg(&self.config_path)
             .arg("worker")
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(Stdio::inherit())
             .spawn()
             .expect("autorenew worker starts")
