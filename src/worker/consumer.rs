@@ -118,6 +118,9 @@ impl Worker {
                 }
                 delivery = consumer.next() => match delivery {
                     Some(Ok(delivery)) => {
+                        // A finished task keeps its memory until it is joined: reap as we go,
+                        // or a long-running worker grows with every job it has done.
+                        while jobs.try_join_next().is_some() {}
                         let Ok(permit) = slots.clone().acquire_owned().await else { break };
                         let worker = self.clone();
                         jobs.spawn(async move {
