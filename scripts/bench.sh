@@ -132,7 +132,7 @@ if [ "$only" = all ] || [ "$only" = latency ]; then
   # 4. Latency-bound: simulator at 300 ms a call, 2000 jobs in flight in one worker process
   #    (8000 jobs, so most of the run is at full flight, not ramping up or draining).
   scenario_env latency; start_sim --latency 300; start_intake
-  start_worker 2000 1000000
+  start_worker "${LATENCY_FLIGHT:-2000}" 1000000
   loadgen --concurrency 256 --requests 8000 > /tmp/$RUN-latency.json
   jobs=$(json /tmp/$RUN-latency.json "r['results']['completed_per_s']")
   metrics=$(curl -fs "$WORKER_URL/metrics")
