@@ -216,6 +216,11 @@ impl Worker {
         };
         let label = outcome_label(&outcome);
         let routed = self.route(&job, &delivery, info, outcome).await;
+        if matches!(routed, Err(RouteError::Store(_))) {
+            // Redis went away mid-job: pause taking jobs, so the one handed back is not
+            // redelivered to us in a loop.
+            self.store_trouble.store(true, Ordering::SeqCst);
+        }
         metrics::counter!(JOBS_TOTAL, "outcome" => label).increment(1);
         metrics::histogram!(JOB_SECONDS).record(started.elapsed().as_secs_f64());
         settle(&delivery, routed).await;
@@ -314,7 +319,7 @@ impl Worker {
             Outcome::HandBack(reason) => {
                 tracing::warn!(pay_id, reason, "job handed back");
                 self.store_trouble.store(true, Ordering::SeqCst);
-                Err(RouteError::Store(crate::store::StoreError::Corrupt(reason)))
+                Err(RouteError::HandBack(reason))
             }
         }
     }

@@ -21,6 +21,9 @@ pub enum RouteError {
     Broker(#[from] BrokerError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// The worker cannot work on the job now; it goes back to the queue.
+    #[error("handed back: {0}")]
+    HandBack(String),
 }
 
 /// Stores the result (the first stored wins, so racing workers agree) and publishes its event.
