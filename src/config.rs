@@ -342,10 +342,21 @@ impl Settings {
         }
         check_name("amqp.prefix", &self.amqp.prefix)?;
         check_name("redis.key_prefix", &self.redis.key_prefix)?;
-        if !self.amqp.url.expose_secret().starts_with("amqp://")
-            && !self.amqp.url.expose_secret().starts_with("amqps://")
+        let nodes: Vec<&str> = self
+            .amqp
+            .url
+            .expose_secret()
+            .split(',')
+            .map(str::trim)
+            .collect();
+        if nodes
+            .iter()
+            .any(|node| !(node.starts_with("amqp://") || node.starts_with("amqps://")))
         {
-            return Err(invalid("amqp.url", "must start with amqp:// or amqps://"));
+            return Err(invalid(
+                "amqp.url",
+                "must be amqp:// or amqps:// URLs (several, comma-separated, for a cluster's nodes)",
+            ));
         }
         if self.amqp.retry_delays_ms.is_empty() || self.amqp.retry_delays_ms.contains(&0) {
             return Err(invalid(

@@ -4,6 +4,7 @@
 //! Callers never wait for a connection: while there is none, [`Broker::publish`] fails at once
 //! with [`BrokerError::Unavailable`], so the intake can answer 503 instead of hanging.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -35,6 +36,8 @@ struct Inner {
     live: RwLock<Option<Live>>,
     /// Woken whenever a connection comes up, for callers that want to wait for one.
     connected: tokio::sync::Notify,
+    /// Which node of a multi-node URL to try first next time.
+    next_node: AtomicUsize,
 }
 
 #[derive(Clone)]
@@ -66,6 +69,7 @@ impl Broker {
                 topology,
                 live: RwLock::new(None),
                 connected: tokio::sync::Notify::new(),
+                next_node: AtomicUsize::new(0),
             }),
         };
         tokio::spawn(broker.clone().supervise(url, shutdown));
@@ -131,13 +135,12 @@ impl Broker {
     async fn supervise(self, url: SecretString, shutdown: CancellationToken) {
         let mut pause = RECONNECT_MIN;
         loop {
-            let attempt = tokio::time::timeout(CONNECT_TIMEOUT, self.connect(&url));
             let outcome = tokio::select! {
                 () = shutdown.cancelled() => break,
-                outcome = attempt => outcome,
+                outcome = self.connect(&url) => outcome,
             };
             match outcome {
-                Ok(Ok(live)) => {
+                Ok(live) => {
                     tracing::info!("connected to RabbitMQ");
                     pause = RECONNECT_MIN;
                     self.set_live(Some(live.clone()));
@@ -150,10 +153,9 @@ impl Broker {
                     }
                     tracing::warn!("lost the RabbitMQ connection; reconnecting");
                 }
-                Ok(Err(error)) => {
+                Err(error) => {
                     tracing::warn!(%error, "cannot connect to RabbitMQ; retrying");
                 }
-                Err(_) => tracing::warn!("connecting to RabbitMQ timed out; retrying"),
             }
             tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -164,10 +166,33 @@ impl Broker {
         self.set_live(None);
     }
 
-    async fn connect(&self, url: &SecretString) -> lapin::Result<Live> {
+    /// Connects to the first node of `amqp.url` that answers: the URL may name a cluster's
+    /// nodes, comma-separated, and after a node is lost the next attempt starts with the others.
+    async fn connect(&self, url: &SecretString) -> Result<Live, String> {
+        let nodes: Vec<&str> = url
+            .expose_secret()
+            .split(',')
+            .map(str::trim)
+            .filter(|node| !node.is_empty())
+            .collect();
+        let first = self.inner.next_node.fetch_add(1, Ordering::Relaxed);
+        let mut failures = Vec::new();
+        for offset in 0..nodes.len() {
+            let index = (first + offset) % nodes.len();
+            match tokio::time::timeout(CONNECT_TIMEOUT, self.connect_node(nodes[index])).await {
+                Ok(Ok(live)) => return Ok(live),
+                // Node numbers, not URLs: a URL may hold a password.
+                Ok(Err(error)) => failures.push(format!("node {}: {error}", index + 1)),
+                Err(_) => failures.push(format!("node {}: timed out", index + 1)),
+            }
+        }
+        Err(failures.join("; "))
+    }
+
+    async fn connect_node(&self, uri: &str) -> lapin::Result<Live> {
         let properties = ConnectionProperties::default()
             .with_connection_name(format!("autorenew-{}", std::process::id()).into());
-        let connection = Connection::connect(url.expose_secret(), properties).await?;
+        let connection = Connection::connect(uri, properties).await?;
         let setup = connection.create_channel().await?;
         self.inner.topology.declare(&setup).await?;
         let _ = setup.close(200, "topology declared".into()).await;

@@ -31,7 +31,7 @@ impl Baseline {
         let properties = ConnectionProperties::default().with_connection_name(
             format!("autorenew-loadgen-baseline-{}", std::process::id()).into(),
         );
-        let connection = Connection::connect(url.expose_secret(), properties)
+        let connection = Connection::connect(first_node(url.expose_secret()), properties)
             .await
             .context("connecting to RabbitMQ for the baseline")?;
         let channel = connection.create_channel().await?;
@@ -107,4 +107,9 @@ impl drive::Send for Baseline {
             Err(_) => Answer::Error("timeout"),
         }
     }
+}
+
+/// The first node of `amqp.url`, which may name a cluster's nodes, comma-separated.
+pub fn first_node(url: &str) -> &str {
+    url.split(',').map(str::trim).next().unwrap_or(url)
 }

@@ -136,9 +136,12 @@ impl Follower {
     ) -> anyhow::Result<Follower> {
         let properties = ConnectionProperties::default()
             .with_connection_name(format!("autorenew-loadgen-{}", std::process::id()).into());
-        let connection = Connection::connect(spec.amqp_url.expose_secret(), properties)
-            .await
-            .context("connecting to RabbitMQ to follow the result events")?;
+        let connection = Connection::connect(
+            super::baseline::first_node(spec.amqp_url.expose_secret()),
+            properties,
+        )
+        .await
+        .context("connecting to RabbitMQ to follow the result events")?;
         let channel = connection.create_channel().await?;
         // Declared like the service declares it (durable topic, no arguments), so this works
         // before any intake or worker has started and never clashes with theirs.

@@ -99,3 +99,16 @@ async fn with_redis_down_requests_get_a_fast_503_and_are_accepted_once_it_is_bac
     assert!(back, "the intake reconnects to Redis by itself");
     app.teardown().await;
 }
+
+#[tokio::test]
+async fn an_amqp_url_naming_several_nodes_connects_to_one_that_answers() {
+    // The first node has nothing listening; the second is the shared broker.
+    let dead = crate::helpers::private::free_port();
+    let url = format!("amqp://guest:guest@127.0.0.1:{dead}/%2f, {SHARED_AMQP}");
+    let app = TestApp::spawn_with(test_settings(&url, SHARED_REDIS)).await;
+
+    let answer = app.subscribe(valid_request()).await;
+
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    app.teardown().await;
+}
