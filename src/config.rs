@@ -364,14 +364,22 @@ impl Settings {
                 "must list at least one delay, each above 0",
             ));
         }
-        let redis_url = self.redis.url.expose_secret();
-        if !(redis_url.starts_with("redis://")
-            || redis_url.starts_with("rediss://")
-            || redis_url.starts_with("unix://"))
-        {
+        // Several URLs, comma-separated, name a Redis Cluster's nodes.
+        let redis_ok = self
+            .redis
+            .url
+            .expose_secret()
+            .split(',')
+            .map(str::trim)
+            .all(|url| {
+                url.starts_with("redis://")
+                    || url.starts_with("rediss://")
+                    || url.starts_with("unix://")
+            });
+        if !redis_ok {
             return Err(invalid(
                 "redis.url",
-                "must start with redis://, rediss:// or unix://",
+                "must be redis://, rediss:// or unix:// URLs (several, comma-separated, for a cluster's nodes)",
             ));
         }
         if self.worker.concurrency == 0 {

@@ -65,7 +65,7 @@ impl Store {
         interval_us: u64,
         burst_us: u64,
     ) -> Result<Option<Duration>, StoreError> {
-        let mut connection = self.connection();
+        let mut connection = self.connection().await?;
         let wait_us: i64 = with_timeout(async {
             TAKE.key(key)
                 .arg(interval_us)

@@ -116,7 +116,7 @@ pub struct RecordView {
 
 impl Store {
     pub async fn claim(&self, claim: Claim<'_>) -> Result<ClaimOutcome, StoreError> {
-        let mut connection = self.connection();
+        let mut connection = self.connection().await?;
         let intake_key = self.keys.intake(claim.pay_id);
         let result_key = self.keys.result(claim.pay_id);
         let lease_ms = u64::try_from(claim.lease.as_millis()).unwrap_or(u64::MAX);
@@ -153,7 +153,7 @@ impl Store {
     }
 
     pub async fn mark_enqueued(&self, pay_id: &PayId) -> Result<(), StoreError> {
-        let mut connection = self.connection();
+        let mut connection = self.connection().await?;
         let key = self.keys.intake(pay_id);
         let _: i64 =
             with_timeout(async { MARK_ENQUEUED.key(key).invoke_async(&mut connection).await })
@@ -162,7 +162,7 @@ impl Store {
     }
 
     pub async fn release(&self, pay_id: &PayId, token: &str) -> Result<(), StoreError> {
-        let mut connection = self.connection();
+        let mut connection = self.connection().await?;
         let key = self.keys.intake(pay_id);
         let _: i64 = with_timeout(async {
             RELEASE
@@ -177,7 +177,7 @@ impl Store {
 
     /// The record of a payId and its result, if the payId is known.
     pub async fn record(&self, pay_id: &PayId) -> Result<Option<RecordView>, StoreError> {
-        let mut connection = self.connection();
+        let mut connection = self.connection().await?;
         let intake_key = self.keys.intake(pay_id);
         let result_key = self.keys.result(pay_id);
         type Fields = (Option<String>, Option<String>);

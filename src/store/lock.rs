@@ -70,7 +70,7 @@ impl Store {
         token: &str,
         ttl: Duration,
     ) -> Result<JobStart, StoreError> {
-        let mut connection = self.connection();
+        let mut connection = self.connection().await?;
         let result_key = self.keys.result(pay_id);
         let lock_key = self.keys.lock(pay_id);
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
@@ -104,7 +104,7 @@ impl Store {
         token: &str,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let mut connection = self.connection();
+        let mut connection = self.connection().await?;
         let key = self.keys.lock(pay_id);
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
         let extended: i64 = with_timeout(async {
@@ -120,7 +120,7 @@ impl Store {
     }
 
     pub async fn unlock(&self, pay_id: &PayId, token: &str) -> Result<(), StoreError> {
-        let mut connection = self.connection();
+        let mut connection = self.connection().await?;
         let key = self.keys.lock(pay_id);
         let _: i64 = with_timeout(async {
             RELEASE

@@ -5,13 +5,13 @@
 //! which touch several keys of one payId, also run unchanged on Redis Cluster.
 
 mod budget;
+mod connection;
 mod intake_record;
 mod keys;
 mod lock;
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use secrecy::ExposeSecret;
 
 use crate::config::RedisSettings;
@@ -38,7 +38,7 @@ pub enum StoreError {
 /// A handle on Redis, cheap to clone. Connects lazily and reconnects by itself.
 #[derive(Clone)]
 pub struct Store {
-    connection: ConnectionManager,
+    redis: connection::Redis,
     keys: Keys,
     record_ttl: Duration,
 }
@@ -53,15 +53,8 @@ impl Store {
     /// A store for `settings`; nothing is sent until the first command, so start-up does not
     /// depend on Redis being up.
     pub fn new(settings: &RedisSettings) -> Result<Self, StoreError> {
-        let client = redis::Client::open(settings.url.expose_secret())?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(COMMAND_TIMEOUT))
-            .set_response_timeout(Some(COMMAND_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let connection = ConnectionManager::new_lazy_with_config(client, config)?;
         Ok(Store {
-            connection,
+            redis: connection::Redis::open(settings.url.expose_secret(), COMMAND_TIMEOUT)?,
             keys: Keys::new(&settings.key_prefix),
             record_ttl: Duration::from_secs(settings.record_ttl_secs),
         })
@@ -73,7 +66,9 @@ impl Store {
 
     /// Whether Redis answers a PING now.
     pub async fn ping(&self) -> bool {
-        let mut connection = self.connection.clone();
+        let Ok(mut connection) = self.connection().await else {
+            return false;
+        };
         let ping = with_timeout(async move {
             redis::cmd("PING")
                 .query_async::<String>(&mut connection)
@@ -84,7 +79,7 @@ impl Store {
 
     /// The final result of a payId, if a worker has stored one.
     pub async fn result(&self, pay_id: &PayId) -> Result<Option<FinalResult>, StoreError> {
-        let mut connection = self.connection.clone();
+        let mut connection = self.connection().await?;
         let key = self.keys.result(pay_id);
         let raw: Option<String> = with_timeout(async move {
             redis::cmd("GET")
@@ -108,7 +103,7 @@ impl Store {
     ) -> Result<FinalResult, StoreError> {
         let json = serde_json::to_string(result)
             .map_err(|e| StoreError::Corrupt(format!("result: {e}")))?;
-        let mut connection = self.connection.clone();
+        let mut connection = self.connection().await?;
         let key = self.keys.result(pay_id);
         let ttl = self.record_ttl.as_secs();
         let stored: String = with_timeout(async move {
@@ -130,7 +125,7 @@ impl Store {
 
     /// Forgets a payId's result, so a replayed job runs again (`autorenew dlq replay`).
     pub async fn clear_result(&self, pay_id: &PayId) -> Result<(), StoreError> {
-        let mut connection = self.connection.clone();
+        let mut connection = self.connection().await?;
         let key = self.keys.result(pay_id);
         let _: i64 = with_timeout(async move {
             redis::cmd("DEL")
@@ -142,8 +137,8 @@ impl Store {
         Ok(())
     }
 
-    pub(crate) fn connection(&self) -> ConnectionManager {
-        self.connection.clone()
+    pub(crate) async fn connection(&self) -> Result<connection::Handle, StoreError> {
+        self.redis.handle(COMMAND_TIMEOUT).await
     }
 }
 

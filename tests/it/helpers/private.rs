@@ -214,3 +214,80 @@ impl Drop for PrivateRedis {
         }
     }
 }
+
+/// A three-node Redis Cluster of the test's own (three primaries, no replicas).
+pub struct PrivateRedisCluster {
+    pub ports: Vec<u16>,
+    dir: tempfile::TempDir,
+}
+
+impl PrivateRedisCluster {
+    pub fn start() -> PrivateRedisCluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        for port in &ports {
+            let node_dir = dir.path().join(port.to_string());
+            std::fs::create_dir_all(&node_dir).expect("node dir");
+            let status = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args([
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                ])
+                .args(["--save", "", "--appendonly", "no", "--daemonize", "yes"])
+                .arg("--dir")
+                .arg(&node_dir)
+                .arg("--pidfile")
+                .arg(node_dir.join("redis.pid"))
+                .stdout(Stdio::null())
+                .status()
+                .expect("redis-server starts");
+            assert!(status.success(), "a cluster node failed to start");
+            assert!(wait_for(Duration::from_secs(10), || port_open(*port)));
+        }
+        let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&nodes)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli runs");
+        assert!(created.success(), "redis-cli --cluster create failed");
+        let ok = wait_for(Duration::from_secs(20), || {
+            ports.iter().all(|port| {
+                Command::new("redis-cli")
+                    .args(["-p", &port.to_string(), "cluster", "info"])
+                    .output()
+                    .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+            })
+        });
+        assert!(ok, "the cluster did not become ok");
+        PrivateRedisCluster { ports, dir }
+    }
+
+    /// `redis.url` naming every node.
+    pub fn url(&self) -> String {
+        self.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+impl Drop for PrivateRedisCluster {
+    fn drop(&mut self) {
+        for port in &self.ports {
+            let _ = Command::new("redis-cli")
+                .args(["-p", &port.to_string(), "shutdown", "nosave"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = &self.dir;
+    }
+}

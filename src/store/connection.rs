@@ -1,0 +1,106 @@
+//! One Redis, or a Redis Cluster, behind one handle. `redis.url` names a cluster by listing
+//! several of its nodes, comma-separated; every key a script touches shares one hash tag, so the
+//! same commands and scripts run on both.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
+
+use super::StoreError;
+
+/// Where commands go: connected lazily, reconnected by the client itself.
+#[derive(Clone)]
+pub(super) enum Redis {
+    Single(ConnectionManager),
+    Cluster(Arc<LazyCluster>),
+}
+
+pub(super) struct LazyCluster {
+    client: ClusterClient,
+    connection: tokio::sync::OnceCell<ClusterConnection>,
+}
+
+/// A connection to send commands on.
+pub(crate) enum Handle {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl Redis {
+    /// Nothing is sent until the first command, so start-up does not depend on Redis.
+    pub(super) fn open(url: &str, timeout: Duration) -> Result<Self, StoreError> {
+        let nodes: Vec<&str> = url
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .collect();
+        if nodes.len() > 1 {
+            let client = ClusterClient::builder(nodes)
+                .connection_timeout(timeout)
+                .response_timeout(timeout)
+                .build()?;
+            return Ok(Redis::Cluster(Arc::new(LazyCluster {
+                client,
+                connection: tokio::sync::OnceCell::new(),
+            })));
+        }
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        Ok(Redis::Single(ConnectionManager::new_lazy_with_config(
+            client, config,
+        )?))
+    }
+
+    /// A handle to send on; for a cluster, the first call connects (within `timeout`).
+    pub(super) async fn handle(&self, timeout: Duration) -> Result<Handle, StoreError> {
+        match self {
+            Redis::Single(manager) => Ok(Handle::Single(manager.clone())),
+            Redis::Cluster(lazy) => {
+                let connect = lazy
+                    .connection
+                    .get_or_try_init(|| lazy.client.get_async_connection());
+                match tokio::time::timeout(timeout, connect).await {
+                    Ok(Ok(connection)) => Ok(Handle::Cluster(connection.clone())),
+                    Ok(Err(error)) => Err(error.into()),
+                    Err(_) => Err(StoreError::Timeout(timeout)),
+                }
+            }
+        }
+    }
+}
+
+impl ConnectionLike for Handle {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Handle::Single(connection) => connection.req_packed_command(cmd),
+            Handle::Cluster(connection) => connection.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Handle::Single(connection) => connection.req_packed_commands(cmd, offset, count),
+            Handle::Cluster(connection) => connection.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Handle::Single(connection) => connection.get_db(),
+            Handle::Cluster(connection) => connection.get_db(),
+        }
+    }
+}
