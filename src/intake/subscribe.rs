@@ -130,8 +130,11 @@ async fn accept(
             .await
             .map_err(|e| refuse(e.into()))?;
         match outcome {
-            ClaimOutcome::Claimed { job, .. } => {
-                enqueue(state, &body, &job, &token).await.map_err(&refuse)?;
+            ClaimOutcome::Claimed { stored, .. } => {
+                let payload = stored.as_deref().unwrap_or(&job);
+                enqueue(state, &body, payload, &token)
+                    .await
+                    .map_err(&refuse)?;
                 metrics::histogram!(ENQUEUE_SECONDS).record(started.elapsed().as_secs_f64());
                 tracing::info!(
                     pay_id = %body.pay_id,
@@ -187,11 +190,16 @@ async fn enqueue(
         .await
     {
         Ok(()) => {
-            // If this write fails, the record stays pending: a retry after the lease publishes
-            // the job again, which the worker's idempotency makes harmless.
-            if let Err(error) = state.store.mark_enqueued(&request.pay_id).await {
-                tracing::warn!(pay_id = %request.pay_id, %error, "job enqueued but not marked");
-            }
+            // The job is safe on the broker, so the answer need not wait for this write. If it
+            // fails (or the process dies first), the record stays pending: a retry after the
+            // lease publishes the job again, which the worker's idempotency makes harmless.
+            let store = state.store.clone();
+            let pay_id = request.pay_id.clone();
+            tokio::spawn(async move {
+                if let Err(error) = store.mark_enqueued(&pay_id).await {
+                    tracing::warn!(%pay_id, %error, "job enqueued but not marked");
+                }
+            });
             Ok(())
         }
         Err(error) => {

@@ -28,7 +28,8 @@ if not rec[1] then
   redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'partner', ARGV[2], 'state', 'pending',
              'claim', ARGV[3], 'claimed_at', ARGV[4], 'accepted_at', ARGV[7], 'job', ARGV[8])
   redis.call('EXPIRE', KEYS[1], ARGV[6])
-  return {'claimed', ARGV[7], ARGV[8]}
+  -- The caller publishes its own job: no need to send it back.
+  return {'claimed', ARGV[7], ''}
 end
 if rec[1] ~= ARGV[1] then
   return {'conflict', '', ''}
@@ -92,9 +93,12 @@ pub struct Claim<'a> {
 /// Where a payId stands after a claim.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClaimOutcome {
-    /// This request holds the payId and must publish `job` (the stored one, when it took over an
-    /// abandoned claim).
-    Claimed { accepted_at: String, job: Vec<u8> },
+    /// This request holds the payId and must publish its job; `stored` is the job to publish
+    /// instead when it took over an abandoned claim (the first request's own).
+    Claimed {
+        accepted_at: String,
+        stored: Option<Vec<u8>>,
+    },
     /// The job is on the broker; `result` is its final result, if there is one yet.
     Enqueued {
         accepted_at: String,
@@ -140,7 +144,7 @@ impl Store {
         match outcome.as_str() {
             "claimed" => Ok(ClaimOutcome::Claimed {
                 accepted_at,
-                job: payload,
+                stored: (!payload.is_empty()).then_some(payload),
             }),
             "enqueued" => Ok(ClaimOutcome::Enqueued {
                 accepted_at,
