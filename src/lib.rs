@@ -5,7 +5,7 @@
 //!   Pure: no I/O.
 //! - [`config`]: `config.toml` + `AUTORENEW__…` environment, checked at start-up.
 //! - [`broker`]: RabbitMQ: the topology, a self-healing connection, the confirming publisher.
-//! - [`store`]: Redis: intake records (idempotency) and results.
+//! - [`store`]: Redis: intake records (idempotency), results, locks, rate budgets.
 //! - [`intake`]: the HTTP front door (axum): checks a request and puts it on the broker.
 //! - [`stripe`]: the Stripe gateway over async-stripe: the calls of a job, errors classified.
 //! - [`sim`]: `autorenew stripe-sim`, a stateful Stripe stand-in; it shares no code with the

@@ -1,5 +1,6 @@
-//! Redis: the intake's record of every payId (idempotency), final results, and the keys they
-//! live under. Knows the domain, never HTTP or Stripe.
+//! Redis: the intake's record of every payId (idempotency), final results, the workers' payId
+//! locks, and the shared rate budgets (Stripe's, and each partner's intake rate), on one Redis or
+//! a Redis Cluster. Knows the domain, never HTTP or Stripe.
 //!
 //! Every key of one payId carries it as a hash tag (`autorenew:intake:{P123}`), so the scripts,
 //! which touch several keys of one payId, also run unchanged on Redis Cluster.
