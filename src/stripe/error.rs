@@ -18,6 +18,10 @@ pub enum StripeFailure {
     /// Stripe said no for good: the job ends `failed` with this detail.
     #[error("Stripe refused: {}", .0.message)]
     Permanent(FailureDetail),
+    /// The shared request budget could not be asked (its store is away): nothing was sent to
+    /// Stripe, and retrying here cannot help; the job goes back until the budget answers again.
+    #[error("the Stripe request budget is unavailable: {0}")]
+    BudgetUnavailable(String),
 }
 
 impl StripeFailure {

@@ -97,7 +97,7 @@ impl Gateway {
         self.budget
             .take()
             .await
-            .map_err(|e| StripeFailure::Transient(format!("rate budget: {e}")))?;
+            .map_err(StripeFailure::BudgetUnavailable)?;
         metrics::histogram!(BUDGET_WAIT_SECONDS).record(started.elapsed().as_secs_f64());
         metrics::counter!(REQUESTS_TOTAL).increment(1);
         Ok(())

@@ -125,6 +125,10 @@ pub async fn process(job: &Job, delivery: DeliveryInfo, ctx: &JobContext) -> Out
         Err(StepError::Stripe(StripeFailure::Permanent(detail))) => {
             Outcome::Final(result_of(job, delivery, Err(detail)))
         }
+        // Not Stripe's fault: no attempt is spent, and the consumer pauses until Redis is back.
+        Err(StepError::Stripe(StripeFailure::BudgetUnavailable(reason))) => {
+            Outcome::HandBack(reason)
+        }
         Err(StepError::Stripe(failure)) => Outcome::RetryLater(failure.to_string()),
         Err(StepError::Store(error)) => Outcome::HandBack(error.to_string()),
     }
@@ -375,7 +379,10 @@ where
             Err(StripeFailure::Unknown(reason)) => match lookup().await {
                 Ok(Some(found)) => return Ok(found),
                 Ok(None) => StripeFailure::Unknown(reason),
-                Err(lookup_failure) if lookup_failure.is_permanent() => return Err(lookup_failure),
+                Err(
+                    lookup_failure @ (StripeFailure::Permanent(_)
+                    | StripeFailure::BudgetUnavailable(_)),
+                ) => return Err(lookup_failure),
                 Err(_) => StripeFailure::Unknown(reason),
             },
             Err(StripeFailure::Transient(reason)) => StripeFailure::Transient(reason),
