@@ -2,7 +2,7 @@
 //! whole email address, even at debug level.
 
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::json;
@@ -11,37 +11,8 @@ use crate::helpers::{Answer, SECRET, delete_queues, repo_path, signed, valid_req
 
 #[tokio::test]
 async fn a_partner_secret_never_appears_in_the_logs() {
-    let prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_autorenew"))
-        .arg("--config")
-        .arg(repo_path("config.toml"))
-        .arg("intake")
-        .env("RUST_LOG", "debug")
-        .env("AUTORENEW__INTAKE__LISTEN", "127.0.0.1:0")
-        .env("AUTORENEW__AMQP__PREFIX", &prefix)
-        .env("AUTORENEW__REDIS__KEY_PREFIX", &prefix)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("autorenew intake starts");
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    stdout.read_line(&mut line).expect("the listening line");
-    let address = line
-        .split_whitespace()
-        .find(|word| word.starts_with("http://"))
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_owned();
-    let client = reqwest::Client::new();
-    let ready = crate::helpers::poll_until(Duration::from_secs(20), || async {
-        client
-            .get(format!("{address}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-    })
-    .await;
-    assert!(ready);
+    let service = Service::start(&["intake"]).await;
+    let (address, client) = (service.address.clone(), reqwest::Client::new());
 
     let good = signed(valid_request(), SECRET);
     let mut bad_sign = good.clone();
@@ -59,16 +30,7 @@ async fn a_partner_secret_never_appears_in_the_logs() {
         Answer::from(response).await;
     }
 
-    let _ = child.kill();
-    let _ = child.wait();
-    let mut logs = String::new();
-    child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut logs)
-        .expect("logs");
-    delete_queues(&prefix).await;
+    let logs = service.stop().await;
 
     assert!(logs.contains("job enqueued"), "the run was logged: {logs}");
     assert!(!logs.contains(SECRET), "a partner secret was logged");
@@ -90,47 +52,8 @@ async fn a_partner_secret_never_appears_in_the_logs() {
 /// request id, and no secret, payment method id or whole email is in any of them.
 #[tokio::test]
 async fn a_full_run_logs_json_with_pay_id_and_request_id_and_no_secrets() {
-    let prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_autorenew"))
-        .arg("--config")
-        .arg(repo_path("config.toml"))
-        .arg("--log-json")
-        .args(["run", "--sim-listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "debug")
-        .env("AUTORENEW__INTAKE__LISTEN", "127.0.0.1:0")
-        .env("AUTORENEW__WORKER__LISTEN", "127.0.0.1:0")
-        .env("AUTORENEW__AMQP__PREFIX", &prefix)
-        .env("AUTORENEW__REDIS__KEY_PREFIX", &prefix)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("autorenew run starts");
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut address = None;
-    for _ in 0..10 {
-        let mut line = String::new();
-        if stdout.read_line(&mut line).unwrap_or(0) == 0 {
-            break;
-        }
-        if line.trim_start().starts_with("intake") {
-            address = line
-                .split_whitespace()
-                .find(|w| w.starts_with("http://"))
-                .map(str::to_owned);
-            break;
-        }
-    }
-    let address = address.expect("run prints the intake's address");
-    let client = reqwest::Client::new();
-    let ready = crate::helpers::poll_until(Duration::from_secs(20), || async {
-        client
-            .get(format!("{address}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-    })
-    .await;
-    assert!(ready);
+    let service = Service::start(&["--log-json", "run", "--sim-listen", "127.0.0.1:0"]).await;
+    let (address, client) = (service.address.clone(), reqwest::Client::new());
 
     let request = signed(valid_request(), SECRET);
     let pay_id = request["payId"].as_str().expect("payId").to_owned();
@@ -145,18 +68,7 @@ async fn a_full_run_logs_json_with_pay_id_and_request_id_and_no_secrets() {
     let answer = Answer::from(response).await;
     assert_eq!(answer.body["status"], "active", "{:?}", answer.body);
 
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
-    let mut logs = String::new();
-    child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut logs)
-        .expect("logs");
-    delete_queues(&prefix).await;
+    let logs = service.stop().await;
 
     let lines: Vec<serde_json::Value> = logs
         .lines()
@@ -192,4 +104,77 @@ async fn a_full_run_logs_json_with_pay_id_and_request_id_and_no_secrets() {
         "a whole email address was logged"
     );
     assert!(!logs.contains("sk_test_"), "a Stripe key was logged");
+}
+
+/// The real binary at debug level, on random ports with a fresh prefix; its stderr is kept.
+struct Service {
+    child: Child,
+    address: String,
+    prefix: String,
+}
+
+impl Service {
+    /// Starts `autorenew <args>` and waits until its intake is ready.
+    async fn start(args: &[&str]) -> Service {
+        let prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
+        let mut child = Command::new(env!("CARGO_BIN_EXE_autorenew"))
+            .arg("--config")
+            .arg(repo_path("config.toml"))
+            .args(args)
+            .env("RUST_LOG", "debug")
+            .env("AUTORENEW__INTAKE__LISTEN", "127.0.0.1:0")
+            .env("AUTORENEW__WORKER__LISTEN", "127.0.0.1:0")
+            .env("AUTORENEW__AMQP__PREFIX", &prefix)
+            .env("AUTORENEW__REDIS__KEY_PREFIX", &prefix)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("autorenew starts");
+        // `intake` prints "… intake listening on http://…", `run` "  intake     http://…".
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let address = (0..10)
+            .map_while(|_| {
+                let mut line = String::new();
+                (stdout.read_line(&mut line).unwrap_or(0) > 0).then_some(line)
+            })
+            .find(|line| line.contains("intake") && line.contains("http://"))
+            .and_then(|line| {
+                line.split_whitespace()
+                    .find(|word| word.starts_with("http://"))
+                    .map(str::to_owned)
+            })
+            .expect("the intake's address on stdout");
+        let client = reqwest::Client::new();
+        let ready = crate::helpers::poll_until(Duration::from_secs(20), || async {
+            client
+                .get(format!("{address}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        })
+        .await;
+        assert!(ready, "the service became ready");
+        Service {
+            child,
+            address,
+            prefix,
+        }
+    }
+
+    /// Stops it with SIGTERM and returns everything it logged.
+    async fn stop(mut self) -> String {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        let mut logs = String::new();
+        self.child
+            .stderr
+            .take()
+            .expect("stderr")
+            .read_to_string(&mut logs)
+            .expect("logs");
+        delete_queues(&self.prefix).await;
+        logs
+    }
 }
