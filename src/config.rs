@@ -170,6 +170,10 @@ pub struct StripeSettings {
     /// Empty: Stripe's own API.
     pub api_base: String,
     pub max_requests_per_second: u32,
+    /// Speak HTTP/2 to a plain `http://` `api_base` straight away (h2c with prior knowledge),
+    /// so all calls in flight share one connection; the built-in simulator speaks it. Over
+    /// `https://` (Stripe's own API) HTTP/2 is negotiated whatever this says.
+    pub http2_prior_knowledge: bool,
     /// How long one Stripe call may take before its outcome counts as unknown.
     pub request_timeout_ms: u64,
     /// `payment_behavior` of new subscriptions: `error_if_incomplete` (a declined first charge
@@ -183,6 +187,7 @@ impl Default for StripeSettings {
             secret_key: SecretString::from(""),
             api_base: String::new(),
             max_requests_per_second: 25,
+            http2_prior_knowledge: false,
             request_timeout_ms: 10_000,
             payment_behavior: "error_if_incomplete".into(),
         }

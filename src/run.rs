@@ -43,6 +43,8 @@ pub async fn start(
         let address = app.address();
         settings.stripe.secret_key = SecretString::from(SIM_KEY);
         settings.stripe.api_base = format!("http://{address}");
+        // Our own simulator speaks HTTP/2 without negotiation: one connection for all calls.
+        settings.stripe.http2_prior_knowledge = true;
         tasks.spawn(app.run_until_stopped(shutdown.clone()));
         Some(address)
     } else {

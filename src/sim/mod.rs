@@ -49,7 +49,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use axum::serve::ListenerExt;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio_util::sync::CancellationToken;
 
 use faults::{DeclinesAt, FaultConfig, Limiter, LostMode, Scripts, UnknownPaymentMethods};
@@ -224,6 +227,12 @@ impl Shared {
     }
 }
 
+/// HTTP/2 streams one connection may have open: a worker's every call in flight (hyper's
+/// default of 200 would queue the rest of a 2,000-job load test behind them).
+const MAX_CONCURRENT_STREAMS: u32 = 10_000;
+/// Pause after a failed `accept` (e.g. out of file descriptors), so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
 /// The simulator, bound and ready to serve.
 pub struct Application {
     listener: TcpListener,
@@ -266,24 +275,48 @@ impl Application {
     }
 
     /// Serves until `shutdown` is cancelled, then finishes the requests in hand.
+    ///
+    /// Speaks HTTP/1.1 and, to clients that start with its preface, HTTP/2 (h2c), with room for
+    /// a load test's calls in flight on one connection.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let listener = tokio::net::TcpListener::from_std(self.listener)?
-            // Answers are small: without NODELAY, Nagle and delayed ACKs add ~40 ms to some.
-            .tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
+        let listener = tokio::net::TcpListener::from_std(self.listener)?;
         let stopping = self.shared.stopping.clone();
         let app = Router::new()
             .merge(admin::router())
             .fallback(api::handle)
             .with_state(self.shared);
+        let mut http = auto::Builder::new(TokioExecutor::new());
+        http.http2().max_concurrent_streams(MAX_CONCURRENT_STREAMS);
+        let graceful = GracefulShutdown::new();
         tracing::info!(address = %self.address, "stripe-sim listening");
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                shutdown.cancelled().await;
-                stopping.cancel();
-            })
-            .await
-            .context("stripe-sim stopped serving")
+        loop {
+            let stream = tokio::select! {
+                () = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _peer)) => stream,
+                    Err(error) => {
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                        continue;
+                    }
+                },
+            };
+            // Answers are small: without NODELAY, Nagle and delayed ACKs add ~40 ms to some.
+            let _ = stream.set_nodelay(true);
+            let service = TowerToHyperService::new(app.clone());
+            let connection = http
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
+            let connection = graceful.watch(connection);
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%error, "connection ended with an error");
+                }
+            });
+        }
+        stopping.cancel();
+        drop(listener);
+        graceful.shutdown().await;
+        Ok(())
     }
 }

@@ -4,10 +4,8 @@
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use secrecy::{ExposeSecret, SecretString};
-use stripe::{Client, ClientBuilder, IdempotencyKey, RequestStrategy, StripeRequest};
+use stripe::{IdempotencyKey, RequestStrategy, StripeRequest};
 use stripe_billing::subscription::{
     CreateSubscription, CreateSubscriptionItems, CreateSubscriptionPaymentBehavior,
     ListSubscription, ListSubscriptionStatus,
@@ -20,6 +18,7 @@ use stripe_product::price::{
 };
 use stripe_types::Expandable;
 
+use super::client::{ClientOptions, StripeHttp};
 use super::{Budget, StripeFailure};
 
 /// A payment method attached to the customer.
@@ -61,7 +60,7 @@ pub struct Subscribed {
 /// The Stripe client with the shared budget in front of it.
 #[derive(Clone)]
 pub struct Gateway {
-    client: Client,
+    client: StripeHttp,
     budget: Arc<dyn Budget>,
 }
 
@@ -72,20 +71,12 @@ impl std::fmt::Debug for Gateway {
 }
 
 impl Gateway {
-    /// A client for `secret_key`; `api_base` empty means Stripe's own API.
+    /// A client as `options` say, behind `budget`.
     pub fn new(
-        secret_key: &SecretString,
-        api_base: &str,
-        timeout: Duration,
+        options: &ClientOptions<'_>,
         budget: Arc<dyn Budget>,
     ) -> Result<Self, StripeFailure> {
-        let mut builder = ClientBuilder::new(secret_key.expose_secret()).timeout(timeout);
-        let base = api_base.trim().trim_end_matches('/');
-        if !base.is_empty() {
-            builder = builder.url(base);
-        }
-        let client = builder
-            .build()
+        let client = StripeHttp::new(options)
             .map_err(|e| StripeFailure::Transient(format!("Stripe client: {e}")))?;
         Ok(Gateway { client, budget })
     }
@@ -163,12 +154,15 @@ impl Gateway {
             .customize()
             .request_strategy(idempotent(key)?)
             .send(&self.client)
-            .await;
-        match attached {
-            Ok(method) => Ok(Attached {
+            .await
+            // Only the two strings outlive this line: a whole PaymentMethod held across the
+            // owner check below would size every job's future (7 KB, at each call in flight).
+            .map(|method| Attached {
                 id: method.id.to_string(),
                 kind: method.type_.to_string(),
-            }),
+            });
+        match attached {
+            Ok(attached) => Ok(attached),
             Err(error) => match failed("payment_methods.attach", error, true) {
                 StripeFailure::Permanent(detail)
                     if detail.code == crate::domain::FailureCode::StripeRejected =>

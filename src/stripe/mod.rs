@@ -2,9 +2,11 @@
 //! [`StripeFailure`] the retry policy can read. Knows nothing of RabbitMQ or Redis: the shared
 //! rate budget comes in as a [`Budget`].
 
+mod client;
 mod error;
 mod gateway;
 
+pub use client::{ClientOptions, StripeHttp};
 pub use error::StripeFailure;
 pub use gateway::{Attached, Gateway, NewSubscription, PriceSpec, Subscribed};
 

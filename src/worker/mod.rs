@@ -22,7 +22,7 @@ pub use process::{DeliveryInfo, JobContext, Outcome, RetryPolicy, process};
 use crate::broker::Broker;
 use crate::config::Settings;
 use crate::store::Store;
-use crate::stripe::Gateway;
+use crate::stripe::{ClientOptions, Gateway};
 
 /// A worker process: the consumer and its probe server, bound and ready to run.
 pub struct Application {
@@ -42,13 +42,13 @@ impl Application {
             store: store.clone(),
             per_second: settings.stripe.max_requests_per_second,
         });
-        let gateway = Gateway::new(
-            &settings.stripe.secret_key,
-            &settings.stripe.api_base,
-            Duration::from_millis(settings.stripe.request_timeout_ms),
-            budget,
-        )
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let options = ClientOptions {
+            secret_key: &settings.stripe.secret_key,
+            api_base: &settings.stripe.api_base,
+            timeout: Duration::from_millis(settings.stripe.request_timeout_ms),
+            http2_prior_knowledge: settings.stripe.http2_prior_knowledge,
+        };
+        let gateway = Gateway::new(&options, budget).map_err(|e| anyhow::anyhow!("{e}"))?;
         let ctx = JobContext {
             gateway,
             store,

@@ -64,7 +64,7 @@ pub async fn spawn_with(faults: FaultConfig) -> TestSim {
 }
 
 impl TestSim {
-    /// The client the worker uses, pointed at the simulator.
+    /// async-stripe's own client, pointed at the simulator.
     pub fn stripe(&self) -> stripe::Client {
         stripe::ClientBuilder::new(KEY)
             .url(&self.base)

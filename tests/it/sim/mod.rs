@@ -7,3 +7,4 @@ mod helpers;
 mod idempotency;
 mod queries;
 mod stripe_client;
+mod worker_client;

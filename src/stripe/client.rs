@@ -1,0 +1,252 @@
+//! The HTTP client under every Stripe call: async-stripe's request and error types, sent over
+//! a pooled hyper client of our own.
+//!
+//! async-stripe's bundled client keeps no idle connections and speaks only HTTP/1.1, so every
+//! call opens a connection of its own: at 2,000 calls in flight a worker held 2,000 of them,
+//! each with its buffers, its dispatch channel and its task (about 34 KB apiece, measured with
+//! heaptrack; `scripts/bench.sh latency`). This one keeps connections alive between calls and
+//! speaks HTTP/2 where the server does, so the calls in flight share one connection: over TLS
+//! (Stripe's own API) when ALPN settles on it, and over plain HTTP when the configuration says
+//! the server speaks it without asking (`stripe.http2_prior_knowledge`; the built-in simulator
+//! does). Everything a call sends is what async-stripe's client sends; everything it gets back
+//! is parsed by async-stripe's own types, as before.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue, USER_AGENT};
+use hyper::{Method, Request, StatusCode};
+use hyper_tls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use secrecy::{ExposeSecret, SecretString};
+use stripe::StripeError;
+use stripe_client_core::{
+    CustomizedStripeRequest, Outcome, RequestStrategy, StripeClient, StripeMethod,
+};
+
+/// Stripe's own API, when `stripe.api_base` is empty.
+const STRIPE_API_BASE: &str = "https://api.stripe.com";
+const USER_AGENT_VALUE: &str = concat!("Stripe/v1 autorenew/", env!("CARGO_PKG_VERSION"));
+const STRIPE_VERSION: HeaderName = HeaderName::from_static("stripe-version");
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+const SHOULD_RETRY: HeaderName = HeaderName::from_static("stripe-should-retry");
+const STRIPE_ACCOUNT: HeaderName = HeaderName::from_static("stripe-account");
+/// Idle HTTP/1.1 connections kept per host. Over HTTP/2 there is one connection anyway; over
+/// HTTP/1.1 a burst's extra connections are closed once it is over rather than kept.
+const MAX_IDLE_PER_HOST: usize = 256;
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How a [`StripeHttp`] reaches Stripe.
+#[derive(Debug, Clone)]
+pub struct ClientOptions<'a> {
+    pub secret_key: &'a SecretString,
+    /// Empty: Stripe's own API. With or without a trailing slash.
+    pub api_base: &'a str,
+    /// Per attempt; the caller's retry policy decides what happens after one times out.
+    pub timeout: Duration,
+    /// Speak HTTP/2 to a plain `http://` base without negotiating it first.
+    pub http2_prior_knowledge: bool,
+}
+
+/// A Stripe client: cheap to clone, all clones share one connection pool.
+#[derive(Clone)]
+pub struct StripeHttp {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// `https://api.stripe.com/v1`, or the configured base with `/v1`.
+    base: String,
+    authorization: HeaderValue,
+    stripe_version: HeaderValue,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for StripeHttp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The authorization header carries the secret key: never print it.
+        f.debug_struct("StripeHttp")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StripeHttp {
+    pub fn new(options: &ClientOptions<'_>) -> Result<Self, StripeError> {
+        let base = options.api_base.trim().trim_end_matches('/');
+        let base = if base.is_empty() {
+            STRIPE_API_BASE
+        } else {
+            base
+        };
+        let mut authorization =
+            HeaderValue::try_from(format!("Bearer {}", options.secret_key.expose_secret()))
+                .map_err(|_| {
+                    StripeError::ConfigError(
+                        "stripe.secret_key may hold only visible ASCII characters".into(),
+                    )
+                })?;
+        authorization.set_sensitive(true);
+        let stripe_version = HeaderValue::from_str(stripe_client_core::VERSION.as_str())
+            .map_err(|_| StripeError::ConfigError("async-stripe's API version".into()))?;
+
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(options.timeout));
+        // Offer HTTP/2 first; a server that does not speak it settles on HTTP/1.1.
+        let tls = native_tls::TlsConnector::builder()
+            .request_alpns(&["h2", "http/1.1"])
+            .build()
+            .map_err(|e| StripeError::ConfigError(format!("TLS: {e}")))?;
+        let connector = HttpsConnector::from((http, tls.into()));
+
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(IDLE_TIMEOUT)
+            .pool_max_idle_per_host(MAX_IDLE_PER_HOST);
+        if options.http2_prior_knowledge && base.starts_with("http://") {
+            builder.http2_only(true);
+        }
+        Ok(StripeHttp {
+            client: builder.build(connector),
+            base: format!("{base}/v1"),
+            authorization,
+            stripe_version,
+            timeout: options.timeout,
+        })
+    }
+
+    fn request(
+        &self,
+        method: StripeMethod,
+        path: &str,
+        query: Option<&str>,
+        body: Option<String>,
+        key: Option<&str>,
+        account: Option<&str>,
+    ) -> Result<Request<Full<Bytes>>, StripeError> {
+        let mut uri = format!("{}{path}", self.base);
+        if let Some(query) = query {
+            uri.push('?');
+            uri.push_str(query);
+        }
+        let method = match method {
+            StripeMethod::Get => Method::GET,
+            StripeMethod::Post => Method::POST,
+            StripeMethod::Delete => Method::DELETE,
+        };
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(AUTHORIZATION, self.authorization.clone())
+            .header(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE))
+            .header(STRIPE_VERSION, self.stripe_version.clone());
+        if let Some(key) = key {
+            builder = builder.header(IDEMPOTENCY_KEY, key);
+        }
+        if let Some(account) = account {
+            builder = builder.header(STRIPE_ACCOUNT, account);
+        }
+        if body.is_some() {
+            builder = builder.header(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/x-www-form-urlencoded"),
+            );
+        }
+        builder
+            .body(Full::new(body.map(Bytes::from).unwrap_or_default()))
+            .map_err(|e| StripeError::ClientError(e.to_string()))
+    }
+
+    /// One attempt: the status, Stripe's retry advice, and the body.
+    async fn attempt(
+        &self,
+        request: Request<Full<Bytes>>,
+        timeout: Duration,
+    ) -> Result<(StatusCode, Option<bool>, Bytes), StripeError> {
+        let exchange = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| StripeError::ClientError(e.to_string()))?;
+            let status = response.status();
+            let should_retry = response
+                .headers()
+                .get(SHOULD_RETRY)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.parse().ok());
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| StripeError::ClientError(e.to_string()))?
+                .to_bytes();
+            Ok((status, should_retry, body))
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .unwrap_or(Err(StripeError::Timeout))
+    }
+}
+
+impl StripeClient for StripeHttp {
+    type Err = StripeError;
+
+    /// Sends the request as its strategy says (the worker's are all one attempt, with or without
+    /// an idempotency key: its own retry policy decides the rest), and returns the body of a
+    /// success or the error Stripe answered.
+    async fn execute(&self, request: CustomizedStripeRequest) -> Result<Bytes, StripeError> {
+        let (request, overrides) = request.into_pieces();
+        let strategy = overrides.request_strategy.unwrap_or(RequestStrategy::Once);
+        let key = strategy.get_key();
+        let prepared = self.request(
+            request.method,
+            &request.path,
+            request.query.as_deref(),
+            request.body,
+            key.as_ref().map(|key| key.as_str()),
+            overrides
+                .account_id
+                .as_ref()
+                .map(|account| account.as_str()),
+        )?;
+        let timeout = overrides.timeout.unwrap_or(self.timeout);
+
+        let mut tries = 0;
+        let mut last: Option<(StatusCode, Option<bool>)> = None;
+        let mut last_error = StripeError::ClientError("no attempt was made".into());
+        loop {
+            let status = last.map(|(status, _)| status.as_u16());
+            let should_retry = last.and_then(|(_, advice)| advice);
+            match strategy.test(status, should_retry, tries) {
+                Outcome::Stop => return Err(last_error),
+                Outcome::Continue(Some(pause)) => tokio::time::sleep(pause).await,
+                Outcome::Continue(None) => {}
+            }
+            tries += 1;
+            match self.attempt(prepared.clone(), timeout).await {
+                Err(error) => last_error = error,
+                Ok((status, _, body)) if status.is_success() => return Ok(body),
+                Ok((status, advice, body)) => {
+                    last_error = stripe_error(status, &body);
+                    last = Some((status, advice));
+                }
+            }
+        }
+    }
+}
+
+/// The error a non-2xx answer carries, read with async-stripe's own type.
+fn stripe_error(status: StatusCode, body: &[u8]) -> StripeError {
+    std::str::from_utf8(body)
+        .ok()
+        .and_then(|text| miniserde::json::from_str::<stripe_shared::Error>(text).ok())
+        .map_or_else(
+            || StripeError::JSONDeserialize("error deserializing Stripe error".into()),
+            |error| StripeError::Stripe(error.error, status.as_u16()),
+        )
+}
