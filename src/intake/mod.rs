@@ -3,6 +3,7 @@
 
 mod error;
 mod health;
+mod marks;
 mod metrics;
 mod openapi;
 mod partners;
@@ -32,6 +33,7 @@ use crate::broker::Broker;
 use crate::config::Settings;
 use crate::store::Store;
 use crate::telemetry;
+use marks::EnqueuedMarks;
 
 /// The intake, bound to its port and ready to serve.
 pub struct Application {
@@ -55,6 +57,7 @@ impl Application {
                 settings.intake.partner_rate_limit_per_second,
             ),
             broker: broker.clone(),
+            marks: EnqueuedMarks::start(store.clone()),
             store,
             metrics: telemetry::metrics_handle(),
         });

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use super::marks::EnqueuedMarks;
 use super::partners::Partners;
 use crate::broker::Broker;
 use crate::config::Settings;
@@ -37,5 +38,6 @@ pub struct AppState {
     pub partners: Partners,
     pub broker: Broker,
     pub store: Store,
+    pub marks: EnqueuedMarks,
     pub metrics: PrometheusHandle,
 }

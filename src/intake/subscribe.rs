@@ -190,16 +190,8 @@ async fn enqueue(
         .await
     {
         Ok(()) => {
-            // The job is safe on the broker, so the answer need not wait for this write. If it
-            // fails (or the process dies first), the record stays pending: a retry after the
-            // lease publishes the job again, which the worker's idempotency makes harmless.
-            let store = state.store.clone();
-            let pay_id = request.pay_id.clone();
-            tokio::spawn(async move {
-                if let Err(error) = store.mark_enqueued(&pay_id).await {
-                    tracing::warn!(%pay_id, %error, "job enqueued but not marked");
-                }
-            });
+            // The job is safe on the broker, so the answer need not wait for this write.
+            state.marks.mark(request.pay_id.clone());
             Ok(())
         }
         Err(error) => {

@@ -47,19 +47,6 @@ return {'pending', rec[4], ''}
     )
 });
 
-/// Marks a record enqueued, whoever holds the claim now: the job is on the broker either way.
-static MARK_ENQUEUED: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('HSET', KEYS[1], 'state', 'enqueued')
-  return 1
-end
-return 0
-"#,
-    )
-});
-
 /// Deletes a pending record if this token still holds its claim: the job is known not to be on
 /// the broker, so the payId is free again for the partner's retry.
 static RELEASE: LazyLock<Script> = LazyLock::new(|| {
@@ -156,12 +143,33 @@ impl Store {
         }
     }
 
-    pub async fn mark_enqueued(&self, pay_id: &PayId) -> Result<(), StoreError> {
+    /// Marks records enqueued, whoever holds their claims now (the jobs are on the broker either
+    /// way), all in one round trip. Plain commands rather than a script, so a batch runs on a
+    /// Redis Cluster too, its keys spread over slots: a record that is gone (expired, or lost
+    /// with an unpersisted Redis) comes back as a bare `enqueued` stub that expires like a
+    /// record, which a later claim simply overwrites.
+    pub async fn mark_enqueued(&self, pay_ids: &[PayId]) -> Result<(), StoreError> {
+        if pay_ids.is_empty() {
+            return Ok(());
+        }
         let mut connection = self.connection().await?;
-        let key = self.keys.intake(pay_id);
-        let _: i64 =
-            with_timeout(async { MARK_ENQUEUED.key(key).invoke_async(&mut connection).await })
-                .await?;
+        let ttl = self.record_ttl.as_secs().max(1);
+        let mut pipe = redis::pipe();
+        for pay_id in pay_ids {
+            let key = self.keys.intake(pay_id);
+            pipe.cmd("HSET")
+                .arg(&key)
+                .arg("state")
+                .arg("enqueued")
+                .ignore()
+                // NX: only a stub has no expiry yet; a record keeps the one its claim set.
+                .cmd("EXPIRE")
+                .arg(&key)
+                .arg(ttl)
+                .arg("NX")
+                .ignore();
+        }
+        with_timeout(async { pipe.query_async::<()>(&mut connection).await }).await?;
         Ok(())
     }
 
