@@ -49,6 +49,8 @@ start_sim() { # flags…
   "$BIN" stripe-sim --listen "127.0.0.1:$port" "$@" >/dev/null 2>&1 & pids+=($!)
   SIM="http://127.0.0.1:$port"; wait_http "$SIM/_sim/stats"
   export AUTORENEW__STRIPE__SECRET_KEY=sk_test_bench AUTORENEW__STRIPE__API_BASE="$SIM"
+  # The simulator speaks HTTP/2 without negotiation, as `autorenew run` configures it.
+  export AUTORENEW__STRIPE__HTTP2_PRIOR_KNOWLEDGE=true
 }
 start_worker() { # concurrency budget → sets WORKER_PID, WORKER_URL
   local port; port=$(free_port)
@@ -134,7 +136,10 @@ if [ "$only" = all ] || [ "$only" = latency ]; then
   scenario_env latency; start_sim --latency 300; start_intake
   start_worker "${LATENCY_FLIGHT:-2000}" 1000000
   loadgen --concurrency 256 --requests 8000 > /tmp/$RUN-latency.json
-  jobs=$(json /tmp/$RUN-latency.json "r['results']['completed_per_s']")
+  # At full flight (results between their 10th and 90th percentile arrival): the run's
+  # first job-latency fills the flight and its last drains it, and Little's law holds between.
+  jobs=$(json /tmp/$RUN-latency.json "r['results']['steady_completed_per_s']")
+  whole=$(json /tmp/$RUN-latency.json "r['results']['completed_per_s']")
   metrics=$(curl -fs "$WORKER_URL/metrics")
   job_s=$(printf '%s\n' "$metrics" | python3 -c "
 import sys
@@ -144,11 +149,11 @@ for l in sys.stdin:
         k,n=l.split()[0],float(l.split()[-1]); v[k.split('_')[-1]]=n
 print(v['sum']/v['count'])")
   rss=$(awk '/VmHWM/ {print int($2/1024)}' /proc/"$WORKER_PID"/status)
-  python3 - "$jobs" "$job_s" "$rss" > /tmp/$RUN-latency.row <<'PY'
+  python3 - "$jobs" "$job_s" "$rss" "$whole" > /tmp/$RUN-latency.row <<'PY'
 import sys
-jobs, job_s, rss = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+jobs, job_s, rss, whole = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 ideal = 2000 / job_s
-print(f"| latency-bound: 300 ms a call, 2000 jobs in flight, 8000 jobs | {jobs:.0f} jobs/s = {jobs/ideal:.0%} of 2000 ÷ {job_s:.2f} s ({ideal:.0f}/s); worker peak RSS {rss} MB | ≥ 90 %, ≤ 100 MB |")
+print(f"| latency-bound: 300 ms a call, 2000 jobs in flight, 8000 jobs | {jobs:.0f} jobs/s at full flight = {jobs/ideal:.0%} of 2000 ÷ {job_s:.2f} s ({ideal:.0f}/s; {whole:.0f}/s over the whole run, fill and drain included); worker peak RSS {rss} MB | ≥ 90 %, ≤ 100 MB |")
 PY
   row "$(cat /tmp/$RUN-latency.row)"
   stop_all

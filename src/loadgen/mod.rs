@@ -161,7 +161,7 @@ pub struct Plan {
 pub enum Mode {
     /// Signed requests to an intake; `follow` waits for their result events.
     Http {
-        target: reqwest::Url,
+        target: url::Url,
         follow: Option<FollowSpec>,
     },
     /// Confirmed publishes to a scratch quorum queue, deleted at the end.
@@ -270,7 +270,7 @@ fn partner(settings: &Settings, args: &LoadgenArgs) -> anyhow::Result<(String, S
 
 /// The intake's URL: `--target`, else the configured listen address (an unspecified address
 /// such as 0.0.0.0 means this machine). Only loopback unless `--allow-remote`.
-fn target(settings: &Settings, args: &LoadgenArgs) -> anyhow::Result<reqwest::Url> {
+fn target(settings: &Settings, args: &LoadgenArgs) -> anyhow::Result<url::Url> {
     let text = match &args.target {
         Some(target) => target.clone(),
         None => {
@@ -284,8 +284,8 @@ fn target(settings: &Settings, args: &LoadgenArgs) -> anyhow::Result<reqwest::Ur
     checked_target(&text, args.allow_remote)
 }
 
-fn checked_target(text: &str, allow_remote: bool) -> anyhow::Result<reqwest::Url> {
-    let url = reqwest::Url::parse(text).with_context(|| format!("--target `{text}`"))?;
+fn checked_target(text: &str, allow_remote: bool) -> anyhow::Result<url::Url> {
+    let url = url::Url::parse(text).with_context(|| format!("--target `{text}`"))?;
     if url.scheme() != "http" {
         bail!("--target `{text}`: loadgen speaks plain http:// only");
     }
