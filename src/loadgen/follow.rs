@@ -81,12 +81,8 @@ pub struct FollowOutcome {
     pub unparsed_events: u64,
     /// From the request's due time to its result event's arrival.
     pub completion_ms: Option<Percentiles>,
-    /// Results per second, from the first request to the last result: the run's fill (no result
-    /// comes before the first job is done) and drain are in it.
+    /// Results per second, from the first request to the last result.
     pub completed_per_s: f64,
-    /// Results per second between the 10th and the 90th percentile of their arrival: the rate
-    /// at full flight, without fill and drain, which is what "in flight ÷ latency" predicts.
-    pub steady_completed_per_s: f64,
     pub interrupted: bool,
     /// The subscription broke before the end: events after that were not seen.
     pub connection_lost: bool,
@@ -338,7 +334,6 @@ fn summarize(seen: Seen, expected: &HashMap<String, Instant>, started: Instant) 
         ..FollowOutcome::default()
     };
     let mut completions = Vec::with_capacity(expected.len());
-    let mut arrivals = Vec::with_capacity(expected.len());
     let mut last = None::<Instant>;
     for (pay_id, events) in &seen.by_pay_id {
         let Some(first) = events.first() else {
@@ -351,7 +346,6 @@ fn summarize(seen: Seen, expected: &HashMap<String, Instant>, started: Instant) 
         outcome.received += 1;
         *outcome.outcomes.entry(first.outcome.clone()).or_insert(0) += 1;
         completions.push(first.received.saturating_duration_since(*due));
-        arrivals.push(first.received);
         last = Some(last.map_or(first.received, |l| l.max(first.received)));
         let mut different = false;
         for later in &events[1..] {
@@ -383,36 +377,17 @@ fn summarize(seen: Seen, expected: &HashMap<String, Instant>, started: Instant) 
             outcome.completed_per_s = round3(outcome.received as f64 / seconds);
         }
     }
-    outcome.steady_completed_per_s = steady_rate(arrivals);
     outcome
-}
-
-/// Arrivals per second between the 10th and the 90th percentile arrival; 0 when too few to tell.
-fn steady_rate(mut arrivals: Vec<Instant>) -> f64 {
-    arrivals.sort_unstable();
-    let (from, to) = (arrivals.len() / 10, arrivals.len() * 9 / 10);
-    if to <= from + 1 {
-        return 0.0;
-    }
-    let seconds = arrivals[to]
-        .saturating_duration_since(arrivals[from])
-        .as_secs_f64();
-    if seconds > 0.0 {
-        round3((to - from) as f64 / seconds)
-    } else {
-        0.0
-    }
 }
 
 impl FollowOutcome {
     pub(super) fn write_table(&self, out: &mut String) {
         let _ = writeln!(
             out,
-            "\nresults: {} of {} accepted jobs, {:.1}/s ({:.1}/s at full flight); {} without result{}",
+            "\nresults: {} of {} accepted jobs, {:.1}/s; {} without result{}",
             self.received,
             self.followed,
             self.completed_per_s,
-            self.steady_completed_per_s,
             self.no_result,
             if self.interrupted {
                 " (interrupted)"
@@ -465,23 +440,6 @@ mod tests {
             "data": {"payId": pay_id, "status": status, "error": error},
         }))
         .expect("json")
-    }
-
-    #[test]
-    fn the_steady_rate_leaves_out_fill_and_drain() {
-        let start = Instant::now();
-        // 100 results: the first 10 and the last 10 trickle in a second apart (fill, drain);
-        // the middle 80 arrive at 100 a second.
-        let mut arrivals: Vec<Instant> = (0..10).map(|i| start + Duration::from_secs(i)).collect();
-        let middle = start + Duration::from_secs(10);
-        arrivals.extend((0..80).map(|i| middle + Duration::from_millis(10 * i)));
-        let tail = middle + Duration::from_millis(800);
-        arrivals.extend((0..10).map(|i| tail + Duration::from_secs(i)));
-
-        let rate = steady_rate(arrivals);
-
-        assert!((rate - 100.0).abs() < 1.0, "steady rate {rate}");
-        assert_eq!(steady_rate(vec![start]), 0.0, "one result tells no rate");
     }
 
     #[test]
