@@ -19,6 +19,7 @@
 //! - [`telemetry`]: logging and Prometheus metrics.
 //! - [`cli`]: the command line; `main.rs` only parses it and calls in here.
 
+pub mod accept;
 pub mod broker;
 pub mod cli;
 pub mod config;

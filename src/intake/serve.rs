@@ -13,6 +13,8 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::accept::next_connection;
+
 /// Largest request head (request line and headers); a larger one is answered `431 Request
 /// Header Fields Too Large` by hyper. Partners send a handful of short headers. (hyper's
 /// `max_buf_size` alone is not a precise cap: a read may overshoot it.)
@@ -20,8 +22,6 @@ const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Most headers in one request; more are answered 431 as well (hyper's own default, made
 /// explicit here so it is visible next to the other limits).
 const MAX_HEADERS: usize = 100;
-/// Pause after a failed `accept` (e.g. out of file descriptors), so the loop does not spin.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Accepts connections on `listener` and serves `router` on each until `shutdown`; then stops
 /// accepting, lets the requests in hand finish, and closes idle connections.
@@ -42,22 +42,7 @@ pub async fn serve(
         .max_headers(MAX_HEADERS);
     let graceful = GracefulShutdown::new();
 
-    loop {
-        let stream = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => stream,
-                Err(error) => {
-                    // Per-connection failures (a reset before accept) and resource exhaustion
-                    // alike: neither stops the server, and a short pause lets resources free up.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
-                    }
-                }
-            },
-        };
+    while let Some(stream) = next_connection(&listener, &shutdown).await {
         let service = TowerToHyperService::new(router.clone());
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {

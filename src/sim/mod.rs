@@ -55,6 +55,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio_util::sync::CancellationToken;
 
+use crate::accept::next_connection;
 use faults::{DeclinesAt, FaultConfig, Limiter, LostMode, Scripts, UnknownPaymentMethods};
 use idempotency::Keys;
 use stats::{Fault, Stats};
@@ -230,8 +231,6 @@ impl Shared {
 /// HTTP/2 streams one connection may have open: a worker's every call in flight (hyper's
 /// default of 200 would queue the rest of a 2,000-job load test behind them).
 const MAX_CONCURRENT_STREAMS: u32 = 10_000;
-/// Pause after a failed `accept` (e.g. out of file descriptors), so the loop does not spin.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// The simulator, bound and ready to serve.
 pub struct Application {
@@ -289,18 +288,7 @@ impl Application {
         http.http2().max_concurrent_streams(MAX_CONCURRENT_STREAMS);
         let graceful = GracefulShutdown::new();
         tracing::info!(address = %self.address, "stripe-sim listening");
-        loop {
-            let stream = tokio::select! {
-                () = shutdown.cancelled() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _peer)) => stream,
-                    Err(error) => {
-                        tracing::warn!(%error, "accept failed");
-                        tokio::time::sleep(ACCEPT_BACKOFF).await;
-                        continue;
-                    }
-                },
-            };
+        while let Some(stream) = next_connection(&listener, &shutdown).await {
             // Answers are small: without NODELAY, Nagle and delayed ACKs add ~40 ms to some.
             let _ = stream.set_nodelay(true);
             let service = TowerToHyperService::new(app.clone());

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::{Answer, SECRET, delete_queues, repo_path, signed, valid_request};
+use crate::helpers::{
+    Answer, SECRET, SHARED_REDIS, delete_keys, delete_queues, repo_path, signed, valid_request,
+};
 
 #[tokio::test]
 async fn a_partner_secret_never_appears_in_the_logs() {
@@ -175,6 +177,7 @@ impl Service {
             .read_to_string(&mut logs)
             .expect("logs");
         delete_queues(&self.prefix).await;
+        delete_keys(SHARED_REDIS, &self.prefix).await;
         logs
     }
 }

@@ -13,6 +13,7 @@ use autorenew::intake::Application;
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
+use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -133,10 +134,15 @@ impl TestApp {
         self.post_signed("/stripeSubDirectly", params, SECRET).await
     }
 
-    /// Stops the intake and deletes the test's queues.
+    /// Stops the intake and deletes the test's queues and keys.
     pub async fn teardown(self) {
         self.shutdown.cancel();
         delete_topology(&self.settings.topology()).await;
+        delete_keys(
+            self.settings.redis.url.expose_secret(),
+            &self.settings.redis.key_prefix,
+        )
+        .await;
     }
 }
 
@@ -282,6 +288,31 @@ pub async fn delete_topology(topology: &autorenew::broker::Topology) {
     queues.extend(topology.retry_queues().into_iter().map(|(_, name)| name));
     let exchanges = [topology.jobs(), topology.dead(), topology.results()];
     delete_names(&queues, &exchanges).await;
+}
+
+/// Deletes a test's keys from the shared Redis, which every test run would otherwise leave
+/// behind (a private Redis goes away with its test).
+pub async fn delete_keys(redis_url: &str, key_prefix: &str) {
+    if redis_url != SHARED_REDIS || key_prefix.is_empty() {
+        return;
+    }
+    let Ok(client) = redis::Client::open(redis_url) else {
+        return;
+    };
+    let Ok(mut connection) = client.get_multiplexed_async_connection().await else {
+        return;
+    };
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{key_prefix}:*"))
+        .query_async(&mut connection)
+        .await
+        .unwrap_or_default();
+    for chunk in keys.chunks(500) {
+        let _: Result<(), _> = redis::cmd("DEL")
+            .arg(chunk)
+            .query_async(&mut connection)
+            .await;
+    }
 }
 
 /// Deletes the queues of a test prefix with the default retry delays.

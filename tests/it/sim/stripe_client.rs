@@ -11,6 +11,7 @@ use stripe_billing::subscription::{
     CreateSubscription, CreateSubscriptionItems, CreateSubscriptionPaymentBehavior,
     ListSubscription, RetrieveSubscription, SearchSubscription,
 };
+use stripe_client_core::StripeClient;
 use stripe_core::customer::{
     CreateCustomer, ListCustomer, RetrieveCustomer, RetrieveCustomerReturned, SearchCustomer,
     UpdateCustomer, UpdateCustomerInvoiceSettings,
@@ -276,11 +277,18 @@ async fn a_declined_first_invoice_comes_back_as_async_stripe_s_card_error() {
 #[tokio::test]
 async fn an_invalid_request_comes_back_as_async_stripe_s_error_naming_the_param() {
     let sim = spawn().await;
-    let client = sim.stripe();
+    an_invalid_request_names_its_param(&sim.stripe()).await;
+}
 
+/// Attaching to a missing customer: a 400 that any client must hand back as async-stripe's
+/// error type, naming the parameter.
+pub(super) async fn an_invalid_request_names_its_param<C>(client: &C)
+where
+    C: StripeClient<Err = StripeError>,
+{
     let result = AttachPaymentMethod::new("pm_card_visa")
         .customer("cus_missing")
-        .send(&client)
+        .send(client)
         .await;
 
     let Err(StripeError::Stripe(error, status)) = result else {

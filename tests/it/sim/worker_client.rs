@@ -10,13 +10,13 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use secrecy::SecretString;
 use stripe::StripeRequest;
-use stripe::{ApiErrorsCode, ApiErrorsType, IdempotencyKey, RequestStrategy, StripeError};
+use stripe::{IdempotencyKey, RequestStrategy};
 use stripe_core::customer::CreateCustomer;
-use stripe_payment::payment_method::AttachPaymentMethod;
 
 use autorenew::stripe::{ClientOptions, StripeHttp};
 
 use super::helpers::{KEY, TestSim, spawn};
+use super::stripe_client::an_invalid_request_names_its_param;
 
 fn client(sim: &TestSim, http2_prior_knowledge: bool) -> StripeHttp {
     let key = SecretString::from(KEY);
@@ -48,17 +48,7 @@ async fn calls_parse(client: &StripeHttp) {
         "the idempotency key went out: one customer"
     );
 
-    let result = AttachPaymentMethod::new("pm_card_visa")
-        .customer("cus_missing")
-        .send(client)
-        .await;
-    let Err(StripeError::Stripe(error, status)) = result else {
-        panic!("expected a Stripe error, got {result:?}");
-    };
-    assert_eq!(status, 400);
-    assert_eq!(error.type_, ApiErrorsType::InvalidRequestError);
-    assert_eq!(error.code, Some(ApiErrorsCode::ResourceMissing));
-    assert_eq!(error.param.as_deref(), Some("customer"));
+    an_invalid_request_names_its_param(client).await;
 }
 
 #[tokio::test]

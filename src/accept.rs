@@ -1,0 +1,34 @@
+//! Accepting connections until shutdown, for the servers that run their own hyper connections
+//! (the intake and the simulator).
+
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+/// Pause after a failed `accept` (e.g. out of file descriptors), so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The next connection, or None once `shutdown` is cancelled.
+pub async fn next_connection(
+    listener: &TcpListener,
+    shutdown: &CancellationToken,
+) -> Option<TcpStream> {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return None,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => return Some(stream),
+                Err(error) => {
+                    // Per-connection failures (a reset before accept) and resource exhaustion
+                    // alike: neither stops the server, and a short pause lets resources free up.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return None,
+                        () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+                    }
+                }
+            },
+        }
+    }
+}
