@@ -25,9 +25,17 @@ pub(super) struct LazyCluster {
 }
 
 /// A connection to send commands on.
+#[derive(Clone)]
 pub(crate) enum Handle {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+}
+
+impl Handle {
+    /// On a cluster, a pipeline must keep to one slot.
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self, Handle::Cluster(_))
+    }
 }
 
 impl Redis {

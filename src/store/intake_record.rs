@@ -144,18 +144,15 @@ impl Store {
     }
 
     /// Marks records enqueued, whoever holds their claims now (the jobs are on the broker either
-    /// way), all in one round trip. Plain commands rather than a script, so a batch runs on a
-    /// Redis Cluster too, its keys spread over slots: a record that is gone (expired, or lost
-    /// with an unpersisted Redis) comes back as a bare `enqueued` stub that expires like a
-    /// record, which a later claim simply overwrites.
+    /// way), in one round trip. Plain commands rather than a script: a record that is gone
+    /// (expired, or lost with an unpersisted Redis) comes back as a bare `enqueued` stub that
+    /// expires like a record, which a later claim simply overwrites.
+    ///
+    /// On a Redis Cluster a pipeline must stay within one slot, and each payId has its own:
+    /// there each record gets its own small pipeline, all sent at once.
     pub async fn mark_enqueued(&self, pay_ids: &[PayId]) -> Result<(), StoreError> {
-        if pay_ids.is_empty() {
-            return Ok(());
-        }
-        let mut connection = self.connection().await?;
         let ttl = self.record_ttl.as_secs().max(1);
-        let mut pipe = redis::pipe();
-        for pay_id in pay_ids {
+        let mark = |pipe: &mut redis::Pipeline, pay_id: &PayId| {
             let key = self.keys.intake(pay_id);
             pipe.cmd("HSET")
                 .arg(&key)
@@ -168,8 +165,30 @@ impl Store {
                 .arg(ttl)
                 .arg("NX")
                 .ignore();
+        };
+        let connection = self.connection().await?;
+        if !connection.is_cluster() {
+            let mut pipe = redis::pipe();
+            for pay_id in pay_ids {
+                mark(&mut pipe, pay_id);
+            }
+            let mut connection = connection;
+            with_timeout(async { pipe.query_async::<()>(&mut connection).await }).await?;
+            return Ok(());
         }
-        with_timeout(async { pipe.query_async::<()>(&mut connection).await }).await?;
+        let marks =
+            pay_ids.iter().map(|pay_id| {
+                let mut pipe = redis::pipe();
+                mark(&mut pipe, pay_id);
+                let mut connection = connection.clone();
+                async move {
+                    with_timeout(async { pipe.query_async::<()>(&mut connection).await }).await
+                }
+            });
+        futures_util::future::join_all(marks)
+            .await
+            .into_iter()
+            .collect::<Result<Vec<()>, StoreError>>()?;
         Ok(())
     }
 

@@ -3,10 +3,12 @@
 use std::time::Duration;
 
 use autorenew::sim::faults::FaultConfig;
-use serde_json::json;
+use futures_util::future::join_all;
+use serde_json::{Value, json};
 
 use super::stack::{Stack, subscriptions_by_pay_id};
 use crate::helpers::private::PrivateRedisCluster;
+use crate::helpers::valid_request;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_service_runs_on_a_redis_cluster() {
@@ -20,25 +22,41 @@ async fn the_service_runs_on_a_redis_cluster() {
     .await;
     stack.spawn_worker().await;
 
-    // Many payIds, so their keys spread over every node's slots.
-    let mut pay_ids = Vec::new();
-    for i in 0..30 {
-        pay_ids.push(
-            stack
-                .send(|r| r["email"] = json!(format!("cluster{i}@example.com")))
-                .await,
-        );
-    }
+    // Many payIds, so their keys spread over every node's slots; sent all at once, so the
+    // intake marks their records enqueued in batches that span the slots.
+    let requests: Vec<Value> = (0..30)
+        .map(|i| {
+            let mut request = valid_request();
+            request["pm_id"] = json!("pm_card_visa");
+            request["email"] = json!(format!("cluster{i}@example.com"));
+            request
+        })
+        .collect();
+    let pay_ids: Vec<String> = requests
+        .iter()
+        .map(|r| r["payId"].as_str().expect("payId").to_owned())
+        .collect();
+    let accepted = join_all(requests.iter().map(|r| stack.intake.subscribe(r.clone()))).await;
     let all = stack
         .wait_for_events(&pay_ids, Duration::from_secs(30))
         .await;
+    // Every record was marked enqueued: the partner's retries are answered at once, not held
+    // as busy until the claims' leases run out.
+    let retried = join_all(requests.iter().map(|r| stack.intake.subscribe(r.clone()))).await;
     let again = stack.result_query(&pay_ids[0]).await;
     let mut conflicting = crate::helpers::valid_request();
     conflicting["payId"] = json!(pay_ids[1]);
     conflicting["payAmount"] = json!("1.00");
     let conflict = stack.intake.subscribe(conflicting).await;
 
+    assert!(accepted.iter().all(|a| a.status == 200), "{accepted:?}");
     assert!(all, "every job finished");
+    assert!(
+        retried
+            .iter()
+            .all(|a| a.status == 200 && a.body["operateCode"] == "S"),
+        "{retried:?}"
+    );
     assert_eq!(again.body["status"], "active");
     assert_eq!((conflict.status, conflict.code()), (409, "PAY_ID_CONFLICT"));
     let subscriptions = subscriptions_by_pay_id(&stack.sim_stats().await);
