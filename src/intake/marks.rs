@@ -3,8 +3,9 @@
 //! Once RabbitMQ has confirmed a job, its record moves from `pending` to `enqueued`. The answer
 //! to the partner does not wait for that (the job is safe already), so the marks of many
 //! requests can share one Redis round trip: one task takes whatever marks have piled up while
-//! the previous batch was out, and sends them as one pipeline. Under load that is one round
-//! trip for dozens of requests instead of one each (`scripts/bench.sh intake`).
+//! the previous batch was out, and sends them as one pipeline (on a Redis Cluster, one small
+//! pipeline per record, sent together: a pipeline may not span slots). Under load that is one
+//! round trip for dozens of requests instead of one each (`scripts/bench.sh intake`).
 //!
 //! A mark that is lost (Redis away, or the process gone first) leaves the record pending: a
 //! retry after the claim's lease publishes the job again, which the worker's idempotency
