@@ -31,7 +31,11 @@ pub struct Stack {
     pub http: reqwest::Client,
     pub events: Arc<Mutex<Vec<Value>>>,
     sim_stop: CancellationToken,
-    workers: Vec<CancellationToken>,
+    /// In-process workers: how to stop each, and its task, to wait for.
+    workers: Vec<(
+        CancellationToken,
+        tokio::task::JoinHandle<anyhow::Result<()>>,
+    )>,
     tap_stop: CancellationToken,
     _config_dir: tempfile::TempDir,
     pub config_path: std::path::PathBuf,
@@ -104,8 +108,8 @@ impl Stack {
             .await
             .expect("the worker builds");
         let address = format!("http://{}", app.local_addr());
-        tokio::spawn(app.run_until_stopped(stop.clone()));
-        self.workers.push(stop.clone());
+        let running = tokio::spawn(app.run_until_stopped(stop.clone()));
+        self.workers.push((stop.clone(), running));
         (stop, address)
     }
 
@@ -199,8 +203,13 @@ impl Stack {
     }
 
     pub async fn teardown(self) {
-        for worker in &self.workers {
-            worker.cancel();
+        for (stop, _) in &self.workers {
+            stop.cancel();
+        }
+        // Wait for them to stop: a worker still running when its queues are deleted sees its
+        // consumer cancelled, reconnects and declares them again, and they outlive the test.
+        for (_, running) in self.workers {
+            let _ = tokio::time::timeout(Duration::from_secs(30), running).await;
         }
         self.tap_stop.cancel();
         self.sim_stop.cancel();
