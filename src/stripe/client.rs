@@ -24,7 +24,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use secrecy::{ExposeSecret, SecretString};
 use stripe::StripeError;
 use stripe_client_core::{
-    CustomizedStripeRequest, Outcome, RequestStrategy, StripeClient, StripeMethod,
+    CustomizedStripeRequest, Outcome, RequestStrategy, StripeClient, StripeClientErr, StripeMethod,
 };
 
 /// Stripe's own API, when `stripe.api_base` is empty.
@@ -38,6 +38,30 @@ const STRIPE_ACCOUNT: HeaderName = HeaderName::from_static("stripe-account");
 /// HTTP/1.1 a burst's extra connections are closed once it is over rather than kept.
 const MAX_IDLE_PER_HOST: usize = 256;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A failed call: async-stripe's error, and Stripe's own advice on retrying it
+/// (`Stripe-Should-Retry`), which async-stripe's error type has no room for.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct CallError {
+    pub error: StripeError,
+    pub should_retry: Option<bool>,
+}
+
+impl From<StripeError> for CallError {
+    fn from(error: StripeError) -> Self {
+        CallError {
+            error,
+            should_retry: None,
+        }
+    }
+}
+
+impl StripeClientErr for CallError {
+    fn deserialize_err(msg: impl std::fmt::Display) -> Self {
+        StripeError::deserialize_err(msg).into()
+    }
+}
 
 /// How a [`StripeHttp`] reaches Stripe.
 #[derive(Debug, Clone)]
@@ -194,12 +218,12 @@ impl StripeHttp {
 }
 
 impl StripeClient for StripeHttp {
-    type Err = StripeError;
+    type Err = CallError;
 
     /// Sends the request as its strategy says (the worker's are all one attempt, with or without
     /// an idempotency key: its own retry policy decides the rest), and returns the body of a
     /// success or the error Stripe answered.
-    async fn execute(&self, request: CustomizedStripeRequest) -> Result<Bytes, StripeError> {
+    async fn execute(&self, request: CustomizedStripeRequest) -> Result<Bytes, CallError> {
         let (request, overrides) = request.into_pieces();
         let strategy = overrides.request_strategy.unwrap_or(RequestStrategy::Once);
         let key = strategy.get_key();
@@ -218,7 +242,8 @@ impl StripeClient for StripeHttp {
 
         let mut tries = 0;
         let mut last: Option<(StatusCode, Option<bool>)> = None;
-        let mut last_error = StripeError::ClientError("no attempt was made".into());
+        let mut last_error =
+            CallError::from(StripeError::ClientError("no attempt was made".into()));
         loop {
             let status = last.map(|(status, _)| status.as_u16());
             let should_retry = last.and_then(|(_, advice)| advice);
@@ -229,10 +254,13 @@ impl StripeClient for StripeHttp {
             }
             tries += 1;
             match self.attempt(prepared.clone(), timeout).await {
-                Err(error) => last_error = error,
+                Err(error) => last_error = error.into(),
                 Ok((status, _, body)) if status.is_success() => return Ok(body),
                 Ok((status, advice, body)) => {
-                    last_error = stripe_error(status, &body);
+                    last_error = CallError {
+                        error: stripe_error(status, &body),
+                        should_retry: advice,
+                    };
                     last = Some((status, advice));
                 }
             }

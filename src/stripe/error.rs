@@ -44,8 +44,9 @@ impl StripeFailure {
         })
     }
 
-    /// Classifies an error of a call; `write` says whether the call may have changed something.
-    pub fn classify(error: StripeError, write: bool) -> Self {
+    /// Classifies an error of a call; `should_retry` is Stripe's `Stripe-Should-Retry` header,
+    /// `write` says whether the call may have changed something.
+    pub fn classify(error: StripeError, should_retry: Option<bool>, write: bool) -> Self {
         let unknown_or_transient = |reason: String| {
             if write {
                 StripeFailure::Unknown(reason)
@@ -67,6 +68,11 @@ impl StripeFailure {
                     500..=599 => unknown_or_transient(format!("{status}: {message}")),
                     // A bad key or missing permission is the operator's to fix; the job waits.
                     401 | 403 => StripeFailure::Transient(format!("{status}: {message}")),
+                    // Stripe says a retry may succeed where the status alone would not: it
+                    // knows (CONTRACT §6).
+                    _ if should_retry == Some(true) => StripeFailure::Transient(format!(
+                        "{status} (Stripe-Should-Retry): {message}"
+                    )),
                     _ => StripeFailure::Permanent(permanent_detail(&api, message, stripe_code)),
                 }
             }
@@ -102,5 +108,34 @@ fn permanent_detail(
         message,
         stripe_code,
         decline_code: api.decline_code.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stripe_error(status: u16, kind: &str) -> StripeError {
+        let json = format!(r#"{{"type":"{kind}","message":"m"}}"#);
+        let api: stripe::ApiErrors = miniserde::json::from_str(&json).expect("an ApiErrors");
+        StripeError::Stripe(Box::new(api), status)
+    }
+
+    #[test]
+    fn stripe_s_advice_to_retry_makes_a_refusal_transient() {
+        let advised =
+            StripeFailure::classify(stripe_error(400, "invalid_request_error"), Some(true), true);
+        let unadvised =
+            StripeFailure::classify(stripe_error(400, "invalid_request_error"), None, true);
+
+        assert!(advised.is_transient(), "{advised:?}");
+        assert!(unadvised.is_permanent(), "{unadvised:?}");
+    }
+
+    #[test]
+    fn a_5xx_after_a_write_stays_unknown_whatever_the_advice() {
+        let failure = StripeFailure::classify(stripe_error(500, "api_error"), Some(true), true);
+
+        assert!(matches!(failure, StripeFailure::Unknown(_)), "{failure:?}");
     }
 }

@@ -18,7 +18,7 @@ use stripe_product::price::{
 };
 use stripe_types::Expandable;
 
-use super::client::{ClientOptions, StripeHttp};
+use super::client::{CallError, ClientOptions, StripeHttp};
 use super::{Budget, StripeFailure};
 
 /// A payment method attached to the customer.
@@ -364,8 +364,8 @@ pub const ERRORS_TOTAL: &str = "autorenew_stripe_errors_total";
 pub const BUDGET_WAIT_SECONDS: &str = "autorenew_stripe_budget_wait_seconds";
 
 /// Counts a failed call and classifies it.
-fn failed(operation: &'static str, error: stripe::StripeError, write: bool) -> StripeFailure {
-    let kind = match &error {
+fn failed(operation: &'static str, error: CallError, write: bool) -> StripeFailure {
+    let kind = match &error.error {
         stripe::StripeError::Stripe(_, status) => status.to_string(),
         stripe::StripeError::Timeout => "timeout".into(),
         stripe::StripeError::ClientError(_) => "network".into(),
@@ -373,7 +373,7 @@ fn failed(operation: &'static str, error: stripe::StripeError, write: bool) -> S
         stripe::StripeError::ConfigError(_) => "config".into(),
     };
     metrics::counter!(ERRORS_TOTAL, "operation" => operation, "error" => kind).increment(1);
-    StripeFailure::classify(error, write)
+    StripeFailure::classify(error.error, error.should_retry, write)
 }
 
 fn idempotent(key: &str) -> Result<RequestStrategy, StripeFailure> {

@@ -6,7 +6,7 @@ mod client;
 mod error;
 mod gateway;
 
-pub use client::{ClientOptions, StripeHttp};
+pub use client::{CallError, ClientOptions, StripeHttp};
 pub use error::StripeFailure;
 pub use gateway::{Attached, Gateway, NewSubscription, PriceSpec, Subscribed};
 

@@ -12,6 +12,8 @@ use stripe_billing::subscription::{
     ListSubscription, RetrieveSubscription, SearchSubscription,
 };
 use stripe_client_core::StripeClient;
+
+use autorenew::stripe::CallError;
 use stripe_core::customer::{
     CreateCustomer, ListCustomer, RetrieveCustomer, RetrieveCustomerReturned, SearchCustomer,
     UpdateCustomer, UpdateCustomerInvoiceSettings,
@@ -284,14 +286,20 @@ async fn an_invalid_request_comes_back_as_async_stripe_s_error_naming_the_param(
 /// error type, naming the parameter.
 pub(super) async fn an_invalid_request_names_its_param<C>(client: &C)
 where
-    C: StripeClient<Err = StripeError>,
+    C: StripeClient,
+    C::Err: Into<CallError> + std::fmt::Debug,
 {
     let result = AttachPaymentMethod::new("pm_card_visa")
         .customer("cus_missing")
         .send(client)
-        .await;
+        .await
+        .map_err(Into::into);
 
-    let Err(StripeError::Stripe(error, status)) = result else {
+    let Err(CallError {
+        error: StripeError::Stripe(error, status),
+        ..
+    }) = result
+    else {
         panic!("expected a Stripe error, got {result:?}");
     };
     assert_eq!(status, 400);

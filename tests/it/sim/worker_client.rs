@@ -10,12 +10,13 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use secrecy::SecretString;
 use stripe::StripeRequest;
-use stripe::{IdempotencyKey, RequestStrategy};
+use stripe::{IdempotencyKey, RequestStrategy, StripeError};
 use stripe_core::customer::CreateCustomer;
 
-use autorenew::stripe::{ClientOptions, StripeHttp};
+use autorenew::sim::faults::FaultConfig;
+use autorenew::stripe::{CallError, ClientOptions, StripeHttp};
 
-use super::helpers::{KEY, TestSim, spawn};
+use super::helpers::{KEY, TestSim, spawn, spawn_with};
 use super::stripe_client::an_invalid_request_names_its_param;
 
 fn client(sim: &TestSim, http2_prior_knowledge: bool) -> StripeHttp {
@@ -61,6 +62,31 @@ async fn the_worker_client_reads_answers_and_errors_over_http1() {
 async fn the_worker_client_reads_answers_and_errors_over_http2() {
     let sim = spawn().await;
     calls_parse(&client(&sim, true)).await;
+}
+
+#[tokio::test]
+async fn stripe_s_retry_advice_reaches_the_caller_with_the_error() {
+    let sim = spawn_with(FaultConfig {
+        error_rate: 1.0,
+        ..FaultConfig::default()
+    })
+    .await;
+    let client = client(&sim, true);
+
+    let result = CreateCustomer::new()
+        .email("advice@example.com")
+        .send(&client)
+        .await;
+
+    let Err(CallError {
+        error: StripeError::Stripe(_, status),
+        should_retry,
+    }) = result
+    else {
+        panic!("expected a Stripe error, got {result:?}");
+    };
+    assert!((500..600).contains(&status), "status {status}");
+    assert_eq!(should_retry, Some(true), "Stripe-Should-Retry: true");
 }
 
 #[tokio::test]
