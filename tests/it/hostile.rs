@@ -14,22 +14,10 @@ use reqwest::header::{CONTENT_TYPE, HeaderValue};
 use serde_json::Value;
 
 use self::cases::{Body, Case, Expect};
-use crate::helpers::{OTHER_PARTNER, OTHER_SECRET, PARTNER, SECRET, TestApp};
+use crate::helpers::{FLAT_FIELDS, OTHER_PARTNER, OTHER_SECRET, PARTNER, SECRET, TestApp};
 
 /// Requests in flight at once: enough to interleave, few enough for two shared cores.
 const BATCH: usize = 16;
-
-/// The fields every answer carries at top level (CONTRACT §4).
-const FLAT_FIELDS: &[&str] = &[
-    "operateCode",
-    "message",
-    "payId",
-    "status",
-    "customer_id",
-    "pay_method",
-    "product_id",
-    "sub_id",
-];
 
 /// Sends one case; the answer's status and JSON body, or why there is none.
 async fn send(app: &TestApp, case: &Case) -> Result<(u16, Value), String> {

@@ -24,6 +24,18 @@ pub const OTHER_SECRET: &str = "other-secret";
 pub const SHARED_AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const SHARED_REDIS: &str = "redis://127.0.0.1:6379";
 
+/// The fields every answer carries at top level (CONTRACT §4).
+pub const FLAT_FIELDS: &[&str] = &[
+    "operateCode",
+    "message",
+    "payId",
+    "status",
+    "customer_id",
+    "pay_method",
+    "product_id",
+    "sub_id",
+];
+
 pub fn repo_path(relative: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(relative)
 }
