@@ -95,6 +95,9 @@ pub struct AmqpSettings {
     pub prefix: String,
     /// Delays of the delayed-retry queues, shortest first.
     pub retry_delays_ms: Vec<u64>,
+    /// How long a job parked for reconciliation (its outcome unknown when its retries were
+    /// spent) waits before it is looked up again.
+    pub reconcile_delay_ms: u64,
 }
 
 impl Default for AmqpSettings {
@@ -103,6 +106,7 @@ impl Default for AmqpSettings {
             url: SecretString::from("amqp://guest:guest@127.0.0.1:5672/%2f"),
             prefix: "autorenew".into(),
             retry_delays_ms: vec![10_000, 60_000, 600_000, 3_600_000],
+            reconcile_delay_ms: 600_000,
         }
     }
 }
@@ -145,6 +149,11 @@ pub struct WorkerSettings {
     pub lock_retry_delay_ms: u64,
     /// On SIGTERM, how long jobs in hand may take to finish before they are handed back.
     pub drain_timeout_secs: u64,
+    /// How old a payId's last subscription create must be before a new idempotency key may be
+    /// used for it (after a lookup found nothing): longer than any request can stay in flight
+    /// at Stripe, or the old request could still land and make a second subscription. At least
+    /// twice `stripe.request_timeout_ms`.
+    pub key_switch_after_ms: u64,
 }
 
 impl Default for WorkerSettings {
@@ -158,6 +167,7 @@ impl Default for WorkerSettings {
             lock_ttl_ms: 30_000,
             lock_retry_delay_ms: 2_000,
             drain_timeout_secs: 20,
+            key_switch_after_ms: 600_000,
         }
     }
 }
@@ -405,6 +415,21 @@ impl Settings {
         if self.stripe.request_timeout_ms == 0 {
             return Err(invalid("stripe.request_timeout_ms", "must be above 0"));
         }
+        if self.amqp.reconcile_delay_ms == 0 {
+            return Err(invalid("amqp.reconcile_delay_ms", "must be above 0"));
+        }
+        // A request the client gave up on may still be processed by Stripe: allow it as long
+        // again before a new key could make a second subscription beside it.
+        if self.worker.key_switch_after_ms < self.stripe.request_timeout_ms.saturating_mul(2) {
+            return Err(invalid(
+                "worker.key_switch_after_ms",
+                format!(
+                    "must be at least twice stripe.request_timeout_ms ({} ms): a create still in \
+                     flight under the old key would make a second subscription",
+                    self.stripe.request_timeout_ms.saturating_mul(2)
+                ),
+            ));
+        }
         if !matches!(
             self.stripe.payment_behavior.as_str(),
             "error_if_incomplete"
@@ -503,19 +528,6 @@ impl Settings {
             .listen
             .parse()
             .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 9090)))
-    }
-
-    /// The broker topology these settings name.
-    pub fn topology(&self) -> crate::broker::Topology {
-        crate::broker::Topology::new(
-            &self.amqp.prefix,
-            self.amqp
-                .retry_delays_ms
-                .iter()
-                .map(|ms| Duration::from_millis(*ms))
-                .collect(),
-            Duration::from_millis(self.worker.lock_retry_delay_ms),
-        )
     }
 
     pub fn publish_timeout(&self) -> Duration {

@@ -4,16 +4,14 @@
 use std::time::Duration;
 
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::FieldTable;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{JOB_ROUTING_KEY, Message};
+use crate::broker::{Broker, Destination, JobHeaders, JobMessage, Topology};
 use crate::config::Settings;
-use crate::domain::job::JOB_MESSAGE_TYPE;
 use crate::domain::{FailureCode, Job};
 use crate::store::Store;
-use crate::worker::route::{ATTEMPT_HEADER, DEATH_REASON_HEADER, attempt_of};
 
 #[derive(Debug, clap::Args)]
 pub struct DlqArgs {
@@ -84,7 +82,7 @@ pub async fn run(
             let replayed = replay(&settings, pay_id.as_deref(), limit, shutdown).await?;
             println!(
                 "replayed {replayed} dead letter(s) into {}",
-                settings.topology().jobs()
+                Topology::from_settings(&settings).jobs()
             );
         }
     }
@@ -98,7 +96,7 @@ pub async fn list(
     limit: usize,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Vec<DeadLetter>> {
-    let broker = crate::worker::broker_for_tools(settings, shutdown.clone()).await?;
+    let broker = connect(settings, shutdown.clone()).await?;
     let channel = broker.open_channel().await?;
     let queue = broker.topology().dead();
     let mut letters = Vec::new();
@@ -125,11 +123,10 @@ pub async fn replay(
     limit: usize,
     shutdown: CancellationToken,
 ) -> anyhow::Result<usize> {
-    let broker = crate::worker::broker_for_tools(settings, shutdown.clone()).await?;
+    let broker = connect(settings, shutdown.clone()).await?;
     let store = Store::new(&settings.redis)?;
     let channel = broker.open_channel().await?;
     let dead = broker.topology().dead();
-    let jobs = broker.topology().jobs();
     // Only the letters there now: one replayed and killed again lands behind them, and must not
     // be replayed a second time in the same run.
     let waiting = channel
@@ -161,29 +158,28 @@ pub async fn replay(
         if pay_id.is_some_and(|wanted| letter.pay_id.as_deref() != Some(wanted)) {
             continue;
         }
+        // A job that failed only because Stripe could not answer, or that crashed a worker, runs
+        // again: its stored result is cleared. What was sent for it stays recorded, so the
+        // replayed job looks its subscription up before it creates anything.
         if let Ok(job) = Job::decode(&delivery.data)
             && let Some(result) = store.result(&job.pay_id).await?
-            && result
-                .error
-                .as_ref()
-                .is_some_and(|e| e.code == FailureCode::StripeUnavailable)
+            && result.error.as_ref().is_some_and(|e| {
+                matches!(
+                    e.code,
+                    FailureCode::StripeUnavailable | FailureCode::InternalError
+                )
+            })
         {
             store.clear_result(&job.pay_id).await?;
         }
+        let message = JobMessage {
+            body: &delivery.data,
+            message_id: &letter.message_id,
+            attempt: 1,
+            parked: false,
+        };
         broker
-            .publish(
-                Message {
-                    exchange: &jobs,
-                    routing_key: JOB_ROUTING_KEY,
-                    body: &delivery.data,
-                    content_type: "application/json",
-                    message_id: &letter.message_id,
-                    kind: JOB_MESSAGE_TYPE,
-                    headers: vec![(ATTEMPT_HEADER, AMQPValue::LongUInt(1))],
-                    mandatory: true,
-                },
-                Duration::from_secs(5),
-            )
+            .publish_job(message, Destination::Jobs, Duration::from_secs(5))
             .await?;
         delivery.ack(BasicAckOptions::default()).await?;
         replayed += 1;
@@ -193,29 +189,27 @@ pub async fn replay(
     Ok(replayed)
 }
 
+/// Connects to the broker for a tool, or says it cannot.
+async fn connect(settings: &Settings, shutdown: CancellationToken) -> anyhow::Result<Broker> {
+    let topology = Topology::from_settings(settings);
+    let broker = Broker::start(settings.amqp.url.clone(), topology, shutdown);
+    if !broker.wait_ready(Duration::from_secs(10)).await {
+        anyhow::bail!("RabbitMQ at `amqp.url` is not reachable");
+    }
+    Ok(broker)
+}
+
 fn describe(delivery: &lapin::message::Delivery) -> DeadLetter {
-    let reason = delivery
-        .properties
-        .headers()
-        .as_ref()
-        .and_then(|h| h.inner().get(DEATH_REASON_HEADER).cloned())
-        .and_then(|value| match value {
-            AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-            AMQPValue::ShortString(s) => Some(s.to_string()),
-            _ => None,
-        })
-        // Dead-lettered by RabbitMQ itself (delivery limit): its x-death header says so.
-        .unwrap_or_else(|| "dead-lettered by RabbitMQ (delivery limit or rejection)".into());
+    let headers = JobHeaders(&delivery.properties);
     let job = Job::decode(&delivery.data).ok();
     DeadLetter {
-        message_id: delivery
-            .properties
-            .message_id()
-            .as_ref()
-            .map(|m| m.to_string())
-            .unwrap_or_default(),
-        reason,
-        attempts: attempt_of(&delivery.properties),
+        message_id: headers.message_id(),
+        // Dead-lettered by RabbitMQ itself (before the expired-jobs queue existed, or a
+        // message that is not a job): its x-death header says more.
+        reason: headers
+            .death_reason()
+            .unwrap_or_else(|| "dead-lettered by RabbitMQ (delivery limit or rejection)".into()),
+        attempts: headers.attempt(),
         pay_id: job.as_ref().map(|j| j.pay_id.to_string()),
         partner_code: job.as_ref().map(|j| j.partner_code.to_string()),
     }

@@ -6,12 +6,19 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind};
 
+use crate::config::Settings;
+
 /// The routing key jobs travel under, on the jobs exchange and back from the retry queues.
 pub const JOB_ROUTING_KEY: &str = "job";
 
+/// The routing key under which the jobs queue dead-letters a job past its delivery limit, into
+/// the expired-jobs queue, where a worker still ends it with a result.
+pub const EXPIRED_ROUTING_KEY: &str = "expired";
+
 /// How often a job may be delivered before RabbitMQ dead-letters it: a message that makes
-/// workers crash (not merely fail) would otherwise go round forever.
-const JOB_DELIVERY_LIMIT: i64 = 50;
+/// workers crash (not merely fail) would otherwise go round forever. Workers end a job
+/// themselves one delivery earlier, with a result; this is the broker's backstop.
+pub const JOB_DELIVERY_LIMIT: u32 = 50;
 
 /// The names of every exchange and queue, derived from one prefix.
 #[derive(Debug, Clone)]
@@ -19,15 +26,61 @@ pub struct Topology {
     prefix: String,
     retry_delays: Vec<Duration>,
     lock_delay: Duration,
+    reconcile_delay: Duration,
 }
 
 impl Topology {
-    pub fn new(prefix: &str, retry_delays: Vec<Duration>, lock_delay: Duration) -> Self {
+    pub fn new(
+        prefix: &str,
+        retry_delays: Vec<Duration>,
+        lock_delay: Duration,
+        reconcile_delay: Duration,
+    ) -> Self {
         Topology {
             prefix: prefix.to_owned(),
             retry_delays,
             lock_delay,
+            reconcile_delay,
         }
+    }
+
+    /// The topology `settings` name.
+    pub fn from_settings(settings: &Settings) -> Self {
+        let millis = Duration::from_millis;
+        Topology::new(
+            &settings.amqp.prefix,
+            settings
+                .amqp
+                .retry_delays_ms
+                .iter()
+                .map(|ms| millis(*ms))
+                .collect(),
+            millis(settings.worker.lock_retry_delay_ms),
+            millis(settings.amqp.reconcile_delay_ms),
+        )
+    }
+
+    /// Every queue of the topology, for tools and tests that clean up after themselves.
+    pub fn queues(&self) -> Vec<String> {
+        let mut queues = vec![
+            self.jobs(),
+            self.dead(),
+            self.expired(),
+            self.lock_retry_queue(),
+            self.reconcile_queue(),
+        ];
+        queues.extend(self.retry_queues().into_iter().map(|(_, name)| name));
+        queues
+    }
+
+    /// Where a job parked for reconciliation waits before it is looked up again.
+    pub fn reconcile_queue(&self) -> String {
+        format!("{}.retry.reconcile", self.prefix)
+    }
+
+    /// Where the broker puts jobs past their delivery limit; workers consume it too.
+    pub fn expired(&self) -> String {
+        format!("{}.jobs.expired", self.prefix)
     }
 
     pub fn prefix(&self) -> &str {
@@ -114,12 +167,24 @@ impl Topology {
             )
             .await?;
         let mut jobs_args = quorum();
-        // A job a worker rejects (it cannot be parsed, or its retries are spent) goes to the
-        // dead letters, never back to the queue.
-        jobs_args.insert("x-dead-letter-exchange".into(), long_string(&self.dead()));
+        // A job past its delivery limit goes, at least once (a confirmed move, not a
+        // fire-and-forget one), to the expired-jobs queue, where a worker still stores and
+        // announces its ending; never silently to the dead letters.
+        jobs_args.insert("x-dead-letter-exchange".into(), long_string(&self.jobs()));
+        jobs_args.insert(
+            "x-dead-letter-routing-key".into(),
+            long_string(EXPIRED_ROUTING_KEY),
+        );
+        jobs_args.insert(
+            "x-dead-letter-strategy".into(),
+            long_string("at-least-once"),
+        );
+        // At-least-once dead-lettering needs publishers refused, not messages dropped, when
+        // the queue is full.
+        jobs_args.insert("x-overflow".into(), long_string("reject-publish"));
         jobs_args.insert(
             "x-delivery-limit".into(),
-            AMQPValue::LongLongInt(JOB_DELIVERY_LIMIT),
+            AMQPValue::LongLongInt(i64::from(JOB_DELIVERY_LIMIT)),
         );
         channel
             .queue_declare(self.jobs().into(), durable_queue, jobs_args)
@@ -134,8 +199,23 @@ impl Topology {
             )
             .await?;
 
+        // Expired jobs: no delivery limit and no dead-lettering of its own; a worker ends each.
+        channel
+            .queue_declare(self.expired().into(), durable_queue, quorum())
+            .await?;
+        channel
+            .queue_bind(
+                self.expired().into(),
+                self.jobs().into(),
+                EXPIRED_ROUTING_KEY.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+
         let mut delayed = self.retry_queues();
         delayed.push((self.lock_delay, self.lock_retry_queue()));
+        delayed.push((self.reconcile_delay, self.reconcile_queue()));
         for (delay, queue) in delayed {
             let mut args = quorum();
             // Nobody consumes a retry queue: each message waits out the TTL, then RabbitMQ
@@ -219,6 +299,7 @@ mod tests {
                 Duration::from_millis(1500),
             ],
             Duration::from_secs(2),
+            Duration::from_secs(600),
         );
         assert_eq!(topology.jobs(), "autorenew.jobs");
         assert_eq!(topology.dead(), "autorenew.dead");
@@ -229,6 +310,8 @@ mod tests {
             .map(|(_, n)| n)
             .collect();
         assert_eq!(topology.lock_retry_queue(), "autorenew.retry.locked");
+        assert_eq!(topology.reconcile_queue(), "autorenew.retry.reconcile");
+        assert_eq!(topology.expired(), "autorenew.jobs.expired");
         assert_eq!(
             names,
             [

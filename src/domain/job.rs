@@ -36,6 +36,21 @@ pub struct Job {
     pub extras: BTreeMap<String, String>,
 }
 
+/// What is remembered of the subscription creates sent for a payId. Written *before* a create
+/// goes out (write-ahead), and kept as long as the payId's record: whoever works on the payId
+/// next knows that a subscription may exist, and looks it up before anything is created again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateSent {
+    /// The idempotency-key generation of the last create sent (`ar-<payId>-sub-g<n>`).
+    pub generation: u32,
+    /// When that create was sent, in milliseconds since the epoch (the worker's clock).
+    pub sent_at_ms: u64,
+    /// The customer it was sent for: the lookup lists this customer's subscriptions.
+    pub customer: String,
+    /// The payment method's type, for the result of a subscription found by lookup.
+    pub pay_method: String,
+}
+
 /// A message body that is not a job.
 #[derive(Debug, thiserror::Error)]
 #[error("not a job: {0}")]

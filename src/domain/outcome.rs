@@ -17,8 +17,12 @@ pub enum FailureCode {
     PaymentMethodUnavailable,
     /// Stripe refused the request as invalid.
     StripeRejected,
-    /// Stripe could not be reached or kept failing until the retries were spent.
+    /// Stripe could not be reached or kept failing until the retries were spent, and a lookup
+    /// showed that no subscription was made.
     StripeUnavailable,
+    /// The job crashed the worker (a panic), or kept being handed back until the broker's
+    /// delivery limit; a lookup showed that no subscription was made.
+    InternalError,
 }
 
 impl FailureCode {
@@ -28,6 +32,7 @@ impl FailureCode {
             FailureCode::PaymentMethodUnavailable => "PAYMENT_METHOD_UNAVAILABLE",
             FailureCode::StripeRejected => "STRIPE_REJECTED",
             FailureCode::StripeUnavailable => "STRIPE_UNAVAILABLE",
+            FailureCode::InternalError => "INTERNAL_ERROR",
         }
     }
 }

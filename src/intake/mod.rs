@@ -29,7 +29,7 @@ pub use partners::Partners;
 pub use response::ApiResponse;
 pub use state::{AppState, Limits};
 
-use crate::broker::Broker;
+use crate::broker::{Broker, Topology};
 use crate::config::Settings;
 use crate::store::Store;
 use crate::telemetry;
@@ -48,7 +48,11 @@ impl Application {
     /// Binds the listener and starts the broker connection (in the background: the intake
     /// serves, and reports not ready, while RabbitMQ is away).
     pub async fn build(settings: &Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
-        let broker = Broker::start(settings.amqp.url.clone(), settings.topology(), shutdown);
+        let broker = Broker::start(
+            settings.amqp.url.clone(),
+            Topology::from_settings(settings),
+            shutdown,
+        );
         let store = Store::new(&settings.redis)?;
         let state = Arc::new(AppState {
             limits: Limits::from_settings(settings),

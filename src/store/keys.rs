@@ -26,6 +26,11 @@ impl Keys {
         format!("{}:result:{{{}}}", self.prefix, pay_id)
     }
 
+    /// What was sent for a payId's subscription create (JSON), written before it is sent.
+    pub fn created(&self, pay_id: &PayId) -> String {
+        format!("{}:created:{{{}}}", self.prefix, pay_id)
+    }
+
     /// The worker's lock on a payId.
     pub fn lock(&self, pay_id: &PayId) -> String {
         format!("{}:lock:{{{}}}", self.prefix, pay_id)

@@ -8,8 +8,8 @@
 mod budget;
 mod connection;
 mod intake_record;
+mod job;
 mod keys;
-mod lock;
 
 use std::time::Duration;
 
@@ -20,8 +20,8 @@ use crate::domain::FinalResult;
 use crate::domain::request::PayId;
 
 pub use intake_record::{Claim, ClaimOutcome, RecordView};
+pub use job::JobStart;
 pub use keys::Keys;
-pub use lock::JobStart;
 
 /// How long one Redis command may take before the caller gives up on it.
 const COMMAND_TIMEOUT: Duration = Duration::from_millis(1_000);
@@ -93,35 +93,6 @@ impl Store {
             serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("result: {e}")))
         })
         .transpose()
-    }
-
-    /// Stores the final result of a payId once; a second call keeps the first result and
-    /// returns it, so racing workers agree on one outcome.
-    pub async fn save_result(
-        &self,
-        pay_id: &PayId,
-        result: &FinalResult,
-    ) -> Result<FinalResult, StoreError> {
-        let json = serde_json::to_string(result)
-            .map_err(|e| StoreError::Corrupt(format!("result: {e}")))?;
-        let mut connection = self.connection().await?;
-        let key = self.keys.result(pay_id);
-        let ttl = self.record_ttl.as_secs();
-        let stored: String = with_timeout(async move {
-            // SET NX GET: write if absent, and tell what was there (Redis 7).
-            let previous: Option<String> = redis::cmd("SET")
-                .arg(&key)
-                .arg(&json)
-                .arg("NX")
-                .arg("GET")
-                .arg("EX")
-                .arg(ttl)
-                .query_async(&mut connection)
-                .await?;
-            Ok(previous.unwrap_or(json))
-        })
-        .await?;
-        serde_json::from_str(&stored).map_err(|e| StoreError::Corrupt(format!("result: {e}")))
     }
 
     /// Forgets a payId's result, so a replayed job runs again (`autorenew dlq replay`).

@@ -310,7 +310,7 @@ impl Gateway {
 
     pub async fn create_subscription(
         &self,
-        new: NewSubscription<'_>,
+        new: &NewSubscription<'_>,
         key: &str,
     ) -> Result<Subscribed, StripeFailure> {
         self.take_budget().await?;
@@ -329,7 +329,7 @@ impl Gateway {
             .default_payment_method(new.payment_method)
             .off_session(true)
             .payment_behavior(behavior)
-            .metadata(new.metadata)
+            .metadata(new.metadata.clone())
             .customize()
             .request_strategy(idempotent(key)?)
             .send(&self.client)

@@ -17,13 +17,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::process::{DeliveryInfo, JobContext, Outcome, failed_result, process};
-use super::route::{self, RouteError, attempt_of};
-use crate::broker::Broker;
-use crate::domain::{FailureCode, FailureDetail, Job};
-
-/// How long a confirm of the worker's own publishes may take.
-const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+use super::job::{self, Handled, JobContext};
+use super::ports::{Incoming, Settle};
+use crate::broker::{Broker, JobHeaders};
+use crate::store::Store;
 /// How often the loop checks that Redis still answers.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -33,6 +30,8 @@ pub const JOB_SECONDS: &str = "autorenew_worker_job_duration_seconds";
 /// What the consumer loop shares with its job tasks and the probes.
 pub struct Worker {
     pub broker: Broker,
+    /// For the health checks; jobs reach Redis through their context's ports.
+    pub store: Store,
     pub ctx: Arc<JobContext>,
     pub concurrency: u16,
     pub drain_timeout: Duration,
@@ -67,7 +66,7 @@ impl Worker {
             if shutdown.is_cancelled() {
                 return false;
             }
-            if self.broker.is_ready() && self.ctx.store.ping().await {
+            if self.broker.is_ready() && self.store.ping().await {
                 self.store_trouble.store(false, Ordering::SeqCst);
                 return true;
             }
@@ -111,7 +110,7 @@ impl Worker {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 _ = health.tick() => {
-                    if self.store_trouble.load(Ordering::SeqCst) || !self.ctx.store.ping().await {
+                    if self.store_trouble.load(Ordering::SeqCst) || !self.store.ping().await {
                         tracing::warn!("Redis is away: pausing the consumer");
                         break;
                     }
@@ -163,177 +162,58 @@ impl Worker {
 
     async fn handle(self: Arc<Self>, delivery: Delivery) {
         let started = std::time::Instant::now();
-        let attempt = attempt_of(&delivery.properties);
-        let message_id = delivery
-            .properties
-            .message_id()
-            .as_ref()
-            .map(|id| id.to_string())
-            .unwrap_or_default();
-        let job = match Job::decode(&delivery.data) {
-            Ok(job) => job,
-            Err(error) => {
-                tracing::warn!(%error, message_id, "a message that is not a job goes to the dead letters");
-                // Boxed, like the routing of a job below: a rare path should not size every task.
-                let routed = Box::pin(route::dead_letter(
-                    &self.broker,
-                    &delivery.data,
-                    &message_id,
-                    &format!("unparseable: {error}"),
-                    attempt,
-                    PUBLISH_TIMEOUT,
-                ))
-                .await;
-                settle(&delivery, routed.map_err(RouteError::from)).await;
-                metrics::counter!(JOBS_TOTAL, "outcome" => "poison").increment(1);
-                return;
-            }
-        };
-        let info = DeliveryInfo {
-            attempt,
+        let headers = JobHeaders(&delivery.properties);
+        let incoming = Incoming {
+            body: delivery.data.clone(),
+            message_id: headers.message_id(),
+            attempt: headers.attempt(),
             redelivered: delivery.redelivered,
+            parked: headers.parked(),
+            delivery_count: headers.delivery_count(),
         };
-        let span =
-            tracing::info_span!("job", pay_id = %job.pay_id, request_id = %job.request_id, attempt);
-        self.run_job(job, delivery, info, started)
-            .instrument(span)
-            .await;
-    }
-
-    async fn run_job(
-        &self,
-        job: Job,
-        delivery: Delivery,
-        info: DeliveryInfo,
-        started: std::time::Instant,
-    ) {
-        // A panic inside a job must not take the consumer with it: run it as its own task.
-        let running = spawn_process(&self.ctx, &job, info);
-        let outcome = match running.await {
-            Ok(outcome) => outcome,
-            Err(panic) => Outcome::RetryLater(format!("the job panicked: {panic}")),
-        };
-        let label = outcome_label(&outcome);
-        // Boxed: this task spends nearly all its life awaiting the job above, and the routing's
-        // publishes and writes would otherwise size every waiting task (about 8 KB a job in
-        // flight, measured with heaptrack) for the few milliseconds they run.
-        let routed = Box::pin(self.route(&job, &delivery, info, outcome)).await;
-        if matches!(routed, Err(RouteError::Store(_))) {
-            // Redis went away mid-job: pause taking jobs, so the one handed back is not
-            // redelivered to us in a loop.
+        let span = tracing::info_span!("job", message_id = %incoming.message_id, attempt = incoming.attempt);
+        let handled = run_job(&self.ctx, incoming).instrument(span).await;
+        if handled.label == "handed_back" {
+            // Redis or RabbitMQ went away mid-job: pause taking jobs, so the one handed back
+            // is not redelivered to us in a loop.
             self.store_trouble.store(true, Ordering::SeqCst);
         }
-        metrics::counter!(JOBS_TOTAL, "outcome" => label).increment(1);
+        metrics::counter!(JOBS_TOTAL, "outcome" => handled.label).increment(1);
         metrics::histogram!(JOB_SECONDS).record(started.elapsed().as_secs_f64());
-        settle(&delivery, routed).await;
+        settle(&delivery, handled.settle).await;
     }
+}
 
-    async fn route(
-        &self,
-        job: &Job,
-        delivery: &Delivery,
-        info: DeliveryInfo,
-        outcome: Outcome,
-    ) -> Result<(), RouteError> {
-        let pay_id = job.pay_id.as_str();
-        match outcome {
-            Outcome::Final(result) => {
-                let stored =
-                    route::finish(&self.broker, &self.ctx.store, job, &result, PUBLISH_TIMEOUT)
-                        .await?;
-                tracing::info!(pay_id, status = %stored.status, attempts = stored.attempts, "job finished");
-                Ok(())
-            }
-            Outcome::Settled(result) => {
-                route::publish_event(&self.broker, job, &result, PUBLISH_TIMEOUT).await?;
-                tracing::info!(pay_id, "job was settled already; event published again");
-                Ok(())
-            }
-            Outcome::Locked => {
-                let queue = self.broker.topology().lock_retry_queue();
-                route::delay(
-                    &self.broker,
-                    &queue,
-                    &delivery.data,
-                    pay_id,
-                    info.attempt,
-                    PUBLISH_TIMEOUT,
-                )
-                .await?;
-                Ok(())
-            }
-            Outcome::RetryLater(reason) => {
-                let delays = self.broker.topology().retry_queues();
-                match delays.get(info.attempt as usize - 1) {
-                    Some((delay, queue)) => {
-                        tracing::warn!(
-                            pay_id,
-                            attempt = info.attempt,
-                            ?delay,
-                            reason,
-                            "job will be retried"
-                        );
-                        route::delay(
-                            &self.broker,
-                            queue,
-                            &delivery.data,
-                            pay_id,
-                            info.attempt + 1,
-                            PUBLISH_TIMEOUT,
-                        )
-                        .await?;
-                        Ok(())
-                    }
-                    None => {
-                        tracing::warn!(
-                            pay_id,
-                            attempt = info.attempt,
-                            reason,
-                            "retries spent: the job fails"
-                        );
-                        let detail = FailureDetail {
-                            code: FailureCode::StripeUnavailable,
-                            message: format!(
-                                "Stripe kept failing after {} attempts: {reason}",
-                                info.attempt
-                            ),
-                            stripe_code: None,
-                            decline_code: None,
-                        };
-                        let result = failed_result(job, info.attempt, detail);
-                        // Dead letter first: if we die after it, the redelivered job still
-                        // stores and announces its result.
-                        route::dead_letter(
-                            &self.broker,
-                            &delivery.data,
-                            pay_id,
-                            "retries spent",
-                            info.attempt,
-                            PUBLISH_TIMEOUT,
-                        )
-                        .await?;
-                        route::finish(&self.broker, &self.ctx.store, job, &result, PUBLISH_TIMEOUT)
-                            .await?;
-                        Ok(())
-                    }
-                }
-            }
-            Outcome::HandBack(reason) => {
-                tracing::warn!(pay_id, reason, "job handed back");
-                self.store_trouble.store(true, Ordering::SeqCst);
-                Err(RouteError::HandBack(reason))
-            }
+/// Runs a job as a task of its own, so a panic inside it cannot take the consumer along; a
+/// panicked job still ends (its lock released, its ending stored), see [`job::after_panic`].
+///
+/// Not inline in the caller: a future built in an `async fn` is counted in that function's
+/// state even after it is moved into the task, which doubled every job's memory (about 11 KB a
+/// job in flight, measured with `size_of_val`).
+pub async fn run_job(ctx: &Arc<JobContext>, incoming: Incoming) -> Handled {
+    let token = uuid::Uuid::new_v4().to_string();
+    let incoming = Arc::new(incoming);
+    let task = {
+        let ctx = ctx.clone();
+        let incoming = incoming.clone();
+        let token = token.clone();
+        tokio::spawn(async move { job::handle(&ctx, &incoming, &token).await }.in_current_span())
+    };
+    match task.await {
+        Ok(handled) => handled,
+        Err(error) => {
+            tracing::error!(%error, "the job panicked");
+            Box::pin(job::after_panic(ctx, &incoming, &token)).await
         }
     }
 }
 
-/// Acks a message whose routing succeeded; hands it back (requeue) otherwise, so it is
-/// never lost. The consumer pauses while Redis is away, so this is no requeue loop.
-async fn settle(delivery: &Delivery, routed: Result<(), RouteError>) {
-    let done = match routed {
-        Ok(()) => delivery.ack(BasicAckOptions::default()).await,
-        Err(error) => {
-            tracing::warn!(%error, "job not settled; handing it back");
+/// Acks or hands back the message as the job path decided. A handed-back message is
+/// redelivered; the consumer pauses while Redis is away, so this is no requeue loop.
+async fn settle(delivery: &Delivery, settle: Settle) {
+    let done = match settle {
+        Settle::Ack => delivery.ack(BasicAckOptions::default()).await,
+        Settle::Requeue => {
             delivery
                 .nack(BasicNackOptions {
                     requeue: true,
@@ -346,28 +226,4 @@ async fn settle(delivery: &Delivery, routed: Result<(), RouteError>) {
         // The channel is gone: RabbitMQ redelivers the message to another consumer.
         tracing::warn!(%error, "ack/nack failed; the message will be redelivered");
     }
-}
-
-fn outcome_label(outcome: &Outcome) -> &'static str {
-    match outcome {
-        Outcome::Final(result) if result.is_failed() => "failed",
-        Outcome::Final(_) => "succeeded",
-        Outcome::Settled(_) => "settled",
-        Outcome::RetryLater(_) => "retry",
-        Outcome::Locked => "locked",
-        Outcome::HandBack(_) => "handed_back",
-    }
-}
-
-/// Starts a job's steps as a task of their own. Not inline in the caller: a future built in an
-/// `async fn` is counted in that function's state even after it is moved into the task, which
-/// doubled every job's memory (about 11 KB a job in flight, measured with `size_of_val`).
-fn spawn_process(
-    ctx: &Arc<JobContext>,
-    job: &Job,
-    info: DeliveryInfo,
-) -> tokio::task::JoinHandle<Outcome> {
-    let ctx = ctx.clone();
-    let job = job.clone();
-    tokio::spawn(async move { process(&job, info, &ctx).await }.in_current_span())
 }

@@ -25,7 +25,7 @@ pub fn router(worker: Arc<Worker>) -> Router {
 /// Ready: connected to RabbitMQ, Redis answers, and a consumer is taking jobs.
 async fn readyz(State(worker): State<Arc<Worker>>) -> impl IntoResponse {
     let broker = worker.broker.is_ready();
-    let store = worker.ctx.store.ping().await;
+    let store = worker.store.ping().await;
     let consuming = worker.consuming.load(Ordering::SeqCst);
     let ready = broker && store && consuming;
     let word = |up: bool| if up { "up" } else { "down" };

@@ -1,11 +1,14 @@
 //! The worker: jobs become Stripe subscriptions and result events (CONTRACT §5, §6). Uses the
 //! domain, the broker, the store and the Stripe gateway; never the intake.
 
+mod adapters;
 mod budget;
 mod consumer;
 mod health;
-pub mod process;
-pub mod route;
+pub mod job;
+pub mod memory;
+pub mod ports;
+mod steps;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,13 +19,37 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use consumer::Worker;
-pub use process::{DeliveryInfo, JobContext, Outcome, RetryPolicy, process};
+pub use adapters::{BrokerQueue, SystemClock};
+pub use consumer::{Worker, run_job};
+pub use job::{Handled, JobContext, JobPorts};
+pub use steps::{JobSettings, RetryPolicy};
 
-use crate::broker::Broker;
+use crate::broker::{Broker, JOB_DELIVERY_LIMIT, Topology};
 use crate::config::Settings;
 use crate::store::Store;
 use crate::stripe::{ClientOptions, Gateway};
+
+/// How long a confirm of the worker's own publishes may take.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the job path takes from the configuration.
+pub fn job_settings(settings: &Settings) -> JobSettings {
+    let worker = &settings.worker;
+    JobSettings {
+        plans: settings.plans.clone(),
+        payment_behavior: settings.stripe.payment_behavior.clone(),
+        retry: RetryPolicy {
+            step_retries: worker.step_retries,
+            min_delay: Duration::from_millis(worker.retry_min_delay_ms),
+            max_delay: Duration::from_millis(worker.retry_max_delay_ms),
+            jitter: true,
+        },
+        lock_ttl: Duration::from_millis(worker.lock_ttl_ms),
+        key_switch_after: Duration::from_millis(worker.key_switch_after_ms),
+        delivery_limit: JOB_DELIVERY_LIMIT,
+        prices: Mutex::new(HashMap::new()),
+    }
+}
 
 /// A worker process: the consumer and its probe server, bound and ready to run.
 pub struct Application {
@@ -36,7 +63,11 @@ impl Application {
     pub async fn build(settings: &Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
         // The recorder must exist before the first job counts anything, not at the first scrape.
         crate::telemetry::metrics_handle();
-        let broker = Broker::start(settings.amqp.url.clone(), settings.topology(), shutdown);
+        let broker = Broker::start(
+            settings.amqp.url.clone(),
+            Topology::from_settings(settings),
+            shutdown,
+        );
         let store = Store::new(&settings.redis)?;
         let budget = Arc::new(budget::RedisBudget {
             store: store.clone(),
@@ -49,21 +80,22 @@ impl Application {
             http2_prior_knowledge: settings.stripe.http2_prior_knowledge,
         };
         let gateway = Gateway::new(&options, budget).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let ports = JobPorts {
+            queue: Arc::new(BrokerQueue {
+                broker: broker.clone(),
+                timeout: PUBLISH_TIMEOUT,
+            }),
+            store: Arc::new(store.clone()),
+            stripe: Arc::new(gateway),
+            clock: Arc::new(SystemClock),
+        };
         let ctx = JobContext {
-            gateway,
-            store,
-            plans: settings.plans.clone(),
-            payment_behavior: settings.stripe.payment_behavior.clone(),
-            retry: RetryPolicy {
-                step_retries: settings.worker.step_retries,
-                min_delay: Duration::from_millis(settings.worker.retry_min_delay_ms),
-                max_delay: Duration::from_millis(settings.worker.retry_max_delay_ms),
-            },
-            lock_ttl: Duration::from_millis(settings.worker.lock_ttl_ms),
-            prices: Mutex::new(HashMap::new()),
+            ports,
+            settings: job_settings(settings),
         };
         let worker = Arc::new(Worker {
             broker,
+            store,
             ctx: Arc::new(ctx),
             concurrency: settings.worker.concurrency,
             drain_timeout: Duration::from_secs(settings.worker.drain_timeout_secs),
@@ -112,16 +144,4 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         app.local_addr()
     );
     app.run_until_stopped(shutdown).await
-}
-
-/// Makes sure the broker is reachable before a tool goes on.
-pub async fn broker_for_tools(
-    settings: &Settings,
-    shutdown: CancellationToken,
-) -> anyhow::Result<Broker> {
-    let broker = Broker::start(settings.amqp.url.clone(), settings.topology(), shutdown);
-    if !broker.wait_ready(Duration::from_secs(10)).await {
-        anyhow::bail!("RabbitMQ at `amqp.url` is not reachable");
-    }
-    Ok(broker)
 }

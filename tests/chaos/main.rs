@@ -16,6 +16,7 @@ use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use autorenew::broker::Topology;
 use autorenew::config::Settings;
 use autorenew::sim::faults::FaultConfig;
 use autorenew::sim::{Application as Sim, SimSettings};
@@ -373,7 +374,7 @@ async fn chaos_keeps_every_promise() {
     // Copies of settled jobs (redeliveries, retries queued before a result was stored) drain
     // through the workers: wait for the queues to empty before stopping them.
     let settings = Settings::load(Some(&config)).expect("settings");
-    let topology = settings.topology();
+    let topology = Topology::from_settings(&settings);
     let mut queues = vec![topology.jobs(), topology.lock_retry_queue()];
     queues.extend(topology.retry_queues().into_iter().map(|(_, q)| q));
     let drained = poll_until(Duration::from_secs(60), || async {

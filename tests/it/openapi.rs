@@ -125,11 +125,16 @@ fn failure_codes() -> BTreeSet<String> {
         PaymentMethodUnavailable,
         StripeRejected,
         StripeUnavailable,
+        InternalError,
     ];
     for code in &all {
         // A new variant fails to compile here until it is listed above.
         match code {
-            CardDeclined | PaymentMethodUnavailable | StripeRejected | StripeUnavailable => {}
+            CardDeclined
+            | PaymentMethodUnavailable
+            | StripeRejected
+            | StripeUnavailable
+            | InternalError => {}
         }
     }
     all.iter().map(|code| code.as_str().to_owned()).collect()

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use autorenew::broker::Topology;
 use autorenew::config::{PartnerSettings, Settings};
 use autorenew::domain::sign;
 use autorenew::intake::Application;
@@ -149,7 +150,7 @@ impl TestApp {
     /// Stops the intake and deletes the test's queues and keys.
     pub async fn teardown(self) {
         self.shutdown.cancel();
-        delete_topology(&self.settings.topology()).await;
+        delete_topology(&Topology::from_settings(&self.settings)).await;
         delete_keys(
             self.settings.redis.url.expose_secret(),
             &self.settings.redis.key_prefix,
@@ -292,12 +293,7 @@ pub async fn read_queue(queue: &str, count: usize, limit: Duration) -> Vec<Recei
 
 /// Deletes the queues and exchanges of a test's topology on the shared broker.
 pub async fn delete_topology(topology: &autorenew::broker::Topology) {
-    let mut queues = vec![
-        topology.jobs(),
-        topology.dead(),
-        topology.lock_retry_queue(),
-    ];
-    queues.extend(topology.retry_queues().into_iter().map(|(_, name)| name));
+    let queues = topology.queues();
     let exchanges = [topology.jobs(), topology.dead(), topology.results()];
     delete_names(&queues, &exchanges).await;
 }

@@ -1,0 +1,229 @@
+//! The worker's side of a payId: its lock (`SET NX PX` with a token, extended while the job
+//! runs, released by compare-and-delete so a worker never frees a lock another one took over),
+//! the write-ahead record of subscription creates, and the final result, stored once.
+//!
+//! Every script touches keys of one payId only (one hash tag), so it runs on Redis Cluster too.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use redis::Script;
+
+use super::{Store, StoreError, with_timeout};
+use crate::domain::FinalResult;
+use crate::domain::job::CreateSent;
+use crate::domain::request::PayId;
+
+/// A job's start in one round trip: its result if one is stored, else the payId's lock and
+/// what was sent for it. KEYS: result, lock, created. ARGV: token, TTL (ms).
+/// Returns {'settled', result} | {'locked', created or ''} | {'busy'}.
+static BEGIN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local result = redis.call('GET', KEYS[1])
+if result then
+  return {'settled', result}
+end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {'locked', redis.call('GET', KEYS[3]) or ''}
+end
+return {'busy'}
+"#,
+    )
+});
+
+/// How a job may start.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobStart {
+    /// A worker finished this payId already: here is its result.
+    Settled(Box<FinalResult>),
+    /// This worker holds the payId's lock now; `created` is what was sent for it before.
+    Locked { created: Option<CreateSent> },
+    /// Another worker holds it.
+    Busy,
+}
+
+static EXTEND: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"#,
+    )
+});
+
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"#,
+    )
+});
+
+/// Stores the result if none is, and releases the lock if the token holds it, atomically: no
+/// other copy of the job can take the lock and find no result. KEYS: result, lock.
+/// ARGV: result JSON, TTL (s), token. Returns the result stored (the earlier one, if any).
+static FINISH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local stored = redis.call('GET', KEYS[1])
+if not stored then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+  stored = ARGV[1]
+end
+if redis.call('GET', KEYS[2]) == ARGV[3] then
+  redis.call('DEL', KEYS[2])
+end
+return stored
+"#,
+    )
+});
+
+impl Store {
+    /// The settled result of a payId, or its lock for `ttl` with what was sent for it, in one
+    /// round trip: checking the result under the same atomic step as the lock means no worker
+    /// can finish the job between the check and the lock.
+    pub async fn begin_job(
+        &self,
+        pay_id: &PayId,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<JobStart, StoreError> {
+        let mut connection = self.connection().await?;
+        let answer: Vec<String> = with_timeout(async {
+            BEGIN
+                .key(self.keys.result(pay_id))
+                .key(self.keys.lock(pay_id))
+                .key(self.keys.created(pay_id))
+                .arg(token)
+                .arg(millis(ttl))
+                .invoke_async(&mut connection)
+                .await
+        })
+        .await?;
+        let second = answer.get(1).map(String::as_str).unwrap_or_default();
+        match answer.first().map(String::as_str) {
+            Some("settled") => Ok(JobStart::Settled(Box::new(parse_result(second)?))),
+            Some("locked") => Ok(JobStart::Locked {
+                created: parse_created(second)?,
+            }),
+            Some("busy") => Ok(JobStart::Busy),
+            other => Err(StoreError::Corrupt(format!("job start `{other:?}`"))),
+        }
+    }
+
+    /// Extends a lock this token still holds; false when it was lost.
+    pub async fn extend_lock(
+        &self,
+        pay_id: &PayId,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut connection = self.connection().await?;
+        let extended: i64 = with_timeout(async {
+            EXTEND
+                .key(self.keys.lock(pay_id))
+                .arg(token)
+                .arg(millis(ttl))
+                .invoke_async(&mut connection)
+                .await
+        })
+        .await?;
+        Ok(extended == 1)
+    }
+
+    pub async fn unlock(&self, pay_id: &PayId, token: &str) -> Result<(), StoreError> {
+        let mut connection = self.connection().await?;
+        let _: i64 = with_timeout(async {
+            RELEASE
+                .key(self.keys.lock(pay_id))
+                .arg(token)
+                .invoke_async(&mut connection)
+                .await
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Records what is about to be sent for the payId's subscription create. It lives as long
+    /// as the payId's record: a job replayed weeks later still knows to look up first.
+    pub async fn record_create(&self, pay_id: &PayId, sent: &CreateSent) -> Result<(), StoreError> {
+        let json = serde_json::to_string(sent)
+            .map_err(|e| StoreError::Corrupt(format!("create record: {e}")))?;
+        let mut connection = self.connection().await?;
+        let key = self.keys.created(pay_id);
+        let ttl = self.record_ttl.as_secs();
+        let _: () = with_timeout(async {
+            redis::cmd("SET")
+                .arg(key)
+                .arg(json)
+                .arg("EX")
+                .arg(ttl)
+                .query_async(&mut connection)
+                .await
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// What was sent for the payId's subscription create, if anything.
+    pub async fn created(&self, pay_id: &PayId) -> Result<Option<CreateSent>, StoreError> {
+        let mut connection = self.connection().await?;
+        let key = self.keys.created(pay_id);
+        let raw: Option<String> = with_timeout(async {
+            redis::cmd("GET")
+                .arg(key)
+                .query_async(&mut connection)
+                .await
+        })
+        .await?;
+        parse_created(raw.as_deref().unwrap_or_default())
+    }
+
+    /// Stores a payId's final result once and releases the lock `token` holds, atomically. A
+    /// result stored earlier wins and is returned, so racing copies agree on one ending.
+    pub async fn finish_job(
+        &self,
+        pay_id: &PayId,
+        token: &str,
+        result: &FinalResult,
+    ) -> Result<FinalResult, StoreError> {
+        let json = serde_json::to_string(result)
+            .map_err(|e| StoreError::Corrupt(format!("result: {e}")))?;
+        let mut connection = self.connection().await?;
+        let stored: String = with_timeout(async {
+            FINISH
+                .key(self.keys.result(pay_id))
+                .key(self.keys.lock(pay_id))
+                .arg(json)
+                .arg(self.record_ttl.as_secs())
+                .arg(token)
+                .invoke_async(&mut connection)
+                .await
+        })
+        .await?;
+        parse_result(&stored)
+    }
+}
+
+fn parse_result(json: &str) -> Result<FinalResult, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("result: {e}")))
+}
+
+fn parse_created(json: &str) -> Result<Option<CreateSent>, StoreError> {
+    if json.is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_str(json)
+        .map(Some)
+        .map_err(|e| StoreError::Corrupt(format!("create record: {e}")))
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}

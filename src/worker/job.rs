@@ -1,0 +1,400 @@
+//! One job message, start to end, against the ports: decode, take the payId's lock, run the
+//! Stripe steps, and route by the verdict, in an order that survives a crash at any await:
+//!
+//! - a final result is stored *and* the lock released in one atomic step, before the event is
+//!   announced and the message acked: a copy that takes the lock next finds the result;
+//! - every copy put on another queue is confirmed before the message is acked;
+//! - a result the partner was promised is announced at least once, with a stable event id.
+//!
+//! The consumer loop (RabbitMQ) and the deterministic simulation both drive [`handle`].
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::ports::{Clock, Incoming, JobQueue, JobStart, JobStore, Settle, StripeApi, Wait};
+use super::steps::{self, JobSettings, Made};
+use crate::domain::outcome::STATUS_FAILED;
+use crate::domain::{FailureCode, FailureDetail, FinalResult, Job, PayId, ResultEvent};
+
+/// The adapters a job runs against.
+#[derive(Clone)]
+pub struct JobPorts {
+    pub queue: Arc<dyn JobQueue>,
+    pub store: Arc<dyn JobStore>,
+    pub stripe: Arc<dyn StripeApi>,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// Everything a job needs, shared by all jobs of a worker.
+pub struct JobContext {
+    pub ports: JobPorts,
+    pub settings: JobSettings,
+}
+
+impl std::fmt::Debug for JobContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobContext").finish_non_exhaustive()
+    }
+}
+
+/// What the steps decided, before any of it is stored or routed.
+pub(super) enum Verdict {
+    /// A subscription exists for the payId.
+    Made(Made),
+    /// The job ends `failed`: no subscription exists, and none can appear.
+    Failed(FailureDetail),
+    /// Stripe kept failing for now; `create_sent` says whether a subscription may exist.
+    Retry { reason: String, create_sent: bool },
+    /// The outcome is unknown: park the job for reconciliation by lookup.
+    Park(String),
+    /// This worker cannot work now (Redis away, or stopping): give the message back.
+    HandBack(String),
+}
+
+/// How one message ended, for the consumer's ack and its metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Handled {
+    pub settle: Settle,
+    pub label: &'static str,
+}
+
+impl Handled {
+    fn ack(label: &'static str) -> Self {
+        Handled {
+            settle: Settle::Ack,
+            label,
+        }
+    }
+
+    fn requeue(label: &'static str) -> Self {
+        Handled {
+            settle: Settle::Requeue,
+            label,
+        }
+    }
+}
+
+/// Handles one message; `token` is this attempt's lock token, unique across workers.
+pub async fn handle(ctx: &JobContext, incoming: &Incoming, token: &str) -> Handled {
+    let job = match Job::decode(&incoming.body) {
+        Ok(job) => job,
+        Err(error) => {
+            tracing::warn!(%error, message_id = incoming.message_id, "a message that is not a job goes to the dead letters");
+            let reason = format!("unparseable: {error}");
+            return match ctx.ports.queue.dead_letter(incoming, &reason).await {
+                Ok(()) => Handled::ack("poison"),
+                Err(_) => Handled::requeue("handed_back"),
+            };
+        }
+    };
+    let store = &ctx.ports.store;
+    let created = match store.begin(&job.pay_id, token, ctx.settings.lock_ttl).await {
+        Err(error) => {
+            tracing::warn!(pay_id = %job.pay_id, %error, "job handed back");
+            return Handled::requeue("handed_back");
+        }
+        Ok(JobStart::Settled(result)) => {
+            // A copy of a finished job (redelivered, republished, replayed): announce again, so
+            // a crash between the store and the announcement loses no event.
+            return match announce(ctx, &job, &result).await {
+                Ok(()) => Handled::ack("settled"),
+                Err(()) => Handled::requeue("handed_back"),
+            };
+        }
+        Ok(JobStart::Busy) => {
+            return match ctx
+                .ports
+                .queue
+                .delay(Wait::Lock, incoming, incoming.attempt)
+                .await
+            {
+                Ok(()) => Handled::ack("locked"),
+                Err(_) => Handled::requeue("handed_back"),
+            };
+        }
+        Ok(JobStart::Locked { created }) => created,
+    };
+    let locked = async {
+        // Handed out this often, the job ends here rather than be dead-lettered by the broker
+        // with no result; it runs no step, since the steps are what kept failing.
+        let verdict = if incoming.delivery_count + 1 >= ctx.settings.delivery_limit {
+            if created.is_some() {
+                Verdict::Park("the delivery limit was reached".into())
+            } else {
+                Verdict::Failed(internal("the job reached the broker's delivery limit"))
+            }
+        } else {
+            steps::run(ctx, &job, incoming, created).await
+        };
+        settle(ctx, &job, incoming, token, verdict).await
+    };
+    keep_lock(ctx, &job.pay_id, token, locked).await
+}
+
+/// What a job whose task panicked ends as: the lock released, and the job `failed` with its own
+/// code, unless a create was sent (then it is parked, and a lookup settles it).
+pub async fn after_panic(ctx: &JobContext, incoming: &Incoming, token: &str) -> Handled {
+    let Ok(job) = Job::decode(&incoming.body) else {
+        return match ctx
+            .ports
+            .queue
+            .dead_letter(incoming, "the job panicked")
+            .await
+        {
+            Ok(()) => Handled::ack("poison"),
+            Err(_) => Handled::requeue("handed_back"),
+        };
+    };
+    let verdict = match ctx.ports.store.created(&job.pay_id).await {
+        Ok(Some(_)) => Verdict::Park("the job panicked after a create was sent".into()),
+        Ok(None) => Verdict::Failed(internal("the job panicked")),
+        Err(error) => Verdict::HandBack(error.to_string()),
+    };
+    settle(ctx, &job, incoming, token, verdict).await
+}
+
+/// Runs `work` while keeping the payId's lock alive (every third of its TTL). In the same task,
+/// not a task of its own: a job that panics or is dropped stops extending its lock with it.
+async fn keep_lock(
+    ctx: &JobContext,
+    pay_id: &PayId,
+    token: &str,
+    work: impl Future<Output = Handled>,
+) -> Handled {
+    let extend = extend_forever(ctx, pay_id, token);
+    tokio::pin!(work);
+    tokio::pin!(extend);
+    tokio::select! {
+        biased;
+        handled = &mut work => handled,
+        never = &mut extend => match never {},
+    }
+}
+
+async fn extend_forever(ctx: &JobContext, pay_id: &PayId, token: &str) -> Infallible {
+    let ttl = ctx.settings.lock_ttl;
+    loop {
+        tokio::time::sleep(ttl / 3).await;
+        match ctx.ports.store.extend_lock(pay_id, token, ttl).await {
+            Ok(true) => {}
+            // Lost or unreachable: the write-ahead record and the idempotency keys still keep
+            // Stripe to one subscription; the lock only saves doing the work twice.
+            Ok(false) => tracing::warn!(%pay_id, "lost the payId lock while working"),
+            Err(error) => tracing::warn!(%pay_id, %error, "could not extend the payId lock"),
+        }
+    }
+}
+
+/// Stores, routes and announces what the steps decided, holding the lock until the end.
+async fn settle(
+    ctx: &JobContext,
+    job: &Job,
+    incoming: &Incoming,
+    token: &str,
+    verdict: Verdict,
+) -> Handled {
+    let queue = &ctx.ports.queue;
+    let pay_id = job.pay_id.as_str();
+    match verdict {
+        Verdict::Made(made) => {
+            let result = succeeded(ctx, job, incoming, made);
+            finish(ctx, job, token, &result).await
+        }
+        Verdict::Failed(detail) => {
+            // Copy to the dead letters first, for `autorenew dlq replay` once the cause is
+            // fixed; a crash after it leaves the job on the queue to be finished again.
+            if matches!(
+                detail.code,
+                FailureCode::StripeUnavailable | FailureCode::InternalError
+            ) && queue.dead_letter(incoming, &detail.message).await.is_err()
+            {
+                return release(ctx, job, token, "handed_back").await;
+            }
+            let result = failed(ctx, job, incoming.attempt, detail);
+            finish(ctx, job, token, &result).await
+        }
+        Verdict::Retry {
+            reason,
+            create_sent,
+        } => {
+            let stage = incoming.attempt.saturating_sub(1) as usize;
+            if stage < queue.retry_stages() {
+                tracing::warn!(
+                    pay_id,
+                    attempt = incoming.attempt,
+                    reason,
+                    "job will be retried"
+                );
+                route(
+                    ctx,
+                    job,
+                    token,
+                    Wait::Retry(stage),
+                    incoming,
+                    incoming.attempt + 1,
+                    "retry",
+                )
+                .await
+            } else if create_sent {
+                tracing::warn!(
+                    pay_id,
+                    reason,
+                    "retries spent with the outcome unknown: parked"
+                );
+                route(
+                    ctx,
+                    job,
+                    token,
+                    Wait::Reconcile,
+                    incoming,
+                    incoming.attempt,
+                    "parked",
+                )
+                .await
+            } else {
+                tracing::warn!(pay_id, reason, "retries spent: the job fails");
+                let detail = unavailable_after(incoming.attempt, &reason);
+                Box::pin(settle(ctx, job, incoming, token, Verdict::Failed(detail))).await
+            }
+        }
+        Verdict::Park(reason) => {
+            tracing::warn!(pay_id, reason, "outcome unknown: parked for reconciliation");
+            route(
+                ctx,
+                job,
+                token,
+                Wait::Reconcile,
+                incoming,
+                incoming.attempt,
+                "parked",
+            )
+            .await
+        }
+        Verdict::HandBack(reason) => {
+            tracing::warn!(pay_id, reason, "job handed back");
+            release(ctx, job, token, "handed_back").await
+        }
+    }
+}
+
+/// Stores the result and releases the lock in one step, then announces it.
+async fn finish(ctx: &JobContext, job: &Job, token: &str, result: &FinalResult) -> Handled {
+    let stored = match ctx.ports.store.finish(&job.pay_id, token, result).await {
+        Ok(stored) => stored,
+        Err(error) => {
+            tracing::warn!(pay_id = %job.pay_id, %error, "result not stored; handing the job back");
+            return Handled::requeue("handed_back");
+        }
+    };
+    let label = if stored.is_failed() {
+        "failed"
+    } else {
+        "succeeded"
+    };
+    tracing::info!(pay_id = %job.pay_id, status = %stored.status, attempts = stored.attempts, "job finished");
+    // Not announced: the result is stored, so the redelivered copy finds it and announces it.
+    match announce(ctx, job, &stored).await {
+        Ok(()) => Handled::ack(label),
+        Err(()) => Handled::requeue("handed_back"),
+    }
+}
+
+/// Puts a copy on another queue, then releases the lock and acks.
+async fn route(
+    ctx: &JobContext,
+    job: &Job,
+    token: &str,
+    wait: Wait,
+    incoming: &Incoming,
+    attempt: u32,
+    label: &'static str,
+) -> Handled {
+    match ctx.ports.queue.delay(wait, incoming, attempt).await {
+        Ok(()) => release(ctx, job, token, label).await.acked(),
+        Err(error) => {
+            tracing::warn!(pay_id = %job.pay_id, %error, "could not route the job; handing it back");
+            release(ctx, job, token, "handed_back").await
+        }
+    }
+}
+
+/// Releases the lock (it expires by itself if Redis is away) and hands the message back.
+async fn release(ctx: &JobContext, job: &Job, token: &str, label: &'static str) -> Handled {
+    if let Err(error) = ctx.ports.store.unlock(&job.pay_id, token).await {
+        tracing::warn!(pay_id = %job.pay_id, %error, "lock not released; it expires by itself");
+    }
+    Handled::requeue(label)
+}
+
+impl Handled {
+    fn acked(self) -> Self {
+        Handled {
+            settle: Settle::Ack,
+            ..self
+        }
+    }
+}
+
+async fn announce(ctx: &JobContext, job: &Job, result: &FinalResult) -> Result<(), ()> {
+    let event = ResultEvent::new(job, result, &ctx.ports.queue.event_source());
+    ctx.ports.queue.announce(&event).await.map_err(|error| {
+        tracing::warn!(pay_id = %job.pay_id, %error, "event not announced; handing the job back");
+    })
+}
+
+fn succeeded(ctx: &JobContext, job: &Job, incoming: &Incoming, made: Made) -> FinalResult {
+    FinalResult {
+        status: made.subscription.status,
+        customer_id: made.customer,
+        sub_id: made.subscription.id,
+        product_id: made.subscription.product_id,
+        pay_method: made.pay_method,
+        error: None,
+        attempts: incoming.attempt,
+        accepted_at: job.accepted_at.clone(),
+        completed_at: rfc3339(ctx.ports.clock.now_ms()),
+    }
+}
+
+fn failed(ctx: &JobContext, job: &Job, attempts: u32, detail: FailureDetail) -> FinalResult {
+    FinalResult {
+        status: STATUS_FAILED.into(),
+        customer_id: String::new(),
+        sub_id: String::new(),
+        product_id: String::new(),
+        pay_method: String::new(),
+        error: Some(detail),
+        attempts,
+        accepted_at: job.accepted_at.clone(),
+        completed_at: rfc3339(ctx.ports.clock.now_ms()),
+    }
+}
+
+fn internal(message: &str) -> FailureDetail {
+    FailureDetail {
+        code: FailureCode::InternalError,
+        message: format!("{message}; no subscription was made"),
+        stripe_code: None,
+        decline_code: None,
+    }
+}
+
+fn unavailable_after(attempts: u32, reason: &str) -> FailureDetail {
+    FailureDetail {
+        code: FailureCode::StripeUnavailable,
+        message: format!("Stripe kept failing after {attempts} attempts: {reason}"),
+        stripe_code: None,
+        decline_code: None,
+    }
+}
+
+fn rfc3339(ms: u64) -> String {
+    let nanos = i128::from(ms) * 1_000_000;
+    OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}

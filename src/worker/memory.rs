@@ -1,0 +1,1 @@
+//! In-memory adapters of the job path's ports, keeping the real systems' rules.

@@ -1,0 +1,390 @@
+//! The Stripe steps of one job, and the rules that keep one payId to one subscription:
+//!
+//! - a create is recorded in the store ([`CreateSent`]) before it is sent;
+//! - no create goes out without a lookup first, unless this payId has never had one sent;
+//! - the idempotency key moves to a new generation only when a lookup has shown the
+//!   subscription absent *and* the last create is older than `key_switch_after`, so no earlier
+//!   request can still be in flight at Stripe (it would create a second subscription);
+//! - an outcome that is still unknown when the attempts run out is never reported `failed`: the
+//!   job is parked for reconciliation, where it is only ever looked up.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use md5::{Digest, Md5};
+
+use super::job::{JobContext, Verdict};
+use super::ports::{CreateSent, Incoming};
+use crate::config::PlanSettings;
+use crate::domain::{FailureCode, FailureDetail, Job};
+use crate::stripe::{Attached, NewSubscription, PriceSpec, StripeFailure, Subscribed};
+
+/// Quick retries of one Stripe step, inside one attempt.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub step_retries: u32,
+    pub min_delay: Duration,
+    pub max_delay: Duration,
+    /// Random jitter on the delays; off in the deterministic simulation.
+    pub jitter: bool,
+}
+
+impl RetryPolicy {
+    fn delays(&self) -> impl Iterator<Item = Duration> {
+        let builder = ExponentialBuilder::default()
+            .with_min_delay(self.min_delay)
+            .with_max_delay(self.max_delay)
+            .with_max_times(self.step_retries as usize);
+        if self.jitter {
+            builder.with_jitter().build()
+        } else {
+            builder.build()
+        }
+    }
+}
+
+/// What a job needs besides its ports: configuration and the process's price cache.
+pub struct JobSettings {
+    pub plans: BTreeMap<String, PlanSettings>,
+    pub payment_behavior: String,
+    pub retry: RetryPolicy,
+    pub lock_ttl: Duration,
+    /// How old the last create must be before a new key generation may be used: longer than a
+    /// request can stay in flight at Stripe (checked against `stripe.request_timeout_ms`).
+    pub key_switch_after: Duration,
+    /// The broker's delivery limit: a job handed out this often ends here, before the broker
+    /// would dead-letter it without a result.
+    pub delivery_limit: u32,
+    /// Prices never change once made: found once per lookup key and process.
+    pub prices: Mutex<HashMap<String, (String, String)>>,
+}
+
+/// Why the steps stopped short of a subscription or a refusal.
+enum Stop {
+    Stripe(StripeFailure),
+    /// Stripe refused the subscription create itself.
+    Refused(FailureDetail),
+    /// The store could not record a create: nothing was sent.
+    Store(String),
+}
+
+impl From<StripeFailure> for Stop {
+    fn from(failure: StripeFailure) -> Self {
+        Stop::Stripe(failure)
+    }
+}
+
+/// A subscription made (or found) for the job.
+pub(super) struct Made {
+    pub customer: String,
+    pub pay_method: String,
+    pub subscription: Subscribed,
+}
+
+/// Runs the job's Stripe steps under the payId's lock; `created` is what the store remembers.
+pub(super) async fn run(
+    ctx: &JobContext,
+    job: &Job,
+    incoming: &Incoming,
+    created: Option<CreateSent>,
+) -> Verdict {
+    let pay_id = job.pay_id.as_str();
+    // A create was sent before (by this job or a copy of it): settle by lookup first.
+    let mut generation = 0;
+    // Whether a create sent earlier may still land at Stripe: then no refusal is final yet.
+    let mut in_flight = false;
+    if let Some(sent) = &created {
+        let lookup = with_retries(&ctx.settings.retry, || {
+            ctx.ports.stripe.find_subscription(&sent.customer, pay_id)
+        })
+        .await;
+        match lookup {
+            Ok(Some(subscription)) => {
+                return Verdict::Made(Made {
+                    customer: sent.customer.clone(),
+                    pay_method: sent.pay_method.clone(),
+                    subscription,
+                });
+            }
+            Ok(None) => {
+                in_flight = ctx.ports.clock.now_ms().saturating_sub(sent.sent_at_ms)
+                    < millis(ctx.settings.key_switch_after);
+                if incoming.parked {
+                    // Parked jobs only look up. Absent, with no earlier request still in
+                    // flight: no subscription was made, and none will be.
+                    return if in_flight {
+                        Verdict::Park("the last create may still be in flight".into())
+                    } else {
+                        Verdict::Failed(unavailable("no subscription was made"))
+                    };
+                }
+                generation = if in_flight {
+                    sent.generation
+                } else {
+                    sent.generation + 1
+                };
+            }
+            Err(failure) => return stopped(Stop::Stripe(failure), true, true),
+        }
+    } else if incoming.parked {
+        // Nothing was ever sent for this payId: there is nothing to reconcile.
+        return Verdict::Failed(unavailable("no subscription was made"));
+    }
+    let mut recorded = created.is_some();
+    match create(
+        ctx,
+        job,
+        incoming,
+        created.as_ref(),
+        generation,
+        &mut recorded,
+    )
+    .await
+    {
+        Ok(made) => Verdict::Made(made),
+        Err(stop) => stopped(stop, recorded, in_flight),
+    }
+}
+
+/// What a stop means for the job. `create_sent`: a create was recorded, so a subscription may
+/// exist; `in_flight`: an earlier create may still land at Stripe.
+fn stopped(stop: Stop, create_sent: bool, in_flight: bool) -> Verdict {
+    match stop {
+        // Stripe's answer to the create itself: under this key nothing was made, and no other
+        // key can still be in flight (a new generation waits until none can).
+        Stop::Refused(detail) => Verdict::Failed(detail),
+        // A refusal of an earlier step is final unless an earlier create may still land.
+        Stop::Stripe(StripeFailure::Permanent(detail)) if in_flight => {
+            Verdict::Park(detail.message)
+        }
+        Stop::Stripe(StripeFailure::Permanent(detail)) => Verdict::Failed(detail),
+        // Not Stripe's fault: no attempt is spent, and the consumer pauses until Redis is back.
+        Stop::Stripe(StripeFailure::BudgetUnavailable(reason)) | Stop::Store(reason) => {
+            Verdict::HandBack(reason)
+        }
+        Stop::Stripe(failure) => Verdict::Retry {
+            reason: failure.to_string(),
+            create_sent,
+        },
+    }
+}
+
+fn unavailable(message: &str) -> FailureDetail {
+    FailureDetail {
+        code: FailureCode::StripeUnavailable,
+        message: format!("Stripe could not be reached in time: {message}"),
+        stripe_code: None,
+        decline_code: None,
+    }
+}
+
+async fn create(
+    ctx: &JobContext,
+    job: &Job,
+    incoming: &Incoming,
+    created: Option<&CreateSent>,
+    generation: u32,
+    recorded: &mut bool,
+) -> Result<Made, Stop> {
+    // Customer and price keys move on with the attempts (Stripe replays a stored 500 for a
+    // key): a second customer or price is harmless, and both are found by lookup first.
+    let suffix = format!("g{}", incoming.attempt.saturating_sub(2));
+    let pay_id = job.pay_id.as_str();
+    let retry = &ctx.settings.retry;
+    let stripe = &ctx.ports.stripe;
+
+    // The customer a create was sent for stays the customer: the lookup lists its subscriptions.
+    let customer = match created {
+        Some(sent) => sent.customer.clone(),
+        None => customer_step(ctx, job, &suffix).await?,
+    };
+    let attach_key = format!("ar-{pay_id}-attach-{suffix}");
+    let method: Attached = with_retries(retry, || {
+        stripe.attach_payment_method(job.pm_id.as_str(), &customer, &attach_key)
+    })
+    .await?;
+    let default_key = format!("ar-{pay_id}-default-{suffix}");
+    with_retries(retry, || {
+        stripe.set_default_payment_method(&customer, &method.id, &default_key)
+    })
+    .await?;
+    let (price, _product) = price_step(ctx, job, &suffix).await?;
+
+    let sent = CreateSent {
+        generation,
+        sent_at_ms: ctx.ports.clock.now_ms(),
+        customer: customer.clone(),
+        pay_method: method.kind.clone(),
+    };
+    ctx.ports
+        .store
+        .record_create(&job.pay_id, &sent)
+        .await
+        .map_err(|e| Stop::Store(e.to_string()))?;
+    *recorded = true;
+
+    let metadata = HashMap::from([
+        ("payId".to_owned(), pay_id.to_owned()),
+        ("partnerCode".to_owned(), job.partner_code.to_string()),
+        ("plan_id".to_owned(), job.plan_id.to_string()),
+    ]);
+    let new = NewSubscription {
+        customer: &customer,
+        price: &price,
+        payment_method: &method.id,
+        payment_behavior: &ctx.settings.payment_behavior,
+        metadata,
+    };
+    let key = format!("ar-{pay_id}-sub-g{generation}");
+    let subscription = create_or_settle(
+        retry,
+        || stripe.create_subscription(&new, &key),
+        || stripe.find_subscription(&customer, pay_id),
+    )
+    .await
+    .map_err(|failure| match failure {
+        StripeFailure::Permanent(detail) => Stop::Refused(detail),
+        other => Stop::Stripe(other),
+    })?;
+    Ok(Made {
+        customer,
+        pay_method: method.kind,
+        subscription,
+    })
+}
+
+async fn customer_step(ctx: &JobContext, job: &Job, suffix: &str) -> Result<String, Stop> {
+    let partner = job.partner_code.as_str();
+    let email = job.email.as_str();
+    let stripe = &ctx.ports.stripe;
+    let find = || stripe.find_customer(partner, email);
+    if let Some(found) = with_retries(&ctx.settings.retry, find).await? {
+        return Ok(found);
+    }
+    // One person, one customer: the key comes from (partnerCode, email), not from the payId.
+    let key = format!(
+        "ar-cus-{}-{suffix}",
+        short_hash(&format!("{partner}\n{email}"))
+    );
+    Ok(create_or_settle(
+        &ctx.settings.retry,
+        || stripe.create_customer(partner, email, &key),
+        find,
+    )
+    .await?)
+}
+
+async fn price_step(ctx: &JobContext, job: &Job, suffix: &str) -> Result<(String, String), Stop> {
+    let settings = &ctx.settings;
+    let stripe = &ctx.ports.stripe;
+    let plan = settings.plans.get(job.plan_id.as_str());
+    let interval = plan.map(|p| p.interval.as_str()).unwrap_or("month");
+    let lookup_key = match plan.and_then(|p| p.price.as_deref()) {
+        Some(price) => format!("configured:{price}"),
+        None => format!(
+            "{}:{}:{}:{}",
+            job.plan_id, job.amount_minor, job.pay_currency, interval
+        ),
+    };
+    if let Some(known) = settings
+        .prices
+        .lock()
+        .ok()
+        .and_then(|p| p.get(&lookup_key).cloned())
+    {
+        return Ok(known);
+    }
+    let found = if let Some(price) = plan.and_then(|p| p.price.as_deref()) {
+        let product = with_retries(&settings.retry, || stripe.price_product(price)).await?;
+        (price.to_owned(), product)
+    } else {
+        let find = || stripe.find_price(&lookup_key);
+        match with_retries(&settings.retry, find).await? {
+            Some(found) => found,
+            None => {
+                // One plan, one price: the key comes from the lookup key.
+                let key = format!("ar-price-{}-{suffix}", short_hash(&lookup_key));
+                let spec = PriceSpec {
+                    lookup_key: &lookup_key,
+                    product_name: job.plan_id.as_str(),
+                    unit_amount: job.amount_minor,
+                    currency: &job.pay_currency,
+                    interval,
+                };
+                create_or_settle(&settings.retry, || stripe.create_price(&spec, &key), find).await?
+            }
+        }
+    };
+    if let Ok(mut prices) = settings.prices.lock() {
+        prices.insert(lookup_key, found.clone());
+    }
+    Ok(found)
+}
+
+/// Runs a read, or an idempotent write, with quick retries while its failure is transient.
+async fn with_retries<T, F, Fut>(policy: &RetryPolicy, mut call: F) -> Result<T, StripeFailure>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, StripeFailure>>,
+{
+    let mut delays = policy.delays();
+    loop {
+        match call().await {
+            Ok(value) => return Ok(value),
+            // An idempotent write with an unknown outcome is safe to send again: the same key
+            // gets Stripe's stored answer.
+            Err(failure @ (StripeFailure::Transient(_) | StripeFailure::Unknown(_))) => {
+                match delays.next() {
+                    Some(delay) => tokio::time::sleep(delay).await,
+                    None => return Err(failure),
+                }
+            }
+            Err(permanent) => return Err(permanent),
+        }
+    }
+}
+
+/// Creates an object; when the outcome of a try is unknown, looks it up before trying again
+/// (with the same key, which Stripe answers from its record), so nothing is ever created twice
+/// on the strength of a lost answer.
+async fn create_or_settle<T, C, CF, L, LF>(
+    policy: &RetryPolicy,
+    mut create: C,
+    mut lookup: L,
+) -> Result<T, StripeFailure>
+where
+    C: FnMut() -> CF,
+    CF: Future<Output = Result<T, StripeFailure>>,
+    L: FnMut() -> LF,
+    LF: Future<Output = Result<Option<T>, StripeFailure>>,
+{
+    let mut delays = policy.delays();
+    loop {
+        let failure = match create().await {
+            Ok(created) => return Ok(created),
+            Err(StripeFailure::Unknown(reason)) => match lookup().await {
+                Ok(Some(found)) => return Ok(found),
+                Ok(None) => StripeFailure::Unknown(reason),
+                Err(budget @ StripeFailure::BudgetUnavailable(_)) => return Err(budget),
+                // A lookup that fails, even for good, says nothing of the create: still unknown.
+                Err(_) => StripeFailure::Unknown(reason),
+            },
+            Err(StripeFailure::Transient(reason)) => StripeFailure::Transient(reason),
+            Err(permanent) => return Err(permanent),
+        };
+        match delays.next() {
+            Some(delay) => tokio::time::sleep(delay).await,
+            None => return Err(failure),
+        }
+    }
+}
+
+fn short_hash(text: &str) -> String {
+    hex::encode(&Md5::digest(text.as_bytes())[..12])
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
