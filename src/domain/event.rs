@@ -12,24 +12,24 @@ pub const TYPE_FAILED: &str = "autorenew.subscription.failed";
 
 /// `succeeded` or `failed`: the middle word of the routing key and the end of the type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum ResultKind {
     Succeeded,
     Failed,
 }
 
-impl Outcome {
+impl ResultKind {
     pub fn of(result: &FinalResult) -> Self {
         if result.is_failed() {
-            Outcome::Failed
+            ResultKind::Failed
         } else {
-            Outcome::Succeeded
+            ResultKind::Succeeded
         }
     }
 
     pub fn as_str(&self) -> &'static str {
         match self {
-            Outcome::Succeeded => "succeeded",
-            Outcome::Failed => "failed",
+            ResultKind::Succeeded => "succeeded",
+            ResultKind::Failed => "failed",
         }
     }
 }
@@ -77,14 +77,14 @@ pub struct ResultEvent {
 impl ResultEvent {
     /// The event for a job's final result. `source` names the emitting deployment.
     pub fn new(job: &Job, result: &FinalResult, source: &str) -> Self {
-        let outcome = Outcome::of(result);
+        let outcome = ResultKind::of(result);
         ResultEvent {
             specversion: "1.0".into(),
             id: format!("{}:{}", job.pay_id, outcome.as_str()),
             source: source.to_owned(),
             kind: match outcome {
-                Outcome::Succeeded => TYPE_SUCCEEDED.into(),
-                Outcome::Failed => TYPE_FAILED.into(),
+                ResultKind::Succeeded => TYPE_SUCCEEDED.into(),
+                ResultKind::Failed => TYPE_FAILED.into(),
             },
             subject: job.pay_id.to_string(),
             time: result.completed_at.clone(),
@@ -112,9 +112,9 @@ impl ResultEvent {
     /// `subscription.<outcome>.<partnerCode>`.
     pub fn routing_key(&self) -> String {
         let outcome = if self.kind == TYPE_FAILED {
-            Outcome::Failed
+            ResultKind::Failed
         } else {
-            Outcome::Succeeded
+            ResultKind::Succeeded
         };
         format!(
             "subscription.{}.{}",

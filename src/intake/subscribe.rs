@@ -16,8 +16,7 @@ use super::request_id::RequestId;
 use super::response::ApiResponse;
 use super::signed::{SignedRequest, now_millis};
 use super::state::AppState;
-use crate::broker::{BrokerError, JOB_ROUTING_KEY, Message};
-use crate::domain::job::JOB_MESSAGE_TYPE;
+use crate::broker::{BrokerError, Destination, JobMessage};
 use crate::domain::outcome::STATUS_PROCESSING;
 use crate::domain::request::SUBSCRIPTION_FIELDS;
 use crate::domain::{Job, SubscriptionRequest};
@@ -173,20 +172,15 @@ async fn enqueue(
     job: &[u8],
     token: &str,
 ) -> Result<(), IntakeError> {
-    let exchange = state.broker.topology().jobs();
-    let message = Message {
-        exchange: &exchange,
-        routing_key: JOB_ROUTING_KEY,
+    let message = JobMessage {
         body: job,
-        content_type: "application/json",
         message_id: request.pay_id.as_str(),
-        kind: JOB_MESSAGE_TYPE,
-        headers: Vec::new(),
-        mandatory: true,
+        attempt: 1,
+        parked: false,
     };
     match state
         .broker
-        .publish(message, state.limits.publish_timeout)
+        .publish_job(message, Destination::Jobs, state.limits.publish_timeout)
         .await
     {
         Ok(()) => {

@@ -19,7 +19,8 @@ use tracing::Instrument;
 
 use super::job::{self, Handled, JobContext};
 use super::ports::{Incoming, Settle};
-use crate::broker::{Broker, JobHeaders};
+use crate::broker::topology::EXPIRED_ROUTING_KEY;
+use crate::broker::{Broker, JOB_DELIVERY_LIMIT, JobHeaders};
 use crate::store::Store;
 /// How often the loop checks that Redis still answers.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
@@ -95,7 +96,7 @@ impl Worker {
             std::process::id(),
             uuid::Uuid::new_v4().simple()
         );
-        let mut consumer = channel
+        let jobs_consumer = channel
             .basic_consume(
                 self.broker.topology().jobs().into(),
                 tag.as_str().into(),
@@ -103,6 +104,17 @@ impl Worker {
                 FieldTable::default(),
             )
             .await?;
+        // Jobs the broker moved past their delivery limit: each still gets its ending here.
+        let expired_tag = format!("{tag}-expired");
+        let expired_consumer = channel
+            .basic_consume(
+                self.broker.topology().expired().into(),
+                expired_tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let mut consumer = futures_util::stream::select(jobs_consumer, expired_consumer);
         self.consuming.store(true, Ordering::SeqCst);
         tracing::info!(queue = %self.broker.topology().jobs(), "consuming jobs");
         let mut health = tokio::time::interval(HEALTH_INTERVAL);
@@ -134,9 +146,11 @@ impl Worker {
         }
         // Stop the deliveries; jobs in hand keep their channel and may still ack.
         self.consuming.store(false, Ordering::SeqCst);
-        let _ = channel
-            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-            .await;
+        for tag in [&tag, &expired_tag] {
+            let _ = channel
+                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                .await;
+        }
         Ok(())
     }
 
@@ -163,13 +177,19 @@ impl Worker {
     async fn handle(self: Arc<Self>, delivery: Delivery) {
         let started = std::time::Instant::now();
         let headers = JobHeaders(&delivery.properties);
+        // The broker dead-letters a job past its delivery limit under the expired routing key.
+        let expired = delivery.routing_key.as_str() == EXPIRED_ROUTING_KEY;
         let incoming = Incoming {
             body: delivery.data.clone(),
             message_id: headers.message_id(),
             attempt: headers.attempt(),
             redelivered: delivery.redelivered,
             parked: headers.parked(),
-            delivery_count: headers.delivery_count(),
+            delivery_count: if expired {
+                JOB_DELIVERY_LIMIT.max(headers.delivery_count())
+            } else {
+                headers.delivery_count()
+            },
         };
         let span = tracing::info_span!("job", message_id = %incoming.message_id, attempt = incoming.attempt);
         let handled = run_job(&self.ctx, incoming).instrument(span).await;
