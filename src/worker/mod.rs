@@ -32,8 +32,8 @@ use crate::stripe::{ClientOptions, Gateway};
 /// How long a confirm of the worker's own publishes may take.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// What the job path takes from the configuration.
-pub fn job_settings(settings: &Settings) -> JobSettings {
+/// What the job path takes from the configuration; `stop` cuts the pauses between retries.
+pub fn job_settings(settings: &Settings, stop: CancellationToken) -> JobSettings {
     let worker = &settings.worker;
     JobSettings {
         plans: settings.plans.clone(),
@@ -43,6 +43,7 @@ pub fn job_settings(settings: &Settings) -> JobSettings {
             min_delay: Duration::from_millis(worker.retry_min_delay_ms),
             max_delay: Duration::from_millis(worker.retry_max_delay_ms),
             jitter: true,
+            stop,
         },
         lock_ttl: Duration::from_millis(worker.lock_ttl_ms),
         key_switch_after: Duration::from_millis(worker.key_switch_after_ms),
@@ -66,7 +67,7 @@ impl Application {
         let broker = Broker::start(
             settings.amqp.url.clone(),
             Topology::from_settings(settings),
-            shutdown,
+            shutdown.clone(),
         );
         let store = Store::new(&settings.redis)?;
         let budget = Arc::new(budget::RedisBudget {
@@ -91,7 +92,7 @@ impl Application {
         };
         let ctx = JobContext {
             ports,
-            settings: job_settings(settings),
+            settings: job_settings(settings, shutdown.clone()),
         };
         let worker = Arc::new(Worker {
             broker,

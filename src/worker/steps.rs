@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use md5::{Digest, Md5};
+use tokio_util::sync::CancellationToken;
 
 use super::job::{JobContext, Verdict};
 use super::ports::{CreateSent, Incoming};
@@ -29,9 +30,21 @@ pub struct RetryPolicy {
     pub max_delay: Duration,
     /// Random jitter on the delays; off in the deterministic simulation.
     pub jitter: bool,
+    /// Cancelled when the worker stops: a pause between retries ends at once, and the job goes
+    /// to its delayed-retry queue instead of holding up the drain.
+    pub stop: CancellationToken,
 }
 
 impl RetryPolicy {
+    /// Waits `delay`, or less if the worker stops; false when it stopped.
+    async fn pause(&self, delay: Duration) -> bool {
+        tokio::select! {
+            biased;
+            () = self.stop.cancelled() => false,
+            () = tokio::time::sleep(delay) => true,
+        }
+    }
+
     fn delays(&self) -> impl Iterator<Item = Duration> {
         let builder = ExponentialBuilder::default()
             .with_min_delay(self.min_delay)
@@ -337,8 +350,8 @@ where
             // gets Stripe's stored answer.
             Err(failure @ (StripeFailure::Transient(_) | StripeFailure::Unknown(_))) => {
                 match delays.next() {
-                    Some(delay) => tokio::time::sleep(delay).await,
-                    None => return Err(failure),
+                    Some(delay) if policy.pause(delay).await => {}
+                    _ => return Err(failure),
                 }
             }
             Err(permanent) => return Err(permanent),
@@ -375,8 +388,8 @@ where
             Err(permanent) => return Err(permanent),
         };
         match delays.next() {
-            Some(delay) => tokio::time::sleep(delay).await,
-            None => return Err(failure),
+            Some(delay) if policy.pause(delay).await => {}
+            _ => return Err(failure),
         }
     }
 }
