@@ -227,3 +227,80 @@ fn parse_created(json: &str) -> Result<Option<CreateSent>, StoreError> {
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
+
+impl Store {
+    /// The Stripe customer of (`partner`, `email`), if remembered.
+    pub async fn customer_of(
+        &self,
+        partner: &str,
+        email: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let mut connection = self.connection().await?;
+        let key = self.keys.customer(partner, email);
+        with_timeout(async {
+            redis::cmd("GET")
+                .arg(key)
+                .query_async(&mut connection)
+                .await
+        })
+        .await
+    }
+
+    /// Remembers the Stripe customer of (`partner`, `email`), as long as a payId's record.
+    pub async fn remember_customer(
+        &self,
+        partner: &str,
+        email: &str,
+        customer: &str,
+    ) -> Result<(), StoreError> {
+        let mut connection = self.connection().await?;
+        let key = self.keys.customer(partner, email);
+        let ttl = self.record_ttl.as_secs();
+        with_timeout(async {
+            redis::cmd("SET")
+                .arg(key)
+                .arg(customer)
+                .arg("EX")
+                .arg(ttl)
+                .query_async(&mut connection)
+                .await
+        })
+        .await
+    }
+
+    /// Takes the short lock on creating one price; false when another worker holds it.
+    pub async fn lock_price(
+        &self,
+        lookup_key: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut connection = self.connection().await?;
+        let key = self.keys.price_lock(lookup_key);
+        let set: Option<String> = with_timeout(async {
+            redis::cmd("SET")
+                .arg(key)
+                .arg(token)
+                .arg("NX")
+                .arg("PX")
+                .arg(millis(ttl))
+                .query_async(&mut connection)
+                .await
+        })
+        .await?;
+        Ok(set.is_some())
+    }
+
+    pub async fn unlock_price(&self, lookup_key: &str, token: &str) -> Result<(), StoreError> {
+        let mut connection = self.connection().await?;
+        let _: i64 = with_timeout(async {
+            RELEASE
+                .key(self.keys.price_lock(lookup_key))
+                .arg(token)
+                .invoke_async(&mut connection)
+                .await
+        })
+        .await?;
+        Ok(())
+    }
+}

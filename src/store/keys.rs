@@ -1,6 +1,12 @@
 //! Redis key names, in one place.
 
+use md5::{Digest, Md5};
+
 use crate::domain::request::PayId;
+
+fn digest(text: &str) -> String {
+    hex::encode(&Md5::digest(text.as_bytes())[..12])
+}
 
 /// Builds every key under one prefix. The payId sits in braces: Redis Cluster hashes only the
 /// braced part, so all keys of one payId land in one slot.
@@ -29,6 +35,21 @@ impl Keys {
     /// What was sent for a payId's subscription create (JSON), written before it is sent.
     pub fn created(&self, pay_id: &PayId) -> String {
         format!("{}:created:{{{}}}", self.prefix, pay_id)
+    }
+
+    /// The Stripe customer of (partner, email). Hashed: an email may hold braces, and the hash
+    /// is the key's hash tag.
+    pub fn customer(&self, partner: &str, email: &str) -> String {
+        format!(
+            "{}:customer:{{{}}}",
+            self.prefix,
+            digest(&format!("{partner}\n{email}"))
+        )
+    }
+
+    /// The short lock on creating one price.
+    pub fn price_lock(&self, lookup_key: &str) -> String {
+        format!("{}:price-lock:{{{}}}", self.prefix, digest(lookup_key))
     }
 
     /// The worker's lock on a payId.

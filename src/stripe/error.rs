@@ -62,6 +62,11 @@ impl StripeFailure {
                     .unwrap_or_else(|| format!("HTTP {status}"));
                 let stripe_code = api.code.as_ref().map(|c| c.as_str().to_owned());
                 match status {
+                    // The key was used before with other parameters: something may have been
+                    // made under it (by an earlier request with other inputs). Look it up.
+                    400 if write && api.type_ == ApiErrorsType::IdempotencyError => {
+                        StripeFailure::Unknown(format!("{status}: {message}"))
+                    }
                     // Rate limited, or a lock / idempotency key in use: nothing was done.
                     429 | 409 => StripeFailure::Transient(format!("{status}: {message}")),
                     // Stripe's 5xx may come after the write happened.
@@ -130,6 +135,13 @@ mod tests {
 
         assert!(advised.is_transient(), "{advised:?}");
         assert!(unadvised.is_permanent(), "{unadvised:?}");
+    }
+
+    #[test]
+    fn a_key_reused_with_other_parameters_is_an_unknown_outcome_to_look_up() {
+        let write = StripeFailure::classify(stripe_error(400, "idempotency_error"), None, true);
+
+        assert!(matches!(write, StripeFailure::Unknown(_)), "{write:?}");
     }
 
     #[test]

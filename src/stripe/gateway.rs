@@ -10,7 +10,7 @@ use stripe_billing::subscription::{
     CreateSubscription, CreateSubscriptionItems, CreateSubscriptionPaymentBehavior,
     ListSubscription, ListSubscriptionStatus,
 };
-use stripe_core::customer::{ListCustomer, UpdateCustomer, UpdateCustomerInvoiceSettings};
+use stripe_core::customer::{CreateCustomer, CreateCustomerInvoiceSettings, ListCustomer};
 use stripe_payment::payment_method::{AttachPaymentMethod, RetrievePaymentMethod};
 use stripe_product::price::{
     CreatePrice, CreatePriceProductData, CreatePriceRecurring, CreatePriceRecurringInterval,
@@ -55,6 +55,25 @@ pub struct Subscribed {
     pub id: String,
     pub status: String,
     pub product_id: String,
+    /// The type of its default payment method (`card`, …), read from the expanded object.
+    pub pay_method: String,
+}
+
+/// A customer to create, with the payment method attached and made its default in the same
+/// call (one call instead of three).
+#[derive(Debug, Clone)]
+pub struct NewCustomer<'a> {
+    pub partner_code: &'a str,
+    pub email: &'a str,
+    pub payment_method: &'a str,
+}
+
+/// A customer just created: its id, and the id of the payment method attached to it (Stripe
+/// makes a new one for a test method such as `pm_card_visa`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatedCustomer {
+    pub id: String,
+    pub payment_method: String,
 }
 
 /// The Stripe client with the shared budget in front of it.
@@ -83,14 +102,15 @@ impl Gateway {
 
     /// Waits for one request's worth of the shared budget; every call goes through here, so
     /// this also counts the calls.
-    async fn take_budget(&self) -> Result<(), StripeFailure> {
+    async fn take_budget(&self, operation: &'static str) -> Result<(), StripeFailure> {
         let started = std::time::Instant::now();
         self.budget
             .take()
             .await
             .map_err(StripeFailure::BudgetUnavailable)?;
         metrics::histogram!(BUDGET_WAIT_SECONDS).record(started.elapsed().as_secs_f64());
-        metrics::counter!(REQUESTS_TOTAL).increment(1);
+        metrics::counter!(REQUESTS_TOTAL, "operation" => operation).increment(1);
+        super::calls::count();
         Ok(())
     }
 
@@ -101,7 +121,7 @@ impl Gateway {
         partner_code: &str,
         email: &str,
     ) -> Result<Option<String>, StripeFailure> {
-        self.take_budget().await?;
+        self.take_budget("customers.list").await?;
         let list = ListCustomer::new()
             .email(email)
             .limit(100)
@@ -121,23 +141,38 @@ impl Gateway {
             .map(|customer| customer.id.to_string()))
     }
 
+    /// Creates the customer with the payment method attached and made its default for invoices.
+    /// A decline happens here as it would at attach.
     pub async fn create_customer(
         &self,
-        partner_code: &str,
-        email: &str,
+        new: &NewCustomer<'_>,
         key: &str,
-    ) -> Result<String, StripeFailure> {
-        self.take_budget().await?;
-        let metadata = HashMap::from([("partnerCode".to_owned(), partner_code.to_owned())]);
-        let customer = stripe_core::customer::CreateCustomer::new()
-            .email(email)
+    ) -> Result<CreatedCustomer, StripeFailure> {
+        self.take_budget("customers.create").await?;
+        let metadata = HashMap::from([("partnerCode".to_owned(), new.partner_code.to_owned())]);
+        let customer = CreateCustomer::new()
+            .email(new.email)
             .metadata(metadata)
+            .payment_method(new.payment_method)
+            .invoice_settings(CreateCustomerInvoiceSettings {
+                default_payment_method: Some(new.payment_method.to_owned()),
+                ..CreateCustomerInvoiceSettings::new()
+            })
             .customize()
             .request_strategy(idempotent(key)?)
             .send(&self.client)
             .await
             .map_err(|e| failed("customers.create", e, true))?;
-        Ok(customer.id.to_string())
+        let payment_method = customer
+            .invoice_settings
+            .as_ref()
+            .and_then(|settings| settings.default_payment_method.as_ref())
+            .map(|method| method.id().to_string())
+            .unwrap_or_else(|| new.payment_method.to_owned());
+        Ok(CreatedCustomer {
+            id: customer.id.to_string(),
+            payment_method,
+        })
     }
 
     /// Attaches a payment method to the customer. Already on this customer is fine; on another
@@ -148,7 +183,7 @@ impl Gateway {
         customer: &str,
         key: &str,
     ) -> Result<Attached, StripeFailure> {
-        self.take_budget().await?;
+        self.take_budget("payment_methods.attach").await?;
         let attached = AttachPaymentMethod::new(payment_method)
             .customer(customer)
             .customize()
@@ -182,7 +217,7 @@ impl Gateway {
         customer: &str,
         refusal: crate::domain::FailureDetail,
     ) -> Result<Attached, StripeFailure> {
-        self.take_budget().await?;
+        self.take_budget("payment_methods.retrieve").await?;
         let method = RetrievePaymentMethod::new(payment_method)
             .send(&self.client)
             .await
@@ -200,29 +235,9 @@ impl Gateway {
         }
     }
 
-    pub async fn set_default_payment_method(
-        &self,
-        customer: &str,
-        payment_method: &str,
-        key: &str,
-    ) -> Result<(), StripeFailure> {
-        self.take_budget().await?;
-        UpdateCustomer::new(customer)
-            .invoice_settings(UpdateCustomerInvoiceSettings {
-                default_payment_method: Some(payment_method.to_owned()),
-                ..UpdateCustomerInvoiceSettings::new()
-            })
-            .customize()
-            .request_strategy(idempotent(key)?)
-            .send(&self.client)
-            .await
-            .map_err(|e| failed("customers.update", e, true))?;
-        Ok(())
-    }
-
     /// A configured price: its product, for the result.
     pub async fn price_product(&self, price: &str) -> Result<String, StripeFailure> {
-        self.take_budget().await?;
+        self.take_budget("prices.retrieve").await?;
         let price = RetrievePrice::new(price)
             .send(&self.client)
             .await
@@ -235,7 +250,7 @@ impl Gateway {
         &self,
         lookup_key: &str,
     ) -> Result<Option<(String, String)>, StripeFailure> {
-        self.take_budget().await?;
+        self.take_budget("prices.list").await?;
         let list = ListPrice::new()
             .lookup_keys(vec![lookup_key.to_owned()])
             .send(&self.client)
@@ -253,7 +268,7 @@ impl Gateway {
         spec: &PriceSpec<'_>,
         key: &str,
     ) -> Result<(String, String), StripeFailure> {
-        self.take_budget().await?;
+        self.take_budget("prices.create").await?;
         let currency = stripe_types::Currency::from_str(spec.currency)
             .map_err(|_| StripeFailure::Transient("currency".into()))?;
         let interval = CreatePriceRecurringInterval::from_str(spec.interval)
@@ -281,11 +296,12 @@ impl Gateway {
         let mut starting_after: Option<String> = None;
         // Bounded: a customer with more than 1,000 subscriptions is not one of ours.
         for _ in 0..10 {
-            self.take_budget().await?;
+            self.take_budget("subscriptions.list").await?;
             let mut request = ListSubscription::new()
                 .customer(customer)
                 .status(ListSubscriptionStatus::All)
-                .limit(100);
+                .limit(100)
+                .expand(vec!["data.default_payment_method".to_owned()]);
             if let Some(after) = &starting_after {
                 request = request.starting_after(after.as_str());
             }
@@ -313,7 +329,7 @@ impl Gateway {
         new: &NewSubscription<'_>,
         key: &str,
     ) -> Result<Subscribed, StripeFailure> {
-        self.take_budget().await?;
+        self.take_budget("subscriptions.create").await?;
         let behavior = match new.payment_behavior {
             "allow_incomplete" => CreateSubscriptionPaymentBehavior::AllowIncomplete,
             "default_incomplete" => CreateSubscriptionPaymentBehavior::DefaultIncomplete,
@@ -330,6 +346,8 @@ impl Gateway {
             .off_session(true)
             .payment_behavior(behavior)
             .metadata(new.metadata.clone())
+            // Its payment method's type comes back with it: no call to read it.
+            .expand(vec!["default_payment_method".to_owned()])
             .customize()
             .request_strategy(idempotent(key)?)
             .send(&self.client)
@@ -349,14 +367,19 @@ fn subscribed(subscription: &stripe_billing::Subscription) -> Subscribed {
             Expandable::Object(product) => product.id.to_string(),
         })
         .unwrap_or_default();
+    let pay_method = match &subscription.default_payment_method {
+        Some(Expandable::Object(method)) => method.type_.to_string(),
+        _ => String::new(),
+    };
     Subscribed {
         id: subscription.id.to_string(),
         status: subscription.status.to_string(),
         product_id,
+        pay_method,
     }
 }
 
-/// Stripe calls made, after the budget let them go.
+/// Stripe calls made, after the budget let them go, by operation (`customers.list`, …).
 pub const REQUESTS_TOTAL: &str = "autorenew_stripe_requests_total";
 /// Stripe calls that failed, by operation and what the failure was (`429`, `500`, `timeout`, …).
 pub const ERRORS_TOTAL: &str = "autorenew_stripe_errors_total";

@@ -2,13 +2,16 @@
 //! [`StripeFailure`] the retry policy can read. Knows nothing of RabbitMQ or Redis: the shared
 //! rate budget comes in as a [`Budget`].
 
+pub mod calls;
 mod client;
 mod error;
 mod gateway;
 
 pub use client::{CallError, ClientOptions, StripeHttp};
 pub use error::StripeFailure;
-pub use gateway::{Attached, Gateway, NewSubscription, PriceSpec, Subscribed};
+pub use gateway::{
+    Attached, CreatedCustomer, Gateway, NewCustomer, NewSubscription, PriceSpec, Subscribed,
+};
 
 use std::future::Future;
 use std::pin::Pin;

@@ -11,7 +11,10 @@ use crate::broker::{Broker, BrokerError, Destination, JobMessage, Message};
 use crate::domain::event::CLOUDEVENTS_CONTENT_TYPE;
 use crate::domain::{FinalResult, PayId, ResultEvent};
 use crate::store::{Store, StoreError};
-use crate::stripe::{Attached, Gateway, NewSubscription, PriceSpec, StripeFailure, Subscribed};
+use crate::stripe::{
+    Attached, CreatedCustomer, Gateway, NewCustomer, NewSubscription, PriceSpec, StripeFailure,
+    Subscribed,
+};
 
 impl JobStore for Store {
     fn begin<'a>(
@@ -53,6 +56,40 @@ impl JobStore for Store {
         pay_id: &'a PayId,
     ) -> BoxFuture<'a, Result<Option<CreateSent>, StoreError>> {
         Store::created(self, pay_id).boxed()
+    }
+
+    fn customer_of<'a>(
+        &'a self,
+        partner: &'a str,
+        email: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
+        Store::customer_of(self, partner, email).boxed()
+    }
+
+    fn remember_customer<'a>(
+        &'a self,
+        partner: &'a str,
+        email: &'a str,
+        customer: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Store::remember_customer(self, partner, email, customer).boxed()
+    }
+
+    fn lock_price<'a>(
+        &'a self,
+        lookup_key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Store::lock_price(self, lookup_key, token, ttl).boxed()
+    }
+
+    fn unlock_price<'a>(
+        &'a self,
+        lookup_key: &'a str,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Store::unlock_price(self, lookup_key, token).boxed()
     }
 
     fn finish<'a>(
@@ -165,11 +202,10 @@ impl StripeApi for Gateway {
 
     fn create_customer<'a>(
         &'a self,
-        partner_code: &'a str,
-        email: &'a str,
+        new: &'a NewCustomer<'a>,
         key: &'a str,
-    ) -> BoxFuture<'a, Result<String, StripeFailure>> {
-        Gateway::create_customer(self, partner_code, email, key).boxed()
+    ) -> BoxFuture<'a, Result<CreatedCustomer, StripeFailure>> {
+        Gateway::create_customer(self, new, key).boxed()
     }
 
     fn attach_payment_method<'a>(
@@ -179,15 +215,6 @@ impl StripeApi for Gateway {
         key: &'a str,
     ) -> BoxFuture<'a, Result<Attached, StripeFailure>> {
         Gateway::attach_payment_method(self, payment_method, customer, key).boxed()
-    }
-
-    fn set_default_payment_method<'a>(
-        &'a self,
-        customer: &'a str,
-        payment_method: &'a str,
-        key: &'a str,
-    ) -> BoxFuture<'a, Result<(), StripeFailure>> {
-        Gateway::set_default_payment_method(self, customer, payment_method, key).boxed()
     }
 
     fn price_product<'a>(&'a self, price: &'a str) -> BoxFuture<'a, Result<String, StripeFailure>> {

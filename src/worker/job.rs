@@ -79,6 +79,10 @@ impl Handled {
 
 /// Handles one message; `token` is this attempt's lock token, unique across workers.
 pub async fn handle(ctx: &JobContext, incoming: &Incoming, token: &str) -> Handled {
+    crate::stripe::calls::counted(handle_counted(ctx, incoming, token)).await
+}
+
+async fn handle_counted(ctx: &JobContext, incoming: &Incoming, token: &str) -> Handled {
     let job = match Job::decode(&incoming.body) {
         Ok(job) => job,
         Err(error) => {
@@ -294,7 +298,13 @@ async fn finish(ctx: &JobContext, job: &Job, token: &str, result: &FinalResult) 
     } else {
         "succeeded"
     };
-    tracing::info!(pay_id = %job.pay_id, status = %stored.status, attempts = stored.attempts, "job finished");
+    tracing::info!(
+        pay_id = %job.pay_id,
+        status = %stored.status,
+        attempts = stored.attempts,
+        stripe_calls = crate::stripe::calls::so_far(),
+        "job finished"
+    );
     // Not announced: the result is stored, so the redelivered copy finds it and announces it.
     match announce(ctx, job, &stored).await {
         Ok(()) => Handled::ack(label),

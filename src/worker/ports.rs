@@ -15,7 +15,9 @@ pub use crate::domain::job::CreateSent;
 use crate::domain::{FinalResult, PayId, ResultEvent};
 pub use crate::store::JobStart;
 use crate::store::StoreError;
-use crate::stripe::{Attached, NewSubscription, PriceSpec, StripeFailure, Subscribed};
+use crate::stripe::{
+    Attached, CreatedCustomer, NewCustomer, NewSubscription, PriceSpec, StripeFailure, Subscribed,
+};
 
 /// The store's part of the job path (Redis in production).
 pub trait JobStore: Send + Sync {
@@ -55,6 +57,36 @@ pub trait JobStore: Send + Sync {
         &'a self,
         pay_id: &'a PayId,
     ) -> BoxFuture<'a, Result<Option<CreateSent>, StoreError>>;
+
+    /// The Stripe customer of (`partner`, `email`), if a job has found or made it before.
+    fn customer_of<'a>(
+        &'a self,
+        partner: &'a str,
+        email: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, StoreError>>;
+
+    /// Remembers the Stripe customer of (`partner`, `email`), as long as a payId's record.
+    fn remember_customer<'a>(
+        &'a self,
+        partner: &'a str,
+        email: &'a str,
+        customer: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// A short lock on creating the price of `lookup_key`, so that of all the workers starting
+    /// a new plan at once one creates it and the others wait and find it. False when held.
+    fn lock_price<'a>(
+        &'a self,
+        lookup_key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    fn unlock_price<'a>(
+        &'a self,
+        lookup_key: &'a str,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// Stores the final result once and releases the lock `token` holds, in one atomic step:
     /// no other copy of the job can take the lock and find no result. A result stored earlier
@@ -140,12 +172,12 @@ pub trait StripeApi: Send + Sync {
         email: &'a str,
     ) -> BoxFuture<'a, Result<Option<String>, StripeFailure>>;
 
+    /// Creates the customer with the payment method attached and made its default.
     fn create_customer<'a>(
         &'a self,
-        partner_code: &'a str,
-        email: &'a str,
+        new: &'a NewCustomer<'a>,
         key: &'a str,
-    ) -> BoxFuture<'a, Result<String, StripeFailure>>;
+    ) -> BoxFuture<'a, Result<CreatedCustomer, StripeFailure>>;
 
     fn attach_payment_method<'a>(
         &'a self,
@@ -153,13 +185,6 @@ pub trait StripeApi: Send + Sync {
         customer: &'a str,
         key: &'a str,
     ) -> BoxFuture<'a, Result<Attached, StripeFailure>>;
-
-    fn set_default_payment_method<'a>(
-        &'a self,
-        customer: &'a str,
-        payment_method: &'a str,
-        key: &'a str,
-    ) -> BoxFuture<'a, Result<(), StripeFailure>>;
 
     /// A configured price's product.
     fn price_product<'a>(&'a self, price: &'a str) -> BoxFuture<'a, Result<String, StripeFailure>>;

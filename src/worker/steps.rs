@@ -9,18 +9,21 @@
 //!   job is parked for reconciliation, where it is only ever looked up.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use md5::{Digest, Md5};
+use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
 use super::job::{JobContext, Verdict};
 use super::ports::{CreateSent, Incoming};
 use crate::config::PlanSettings;
 use crate::domain::{FailureCode, FailureDetail, Job};
-use crate::stripe::{Attached, NewSubscription, PriceSpec, StripeFailure, Subscribed};
+use crate::stripe::{
+    Attached, CreatedCustomer, NewCustomer, NewSubscription, PriceSpec, StripeFailure, Subscribed,
+};
 
 /// Quick retries of one Stripe step, inside one attempt.
 #[derive(Debug, Clone)]
@@ -70,9 +73,13 @@ pub struct JobSettings {
     /// The broker's delivery limit: a job handed out this often ends here, before the broker
     /// would dead-letter it without a result.
     pub delivery_limit: u32,
-    /// Prices never change once made: found once per lookup key and process.
-    pub prices: Mutex<HashMap<String, (String, String)>>,
+    /// Prices never change once made: resolved once per lookup key and process, by one job
+    /// while the others wait (single flight).
+    pub prices: Mutex<HashMap<String, Arc<OnceCell<PriceIds>>>>,
 }
+
+/// A price and its product: (price id, product id).
+pub type PriceIds = (String, String);
 
 /// Why the steps stopped short of a subscription or a refusal.
 enum Stop {
@@ -205,31 +212,16 @@ async fn create(
     // key): a second customer or price is harmless, and both are found by lookup first.
     let suffix = format!("g{}", incoming.attempt.saturating_sub(2));
     let pay_id = job.pay_id.as_str();
-    let retry = &ctx.settings.retry;
     let stripe = &ctx.ports.stripe;
 
-    // The customer a create was sent for stays the customer: the lookup lists its subscriptions.
-    let customer = match created {
-        Some(sent) => sent.customer.clone(),
-        None => customer_step(ctx, job, &suffix).await?,
-    };
-    let attach_key = format!("ar-{pay_id}-attach-{suffix}");
-    let method: Attached = with_retries(retry, || {
-        stripe.attach_payment_method(job.pm_id.as_str(), &customer, &attach_key)
-    })
-    .await?;
-    let default_key = format!("ar-{pay_id}-default-{suffix}");
-    with_retries(retry, || {
-        stripe.set_default_payment_method(&customer, &method.id, &default_key)
-    })
-    .await?;
+    let payer = payer_step(ctx, job, created, &suffix).await?;
     let (price, _product) = price_step(ctx, job, &suffix).await?;
 
     let sent = CreateSent {
         generation,
         sent_at_ms: ctx.ports.clock.now_ms(),
-        customer: customer.clone(),
-        pay_method: method.kind.clone(),
+        customer: payer.customer.clone(),
+        pay_method: payer.kind.clone(),
     };
     ctx.ports
         .store
@@ -243,97 +235,224 @@ async fn create(
         ("partnerCode".to_owned(), job.partner_code.to_string()),
         ("plan_id".to_owned(), job.plan_id.to_string()),
     ]);
+    // The subscription's own default payment method: it charges with this one, whatever the
+    // customer's default is.
     let new = NewSubscription {
-        customer: &customer,
+        customer: &payer.customer,
         price: &price,
-        payment_method: &method.id,
+        payment_method: &payer.method,
         payment_behavior: &ctx.settings.payment_behavior,
         metadata,
     };
     let key = format!("ar-{pay_id}-sub-g{generation}");
     let subscription = create_or_settle(
-        retry,
+        &ctx.settings.retry,
         || stripe.create_subscription(&new, &key),
-        || stripe.find_subscription(&customer, pay_id),
+        || stripe.find_subscription(&payer.customer, pay_id),
     )
     .await
     .map_err(|failure| match failure {
         StripeFailure::Permanent(detail) => Stop::Refused(detail),
         other => Stop::Stripe(other),
     })?;
+    let pay_method = if subscription.pay_method.is_empty() {
+        payer.kind
+    } else {
+        subscription.pay_method.clone()
+    };
     Ok(Made {
-        customer,
-        pay_method: method.kind,
+        customer: payer.customer,
+        pay_method,
         subscription,
     })
 }
 
-async fn customer_step(ctx: &JobContext, job: &Job, suffix: &str) -> Result<String, Stop> {
+/// Who pays: the customer, and the id of the payment method attached to it.
+struct Payer {
+    customer: String,
+    method: String,
+    /// The method's type, when a call has told it (the subscription's answer tells it too).
+    kind: String,
+}
+
+/// A customer made by this job, or one that a lookup found.
+enum Customer {
+    Created(CreatedCustomer),
+    Existing(String),
+}
+
+/// The customer of (`partnerCode`, `email`) with the job's payment method attached. A customer
+/// we know (remembered in Redis, or found by listing by email): attach the method, one call. A
+/// new one: create it with the method attached and made its default, one call.
+async fn payer_step(
+    ctx: &JobContext,
+    job: &Job,
+    created: Option<&CreateSent>,
+    suffix: &str,
+) -> Result<Payer, Stop> {
     let partner = job.partner_code.as_str();
     let email = job.email.as_str();
     let stripe = &ctx.ports.stripe;
+    let store = &ctx.ports.store;
+    let retry = &ctx.settings.retry;
+
+    // The customer a create was sent for stays the customer: the lookup lists its subscriptions.
+    let known = match created {
+        Some(sent) => Some(sent.customer.clone()),
+        None => store
+            .customer_of(partner, email)
+            .await
+            .map_err(|e| Stop::Store(e.to_string()))?,
+    };
     let find = || stripe.find_customer(partner, email);
-    if let Some(found) = with_retries(&ctx.settings.retry, find).await? {
-        return Ok(found);
+    let customer = match known {
+        Some(customer) => Customer::Existing(customer),
+        None => match with_retries(retry, find).await? {
+            Some(found) => Customer::Existing(found),
+            None => {
+                // One person, one customer: the key comes from (partnerCode, email), not from
+                // the payId. A second job of the same person with another method gets Stripe's
+                // idempotency error, an unknown outcome: the lookup then finds the customer.
+                let key = format!(
+                    "ar-cus-{}-{suffix}",
+                    short_hash(&format!("{partner}\n{email}"))
+                );
+                let new = NewCustomer {
+                    partner_code: partner,
+                    email,
+                    payment_method: job.pm_id.as_str(),
+                };
+                create_or_settle(
+                    retry,
+                    || async {
+                        stripe
+                            .create_customer(&new, &key)
+                            .await
+                            .map(Customer::Created)
+                    },
+                    || async { find().await.map(|found| found.map(Customer::Existing)) },
+                )
+                .await?
+            }
+        },
+    };
+    let payer = match customer {
+        Customer::Created(made) => Payer {
+            customer: made.id,
+            method: made.payment_method,
+            kind: String::new(),
+        },
+        Customer::Existing(customer) => {
+            let key = format!("ar-{}-attach-{suffix}", job.pay_id);
+            let attached: Attached = with_retries(retry, || {
+                stripe.attach_payment_method(job.pm_id.as_str(), &customer, &key)
+            })
+            .await?;
+            Payer {
+                customer,
+                method: attached.id,
+                kind: attached.kind,
+            }
+        }
+    };
+    if created.is_none() {
+        // Remembered so the next job of this person skips the list by email. A Redis hiccup
+        // here costs that job one call, nothing more.
+        if let Err(error) = store
+            .remember_customer(partner, email, &payer.customer)
+            .await
+        {
+            tracing::warn!(%error, "customer not remembered");
+        }
     }
-    // One person, one customer: the key comes from (partnerCode, email), not from the payId.
-    let key = format!(
-        "ar-cus-{}-{suffix}",
-        short_hash(&format!("{partner}\n{email}"))
-    );
-    Ok(create_or_settle(
-        &ctx.settings.retry,
-        || stripe.create_customer(partner, email, &key),
-        find,
-    )
-    .await?)
+    Ok(payer)
 }
 
+/// How long one worker may hold the lock on creating a price.
+const PRICE_LOCK_TTL: Duration = Duration::from_secs(10);
+/// How often a worker waiting for another's price creation looks again.
+const PRICE_WAIT: Duration = Duration::from_millis(200);
+
 async fn price_step(ctx: &JobContext, job: &Job, suffix: &str) -> Result<(String, String), Stop> {
-    let settings = &ctx.settings;
-    let stripe = &ctx.ports.stripe;
-    let plan = settings.plans.get(job.plan_id.as_str());
+    let plan = ctx.settings.plans.get(job.plan_id.as_str());
     let interval = plan.map(|p| p.interval.as_str()).unwrap_or("month");
-    let lookup_key = match plan.and_then(|p| p.price.as_deref()) {
+    let configured = plan.and_then(|p| p.price.as_deref());
+    let lookup_key = match configured {
         Some(price) => format!("configured:{price}"),
         None => format!(
             "{}:{}:{}:{}",
             job.plan_id, job.amount_minor, job.pay_currency, interval
         ),
     };
-    if let Some(known) = settings
-        .prices
-        .lock()
-        .ok()
-        .and_then(|p| p.get(&lookup_key).cloned())
-    {
-        return Ok(known);
-    }
-    let found = if let Some(price) = plan.and_then(|p| p.price.as_deref()) {
-        let product = with_retries(&settings.retry, || stripe.price_product(price)).await?;
-        (price.to_owned(), product)
-    } else {
-        let find = || stripe.find_price(&lookup_key);
-        match with_retries(&settings.retry, find).await? {
-            Some(found) => found,
-            None => {
-                // One plan, one price: the key comes from the lookup key.
-                let key = format!("ar-price-{}-{suffix}", short_hash(&lookup_key));
-                let spec = PriceSpec {
-                    lookup_key: &lookup_key,
-                    product_name: job.plan_id.as_str(),
-                    unit_amount: job.amount_minor,
-                    currency: &job.pay_currency,
-                    interval,
-                };
-                create_or_settle(&settings.retry, || stripe.create_price(&spec, &key), find).await?
-            }
-        }
+    // Prices never change once made: resolved once per lookup key and process, and the jobs
+    // that want it meanwhile wait for that one resolution (single flight).
+    let cell = match ctx.settings.prices.lock() {
+        Ok(mut prices) => prices.entry(lookup_key.clone()).or_default().clone(),
+        Err(_) => Arc::default(),
     };
-    if let Ok(mut prices) = settings.prices.lock() {
-        prices.insert(lookup_key, found.clone());
+    let price = cell
+        .get_or_try_init(|| async {
+            match configured {
+                Some(price) => {
+                    let stripe = &ctx.ports.stripe;
+                    let product =
+                        with_retries(&ctx.settings.retry, || stripe.price_product(price)).await?;
+                    Ok((price.to_owned(), product))
+                }
+                None => find_or_create_price(ctx, job, &lookup_key, interval, suffix).await,
+            }
+        })
+        .await?;
+    Ok(price.clone())
+}
+
+/// The price of `lookup_key`, created if missing by one worker of all those that want it: the
+/// others wait for the short Redis lock to go and find the price made.
+async fn find_or_create_price(
+    ctx: &JobContext,
+    job: &Job,
+    lookup_key: &str,
+    interval: &str,
+    suffix: &str,
+) -> Result<(String, String), Stop> {
+    let stripe = &ctx.ports.stripe;
+    let store = &ctx.ports.store;
+    let retry = &ctx.settings.retry;
+    let find = || stripe.find_price(lookup_key);
+    let token = format!("{}-{}", job.pay_id, ctx.ports.clock.now_ms());
+    let waits = PRICE_LOCK_TTL.as_millis() / PRICE_WAIT.as_millis();
+    for _ in 0..=waits {
+        if let Some(found) = with_retries(retry, find).await? {
+            return Ok(found);
+        }
+        let locked = store
+            .lock_price(lookup_key, &token, PRICE_LOCK_TTL)
+            .await
+            .map_err(|e| Stop::Store(e.to_string()))?;
+        if !locked {
+            if !retry.pause(PRICE_WAIT).await {
+                break;
+            }
+            continue;
+        }
+        // One plan, one price: the key comes from the lookup key.
+        let key = format!("ar-price-{}-{suffix}", short_hash(lookup_key));
+        let spec = PriceSpec {
+            lookup_key,
+            product_name: job.plan_id.as_str(),
+            unit_amount: job.amount_minor,
+            currency: &job.pay_currency,
+            interval,
+        };
+        let made = create_or_settle(retry, || stripe.create_price(&spec, &key), find).await;
+        if let Err(error) = store.unlock_price(lookup_key, &token).await {
+            tracing::warn!(%error, "price lock not released; it expires by itself");
+        }
+        return Ok(made?);
     }
-    Ok(found)
+    Err(Stop::Stripe(StripeFailure::Transient(
+        "another worker is still creating the price".into(),
+    )))
 }
 
 /// Runs a read, or an idempotent write, with quick retries while its failure is transient.
