@@ -21,13 +21,20 @@ import schemathesis
 
 PARTNER = os.environ.get("AUTORENEW_SIGN_PARTNER", "P000818")
 SECRET = os.environ.get("AUTORENEW_SIGN_SECRET", "s3cr3t-P000818")
-SIGNED_PATHS = ("/stripeSubDirectly", "/resultQuery")
+SIGNED_PATHS = (
+    "/stripeSubDirectly",
+    "/resultQuery",
+    "/cancelAutoRenewalRecord",
+    "/queryAutoRenewalRecord",
+)
+# The calls about an existing payId: half of their cases ask about one the intake accepted.
+ASKING_PATHS = SIGNED_PATHS[1:]
 
 CODE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 DIGITS = re.compile(r"^[0-9]{1,16}$")
 RUN = f"{os.getpid():x}{int(time.time()) % 100000:x}"
 COUNTER = itertools.count()
-# payIds the intake accepted, so that /resultQuery asks about real ones too.
+# payIds the intake accepted, so that the queries and cancels ask about real ones too.
 ACCEPTED = []
 STATUSES = collections.Counter()
 LOCK = threading.Lock()
@@ -64,7 +71,7 @@ def before_call(ctx, case, kwargs):
         body["tradeTime"] = str(int(time.time() * 1000))
     if is_string(body.get("payId")) and CODE.match(body["payId"]):
         n = next(COUNTER)
-        if case.operation.path == "/resultQuery" and ACCEPTED and n % 2 == 0:
+        if case.operation.path in ASKING_PATHS and ACCEPTED and n % 2 == 0:
             # Every other query asks about a payId the intake accepted earlier in this run.
             body["payId"] = ACCEPTED[n % len(ACCEPTED)]
         else:
@@ -96,4 +103,4 @@ def after_call(ctx, case, response):
 def report():
     print("\nanswers by operation and status:")
     for (method, path, status), count in sorted(STATUSES.items()):
-        print(f"  {method:5} {path:20} {status}  {count}")
+        print(f"  {method:5} {path:24} {status}  {count}")
