@@ -1,4 +1,5 @@
-"""Schemathesis hooks for scripts/schemathesis.sh: sign every generated partner request.
+"""Schemathesis hooks for scripts/schemathesis.sh: sign every generated partner request, and
+most generated Stripe webhook deliveries.
 
 The intake refuses an unsigned request before it looks at the payId, so without a sign the
 generated cases would never get past `401 SIGN_INVALID`. This hook gives each request body a
@@ -10,6 +11,7 @@ generated body has well-formed values for them; a case that breaks those fields 
 import atexit
 import collections
 import hashlib
+import hmac
 import itertools
 import json
 import os
@@ -21,6 +23,9 @@ import schemathesis
 
 PARTNER = os.environ.get("AUTORENEW_SIGN_PARTNER", "P000818")
 SECRET = os.environ.get("AUTORENEW_SIGN_SECRET", "s3cr3t-P000818")
+# The intake's `stripe.webhook_secrets` in scripts/schemathesis.sh.
+WEBHOOK_SECRET = os.environ.get("AUTORENEW_WEBHOOK_SECRET", "whsec_schemathesis")
+WEBHOOK_PATH = "/stripe/webhook"
 SIGNED_PATHS = (
     "/stripeSubDirectly",
     "/resultQuery",
@@ -56,8 +61,30 @@ def is_string(value):
     return isinstance(value, str) and value != ""
 
 
+def sign_webhook(case, kwargs):
+    """Three deliveries in four get Stripe's signature (CONTRACT §9.1) over the exact bytes sent,
+    so the generated events reach the intake's event parsing and enqueueing; the fourth goes
+    unsigned, for the 400."""
+    if next(COUNTER) % 4 == 0:
+        return
+    try:
+        raw = json.dumps(case.body).encode("utf-8")
+    except (TypeError, ValueError):
+        return
+    t = str(int(time.time()))
+    v1 = hmac.new(WEBHOOK_SECRET.encode(), t.encode() + b"." + raw, hashlib.sha256).hexdigest()
+    # A body given here replaces the generated one as sent, so the signature covers these bytes.
+    kwargs["data"] = raw
+    if case.headers is None:
+        case.headers = {}
+    case.headers["Stripe-Signature"] = f"t={t},v1={v1}"
+
+
 @schemathesis.hook
 def before_call(ctx, case, kwargs):
+    if case.operation.path == WEBHOOK_PATH:
+        sign_webhook(case, kwargs)
+        return
     if case.operation.path not in SIGNED_PATHS:
         return
     body = case.body
