@@ -283,3 +283,24 @@ async fn an_event_the_broker_did_not_take_is_503_and_free_for_stripes_retry() {
     let _ = connection.close(200, "done".into()).await;
     app.teardown().await;
 }
+
+#[tokio::test]
+async fn metrics_count_webhook_events_by_type_and_outcome() {
+    let app = app_with(&[SECRET]).await;
+    let (_, body) = stripe_event();
+    let header = signature(&body, SECRET, now());
+    deliver(&app, &body, Some(&header)).await;
+    deliver(&app, &body, Some(&header)).await;
+    deliver(&app, &body, None).await;
+
+    let text = app.get("/metrics").await.text().await.expect("metrics");
+
+    for series in [
+        r#"autorenew_webhook_events_total{type="invoice.paid",outcome="enqueued"}"#,
+        r#"autorenew_webhook_events_total{type="invoice.paid",outcome="duplicate"}"#,
+        r#"autorenew_webhook_events_total{type="unknown",outcome="signature_invalid"}"#,
+    ] {
+        assert!(text.contains(series), "{series} missing: {text}");
+    }
+    app.teardown().await;
+}
