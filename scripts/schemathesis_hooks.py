@@ -1,4 +1,5 @@
-"""Schemathesis hooks for scripts/schemathesis.sh: sign every generated partner request.
+"""Schemathesis hooks for scripts/schemathesis.sh: sign every generated partner request, and
+most generated Stripe webhook deliveries.
 
 The intake refuses an unsigned request before it looks at the payId, so without a sign the
 generated cases would never get past `401 SIGN_INVALID`. This hook gives each request body a
@@ -10,6 +11,7 @@ generated body has well-formed values for them; a case that breaks those fields 
 import atexit
 import collections
 import hashlib
+import hmac
 import itertools
 import json
 import os
@@ -21,13 +23,23 @@ import schemathesis
 
 PARTNER = os.environ.get("AUTORENEW_SIGN_PARTNER", "P000818")
 SECRET = os.environ.get("AUTORENEW_SIGN_SECRET", "s3cr3t-P000818")
-SIGNED_PATHS = ("/stripeSubDirectly", "/resultQuery")
+# The intake's `stripe.webhook_secrets` in scripts/schemathesis.sh.
+WEBHOOK_SECRET = os.environ.get("AUTORENEW_WEBHOOK_SECRET", "whsec_schemathesis")
+WEBHOOK_PATH = "/stripe/webhook"
+SIGNED_PATHS = (
+    "/stripeSubDirectly",
+    "/resultQuery",
+    "/cancelAutoRenewalRecord",
+    "/queryAutoRenewalRecord",
+)
+# The calls about an existing payId: half of their cases ask about one the intake accepted.
+ASKING_PATHS = SIGNED_PATHS[1:]
 
 CODE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 DIGITS = re.compile(r"^[0-9]{1,16}$")
 RUN = f"{os.getpid():x}{int(time.time()) % 100000:x}"
 COUNTER = itertools.count()
-# payIds the intake accepted, so that /resultQuery asks about real ones too.
+# payIds the intake accepted, so that the queries and cancels ask about real ones too.
 ACCEPTED = []
 STATUSES = collections.Counter()
 LOCK = threading.Lock()
@@ -49,8 +61,30 @@ def is_string(value):
     return isinstance(value, str) and value != ""
 
 
+def sign_webhook(case, kwargs):
+    """Three deliveries in four get Stripe's signature (CONTRACT §9.1) over the exact bytes sent,
+    so the generated events reach the intake's event parsing and enqueueing; the fourth goes
+    unsigned, for the 400."""
+    if next(COUNTER) % 4 == 0:
+        return
+    try:
+        raw = json.dumps(case.body).encode("utf-8")
+    except (TypeError, ValueError):
+        return
+    t = str(int(time.time()))
+    v1 = hmac.new(WEBHOOK_SECRET.encode(), t.encode() + b"." + raw, hashlib.sha256).hexdigest()
+    # A body given here replaces the generated one as sent, so the signature covers these bytes.
+    kwargs["data"] = raw
+    if case.headers is None:
+        case.headers = {}
+    case.headers["Stripe-Signature"] = f"t={t},v1={v1}"
+
+
 @schemathesis.hook
 def before_call(ctx, case, kwargs):
+    if case.operation.path == WEBHOOK_PATH:
+        sign_webhook(case, kwargs)
+        return
     if case.operation.path not in SIGNED_PATHS:
         return
     body = case.body
@@ -64,7 +98,7 @@ def before_call(ctx, case, kwargs):
         body["tradeTime"] = str(int(time.time() * 1000))
     if is_string(body.get("payId")) and CODE.match(body["payId"]):
         n = next(COUNTER)
-        if case.operation.path == "/resultQuery" and ACCEPTED and n % 2 == 0:
+        if case.operation.path in ASKING_PATHS and ACCEPTED and n % 2 == 0:
             # Every other query asks about a payId the intake accepted earlier in this run.
             body["payId"] = ACCEPTED[n % len(ACCEPTED)]
         else:
@@ -96,4 +130,4 @@ def after_call(ctx, case, response):
 def report():
     print("\nanswers by operation and status:")
     for (method, path, status), count in sorted(STATUSES.items()):
-        print(f"  {method:5} {path:20} {status}  {count}")
+        print(f"  {method:5} {path:24} {status}  {count}")

@@ -189,6 +189,12 @@ pub struct StripeSettings {
     /// `payment_behavior` of new subscriptions: `error_if_incomplete` (a declined first charge
     /// fails the job) or `allow_incomplete` (it makes an `incomplete` subscription).
     pub payment_behavior: String,
+    /// The signing secrets (`whsec_…`) of the webhook endpoint(s) that deliver to
+    /// `POST /stripe/webhook`; any of them may match (a secret roll). Empty: that route answers
+    /// 404. From the environment: `AUTORENEW__STRIPE__WEBHOOK_SECRETS=whsec_a,whsec_b`.
+    pub webhook_secrets: Vec<SecretString>,
+    /// A delivery signed longer ago (or further ahead) than this is refused, against replays.
+    pub webhook_tolerance_secs: u64,
 }
 
 impl Default for StripeSettings {
@@ -200,6 +206,8 @@ impl Default for StripeSettings {
             http2_prior_knowledge: false,
             request_timeout_ms: 10_000,
             payment_behavior: "error_if_incomplete".into(),
+            webhook_secrets: Vec::new(),
+            webhook_tolerance_secs: 300,
         }
     }
 }
@@ -309,6 +317,9 @@ impl Settings {
             .prefix_separator("__")
             .separator("__")
             .try_parsing(true)
+            // Only this key is a comma-separated list; every other value stays one string.
+            .list_separator(",")
+            .with_list_parse_key("stripe.webhook_secrets")
             .source(env.clone());
         let mut settings: Settings = builder.add_source(environment).build()?.try_deserialize()?;
         settings.resolve_secret_env(env.as_ref())?;
@@ -461,6 +472,20 @@ impl Settings {
                 "stripe.secret_key",
                 "must be a Stripe secret key (sk_…) or restricted key (rk_…)",
             ));
+        }
+        if self
+            .stripe
+            .webhook_secrets
+            .iter()
+            .any(|secret| !secret.expose_secret().starts_with("whsec_"))
+        {
+            return Err(invalid(
+                "stripe.webhook_secrets",
+                "must be webhook endpoint signing secrets (whsec_…)",
+            ));
+        }
+        if self.stripe.webhook_tolerance_secs == 0 {
+            return Err(invalid("stripe.webhook_tolerance_secs", "must be above 0"));
         }
         self.check_partners()?;
         for (plan_id, plan) in &self.plans {

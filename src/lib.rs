@@ -1,12 +1,14 @@
 //! autorenew: signed partner requests in, Stripe subscriptions and result events out.
 //!
 //! # Layout
-//! - [`domain`]: the sign, the requests and their validation, amounts, the job and its result.
-//!   Pure: no I/O.
+//! - [`domain`]: the sign, the requests and their validation, amounts, the job and its result,
+//!   Stripe's webhook signature, cancels, an auto-renewal's state. Pure: no I/O.
 //! - [`config`]: `config.toml` + `AUTORENEW__…` environment, checked at start-up.
 //! - [`broker`]: RabbitMQ: the topology, a self-healing connection, the confirming publisher.
-//! - [`store`]: Redis: intake records (idempotency), results, locks, rate budgets.
-//! - [`intake`]: the HTTP front door (axum): checks a request and puts it on the broker.
+//! - [`store`]: Redis: intake records (idempotency), results, locks, rate budgets, the Stripe
+//!   events and cancels taken, each auto-renewal's state.
+//! - [`intake`]: the HTTP front door (axum): checks a request (or a Stripe webhook) and puts it
+//!   on the broker.
 //! - [`stripe`]: the Stripe gateway over async-stripe: the calls of a job, errors classified.
 //! - [`sim`]: `autorenew stripe-sim`, a stateful Stripe stand-in; it shares no code with the
 //!   Stripe gateway.

@@ -1,13 +1,17 @@
-//! The domain: the sign, the requests and their validation, amounts, the job and its result.
+//! The domain: the sign, the requests and their validation, amounts, the job and its result,
+//! Stripe's webhook signature, cancels and the state of an auto-renewal.
 //! Pure types and functions: no I/O, no tokio, no HTTP.
 
+pub mod cancel;
 pub mod event;
 pub mod fields;
 pub mod job;
 pub mod money;
 pub mod outcome;
+pub mod renewal;
 pub mod request;
 pub mod sign;
+pub mod webhook;
 
 pub use event::ResultEvent;
 pub use fields::{FieldError, SignedFields};

@@ -215,11 +215,23 @@ impl TradeTime {
     }
 }
 
-fn check_version(fields: &SignedFields) -> Result<(), FieldError> {
+pub(crate) fn check_version(fields: &SignedFields) -> Result<(), FieldError> {
     if fields.get("version") == VERSION {
         Ok(())
     } else {
         Err(FieldError::invalid("version", format!("must be {VERSION}")))
+    }
+}
+
+/// For the endpoints whose `tradeType` is their own name (§9.3, §9.4).
+pub(crate) fn check_trade_type(fields: &SignedFields, expected: &str) -> Result<(), FieldError> {
+    if fields.get("tradeType") == expected {
+        Ok(())
+    } else {
+        Err(FieldError::invalid(
+            "tradeType",
+            format!("must be {expected}"),
+        ))
     }
 }
 

@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use super::response::ApiResponse;
 use crate::broker::BrokerError;
 use crate::domain::FieldError;
+use crate::domain::webhook::SignatureError;
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +33,12 @@ pub enum IntakeError {
     PayIdConflict,
     #[error("an earlier request for this payId is still being enqueued; retry shortly")]
     PayIdBusy,
+    #[error("payId cannot be canceled: {0}")]
+    PayIdNotCancelable(&'static str),
+    #[error("the Stripe-Signature does not verify: {0}")]
+    WebhookSignature(#[from] SignatureError),
+    #[error("another delivery of this Stripe event is being enqueued; retry shortly")]
+    WebhookEventBusy,
     #[error("this partner is over its request rate; retry shortly")]
     RateLimited,
     #[error("no such endpoint")]
@@ -65,6 +72,9 @@ impl IntakeError {
         "BROKER_UNAVAILABLE",
         "STORE_UNAVAILABLE",
         "PAY_ID_BUSY",
+        "PAY_ID_NOT_CANCELABLE",
+        "WEBHOOK_SIGNATURE_INVALID",
+        "WEBHOOK_EVENT_BUSY",
     ];
 
     pub fn status(&self) -> StatusCode {
@@ -72,17 +82,18 @@ impl IntakeError {
             IntakeError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             IntakeError::ContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             IntakeError::SlowBody(_) => StatusCode::REQUEST_TIMEOUT,
-            IntakeError::Field(_) => StatusCode::BAD_REQUEST,
+            IntakeError::Field(_) | IntakeError::WebhookSignature(_) => StatusCode::BAD_REQUEST,
             IntakeError::PartnerUnknown(_)
             | IntakeError::SignInvalid
             | IntakeError::TradeTimeExpired { .. } => StatusCode::UNAUTHORIZED,
             IntakeError::PayIdUnknown | IntakeError::NotFound => StatusCode::NOT_FOUND,
             IntakeError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            IntakeError::PayIdConflict => StatusCode::CONFLICT,
+            IntakeError::PayIdConflict | IntakeError::PayIdNotCancelable(_) => StatusCode::CONFLICT,
             IntakeError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            IntakeError::PayIdBusy | IntakeError::Broker(_) | IntakeError::Store(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            IntakeError::PayIdBusy
+            | IntakeError::WebhookEventBusy
+            | IntakeError::Broker(_)
+            | IntakeError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -101,6 +112,9 @@ impl IntakeError {
             IntakeError::PayIdUnknown => "PAY_ID_UNKNOWN",
             IntakeError::PayIdConflict => "PAY_ID_CONFLICT",
             IntakeError::PayIdBusy => "PAY_ID_BUSY",
+            IntakeError::PayIdNotCancelable(_) => "PAY_ID_NOT_CANCELABLE",
+            IntakeError::WebhookSignature(_) => "WEBHOOK_SIGNATURE_INVALID",
+            IntakeError::WebhookEventBusy => "WEBHOOK_EVENT_BUSY",
             IntakeError::RateLimited => "RATE_LIMITED",
             IntakeError::NotFound => "NOT_FOUND",
             IntakeError::MethodNotAllowed => "METHOD_NOT_ALLOWED",
@@ -115,9 +129,10 @@ impl IntakeError {
             IntakeError::PartnerUnknown(_) => Some("partnerCode".into()),
             IntakeError::SignInvalid => Some("sign".into()),
             IntakeError::TradeTimeExpired { .. } => Some("tradeTime".into()),
-            IntakeError::PayIdUnknown | IntakeError::PayIdConflict | IntakeError::PayIdBusy => {
-                Some("payId".into())
-            }
+            IntakeError::PayIdUnknown
+            | IntakeError::PayIdConflict
+            | IntakeError::PayIdBusy
+            | IntakeError::PayIdNotCancelable(_) => Some("payId".into()),
             _ => None,
         }
     }
@@ -126,7 +141,9 @@ impl IntakeError {
     fn retry_after(&self) -> Option<&'static str> {
         match self {
             IntakeError::Broker(_) | IntakeError::Store(_) => Some("2"),
-            IntakeError::PayIdBusy | IntakeError::RateLimited => Some("1"),
+            IntakeError::PayIdBusy | IntakeError::WebhookEventBusy | IntakeError::RateLimited => {
+                Some("1")
+            }
             _ => None,
         }
     }
@@ -215,6 +232,9 @@ mod tests {
             IntakeError::PayIdUnknown,
             IntakeError::PayIdConflict,
             IntakeError::PayIdBusy,
+            IntakeError::PayIdNotCancelable("its creation failed"),
+            IntakeError::WebhookSignature(SignatureError::NoMatch),
+            IntakeError::WebhookEventBusy,
             IntakeError::RateLimited,
             IntakeError::NotFound,
             IntakeError::MethodNotAllowed,
@@ -233,6 +253,9 @@ mod tests {
                 | IntakeError::PayIdUnknown
                 | IntakeError::PayIdConflict
                 | IntakeError::PayIdBusy
+                | IntakeError::PayIdNotCancelable(_)
+                | IntakeError::WebhookSignature(_)
+                | IntakeError::WebhookEventBusy
                 | IntakeError::RateLimited
                 | IntakeError::NotFound
                 | IntakeError::MethodNotAllowed

@@ -1,12 +1,15 @@
-//! The HTTP intake (axum): checks a signed partner request and puts it on the broker. Uses the
-//! domain, the broker and the store; never Stripe.
+//! The HTTP intake (axum): checks a signed partner request (or a Stripe-signed webhook) and puts
+//! it on the broker. Uses the domain, the broker and the store; never Stripe.
 
+mod cancel;
 mod error;
 mod health;
 mod marks;
 mod metrics;
 mod openapi;
 mod partners;
+mod renewal_query;
+mod renewal_record;
 mod request_id;
 mod response;
 mod result_query;
@@ -14,6 +17,7 @@ mod serve;
 mod signed;
 mod state;
 mod subscribe;
+mod webhook;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,6 +32,7 @@ pub use error::IntakeError;
 pub use partners::Partners;
 pub use response::ApiResponse;
 pub use state::{AppState, Limits};
+pub use webhook::Webhooks;
 
 use crate::broker::{Broker, Topology};
 use crate::config::Settings;
@@ -56,6 +61,7 @@ impl Application {
         let store = Store::new(&settings.redis)?;
         let state = Arc::new(AppState {
             limits: Limits::from_settings(settings),
+            webhooks: Webhooks::from_settings(&settings.stripe),
             partners: Partners::new(
                 &settings.partners,
                 settings.intake.partner_rate_limit_per_second,
@@ -100,6 +106,15 @@ fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/stripeSubDirectly", post(subscribe::subscribe))
         .route("/resultQuery", post(result_query::result_query))
+        .route(
+            "/cancelAutoRenewalRecord",
+            post(cancel::cancel_auto_renewal),
+        )
+        .route(
+            "/queryAutoRenewalRecord",
+            post(renewal_query::query_auto_renewal),
+        )
+        .route("/stripe/webhook", post(webhook::stripe_webhook))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

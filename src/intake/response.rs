@@ -52,6 +52,23 @@ impl ApiResponse {
         }
     }
 
+    /// A Stripe event taken (or taken before): `S`, with no payId of its own.
+    pub fn event_taken(message: &str) -> Self {
+        ApiResponse {
+            operate_code: "S",
+            message: message.to_owned(),
+            pay_id: String::new(),
+            status: String::new(),
+            customer_id: String::new(),
+            pay_method: String::new(),
+            product_id: String::new(),
+            sub_id: String::new(),
+            error_code: None,
+            field: None,
+            error: None,
+        }
+    }
+
     /// Where an accepted payId stands: processing, or its final result.
     pub fn for_job(pay_id: &str, result: Option<&FinalResult>) -> Self {
         let Some(result) = result else {

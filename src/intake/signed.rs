@@ -11,6 +11,8 @@ use http_body_util::{BodyExt, Limited};
 
 use super::error::{IntakeError, Refusal};
 use super::state::AppState;
+use crate::domain::cancel::CancelRequest;
+use crate::domain::renewal::RenewalQuery;
 use crate::domain::request::{PartnerCode, PayId, TradeTime};
 use crate::domain::{FieldError, ResultQuery, SignedFields, SubscriptionRequest};
 
@@ -36,6 +38,30 @@ impl SignedBody for SubscriptionRequest {
 impl SignedBody for ResultQuery {
     fn parse(body: &[u8]) -> Result<(Self, SignedFields), FieldError> {
         ResultQuery::parse(body)
+    }
+    fn partner(&self) -> &PartnerCode {
+        &self.partner_code
+    }
+    fn trade_time(&self) -> TradeTime {
+        self.trade_time
+    }
+}
+
+impl SignedBody for CancelRequest {
+    fn parse(body: &[u8]) -> Result<(Self, SignedFields), FieldError> {
+        CancelRequest::parse(body)
+    }
+    fn partner(&self) -> &PartnerCode {
+        &self.partner_code
+    }
+    fn trade_time(&self) -> TradeTime {
+        self.trade_time
+    }
+}
+
+impl SignedBody for RenewalQuery {
+    fn parse(body: &[u8]) -> Result<(Self, SignedFields), FieldError> {
+        RenewalQuery::parse(body)
     }
     fn partner(&self) -> &PartnerCode {
         &self.partner_code
@@ -129,7 +155,11 @@ fn check_content_type(headers: &axum::http::HeaderMap) -> Result<(), IntakeError
 }
 
 /// Reads at most `limit` bytes, within `timeout_ms`: a slow or endless body is cut off.
-async fn read_body(body: Body, limit: usize, timeout_ms: u64) -> Result<bytes::Bytes, IntakeError> {
+pub(super) async fn read_body(
+    body: Body,
+    limit: usize,
+    timeout_ms: u64,
+) -> Result<bytes::Bytes, IntakeError> {
     let read = Limited::new(body, limit).collect();
     match tokio::time::timeout(std::time::Duration::from_millis(timeout_ms), read).await {
         Err(_) => Err(IntakeError::SlowBody(timeout_ms)),

@@ -6,6 +6,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use super::marks::EnqueuedMarks;
 use super::partners::Partners;
+use super::webhook::Webhooks;
 use crate::broker::Broker;
 use crate::config::Settings;
 use crate::store::Store;
@@ -35,6 +36,7 @@ impl Limits {
 #[derive(Debug)]
 pub struct AppState {
     pub limits: Limits,
+    pub webhooks: Webhooks,
     pub partners: Partners,
     pub broker: Broker,
     pub store: Store,

@@ -57,6 +57,21 @@ impl Keys {
         format!("{}:lock:{{{}}}", self.prefix, pay_id)
     }
 
+    /// The state of a payId's auto-renewal, kept current by the webhooks (a hash).
+    pub fn renewal(&self, pay_id: &PayId) -> String {
+        format!("{}:renewal:{{{}}}", self.prefix, pay_id)
+    }
+
+    /// The cancels asked for a payId, one claim per `when` (a hash).
+    pub fn cancel(&self, pay_id: &PayId) -> String {
+        format!("{}:cancel:{{{}}}", self.prefix, pay_id)
+    }
+
+    /// A Stripe event the intake took (or is taking), by its id: de-duplicates deliveries.
+    pub fn stripe_event(&self, event_id: &str) -> String {
+        format!("{}:stripe-event:{{{}}}", self.prefix, event_id)
+    }
+
     /// A partner's intake rate.
     pub fn partner_rate(&self, partner: &str) -> String {
         format!("{}:rate:{{{}}}", self.prefix, partner)

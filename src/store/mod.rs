@@ -1,15 +1,18 @@
 //! Redis: the intake's record of every payId (idempotency), final results, the workers' payId
-//! locks, and the shared rate budgets (Stripe's, and each partner's intake rate), on one Redis or
-//! a Redis Cluster. Knows the domain, never HTTP or Stripe.
+//! locks, the shared rate budgets (Stripe's, and each partner's intake rate), the Stripe events
+//! and cancels taken, and each auto-renewal's state, on one Redis or a Redis Cluster. Knows the domain, never HTTP or Stripe.
 //!
 //! Every key of one payId carries it as a hash tag (`autorenew:intake:{P123}`), so the scripts,
 //! which touch several keys of one payId, also run unchanged on Redis Cluster.
 
 mod budget;
+mod cancel_record;
 mod connection;
 mod intake_record;
 mod job;
 mod keys;
+mod renewal;
+mod stripe_event;
 
 use std::time::Duration;
 
@@ -19,9 +22,11 @@ use crate::config::RedisSettings;
 use crate::domain::FinalResult;
 use crate::domain::request::PayId;
 
+pub use cancel_record::CancelClaim;
 pub use intake_record::{Claim, ClaimOutcome, RecordView};
 pub use job::JobStart;
 pub use keys::Keys;
+pub use stripe_event::EventClaim;
 
 /// How long one Redis command may take before the caller gives up on it.
 const COMMAND_TIMEOUT: Duration = Duration::from_millis(1_000);

@@ -50,6 +50,50 @@ async fn a_partner_secret_never_appears_in_the_logs() {
     );
 }
 
+#[tokio::test]
+async fn a_webhook_secret_and_signature_never_appear_in_the_logs() {
+    const WEBHOOK_SECRET: &str = "whsec_never_logged_1234";
+    let service = Service::start_with(
+        &["intake"],
+        &[("AUTORENEW__STRIPE__WEBHOOK_SECRETS", WEBHOOK_SECRET)],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let id = format!("evt_{}", uuid::Uuid::new_v4().simple());
+    let body = format!(
+        r#"{{"id":"{id}","object":"event","created":1,"data":{{"object":{{}}}},"livemode":false,"pending_webhooks":1,"type":"invoice.paid"}}"#
+    );
+    let t = time::OffsetDateTime::now_utc().unix_timestamp();
+    let good = autorenew::domain::webhook::sign(body.as_bytes(), WEBHOOK_SECRET, t);
+    let bad = autorenew::domain::webhook::sign(body.as_bytes(), "whsec_other", t);
+    for header in [&good, &bad, &good] {
+        let response = client
+            .post(format!("{}/stripe/webhook", service.address))
+            .header("stripe-signature", header.as_str())
+            .body(body.clone())
+            .send()
+            .await
+            .expect("POST");
+        Answer::from(response).await;
+    }
+
+    let logs = service.stop().await;
+
+    assert!(
+        logs.contains("Stripe event enqueued"),
+        "the run was logged: {logs}"
+    );
+    assert!(logs.contains(&id), "the event id is logged");
+    assert!(
+        !logs.contains(WEBHOOK_SECRET),
+        "a webhook secret was logged"
+    );
+    for header in [&good, &bad] {
+        let v1 = header.split("v1=").nth(1).expect("v1");
+        assert!(!logs.contains(v1), "a signature was logged");
+    }
+}
+
 /// `autorenew run --log-json`: every line is JSON, every line of a job names its payId and
 /// request id, and no secret, payment method id or whole email is in any of them.
 #[tokio::test]
@@ -118,6 +162,11 @@ struct Service {
 impl Service {
     /// Starts `autorenew <args>` and waits until its intake is ready.
     async fn start(args: &[&str]) -> Service {
+        Self::start_with(args, &[]).await
+    }
+
+    /// As `start`, with more environment variables.
+    async fn start_with(args: &[&str], envs: &[(&str, &str)]) -> Service {
         let prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
         let mut child = Command::new(env!("CARGO_BIN_EXE_autorenew"))
             .arg("--config")
@@ -128,6 +177,7 @@ impl Service {
             .env("AUTORENEW__WORKER__LISTEN", "127.0.0.1:0")
             .env("AUTORENEW__AMQP__PREFIX", &prefix)
             .env("AUTORENEW__REDIS__KEY_PREFIX", &prefix)
+            .envs(envs.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

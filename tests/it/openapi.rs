@@ -5,8 +5,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use autorenew::broker::BrokerError;
+use autorenew::domain::cancel::{CANCEL_FIELDS, CANCEL_TRADE_TYPE};
 use autorenew::domain::money::Currency;
+use autorenew::domain::renewal::{QUERY_TRADE_TYPE, RENEWAL_QUERY_FIELDS};
 use autorenew::domain::request::{RESULT_QUERY_FIELDS, SUBSCRIPTION_FIELDS, VERSION};
+use autorenew::domain::webhook::SignatureError;
 use autorenew::domain::{FailureCode, FieldError};
 use autorenew::intake::IntakeError;
 use autorenew::store::StoreError;
@@ -110,6 +113,9 @@ fn one_of_each() -> Vec<IntakeError> {
         IntakeError::PayIdUnknown,
         IntakeError::PayIdConflict,
         IntakeError::PayIdBusy,
+        IntakeError::PayIdNotCancelable("canceled already"),
+        IntakeError::WebhookSignature(SignatureError::Missing),
+        IntakeError::WebhookEventBusy,
         IntakeError::RateLimited,
         IntakeError::NotFound,
         IntakeError::MethodNotAllowed,
@@ -151,6 +157,9 @@ fn the_document_is_openapi_3() {
     for path in [
         "/stripeSubDirectly",
         "/resultQuery",
+        "/cancelAutoRenewalRecord",
+        "/queryAutoRenewalRecord",
+        "/stripe/webhook",
         "/healthz",
         "/readyz",
         "/metrics",
@@ -170,9 +179,12 @@ fn the_document_is_openapi_3() {
 #[test]
 fn the_request_schemas_list_every_field_as_a_required_non_empty_string() {
     let doc = document();
-    for (name, fields) in [
-        ("SubscriptionRequest", SUBSCRIPTION_FIELDS),
-        ("ResultQueryRequest", RESULT_QUERY_FIELDS),
+    // (schema, required fields, optional fields)
+    for (name, fields, optional) in [
+        ("SubscriptionRequest", SUBSCRIPTION_FIELDS, &[][..]),
+        ("ResultQueryRequest", RESULT_QUERY_FIELDS, &[]),
+        ("CancelRequest", CANCEL_FIELDS, &["when"]),
+        ("RenewalQueryRequest", RENEWAL_QUERY_FIELDS, &[]),
     ] {
         let schema = schema(&doc, name);
         let required: Vec<&str> = schema["required"]
@@ -187,7 +199,7 @@ fn the_request_schemas_list_every_field_as_a_required_non_empty_string() {
         );
         let properties = schema["properties"].as_object().expect("properties");
         let documented: BTreeSet<&str> = properties.keys().map(String::as_str).collect();
-        let code: BTreeSet<&str> = fields.iter().copied().collect();
+        let code: BTreeSet<&str> = fields.iter().chain(optional).copied().collect();
         assert_eq!(documented, code, "{name}: documented fields");
         for (field, rule) in properties {
             assert_eq!(rule["type"], "string", "{name}.{field}");
@@ -208,6 +220,25 @@ fn the_request_schemas_list_every_field_as_a_required_non_empty_string() {
             BTreeSet::from([VERSION.to_owned()])
         );
     }
+}
+
+#[test]
+fn the_renewal_endpoints_document_their_trade_type_and_when() {
+    let doc = document();
+    for (name, trade_type) in [
+        ("CancelRequest", CANCEL_TRADE_TYPE),
+        ("RenewalQueryRequest", QUERY_TRADE_TYPE),
+    ] {
+        assert_eq!(
+            strings(&schema(&doc, name)["properties"]["tradeType"]["enum"]),
+            BTreeSet::from([trade_type.to_owned()]),
+            "{name}.tradeType"
+        );
+    }
+    assert_eq!(
+        strings(&schema(&doc, "CancelRequest")["properties"]["when"]["enum"]),
+        BTreeSet::from(["now".to_owned(), "period_end".to_owned()])
+    );
 }
 
 #[test]
@@ -289,7 +320,7 @@ fn job_failure_codes_are_documented() {
 #[test]
 fn every_response_schema_has_the_flat_fields() {
     let doc = document();
-    for name in ["JobStatus", "Refusal"] {
+    for name in ["JobStatus", "Refusal", "RenewalRecord", "WebhookReceipt"] {
         let required = strings(&schema(&doc, name)["required"]);
         for field in FLAT_FIELDS {
             assert!(required.contains(*field), "{name} does not require {field}");
@@ -345,7 +376,8 @@ async fn the_intake_serves_the_document_and_every_documented_route() {
             statuses.contains_key(&status),
             "{method} {path} answered {status}, which is not documented"
         );
-        if method == "post" {
+        // The webhook is signed by Stripe, not a partner: no secret is configured here (404).
+        if method == "post" && path != "/stripe/webhook" {
             let body: Value = response.json().await.expect("JSON");
             assert_eq!(body["errorCode"], "PARAM_MISSING", "{path}: {body}");
         }

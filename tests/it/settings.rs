@@ -92,3 +92,43 @@ fn the_binary_refuses_to_start_on_a_bad_configuration() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("redis.url"), "{stderr}");
 }
+
+#[test]
+fn webhook_secrets_come_from_the_environment_as_a_list_and_never_print() {
+    let settings = Settings::load_with_env(
+        Some(&repo_path("config.toml")),
+        Some(env(&[(
+            "AUTORENEW__STRIPE__WEBHOOK_SECRETS",
+            "whsec_new_one,whsec_old_one",
+        )])),
+    )
+    .expect("loads");
+    let secrets: Vec<&str> = settings
+        .stripe
+        .webhook_secrets
+        .iter()
+        .map(secrecy::ExposeSecret::expose_secret)
+        .collect();
+    assert_eq!(secrets, ["whsec_new_one", "whsec_old_one"]);
+    assert_eq!(settings.stripe.webhook_tolerance_secs, 300);
+    let printed = format!("{settings:?}");
+    assert!(
+        !printed.contains("whsec_new_one"),
+        "a secret in Debug output"
+    );
+
+    let error = Settings::load_with_env(
+        Some(&repo_path("config.toml")),
+        Some(env(&[(
+            "AUTORENEW__STRIPE__WEBHOOK_SECRETS",
+            "sk_test_oops",
+        )])),
+    )
+    .expect_err("not a webhook secret")
+    .to_string();
+    assert!(error.contains("stripe.webhook_secrets"), "{error}");
+    assert!(
+        !error.contains("sk_test_oops"),
+        "the value is not echoed: {error}"
+    );
+}

@@ -1675,6 +1675,41 @@ fn routes(out: &mut Vec<Case>) {
             .to(path),
         );
     }
+    // The other routes: a wrong method is 405, a near-miss of the path is 404.
+    for (method, path) in [
+        (Method::GET, "/cancelAutoRenewalRecord"),
+        (Method::PUT, "/queryAutoRenewalRecord"),
+        (Method::GET, "/stripe/webhook"),
+        (Method::DELETE, "/stripe/webhook"),
+    ] {
+        out.push(
+            Case::new(
+                "route",
+                format!("{method} {path}"),
+                signed_bytes(fresh()),
+                Expect::Refused(405, "METHOD_NOT_ALLOWED", ""),
+            )
+            .method(method)
+            .to(path),
+        );
+    }
+    for path in [
+        "/cancelautorenewalrecord",
+        "/queryAutoRenewalRecord/",
+        "/stripe/webhook/",
+        "/stripe/Webhook",
+        "/stripe",
+    ] {
+        out.push(
+            Case::new(
+                "route",
+                format!("POST {path}"),
+                signed_bytes(fresh()),
+                Expect::Refused(404, "NOT_FOUND", ""),
+            )
+            .to(path),
+        );
+    }
     out.push(
         Case::new(
             "route",

@@ -1,0 +1,27 @@
+//! `POST /queryAutoRenewalRecord` (CONTRACT §9.4): where one of the partner's own auto-renewals
+//! stands, kept current by Stripe's webhooks.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+
+use super::error::{IntakeError, Refusal};
+use super::renewal_record::{RenewalAnswer, RenewalRecord};
+use super::signed::SignedRequest;
+use super::state::AppState;
+use crate::domain::renewal::RenewalQuery;
+
+pub async fn query_auto_renewal(
+    State(state): State<Arc<AppState>>,
+    SignedRequest { body, .. }: SignedRequest<RenewalQuery>,
+) -> Result<Json<RenewalAnswer>, Refusal> {
+    let refuse = |error: IntakeError| Refusal {
+        error,
+        pay_id: Some(body.pay_id.to_string()),
+    };
+    let record = RenewalRecord::find(&state, &body.partner_code, &body.pay_id)
+        .await
+        .map_err(refuse)?;
+    Ok(Json(RenewalAnswer::of(&record)))
+}

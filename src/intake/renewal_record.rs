@@ -1,0 +1,127 @@
+//! What the intake knows of one of a partner's auto-renewals: the creation's result and the
+//! state the webhooks keep, for `/queryAutoRenewalRecord` and `/cancelAutoRenewalRecord`.
+
+use serde::Serialize;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::error::IntakeError;
+use super::response::ApiResponse;
+use super::state::AppState;
+use crate::domain::FinalResult;
+use crate::domain::renewal::STATUS_CANCELED;
+use crate::domain::renewal::{RenewalError, RenewalState};
+use crate::domain::request::{PartnerCode, PayId};
+
+/// One payId of this partner, as the store has it.
+#[derive(Debug, Clone)]
+pub struct RenewalRecord {
+    pub pay_id: PayId,
+    /// The creation's final result; None while it is processing.
+    pub result: Option<FinalResult>,
+    /// The state the webhooks keep; None before the first event about it.
+    pub renewal: Option<RenewalState>,
+}
+
+impl RenewalRecord {
+    /// The payId's record if it is this partner's. Another partner's payId is answered exactly
+    /// like an unknown one: no partner learns what another sent. The renewal state names its
+    /// partner too, so an auto-renewal stays known after the intake's record of its creation
+    /// expired (`redis.record_ttl_secs`).
+    pub async fn find(
+        state: &AppState,
+        partner: &PartnerCode,
+        pay_id: &PayId,
+    ) -> Result<Self, IntakeError> {
+        let record = state.store.record(pay_id).await?;
+        let renewal = state.store.renewal(pay_id).await?;
+        let owned = match (&record, &renewal) {
+            (Some(record), _) => record.partner == partner.as_str(),
+            (None, Some(renewal)) => renewal.partner_code == partner.as_str(),
+            (None, None) => false,
+        };
+        if !owned {
+            return Err(IntakeError::PayIdUnknown);
+        }
+        Ok(RenewalRecord {
+            pay_id: pay_id.clone(),
+            result: record.and_then(|record| record.result),
+            renewal,
+        })
+    }
+
+    /// The creation failed: there is no subscription to cancel.
+    pub fn creation_failed(&self) -> bool {
+        self.result.as_ref().is_some_and(FinalResult::is_failed)
+    }
+
+    /// The subscription is over.
+    pub fn canceled(&self) -> bool {
+        let status = self
+            .status_override()
+            .or(self.result.as_ref().map(|result| result.status.as_str()));
+        status == Some(STATUS_CANCELED)
+    }
+
+    /// The subscription's status as the webhooks last said it, if they did.
+    fn status_override(&self) -> Option<&str> {
+        self.renewal
+            .as_ref()
+            .map(|renewal| renewal.status.as_str())
+            .filter(|status| !status.is_empty())
+    }
+
+    /// The flat fields of §4 with the payId's current status: the creation's result, with the
+    /// status (and subscription id) the webhooks reported since.
+    pub fn current(&self) -> ApiResponse {
+        let mut answer = ApiResponse::for_job(self.pay_id.as_str(), self.result.as_ref());
+        if let Some(status) = self.status_override() {
+            answer.status = status.to_owned();
+        }
+        if let Some(renewal) = &self.renewal
+            && answer.sub_id.is_empty()
+        {
+            answer.sub_id = renewal.sub_id.clone();
+        }
+        answer
+    }
+}
+
+/// The answer of `/queryAutoRenewalRecord`: §4's flat fields and the auto-renewal's own. Every
+/// field is always present (empty, `false`, `0` or `null` when not known yet).
+#[derive(Debug, Clone, Serialize)]
+pub struct RenewalAnswer {
+    #[serde(flatten)]
+    pub base: ApiResponse,
+    /// RFC 3339 UTC.
+    pub current_period_end: String,
+    pub cancel_at_period_end: bool,
+    /// Paid renewals so far.
+    pub renewals: u64,
+    /// RFC 3339 UTC.
+    pub last_renewal_at: String,
+    pub last_invoice_id: String,
+    pub last_error: Option<RenewalError>,
+}
+
+impl RenewalAnswer {
+    pub fn of(record: &RenewalRecord) -> Self {
+        let base = record.current();
+        let renewal = record.renewal.clone().unwrap_or_default();
+        RenewalAnswer {
+            base,
+            current_period_end: rfc3339(renewal.current_period_end),
+            cancel_at_period_end: renewal.cancel_at_period_end,
+            renewals: renewal.renewals,
+            last_renewal_at: rfc3339(renewal.last_renewal_at),
+            last_invoice_id: renewal.last_invoice_id,
+            last_error: renewal.last_error,
+        }
+    }
+}
+
+fn rfc3339(unix: Option<i64>) -> String {
+    unix.and_then(|secs| OffsetDateTime::from_unix_timestamp(secs).ok())
+        .and_then(|time| time.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}
