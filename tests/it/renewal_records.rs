@@ -217,11 +217,11 @@ async fn a_pay_id_whose_creation_failed_or_that_is_canceled_is_not_cancelable() 
     let canceled = accepted_pay_id(&app).await;
     let store = store(&app);
     store
-        .save_result(&pay(&failed), &result("failed", true))
+        .finish_job(&pay(&failed), "no-lock", &result("failed", true))
         .await
         .expect("result");
     store
-        .save_result(&pay(&canceled), &result("active", false))
+        .finish_job(&pay(&canceled), "no-lock", &result("active", false))
         .await
         .expect("result");
     store
@@ -303,7 +303,7 @@ async fn a_query_answers_the_flat_fields_and_the_renewal_state() {
     let store = store(&app);
     let id = pay(&pay_id);
     store
-        .save_result(&id, &result("active", false))
+        .finish_job(&id, "no-lock", &result("active", false))
         .await
         .expect("result");
     // 2026-03-01T00:00:00Z and 2026-02-01T00:00:00Z.
