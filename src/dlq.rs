@@ -172,7 +172,9 @@ pub async fn replay(
         {
             store.clear_result(&job.pay_id).await?;
         }
+        let kind = JobHeaders(&delivery.properties).kind();
         let message = JobMessage {
+            kind: &kind,
             body: &delivery.data,
             message_id: &letter.message_id,
             attempt: 1,

@@ -34,6 +34,8 @@ pub enum Destination<'a> {
 /// One job message to publish.
 #[derive(Debug, Clone, Copy)]
 pub struct JobMessage<'a> {
+    /// The AMQP `type`: [`JOB_MESSAGE_TYPE`] for a creation job, or a cancel's.
+    pub kind: &'a str,
     pub body: &'a [u8],
     /// The payId: consumers and operators find a job by it.
     pub message_id: &'a str,
@@ -71,7 +73,7 @@ impl Broker {
                 body: job.body,
                 content_type: "application/json",
                 message_id: job.message_id,
-                kind: JOB_MESSAGE_TYPE,
+                kind: job.kind,
                 headers,
                 // A job no queue takes would be lost: refuse it.
                 mandatory: true,
@@ -108,6 +110,14 @@ impl JobHeaders<'_> {
             AMQPValue::ShortString(s) => Some(s.to_string()),
             _ => None,
         }
+    }
+
+    /// The message's AMQP `type`; a creation job when absent (as older intakes sent it).
+    pub fn kind(&self) -> String {
+        self.0
+            .kind()
+            .as_ref()
+            .map_or_else(|| JOB_MESSAGE_TYPE.to_owned(), |kind| kind.to_string())
     }
 
     pub fn message_id(&self) -> String {

@@ -10,6 +10,87 @@ pub const CLOUDEVENTS_CONTENT_TYPE: &str = "application/cloudevents+json";
 pub const TYPE_SUCCEEDED: &str = "autorenew.subscription.succeeded";
 pub const TYPE_FAILED: &str = "autorenew.subscription.failed";
 
+/// What happened later in an auto-renewal's life (CONTRACT §9.2): the middle word of the routing
+/// key `subscription.<kind>.<partnerCode>` and the end of the type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LifecycleKind {
+    Renewed,
+    RenewalFailed,
+    Updated,
+    Canceled,
+}
+
+impl LifecycleKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            LifecycleKind::Renewed => "renewed",
+            LifecycleKind::RenewalFailed => "renewal_failed",
+            LifecycleKind::Updated => "updated",
+            LifecycleKind::Canceled => "canceled",
+        }
+    }
+}
+
+/// A CloudEvent about an auto-renewal after its creation: `data` carries `payId`,
+/// `partnerCode`, `sub_id` and what the kind adds (CONTRACT §9.2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LifecycleEvent {
+    pub specversion: String,
+    /// Stable for what it reports (a Stripe event id, or a cancel request), so consumers can
+    /// de-duplicate redeliveries.
+    pub id: String,
+    pub source: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The payId.
+    pub subject: String,
+    pub time: String,
+    pub datacontenttype: String,
+    pub data: serde_json::Value,
+    /// The partner, for the routing key; not part of the event.
+    #[serde(skip)]
+    pub partner_code: String,
+    #[serde(skip)]
+    pub lifecycle: Option<LifecycleKind>,
+}
+
+impl LifecycleEvent {
+    pub fn new(
+        lifecycle: LifecycleKind,
+        id: String,
+        source: &str,
+        pay_id: &str,
+        partner_code: &str,
+        time: String,
+        mut data: serde_json::Map<String, serde_json::Value>,
+    ) -> Self {
+        data.insert("payId".into(), pay_id.into());
+        data.insert("partnerCode".into(), partner_code.into());
+        LifecycleEvent {
+            specversion: "1.0".into(),
+            id,
+            source: source.to_owned(),
+            kind: format!("autorenew.subscription.{}", lifecycle.as_str()),
+            subject: pay_id.to_owned(),
+            time,
+            datacontenttype: "application/json".into(),
+            data: serde_json::Value::Object(data),
+            partner_code: partner_code.to_owned(),
+            lifecycle: Some(lifecycle),
+        }
+    }
+
+    /// `subscription.<kind>.<partnerCode>`.
+    pub fn routing_key(&self) -> String {
+        let kind = self.lifecycle.map_or("updated", |k| k.as_str());
+        format!("subscription.{kind}.{}", self.partner_code)
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
 /// `succeeded` or `failed`: the middle word of the routing key and the end of the type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResultKind {

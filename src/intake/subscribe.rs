@@ -17,6 +17,7 @@ use super::response::ApiResponse;
 use super::signed::{SignedRequest, now_millis};
 use super::state::AppState;
 use crate::broker::{BrokerError, Destination, JobMessage};
+use crate::domain::job::JOB_MESSAGE_TYPE;
 use crate::domain::outcome::STATUS_PROCESSING;
 use crate::domain::request::SUBSCRIPTION_FIELDS;
 use crate::domain::{Job, SubscriptionRequest};
@@ -173,6 +174,7 @@ async fn enqueue(
     token: &str,
 ) -> Result<(), IntakeError> {
     let message = JobMessage {
+        kind: JOB_MESSAGE_TYPE,
         body: job,
         message_id: request.pay_id.as_str(),
         attempt: 1,

@@ -304,3 +304,29 @@ impl Store {
         Ok(())
     }
 }
+
+impl Store {
+    /// Takes the payId's lock whatever is stored (a cancel works on a finished payId); false
+    /// when another worker holds it.
+    pub async fn lock_pay_id(
+        &self,
+        pay_id: &PayId,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut connection = self.connection().await?;
+        let key = self.keys.lock(pay_id);
+        let set: Option<String> = with_timeout(async {
+            redis::cmd("SET")
+                .arg(key)
+                .arg(token)
+                .arg("NX")
+                .arg("PX")
+                .arg(millis(ttl))
+                .query_async(&mut connection)
+                .await
+        })
+        .await?;
+        Ok(set.is_some())
+    }
+}

@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use stripe::{IdempotencyKey, RequestStrategy, StripeRequest};
 use stripe_billing::subscription::{
-    CreateSubscription, CreateSubscriptionItems, CreateSubscriptionPaymentBehavior,
-    ListSubscription, ListSubscriptionStatus,
+    CancelSubscription, CreateSubscription, CreateSubscriptionItems,
+    CreateSubscriptionPaymentBehavior, ListSubscription, ListSubscriptionStatus,
+    RetrieveSubscription, UpdateSubscription,
 };
 use stripe_core::customer::{CreateCustomer, CreateCustomerInvoiceSettings, ListCustomer};
 use stripe_payment::payment_method::{AttachPaymentMethod, RetrievePaymentMethod};
@@ -354,6 +355,86 @@ impl Gateway {
             .await
             .map_err(|e| failed("subscriptions.create", e, true))?;
         Ok(subscribed(&subscription))
+    }
+}
+
+/// A subscription's renewal state, as a cancel leaves it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionState {
+    pub id: String,
+    pub status: String,
+    pub cancel_at_period_end: bool,
+    /// The end of the paid period (unix seconds), from its first item.
+    pub current_period_end: Option<i64>,
+    pub canceled_at: Option<i64>,
+    /// Why it was canceled (`cancellation_requested`, `payment_failed`, …).
+    pub cancellation_reason: Option<String>,
+}
+
+impl Gateway {
+    /// No more renewals: the paid period runs out, then Stripe cancels the subscription.
+    pub async fn cancel_at_period_end(
+        &self,
+        subscription: &str,
+        key: &str,
+    ) -> Result<SubscriptionState, StripeFailure> {
+        self.take_budget("subscriptions.update").await?;
+        let updated = UpdateSubscription::new(subscription)
+            .cancel_at_period_end(true)
+            .customize()
+            .request_strategy(idempotent(key)?)
+            .send(&self.client)
+            .await
+            .map_err(|e| failed("subscriptions.update", e, true))?;
+        Ok(state_of(&updated))
+    }
+
+    /// Cancels the subscription now.
+    pub async fn cancel_now(
+        &self,
+        subscription: &str,
+        key: &str,
+    ) -> Result<SubscriptionState, StripeFailure> {
+        self.take_budget("subscriptions.cancel").await?;
+        let canceled = CancelSubscription::new(subscription)
+            .customize()
+            .request_strategy(idempotent(key)?)
+            .send(&self.client)
+            .await
+            .map_err(|e| failed("subscriptions.cancel", e, true))?;
+        Ok(state_of(&canceled))
+    }
+
+    /// The subscription as it stands.
+    pub async fn subscription_state(
+        &self,
+        subscription: &str,
+    ) -> Result<SubscriptionState, StripeFailure> {
+        self.take_budget("subscriptions.retrieve").await?;
+        let found = RetrieveSubscription::new(subscription)
+            .send(&self.client)
+            .await
+            .map_err(|e| failed("subscriptions.retrieve", e, false))?;
+        Ok(state_of(&found))
+    }
+}
+
+fn state_of(subscription: &stripe_billing::Subscription) -> SubscriptionState {
+    SubscriptionState {
+        id: subscription.id.to_string(),
+        status: subscription.status.to_string(),
+        cancel_at_period_end: subscription.cancel_at_period_end,
+        current_period_end: subscription
+            .items
+            .data
+            .first()
+            .map(|item| item.current_period_end),
+        canceled_at: subscription.canceled_at,
+        cancellation_reason: subscription
+            .cancellation_details
+            .as_ref()
+            .and_then(|details| details.reason.as_ref())
+            .map(|reason| reason.to_string()),
     }
 }
 

@@ -11,6 +11,7 @@ pub use client::{CallError, ClientOptions, StripeHttp};
 pub use error::StripeFailure;
 pub use gateway::{
     Attached, CreatedCustomer, Gateway, NewCustomer, NewSubscription, PriceSpec, Subscribed,
+    SubscriptionState,
 };
 
 use std::future::Future;

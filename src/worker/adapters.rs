@@ -137,6 +137,7 @@ impl JobQueue for BrokerQueue {
                 Wait::Reconcile => topology.reconcile_queue(),
             };
             let message = JobMessage {
+                kind: &job.kind,
                 body: &job.body,
                 message_id: &job.message_id,
                 attempt,
@@ -155,6 +156,7 @@ impl JobQueue for BrokerQueue {
         reason: &'a str,
     ) -> BoxFuture<'a, Result<(), BrokerError>> {
         let message = JobMessage {
+            kind: &job.kind,
             body: &job.body,
             message_id: &job.message_id,
             attempt: job.attempt,

@@ -17,10 +17,13 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::cancel::{self, CancelContext};
 use super::job::{self, Handled, JobContext};
-use super::ports::{Incoming, Settle};
+use super::ports::{Incoming, JobQueue, Settle};
 use crate::broker::topology::EXPIRED_ROUTING_KEY;
 use crate::broker::{Broker, JOB_DELIVERY_LIMIT, JobHeaders};
+use crate::domain::cancel::CANCEL_MESSAGE_TYPE;
+use crate::domain::webhook::STRIPE_EVENT_MESSAGE_TYPE;
 use crate::store::Store;
 /// How often the loop checks that Redis still answers.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
@@ -34,6 +37,8 @@ pub struct Worker {
     /// For the health checks; jobs reach Redis through their context's ports.
     pub store: Store,
     pub ctx: Arc<JobContext>,
+    /// What a partner's cancel needs (CONTRACT §9.3).
+    pub cancels: CancelContext,
     pub concurrency: u16,
     pub drain_timeout: Duration,
     /// True while a consumer is registered on the jobs queue.
@@ -180,6 +185,7 @@ impl Worker {
         // The broker dead-letters a job past its delivery limit under the expired routing key.
         let expired = delivery.routing_key.as_str() == EXPIRED_ROUTING_KEY;
         let incoming = Incoming {
+            kind: headers.kind(),
             body: delivery.data.clone(),
             message_id: headers.message_id(),
             attempt: headers.attempt(),
@@ -192,7 +198,25 @@ impl Worker {
             },
         };
         let span = tracing::info_span!("job", message_id = %incoming.message_id, attempt = incoming.attempt);
-        let handled = run_job(&self.ctx, incoming).instrument(span).await;
+        let handled = match incoming.kind.as_str() {
+            CANCEL_MESSAGE_TYPE => {
+                let token = uuid::Uuid::new_v4().to_string();
+                Box::pin(cancel::handle(&self.cancels, &incoming, &token))
+                    .instrument(span)
+                    .await
+            }
+            // Stripe's events are taken by the intake; this version does not act on them yet.
+            // Dead letters keep them for `autorenew dlq replay` once one does.
+            STRIPE_EVENT_MESSAGE_TYPE => {
+                let queue = &self.cancels.queue;
+                let reason = "Stripe events are not acted on by this worker version yet";
+                match queue.dead_letter(&incoming, reason).instrument(span).await {
+                    Ok(()) => Handled::ack("stripe_event_kept"),
+                    Err(_) => Handled::requeue("handed_back"),
+                }
+            }
+            _ => run_job(&self.ctx, incoming).instrument(span).await,
+        };
         if handled.label == "handed_back" {
             // Redis or RabbitMQ went away mid-job: pause taking jobs, so the one handed back
             // is not redelivered to us in a loop.

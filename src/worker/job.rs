@@ -62,14 +62,14 @@ pub struct Handled {
 }
 
 impl Handled {
-    fn ack(label: &'static str) -> Self {
+    pub fn ack(label: &'static str) -> Self {
         Handled {
             settle: Settle::Ack,
             label,
         }
     }
 
-    fn requeue(label: &'static str) -> Self {
+    pub fn requeue(label: &'static str) -> Self {
         Handled {
             settle: Settle::Requeue,
             label,

@@ -3,6 +3,7 @@
 
 mod adapters;
 mod budget;
+mod cancel;
 mod consumer;
 mod health;
 pub mod job;
@@ -28,6 +29,7 @@ use crate::broker::{Broker, JOB_DELIVERY_LIMIT, Topology};
 use crate::config::Settings;
 use crate::store::Store;
 use crate::stripe::{ClientOptions, Gateway};
+use cancel::CancelContext;
 
 /// How long a confirm of the worker's own publishes may take.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -81,11 +83,18 @@ impl Application {
             http2_prior_knowledge: settings.stripe.http2_prior_knowledge,
         };
         let gateway = Gateway::new(&options, budget).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let queue = BrokerQueue {
+            broker: broker.clone(),
+            timeout: PUBLISH_TIMEOUT,
+        };
+        let cancels = CancelContext {
+            store: store.clone(),
+            gateway: gateway.clone(),
+            queue: queue.clone(),
+            lock_ttl: Duration::from_millis(settings.worker.lock_ttl_ms),
+        };
         let ports = JobPorts {
-            queue: Arc::new(BrokerQueue {
-                broker: broker.clone(),
-                timeout: PUBLISH_TIMEOUT,
-            }),
+            queue: Arc::new(queue),
             store: Arc::new(store.clone()),
             stripe: Arc::new(gateway),
             clock: Arc::new(SystemClock),
@@ -98,6 +107,7 @@ impl Application {
             broker,
             store,
             ctx: Arc::new(ctx),
+            cancels,
             concurrency: settings.worker.concurrency,
             drain_timeout: Duration::from_secs(settings.worker.drain_timeout_secs),
             consuming: AtomicBool::new(false),

@@ -113,6 +113,9 @@ pub enum Wait {
 /// A job message as it arrives, whatever the queue.
 #[derive(Debug, Clone)]
 pub struct Incoming {
+    /// What the message is (its AMQP `type`): a creation job, a cancel, a Stripe event. Kept
+    /// when the message is delayed, so it comes back as what it was.
+    pub kind: String,
     pub body: Vec<u8>,
     pub message_id: String,
     /// 1 for the first delivery, +1 for each pass through a delayed-retry queue.

@@ -158,3 +158,53 @@ async fn the_same_request_twice_makes_one_subscription() {
     );
     stack.teardown().await;
 }
+
+#[tokio::test]
+async fn a_new_customer_costs_three_stripe_calls_and_a_returning_one_two() {
+    let mut stack = Stack::start(FaultConfig::default()).await;
+    stack.spawn_worker().await;
+    let email = json!(format!(
+        "returning-{}@example.com",
+        uuid::Uuid::new_v4().simple()
+    ));
+
+    // A first job makes the plan's price too: count from the second new customer on.
+    let warm = stack.send(|r| r["pm_id"] = json!("pm_card_visa")).await;
+    assert!(
+        stack
+            .wait_for_events(std::slice::from_ref(&warm), Duration::from_secs(20))
+            .await
+    );
+    let calls = |stats: &serde_json::Value| stats["requests_total"].as_u64().unwrap_or(0);
+    let before_new = calls(&stack.sim_stats().await);
+    let first = stack.send(|r| r["email"] = email.clone()).await;
+    assert!(
+        stack
+            .wait_for_events(std::slice::from_ref(&first), Duration::from_secs(20))
+            .await
+    );
+    let before_returning = calls(&stack.sim_stats().await);
+    let second = stack.send(|r| r["email"] = email.clone()).await;
+    assert!(
+        stack
+            .wait_for_events(std::slice::from_ref(&second), Duration::from_secs(20))
+            .await
+    );
+    let after = calls(&stack.sim_stats().await);
+
+    assert_eq!(
+        before_returning - before_new,
+        3,
+        "list, create with the method, subscribe"
+    );
+    assert_eq!(after - before_returning, 2, "attach, subscribe");
+    let events = stack.events_by_pay_id();
+    let customer = |pay_id: &str| events[pay_id][0]["data"]["customer_id"].clone();
+    assert_eq!(
+        customer(&first),
+        customer(&second),
+        "one person, one customer"
+    );
+    assert_eq!(events[&second][0]["data"]["pay_method"], "card");
+    stack.teardown().await;
+}

@@ -89,9 +89,11 @@ async fn workers_sharing_the_budget_stay_under_stripe_s_rate_limit() {
     stack.spawn_worker().await;
     stack.spawn_worker().await;
 
-    // Distinct emails: each job lists and creates its own customer, so ~5 calls a job.
+    // Distinct emails: each job is a new customer, three calls (list by email, create the
+    // customer with the method attached, subscribe), and the plan's price once a worker.
+    let jobs: u64 = 100;
     let mut pay_ids = Vec::new();
-    for i in 0..80 {
+    for i in 0..jobs {
         pay_ids.push(
             stack
                 .send(|r| r["email"] = json!(format!("budget{i}@example.com")))
@@ -107,6 +109,11 @@ async fn workers_sharing_the_budget_stay_under_stripe_s_rate_limit() {
     let stats = stack.sim_stats().await;
     let total = stats["requests_total"].as_u64().unwrap_or(0);
     assert!(total >= 300, "at least 300 Stripe calls were made: {total}");
+    assert!(
+        // Each of the two workers lists the price once; one of them creates it.
+        total <= 3 * jobs + 3,
+        "three calls a new customer's job, and the price once a worker: {total} for {jobs} jobs"
+    );
     assert_eq!(
         stats["faults"]["rate_limited"], 0,
         "no 429 from the limiter: {stats}"

@@ -1,0 +1,268 @@
+//! A partner's cancel (CONTRACT §9.3), as the worker carries it out: after the payId's creation
+//! has ended, under the payId's lock, with a fixed idempotency key per payId and `when`; the
+//! new state is stored (never taking it back) and announced as `subscription.updated` or
+//! `subscription.canceled`.
+
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::adapters::BrokerQueue;
+use super::job::Handled;
+use super::ports::{Incoming, JobQueue, Wait};
+use crate::broker::Message;
+use crate::domain::cancel::{CancelJob, CancelWhen};
+use crate::domain::event::{CLOUDEVENTS_CONTENT_TYPE, LifecycleEvent, LifecycleKind};
+use crate::domain::renewal::{RenewalChange, RenewalUpdate, STATUS_CANCELED};
+use crate::store::Store;
+use crate::stripe::{Gateway, StripeFailure, SubscriptionState};
+
+/// What a cancel needs: the store, Stripe and the broker, directly (not the job path's ports:
+/// the simulation covers the creation's exactly-once rules, a cancel is idempotent by nature).
+pub struct CancelContext {
+    pub store: Store,
+    pub gateway: Gateway,
+    pub queue: BrokerQueue,
+    pub lock_ttl: Duration,
+}
+
+/// Quick tries of the Stripe call before the cancel waits in a delayed-retry queue.
+const TRIES: u32 = 3;
+const PAUSE: Duration = Duration::from_millis(500);
+
+pub async fn handle(ctx: &CancelContext, incoming: &Incoming, token: &str) -> Handled {
+    let Ok(cancel) = CancelJob::decode(&incoming.body) else {
+        return dead_letter(ctx, incoming, "unparseable cancel", "poison").await;
+    };
+    let pay_id = &cancel.pay_id;
+    let result = match ctx.store.result(pay_id).await {
+        Ok(result) => result,
+        Err(_) => return Handled::requeue("handed_back"),
+    };
+    let Some(result) = result else {
+        // The creation has not ended: the cancel waits for it. A payId that is not on record
+        // at all (its creation's publish failed after the cancel was taken) has nothing to cancel.
+        return match ctx.store.record(pay_id).await {
+            Ok(Some(_)) => {
+                wait(
+                    ctx,
+                    incoming,
+                    Wait::Lock,
+                    incoming.attempt,
+                    "cancel_waiting",
+                )
+                .await
+            }
+            Ok(None) => {
+                tracing::warn!(%pay_id, "cancel of a payId with no creation on record: nothing to cancel");
+                Handled::ack("cancel_nothing")
+            }
+            Err(_) => Handled::requeue("handed_back"),
+        };
+    };
+    if result.is_failed() || result.sub_id.is_empty() {
+        tracing::info!(%pay_id, "cancel of a payId whose creation failed: nothing to cancel");
+        return Handled::ack("cancel_nothing");
+    }
+    match ctx.store.lock_pay_id(pay_id, token, ctx.lock_ttl).await {
+        Ok(true) => {}
+        Ok(false) => return wait(ctx, incoming, Wait::Lock, incoming.attempt, "locked").await,
+        Err(_) => return Handled::requeue("handed_back"),
+    }
+    let handled = cancel_locked(ctx, incoming, &cancel, &result.sub_id).await;
+    if let Err(error) = ctx.store.unlock(pay_id, token).await {
+        tracing::warn!(%pay_id, %error, "lock not released; it expires by itself");
+    }
+    handled
+}
+
+async fn cancel_locked(
+    ctx: &CancelContext,
+    incoming: &Incoming,
+    cancel: &CancelJob,
+    sub_id: &str,
+) -> Handled {
+    let pay_id = &cancel.pay_id;
+    let key = format!("ar-{pay_id}-cancel-{}", cancel.when.as_str());
+    let state = match call_stripe(ctx, cancel.when, sub_id, &key).await {
+        Ok(state) => state,
+        Err(StripeFailure::Permanent(detail)) => {
+            tracing::error!(%pay_id, error = %detail.message, "Stripe refused the cancel");
+            return dead_letter(ctx, incoming, &detail.message, "cancel_refused").await;
+        }
+        Err(StripeFailure::BudgetUnavailable(_)) => return Handled::requeue("handed_back"),
+        Err(failure) => {
+            let stage = incoming.attempt.saturating_sub(1) as usize;
+            if stage < ctx.queue.retry_stages() {
+                tracing::warn!(%pay_id, reason = %failure, "cancel will be retried");
+                return wait(
+                    ctx,
+                    incoming,
+                    Wait::Retry(stage),
+                    incoming.attempt + 1,
+                    "retry",
+                )
+                .await;
+            }
+            return dead_letter(ctx, incoming, &failure.to_string(), "cancel_failed").await;
+        }
+    };
+    let canceled = state.status == STATUS_CANCELED;
+    let now = OffsetDateTime::now_utc();
+    // Stripe's later events about the same change carry later or equal times: this write is
+    // ranked below a `deleted` event of the same second, so it never takes that back.
+    let rank = if canceled { 2 } else { 1 };
+    let seconds = u64::try_from(now.unix_timestamp()).unwrap_or(0);
+    let update = RenewalUpdate {
+        partner_code: cancel.partner_code.clone(),
+        version: (seconds << 16) | rank,
+        change: RenewalChange::Subscription {
+            sub_id: state.id.clone(),
+            status: state.status.clone(),
+            current_period_end: state.current_period_end,
+            cancel_at_period_end: state.cancel_at_period_end,
+            canceled_at: state.canceled_at,
+        },
+    };
+    if ctx.store.apply_renewal(pay_id, &update).await.is_err() {
+        return Handled::requeue("handed_back");
+    }
+    let event = event_of(ctx, cancel, &state, now);
+    match announce(ctx, &event).await {
+        Ok(()) => {
+            tracing::info!(%pay_id, when = cancel.when.as_str(), status = %state.status, "cancel done");
+            Handled::ack(if canceled { "canceled" } else { "updated" })
+        }
+        Err(()) => Handled::requeue("handed_back"),
+    }
+}
+
+/// Sends the cancel; a cancel-now of a subscription canceled already is done, not refused.
+async fn call_stripe(
+    ctx: &CancelContext,
+    when: CancelWhen,
+    sub_id: &str,
+    key: &str,
+) -> Result<SubscriptionState, StripeFailure> {
+    let mut last = StripeFailure::Transient("not tried".into());
+    for _ in 0..TRIES {
+        let answer = match when {
+            CancelWhen::PeriodEnd => ctx.gateway.cancel_at_period_end(sub_id, key).await,
+            CancelWhen::Now => ctx.gateway.cancel_now(sub_id, key).await,
+        };
+        match answer {
+            Ok(state) => return Ok(state),
+            Err(StripeFailure::Permanent(detail)) => {
+                // Refused: perhaps because it is canceled already (by us before, or by Stripe).
+                return match ctx.gateway.subscription_state(sub_id).await {
+                    Ok(state) if state.status == STATUS_CANCELED => Ok(state),
+                    _ => Err(StripeFailure::Permanent(detail)),
+                };
+            }
+            Err(failure @ StripeFailure::BudgetUnavailable(_)) => return Err(failure),
+            // Transient, or unknown: a cancel is safe to send again (the same key, and
+            // cancelling twice changes nothing).
+            Err(failure) => last = failure,
+        }
+        tokio::time::sleep(PAUSE).await;
+    }
+    Err(last)
+}
+
+fn event_of(
+    ctx: &CancelContext,
+    cancel: &CancelJob,
+    state: &SubscriptionState,
+    now: OffsetDateTime,
+) -> LifecycleEvent {
+    let canceled = state.status == STATUS_CANCELED;
+    let mut data = Map::new();
+    data.insert("sub_id".into(), state.id.clone().into());
+    data.insert("status".into(), state.status.clone().into());
+    let kind = if canceled {
+        data.insert("canceled_at".into(), rfc3339(state.canceled_at).into());
+        data.insert(
+            "cancellation_reason".into(),
+            state
+                .cancellation_reason
+                .clone()
+                .map_or(Value::Null, Value::from),
+        );
+        LifecycleKind::Canceled
+    } else {
+        data.insert(
+            "cancel_at_period_end".into(),
+            state.cancel_at_period_end.into(),
+        );
+        data.insert(
+            "current_period_end".into(),
+            rfc3339(state.current_period_end).into(),
+        );
+        LifecycleKind::Updated
+    };
+    LifecycleEvent::new(
+        kind,
+        // One id per cancel request: a redelivered cancel announces the same event.
+        format!("{}:cancel:{}", cancel.pay_id, cancel.when.as_str()),
+        &ctx.queue.event_source(),
+        cancel.pay_id.as_str(),
+        cancel.partner_code.as_str(),
+        now.format(&Rfc3339).unwrap_or_default(),
+        data,
+    )
+}
+
+async fn announce(ctx: &CancelContext, event: &LifecycleEvent) -> Result<(), ()> {
+    let broker = &ctx.queue.broker;
+    let exchange = broker.topology().results();
+    let routing_key = event.routing_key();
+    let body = event.encode();
+    let message = Message {
+        exchange: &exchange,
+        routing_key: &routing_key,
+        body: &body,
+        content_type: CLOUDEVENTS_CONTENT_TYPE,
+        message_id: &event.id,
+        kind: &event.kind,
+        headers: Vec::new(),
+        mandatory: false,
+    };
+    broker
+        .publish(message, ctx.queue.timeout)
+        .await
+        .map_err(|error| tracing::warn!(%error, "cancel event not announced; handing it back"))
+}
+
+async fn wait(
+    ctx: &CancelContext,
+    incoming: &Incoming,
+    wait: Wait,
+    attempt: u32,
+    label: &'static str,
+) -> Handled {
+    match ctx.queue.delay(wait, incoming, attempt).await {
+        Ok(()) => Handled::ack(label),
+        Err(_) => Handled::requeue("handed_back"),
+    }
+}
+
+async fn dead_letter(
+    ctx: &CancelContext,
+    incoming: &Incoming,
+    reason: &str,
+    label: &'static str,
+) -> Handled {
+    match ctx.queue.dead_letter(incoming, reason).await {
+        Ok(()) => Handled::ack(label),
+        Err(_) => Handled::requeue("handed_back"),
+    }
+}
+
+fn rfc3339(seconds: Option<i64>) -> String {
+    seconds
+        .and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok())
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}
