@@ -34,14 +34,17 @@
 
 mod admin;
 mod api;
+pub mod billing;
 pub mod cards;
 mod errors;
+mod events;
 pub mod faults;
 mod form;
 pub mod idempotency;
 mod routes;
 mod stats;
 mod store;
+pub mod webhooks;
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -56,10 +59,14 @@ use hyper_util::service::TowerToHyperService;
 use tokio_util::sync::CancellationToken;
 
 use crate::accept::next_connection;
-use faults::{DeclinesAt, FaultConfig, Limiter, LostMode, Scripts, UnknownPaymentMethods};
+use faults::{
+    DeclinesAt, FaultConfig, InvoiceShape, Limiter, LostMode, Scripts, UnknownPaymentMethods,
+};
 use idempotency::Keys;
+use secrecy::SecretString;
 use stats::{Fault, Stats};
 use store::Store;
+use webhooks::{Courier, Endpoint, EndpointSettings, RetryPolicy, WebhookSettings};
 
 /// Flags of `autorenew stripe-sim`. Every fault and limit can also be changed while it runs
 /// (`PATCH /_sim/config`).
@@ -104,6 +111,25 @@ pub struct SimArgs {
     /// What an unseen well-formed `pm_…` id is: a good card, or missing (404).
     #[arg(long, value_enum, default_value = "good-card")]
     pub unknown_payment_methods: UnknownPaymentMethods,
+    /// Where invoices name their subscription: `current` (`parent.subscription_details`),
+    /// `legacy` (top-level `subscription`, `subscription_details`), or `both`.
+    #[arg(long, value_enum, default_value = "current")]
+    pub invoice_shape: InvoiceShape,
+    /// Deliver events to this `http://` URL, as a webhook endpoint made at start.
+    #[arg(long)]
+    pub webhook_url: Option<String>,
+    /// That endpoint's `whsec_…` signing secret (default: a fresh one, printed at start).
+    #[arg(long, env = "STRIPE_SIM_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// The event types that endpoint gets, comma-separated; `*` is all.
+    #[arg(long, default_value = "*", value_delimiter = ',')]
+    pub webhook_events: Vec<String>,
+    /// Tries per delivery (Stripe's three days of retries, compressed).
+    #[arg(long, default_value_t = 6)]
+    pub webhook_attempts: u32,
+    /// Wait before the first retry of a delivery, in ms; each next wait doubles.
+    #[arg(long, default_value_t = 1_000)]
+    pub webhook_first_retry_ms: u64,
 }
 
 fn parse_latency(s: &str) -> Result<(u64, u64), String> {
@@ -123,6 +149,8 @@ fn parse_latency(s: &str) -> Result<(u64, u64), String> {
 pub struct SimSettings {
     pub listen: SocketAddr,
     pub faults: FaultConfig,
+    /// Endpoints made at start (`run` points one at its own intake) and the retry policy.
+    pub webhooks: WebhookSettings,
 }
 
 impl SimSettings {
@@ -131,6 +159,7 @@ impl SimSettings {
         SimSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             faults: FaultConfig::default(),
+            webhooks: WebhookSettings::default(),
         }
     }
 }
@@ -159,16 +188,50 @@ impl TryFrom<SimArgs> for SimSettings {
             search_delay_ms: args.search_delay_ms,
             declines_at: args.declines_at,
             unknown_payment_methods: args.unknown_payment_methods,
+            invoice_shape: args.invoice_shape,
         };
         faults.check().map_err(anyhow::Error::msg)?;
-        Ok(SimSettings { listen, faults })
+        let endpoints = match args.webhook_url {
+            None => Vec::new(),
+            Some(url) => vec![EndpointSettings {
+                url,
+                secret: args
+                    .webhook_secret
+                    .map_or_else(webhooks::new_secret, SecretString::from),
+                enabled_events: args.webhook_events,
+            }],
+        };
+        let retry = RetryPolicy {
+            attempts: args.webhook_attempts.max(1),
+            first_retry: Duration::from_millis(args.webhook_first_retry_ms),
+            ..RetryPolicy::default()
+        };
+        Ok(SimSettings {
+            listen,
+            faults,
+            webhooks: WebhookSettings { endpoints, retry },
+        })
     }
 }
 
 /// `autorenew stripe-sim`: serve until `shutdown`.
 pub async fn run(args: SimArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let app = Application::build(SimSettings::try_from(args)?)?;
+    let secret_given = args.webhook_secret.is_some();
+    let settings = SimSettings::try_from(args)?;
+    let app = Application::build(settings.clone())?;
     println!("stripe-sim listening on http://{}", app.address());
+    for endpoint in &settings.webhooks.endpoints {
+        println!("stripe-sim delivers webhooks to {}", endpoint.url);
+        // As `stripe listen` does: the receiver needs the secret it did not choose. Printed
+        // once to the terminal, never to the log.
+        if !secret_given {
+            use secrecy::ExposeSecret;
+            println!(
+                "webhook signing secret: {}",
+                endpoint.secret.expose_secret()
+            );
+        }
+    }
     app.run_until_stopped(shutdown).await
 }
 
@@ -190,6 +253,9 @@ struct Shared {
     stats: Mutex<Stats>,
     /// Cancelled on shutdown, so latency and hangs end at once instead of holding it up.
     stopping: CancellationToken,
+    courier: Courier,
+    /// The endpoints given at start, put back by `POST /_sim/reset`.
+    configured_endpoints: Vec<Endpoint>,
 }
 
 /// A poisoned lock only means a request panicked mid-way; the data is still the best we
@@ -247,8 +313,17 @@ impl Application {
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         listener.set_nonblocking(true)?;
         let address = listener.local_addr()?;
+        let mut store = Store::default();
+        let configured_endpoints = settings
+            .webhooks
+            .endpoints
+            .iter()
+            .map(|e| Endpoint::from_settings(e, store.now()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("webhook endpoint: {e}"))?;
+        store.webhook_endpoints.clone_from(&configured_endpoints);
         let shared = Arc::new(Shared {
-            store: Mutex::default(),
+            store: Mutex::new(store),
             keys: Mutex::default(),
             faults: Mutex::new(FaultState {
                 config: settings.faults,
@@ -257,6 +332,8 @@ impl Application {
             }),
             stats: Mutex::default(),
             stopping: CancellationToken::new(),
+            courier: Courier::new(settings.webhooks.retry),
+            configured_endpoints,
         });
         Ok(Application {
             listener,
