@@ -19,7 +19,7 @@ use super::errors::ApiError;
 use super::events::Request;
 use super::faults::InvoiceShape;
 use super::store::{Expand, Invoice, Store, new_id, period_end, render_invoice, render_items};
-use super::store::{Subscription, render_subscription, wall_clock};
+use super::store::{Subscription, render_subscription};
 
 /// Days between a failed charge and its next retry; one entry per retry. Stripe's smart
 /// retries spread up to eight tries over two weeks; three retries over 15 days keep its shape
@@ -72,14 +72,15 @@ pub fn advance(store: &mut Store, seconds: i64, shape: InvoiceShape) -> Advanced
             break;
         }
         // Never backwards: something overdue happens now.
-        store.clock_offset = at.max(start) - wall_clock();
+        store.pinned_now = Some(at.max(start));
         let next = match what {
             Due::PeriodEnd(id) => period_ends(store, &id, at, shape, &mut report),
             Due::Retry(id) => retry(store, &id, at, &mut report),
         };
         due.extend(next.into_iter().map(Reverse));
     }
-    store.clock_offset = target - wall_clock();
+    store.pinned_now = None;
+    store.clock_offset = store.clock_offset.saturating_add(target - start);
     report.now = target;
     report.events = store.events.len() - events_before;
     report

@@ -153,12 +153,16 @@ pub struct Store {
     pub webhook_endpoints: Vec<Endpoint>,
     /// Seconds `POST /_sim/advance` added to the wall clock.
     pub clock_offset: i64,
+    /// While an advance works through what fell due, the moment it is at: everything it
+    /// does is stamped with that moment exactly.
+    pub pinned_now: Option<i64>,
 }
 
 impl Store {
     /// The simulator's clock: every `created` and period is stamped with it.
     pub fn now(&self) -> i64 {
-        wall_clock().saturating_add(self.clock_offset)
+        self.pinned_now
+            .unwrap_or_else(|| wall_clock().saturating_add(self.clock_offset))
     }
 
     /// Records an event, queueing its deliveries to the endpoints that want it.
