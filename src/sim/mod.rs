@@ -3,27 +3,39 @@
 //! fault drills. It shares no code with the Stripe gateway, so a misreading of Stripe in one
 //! cannot hide in the other.
 //!
-//! # Stripe API (`/v1/…`, form-encoded, `Authorization: Bearer sk_test_…|sk_live_…`)
-//! Customers (create, retrieve, update, list by `email`, search), payment methods (retrieve,
-//! attach, detach, list for a customer), products and prices (create, retrieve, list; prices
-//! by `lookup_keys[]`), subscriptions (create, retrieve, list, search, cancel). Errors are
+//! # Stripe API (`/v1/…`, form-encoded, `Authorization: Bearer sk_test_…|sk_live_…` or HTTP Basic with the key as user name)
+//! Customers (create, with `payment_method` attached there; retrieve, update, list by
+//! `email`, search), payment methods (retrieve, attach, detach, list for a customer),
+//! products and prices (create, retrieve, list; prices by `lookup_keys[]`), subscriptions
+//! (create, retrieve, update `cancel_at_period_end`, list, search, cancel), invoices
+//! (retrieve), webhook endpoints (create, list, retrieve, delete) and events (list with
+//! `created`/`type` filters and paging, retrieve). Every change is recorded as Stripe's events
+//! and delivered, signed, to the endpoints: see [`webhooks`]. Errors are
 //! Stripe's: `{"error": {"type", "code", "decline_code", "param", "message"}}` with Stripe's
 //! statuses; unknown parameters are refused as Stripe refuses them. Test payment methods:
 //! see [`cards`]. Idempotency: see [`idempotency`].
 //!
 //! # Admin (`/_sim/…`, JSON, never limited or faulted)
 //! - `GET /_sim/stats`: `{"requests": {"POST /v1/subscriptions": {"200": 1, "402": 1}},
-//!   "requests_total": 2, "objects": {"customers": 1, …}, "subscriptions_by_pay_id":
-//!   {"P1": 1}, "idempotency": {"keys", "in_flight", "replays"}, "faults": {"rate_limited",
-//!   "spurious_429", "errors", "hangs", "lost_responses", "scripted"}}`. A dropped connection
-//!   counts under status `"dropped"`; unknown URLs under route `"unrecognized"`.
-//! - `POST /_sim/reset`: forget every object, key, count, script; the configuration stays.
+//!   "requests_by_route": {"POST /v1/subscriptions": 2}, "requests_total": 2, "objects":
+//!   {"customers": 1, …, "events": 9}, "subscriptions_by_pay_id": {"P1": 1}, "idempotency":
+//!   {"keys", "in_flight", "replays"}, "faults": {"rate_limited", "spurious_429", "errors",
+//!   "hangs", "lost_responses", "scripted"}, "webhooks": {"attempts", "delivered",
+//!   "failed_attempts", "given_up"}}`. A dropped connection counts under status `"dropped"`;
+//!   unknown URLs under route `"unrecognized"`.
+//! - `POST /_sim/advance` (`seconds=N`, form or query, or `{"seconds": N}`): moves the
+//!   simulator's clock and renews, charges, retries and cancels what fell due (see
+//!   [`billing`]); answers `{"now", "renewals", "payments_succeeded", "payments_failed",
+//!   "canceled", "events"}`. `GET /_sim/clock`: `{"now", "offset_seconds"}`.
+//! - `POST /_sim/reset`: forget every object, event, key, count, script and clock offset; the
+//!   configuration and the webhook endpoints given at start stay.
 //! - `GET /_sim/config`: the [`faults::FaultConfig`] in force. `PATCH` sets the fields given,
 //!   `POST` sets them over the defaults: `{"rate_limit": "test"|"live"|"off"|N,
 //!   "rate_limit_burst": N, "latency_p50_ms": 20, "latency_p99_ms": 200, "error_rate": 0.01,
 //!   "rate_limit_error_rate": 0.01, "hang_rate": 0.01, "hang_ms": 60000,
 //!   "lost_response_rate": 0.01, "lost_response_mode": "error"|"drop", "search_delay_ms": 0,
-//!   "declines_at": "attach"|"charge", "unknown_payment_methods": "good_card"|"missing"}`.
+//!   "declines_at": "attach"|"charge", "unknown_payment_methods": "good_card"|"missing",
+//!   "invoice_shape": "current"|"legacy"|"both"}`.
 //! - `POST /_sim/script`: `{"route": "POST /v1/subscriptions", "answers": [{"kind": "error",
 //!   "status": 500}, {"kind": "lost_response", "mode": "drop"}, {"kind": "pass"}]}` (or a list
 //!   of such) queues answers for the next requests to that route (`{id}` for path ids, a
@@ -309,10 +321,6 @@ impl Application {
     /// Binds the listen address (port 0: a free port) without serving yet.
     pub fn build(settings: SimSettings) -> anyhow::Result<Application> {
         settings.faults.check().map_err(anyhow::Error::msg)?;
-        let listener = TcpListener::bind(settings.listen)
-            .with_context(|| format!("cannot listen on {}", settings.listen))?;
-        listener.set_nonblocking(true)?;
-        let address = listener.local_addr()?;
         let mut store = Store::default();
         let configured_endpoints = settings
             .webhooks
@@ -322,6 +330,10 @@ impl Application {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| anyhow::anyhow!("webhook endpoint: {e}"))?;
         store.webhook_endpoints.clone_from(&configured_endpoints);
+        let listener = TcpListener::bind(settings.listen)
+            .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        listener.set_nonblocking(true)?;
+        let address = listener.local_addr()?;
         let shared = Arc::new(Shared {
             store: Mutex::new(store),
             keys: Mutex::default(),
@@ -383,5 +395,89 @@ impl Application {
         drop(listener);
         graceful.shutdown().await;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use secrecy::ExposeSecret;
+
+    #[derive(Debug, Parser)]
+    struct Flags {
+        #[command(flatten)]
+        sim: SimArgs,
+    }
+
+    fn settings(argv: &[&str]) -> SimSettings {
+        let flags =
+            Flags::try_parse_from(std::iter::once("stripe-sim").chain(argv.iter().copied()))
+                .expect("flags parse");
+        SimSettings::try_from(flags.sim).expect("valid settings")
+    }
+
+    #[test]
+    fn webhook_flags_make_one_endpoint_with_its_secret_events_and_retries() {
+        let settings = settings(&[
+            "--webhook-url",
+            "http://127.0.0.1:8080/stripe/webhook",
+            "--webhook-secret",
+            "whsec_given",
+            "--webhook-events",
+            "invoice.paid,customer.subscription.deleted",
+            "--webhook-attempts",
+            "4",
+            "--webhook-first-retry-ms",
+            "250",
+            "--invoice-shape",
+            "legacy",
+        ]);
+
+        let [endpoint] = settings.webhooks.endpoints.as_slice() else {
+            panic!("one endpoint");
+        };
+        assert_eq!(endpoint.url, "http://127.0.0.1:8080/stripe/webhook");
+        assert_eq!(endpoint.secret.expose_secret(), "whsec_given");
+        assert_eq!(
+            endpoint.enabled_events,
+            ["invoice.paid", "customer.subscription.deleted"]
+        );
+        assert_eq!(settings.webhooks.retry.attempts, 4);
+        assert_eq!(
+            settings.webhooks.retry.first_retry,
+            Duration::from_millis(250)
+        );
+        assert_eq!(settings.faults.invoice_shape, InvoiceShape::Legacy);
+    }
+
+    #[test]
+    fn without_a_secret_the_endpoint_gets_a_fresh_one_and_without_a_url_none_is_made() {
+        let given = settings(&["--webhook-url", "http://127.0.0.1:8080/hook"]);
+        let none = settings(&[]);
+
+        let secret = given.webhooks.endpoints[0]
+            .secret
+            .expose_secret()
+            .to_owned();
+        assert!(
+            secret.starts_with("whsec_") && secret.len() > 20,
+            "{secret}"
+        );
+        assert_eq!(given.webhooks.endpoints[0].enabled_events, ["*"]);
+        assert!(none.webhooks.endpoints.is_empty());
+    }
+
+    #[test]
+    fn an_endpoint_the_simulator_cannot_reach_stops_it_at_start() {
+        let settings = settings(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--webhook-url",
+            "https://example.com/hook",
+        ]);
+
+        let error = Application::build(settings).err().expect("refused");
+        assert!(error.to_string().contains("webhook endpoint"), "{error}");
     }
 }

@@ -5,7 +5,6 @@ use serde_json::Value;
 
 use super::{Ctx, check_known, check_list, expansions, page};
 use crate::sim::errors::ApiError;
-use crate::sim::events::render;
 use crate::sim::form::{Params, Value as Param};
 
 pub fn list(ctx: &mut Ctx, params: &Params) -> Result<Value, ApiError> {
@@ -31,7 +30,7 @@ pub fn list(ctx: &mut Ctx, params: &Params) -> Result<Value, ApiError> {
         .map(|e| e.id.as_str())
         .collect();
     page(ids, params, "/v1/events", |id| {
-        store.events.get(id).map(render)
+        store.events.get(id).map(|e| e.render())
     })
 }
 
@@ -41,7 +40,7 @@ pub fn retrieve(ctx: &mut Ctx, id: &str, params: &Params) -> Result<Value, ApiEr
     ctx.store
         .events
         .get(id)
-        .map(render)
+        .map(|e| e.render())
         .ok_or_else(|| ApiError::no_such("event", id, "id"))
 }
 

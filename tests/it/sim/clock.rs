@@ -5,9 +5,7 @@
 
 use serde_json::{Value, json};
 use stripe_billing::SubscriptionStatus;
-use stripe_billing::subscription::{
-    CancelSubscription, RetrieveSubscription, UpdateSubscription,
-};
+use stripe_billing::subscription::{CancelSubscription, RetrieveSubscription, UpdateSubscription};
 use stripe_shared::{ApiErrorsCode, Event, EventType, Invoice, InvoiceBillingReason};
 use stripe_types::Expandable;
 
@@ -91,7 +89,10 @@ async fn an_advance_past_the_period_end_renews_the_subscription_and_charges_its_
         .expect("async-stripe reads the Subscription");
     assert_eq!(renewed.status, SubscriptionStatus::Active);
     assert_eq!(renewed.items.data[0].current_period_start, end);
-    assert_eq!(renewed.items.data[0].current_period_end, end + (end - start));
+    assert_eq!(
+        renewed.items.data[0].current_period_end,
+        end + (end - start)
+    );
     let updated = sim.events_of("customer.subscription.updated").await;
     let previous = &updated[0]["data"]["previous_attributes"];
     assert_eq!(period(previous), (start, end), "{previous}");
@@ -124,7 +125,10 @@ async fn two_periods_in_one_advance_renew_twice_each_at_its_own_period_end() {
     sim.advance(65 * DAY).await;
 
     let paid = sim.events_of("invoice.paid").await;
-    let stamps: Vec<i64> = paid.iter().map(|e| e["created"].as_i64().unwrap_or(0)).collect();
+    let stamps: Vec<i64> = paid
+        .iter()
+        .map(|e| e["created"].as_i64().unwrap_or(0))
+        .collect();
     assert_eq!(stamps[..2], [end + (end - start), end], "newest first");
     assert_eq!(stamps.len(), 3, "two renewals after the first invoice");
 }
@@ -229,7 +233,10 @@ async fn a_period_end_cancel_takes_effect_at_the_first_advance_past_the_end() {
     assert_eq!(past_end["renewals"], 0, "no new period is billed");
     let deleted = sim.events_of("customer.subscription.deleted").await;
     let object = &deleted[0]["data"]["object"];
-    assert_eq!(object["cancellation_details"]["reason"], "cancellation_requested");
+    assert_eq!(
+        object["cancellation_details"]["reason"],
+        "cancellation_requested"
+    );
     assert_eq!(object["ended_at"], end);
 }
 
@@ -297,7 +304,11 @@ async fn creating_a_subscription_announces_it_and_its_first_paid_invoice() {
         paid[0]["data"]["object"]["billing_reason"],
         "subscription_create"
     );
-    assert!(paid[0]["request"]["id"].as_str().is_some_and(|r| r.starts_with("req_")));
+    assert!(
+        paid[0]["request"]["id"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("req_"))
+    );
 }
 
 #[tokio::test]
@@ -326,7 +337,10 @@ async fn both_invoice_shapes_at_once_parse_and_agree() {
     parse_invoice(object);
 
     assert_eq!(object["subscription"], id.as_str());
-    assert_eq!(object["parent"]["subscription_details"]["subscription"], id.as_str());
+    assert_eq!(
+        object["parent"]["subscription_details"]["subscription"],
+        id.as_str()
+    );
 }
 
 #[tokio::test]
@@ -341,21 +355,36 @@ async fn events_are_listed_newest_first_and_paged_by_created_and_cursor() {
         .expect("now");
     sim.advance(31 * DAY).await;
 
-    let renewals = sim.get(&format!("/v1/events?created[gt]={now}&limit=100")).await;
-    let first = sim.get(&format!("/v1/events?created[gt]={now}&limit=2")).await;
+    let renewals = sim
+        .get(&format!("/v1/events?created[gt]={now}&limit=100"))
+        .await;
+    let first = sim
+        .get(&format!("/v1/events?created[gt]={now}&limit=2"))
+        .await;
     let cursor = first.body["data"][1]["id"].as_str().expect("an id");
     let next = sim
-        .get(&format!("/v1/events?created[gt]={now}&limit=2&starting_after={cursor}"))
+        .get(&format!(
+            "/v1/events?created[gt]={now}&limit=2&starting_after={cursor}"
+        ))
         .await;
     let one = sim
-        .get(&format!("/v1/events/{}", first.body["data"][0]["id"].as_str().expect("id")))
+        .get(&format!(
+            "/v1/events/{}",
+            first.body["data"][0]["id"].as_str().expect("id")
+        ))
         .await;
 
     let all = renewals.body["data"].as_array().expect("a list");
     let kinds: Vec<&str> = all.iter().filter_map(|e| e["type"].as_str()).collect();
-    assert!(kinds.contains(&"invoice.paid") && !kinds.contains(&"customer.created"), "{kinds:?}");
+    assert!(
+        kinds.contains(&"invoice.paid") && !kinds.contains(&"customer.created"),
+        "{kinds:?}"
+    );
     let stamps: Vec<i64> = all.iter().filter_map(|e| e["created"].as_i64()).collect();
-    assert!(stamps.windows(2).all(|w| w[0] >= w[1]), "newest first: {stamps:?}");
+    assert!(
+        stamps.windows(2).all(|w| w[0] >= w[1]),
+        "newest first: {stamps:?}"
+    );
     assert_eq!(first.body["has_more"], true);
     assert_eq!(next.body["data"][0]["id"], all[2]["id"]);
     assert_eq!(one.body["id"], first.body["data"][0]["id"]);

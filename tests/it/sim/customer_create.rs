@@ -42,7 +42,9 @@ async fn a_customer_created_with_a_payment_method_has_it_attached_and_as_its_def
 async fn a_decline_card_fails_the_customer_create_as_its_attach_would_and_creates_nothing() {
     let sim = spawn().await;
     let card = "pm_card_chargeDeclinedInsufficientFunds";
-    let other = sim.post("/v1/customers", "email=other@example.com", None).await;
+    let other = sim
+        .post("/v1/customers", "email=other@example.com", None)
+        .await;
     let other = other.body["id"].as_str().expect("an id").to_owned();
     let at_attach = sim
         .post(
@@ -66,10 +68,16 @@ async fn a_decline_card_fails_the_customer_create_as_its_attach_would_and_create
         .await;
 
     assert_eq!(at_create.status, 402);
-    assert_eq!(at_create.body, at_attach.body, "the same error as at attach");
+    assert_eq!(
+        at_create.body, at_attach.body,
+        "the same error as at attach"
+    );
     assert_eq!(at_create.error_field("type"), Some("card_error"));
     assert_eq!(at_create.error_field("code"), Some("card_declined"));
-    assert_eq!(at_create.error_field("decline_code"), Some("insufficient_funds"));
+    assert_eq!(
+        at_create.error_field("decline_code"),
+        Some("insufficient_funds")
+    );
     let Err(StripeError::Stripe(error, 402)) = with_async_stripe else {
         panic!("expected a 402 card error, got {with_async_stripe:?}");
     };
@@ -106,7 +114,9 @@ async fn a_card_that_fails_only_when_charged_attaches_on_customer_create() {
 #[tokio::test]
 async fn a_default_that_is_not_the_method_given_is_refused_and_creates_nothing() {
     let sim = spawn().await;
-    let (_, elsewhere) = sim.customer_with_card("a@example.com", "pm_card_visa").await;
+    let (_, elsewhere) = sim
+        .customer_with_card("a@example.com", "pm_card_visa")
+        .await;
 
     let created = sim
         .post(
@@ -138,7 +148,13 @@ async fn http_basic_auth_with_the_key_as_user_name_is_accepted_as_stripe_accepts
         .send()
         .await
         .expect("an answer");
-    let bearer = sim.http.get(&url).bearer_auth(KEY).send().await.expect("an answer");
+    let bearer = sim
+        .http
+        .get(&url)
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .expect("an answer");
     let wrong = sim
         .http
         .get(&url)
@@ -155,11 +171,14 @@ async fn http_basic_auth_with_the_key_as_user_name_is_accepted_as_stripe_accepts
 #[tokio::test]
 async fn the_stats_count_each_route_s_calls_whatever_their_status() {
     let sim = spawn().await;
-    let (customer, pm) = sim.customer_with_card("a@example.com", "pm_card_visa").await;
+    let (customer, pm) = sim
+        .customer_with_card("a@example.com", "pm_card_visa")
+        .await;
     let price = sim.price(100, None).await;
     let form = format!("customer={customer}&items[0][price]={price}&default_payment_method={pm}");
     sim.post("/v1/subscriptions", &form, None).await;
-    sim.post("/v1/subscriptions", "customer=cus_missing", None).await;
+    sim.post("/v1/subscriptions", "customer=cus_missing", None)
+        .await;
 
     let stats = sim.stats().await;
 

@@ -145,11 +145,7 @@ impl Receiver {
     /// Waits for one delivery of each of `kinds`, returning the deliveries of those kinds.
     pub async fn wait_for_kinds(&self, kinds: &[&str]) -> Vec<Received> {
         let received = self
-            .wait_for(|got| {
-                kinds
-                    .iter()
-                    .all(|k| got.iter().any(|r| r.kind() == *k))
-            })
+            .wait_for(|got| kinds.iter().all(|k| got.iter().any(|r| r.kind() == *k)))
             .await;
         received
             .into_iter()

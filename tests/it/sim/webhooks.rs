@@ -38,7 +38,9 @@ async fn delivering_to(receiver: &Receiver, events: &[&str], attempts: u32) -> T
 }
 
 async fn subscribe(sim: &TestSim) -> String {
-    let (customer, pm) = sim.customer_with_card("hook@example.com", "pm_card_visa").await;
+    let (customer, pm) = sim
+        .customer_with_card("hook@example.com", "pm_card_visa")
+        .await;
     let price = sim.price(1999, None).await;
     let form = format!("customer={customer}&items[0][price]={price}&default_payment_method={pm}");
     let created = sim.post("/v1/subscriptions", &form, None).await;
@@ -58,7 +60,10 @@ async fn an_endpoint_made_over_the_api_gets_each_event_signed_with_the_secret_it
         )
         .await;
     assert_eq!(endpoint.status, 200, "{}", endpoint.body);
-    let secret = endpoint.body["secret"].as_str().expect("the secret").to_owned();
+    let secret = endpoint.body["secret"]
+        .as_str()
+        .expect("the secret")
+        .to_owned();
 
     let subscription = subscribe(&sim).await;
     let got = receiver
@@ -78,10 +83,9 @@ async fn an_endpoint_made_over_the_api_gets_each_event_signed_with_the_secret_it
     for delivery in &got {
         assert!(delivery.signed_with(&secret), "{}", delivery.signature);
         assert!(!delivery.signed_with("whsec_another"));
-        let event: Event = miniserde::json::from_str(
-            std::str::from_utf8(&delivery.body).expect("UTF-8"),
-        )
-        .expect("async-stripe reads the Event");
+        let event: Event =
+            miniserde::json::from_str(std::str::from_utf8(&delivery.body).expect("UTF-8"))
+                .expect("async-stripe reads the Event");
         assert!(event.id.as_str().starts_with("evt_"));
         assert!(!event.livemode);
     }
@@ -89,12 +93,14 @@ async fn an_endpoint_made_over_the_api_gets_each_event_signed_with_the_secret_it
         .iter()
         .find(|d| d.kind() == "customer.subscription.created")
         .expect("delivered");
-    let event: Event = miniserde::json::from_str(
-        std::str::from_utf8(&created.body).expect("UTF-8"),
-    )
-    .expect("an Event");
+    let event: Event =
+        miniserde::json::from_str(std::str::from_utf8(&created.body).expect("UTF-8"))
+            .expect("an Event");
     assert_eq!(event.type_, EventType::CustomerSubscriptionCreated);
-    assert_eq!(created.json()["data"]["object"]["id"], subscription.as_str());
+    assert_eq!(
+        created.json()["data"]["object"]["id"],
+        subscription.as_str()
+    );
     let listed = sim.get(&format!("/v1/events/{}", event.id.as_str())).await;
     assert_eq!(listed.body["type"], "customer.subscription.created");
 }
@@ -124,7 +130,8 @@ async fn a_delivery_answered_5xx_is_retried_with_the_same_body_until_it_is_taken
     receiver.answer(&[500, 503]);
     let sim = delivering_to(&receiver, &["customer.created"], 5).await;
 
-    sim.post("/v1/customers", "email=retry@example.com", None).await;
+    sim.post("/v1/customers", "email=retry@example.com", None)
+        .await;
     let got = receiver.wait_for(|got| got.len() == 3).await;
     let stats = sim
         .wait_for_stats(|s| s["webhooks"]["delivered"] == 1)
@@ -144,10 +151,9 @@ async fn a_delivery_never_taken_is_given_up_after_the_configured_tries() {
     receiver.answer(&[500; 10]);
     let sim = delivering_to(&receiver, &["customer.created"], 3).await;
 
-    sim.post("/v1/customers", "email=down@example.com", None).await;
-    let stats = sim
-        .wait_for_stats(|s| s["webhooks"]["given_up"] == 1)
+    sim.post("/v1/customers", "email=down@example.com", None)
         .await;
+    let stats = sim.wait_for_stats(|s| s["webhooks"]["given_up"] == 1).await;
 
     assert_eq!(stats["webhooks"]["attempts"], 3);
     assert_eq!(receiver.received().len(), 3);
@@ -174,7 +180,11 @@ async fn a_renewal_is_delivered_when_the_clock_is_advanced() {
         renewal["data"]["object"]["parent"]["subscription_details"]["subscription"],
         subscription.as_str()
     );
-    assert_eq!(renewal["request"]["id"], Value::Null, "the clock, not a request");
+    assert_eq!(
+        renewal["request"]["id"],
+        Value::Null,
+        "the clock, not a request"
+    );
 }
 
 #[tokio::test]
