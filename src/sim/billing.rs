@@ -163,8 +163,11 @@ fn period_ends(
     store.invoices.insert(invoice_id.clone(), invoice);
     report.renewals += 1;
     emit_subscription(store, id, "customer.subscription.updated", Some(previous));
-    emit_invoice(store, &invoice_id, "invoice.created");
-    emit_invoice(store, &invoice_id, "invoice.finalized");
+    emit_invoice(
+        store,
+        &invoice_id,
+        &["invoice.created", "invoice.finalized"],
+    );
     let mut next = vec![(next_end, Due::PeriodEnd(id.to_owned()))];
     next.extend(charge(store, &invoice_id, at, report).map(|t| (t, Due::Retry(invoice_id))));
     next
@@ -216,25 +219,34 @@ fn charge(store: &mut Store, invoice_id: &str, at: i64, report: &mut Advanced) -
             invoice.status = "paid".into();
             invoice.next_payment_attempt = None;
             report.payments_succeeded += 1;
-            emit_invoice(store, invoice_id, "invoice.paid");
-            emit_invoice(store, invoice_id, "invoice.payment_succeeded");
-            let others_unpaid = store
-                .invoices
-                .values()
-                .any(|i| i.subscription == sub_id && !i.paid && i.next_payment_attempt.is_some());
-            if !others_unpaid {
+            emit_invoice(
+                store,
+                invoice_id,
+                &["invoice.paid", "invoice.payment_succeeded"],
+            );
+            // Only a past-due subscription can change here; the scan of its invoices is
+            // skipped for the many that are not.
+            let past_due = store
+                .subscriptions
+                .get(&sub_id)
+                .is_some_and(|s| s.status == "past_due");
+            if past_due
+                && !store.invoices.values().any(|i| {
+                    i.subscription == sub_id && !i.paid && i.next_payment_attempt.is_some()
+                })
+            {
                 set_status(store, &sub_id, "active");
             }
             None
         }
         Err(error) => {
             let retry_at = RETRY_DAYS
-                .get(usize::try_from(invoice.attempt_count).unwrap_or(usize::MAX) - 1)
+                .get(usize::try_from(invoice.attempt_count.saturating_sub(1)).unwrap_or(usize::MAX))
                 .map(|days| at + days * DAY);
             invoice.last_error = Some(error);
             invoice.next_payment_attempt = retry_at;
             report.payments_failed += 1;
-            emit_invoice(store, invoice_id, "invoice.payment_failed");
+            emit_invoice(store, invoice_id, &["invoice.payment_failed"]);
             set_status(store, &sub_id, "past_due");
             if retry_at.is_none() {
                 end(store, &sub_id, at, "payment_failed");
@@ -287,13 +299,16 @@ pub fn emit_subscription_for(
     }
 }
 
-pub fn emit_invoice(store: &mut Store, id: &str, kind: &str) {
-    emit_invoice_for(store, id, kind, &Request::default());
+pub fn emit_invoice(store: &mut Store, id: &str, kinds: &[&str]) {
+    emit_invoice_for(store, id, kinds, &Request::default());
 }
 
-pub fn emit_invoice_for(store: &mut Store, id: &str, kind: &str, request: &Request) {
+/// Announces the invoice as it is now, once for each of `kinds` (rendered once for all).
+pub fn emit_invoice_for(store: &mut Store, id: &str, kinds: &[&str], request: &Request) {
     if let Some(invoice) = store.invoices.get(id) {
         let object = render_invoice(store, invoice);
-        store.emit(kind, object, None, request);
+        for kind in kinds {
+            store.emit(kind, object.clone(), None, request);
+        }
     }
 }

@@ -78,7 +78,7 @@ use idempotency::Keys;
 use secrecy::SecretString;
 use stats::{Fault, Stats};
 use store::Store;
-use webhooks::{Courier, Endpoint, EndpointSettings, RetryPolicy, WebhookSettings};
+use webhooks::{Courier, DeliveryPolicy, Endpoint, EndpointSettings, WebhookSettings};
 
 /// Flags of `autorenew stripe-sim`. Every fault and limit can also be changed while it runs
 /// (`PATCH /_sim/config`).
@@ -161,7 +161,7 @@ fn parse_latency(s: &str) -> Result<(u64, u64), String> {
 pub struct SimSettings {
     pub listen: SocketAddr,
     pub faults: FaultConfig,
-    /// Endpoints made at start (`run` points one at its own intake) and the retry policy.
+    /// Endpoints made at start (`run` points one at its own intake) and the delivery policy.
     pub webhooks: WebhookSettings,
 }
 
@@ -213,15 +213,18 @@ impl TryFrom<SimArgs> for SimSettings {
                 enabled_events: args.webhook_events,
             }],
         };
-        let retry = RetryPolicy {
+        let delivery = DeliveryPolicy {
             attempts: args.webhook_attempts.max(1),
             first_retry: Duration::from_millis(args.webhook_first_retry_ms),
-            ..RetryPolicy::default()
+            ..DeliveryPolicy::default()
         };
         Ok(SimSettings {
             listen,
             faults,
-            webhooks: WebhookSettings { endpoints, retry },
+            webhooks: WebhookSettings {
+                endpoints,
+                delivery,
+            },
         })
     }
 }
@@ -344,7 +347,7 @@ impl Application {
             }),
             stats: Mutex::default(),
             stopping: CancellationToken::new(),
-            courier: Courier::new(settings.webhooks.retry),
+            courier: Courier::new(settings.webhooks.delivery),
             configured_endpoints,
         });
         Ok(Application {
@@ -443,9 +446,9 @@ mod tests {
             endpoint.enabled_events,
             ["invoice.paid", "customer.subscription.deleted"]
         );
-        assert_eq!(settings.webhooks.retry.attempts, 4);
+        assert_eq!(settings.webhooks.delivery.attempts, 4);
         assert_eq!(
-            settings.webhooks.retry.first_retry,
+            settings.webhooks.delivery.first_retry,
             Duration::from_millis(250)
         );
         assert_eq!(settings.faults.invoice_shape, InvoiceShape::Legacy);

@@ -18,6 +18,7 @@ use hyper_util::rt::TokioExecutor;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use sha2::Sha256;
+use tokio::sync::Semaphore;
 
 use super::Shared;
 use super::stats::Delivered;
@@ -34,23 +35,27 @@ pub struct EndpointSettings {
     pub enabled_events: Vec<String>,
 }
 
-/// How deliveries are retried. Stripe retries for up to three days with exponential backoff;
-/// the simulator keeps the shape and shrinks the time: `first_retry`, then twice as long each
-/// time, `attempts` tries in all.
+/// How deliveries are made and retried. Stripe retries for up to three days with exponential
+/// backoff; the simulator keeps the shape and shrinks the time: `first_retry`, then twice as
+/// long each time, `attempts` tries in all.
 #[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy {
+pub struct DeliveryPolicy {
     pub attempts: u32,
     pub first_retry: Duration,
-    /// How long one delivery may take before it counts as failed.
+    /// How long one try may take before it counts as failed.
     pub timeout: Duration,
+    /// Tries in flight at once, across endpoints: a load test makes events by the thousand,
+    /// and a receiver should see Stripe's steady stream, not thousands of connections.
+    pub max_in_flight: usize,
 }
 
-impl Default for RetryPolicy {
+impl Default for DeliveryPolicy {
     fn default() -> Self {
-        RetryPolicy {
+        DeliveryPolicy {
             attempts: 6,
             first_retry: Duration::from_secs(1),
             timeout: Duration::from_secs(10),
+            max_in_flight: 64,
         }
     }
 }
@@ -59,7 +64,7 @@ impl Default for RetryPolicy {
 #[derive(Debug, Clone, Default)]
 pub struct WebhookSettings {
     pub endpoints: Vec<EndpointSettings>,
-    pub retry: RetryPolicy,
+    pub delivery: DeliveryPolicy,
 }
 
 /// A webhook endpoint the simulator holds.
@@ -175,18 +180,20 @@ pub fn signature(secret: &str, timestamp: i64, body: &[u8]) -> String {
     format!("t={timestamp},v1={v1}")
 }
 
-/// The HTTP client deliveries share, and their retry policy.
+/// The HTTP client deliveries share, their policy, and the permits for tries in flight.
 #[derive(Debug, Clone)]
 pub struct Courier {
     client: Client<HttpConnector, Full<Bytes>>,
-    policy: RetryPolicy,
+    policy: DeliveryPolicy,
+    in_flight: Arc<Semaphore>,
 }
 
 impl Courier {
-    pub fn new(policy: RetryPolicy) -> Courier {
+    pub fn new(policy: DeliveryPolicy) -> Courier {
         Courier {
             client: Client::builder(TokioExecutor::new()).build_http(),
             policy,
+            in_flight: Arc::new(Semaphore::new(policy.max_in_flight.max(1))),
         }
     }
 
@@ -233,6 +240,10 @@ async fn deliver(shared: Arc<Shared>, delivery: Delivery) {
         if shared.stopping.is_cancelled() {
             return;
         }
+        // A permit per try, not per delivery: a delivery waiting out its backoff holds none.
+        let Ok(_permit) = shared.courier.in_flight.acquire().await else {
+            return;
+        };
         shared.stats().delivery(Delivered::Attempt);
         match shared.courier.post(&delivery).await {
             Ok(()) => {

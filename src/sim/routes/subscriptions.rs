@@ -270,14 +270,23 @@ pub fn create(ctx: &mut Ctx, params: &Params) -> Result<Value, ApiError> {
         None,
         request,
     );
-    emit_invoice_for(ctx.store, &invoice_id, "invoice.created", request);
-    emit_invoice_for(ctx.store, &invoice_id, "invoice.finalized", request);
-    if paid {
-        emit_invoice_for(ctx.store, &invoice_id, "invoice.paid", request);
-        emit_invoice_for(ctx.store, &invoice_id, "invoice.payment_succeeded", request);
+    let kinds: &[&str] = if paid {
+        &[
+            "invoice.created",
+            "invoice.finalized",
+            "invoice.paid",
+            "invoice.payment_succeeded",
+        ]
     } else if attempted {
-        emit_invoice_for(ctx.store, &invoice_id, "invoice.payment_failed", request);
-    }
+        &[
+            "invoice.created",
+            "invoice.finalized",
+            "invoice.payment_failed",
+        ]
+    } else {
+        &["invoice.created", "invoice.finalized"]
+    };
+    emit_invoice_for(ctx.store, &invoice_id, kinds, request);
     Ok(render_subscription(
         ctx.store,
         &ctx.store.subscriptions[&id],

@@ -9,7 +9,7 @@ use serde_json::Value;
 use stripe_shared::{Event, EventType};
 
 use autorenew::sim::SimSettings;
-use autorenew::sim::webhooks::{EndpointSettings, RetryPolicy, WebhookSettings};
+use autorenew::sim::webhooks::{DeliveryPolicy, EndpointSettings, WebhookSettings};
 
 use super::helpers::{TestSim, spawn, spawn_settings};
 use super::receiver::Receiver;
@@ -26,10 +26,10 @@ async fn delivering_to(receiver: &Receiver, events: &[&str], attempts: u32) -> T
                 secret: SecretString::from(SECRET),
                 enabled_events: events.iter().map(|e| (*e).to_owned()).collect(),
             }],
-            retry: RetryPolicy {
+            delivery: DeliveryPolicy {
                 attempts,
                 first_retry: Duration::from_millis(20),
-                ..RetryPolicy::default()
+                ..DeliveryPolicy::default()
             },
         },
         ..SimSettings::for_tests()
