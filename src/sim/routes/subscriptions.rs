@@ -499,13 +499,9 @@ pub fn cancel(ctx: &mut Ctx, id: &str, params: &Params) -> Result<Value, ApiErro
         .subscriptions
         .get_mut(id)
         .ok_or_else(|| ApiError::no_such("subscription", id, "id"))?;
+    // Stripe answers a second cancel as if the subscription were gone (it still retrieves).
     if subscription.status == "canceled" {
-        return Err(ApiError::invalid_request(
-            &format!(
-                "A canceled subscription can only update its cancellation_details and metadata. ({id})"
-            ),
-            None,
-        ));
+        return Err(ApiError::no_such("subscription", id, "id"));
     }
     let now = ctx.store.now();
     let Some(subscription) = ctx.store.subscriptions.get_mut(id) else {

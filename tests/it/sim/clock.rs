@@ -269,7 +269,7 @@ async fn a_period_end_cancel_taken_back_renews_as_before() {
 }
 
 #[tokio::test]
-async fn a_delete_cancels_at_once_and_nothing_renews_after() {
+async fn a_delete_cancels_at_once_a_second_delete_is_404_and_nothing_renews_after() {
     let sim = spawn().await;
     let (id, _) = subscribed(&sim, "pm_card_visa").await;
 
@@ -277,9 +277,23 @@ async fn a_delete_cancels_at_once_and_nothing_renews_after() {
         .send(&sim.stripe())
         .await
         .expect("async-stripe reads the cancel");
+    let again = sim
+        .http
+        .delete(format!("{}/v1/subscriptions/{id}", sim.base))
+        .bearer_auth(super::helpers::KEY)
+        .send()
+        .await
+        .expect("an answer");
+    let still_there = sim.get(&format!("/v1/subscriptions/{id}")).await;
     let report = sim.advance(31 * DAY).await;
 
     assert_eq!(canceled.status, SubscriptionStatus::Canceled);
+    assert_eq!(
+        again.status(),
+        404,
+        "Stripe: a canceled subscription is no longer cancelable"
+    );
+    assert_eq!(still_there.body["status"], "canceled");
     let deleted = sim.events_of("customer.subscription.deleted").await;
     assert_eq!(deleted.len(), 1);
     assert_eq!(
