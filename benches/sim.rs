@@ -1,6 +1,8 @@
 //! Benchmarks of `autorenew stripe-sim`: simple requests per second with no faults (the
-//! simulator must never be what limits a load test), and the rate limiter's accuracy over
-//! ten seconds at Stripe's live (100/s) and test (25/s) limits.
+//! simulator must never be what limits a load test), the rate limiter's accuracy over
+//! ten seconds at Stripe's live (100/s) and test (25/s) limits, and how long one
+//! `POST /_sim/advance` takes to renew and charge [`RENEWALS`] subscriptions (it holds the
+//! state lock meanwhile, and `loadgen --renewals` measures from it).
 //!
 //! `cargo bench --bench sim` (add `-- SECONDS` to change the throughput run's length). The
 //! client runs in the same process, on the same cores, so the throughput is a lower bound.
@@ -16,6 +18,8 @@ use tokio_util::sync::CancellationToken;
 const KEY: &str = "sk_test_bench";
 /// Concurrent clients: enough to keep both cores busy despite per-request round trips.
 const CLIENTS: usize = 64;
+/// Subscriptions one advance renews in the renewal benchmark.
+const RENEWALS: usize = 2_000;
 
 fn main() -> anyhow::Result<()> {
     let seconds = std::env::args()
@@ -30,6 +34,13 @@ fn main() -> anyhow::Result<()> {
         println!(
             "throughput: GET /v1/customers/{{id}}, {CLIENTS} clients, {seconds} s: \
              {requests} requests, {rate:.0} req/s"
+        );
+        let (took, events) = renewals(RENEWALS).await?;
+        println!(
+            "advance: {RENEWALS} subscriptions renewed and charged, {events} events, in \
+             {:.0} ms = {:.0} renewals/s",
+            took.as_secs_f64() * 1e3,
+            RENEWALS as f64 / took.as_secs_f64()
         );
         for (name, limit) in [("live", STRIPE_LIVE_RATE), ("test", STRIPE_TEST_RATE)] {
             let window = Duration::from_secs(10);
@@ -116,6 +127,70 @@ async fn throughput(length: Duration) -> anyhow::Result<(u64, f64)> {
     let rate = ok as f64 / started.elapsed().as_secs_f64();
     stop.cancel();
     Ok((ok, rate))
+}
+
+/// Makes `count` monthly subscriptions (customers created with `pm_card_visa`), then times
+/// one advance of 31 days over them; returns its duration and the events it recorded.
+async fn renewals(count: usize) -> anyhow::Result<(Duration, u64)> {
+    let (base, _, stop) = start(FaultConfig::default()).await?;
+    let client = reqwest::Client::new();
+    let post = |path: &str, form: Vec<(String, String)>| {
+        client
+            .post(format!("{base}{path}"))
+            .bearer_auth(KEY)
+            .form(&form)
+            .send()
+    };
+    let pair = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+    let price: serde_json::Value = post(
+        "/v1/prices",
+        vec![
+            pair("currency", "usd"),
+            pair("unit_amount", "1999"),
+            pair("recurring[interval]", "month"),
+            pair("product_data[name]", "Bench"),
+        ],
+    )
+    .await?
+    .json()
+    .await?;
+    let price = price["id"].as_str().unwrap_or_default().to_owned();
+    for n in 0..count {
+        let customer: serde_json::Value = post(
+            "/v1/customers",
+            vec![
+                pair("email", &format!("renew{n}@example.com")),
+                pair("payment_method", "pm_card_visa"),
+                pair("invoice_settings[default_payment_method]", "pm_card_visa"),
+            ],
+        )
+        .await?
+        .json()
+        .await?;
+        let customer = customer["id"].as_str().unwrap_or_default().to_owned();
+        post(
+            "/v1/subscriptions",
+            vec![pair("customer", &customer), pair("items[0][price]", &price)],
+        )
+        .await?
+        .error_for_status()?;
+    }
+    let started = Instant::now();
+    let report: serde_json::Value = client
+        .post(format!("{base}/_sim/advance"))
+        .form(&[("seconds", 31 * 86_400)])
+        .send()
+        .await?
+        .json()
+        .await?;
+    let took = started.elapsed();
+    stop.cancel();
+    anyhow::ensure!(
+        report["renewals"].as_u64() == Some(count as u64),
+        "the advance renewed {} of {count}",
+        report["renewals"]
+    );
+    Ok((took, report["events"].as_u64().unwrap_or(0)))
 }
 
 /// Requests accepted in `window` by a limiter at `rate`, with clients far above it.

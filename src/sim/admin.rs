@@ -13,8 +13,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::Shared;
+use super::billing;
 use super::faults::{Answer, FaultConfig, Limiter, STRIPE_LIVE_RATE, STRIPE_TEST_RATE};
 use super::routes::Route;
+use super::store::Store;
 
 pub fn router() -> Router<Arc<Shared>> {
     Router::new()
@@ -28,6 +30,8 @@ pub fn router() -> Router<Arc<Shared>> {
             "/_sim/script",
             get(scripts).post(add_script).delete(clear_scripts),
         )
+        .route("/_sim/advance", post(advance))
+        .route("/_sim/clock", get(clock))
 }
 
 fn bad(message: impl Into<String>) -> Response {
@@ -56,6 +60,50 @@ async fn stats(State(shared): State<Arc<Shared>>) -> Response {
 async fn reset(State(shared): State<Arc<Shared>>) -> Response {
     shared.reset();
     axum::Json(json!({"reset": true})).into_response()
+}
+
+/// `POST /_sim/advance` with `seconds=N` (form or query) or `{"seconds": N}`: moves the
+/// clock and does what fell due (see [`billing`]), then starts the deliveries it caused.
+async fn advance(State(shared): State<Arc<Shared>>, uri: axum::http::Uri, body: Bytes) -> Response {
+    let seconds = match seconds(uri.query().unwrap_or(""), &body) {
+        Ok(seconds) => seconds,
+        Err(message) => return bad(message),
+    };
+    let shape = shared.faults().config.invoice_shape;
+    let (report, deliveries) = {
+        let mut store = shared.store();
+        let report = billing::advance(&mut store, seconds, shape);
+        (report, store.events.take_outbox())
+    };
+    shared.deliver(deliveries);
+    axum::Json(report).into_response()
+}
+
+fn seconds(query: &str, body: &[u8]) -> Result<i64, String> {
+    let from_json = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("seconds").cloned());
+    let from_form = form_urlencoded::parse(body)
+        .chain(form_urlencoded::parse(query.as_bytes()))
+        .find(|(k, _)| k == "seconds")
+        .map(|(_, v)| json!(v));
+    let value = from_json
+        .or(from_form)
+        .ok_or("give seconds=N (form or query) or {\"seconds\": N}")?;
+    let seconds = match &value {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    };
+    seconds
+        .filter(|s| *s >= 0)
+        .ok_or_else(|| format!("seconds must be a whole number of seconds, 0 or more, got {value}"))
+}
+
+/// `GET /_sim/clock`: the simulator's time and how far it runs ahead of the wall clock.
+async fn clock(State(shared): State<Arc<Shared>>) -> Response {
+    let store = shared.store();
+    axum::Json(json!({"now": store.now(), "offset_seconds": store.clock_offset})).into_response()
 }
 
 async fn config(State(shared): State<Arc<Shared>>) -> Response {
@@ -194,7 +242,10 @@ fn check_route(route: &str) -> Result<(), String> {
 
 impl Shared {
     fn reset(&self) {
-        *self.store() = Default::default();
+        *self.store() = Store {
+            webhook_endpoints: self.configured_endpoints.clone(),
+            ..Store::default()
+        };
         *self.keys() = Default::default();
         *self.stats() = Default::default();
         let mut faults = self.faults();

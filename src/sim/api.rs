@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::Shared;
 use super::errors::ApiError;
+use super::events::Request;
 use super::faults::{self, Answer, LostMode, Plan};
 use super::form::Params;
 use super::idempotency::{Claim, Saved};
@@ -147,15 +148,22 @@ impl Work {
             key,
         } = self;
         shared.sleep(latency).await;
-        let result = {
+        let request = Request {
+            id: Some(new_id("req")),
+            idempotency_key: key.as_ref().map(|(_, key)| key.clone()),
+        };
+        let (result, deliveries) = {
             let mut store = shared.store();
             let mut ctx = Ctx {
                 store: &mut store,
                 config: &config,
                 now: Instant::now(),
+                request,
             };
-            route.execute(&mut ctx, id.as_deref(), &params)
+            let result = route.execute(&mut ctx, id.as_deref(), &params);
+            (result, store.events.take_outbox())
         };
+        shared.deliver(deliveries);
         let (saved, validation) = match result {
             Ok(value) => (
                 Saved {
@@ -263,7 +271,9 @@ fn scripted_error(answer: Answer) -> ApiError {
     }
 }
 
-/// `Authorization: Bearer sk_test_…` (or `sk_live_…`, or restricted `rk_…` keys).
+/// `Authorization: Bearer sk_test_…` (or `sk_live_…`, or restricted `rk_…` keys), or HTTP
+/// Basic with the key as the user name and any (usually empty) password, as `curl -u
+/// sk_test_…:` sends it: Stripe accepts both.
 fn api_key(headers: &HeaderMap) -> Result<String, ApiError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Err(ApiError::unauthorized(
@@ -272,12 +282,15 @@ fn api_key(headers: &HeaderMap) -> Result<String, ApiError> {
              YOUR_SECRET_KEY').",
         ));
     };
-    let key = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .unwrap_or_default();
+    let value = value.to_str().unwrap_or_default();
+    let basic = value.strip_prefix("Basic ").and_then(basic_user);
+    let key = match &basic {
+        Some(user) => user.as_str(),
+        None => value
+            .strip_prefix("Bearer ")
+            .map(str::trim)
+            .unwrap_or_default(),
+    };
     let well_formed = ["sk_test_", "sk_live_", "rk_test_", "rk_live_"]
         .iter()
         .any(|prefix| {
@@ -292,6 +305,17 @@ fn api_key(headers: &HeaderMap) -> Result<String, ApiError> {
             "Invalid API Key provided: {shown}***"
         )))
     }
+}
+
+/// The user name of HTTP Basic credentials (`base64(user:password)`).
+fn basic_user(encoded: &str) -> Option<String> {
+    use base64::Engine;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let decoded = String::from_utf8(decoded).ok()?;
+    let (user, _password) = decoded.split_once(':').unwrap_or((&decoded, ""));
+    Some(user.to_owned())
 }
 
 /// Stripe honours `Idempotency-Key` on POST only (GET and DELETE are idempotent already).

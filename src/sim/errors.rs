@@ -99,6 +99,21 @@ impl ApiError {
         }
     }
 
+    /// A payment method that exists but is not this customer's: Stripe answers 400
+    /// `resource_missing` naming the parameter, as if the customer had none by that id.
+    pub fn not_attached(pm: &str, param: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            format!(
+                "The customer does not have a payment method with the ID {pm}. The payment \
+                 method must be attached to the customer."
+            ),
+        )
+        .code("resource_missing")
+        .param(Some(param))
+    }
+
     pub fn unauthorized(message: &str) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "invalid_request_error", message)
     }

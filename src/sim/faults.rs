@@ -45,6 +45,8 @@ pub struct FaultConfig {
     /// What a well-formed `pm_…` id that the simulator never saw is: a good card
     /// (`good_card`, so real partner payloads run in the demo) or `missing` (404).
     pub unknown_payment_methods: UnknownPaymentMethods,
+    /// How invoices name their subscription (CONTRACT §9.2: the worker reads both).
+    pub invoice_shape: InvoiceShape,
 }
 
 impl Default for FaultConfig {
@@ -63,6 +65,7 @@ impl Default for FaultConfig {
             search_delay_ms: 0,
             declines_at: DeclinesAt::Attach,
             unknown_payment_methods: UnknownPaymentMethods::GoodCard,
+            invoice_shape: InvoiceShape::Current,
         }
     }
 }
@@ -88,6 +91,19 @@ pub enum DeclinesAt {
 pub enum UnknownPaymentMethods {
     GoodCard,
     Missing,
+}
+
+/// Where an invoice names its subscription. Stripe moved it in API version 2025-03-31
+/// ("basil"); an account's webhook endpoints pinned to an older version still get the old one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum InvoiceShape {
+    /// `parent.subscription_details.{subscription, metadata}` (basil and later).
+    Current,
+    /// Top-level `subscription` and `subscription_details.metadata` (before basil).
+    Legacy,
+    /// Both at once.
+    Both,
 }
 
 impl FaultConfig {

@@ -3,27 +3,39 @@
 //! fault drills. It shares no code with the Stripe gateway, so a misreading of Stripe in one
 //! cannot hide in the other.
 //!
-//! # Stripe API (`/v1/…`, form-encoded, `Authorization: Bearer sk_test_…|sk_live_…`)
-//! Customers (create, retrieve, update, list by `email`, search), payment methods (retrieve,
-//! attach, detach, list for a customer), products and prices (create, retrieve, list; prices
-//! by `lookup_keys[]`), subscriptions (create, retrieve, list, search, cancel). Errors are
+//! # Stripe API (`/v1/…`, form-encoded, `Authorization: Bearer sk_test_…|sk_live_…` or HTTP Basic with the key as user name)
+//! Customers (create, with `payment_method` attached there; retrieve, update, list by
+//! `email`, search), payment methods (retrieve, attach, detach, list for a customer),
+//! products and prices (create, retrieve, list; prices by `lookup_keys[]`), subscriptions
+//! (create, retrieve, update `cancel_at_period_end`, list, search, cancel), invoices
+//! (retrieve), webhook endpoints (create, list, retrieve, delete) and events (list with
+//! `created`/`type` filters and paging, retrieve). Every change is recorded as Stripe's events
+//! and delivered, signed, to the endpoints: see [`webhooks`]. Errors are
 //! Stripe's: `{"error": {"type", "code", "decline_code", "param", "message"}}` with Stripe's
 //! statuses; unknown parameters are refused as Stripe refuses them. Test payment methods:
 //! see [`cards`]. Idempotency: see [`idempotency`].
 //!
 //! # Admin (`/_sim/…`, JSON, never limited or faulted)
 //! - `GET /_sim/stats`: `{"requests": {"POST /v1/subscriptions": {"200": 1, "402": 1}},
-//!   "requests_total": 2, "objects": {"customers": 1, …}, "subscriptions_by_pay_id":
-//!   {"P1": 1}, "idempotency": {"keys", "in_flight", "replays"}, "faults": {"rate_limited",
-//!   "spurious_429", "errors", "hangs", "lost_responses", "scripted"}}`. A dropped connection
-//!   counts under status `"dropped"`; unknown URLs under route `"unrecognized"`.
-//! - `POST /_sim/reset`: forget every object, key, count, script; the configuration stays.
+//!   "requests_by_route": {"POST /v1/subscriptions": 2}, "requests_total": 2, "objects":
+//!   {"customers": 1, …, "events": 9}, "subscriptions_by_pay_id": {"P1": 1}, "idempotency":
+//!   {"keys", "in_flight", "replays"}, "faults": {"rate_limited", "spurious_429", "errors",
+//!   "hangs", "lost_responses", "scripted"}, "webhooks": {"attempts", "delivered",
+//!   "failed_attempts", "given_up"}}`. A dropped connection counts under status `"dropped"`;
+//!   unknown URLs under route `"unrecognized"`.
+//! - `POST /_sim/advance` (`seconds=N`, form or query, or `{"seconds": N}`): moves the
+//!   simulator's clock and renews, charges, retries and cancels what fell due (see
+//!   [`billing`]); answers `{"now", "renewals", "payments_succeeded", "payments_failed",
+//!   "canceled", "events"}`. `GET /_sim/clock`: `{"now", "offset_seconds"}`.
+//! - `POST /_sim/reset`: forget every object, event, key, count, script and clock offset; the
+//!   configuration and the webhook endpoints given at start stay.
 //! - `GET /_sim/config`: the [`faults::FaultConfig`] in force. `PATCH` sets the fields given,
 //!   `POST` sets them over the defaults: `{"rate_limit": "test"|"live"|"off"|N,
 //!   "rate_limit_burst": N, "latency_p50_ms": 20, "latency_p99_ms": 200, "error_rate": 0.01,
 //!   "rate_limit_error_rate": 0.01, "hang_rate": 0.01, "hang_ms": 60000,
 //!   "lost_response_rate": 0.01, "lost_response_mode": "error"|"drop", "search_delay_ms": 0,
-//!   "declines_at": "attach"|"charge", "unknown_payment_methods": "good_card"|"missing"}`.
+//!   "declines_at": "attach"|"charge", "unknown_payment_methods": "good_card"|"missing",
+//!   "invoice_shape": "current"|"legacy"|"both"}`.
 //! - `POST /_sim/script`: `{"route": "POST /v1/subscriptions", "answers": [{"kind": "error",
 //!   "status": 500}, {"kind": "lost_response", "mode": "drop"}, {"kind": "pass"}]}` (or a list
 //!   of such) queues answers for the next requests to that route (`{id}` for path ids, a
@@ -34,14 +46,17 @@
 
 mod admin;
 mod api;
+pub mod billing;
 pub mod cards;
 mod errors;
+mod events;
 pub mod faults;
 mod form;
 pub mod idempotency;
 mod routes;
 mod stats;
 mod store;
+pub mod webhooks;
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -56,10 +71,14 @@ use hyper_util::service::TowerToHyperService;
 use tokio_util::sync::CancellationToken;
 
 use crate::accept::next_connection;
-use faults::{DeclinesAt, FaultConfig, Limiter, LostMode, Scripts, UnknownPaymentMethods};
+use faults::{
+    DeclinesAt, FaultConfig, InvoiceShape, Limiter, LostMode, Scripts, UnknownPaymentMethods,
+};
 use idempotency::Keys;
+use secrecy::SecretString;
 use stats::{Fault, Stats};
 use store::Store;
+use webhooks::{Courier, DeliveryPolicy, Endpoint, EndpointSettings, WebhookSettings};
 
 /// Flags of `autorenew stripe-sim`. Every fault and limit can also be changed while it runs
 /// (`PATCH /_sim/config`).
@@ -104,6 +123,25 @@ pub struct SimArgs {
     /// What an unseen well-formed `pm_…` id is: a good card, or missing (404).
     #[arg(long, value_enum, default_value = "good-card")]
     pub unknown_payment_methods: UnknownPaymentMethods,
+    /// Where invoices name their subscription: `current` (`parent.subscription_details`),
+    /// `legacy` (top-level `subscription`, `subscription_details`), or `both`.
+    #[arg(long, value_enum, default_value = "current")]
+    pub invoice_shape: InvoiceShape,
+    /// Deliver events to this `http://` URL, as a webhook endpoint made at start.
+    #[arg(long)]
+    pub webhook_url: Option<String>,
+    /// That endpoint's `whsec_…` signing secret (default: a fresh one, printed at start).
+    #[arg(long, env = "STRIPE_SIM_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// The event types that endpoint gets, comma-separated; `*` is all.
+    #[arg(long, default_value = "*", value_delimiter = ',')]
+    pub webhook_events: Vec<String>,
+    /// Tries per delivery (Stripe's three days of retries, compressed).
+    #[arg(long, default_value_t = 6)]
+    pub webhook_attempts: u32,
+    /// Wait before the first retry of a delivery, in ms; each next wait doubles.
+    #[arg(long, default_value_t = 1_000)]
+    pub webhook_first_retry_ms: u64,
 }
 
 fn parse_latency(s: &str) -> Result<(u64, u64), String> {
@@ -123,6 +161,8 @@ fn parse_latency(s: &str) -> Result<(u64, u64), String> {
 pub struct SimSettings {
     pub listen: SocketAddr,
     pub faults: FaultConfig,
+    /// Endpoints made at start (`run` points one at its own intake) and the delivery policy.
+    pub webhooks: WebhookSettings,
 }
 
 impl SimSettings {
@@ -131,6 +171,7 @@ impl SimSettings {
         SimSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             faults: FaultConfig::default(),
+            webhooks: WebhookSettings::default(),
         }
     }
 }
@@ -159,16 +200,53 @@ impl TryFrom<SimArgs> for SimSettings {
             search_delay_ms: args.search_delay_ms,
             declines_at: args.declines_at,
             unknown_payment_methods: args.unknown_payment_methods,
+            invoice_shape: args.invoice_shape,
         };
         faults.check().map_err(anyhow::Error::msg)?;
-        Ok(SimSettings { listen, faults })
+        let endpoints = match args.webhook_url {
+            None => Vec::new(),
+            Some(url) => vec![EndpointSettings {
+                url,
+                secret: args
+                    .webhook_secret
+                    .map_or_else(webhooks::new_secret, SecretString::from),
+                enabled_events: args.webhook_events,
+            }],
+        };
+        let delivery = DeliveryPolicy {
+            attempts: args.webhook_attempts.max(1),
+            first_retry: Duration::from_millis(args.webhook_first_retry_ms),
+            ..DeliveryPolicy::default()
+        };
+        Ok(SimSettings {
+            listen,
+            faults,
+            webhooks: WebhookSettings {
+                endpoints,
+                delivery,
+            },
+        })
     }
 }
 
 /// `autorenew stripe-sim`: serve until `shutdown`.
 pub async fn run(args: SimArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let app = Application::build(SimSettings::try_from(args)?)?;
+    let secret_given = args.webhook_secret.is_some();
+    let settings = SimSettings::try_from(args)?;
+    let app = Application::build(settings.clone())?;
     println!("stripe-sim listening on http://{}", app.address());
+    for endpoint in &settings.webhooks.endpoints {
+        println!("stripe-sim delivers webhooks to {}", endpoint.url);
+        // As `stripe listen` does: the receiver needs the secret it did not choose. Printed
+        // once to the terminal, never to the log.
+        if !secret_given {
+            use secrecy::ExposeSecret;
+            println!(
+                "webhook signing secret: {}",
+                endpoint.secret.expose_secret()
+            );
+        }
+    }
     app.run_until_stopped(shutdown).await
 }
 
@@ -190,6 +268,9 @@ struct Shared {
     stats: Mutex<Stats>,
     /// Cancelled on shutdown, so latency and hangs end at once instead of holding it up.
     stopping: CancellationToken,
+    courier: Courier,
+    /// The endpoints given at start, put back by `POST /_sim/reset`.
+    configured_endpoints: Vec<Endpoint>,
 }
 
 /// A poisoned lock only means a request panicked mid-way; the data is still the best we
@@ -243,12 +324,21 @@ impl Application {
     /// Binds the listen address (port 0: a free port) without serving yet.
     pub fn build(settings: SimSettings) -> anyhow::Result<Application> {
         settings.faults.check().map_err(anyhow::Error::msg)?;
+        let mut store = Store::default();
+        let configured_endpoints = settings
+            .webhooks
+            .endpoints
+            .iter()
+            .map(|e| Endpoint::from_settings(e, store.now()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("webhook endpoint: {e}"))?;
+        store.webhook_endpoints.clone_from(&configured_endpoints);
         let listener = TcpListener::bind(settings.listen)
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         listener.set_nonblocking(true)?;
         let address = listener.local_addr()?;
         let shared = Arc::new(Shared {
-            store: Mutex::default(),
+            store: Mutex::new(store),
             keys: Mutex::default(),
             faults: Mutex::new(FaultState {
                 config: settings.faults,
@@ -257,6 +347,8 @@ impl Application {
             }),
             stats: Mutex::default(),
             stopping: CancellationToken::new(),
+            courier: Courier::new(settings.webhooks.delivery),
+            configured_endpoints,
         });
         Ok(Application {
             listener,
@@ -306,5 +398,89 @@ impl Application {
         drop(listener);
         graceful.shutdown().await;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use secrecy::ExposeSecret;
+
+    #[derive(Debug, Parser)]
+    struct Flags {
+        #[command(flatten)]
+        sim: SimArgs,
+    }
+
+    fn settings(argv: &[&str]) -> SimSettings {
+        let flags =
+            Flags::try_parse_from(std::iter::once("stripe-sim").chain(argv.iter().copied()))
+                .expect("flags parse");
+        SimSettings::try_from(flags.sim).expect("valid settings")
+    }
+
+    #[test]
+    fn webhook_flags_make_one_endpoint_with_its_secret_events_and_retries() {
+        let settings = settings(&[
+            "--webhook-url",
+            "http://127.0.0.1:8080/stripe/webhook",
+            "--webhook-secret",
+            "whsec_given",
+            "--webhook-events",
+            "invoice.paid,customer.subscription.deleted",
+            "--webhook-attempts",
+            "4",
+            "--webhook-first-retry-ms",
+            "250",
+            "--invoice-shape",
+            "legacy",
+        ]);
+
+        let [endpoint] = settings.webhooks.endpoints.as_slice() else {
+            panic!("one endpoint");
+        };
+        assert_eq!(endpoint.url, "http://127.0.0.1:8080/stripe/webhook");
+        assert_eq!(endpoint.secret.expose_secret(), "whsec_given");
+        assert_eq!(
+            endpoint.enabled_events,
+            ["invoice.paid", "customer.subscription.deleted"]
+        );
+        assert_eq!(settings.webhooks.delivery.attempts, 4);
+        assert_eq!(
+            settings.webhooks.delivery.first_retry,
+            Duration::from_millis(250)
+        );
+        assert_eq!(settings.faults.invoice_shape, InvoiceShape::Legacy);
+    }
+
+    #[test]
+    fn without_a_secret_the_endpoint_gets_a_fresh_one_and_without_a_url_none_is_made() {
+        let given = settings(&["--webhook-url", "http://127.0.0.1:8080/hook"]);
+        let none = settings(&[]);
+
+        let secret = given.webhooks.endpoints[0]
+            .secret
+            .expose_secret()
+            .to_owned();
+        assert!(
+            secret.starts_with("whsec_") && secret.len() > 20,
+            "{secret}"
+        );
+        assert_eq!(given.webhooks.endpoints[0].enabled_events, ["*"]);
+        assert!(none.webhooks.endpoints.is_empty());
+    }
+
+    #[test]
+    fn an_endpoint_the_simulator_cannot_reach_stops_it_at_start() {
+        let settings = settings(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--webhook-url",
+            "https://example.com/hook",
+        ]);
+
+        let error = Application::build(settings).err().expect("refused");
+        assert!(error.to_string().contains("webhook endpoint"), "{error}");
     }
 }

@@ -27,10 +27,22 @@ const FAULT_NAMES: [&str; 6] = [
     "scripted",
 ];
 
+/// What became of one webhook delivery attempt.
+#[derive(Debug, Clone, Copy)]
+pub enum Delivered {
+    Attempt,
+    Ok,
+    Failed,
+    GaveUp,
+}
+
+const DELIVERY_NAMES: [&str; 4] = ["attempts", "delivered", "failed_attempts", "given_up"];
+
 #[derive(Debug, Default)]
 pub struct Stats {
     requests: HashMap<&'static str, BTreeMap<u16, u64>>,
     faults: [u64; 6],
+    webhooks: [u64; 4],
 }
 
 impl Stats {
@@ -47,15 +59,22 @@ impl Stats {
         self.faults[fault as usize] += 1;
     }
 
-    /// `{"requests": {"POST /v1/customers": {"200": 2, "429": 1}}, "requests_total": 3,
-    /// "faults": {...}}`; a dropped connection counts under `"dropped"`.
+    pub fn delivery(&mut self, what: Delivered) {
+        self.webhooks[what as usize] += 1;
+    }
+
+    /// `{"requests": {"POST /v1/customers": {"200": 2, "429": 1}}, "requests_by_route":
+    /// {"POST /v1/customers": 3}, "requests_total": 3, "faults": {...}, "webhooks":
+    /// {...}}`; a dropped connection counts under `"dropped"`.
     pub fn to_json(&self) -> Value {
         let mut total = 0;
         let mut routes: BTreeMap<&str, Map<String, Value>> = BTreeMap::new();
+        let mut by_route: BTreeMap<&str, u64> = BTreeMap::new();
         for (route, statuses) in &self.requests {
             let entry = routes.entry(route).or_default();
             for (status, count) in statuses {
                 total += count;
+                *by_route.entry(route).or_default() += count;
                 let name = if *status == DROPPED {
                     "dropped".to_owned()
                 } else {
@@ -69,6 +88,14 @@ impl Stats {
             .zip(self.faults)
             .map(|(name, count)| ((*name).to_owned(), json!(count)))
             .collect();
-        json!({"requests": routes, "requests_total": total, "faults": faults})
+        let webhooks: Map<String, Value> = DELIVERY_NAMES
+            .iter()
+            .zip(self.webhooks)
+            .map(|(name, count)| ((*name).to_owned(), json!(count)))
+            .collect();
+        json!({
+            "requests": routes, "requests_by_route": by_route, "requests_total": total,
+            "faults": faults, "webhooks": webhooks,
+        })
     }
 }

@@ -10,6 +10,10 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use serde_json::{Value, json};
 
 use super::cards::Card;
+use super::errors::ApiError;
+use super::events::{Events, Request};
+use super::faults::InvoiceShape;
+use super::webhooks::Endpoint;
 
 pub type Metadata = BTreeMap<String, String>;
 
@@ -89,6 +93,12 @@ pub struct Subscription {
     pub period_end: i64,
     pub trial_end: Option<i64>,
     pub canceled_at: Option<i64>,
+    /// When it stopped (a period-end cancel sets `canceled_at` at the request, this at the end).
+    pub ended_at: Option<i64>,
+    pub cancel_at_period_end: bool,
+    pub cancel_at: Option<i64>,
+    /// `cancellation_details.reason`: `cancellation_requested` or `payment_failed`.
+    pub cancellation_reason: Option<&'static str>,
 }
 
 #[derive(Debug, Clone)]
@@ -100,9 +110,20 @@ pub struct Invoice {
     pub currency: String,
     /// (price id, quantity, amount) per line.
     pub lines: Vec<(String, u64, i64)>,
+    /// The service period the lines pay for (a cycle invoice bills the period that starts).
+    pub lines_period: (i64, i64),
     pub total: i64,
     pub paid: bool,
-    pub attempted: bool,
+    pub paid_at: Option<i64>,
+    pub attempt_count: u64,
+    pub next_payment_attempt: Option<i64>,
+    /// The last charge's error, rendered as `last_finalization_error`.
+    pub last_error: Option<ApiError>,
+    /// `subscription_create` or `subscription_cycle`.
+    pub billing_reason: &'static str,
+    /// The subscription's metadata when the invoice was made, as Stripe copies it.
+    pub subscription_metadata: Metadata,
+    pub shape: InvoiceShape,
     pub status: String,
     pub period_start: i64,
     pub period_end: i64,
@@ -128,9 +149,35 @@ pub struct Store {
     /// `metadata[payId]` → subscription count, kept for `/_sim/stats` ("never two").
     pub subscriptions_by_pay_id: BTreeMap<String, u64>,
     pub invoices: HashMap<String, Invoice>,
+    pub events: Events,
+    pub webhook_endpoints: Vec<Endpoint>,
+    /// Seconds `POST /_sim/advance` added to the wall clock.
+    pub clock_offset: i64,
+    /// While an advance works through what fell due, the moment it is at: everything it
+    /// does is stamped with that moment exactly.
+    pub pinned_now: Option<i64>,
 }
 
 impl Store {
+    /// The simulator's clock: every `created` and period is stamped with it.
+    pub fn now(&self) -> i64 {
+        self.pinned_now
+            .unwrap_or_else(|| wall_clock().saturating_add(self.clock_offset))
+    }
+
+    /// Records an event, queueing its deliveries to the endpoints that want it.
+    pub fn emit(&mut self, kind: &str, object: Value, previous: Option<Value>, request: &Request) {
+        let created = self.now();
+        self.events.emit(
+            &self.webhook_endpoints,
+            created,
+            kind,
+            object,
+            previous,
+            request,
+        );
+    }
+
     pub fn insert_customer(&mut self, customer: Customer) {
         if let Some(email) = &customer.email {
             self.customers_by_email
@@ -205,12 +252,15 @@ impl Store {
             "prices": self.prices.len(),
             "subscriptions": self.subscriptions.len(),
             "invoices": self.invoices.len(),
+            "events": self.events.len(),
+            "webhook_endpoints": self.webhook_endpoints.len(),
         })
     }
 }
 
-/// Seconds since the Unix epoch, as Stripe's `created`.
-pub fn now() -> i64 {
+/// Seconds since the Unix epoch by the machine's clock (the simulator's runs ahead of it by
+/// what was advanced: see [`Store::now`]).
+pub fn wall_clock() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
@@ -334,7 +384,8 @@ pub struct Expand {
     pub default_payment_method: bool,
 }
 
-pub fn render_subscription(store: &Store, s: &Subscription, expand: Expand) -> Value {
+/// The subscription's `items` list (its billing periods live there since API version basil).
+pub fn render_items(store: &Store, s: &Subscription) -> Value {
     let items: Vec<Value> = s
         .items
         .iter()
@@ -349,6 +400,11 @@ pub fn render_subscription(store: &Store, s: &Subscription, expand: Expand) -> V
             }))
         })
         .collect();
+    let url = format!("/v1/subscription_items?subscription={}", s.id);
+    json!({"object": "list", "data": items, "has_more": false, "total_count": s.items.len(), "url": url})
+}
+
+pub fn render_subscription(store: &Store, s: &Subscription, expand: Expand) -> Value {
     let customer = match store.customers.get(&s.customer) {
         Some(c) if expand.customer => render_customer(c),
         _ => json!(s.customer),
@@ -364,7 +420,6 @@ pub fn render_subscription(store: &Store, s: &Subscription, expand: Expand) -> V
             .map_or_else(|| json!(id), render_payment_method),
         other => json!(other),
     };
-    let subscription_url = format!("/v1/subscription_items?subscription={}", s.id);
     // Two halves: one `json!` this size exceeds the macro recursion limit.
     let mut value = json!({
         "id": s.id, "object": "subscription", "application": null,
@@ -372,20 +427,20 @@ pub fn render_subscription(store: &Store, s: &Subscription, expand: Expand) -> V
         "automatic_tax": {"disabled_reason": null, "enabled": false, "liability": null},
         "billing_cycle_anchor": s.period_start, "billing_cycle_anchor_config": null,
         "billing_mode": {"type": "classic", "updated_at": null}, "billing_schedules": [],
-        "billing_thresholds": null, "cancel_at": null, "cancel_at_period_end": false,
-        "canceled_at": s.canceled_at,
-        "cancellation_details": {"comment": null, "feedback": null, "reason": null},
+        "billing_thresholds": null, "cancel_at": s.cancel_at,
+        "cancel_at_period_end": s.cancel_at_period_end, "canceled_at": s.canceled_at,
+        "cancellation_details": {"comment": null, "feedback": null, "reason": s.cancellation_reason},
         "collection_method": s.collection_method, "created": s.created, "currency": s.currency,
         "customer": customer, "days_until_due": null,
         "default_payment_method": default_payment_method, "default_source": null,
         "default_tax_rates": [], "description": null, "discounts": [],
-        "ended_at": s.canceled_at,
+        "ended_at": s.ended_at,
     });
     extend(
         &mut value,
         json!({
             "invoice_settings": {"account_tax_ids": null, "issuer": {"type": "self"}},
-            "items": {"object": "list", "data": items, "has_more": false, "total_count": s.items.len(), "url": subscription_url},
+            "items": render_items(store, s),
             "latest_invoice": latest_invoice, "livemode": false, "metadata": s.metadata,
             "next_pending_invoice_item_invoice": null, "on_behalf_of": null,
             "pause_collection": null,
@@ -417,19 +472,25 @@ pub fn render_invoice(store: &Store, i: &Invoice) -> Value {
                 "amount": amount, "currency": i.currency, "description": null,
                 "discount_amounts": [], "discountable": true, "discounts": [],
                 "invoice": i.id, "livemode": false, "metadata": {},
-                "period": {"end": i.period_end, "start": i.period_start},
+                "period": {"end": i.lines_period.1, "start": i.lines_period.0},
                 "pricing": {"price_details": {"price": price, "product": store.prices.get(price).map(|p| p.product.clone()).unwrap_or_default()}, "type": "price_details", "unit_amount_decimal": null},
                 "quantity": quantity, "subtotal": amount, "taxes": [],
             })
         })
         .collect();
     let (paid, due) = if i.paid { (i.total, 0) } else { (0, i.total) };
+    let current = matches!(i.shape, InvoiceShape::Current | InvoiceShape::Both);
+    let legacy = matches!(i.shape, InvoiceShape::Legacy | InvoiceShape::Both);
+    let parent = current.then(|| json!({
+        "quote_details": null, "type": "subscription_details",
+        "subscription_details": {"metadata": i.subscription_metadata, "subscription": i.subscription},
+    }));
     let mut value = json!({
     "id": i.id, "object": "invoice", "account_country": "US", "account_name": "autorenew simulator",
     "amount_due": i.total, "amount_overpaid": 0, "amount_paid": paid, "amount_remaining": due,
-    "amount_shipping": 0, "attempt_count": u64::from(i.attempted), "attempted": i.attempted,
+    "amount_shipping": 0, "attempt_count": i.attempt_count, "attempted": i.attempt_count > 0,
     "auto_advance": !i.paid, "automatic_tax": {"disabled_reason": null, "enabled": false, "liability": null, "provider": null, "status": null},
-    "billing_reason": "subscription_create", "collection_method": "charge_automatically",
+    "billing_reason": i.billing_reason, "collection_method": "charge_automatically",
     "created": i.created, "currency": i.currency, "customer": i.customer,
     "default_payment_method": null, "default_tax_rates": [], "description": null,
     "discounts": [], "issuer": {"type": "self"},
@@ -438,15 +499,25 @@ pub fn render_invoice(store: &Store, i: &Invoice) -> Value {
     extend(
         &mut value,
         json!({
-            "livemode": false, "metadata": {},
-            "parent": {"quote_details": null, "subscription_details": {"metadata": {}, "subscription": i.subscription}, "type": "subscription_details"},
+            "last_finalization_error": i.last_error.as_ref().map(|e| e.body()["error"].clone()),
+            "livemode": false, "metadata": {}, "next_payment_attempt": i.next_payment_attempt,
+            "parent": parent,
             "payment_settings": {"default_mandate": null, "payment_method_options": null, "payment_method_types": null},
             "period_end": i.period_end, "period_start": i.period_start,
             "post_payment_credit_notes_amount": 0, "pre_payment_credit_notes_amount": 0,
             "starting_balance": 0, "status": i.status,
-            "status_transitions": {"finalized_at": i.created, "marked_uncollectible_at": null, "paid_at": if i.paid { Some(i.created) } else { None }, "voided_at": null},
+            "status_transitions": {"finalized_at": i.created, "marked_uncollectible_at": null, "paid_at": i.paid_at, "voided_at": null},
             "subtotal": i.total, "total": i.total,
         }),
     );
+    if legacy {
+        extend(
+            &mut value,
+            json!({
+                "subscription": i.subscription,
+                "subscription_details": {"metadata": i.subscription_metadata},
+            }),
+        );
+    }
     value
 }

@@ -5,9 +5,7 @@ use serde_json::Value;
 use super::{Ctx, check_known, check_list, expansions, page};
 use crate::sim::errors::ApiError;
 use crate::sim::form::Params;
-use crate::sim::store::{
-    Price, Product, Recurring, Store, new_id, now, render_price, render_product,
-};
+use crate::sim::store::{Price, Product, Recurring, Store, new_id, render_price, render_product};
 
 const PRODUCT_PARAMS: &[&str] = &[
     "id",
@@ -77,7 +75,7 @@ fn new_product(ctx: &Ctx, params: &Params, name_param: &str) -> Result<Product, 
     };
     Ok(Product {
         id,
-        created: now(),
+        created: ctx.store.now(),
         name: name.to_owned(),
         active: params.boolean("active")?.unwrap_or(true),
         description: params.optional("description")?.map(str::to_owned),
@@ -171,7 +169,7 @@ pub fn create_price(ctx: &mut Ctx, params: &Params) -> Result<Value, ApiError> {
     let id = new_id("price");
     ctx.store.insert_price(Price {
         id: id.clone(),
-        created: now(),
+        created: ctx.store.now(),
         product,
         currency,
         unit_amount,

@@ -6,7 +6,7 @@ use super::search::{Field, Query, visible};
 use super::{Ctx, check_known, check_list, expansions, page, payment_methods};
 use crate::sim::errors::ApiError;
 use crate::sim::form::Params;
-use crate::sim::store::{Customer, Store, new_id, now, render_customer, render_payment_method};
+use crate::sim::store::{Customer, Store, new_id, render_customer, render_payment_method};
 
 const WRITABLE: &[&str] = &[
     "address",
@@ -46,7 +46,7 @@ pub fn create(ctx: &mut Ctx, params: &Params) -> Result<Value, ApiError> {
     let id = new_id("cus");
     let customer = Customer {
         id: id.clone(),
-        created: now(),
+        created: ctx.store.now(),
         born: ctx.now,
         email: None,
         name: params.optional("name")?.map(str::to_owned),
@@ -61,6 +61,11 @@ pub fn create(ctx: &mut Ctx, params: &Params) -> Result<Value, ApiError> {
     if let Some(pm) = given_pm {
         payment_methods::check_attachable(ctx, pm, "payment_method")?;
     }
+    // A default other than the method given here cannot be attached to a customer that does
+    // not exist yet: this refuses it before anything is written.
+    if let Some(other) = default_pm.as_deref().filter(|d| Some(*d) != given_pm) {
+        require_attached(ctx.store, &id, other)?;
+    }
     ctx.store.insert_customer(customer);
     ctx.store.set_customer_email(&id, email);
     if let Some(pm) = given_pm {
@@ -71,10 +76,9 @@ pub fn create(ctx: &mut Ctx, params: &Params) -> Result<Value, ApiError> {
             set_default(ctx.store, &id, Some(attached));
         }
     }
-    if let Some(default_pm) = default_pm.filter(|d| Some(d.as_str()) != given_pm) {
-        require_attached(ctx.store, &id, &default_pm)?;
-        set_default(ctx.store, &id, Some(default_pm));
-    }
+    let object = render(ctx.store, &id, &[])?;
+    ctx.store
+        .emit("customer.created", object, None, &ctx.request);
     render(ctx.store, &id, &expand)
 }
 
@@ -239,13 +243,7 @@ fn require_attached(store: &Store, customer: &str, pm: &str) -> Result<(), ApiEr
     let param = "invoice_settings[default_payment_method]";
     match store.payment_methods.get(pm) {
         Some(found) if found.customer.as_deref() == Some(customer) => Ok(()),
-        Some(_) => Err(ApiError::invalid_request(
-            &format!(
-                "The customer does not have a payment method with the ID {pm}. The payment \
-                 method must be attached to the customer."
-            ),
-            Some(param),
-        )),
+        Some(_) => Err(ApiError::not_attached(pm, param)),
         None => Err(ApiError::no_such_param("PaymentMethod", pm, param)),
     }
 }

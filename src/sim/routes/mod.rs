@@ -6,9 +6,11 @@
 
 mod catalog;
 mod customers;
+mod events;
 mod payment_methods;
 pub mod search;
 mod subscriptions;
+mod webhook_endpoints;
 
 use std::time::Instant;
 
@@ -16,6 +18,7 @@ use axum::http::Method;
 use serde_json::{Value, json};
 
 use super::errors::ApiError;
+use super::events::Request;
 use super::faults::FaultConfig;
 use super::form::Params;
 use super::store::Store;
@@ -25,6 +28,8 @@ pub struct Ctx<'a> {
     pub store: &'a mut Store,
     pub config: &'a FaultConfig,
     pub now: Instant,
+    /// What events this request causes record as their `request`.
+    pub request: Request,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +54,15 @@ pub enum Route {
     ListSubscriptions,
     SearchSubscriptions,
     RetrieveSubscription,
+    UpdateSubscription,
     CancelSubscription,
+    RetrieveInvoice,
+    CreateWebhookEndpoint,
+    ListWebhookEndpoints,
+    RetrieveWebhookEndpoint,
+    DeleteWebhookEndpoint,
+    ListEvents,
+    RetrieveEvent,
 }
 
 impl Route {
@@ -83,9 +96,19 @@ impl Route {
             (["subscriptions"], true, _) => (ListSubscriptions, None),
             (["subscriptions", "search"], true, _) => (SearchSubscriptions, None),
             (["subscriptions", id], true, _) => (RetrieveSubscription, Some(*id)),
+            (["subscriptions", id], false, true) => (UpdateSubscription, Some(*id)),
             (["subscriptions", id], false, false) if method == Method::DELETE => {
                 (CancelSubscription, Some(*id))
             }
+            (["invoices", id], true, _) => (RetrieveInvoice, Some(*id)),
+            (["webhook_endpoints"], false, true) => (CreateWebhookEndpoint, None),
+            (["webhook_endpoints"], true, _) => (ListWebhookEndpoints, None),
+            (["webhook_endpoints", id], true, _) => (RetrieveWebhookEndpoint, Some(*id)),
+            (["webhook_endpoints", id], false, false) if method == Method::DELETE => {
+                (DeleteWebhookEndpoint, Some(*id))
+            }
+            (["events"], true, _) => (ListEvents, None),
+            (["events", id], true, _) => (RetrieveEvent, Some(*id)),
             _ => return None,
         };
         Some(found)
@@ -115,7 +138,15 @@ impl Route {
             ListSubscriptions => "GET /v1/subscriptions",
             SearchSubscriptions => "GET /v1/subscriptions/search",
             RetrieveSubscription => "GET /v1/subscriptions/{id}",
+            UpdateSubscription => "POST /v1/subscriptions/{id}",
             CancelSubscription => "DELETE /v1/subscriptions/{id}",
+            RetrieveInvoice => "GET /v1/invoices/{id}",
+            CreateWebhookEndpoint => "POST /v1/webhook_endpoints",
+            ListWebhookEndpoints => "GET /v1/webhook_endpoints",
+            RetrieveWebhookEndpoint => "GET /v1/webhook_endpoints/{id}",
+            DeleteWebhookEndpoint => "DELETE /v1/webhook_endpoints/{id}",
+            ListEvents => "GET /v1/events",
+            RetrieveEvent => "GET /v1/events/{id}",
         }
     }
 
@@ -149,7 +180,15 @@ impl Route {
             ListSubscriptions => subscriptions::list(ctx, params),
             SearchSubscriptions => subscriptions::search(ctx, params),
             RetrieveSubscription => subscriptions::retrieve(ctx, id, params),
+            UpdateSubscription => subscriptions::update(ctx, id, params),
             CancelSubscription => subscriptions::cancel(ctx, id, params),
+            RetrieveInvoice => subscriptions::retrieve_invoice(ctx, id, params),
+            CreateWebhookEndpoint => webhook_endpoints::create(ctx, params),
+            ListWebhookEndpoints => webhook_endpoints::list(ctx, params),
+            RetrieveWebhookEndpoint => webhook_endpoints::retrieve(ctx, id, params),
+            DeleteWebhookEndpoint => webhook_endpoints::delete(ctx, id, params),
+            ListEvents => events::list(ctx, params),
+            RetrieveEvent => events::retrieve(ctx, id, params),
         }
     }
 }

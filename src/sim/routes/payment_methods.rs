@@ -10,7 +10,7 @@ use crate::sim::cards::{self, Behaviour};
 use crate::sim::errors::ApiError;
 use crate::sim::faults::{DeclinesAt, UnknownPaymentMethods};
 use crate::sim::form::Params;
-use crate::sim::store::{PaymentMethod, new_id, now, render_payment_method};
+use crate::sim::store::{PaymentMethod, new_id, render_payment_method};
 
 const ATTACHED_ELSEWHERE: &str =
     "The payment method you provided has already been attached to a customer.";
@@ -54,7 +54,7 @@ fn materialise(ctx: &mut Ctx, id: &str, param: &str, in_path: bool) -> Result<St
     };
     ctx.store.insert_payment_method(PaymentMethod {
         id: stored_id.clone(),
-        created: now(),
+        created: ctx.store.now(),
         customer: None,
         card,
         metadata: Default::default(),
@@ -104,6 +104,9 @@ pub fn attach_to(ctx: &mut Ctx, id: &str, customer: &str, param: &str) -> Result
     let stored = materialise(ctx, id, param, false)?;
     if let Some(pm) = ctx.store.payment_methods.get_mut(&stored) {
         pm.customer = Some(customer.to_owned());
+        let object = render_payment_method(pm);
+        ctx.store
+            .emit("payment_method.attached", object, None, &ctx.request);
     }
     Ok(stored)
 }

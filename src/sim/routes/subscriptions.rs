@@ -1,19 +1,28 @@
-//! Subscriptions: create (charging the first invoice), retrieve, list, search, cancel.
+//! Subscriptions: create (charging the first invoice), retrieve, update (`cancel_at_period_end`,
+//! metadata, payment method), list, search, cancel; and invoices by id.
 //!
 //! Creating one charges its first invoice with the subscription's `default_payment_method`,
 //! else the customer's `invoice_settings.default_payment_method`. A declining card then
 //! follows `payment_behavior` as Stripe does: `error_if_incomplete` answers 402 `card_error`
 //! and creates nothing; `allow_incomplete` (the default) creates an `incomplete` subscription
 //! with an open invoice; `default_incomplete` never charges and is `incomplete` until paid.
+//!
+//! Each change is announced as Stripe announces it: `customer.subscription.created`, the first
+//! invoice's `invoice.created` / `invoice.finalized` / `invoice.paid` (billing reason
+//! `subscription_create`), `customer.subscription.updated` with `previous_attributes`, and
+//! `customer.subscription.deleted` (`cancellation_details.reason` = `cancellation_requested`).
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
+use super::customers::merge_metadata;
 use super::search::{Field, Query, visible};
 use super::{Ctx, check_known, check_list, expansions, page};
+use crate::sim::billing::{emit_invoice_for, emit_subscription_for};
 use crate::sim::errors::ApiError;
 use crate::sim::form::{Params, Value as Param};
 use crate::sim::store::{
-    Expand, Invoice, Item, Store, Subscription, new_id, now, period_end, render_subscription,
+    Expand, Invoice, Item, Store, Subscription, new_id, period_end, render_invoice,
+    render_subscription,
 };
 
 const CREATE_PARAMS: &[&str] = &[
@@ -131,15 +140,7 @@ pub fn create(ctx: &mut Ctx, params: &Params) -> Result<Value, ApiError> {
             let param = "default_payment_method";
             match ctx.store.payment_methods.get(pm) {
                 Some(found) if found.customer.as_deref() == Some(customer) => Some(pm.to_owned()),
-                Some(_) => {
-                    return Err(ApiError::invalid_request(
-                        &format!(
-                            "The customer does not have a payment method with the ID {pm}. \
-                             The payment method must be attached to the customer."
-                        ),
-                        Some(param),
-                    ));
-                }
+                Some(_) => return Err(ApiError::not_attached(pm, param)),
                 None => return Err(ApiError::no_such_param("PaymentMethod", pm, param)),
             }
         }
@@ -163,7 +164,7 @@ pub fn create(ctx: &mut Ctx, params: &Params) -> Result<Value, ApiError> {
                 .saturating_mul(i.quantity as i64)
         })
         .sum();
-    let created = now();
+    let created = ctx.store.now();
     let charges_now = collection == "charge_automatically"
         && behaviour != "default_incomplete"
         && trial_days == 0
@@ -199,6 +200,7 @@ pub fn create(ctx: &mut Ctx, params: &Params) -> Result<Value, ApiError> {
             None => ("active", true, true),
         }
     };
+    let metadata = params.metadata("metadata")?.unwrap_or_default();
     let trial_end = (trial_days > 0).then(|| created + trial_days * 86_400);
     let period_end = trial_end.unwrap_or_else(|| period_end(created, &recurring));
     let id = new_id("sub");
@@ -219,9 +221,20 @@ pub fn create(ctx: &mut Ctx, params: &Params) -> Result<Value, ApiError> {
                 (i.price.clone(), i.quantity, amount)
             })
             .collect(),
+        lines_period: (created, period_end),
         total: if trial_days > 0 { 0 } else { total },
         paid,
-        attempted,
+        paid_at: paid.then_some(created),
+        attempt_count: u64::from(attempted),
+        next_payment_attempt: None,
+        last_error: if paid {
+            None
+        } else {
+            decline_of(ctx.store, charge_with.as_deref())
+        },
+        billing_reason: "subscription_create",
+        subscription_metadata: metadata.clone(),
+        shape: ctx.config.invoice_shape,
         status: if paid { "paid" } else { "open" }.to_owned(),
         period_start: created,
         period_end: created,
@@ -237,13 +250,43 @@ pub fn create(ctx: &mut Ctx, params: &Params) -> Result<Value, ApiError> {
         collection_method: collection.to_owned(),
         default_payment_method: payment_method,
         latest_invoice: invoice.id.clone(),
-        metadata: params.metadata("metadata")?.unwrap_or_default(),
+        metadata,
         period_start: created,
         period_end,
         trial_end,
         canceled_at: None,
+        ended_at: None,
+        cancel_at_period_end: false,
+        cancel_at: None,
+        cancellation_reason: None,
     };
+    let invoice_id = invoice.id.clone();
     ctx.store.insert_subscription(subscription, invoice);
+    let request = &ctx.request;
+    emit_subscription_for(
+        ctx.store,
+        &id,
+        "customer.subscription.created",
+        None,
+        request,
+    );
+    let kinds: &[&str] = if paid {
+        &[
+            "invoice.created",
+            "invoice.finalized",
+            "invoice.paid",
+            "invoice.payment_succeeded",
+        ]
+    } else if attempted {
+        &[
+            "invoice.created",
+            "invoice.finalized",
+            "invoice.payment_failed",
+        ]
+    } else {
+        &["invoice.created", "invoice.finalized"]
+    };
+    emit_invoice_for(ctx.store, &invoice_id, kinds, request);
     Ok(render_subscription(
         ctx.store,
         &ctx.store.subscriptions[&id],
@@ -318,6 +361,133 @@ pub fn retrieve(ctx: &mut Ctx, id: &str, params: &Params) -> Result<Value, ApiEr
     Ok(render_subscription(ctx.store, subscription, expand))
 }
 
+/// The error a charge with `pm` fails with, if it does.
+fn decline_of(store: &Store, pm: Option<&str>) -> Option<ApiError> {
+    store
+        .payment_methods
+        .get(pm?)
+        .and_then(|pm| pm.card.behaviour.error())
+}
+
+const UPDATE_PARAMS: &[&str] = &[
+    "cancel_at_period_end",
+    "cancellation_details",
+    "metadata",
+    "default_payment_method",
+    "description",
+    "expand",
+    "off_session",
+    "payment_behavior",
+    "proration_behavior",
+];
+
+/// `POST /v1/subscriptions/{id}`: `cancel_at_period_end=true` stops the renewals (the paid
+/// period runs out, then the subscription is canceled at the next advance past its end),
+/// `false` takes that back. A change is announced with the fields it changed as
+/// `previous_attributes`; an update that changes nothing announces nothing.
+pub fn update(ctx: &mut Ctx, id: &str, params: &Params) -> Result<Value, ApiError> {
+    check_known(params, UPDATE_PARAMS)?;
+    let expand = expand_of(&expansions(params, EXPANDABLE)?);
+    let cancel_at_period_end = params.boolean("cancel_at_period_end")?;
+    let metadata = params.metadata("metadata")?;
+    let default_pm = params.optional("default_payment_method")?;
+    params.boolean("off_session")?;
+    let now = ctx.store.now();
+    let Some(s) = ctx.store.subscriptions.get(id) else {
+        return Err(ApiError::no_such("subscription", id, "id"));
+    };
+    let only_allowed_once_canceled = params
+        .0
+        .keys()
+        .all(|k| matches!(k.as_str(), "metadata" | "cancellation_details" | "expand"));
+    if s.status == "canceled" && !only_allowed_once_canceled {
+        return Err(ApiError::invalid_request(
+            &format!(
+                "A canceled subscription can only update its cancellation_details and metadata. ({id})"
+            ),
+            None,
+        ));
+    }
+    if let Some(pm) = default_pm {
+        match ctx.store.payment_methods.get(pm) {
+            Some(found) if found.customer.as_deref() == Some(s.customer.as_str()) => {}
+            Some(_) => return Err(ApiError::not_attached(pm, "default_payment_method")),
+            None => {
+                return Err(ApiError::no_such_param(
+                    "PaymentMethod",
+                    pm,
+                    "default_payment_method",
+                ));
+            }
+        }
+    }
+    let Some(s) = ctx.store.subscriptions.get_mut(id) else {
+        return Err(ApiError::no_such("subscription", id, "id"));
+    };
+    let mut previous = serde_json::Map::new();
+    if let Some(cancel) = cancel_at_period_end.filter(|c| *c != s.cancel_at_period_end) {
+        previous.insert("cancel_at_period_end".into(), json!(s.cancel_at_period_end));
+        previous.insert("cancel_at".into(), json!(s.cancel_at));
+        previous.insert("canceled_at".into(), json!(s.canceled_at));
+        previous.insert(
+            "cancellation_details".into(),
+            json!({"comment": null, "feedback": null, "reason": s.cancellation_reason}),
+        );
+        s.cancel_at_period_end = cancel;
+        // Stripe stamps `canceled_at` with the request, and sets `cancel_at` to the end.
+        (s.cancel_at, s.canceled_at, s.cancellation_reason) = if cancel {
+            (
+                Some(s.period_end),
+                Some(now),
+                Some("cancellation_requested"),
+            )
+        } else {
+            (None, None, None)
+        };
+    }
+    if let Some(metadata) = metadata {
+        let before = s.metadata.clone();
+        merge_metadata(&mut s.metadata, metadata, params);
+        if s.metadata != before {
+            previous.insert("metadata".into(), json!(before));
+        }
+    }
+    if let Some(pm) = default_pm.filter(|pm| s.default_payment_method.as_deref() != Some(*pm)) {
+        previous.insert(
+            "default_payment_method".into(),
+            json!(s.default_payment_method),
+        );
+        s.default_payment_method = Some(pm.to_owned());
+    }
+    if !previous.is_empty() {
+        let request = &ctx.request;
+        let previous = Some(Value::Object(previous));
+        emit_subscription_for(
+            ctx.store,
+            id,
+            "customer.subscription.updated",
+            previous,
+            request,
+        );
+    }
+    Ok(render_subscription(
+        ctx.store,
+        &ctx.store.subscriptions[id],
+        expand,
+    ))
+}
+
+pub fn retrieve_invoice(ctx: &mut Ctx, id: &str, params: &Params) -> Result<Value, ApiError> {
+    check_known(params, &["expand"])?;
+    expansions(params, &[])?;
+    let invoice = ctx
+        .store
+        .invoices
+        .get(id)
+        .ok_or_else(|| ApiError::no_such("invoice", id, "id"))?;
+    Ok(render_invoice(ctx.store, invoice))
+}
+
 pub fn cancel(ctx: &mut Ctx, id: &str, params: &Params) -> Result<Value, ApiError> {
     check_known(
         params,
@@ -329,16 +499,26 @@ pub fn cancel(ctx: &mut Ctx, id: &str, params: &Params) -> Result<Value, ApiErro
         .subscriptions
         .get_mut(id)
         .ok_or_else(|| ApiError::no_such("subscription", id, "id"))?;
+    // Stripe answers a second cancel as if the subscription were gone (it still retrieves).
     if subscription.status == "canceled" {
-        return Err(ApiError::invalid_request(
-            &format!(
-                "A canceled subscription can only update its cancellation_details and metadata. ({id})"
-            ),
-            None,
-        ));
+        return Err(ApiError::no_such("subscription", id, "id"));
     }
+    let now = ctx.store.now();
+    let Some(subscription) = ctx.store.subscriptions.get_mut(id) else {
+        return Err(ApiError::no_such("subscription", id, "id"));
+    };
     subscription.status = "canceled".into();
-    subscription.canceled_at = Some(now());
+    subscription.canceled_at = Some(now);
+    subscription.ended_at = Some(now);
+    subscription.cancellation_reason = Some("cancellation_requested");
+    let request = &ctx.request;
+    emit_subscription_for(
+        ctx.store,
+        id,
+        "customer.subscription.deleted",
+        None,
+        request,
+    );
     Ok(render_subscription(
         ctx.store,
         &ctx.store.subscriptions[id],

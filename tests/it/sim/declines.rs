@@ -201,7 +201,8 @@ async fn a_partner_payment_method_attached_to_one_customer_cannot_go_to_another(
 }
 
 #[tokio::test]
-async fn a_payment_method_attached_elsewhere_cannot_pay_a_subscription() {
+async fn a_payment_method_attached_elsewhere_cannot_pay_a_subscription_it_is_400_resource_missing()
+{
     let sim = spawn().await;
     let (_, pm) = sim.customer_with_card("a@b.c", "pm_card_visa").await;
     let other = sim.post("/v1/customers", "email=b@b.c", None).await.body["id"].clone();
@@ -219,7 +220,10 @@ async fn a_payment_method_attached_elsewhere_cannot_pay_a_subscription() {
         .await;
 
     assert_eq!(answer.status, 400);
+    assert_eq!(answer.error_field("type"), Some("invalid_request_error"));
+    assert_eq!(answer.error_field("code"), Some("resource_missing"));
     assert_eq!(answer.error_field("param"), Some("default_payment_method"));
+    assert_eq!(sim.stats().await["objects"]["subscriptions"], 0);
 }
 
 #[tokio::test]

@@ -48,10 +48,14 @@ pub async fn spawn() -> TestSim {
 }
 
 pub async fn spawn_with(faults: FaultConfig) -> TestSim {
-    let settings = SimSettings {
+    spawn_settings(SimSettings {
         faults,
         ..SimSettings::for_tests()
-    };
+    })
+    .await
+}
+
+pub async fn spawn_settings(settings: SimSettings) -> TestSim {
     let app = Application::build(settings).expect("the simulator starts");
     let base = format!("http://127.0.0.1:{}", app.port());
     let shutdown = CancellationToken::new();
@@ -110,6 +114,28 @@ impl TestSim {
             .request(method, format!("{}{path}", self.base))
             .json(&body);
         read(request.send().await.expect("admin answers")).await
+    }
+
+    /// `POST /_sim/advance`: moves the simulator's clock `seconds` on; returns its report.
+    pub async fn advance(&self, seconds: i64) -> Value {
+        let answer = self
+            .http
+            .post(format!("{}/_sim/advance", self.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("seconds={seconds}"))
+            .send()
+            .await
+            .expect("advance answers");
+        let answer = read(answer).await;
+        assert_eq!(answer.status, 200, "advance refused: {}", answer.body);
+        answer.body
+    }
+
+    /// The simulator's events of `kind`, newest first (one page of up to 100).
+    pub async fn events_of(&self, kind: &str) -> Vec<Value> {
+        let answer = self.get(&format!("/v1/events?type={kind}&limit=100")).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        answer.body["data"].as_array().cloned().unwrap_or_default()
     }
 
     pub async fn configure(&self, patch: Value) {

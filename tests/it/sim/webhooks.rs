@@ -1,0 +1,209 @@
+//! Webhook endpoints and deliveries (CONTRACT §9.5): made over the API or at start, each
+//! event POSTed to the endpoints that want it, signed as Stripe signs, retried on a non-2xx
+//! answer, given up after the configured tries.
+
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde_json::Value;
+use stripe_shared::{Event, EventType};
+
+use autorenew::sim::SimSettings;
+use autorenew::sim::webhooks::{DeliveryPolicy, EndpointSettings, WebhookSettings};
+
+use super::helpers::{TestSim, spawn, spawn_settings};
+use super::receiver::Receiver;
+
+const SECRET: &str = "whsec_test_secret_for_the_simulator";
+
+/// A simulator that delivers `events` to `receiver`, signed with [`SECRET`], retrying
+/// quickly: the settings `autorenew run` fills in for its own intake.
+async fn delivering_to(receiver: &Receiver, events: &[&str], attempts: u32) -> TestSim {
+    spawn_settings(SimSettings {
+        webhooks: WebhookSettings {
+            endpoints: vec![EndpointSettings {
+                url: receiver.url.clone(),
+                secret: SecretString::from(SECRET),
+                enabled_events: events.iter().map(|e| (*e).to_owned()).collect(),
+            }],
+            delivery: DeliveryPolicy {
+                attempts,
+                first_retry: Duration::from_millis(20),
+                ..DeliveryPolicy::default()
+            },
+        },
+        ..SimSettings::for_tests()
+    })
+    .await
+}
+
+async fn subscribe(sim: &TestSim) -> String {
+    let (customer, pm) = sim
+        .customer_with_card("hook@example.com", "pm_card_visa")
+        .await;
+    let price = sim.price(1999, None).await;
+    let form = format!("customer={customer}&items[0][price]={price}&default_payment_method={pm}");
+    let created = sim.post("/v1/subscriptions", &form, None).await;
+    assert_eq!(created.status, 200, "{}", created.body);
+    created.body["id"].as_str().expect("an id").to_owned()
+}
+
+#[tokio::test]
+async fn an_endpoint_made_over_the_api_gets_each_event_signed_with_the_secret_it_was_given() {
+    let sim = spawn().await;
+    let receiver = Receiver::start().await;
+    let endpoint = sim
+        .post(
+            "/v1/webhook_endpoints",
+            &format!("url={}&enabled_events[]=*", receiver.url),
+            None,
+        )
+        .await;
+    assert_eq!(endpoint.status, 200, "{}", endpoint.body);
+    let secret = endpoint.body["secret"]
+        .as_str()
+        .expect("the secret")
+        .to_owned();
+
+    let subscription = subscribe(&sim).await;
+    let got = receiver
+        .wait_for_kinds(&["customer.subscription.created", "invoice.paid"])
+        .await;
+    let shown = sim
+        .get(&format!(
+            "/v1/webhook_endpoints/{}",
+            endpoint.body["id"].as_str().expect("an id")
+        ))
+        .await;
+
+    assert!(secret.starts_with("whsec_"));
+    assert_eq!(endpoint.body["object"], "webhook_endpoint");
+    assert_eq!(endpoint.body["url"], receiver.url.as_str());
+    assert_eq!(shown.body.get("secret"), None, "shown at creation only");
+    for delivery in &got {
+        assert!(delivery.signed_with(&secret), "{}", delivery.signature);
+        assert!(!delivery.signed_with("whsec_another"));
+        let event: Event =
+            miniserde::json::from_str(std::str::from_utf8(&delivery.body).expect("UTF-8"))
+                .expect("async-stripe reads the Event");
+        assert!(event.id.as_str().starts_with("evt_"));
+        assert!(!event.livemode);
+    }
+    let created = got
+        .iter()
+        .find(|d| d.kind() == "customer.subscription.created")
+        .expect("delivered");
+    let event: Event =
+        miniserde::json::from_str(std::str::from_utf8(&created.body).expect("UTF-8"))
+            .expect("an Event");
+    assert_eq!(event.type_, EventType::CustomerSubscriptionCreated);
+    assert_eq!(
+        created.json()["data"]["object"]["id"],
+        subscription.as_str()
+    );
+    let listed = sim.get(&format!("/v1/events/{}", event.id.as_str())).await;
+    assert_eq!(listed.body["type"], "customer.subscription.created");
+}
+
+#[tokio::test]
+async fn only_the_enabled_event_types_are_delivered() {
+    let receiver = Receiver::start().await;
+    let sim = delivering_to(&receiver, &["invoice.paid"], 3).await;
+
+    subscribe(&sim).await;
+    let got = receiver.wait_for_kinds(&["invoice.paid"]).await;
+    let stats = sim
+        .wait_for_stats(|s| s["webhooks"]["delivered"] == 1)
+        .await;
+
+    assert_eq!(got.len(), 1);
+    assert!(got[0].signed_with(SECRET));
+    assert_eq!(got[0].json()["pending_webhooks"], 1);
+    assert_eq!(stats["webhooks"]["attempts"], 1, "nothing else was sent");
+    let created = sim.events_of("customer.subscription.created").await;
+    assert_eq!(created[0]["pending_webhooks"], 0, "no endpoint wanted it");
+}
+
+#[tokio::test]
+async fn a_delivery_answered_5xx_is_retried_with_the_same_body_until_it_is_taken() {
+    let receiver = Receiver::start().await;
+    receiver.answer(&[500, 503]);
+    let sim = delivering_to(&receiver, &["customer.created"], 5).await;
+
+    sim.post("/v1/customers", "email=retry@example.com", None)
+        .await;
+    let got = receiver.wait_for(|got| got.len() == 3).await;
+    let stats = sim
+        .wait_for_stats(|s| s["webhooks"]["delivered"] == 1)
+        .await;
+
+    assert!(got.iter().all(|d| d.body == got[0].body), "the same event");
+    assert!(got.iter().all(|d| d.signed_with(SECRET)));
+    assert_eq!(stats["webhooks"]["failed_attempts"], 2);
+    let id = got[0].json()["id"].as_str().expect("an id").to_owned();
+    let event = sim.get(&format!("/v1/events/{id}")).await;
+    assert_eq!(event.body["pending_webhooks"], 0, "taken at last");
+}
+
+#[tokio::test]
+async fn a_delivery_never_taken_is_given_up_after_the_configured_tries() {
+    let receiver = Receiver::start().await;
+    receiver.answer(&[500; 10]);
+    let sim = delivering_to(&receiver, &["customer.created"], 3).await;
+
+    sim.post("/v1/customers", "email=down@example.com", None)
+        .await;
+    let stats = sim.wait_for_stats(|s| s["webhooks"]["given_up"] == 1).await;
+
+    assert_eq!(stats["webhooks"]["attempts"], 3);
+    assert_eq!(receiver.received().len(), 3);
+    let events = sim.events_of("customer.created").await;
+    assert_eq!(events[0]["pending_webhooks"], 1, "never taken");
+}
+
+#[tokio::test]
+async fn a_renewal_is_delivered_when_the_clock_is_advanced() {
+    let receiver = Receiver::start().await;
+    let sim = delivering_to(&receiver, &["invoice.paid"], 3).await;
+    let subscription = subscribe(&sim).await;
+    receiver.wait_for_kinds(&["invoice.paid"]).await;
+
+    sim.advance(31 * 86_400).await;
+    let got = receiver.wait_for(|got| got.len() == 2).await;
+
+    let renewal: Value = got
+        .iter()
+        .map(|d| d.json())
+        .find(|e| e["data"]["object"]["billing_reason"] == "subscription_cycle")
+        .expect("the renewal's invoice.paid");
+    assert_eq!(
+        renewal["data"]["object"]["parent"]["subscription_details"]["subscription"],
+        subscription.as_str()
+    );
+    assert_eq!(
+        renewal["request"]["id"],
+        Value::Null,
+        "the clock, not a request"
+    );
+}
+
+#[tokio::test]
+async fn an_endpoint_the_simulator_cannot_reach_is_refused() {
+    let sim = spawn().await;
+
+    let https = sim
+        .post(
+            "/v1/webhook_endpoints",
+            "url=https://example.com/hook&enabled_events[]=*",
+            None,
+        )
+        .await;
+    let no_events = sim
+        .post("/v1/webhook_endpoints", "url=http://127.0.0.1:9/hook", None)
+        .await;
+
+    assert_eq!(https.status, 400);
+    assert_eq!(https.error_field("param"), Some("url"));
+    assert_eq!(no_events.status, 400);
+    assert_eq!(no_events.error_field("param"), Some("enabled_events"));
+}
