@@ -202,6 +202,25 @@ impl Stack {
             .await
     }
 
+    /// A signed call of the demo partner to `path`.
+    pub async fn post_signed(&self, path: &str, body: Value) -> crate::helpers::Answer {
+        self.intake
+            .post_signed(path, body, crate::helpers::SECRET)
+            .await
+    }
+
+    /// Waits (bounded) for an event of `kind` (`autorenew.subscription.updated`, …) about
+    /// `pay_id`, and returns it.
+    pub async fn wait_for_event(&self, pay_id: &str, kind: &str, limit: Duration) -> Option<Value> {
+        let found = || {
+            self.events_by_pay_id()
+                .remove(pay_id)
+                .and_then(|events| events.into_iter().find(|e| e["type"] == kind))
+        };
+        poll_until(limit, || async { found().is_some() }).await;
+        found()
+    }
+
     pub async fn teardown(self) {
         for (stop, _) in &self.workers {
             stop.cancel();

@@ -1,0 +1,112 @@
+//! A partner's cancel (CONTRACT §9.3), carried out by the worker: Stripe told, the state
+//! stored, the change announced.
+
+use std::time::Duration;
+
+use autorenew::sim::faults::FaultConfig;
+use serde_json::json;
+
+use super::stack::Stack;
+
+fn cancel(pay_id: &str, when: &str) -> serde_json::Value {
+    json!({"partnerCode": crate::helpers::PARTNER, "payId": pay_id,
+           "tradeType": "cancelAutoRenewalRecord", "version": "3.0", "when": when})
+}
+
+fn query(pay_id: &str) -> serde_json::Value {
+    json!({"partnerCode": crate::helpers::PARTNER, "payId": pay_id,
+           "tradeType": "queryAutoRenewalRecord", "version": "3.0"})
+}
+
+const UPDATED: &str = "autorenew.subscription.updated";
+const CANCELED: &str = "autorenew.subscription.canceled";
+
+#[tokio::test]
+async fn a_cancel_at_period_end_then_now_is_carried_out_stored_and_announced() {
+    let mut stack = Stack::start(FaultConfig::default()).await;
+    stack.spawn_worker().await;
+    let pay_id = stack.send(|_| {}).await;
+    assert!(
+        stack
+            .wait_for_events(std::slice::from_ref(&pay_id), Duration::from_secs(20))
+            .await
+    );
+
+    let answer = stack
+        .post_signed("/cancelAutoRenewalRecord", cancel(&pay_id, "period_end"))
+        .await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    assert_eq!(answer.body["operateCode"], "S");
+    let updated = stack
+        .wait_for_event(&pay_id, UPDATED, Duration::from_secs(20))
+        .await
+        .expect("a subscription.updated event");
+    assert_eq!(updated["id"], format!("{pay_id}:cancel:period_end"));
+    assert_eq!(updated["_routing_key"], "subscription.updated.P000818");
+    assert_eq!(updated["data"]["cancel_at_period_end"], true);
+    assert_eq!(updated["data"]["status"], "active");
+    assert!(
+        updated["data"]["current_period_end"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z'))
+    );
+    let state = stack
+        .post_signed("/queryAutoRenewalRecord", query(&pay_id))
+        .await;
+    assert_eq!(state.body["cancel_at_period_end"], true, "{:?}", state.body);
+
+    let answer = stack
+        .post_signed("/cancelAutoRenewalRecord", cancel(&pay_id, "now"))
+        .await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    let canceled = stack
+        .wait_for_event(&pay_id, CANCELED, Duration::from_secs(20))
+        .await
+        .expect("a subscription.canceled event");
+    assert_eq!(canceled["_routing_key"], "subscription.canceled.P000818");
+    assert_eq!(canceled["data"]["status"], "canceled");
+    assert_eq!(
+        canceled["data"]["cancellation_reason"],
+        "cancellation_requested"
+    );
+    let state = stack
+        .post_signed("/queryAutoRenewalRecord", query(&pay_id))
+        .await;
+    assert_eq!(state.body["status"], "canceled", "{:?}", state.body);
+    let again = stack
+        .post_signed("/cancelAutoRenewalRecord", cancel(&pay_id, "now"))
+        .await;
+    assert_eq!(
+        again.body["operateCode"], "S",
+        "a repeat answers like the first time"
+    );
+    stack.teardown().await;
+}
+
+#[tokio::test]
+async fn a_cancel_sent_while_the_creation_is_processing_runs_after_it() {
+    let mut stack = Stack::start(FaultConfig::default()).await;
+    // No worker yet: the creation is still processing when the cancel comes.
+    let pay_id = stack.send(|_| {}).await;
+    let answer = stack
+        .post_signed("/cancelAutoRenewalRecord", cancel(&pay_id, "period_end"))
+        .await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    assert_eq!(answer.body["status"], "processing");
+
+    stack.spawn_worker().await;
+
+    let updated = stack
+        .wait_for_event(&pay_id, UPDATED, Duration::from_secs(30))
+        .await
+        .expect("the cancel ran once the creation ended");
+    let events = stack.events_by_pay_id();
+    assert!(
+        events[&pay_id]
+            .iter()
+            .any(|e| e["type"] == "autorenew.subscription.succeeded"),
+        "the creation ended first"
+    );
+    assert_eq!(updated["data"]["cancel_at_period_end"], true);
+    stack.teardown().await;
+}
