@@ -63,6 +63,25 @@ impl Currency {
     }
 }
 
+/// An amount in minor units as a decimal string in its currency, as partners write `payAmount`
+/// (`1999` usd → `19.99`, `500` jpy → `500`).
+pub fn decimal_string(minor: i64, currency: Currency) -> String {
+    let decimals = currency.decimals();
+    if decimals == 0 {
+        return minor.to_string();
+    }
+    let scale = 10_i64.pow(decimals);
+    let sign = if minor < 0 { "-" } else { "" };
+    let minor = minor.unsigned_abs();
+    let scale = scale.unsigned_abs();
+    format!(
+        "{sign}{}.{:0width$}",
+        minor / scale,
+        minor % scale,
+        width = decimals as usize
+    )
+}
+
 impl fmt::Display for Currency {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.0)
@@ -150,6 +169,16 @@ impl Amount {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn minor_units_read_back_as_the_partner_writes_them() {
+        let currency = |code| Currency::parse(code).expect("a currency");
+
+        assert_eq!(decimal_string(1999, currency("usd")), "19.99");
+        assert_eq!(decimal_string(5, currency("usd")), "0.05");
+        assert_eq!(decimal_string(500, currency("jpy")), "500");
+        assert_eq!(decimal_string(1500, currency("bhd")), "1.500");
+    }
 
     fn usd() -> Currency {
         Currency::parse("USD").expect("usd is a Stripe currency")

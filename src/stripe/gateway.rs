@@ -405,6 +405,19 @@ impl Gateway {
         Ok(state_of(&canceled))
     }
 
+    /// A subscription's metadata (`payId`, `partnerCode`), for an event that does not carry it.
+    pub async fn subscription_metadata(
+        &self,
+        subscription: &str,
+    ) -> Result<HashMap<String, String>, StripeFailure> {
+        self.take_budget("subscriptions.retrieve").await?;
+        let found = RetrieveSubscription::new(subscription)
+            .send(&self.client)
+            .await
+            .map_err(|e| failed("subscriptions.retrieve", e, false))?;
+        Ok(found.metadata)
+    }
+
     /// The subscription as it stands.
     pub async fn subscription_state(
         &self,

@@ -19,9 +19,10 @@ use crate::domain::renewal::{RenewalChange, RenewalUpdate, STATUS_CANCELED};
 use crate::store::Store;
 use crate::stripe::{Gateway, StripeFailure, SubscriptionState};
 
-/// What a cancel needs: the store, Stripe and the broker, directly (not the job path's ports:
-/// the simulation covers the creation's exactly-once rules, a cancel is idempotent by nature).
-pub struct CancelContext {
+/// What a cancel and a Stripe event need: the store, Stripe and the broker, directly, not the
+/// job path's ports: the simulation proves the creation's exactly-once rules, while a cancel or
+/// an event is idempotent by nature (fixed keys, versioned state, event ids from Stripe's).
+pub struct LifecycleContext {
     pub store: Store,
     pub gateway: Gateway,
     pub queue: BrokerQueue,
@@ -32,7 +33,7 @@ pub struct CancelContext {
 const TRIES: u32 = 3;
 const PAUSE: Duration = Duration::from_millis(500);
 
-pub async fn handle(ctx: &CancelContext, incoming: &Incoming, token: &str) -> Handled {
+pub async fn handle(ctx: &LifecycleContext, incoming: &Incoming, token: &str) -> Handled {
     let Ok(cancel) = CancelJob::decode(&incoming.body) else {
         return dead_letter(ctx, incoming, "unparseable cancel", "poison").await;
     };
@@ -79,7 +80,7 @@ pub async fn handle(ctx: &CancelContext, incoming: &Incoming, token: &str) -> Ha
 }
 
 async fn cancel_locked(
-    ctx: &CancelContext,
+    ctx: &LifecycleContext,
     incoming: &Incoming,
     cancel: &CancelJob,
     sub_id: &str,
@@ -141,7 +142,7 @@ async fn cancel_locked(
 
 /// Sends the cancel; a cancel-now of a subscription canceled already is done, not refused.
 async fn call_stripe(
-    ctx: &CancelContext,
+    ctx: &LifecycleContext,
     when: CancelWhen,
     sub_id: &str,
     key: &str,
@@ -172,7 +173,7 @@ async fn call_stripe(
 }
 
 fn event_of(
-    ctx: &CancelContext,
+    ctx: &LifecycleContext,
     cancel: &CancelJob,
     state: &SubscriptionState,
     now: OffsetDateTime,
@@ -214,7 +215,7 @@ fn event_of(
     )
 }
 
-async fn announce(ctx: &CancelContext, event: &LifecycleEvent) -> Result<(), ()> {
+pub(super) async fn announce(ctx: &LifecycleContext, event: &LifecycleEvent) -> Result<(), ()> {
     let broker = &ctx.queue.broker;
     let exchange = broker.topology().results();
     let routing_key = event.routing_key();
@@ -236,7 +237,7 @@ async fn announce(ctx: &CancelContext, event: &LifecycleEvent) -> Result<(), ()>
 }
 
 async fn wait(
-    ctx: &CancelContext,
+    ctx: &LifecycleContext,
     incoming: &Incoming,
     wait: Wait,
     attempt: u32,
@@ -248,8 +249,8 @@ async fn wait(
     }
 }
 
-async fn dead_letter(
-    ctx: &CancelContext,
+pub(super) async fn dead_letter(
+    ctx: &LifecycleContext,
     incoming: &Incoming,
     reason: &str,
     label: &'static str,
@@ -260,7 +261,7 @@ async fn dead_letter(
     }
 }
 
-fn rfc3339(seconds: Option<i64>) -> String {
+pub(super) fn rfc3339(seconds: Option<i64>) -> String {
     seconds
         .and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok())
         .and_then(|t| t.format(&Rfc3339).ok())

@@ -17,9 +17,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::cancel::{self, CancelContext};
+use super::cancel::{self, LifecycleContext};
 use super::job::{self, Handled, JobContext};
-use super::ports::{Incoming, JobQueue, Settle};
+use super::ports::{Incoming, Settle};
+use super::stripe_event;
 use crate::broker::topology::EXPIRED_ROUTING_KEY;
 use crate::broker::{Broker, JOB_DELIVERY_LIMIT, JobHeaders};
 use crate::domain::cancel::CANCEL_MESSAGE_TYPE;
@@ -38,7 +39,7 @@ pub struct Worker {
     pub store: Store,
     pub ctx: Arc<JobContext>,
     /// What a partner's cancel needs (CONTRACT §9.3).
-    pub cancels: CancelContext,
+    pub lifecycle: LifecycleContext,
     pub concurrency: u16,
     pub drain_timeout: Duration,
     /// True while a consumer is registered on the jobs queue.
@@ -201,19 +202,14 @@ impl Worker {
         let handled = match incoming.kind.as_str() {
             CANCEL_MESSAGE_TYPE => {
                 let token = uuid::Uuid::new_v4().to_string();
-                Box::pin(cancel::handle(&self.cancels, &incoming, &token))
+                Box::pin(cancel::handle(&self.lifecycle, &incoming, &token))
                     .instrument(span)
                     .await
             }
-            // Stripe's events are taken by the intake; this version does not act on them yet.
-            // Dead letters keep them for `autorenew dlq replay` once one does.
             STRIPE_EVENT_MESSAGE_TYPE => {
-                let queue = &self.cancels.queue;
-                let reason = "Stripe events are not acted on by this worker version yet";
-                match queue.dead_letter(&incoming, reason).instrument(span).await {
-                    Ok(()) => Handled::ack("stripe_event_kept"),
-                    Err(_) => Handled::requeue("handed_back"),
-                }
+                Box::pin(stripe_event::handle(&self.lifecycle, &incoming))
+                    .instrument(span)
+                    .await
             }
             _ => run_job(&self.ctx, incoming).instrument(span).await,
         };

@@ -10,6 +10,7 @@ pub mod job;
 pub mod memory;
 pub mod ports;
 mod steps;
+mod stripe_event;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -29,7 +30,7 @@ use crate::broker::{Broker, JOB_DELIVERY_LIMIT, Topology};
 use crate::config::Settings;
 use crate::store::Store;
 use crate::stripe::{ClientOptions, Gateway};
-use cancel::CancelContext;
+use cancel::LifecycleContext;
 
 /// How long a confirm of the worker's own publishes may take.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -87,7 +88,7 @@ impl Application {
             broker: broker.clone(),
             timeout: PUBLISH_TIMEOUT,
         };
-        let cancels = CancelContext {
+        let lifecycle = LifecycleContext {
             store: store.clone(),
             gateway: gateway.clone(),
             queue: queue.clone(),
@@ -107,7 +108,7 @@ impl Application {
             broker,
             store,
             ctx: Arc::new(ctx),
-            cancels,
+            lifecycle,
             concurrency: settings.worker.concurrency,
             drain_timeout: Duration::from_secs(settings.worker.drain_timeout_secs),
             consuming: AtomicBool::new(false),

@@ -8,4 +8,5 @@ mod end_to_end;
 mod faults;
 mod outages;
 mod processes;
+mod renewals;
 pub mod stack;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use autorenew::config::Settings;
 use autorenew::sim::faults::FaultConfig;
+use autorenew::sim::webhooks::EndpointSettings;
 use autorenew::sim::{Application as Sim, SimSettings};
 use futures_util::StreamExt;
 use lapin::options::{
@@ -15,6 +16,7 @@ use lapin::options::{
     QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
+use secrecy::SecretString;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -66,16 +68,43 @@ impl Stack {
     }
 
     pub async fn start_with(faults: FaultConfig, tweak: impl FnOnce(&mut Settings)) -> Stack {
-        let sim = Sim::build(SimSettings {
+        Self::start_full(faults, false, tweak).await
+    }
+
+    /// A stack whose simulator delivers its webhooks, signed, to the stack's intake.
+    pub async fn start_with_webhooks(faults: FaultConfig) -> Stack {
+        Self::start_full(faults, true, |_| {}).await
+    }
+
+    async fn start_full(
+        faults: FaultConfig,
+        webhooks: bool,
+        tweak: impl FnOnce(&mut Settings),
+    ) -> Stack {
+        const WEBHOOK_SECRET: &str = "whsec_stack_test";
+        // The intake's port is picked first, so the simulator can be told where to deliver.
+        let intake_port = crate::helpers::private::free_port();
+        let mut sim_settings = SimSettings {
             faults,
             ..SimSettings::for_tests()
-        })
-        .expect("the simulator starts");
+        };
+        if webhooks {
+            sim_settings.webhooks.endpoints.push(EndpointSettings {
+                url: format!("http://127.0.0.1:{intake_port}/stripe/webhook"),
+                secret: SecretString::from(WEBHOOK_SECRET),
+                enabled_events: vec!["*".into()],
+            });
+        }
+        let sim = Sim::build(sim_settings).expect("the simulator starts");
         let sim_base = format!("http://{}", sim.address());
         let sim_stop = CancellationToken::new();
         tokio::spawn(sim.run_until_stopped(sim_stop.clone()));
 
         let mut settings = fast_settings(&sim_base);
+        if webhooks {
+            settings.intake.listen = format!("127.0.0.1:{intake_port}");
+            settings.stripe.webhook_secrets = vec![SecretString::from(WEBHOOK_SECRET)];
+        }
         tweak(&mut settings);
         let (events, tap_stop) = tap_results(&settings.amqp.prefix).await;
         let config_dir = tempfile::tempdir().expect("dir");

@@ -1,0 +1,173 @@
+//! An auto-renewal's whole life (CONTRACT §9): created, renewed by the simulator's clock, a
+//! failed charge, canceled; Stripe's events come in signed through the intake's webhook, and
+//! the worker announces each and keeps the state the query answers.
+
+use std::time::Duration;
+
+use autorenew::sim::faults::FaultConfig;
+use serde_json::json;
+
+use super::stack::Stack;
+
+const MONTH: u64 = 31 * 24 * 3600;
+
+fn query(pay_id: &str) -> serde_json::Value {
+    json!({"partnerCode": crate::helpers::PARTNER, "payId": pay_id,
+           "tradeType": "queryAutoRenewalRecord", "version": "3.0"})
+}
+
+async fn advance(stack: &Stack, seconds: u64) {
+    let answer = reqwest::Client::new()
+        .post(format!("{}/_sim/advance", stack.sim_base))
+        .json(&json!({"seconds": seconds}))
+        .send()
+        .await
+        .expect("the simulator answers");
+    assert!(answer.status().is_success(), "advance: {}", answer.status());
+}
+
+#[tokio::test]
+async fn create_advance_renewed_cancel_advance_canceled_and_the_query_shows_each_step() {
+    let mut stack = Stack::start_with_webhooks(FaultConfig::default()).await;
+    stack.spawn_worker().await;
+    let pay_id = stack.send(|r| r["pm_id"] = json!("pm_card_visa")).await;
+    let created = stack
+        .wait_for_event(
+            &pay_id,
+            "autorenew.subscription.succeeded",
+            Duration::from_secs(20),
+        )
+        .await
+        .expect("created");
+
+    advance(&stack, MONTH).await;
+    let renewed = stack
+        .wait_for_event(
+            &pay_id,
+            "autorenew.subscription.renewed",
+            Duration::from_secs(20),
+        )
+        .await
+        .expect("a renewal announced");
+    assert_eq!(renewed["_routing_key"], "subscription.renewed.P000818");
+    assert!(
+        renewed["id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("stripe:evt_"))
+    );
+    assert_eq!(renewed["data"]["amount_paid"], "19.99");
+    assert_eq!(renewed["data"]["currency"], "usd");
+    assert_eq!(renewed["data"]["sub_id"], created["data"]["sub_id"]);
+    let state = stack
+        .post_signed("/queryAutoRenewalRecord", query(&pay_id))
+        .await;
+    assert_eq!(state.body["renewals"], 1, "{:?}", state.body);
+    assert_eq!(state.body["last_invoice_id"], renewed["data"]["invoice_id"]);
+
+    let cancel = json!({"partnerCode": crate::helpers::PARTNER, "payId": pay_id,
+                        "tradeType": "cancelAutoRenewalRecord", "version": "3.0"});
+    let answer = stack.post_signed("/cancelAutoRenewalRecord", cancel).await;
+    assert_eq!(answer.body["operateCode"], "S", "{:?}", answer.body);
+    stack
+        .wait_for_event(
+            &pay_id,
+            "autorenew.subscription.updated",
+            Duration::from_secs(20),
+        )
+        .await
+        .expect("the cancel at period end announced");
+
+    advance(&stack, MONTH).await;
+    let canceled = stack
+        .wait_for_event(
+            &pay_id,
+            "autorenew.subscription.canceled",
+            Duration::from_secs(20),
+        )
+        .await
+        .expect("canceled at the period's end");
+    assert_eq!(canceled["_routing_key"], "subscription.canceled.P000818");
+    let state = stack
+        .post_signed("/queryAutoRenewalRecord", query(&pay_id))
+        .await;
+    assert_eq!(state.body["status"], "canceled", "{:?}", state.body);
+    assert_eq!(state.body["renewals"], 1, "no renewal after the cancel");
+    stack.teardown().await;
+}
+
+/// Calls the simulator as Stripe, with the stack's key.
+async fn stripe_post(stack: &Stack, path: &str, form: &[(&str, &str)]) -> serde_json::Value {
+    use secrecy::ExposeSecret;
+    reqwest::Client::new()
+        .post(format!("{}{path}", stack.sim_base))
+        .basic_auth(stack.settings.stripe.secret_key.expose_secret(), Some(""))
+        .form(form)
+        .send()
+        .await
+        .expect("the simulator answers")
+        .json()
+        .await
+        .expect("json")
+}
+
+#[tokio::test]
+async fn a_card_that_fails_when_charged_is_announced_as_a_failed_renewal() {
+    let mut stack = Stack::start_with_webhooks(FaultConfig::default()).await;
+    stack.spawn_worker().await;
+    let pay_id = stack.send(|r| r["pm_id"] = json!("pm_card_visa")).await;
+    let created = stack
+        .wait_for_event(
+            &pay_id,
+            "autorenew.subscription.succeeded",
+            Duration::from_secs(20),
+        )
+        .await
+        .expect("created");
+    // Later the customer's card starts to fail: the subscription is moved to one that attaches
+    // but fails when charged, as a card that expired would.
+    let customer = created["data"]["customer_id"].as_str().unwrap_or_default();
+    let sub_id = created["data"]["sub_id"].as_str().unwrap_or_default();
+    let failing = stripe_post(
+        &stack,
+        "/v1/payment_methods/pm_card_chargeCustomerFail/attach",
+        &[("customer", customer)],
+    )
+    .await;
+    let failing = failing["id"].as_str().expect("the failing card attaches");
+    stripe_post(
+        &stack,
+        &format!("/v1/subscriptions/{sub_id}"),
+        &[("default_payment_method", failing)],
+    )
+    .await;
+
+    advance(&stack, MONTH).await;
+    let failed = stack
+        .wait_for_event(
+            &pay_id,
+            "autorenew.subscription.renewal_failed",
+            Duration::from_secs(20),
+        )
+        .await
+        .expect("a failed renewal announced");
+    assert_eq!(
+        failed["_routing_key"],
+        "subscription.renewal_failed.P000818"
+    );
+    assert_eq!(failed["data"]["error"]["code"], "card_declined");
+    assert!(
+        failed["data"]["attempt_count"]
+            .as_u64()
+            .is_some_and(|n| n >= 1)
+    );
+    let state = stack
+        .post_signed("/queryAutoRenewalRecord", query(&pay_id))
+        .await;
+    assert_eq!(
+        state.body["last_error"]["code"], "card_declined",
+        "{:?}",
+        state.body
+    );
+    assert_eq!(state.body["renewals"], 0);
+    stack.teardown().await;
+}
