@@ -171,3 +171,82 @@ async fn a_card_that_fails_when_charged_is_announced_as_a_failed_renewal() {
     assert_eq!(state.body["renewals"], 0);
     stack.teardown().await;
 }
+
+/// Delivers a hand-made Stripe event to the stack's intake, signed as Stripe signs it.
+async fn deliver(stack: &Stack, event: &serde_json::Value) {
+    let body = serde_json::to_vec(event).expect("json");
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let signature = autorenew::domain::webhook::sign(&body, "whsec_stack_test", now);
+    let answer = reqwest::Client::new()
+        .post(format!("{}/stripe/webhook", stack.intake.address))
+        .header("stripe-signature", signature)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("the intake answers");
+    assert_eq!(answer.status(), 200);
+}
+
+#[tokio::test]
+async fn an_older_update_delivered_after_a_newer_one_is_announced_but_changes_nothing() {
+    use secrecy::ExposeSecret;
+    let mut stack = Stack::start_with_webhooks(FaultConfig::default()).await;
+    stack.spawn_worker().await;
+    let pay_id = stack.send(|_| {}).await;
+    let created = stack
+        .wait_for_event(
+            &pay_id,
+            "autorenew.subscription.succeeded",
+            Duration::from_secs(20),
+        )
+        .await
+        .expect("created");
+    let sub_id = created["data"]["sub_id"].as_str().unwrap_or_default();
+    let subscription: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/v1/subscriptions/{sub_id}", stack.sim_base))
+        .basic_auth(stack.settings.stripe.secret_key.expose_secret(), Some(""))
+        .send()
+        .await
+        .expect("the simulator answers")
+        .json()
+        .await
+        .expect("json");
+    let update = |id: &str, created: i64, cancel_at_period_end: bool| {
+        let mut object = subscription.clone();
+        object["cancel_at_period_end"] = json!(cancel_at_period_end);
+        json!({"id": id, "object": "event", "api_version": "2025-03-31.basil",
+               "created": created, "livemode": false, "pending_webhooks": 1,
+               "request": {"id": null, "idempotency_key": null},
+               "type": "customer.subscription.updated",
+               "data": {"object": object,
+                        "previous_attributes": {"cancel_at_period_end": !cancel_at_period_end}}})
+    };
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let newer = format!("evt_newer{}", uuid::Uuid::new_v4().simple());
+    let older = format!("evt_older{}", uuid::Uuid::new_v4().simple());
+
+    // Stripe does not order its deliveries: the newer event arrives first.
+    deliver(&stack, &update(&newer, now + 100, true)).await;
+    deliver(&stack, &update(&older, now + 50, false)).await;
+
+    let announced = |id: &str| {
+        stack.events_by_pay_id()[&pay_id]
+            .iter()
+            .any(|e| e["id"] == format!("stripe:{id}"))
+    };
+    let both = crate::helpers::poll_until(Duration::from_secs(20), || async {
+        announced(&newer) && announced(&older)
+    })
+    .await;
+    assert!(both, "each event is announced");
+    let state = stack
+        .post_signed("/queryAutoRenewalRecord", query(&pay_id))
+        .await;
+    assert_eq!(
+        state.body["cancel_at_period_end"], true,
+        "the older event did not take the state back: {:?}",
+        state.body
+    );
+    stack.teardown().await;
+}
