@@ -8,6 +8,7 @@ mod gateway;
 
 pub use client::{CallError, ClientOptions, StripeHttp};
 pub use error::StripeFailure;
+pub(crate) use gateway::BUDGET_WAIT_SECONDS;
 pub use gateway::{Attached, Gateway, NewSubscription, PriceSpec, Subscribed};
 
 use std::future::Future;

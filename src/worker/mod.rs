@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub(crate) use consumer::JOB_SECONDS;
 pub use consumer::Worker;
 pub use process::{DeliveryInfo, JobContext, Outcome, RetryPolicy, process};
 
