@@ -26,12 +26,14 @@
 is caught.
 """
 
+import functools
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 from pathlib import Path
 
@@ -39,6 +41,11 @@ import jsonschema
 import kubernetes_validate
 import yaml
 from openapi_spec_validator import validate as validate_openapi
+
+# kubernetes-validate reads and parses a schema file for each object it validates; the same few
+# serve every object (and every copy the planted-fault test checks), so keep them parsed.
+kubernetes_validate.utils.schema_contents = functools.lru_cache(maxsize=None)(
+    kubernetes_validate.utils.schema_contents)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -113,8 +120,14 @@ def structural(schema: dict) -> dict:
 OBJECT_META = {"name", "namespace", "labels", "annotations", "generateName", "finalizers", "ownerReferences"}
 
 
+_CRD_CACHE: dict[Path, dict] = {}
+
+
 def load_crds(directory: Path) -> dict[tuple[str, str], dict]:
-    """(apiVersion, kind) -> the strict schema of that served version."""
+    """(apiVersion, kind) -> the strict schema of that served version (parsed once per run:
+    the CRDs are over a megabyte of YAML, and the planted-fault test checks many copies)."""
+    if directory in _CRD_CACHE:
+        return _CRD_CACHE[directory]
     if not directory.is_dir():
         fail(f"CRDs: {directory} is missing: the operators' CRDs are read from ../shared/crds beside "
              "the repository (or AUTORENEW_CRDS_DIR); custom resources cannot be validated without them")
@@ -130,6 +143,7 @@ def load_crds(directory: Path) -> dict[tuple[str, str], dict]:
                     schema = version["schema"]["openAPIV3Schema"]
                     schemas[(f"{group}/{version['name']}", kind)] = structural(schema)
     ok(f"CRDs from {directory}: {', '.join(sorted(f'{k} {v}' for v, k in schemas))}")
+    _CRD_CACHE[directory] = schemas
     return schemas
 
 
@@ -151,8 +165,10 @@ def validate_custom(label: str, doc: dict, schemas: dict) -> None:
 # --- rendering ----------------------------------------------------------------------------------
 
 def load_yaml_docs(path: Path) -> list[dict]:
+    # libyaml's loader where PyYAML has it: the CRDs are large.
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     with path.open() as f:
-        return [doc for doc in yaml.safe_load_all(f) if doc]
+        return [doc for doc in yaml.load_all(f, Loader=loader) if doc]
 
 
 def check_kustomization_lists(directory: Path) -> None:
@@ -600,11 +616,20 @@ def check_promql(label: str, expr: str, exported: dict[str, set[str]]) -> set[st
 
 # --- compose ------------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=None)
+def compose_schema_check(tool: str, text: str) -> subprocess.CompletedProcess:
+    """check-jsonschema on one Compose file's text (a few seconds each: run once per text)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as copy:
+        copy.write(text)
+        copy.flush()
+        return subprocess.run([tool, "--builtin-schema", "vendor.compose-spec", copy.name],
+                              capture_output=True, text=True)
+
+
 def check_compose() -> None:
     path = DEPLOY / "compose.yaml"
     venv_bin = Path(sys.executable).parent
-    result = subprocess.run([str(venv_bin / "check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(path)],
-                            capture_output=True, text=True)
+    result = compose_schema_check(str(venv_bin / "check-jsonschema"), path.read_text())
     if result.returncode != 0:
         fail(f"compose.yaml against the Compose Specification schema:\n{result.stdout}{result.stderr}")
     else:
