@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 use crate::dlq::DlqArgs;
 use crate::loadgen::LoadgenArgs;
+use crate::probe::ProbeArgs;
 use crate::run::RunArgs;
 use crate::sign_tool::SignArgs;
 use crate::sim::SimArgs;
@@ -46,6 +47,8 @@ pub enum Command {
     Sign(SignArgs),
     /// Send signed load to an intake, follow every job to its result, report the figures.
     Loadgen(LoadgenArgs),
+    /// GET a URL: exit 0 on a 2xx answer, 1 otherwise (container healthchecks without a shell).
+    Probe(ProbeArgs),
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@
 //!   events, routes retries and dead letters.
 //! - [`run`]: `autorenew run`, intake + worker (+ simulator) in one process.
 //! - [`dlq`]: `autorenew dlq list|replay`.
+//! - [`probe`]: `autorenew probe URL`, the containers' healthcheck.
 //! - [`telemetry`]: logging and Prometheus metrics.
 //! - [`cli`]: the command line; `main.rs` only parses it and calls in here.
 
@@ -29,6 +30,7 @@ pub mod dlq;
 pub mod domain;
 pub mod intake;
 pub mod loadgen;
+pub mod probe;
 pub mod run;
 pub mod sign_tool;
 pub mod sim;

@@ -5,7 +5,7 @@ use tokio_util::sync::CancellationToken;
 
 use autorenew::cli::{Cli, Command};
 use autorenew::config::Settings;
-use autorenew::{dlq, intake, loadgen, run as run_all, sign_tool, sim, telemetry, worker};
+use autorenew::{dlq, intake, loadgen, probe, run as run_all, sign_tool, sim, telemetry, worker};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -24,10 +24,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let mut settings = Settings::load(cli.config.as_deref())?;
         settings.log.json |= cli.log_json;
         telemetry::init_logging(&settings.log);
+        telemetry::configure_metrics(&settings);
         Ok(settings)
     };
     match cli.command {
         Command::Sign(args) => sign_tool::run(args),
+        // No configuration and no logging: a healthcheck's only output is its exit code.
+        Command::Probe(args) => {
+            probe::run(&args).await?;
+            Ok(())
+        }
         Command::StripeSim(args) => {
             let log = autorenew::config::LogSettings {
                 json: cli.log_json,
@@ -42,6 +48,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run(args) => {
             let settings = load()?;
+            require_partners(&settings)?;
             run_all::run(settings, args, shutdown_on_signal()).await
         }
         Command::Worker => {
@@ -54,9 +61,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Intake => {
             let settings = load()?;
+            require_partners(&settings)?;
             intake::run(settings, shutdown_on_signal()).await
         }
     }
+}
+
+/// An intake without partners would refuse every request: most likely the configuration file
+/// is missing (a container started without its mount), so say so instead of serving.
+fn require_partners(settings: &Settings) -> anyhow::Result<()> {
+    if settings.partners.is_empty() {
+        anyhow::bail!(
+            "no partner is configured: give a configuration file with [[partners]] \
+             (--config PATH, e.g. a mounted /etc/autorenew/config.toml; ./config.toml is read \
+             when it exists)"
+        );
+    }
+    Ok(())
 }
 
 /// A token cancelled on SIGINT or SIGTERM: every server and loop takes it and stops cleanly.

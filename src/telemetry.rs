@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogSettings;
+use crate::config::{IntakeSettings, LogSettings, Settings, StripeSettings, WorkerSettings};
 
 /// Sets up logging once per process; later calls (tests that build several apps) are no-ops.
 pub fn init_logging(settings: &LogSettings) {
@@ -35,19 +35,90 @@ pub fn init_logging(settings: &LogSettings) {
     };
 }
 
+/// A build's identity: `autorenew_build_info{version="0.1.0"} 1`.
+pub const BUILD_INFO: &str = "autorenew_build_info";
+/// Jobs a worker process has taken and not yet settled (acked, handed back or dead-lettered).
+pub const JOBS_IN_HAND: &str = "autorenew_worker_jobs_in_hand";
+/// 1 while the worker's RabbitMQ connection is up.
+pub const BROKER_CONNECTED: &str = "autorenew_worker_broker_connected";
+/// 1 while the worker has a consumer on the jobs queue.
+pub const CONSUMING: &str = "autorenew_worker_consuming";
+
+/// The usual latency ladder; each histogram keeps the rungs below its longest wait and ends on it.
+const LADDER: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0,
+    45.0, 60.0, 90.0, 120.0, 180.0, 300.0, 450.0, 600.0, 900.0, 1200.0, 1800.0, 3600.0,
+];
+
+/// Stripe calls one job makes at most (customer lookup and creation, attach, default, subscription).
+const STRIPE_STEPS_PER_JOB: u64 = 5;
+
+/// The buckets of each `_seconds` histogram, chosen so that the top one reaches the longest time
+/// that histogram can record under these settings; a top bucket below it would put every slow answer
+/// in `+Inf`, where no quantile can be read.
+pub fn histogram_buckets(
+    intake: &IntakeSettings,
+    stripe: &StripeSettings,
+    worker: &WorkerSettings,
+) -> Vec<(&'static str, Vec<f64>)> {
+    let publish = intake.publish_timeout_ms as f64 / 1000.0;
+    // A held answer: the body's arrival, the claim and confirm, then `Prefer: wait` itself.
+    let answer =
+        intake.request_timeout_ms as f64 / 1000.0 + 2.0 * publish + intake.max_wait_secs as f64;
+    let stripe_call = stripe.request_timeout_ms as f64 / 1000.0;
+    // Every step's quick retries, each a whole call plus its longest backoff.
+    let tries = u64::from(worker.step_retries) + 1;
+    let job = (STRIPE_STEPS_PER_JOB * tries) as f64
+        * (stripe_call + worker.retry_max_delay_ms as f64 / 1000.0);
+    vec![
+        (crate::intake::REQUEST_SECONDS, ladder_to(answer)),
+        (crate::intake::ENQUEUE_SECONDS, ladder_to(2.0 * publish)),
+        (crate::stripe::BUDGET_WAIT_SECONDS, ladder_to(stripe_call)),
+        (crate::worker::JOB_SECONDS, ladder_to(job)),
+    ]
+}
+
+fn ladder_to(longest: f64) -> Vec<f64> {
+    let mut buckets: Vec<f64> = LADDER.iter().copied().filter(|b| *b < longest).collect();
+    buckets.push(longest);
+    buckets
+}
+
+static BUCKETS: OnceLock<Vec<(&'static str, Vec<f64>)>> = OnceLock::new();
+
+/// Sizes the histograms for `settings`. Call before anything records (start-up); a process that
+/// never calls it (a test) gets the buckets of the default settings.
+pub fn configure_metrics(settings: &Settings) {
+    let _ = BUCKETS.set(histogram_buckets(
+        &settings.intake,
+        &settings.stripe,
+        &settings.worker,
+    ));
+}
+
 /// The process-wide Prometheus recorder. Installed on first use: several apps in one process
 /// (tests, `autorenew run`) share it, as they share the process.
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new()
-                .set_buckets_for_metric(
-                    Matcher::Suffix("_seconds".into()),
-                    &[
-                        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                        10.0,
-                    ],
+            let buckets = BUCKETS.get_or_init(|| {
+                histogram_buckets(
+                    &IntakeSettings::default(),
+                    &StripeSettings::default(),
+                    &WorkerSettings::default(),
+                )
+            });
+            let recorder = buckets
+                .iter()
+                .fold(
+                    PrometheusBuilder::new()
+                        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LADDER),
+                    |builder, (name, values)| {
+                        builder.and_then(|builder| {
+                            builder.set_buckets_for_metric(Matcher::Full((*name).into()), values)
+                        })
+                    },
                 )
                 .map(|builder| builder.build_recorder())
                 .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
@@ -55,9 +126,35 @@ pub fn metrics_handle() -> PrometheusHandle {
             // Another recorder may already be installed (a test harness); ours still renders
             // whatever is recorded through it.
             let _ = metrics::set_global_recorder(recorder);
+            metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
             handle
         })
         .clone()
+}
+
+/// Counts a job in hand for as long as it lives: dropped when the job's task ends, however it
+/// ends (settled, panicked, or aborted by a drain that ran out of time).
+#[derive(Debug)]
+#[must_use = "the job counts as in hand only while this is held"]
+pub struct JobInHand(());
+
+impl JobInHand {
+    pub fn enter() -> Self {
+        metrics::gauge!(JOBS_IN_HAND).increment(1.0);
+        JobInHand(())
+    }
+}
+
+impl Drop for JobInHand {
+    fn drop(&mut self) {
+        metrics::gauge!(JOBS_IN_HAND).decrement(1.0);
+    }
+}
+
+/// The worker's connection and consumer state, as gauges (set when `/metrics` is scraped).
+pub fn record_worker_state(broker_connected: bool, consuming: bool) {
+    metrics::gauge!(BROKER_CONNECTED).set(f64::from(u8::from(broker_connected)));
+    metrics::gauge!(CONSUMING).set(f64::from(u8::from(consuming)));
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
@@ -81,5 +178,79 @@ pub async fn wait_for_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = terminate => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn top(buckets: &[(&'static str, Vec<f64>)], name: &str) -> f64 {
+        let (_, values) = buckets.iter().find(|(n, _)| *n == name).expect(name);
+        assert!(values.windows(2).all(|w| w[0] < w[1]), "{name}: {values:?}");
+        *values.last().expect("a bucket")
+    }
+
+    #[test]
+    fn each_histogram_reaches_the_longest_time_it_can_record() {
+        let defaults = histogram_buckets(
+            &IntakeSettings::default(),
+            &StripeSettings::default(),
+            &WorkerSettings::default(),
+        );
+        // 10 s for the body, twice the 1.5 s publish timeout, then the 30 s `Prefer: wait`.
+        assert_eq!(
+            top(&defaults, "autorenew_intake_request_duration_seconds"),
+            43.0
+        );
+        assert_eq!(
+            top(&defaults, "autorenew_intake_enqueue_duration_seconds"),
+            3.0
+        );
+        assert_eq!(top(&defaults, "autorenew_stripe_budget_wait_seconds"), 10.0);
+        // 5 calls × 5 tries × (10 s call + 5 s backoff).
+        assert_eq!(
+            top(&defaults, "autorenew_worker_job_duration_seconds"),
+            375.0
+        );
+
+        let intake = IntakeSettings {
+            max_wait_secs: 120,
+            ..IntakeSettings::default()
+        };
+        let stripe = StripeSettings {
+            request_timeout_ms: 80_000,
+            ..StripeSettings::default()
+        };
+        let longer = histogram_buckets(&intake, &stripe, &WorkerSettings::default());
+        assert!(top(&longer, "autorenew_intake_request_duration_seconds") >= 120.0);
+        assert!(top(&longer, "autorenew_stripe_budget_wait_seconds") >= 80.0);
+    }
+
+    #[test]
+    fn the_exposition_carries_build_info_gauges_and_long_buckets() {
+        let handle = metrics_handle();
+        metrics::histogram!(crate::intake::REQUEST_SECONDS, "route" => "/test").record(29.0);
+        record_worker_state(true, false);
+        let in_hand = JobInHand::enter();
+        let text = handle.render();
+        drop(in_hand);
+        let version = env!("CARGO_PKG_VERSION");
+        assert!(
+            text.contains(&format!("autorenew_build_info{{version=\"{version}\"}} 1")),
+            "{text}"
+        );
+        assert!(
+            text.contains("autorenew_worker_broker_connected 1"),
+            "{text}"
+        );
+        assert!(text.contains("autorenew_worker_consuming 0"), "{text}");
+        assert!(text.contains("autorenew_worker_jobs_in_hand"), "{text}");
+        assert!(
+            text.contains(
+                "autorenew_intake_request_duration_seconds_bucket{route=\"/test\",le=\"30\"} 1"
+            ),
+            "{text}"
+        );
     }
 }

@@ -29,6 +29,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use error::IntakeError;
+pub(crate) use metrics::{ENQUEUE_SECONDS, REQUEST_SECONDS};
 pub use partners::Partners;
 pub use response::ApiResponse;
 pub use state::{AppState, Limits};

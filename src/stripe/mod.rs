@@ -9,6 +9,7 @@ mod gateway;
 
 pub use client::{CallError, ClientOptions, StripeHttp};
 pub use error::StripeFailure;
+pub(crate) use gateway::BUDGET_WAIT_SECONDS;
 pub use gateway::{
     Attached, CreatedCustomer, Gateway, NewCustomer, NewSubscription, PriceSpec, Subscribed,
     SubscriptionState,

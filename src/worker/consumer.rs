@@ -141,6 +141,7 @@ impl Worker {
                         let Ok(permit) = slots.clone().acquire_owned().await else { break };
                         let worker = self.clone();
                         jobs.spawn(async move {
+                            let _in_hand = crate::telemetry::JobInHand::enter();
                             worker.handle(delivery).await;
                             drop(permit);
                         });

@@ -44,7 +44,11 @@ async fn readyz(State(worker): State<Arc<Worker>>) -> impl IntoResponse {
     )
 }
 
-async fn metrics() -> impl IntoResponse {
+async fn metrics(State(worker): State<Arc<Worker>>) -> impl IntoResponse {
+    telemetry::record_worker_state(
+        worker.broker.is_ready(),
+        worker.consuming.load(Ordering::SeqCst),
+    );
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         telemetry::metrics_handle().render(),

@@ -21,6 +21,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub(crate) use consumer::JOB_SECONDS;
 pub use adapters::{BrokerQueue, SystemClock};
 pub use consumer::{Worker, run_job};
 pub use job::{Handled, JobContext, JobPorts};

@@ -9,6 +9,7 @@ mod intake_validation;
 mod loadgen;
 mod logs;
 mod openapi;
+mod probe;
 mod renewal_records;
 mod settings;
 mod sign_vectors;
