@@ -23,7 +23,8 @@ use super::ports::{Incoming, Settle};
 use super::stripe_event;
 use crate::broker::topology::EXPIRED_ROUTING_KEY;
 use crate::broker::{Broker, JOB_DELIVERY_LIMIT, JobHeaders};
-use crate::domain::cancel::CANCEL_MESSAGE_TYPE;
+use crate::domain::Job;
+use crate::domain::cancel::{CANCEL_MESSAGE_TYPE, CancelJob};
 use crate::domain::webhook::STRIPE_EVENT_MESSAGE_TYPE;
 use crate::store::Store;
 /// How often the loop checks that Redis still answers.
@@ -199,7 +200,7 @@ impl Worker {
                 headers.delivery_count()
             },
         };
-        let span = tracing::info_span!("job", message_id = %incoming.message_id, attempt = incoming.attempt);
+        let span = span_of(&incoming);
         let handled = match incoming.kind.as_str() {
             CANCEL_MESSAGE_TYPE => {
                 let token = uuid::Uuid::new_v4().to_string();
@@ -222,6 +223,27 @@ impl Worker {
         metrics::counter!(JOBS_TOTAL, "outcome" => handled.label).increment(1);
         metrics::histogram!(JOB_SECONDS).record(started.elapsed().as_secs_f64());
         settle(&delivery, handled.settle).await;
+    }
+}
+
+/// The span every log line of a message carries: its payId and the request that brought it,
+/// so a job can be followed from the intake's line to its end.
+fn span_of(incoming: &Incoming) -> tracing::Span {
+    let attempt = incoming.attempt;
+    let ids = match incoming.kind.as_str() {
+        CANCEL_MESSAGE_TYPE => CancelJob::decode(&incoming.body)
+            .ok()
+            .map(|cancel| (cancel.pay_id.to_string(), cancel.request_id)),
+        STRIPE_EVENT_MESSAGE_TYPE => None,
+        _ => Job::decode(&incoming.body)
+            .ok()
+            .map(|job| (job.pay_id.to_string(), job.request_id)),
+    };
+    match ids {
+        Some((pay_id, request_id)) => {
+            tracing::info_span!("job", %pay_id, %request_id, attempt)
+        }
+        None => tracing::info_span!("job", message_id = %incoming.message_id, attempt),
     }
 }
 
