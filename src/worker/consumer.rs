@@ -36,6 +36,9 @@ pub struct Worker {
     pub ctx: Arc<JobContext>,
     pub concurrency: u16,
     pub drain_timeout: Duration,
+    /// Cancelled when the drain is out of time: the waits inside a job (budget, step retries)
+    /// end on it, so the job hands itself back while the broker connection is still open.
+    pub give_up: CancellationToken,
     /// True while a consumer is registered on the jobs queue.
     pub consuming: AtomicBool,
     /// Set by a job that found Redis away: the loop pauses until Redis answers again.
@@ -141,22 +144,27 @@ impl Worker {
         Ok(())
     }
 
-    /// Lets the jobs in hand finish, within the drain timeout. What does not finish is handed
-    /// back by RabbitMQ when the connection closes: unacked messages return to the queue.
+    /// Lets the jobs in hand finish (store, publish, ack) within the drain timeout; the broker
+    /// connection stays open until this returns. Past the timeout, the jobs' waits end and they
+    /// hand themselves back; what still runs after that returns to the queue when the
+    /// connection closes (unacked messages are requeued).
     async fn drain(&self, mut jobs: JoinSet<()>) {
         let pending = jobs.len();
         if pending > 0 {
             tracing::info!(pending, "draining the jobs in hand");
         }
-        let all_done = async { while jobs.join_next().await.is_some() {} };
-        if tokio::time::timeout(self.drain_timeout, all_done)
+        if tokio::time::timeout(self.drain_timeout, join_all(&mut jobs))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tracing::warn!(left = jobs.len(), "drain timed out; handing the rest back");
+        self.give_up.cancel();
+        if tokio::time::timeout(PUBLISH_TIMEOUT, join_all(&mut jobs))
             .await
             .is_err()
         {
-            tracing::warn!(
-                left = jobs.len(),
-                "drain timed out; the rest return to the queue"
-            );
             jobs.abort_all();
         }
     }
@@ -325,6 +333,10 @@ impl Worker {
             }
         }
     }
+}
+
+async fn join_all(jobs: &mut JoinSet<()>) {
+    while jobs.join_next().await.is_some() {}
 }
 
 /// Acks a message whose routing succeeded; hands it back (requeue) otherwise, so it is

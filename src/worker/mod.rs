@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 pub use consumer::Worker;
 pub use process::{DeliveryInfo, JobContext, Outcome, RetryPolicy, process};
@@ -24,23 +24,36 @@ use crate::config::Settings;
 use crate::store::Store;
 use crate::stripe::{ClientOptions, Gateway};
 
+/// How long the broker connection may take to close after the drain.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A worker process: the consumer and its probe server, bound and ready to run.
 pub struct Application {
     worker: Arc<Worker>,
     listener: TcpListener,
+    /// Stops the broker connection. Not the shutdown token: the connection must outlive the
+    /// drain, so the jobs in hand can publish and ack. Also stops it if never run.
+    broker_stop: DropGuard,
 }
 
 impl Application {
     /// Connects (in the background) and binds the probe address. `settings.stripe` must name a
     /// key, and an API base unless it is Stripe's own.
-    pub async fn build(settings: &Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
+    pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
         // The recorder must exist before the first job counts anything, not at the first scrape.
         crate::telemetry::metrics_handle();
-        let broker = Broker::start(settings.amqp.url.clone(), settings.topology(), shutdown);
+        let broker_stop = CancellationToken::new();
+        let broker = Broker::start(
+            settings.amqp.url.clone(),
+            settings.topology(),
+            broker_stop.clone(),
+        );
         let store = Store::new(&settings.redis)?;
+        let give_up = CancellationToken::new();
         let budget = Arc::new(budget::RedisBudget {
             store: store.clone(),
             per_second: settings.stripe.max_requests_per_second,
+            give_up: give_up.clone(),
         });
         let options = ClientOptions {
             secret_key: &settings.stripe.secret_key,
@@ -67,11 +80,16 @@ impl Application {
             ctx: Arc::new(ctx),
             concurrency: settings.worker.concurrency,
             drain_timeout: Duration::from_secs(settings.worker.drain_timeout_secs),
+            give_up,
             consuming: AtomicBool::new(false),
             store_trouble: AtomicBool::new(false),
         });
         let listener = TcpListener::bind(settings.worker_listen()).await?;
-        Ok(Application { worker, listener })
+        Ok(Application {
+            worker,
+            listener,
+            broker_stop: broker_stop.drop_guard(),
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -84,13 +102,22 @@ impl Application {
         self.local_addr().port()
     }
 
-    /// Consumes until `shutdown`, then drains the jobs in hand and stops the probes.
+    /// Consumes until `shutdown`; then stops the deliveries (`/readyz` answers 503 from then
+    /// on), lets the jobs in hand finish, closes the broker connection and stops the probes.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let probes_stop = CancellationToken::new();
         let probes = axum::serve(self.listener, health::router(self.worker.clone()))
             .with_graceful_shutdown(probes_stop.clone().cancelled_owned());
         let probes = tokio::spawn(async move { probes.await });
         self.worker.clone().run(shutdown).await;
+        // Only now: the jobs in hand have published and acked over this connection.
+        drop(self.broker_stop);
+        if tokio::time::timeout(CLOSE_TIMEOUT, self.worker.broker.stopped())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the broker connection did not close in time");
+        }
         probes_stop.cancel();
         let _ = probes.await;
         Ok(())
@@ -105,7 +132,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
              (use `autorenew run` for the built-in simulator)"
         );
     }
-    let app = Application::build(&settings, shutdown.clone()).await?;
+    let app = Application::build(&settings).await?;
     tracing::info!(probes = %app.local_addr(), "worker starting");
     println!(
         "autorenew worker: probes and metrics on http://{}",

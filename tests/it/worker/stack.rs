@@ -104,7 +104,7 @@ impl Stack {
     /// As `spawn_worker`, also telling the worker's probe address.
     pub async fn spawn_worker_at(&mut self) -> (CancellationToken, String) {
         let stop = CancellationToken::new();
-        let app = autorenew::worker::Application::build(&self.settings, stop.clone())
+        let app = autorenew::worker::Application::build(&self.settings)
             .await
             .expect("the worker builds");
         let address = format!("http://{}", app.local_addr());
