@@ -126,9 +126,12 @@ impl Worker {
                         while jobs.try_join_next().is_some() {}
                         let Ok(permit) = slots.clone().acquire_owned().await else { break };
                         let worker = self.clone();
+                        // The job holds its channel: lapin closes a channel when its last handle
+                        // goes, and an ack on a closed channel is silently not sent.
+                        let held = channel.clone();
                         jobs.spawn(async move {
                             worker.handle(delivery).await;
-                            drop(permit);
+                            drop((permit, held));
                         });
                     }
                     Some(Err(error)) => return Err(error),
@@ -354,9 +357,12 @@ async fn settle(delivery: &Delivery, routed: Result<(), RouteError>) {
                 .await
         }
     };
-    if let Err(error) = done {
+    match done {
+        Ok(true) => {}
+        // lapin answers false, not an error, when the channel closed under the delivery.
+        Ok(false) => tracing::warn!("ack/nack not sent: the channel is closed; redelivered"),
         // The channel is gone: RabbitMQ redelivers the message to another consumer.
-        tracing::warn!(%error, "ack/nack failed; the message will be redelivered");
+        Err(error) => tracing::warn!(%error, "ack/nack failed; the message will be redelivered"),
     }
 }
 
