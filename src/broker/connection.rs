@@ -159,6 +159,9 @@ impl Broker {
                     self.watch(&live, &shutdown).await;
                     self.set_live(None);
                     if shutdown.is_cancelled() {
+                        // The channel first: closing it after the connection is logged as an
+                        // error by lapin.
+                        let _ = live.publisher.close(200, "shutting down".into()).await;
                         let _ = live.connection.close(200, "shutting down".into()).await;
                         break;
                     }

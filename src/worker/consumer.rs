@@ -61,7 +61,7 @@ impl Worker {
             // Reap finished tasks so the set does not grow across reconnects.
             while jobs.try_join_next().is_some() {}
         }
-        self.drain(jobs).await;
+        self.drain(&mut jobs).await;
     }
 
     /// Waits until RabbitMQ is connected and Redis answers; false on shutdown.
@@ -144,6 +144,11 @@ impl Worker {
         let _ = channel
             .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
             .await;
+        if shutdown.is_cancelled() {
+            // Drained here, so the channel is closed in order, before the connection.
+            self.drain(jobs).await;
+            let _ = channel.close(200, "drained".into()).await;
+        }
         Ok(())
     }
 
@@ -151,12 +156,12 @@ impl Worker {
     /// connection stays open until this returns. Past the timeout, the jobs' waits end and they
     /// hand themselves back; what still runs after that returns to the queue when the
     /// connection closes (unacked messages are requeued).
-    async fn drain(&self, mut jobs: JoinSet<()>) {
+    async fn drain(&self, jobs: &mut JoinSet<()>) {
         let pending = jobs.len();
         if pending > 0 {
             tracing::info!(pending, "draining the jobs in hand");
         }
-        if tokio::time::timeout(self.drain_timeout, join_all(&mut jobs))
+        if tokio::time::timeout(self.drain_timeout, join_all(jobs))
             .await
             .is_ok()
         {
@@ -164,7 +169,7 @@ impl Worker {
         }
         tracing::warn!(left = jobs.len(), "drain timed out; handing the rest back");
         self.give_up.cancel();
-        if tokio::time::timeout(PUBLISH_TIMEOUT, join_all(&mut jobs))
+        if tokio::time::timeout(PUBLISH_TIMEOUT, join_all(jobs))
             .await
             .is_err()
         {
