@@ -17,8 +17,10 @@ cd "$(dirname "$0")/.."
 LOAD_SECONDS="${NODE_LOSS_SECONDS:-60}"
 RATE="${NODE_LOSS_RATE:-100}"
 NODE_TIMEOUT="${REDIS_NODE_TIMEOUT_MS:-2000}"
-cargo build --release --quiet
-BIN=$PWD/target/release/autorenew
+# PROFILE=debug runs the debug build (quicker to build, slower to run).
+PROFILE="${PROFILE:-release}"
+if [ "$PROFILE" = release ]; then cargo build --release --quiet; else cargo build --quiet; fi
+BIN=$PWD/target/$PROFILE/autorenew
 RUN=redisloss$$
 BASE=$(mktemp -d)
 pids=()

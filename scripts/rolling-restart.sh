@@ -16,8 +16,10 @@ RATE="${ROLLING_RATE:-300}"
 # Jobs in flight per worker: a job is about five calls of 200 ms, so at RATE/s about RATE jobs
 # are in flight, and two workers (while the third restarts) must hold them all.
 CONCURRENCY="${ROLLING_CONCURRENCY:-256}"
-cargo build --release --quiet
-BIN=$PWD/target/release/autorenew
+# PROFILE=debug runs the debug build (quicker to build, slower to run).
+PROFILE="${PROFILE:-release}"
+if [ "$PROFILE" = release ]; then cargo build --release --quiet; else cargo build --quiet; fi
+BIN=$PWD/target/$PROFILE/autorenew
 RUN=rolling$$
 OUT=$(mktemp -d)
 pids=()
