@@ -66,7 +66,7 @@ cleanup() {
   for i in 1 2 3; do
     [ -f "$BASE/$i/pid" ] && kill -9 "$(cat "$BASE/$i/pid")" 2>/dev/null || true
   done
-  rm -rf "$BASE"
+  [ -n "${KEEP_LOGS:-}" ] && cp -r "$BASE" "$KEEP_LOGS" 2>/dev/null; rm -rf "$BASE"
 }
 trap cleanup EXIT
 

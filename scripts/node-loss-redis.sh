@@ -32,9 +32,24 @@ wait_http() { # url
 }
 now() { date +%s.%N; }
 
+# A cluster node also listens on its port + 10000 (the cluster bus): both must be free.
+cluster_port() { python3 -c '
+import random, socket
+def free(p):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p)); return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+while True:
+    p = random.randint(20000, 40000)
+    if free(p) and free(p + 10000):
+        print(p); break'; }
 PORTS=()
 for i in 1 2 3 4 5 6; do
-  port=$(free_port); PORTS+=("$port"); mkdir -p "$BASE/$port"
+  port=$(cluster_port); PORTS+=("$port"); mkdir -p "$BASE/$port"
   redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --daemonize yes \
     --cluster-enabled yes --cluster-config-file "$BASE/$port/nodes.conf" \
     --cluster-node-timeout "$NODE_TIMEOUT" --dir "$BASE/$port" \
@@ -46,7 +61,13 @@ cleanup() {
   wait "${pids[@]:-}" 2>/dev/null || true
   # Each by its own port (a killed one has nothing to answer).
   for port in "${PORTS[@]}"; do redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true; done
-  rm -rf "$BASE"
+  # This run's queues and exchanges on the shared broker (rabbitmqctl reads stdin: </dev/null).
+  rabbitmqctl -q list_queues --no-table-headers name </dev/null 2>/dev/null | grep "^$RUN" |
+    while read -r q; do rabbitmqctl -q delete_queue "$q" </dev/null >/dev/null 2>&1 || true; done
+  rabbitmqctl -q eval "[rabbit_exchange:delete(element(2, X), false, <<\"redisloss\">>)
+    || X <- rabbit_exchange:list(<<\"/\">>),
+       re:run(element(4, element(2, X)), \"^$RUN\") =/= nomatch], ok." </dev/null >/dev/null 2>&1 || true
+  [ -n "${KEEP_LOGS:-}" ] && cp -r "$BASE" "$KEEP_LOGS" 2>/dev/null; rm -rf "$BASE"
 }
 trap cleanup EXIT
 
@@ -61,7 +82,7 @@ for _ in $(seq 1 100); do
 done
 redis-cli -p "${PORTS[0]}" cluster info | grep -q 'cluster_state:ok'
 
-masters=$(redis-cli -p "${PORTS[0]}" cluster nodes | awk '/master/ {split($2, a, "@"); print "redis://" a[1]}' | paste -sd, -)
+masters=$(redis-cli -p "${PORTS[0]}" cluster nodes | awk '$3 ~ /master/ && NF >= 9 {split($2, a, "@"); print "redis://" a[1]}' | paste -sd, -)
 echo "cluster: 3 masters, 3 replicas (cluster-node-timeout $NODE_TIMEOUT ms); redis.url = $masters"
 
 export AUTORENEW__REDIS__URL="$masters"
@@ -115,12 +136,6 @@ sleep 2
 curl -fs "$SIM/_sim/stats" >"$BASE/stats.json"
 queued=$(rabbitmqctl -q list_queues --no-table-headers name messages </dev/null 2>/dev/null |
   awk -v run="$RUN" '$1 ~ "^"run"\\.(jobs|retry)" {n += $2} END {print n + 0}')
-# This run's queues and exchanges on the shared broker.
-rabbitmqctl -q list_queues --no-table-headers name </dev/null 2>/dev/null | grep "^$RUN" |
-  while read -r q; do rabbitmqctl -q delete_queue "$q" </dev/null >/dev/null 2>&1 || true; done
-rabbitmqctl -q eval "[rabbit_exchange:delete(element(2, X), false, <<\"redisloss\">>)
-  || X <- rabbit_exchange:list(<<\"/\">>),
-     re:run(element(4, element(2, X)), \"^$RUN\") =/= nomatch], ok." </dev/null >/dev/null 2>&1 || true
 
 python3 - "$BASE/report.json" "$BASE/stats.json" "$BASE/record.jsonl" "$queued" "$t_kill" \
   "$phase" "$RATE" "$LOAD_SECONDS" <<'PY'
