@@ -83,6 +83,8 @@ done
 redis-cli -p "${PORTS[0]}" cluster info | grep -q 'cluster_state:ok'
 
 masters=$(redis-cli -p "${PORTS[0]}" cluster nodes | awk '$3 ~ /master/ && NF >= 9 {split($2, a, "@"); print "redis://" a[1]}' | paste -sd, -)
+# REDIS_SEEDS=all lists every node, replicas too, as an operator might.
+if [ "${REDIS_SEEDS:-masters}" = all ]; then masters=$(printf 'redis://127.0.0.1:%s,' "${PORTS[@]}"); masters=${masters%,}; fi
 echo "cluster: 3 masters, 3 replicas (cluster-node-timeout $NODE_TIMEOUT ms); redis.url = $masters"
 
 export AUTORENEW__REDIS__URL="$masters"
