@@ -17,9 +17,11 @@ cd "$(dirname "$0")/.."
 LOAD_SECONDS="${NODE_LOSS_SECONDS:-60}"
 RATE="${NODE_LOSS_RATE:-100}"
 NODE_TIMEOUT="${REDIS_NODE_TIMEOUT_MS:-2000}"
-# PROFILE=debug runs the debug build (quicker to build, slower to run).
+# PROFILE=debug runs the debug build (quicker to build, slower to run); NO_BUILD=1 runs the
+# binary as it is.
 PROFILE="${PROFILE:-release}"
-if [ "$PROFILE" = release ]; then cargo build --release --quiet; else cargo build --quiet; fi
+if [ -n "${NO_BUILD:-}" ]; then :
+elif [ "$PROFILE" = release ]; then cargo build --release --quiet; else cargo build --quiet; fi
 BIN=$PWD/target/$PROFILE/autorenew
 RUN=redisloss$$
 BASE=$(mktemp -d)

@@ -16,9 +16,11 @@ RATE="${ROLLING_RATE:-300}"
 # Jobs in flight per worker: a job is about five calls of 200 ms, so at RATE/s about RATE jobs
 # are in flight, and two workers (while the third restarts) must hold them all.
 CONCURRENCY="${ROLLING_CONCURRENCY:-256}"
-# PROFILE=debug runs the debug build (quicker to build, slower to run).
+# PROFILE=debug runs the debug build (quicker to build, slower to run); NO_BUILD=1 runs the
+# binary as it is.
 PROFILE="${PROFILE:-release}"
-if [ "$PROFILE" = release ]; then cargo build --release --quiet; else cargo build --quiet; fi
+if [ -n "${NO_BUILD:-}" ]; then :
+elif [ "$PROFILE" = release ]; then cargo build --release --quiet; else cargo build --quiet; fi
 BIN=$PWD/target/$PROFILE/autorenew
 RUN=rolling$$
 OUT=$(mktemp -d)
