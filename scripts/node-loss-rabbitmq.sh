@@ -184,7 +184,7 @@ killed, kill_text = window(t_kill, t_back)
 back, back_text = window(t_back, t_stop)
 stopped, stop_text = window(t_stop, seconds)
 refused_total = sum(1 for r in fresh if refused(r))
-print(f"Node loss (RabbitMQ): 3-node cluster, {rate}/s for {seconds} s, intake + 2 workers")
+print(f"Node loss (RabbitMQ): 3-node cluster, {rate}/s for {seconds / 1000:.0f} s, intake + 2 workers")
 print("| figure | measured | ok |")
 print("|---|---|---|")
 rows = [
