@@ -71,6 +71,8 @@ pub struct IntakeSettings {
     /// partner's flood cannot starve the others; 0 turns the limit off. A partner's own
     /// `rate_limit_per_second` overrides it.
     pub partner_rate_limit_per_second: u32,
+    /// Most client connections served at once; further ones wait in the listen backlog.
+    pub max_connections: usize,
 }
 
 impl Default for IntakeSettings {
@@ -83,6 +85,7 @@ impl Default for IntakeSettings {
             publish_timeout_ms: 1_500,
             request_timeout_ms: 10_000,
             partner_rate_limit_per_second: 1_000,
+            max_connections: 10_000,
         }
     }
 }
@@ -362,6 +365,9 @@ impl Settings {
         }
         if self.intake.publish_timeout_ms == 0 {
             return Err(invalid("intake.publish_timeout_ms", "must be above 0"));
+        }
+        if self.intake.max_connections == 0 {
+            return Err(invalid("intake.max_connections", "must be above 0"));
         }
         if self.intake.request_timeout_ms == 0 {
             return Err(invalid("intake.request_timeout_ms", "must be above 0"));

@@ -35,6 +35,8 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> anyhow::Result<(Running, tokio::task::JoinSet<anyhow::Result<()>>)> {
     let mut tasks = tokio::task::JoinSet::new();
+    // The simulator stops after the worker has drained: the jobs in hand still call it.
+    let sim_stop = CancellationToken::new();
     let simulator = if settings.stripe.secret_key.expose_secret().is_empty() {
         let app = sim::Application::build(sim::SimSettings {
             listen: args.sim_listen,
@@ -45,20 +47,24 @@ pub async fn start(
         settings.stripe.api_base = format!("http://{address}");
         // Our own simulator speaks HTTP/2 without negotiation: one connection for all calls.
         settings.stripe.http2_prior_knowledge = true;
-        tasks.spawn(app.run_until_stopped(shutdown.clone()));
+        tasks.spawn(app.run_until_stopped(sim_stop.clone()));
         Some(address)
     } else {
         None
     };
     let intake = intake::Application::build(&settings, shutdown.clone()).await?;
-    let worker = worker::Application::build(&settings, shutdown.clone()).await?;
+    let worker = worker::Application::build(&settings).await?;
     let running = Running {
         intake: intake.local_addr(),
         worker: worker.local_addr(),
         simulator,
     };
     tasks.spawn(intake.run_until_stopped(shutdown.clone()));
-    tasks.spawn(worker.run_until_stopped(shutdown));
+    tasks.spawn(async move {
+        let drained = worker.run_until_stopped(shutdown).await;
+        sim_stop.cancel();
+        drained
+    });
     Ok((running, tasks))
 }
 

@@ -38,6 +38,8 @@ struct Inner {
     connected: tokio::sync::Notify,
     /// Which node of a multi-node URL to try first next time.
     next_node: AtomicUsize,
+    /// Cancelled once the supervisor has ended and closed its connection.
+    stopped: CancellationToken,
 }
 
 #[derive(Clone)]
@@ -62,7 +64,9 @@ impl std::fmt::Debug for Broker {
 }
 
 impl Broker {
-    /// Starts the connection loop; returns at once. The loop ends with `shutdown`.
+    /// Starts the connection loop; returns at once. The loop ends with `shutdown`, closing the
+    /// connection. A server gives it a token of its own, cancelled only after its work in hand
+    /// is done: a job being drained must still publish and ack over this connection.
     pub fn start(url: SecretString, topology: Topology, shutdown: CancellationToken) -> Self {
         let broker = Broker {
             inner: Arc::new(Inner {
@@ -70,6 +74,7 @@ impl Broker {
                 live: RwLock::new(None),
                 connected: tokio::sync::Notify::new(),
                 next_node: AtomicUsize::new(0),
+                stopped: CancellationToken::new(),
             }),
         };
         tokio::spawn(broker.clone().supervise(url, shutdown));
@@ -78,6 +83,12 @@ impl Broker {
 
     pub fn topology(&self) -> &Topology {
         &self.inner.topology
+    }
+
+    /// Returns once the loop has ended after its `shutdown`, with the connection closed: what
+    /// was sent on it (acks, publishes) reached RabbitMQ before the close.
+    pub async fn stopped(&self) {
+        self.inner.stopped.cancelled().await;
     }
 
     /// Whether a connection with a working publisher channel is up right now.
@@ -148,6 +159,9 @@ impl Broker {
                     self.watch(&live, &shutdown).await;
                     self.set_live(None);
                     if shutdown.is_cancelled() {
+                        // The channel first: closing it after the connection is logged as an
+                        // error by lapin.
+                        let _ = live.publisher.close(200, "shutting down".into()).await;
                         let _ = live.connection.close(200, "shutting down".into()).await;
                         break;
                     }
@@ -164,6 +178,7 @@ impl Broker {
             pause = (pause * 2).min(RECONNECT_MAX);
         }
         self.set_live(None);
+        self.inner.stopped.cancel();
     }
 
     /// Connects to the first node of `amqp.url` that answers: the URL may name a cluster's

@@ -26,7 +26,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 pub use error::IntakeError;
 pub(crate) use metrics::{ENQUEUE_SECONDS, REQUEST_SECONDS};
@@ -48,16 +48,25 @@ pub struct Application {
     broker: Broker,
     /// How long a client may take to send a request's headers (its body has the same again).
     header_timeout: Duration,
+    max_connections: usize,
+    /// Stops the broker connection: only after the requests in hand have their answers, which
+    /// need its confirms. Also stops it if never run.
+    broker_stop: DropGuard,
 }
+
+/// How long the broker connection may take to close after the last answer.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Application {
     /// Binds the listener and starts the broker connection (in the background: the intake
-    /// serves, and reports not ready, while RabbitMQ is away).
+    /// serves, and reports not ready, while RabbitMQ is away). `shutdown` ends the waits of
+    /// requests in hand (`Prefer: wait`); pass the same token to `run_until_stopped`.
     pub async fn build(settings: &Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        let broker_stop = CancellationToken::new();
         let broker = Broker::start(
             settings.amqp.url.clone(),
             Topology::from_settings(settings),
-            shutdown,
+            broker_stop.clone(),
         );
         let store = Store::new(&settings.redis)?;
         let state = Arc::new(AppState {
@@ -71,6 +80,7 @@ impl Application {
             marks: EnqueuedMarks::start(store.clone()),
             store,
             metrics: telemetry::metrics_handle(),
+            stopping: shutdown,
         });
         let listener = TcpListener::bind(settings.intake_listen()).await?;
         Ok(Application {
@@ -78,6 +88,8 @@ impl Application {
             router: router(state),
             broker,
             header_timeout: Duration::from_millis(settings.intake.request_timeout_ms),
+            max_connections: settings.intake.max_connections,
+            broker_stop: broker_stop.drop_guard(),
         })
     }
 
@@ -95,10 +107,25 @@ impl Application {
         &self.broker
     }
 
-    /// Serves until `shutdown`, then finishes the requests in hand. Clients that trickle their
+    /// Serves until `shutdown`: then stops accepting, answers the requests in hand (with their
+    /// broker confirms), and only then closes the broker connection. Clients that trickle their
     /// headers are dropped after `intake.request_timeout_ms` (see `serve`).
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        serve::serve(self.listener, self.router, self.header_timeout, shutdown).await;
+        serve::serve(
+            self.listener,
+            self.router,
+            self.header_timeout,
+            self.max_connections,
+            shutdown,
+        )
+        .await;
+        drop(self.broker_stop);
+        if tokio::time::timeout(CLOSE_TIMEOUT, self.broker.stopped())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the broker connection did not close in time");
+        }
         Ok(())
     }
 }

@@ -2,7 +2,10 @@
 //! deadline for a client's request headers (a client that trickles its headers, "slowloris",
 //! or connects and sends nothing, is dropped) and a cap on the size of the header section.
 //! The body has its own deadline in the `SignedRequest` extractor (408 `REQUEST_TIMEOUT`).
+//! At most `max_connections` are served at once: each is a task, and a flood of them would
+//! otherwise grow without bound; beyond it, new connections wait in the listen backlog.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -11,6 +14,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::accept::next_connection;
@@ -24,7 +28,8 @@ const MAX_HEAD_BYTES: usize = 64 * 1024;
 const MAX_HEADERS: usize = 100;
 
 /// Accepts connections on `listener` and serves `router` on each until `shutdown`; then stops
-/// accepting, lets the requests in hand finish, and closes idle connections.
+/// accepting, lets the requests in hand finish (with their answers), and closes idle
+/// connections. The caller keeps the broker connection open until this returns.
 ///
 /// Every connection must deliver each request's head within `header_timeout`, counted from the
 /// moment the server starts waiting for it (so an idle keep-alive connection is closed after
@@ -33,6 +38,7 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     header_timeout: Duration,
+    max_connections: usize,
     shutdown: CancellationToken,
 ) {
     let mut http = http1::Builder::new();
@@ -41,8 +47,20 @@ pub async fn serve(
         .max_header_size(MAX_HEAD_BYTES)
         .max_headers(MAX_HEADERS);
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(max_connections));
 
-    while let Some(stream) = next_connection(&listener, &shutdown).await {
+    loop {
+        // A free slot first, then accept: while all are taken, clients wait in the backlog.
+        let slot = tokio::select! {
+            () = shutdown.cancelled() => break,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+        };
+        let Some(stream) = next_connection(&listener, &shutdown).await else {
+            break;
+        };
         let service = TowerToHyperService::new(router.clone());
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
@@ -50,6 +68,7 @@ pub async fn serve(
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "connection ended with an error");
             }
+            drop(slot);
         });
     }
 

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
+use tokio_util::sync::CancellationToken;
 
 use super::marks::EnqueuedMarks;
 use super::partners::Partners;
@@ -42,4 +43,6 @@ pub struct AppState {
     pub store: Store,
     pub marks: EnqueuedMarks,
     pub metrics: PrometheusHandle,
+    /// Cancelled when the intake starts stopping: a `Prefer: wait` answers at once then.
+    pub stopping: CancellationToken,
 }

@@ -69,15 +69,19 @@ fn preferred_wait(headers: &HeaderMap) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
-/// Holds an accepted request's answer until its job's final result is stored, or `wait` ends.
+/// Holds an accepted request's answer until its job's final result is stored, or `wait` ends,
+/// or the intake stops (the answer then goes at once: a stopping intake holds no one up).
 async fn wait_for_result(state: &AppState, answer: ApiResponse, wait: Duration) -> ApiResponse {
     let Ok(pay_id) = crate::domain::PayId::parse(&answer.pay_id) else {
         return answer;
     };
     let deadline = Instant::now() + wait;
     while Instant::now() < deadline {
-        tokio::time::sleep(RESULT_POLL.min(deadline.saturating_duration_since(Instant::now())))
-            .await;
+        let pause = RESULT_POLL.min(deadline.saturating_duration_since(Instant::now()));
+        tokio::select! {
+            () = state.stopping.cancelled() => break,
+            () = tokio::time::sleep(pause) => {}
+        }
         // A Redis hiccup while waiting does not undo the acceptance: answer what we know.
         if let Ok(Some(result)) = state.store.result(&pay_id).await {
             return ApiResponse::for_job(pay_id.as_str(), Some(&result));

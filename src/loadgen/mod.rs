@@ -103,7 +103,8 @@ pub struct LoadgenArgs {
     #[arg(long)]
     pub json: bool,
     /// Also write every answer to this file, one JSON object a line (`payId`, `kind`, `status`,
-    /// `code`, `latency_ms`): what a checker needs to hold the service to each answer.
+    /// `code`, `latency_ms`, `at_ms`: when it was due, from the first): what a checker needs to
+    /// hold the service to each answer.
     #[arg(long, value_name = "PATH")]
     pub record: Option<std::path::PathBuf>,
     /// No progress bar.

@@ -59,6 +59,9 @@ pub struct Sample {
 pub fn write_record(path: &std::path::Path, samples: &[Sample]) -> std::io::Result<()> {
     use std::io::Write;
     let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    // When each request was due, from the first: what a checker needs to place an answer in
+    // time (e.g. the 503s while a broker node was lost).
+    let start = samples.iter().map(|sample| sample.sent_at).min();
     for sample in samples {
         let (status, code) = match &sample.answer {
             Answer::Http { status, code } => (Some(*status), code.clone()),
@@ -70,6 +73,9 @@ pub fn write_record(path: &std::path::Path, samples: &[Sample]) -> std::io::Resu
             "status": status,
             "code": code,
             "latency_ms": sample.latency.as_secs_f64() * 1000.0,
+            "at_ms": start.map_or(0.0, |start| {
+                sample.sent_at.duration_since(start).as_secs_f64() * 1000.0
+            }),
         });
         writeln!(out, "{line}")?;
     }

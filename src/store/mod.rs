@@ -70,16 +70,21 @@ impl Store {
         &self.keys
     }
 
-    /// Whether Redis answers a PING now.
+    /// Whether Redis answers now. On a cluster, a keyed read of the shared Stripe budget (which
+    /// every job needs) instead of a PING: the client sends PING to every master it knows, and
+    /// a lost master stays in that list until a keyed command makes it read the slots again, so
+    /// a paused worker that only pinged never saw the cluster fail over.
     pub async fn ping(&self) -> bool {
         let Ok(mut connection) = self.connection().await else {
             return false;
         };
-        let ping = with_timeout(async move {
+        let probe = if connection.is_cluster() {
+            redis::cmd("EXISTS").arg(self.keys.stripe_budget()).clone()
+        } else {
             redis::cmd("PING")
-                .query_async::<String>(&mut connection)
-                .await
-        });
+        };
+        let ping =
+            with_timeout(async move { probe.query_async::<redis::Value>(&mut connection).await });
         ping.await.is_ok()
     }
 

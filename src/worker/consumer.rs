@@ -17,6 +17,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::PUBLISH_TIMEOUT;
 use super::cancel::{self, LifecycleContext};
 use super::job::{self, Handled, JobContext};
 use super::ports::{Incoming, Settle};
@@ -43,6 +44,9 @@ pub struct Worker {
     pub lifecycle: LifecycleContext,
     pub concurrency: u16,
     pub drain_timeout: Duration,
+    /// Cancelled when the drain is out of time: the waits inside a job (budget, step retries)
+    /// end on it, so the job hands itself back while the broker connection is still open.
+    pub give_up: CancellationToken,
     /// True while a consumer is registered on the jobs queue.
     pub consuming: AtomicBool,
     /// Set by a job that found Redis away: the loop pauses until Redis answers again.
@@ -65,7 +69,7 @@ impl Worker {
             // Reap finished tasks so the set does not grow across reconnects.
             while jobs.try_join_next().is_some() {}
         }
-        self.drain(jobs).await;
+        self.drain(&mut jobs).await;
     }
 
     /// Waits until RabbitMQ is connected and Redis answers; false on shutdown.
@@ -141,10 +145,13 @@ impl Worker {
                         while jobs.try_join_next().is_some() {}
                         let Ok(permit) = slots.clone().acquire_owned().await else { break };
                         let worker = self.clone();
+                        // The job holds its channel: lapin closes a channel when its last handle
+                        // goes, and an ack on a closed channel is silently not sent.
+                        let held = channel.clone();
                         jobs.spawn(async move {
                             let _in_hand = crate::telemetry::JobInHand::enter();
                             worker.handle(delivery).await;
-                            drop(permit);
+                            drop((permit, held));
                         });
                     }
                     Some(Err(error)) => return Err(error),
@@ -159,25 +166,35 @@ impl Worker {
                 .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
                 .await;
         }
+        if shutdown.is_cancelled() {
+            // Drained here, so the channel is closed in order, before the connection.
+            self.drain(jobs).await;
+            let _ = channel.close(200, "drained".into()).await;
+        }
         Ok(())
     }
 
-    /// Lets the jobs in hand finish, within the drain timeout. What does not finish is handed
-    /// back by RabbitMQ when the connection closes: unacked messages return to the queue.
-    async fn drain(&self, mut jobs: JoinSet<()>) {
+    /// Lets the jobs in hand finish (store, publish, ack) within the drain timeout; the broker
+    /// connection stays open until this returns. Past the timeout, the jobs' waits end and they
+    /// hand themselves back; what still runs after that returns to the queue when the
+    /// connection closes (unacked messages are requeued).
+    async fn drain(&self, jobs: &mut JoinSet<()>) {
         let pending = jobs.len();
         if pending > 0 {
             tracing::info!(pending, "draining the jobs in hand");
         }
-        let all_done = async { while jobs.join_next().await.is_some() {} };
-        if tokio::time::timeout(self.drain_timeout, all_done)
+        if tokio::time::timeout(self.drain_timeout, join_all(jobs))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tracing::warn!(left = jobs.len(), "drain timed out; handing the rest back");
+        self.give_up.cancel();
+        if tokio::time::timeout(PUBLISH_TIMEOUT, join_all(jobs))
             .await
             .is_err()
         {
-            tracing::warn!(
-                left = jobs.len(),
-                "drain timed out; the rest return to the queue"
-            );
             jobs.abort_all();
         }
     }
@@ -271,6 +288,10 @@ pub async fn run_job(ctx: &Arc<JobContext>, incoming: Incoming) -> Handled {
     }
 }
 
+async fn join_all(jobs: &mut JoinSet<()>) {
+    while jobs.join_next().await.is_some() {}
+}
+
 /// Acks or hands back the message as the job path decided. A handed-back message is
 /// redelivered; the consumer pauses while Redis is away, so this is no requeue loop.
 async fn settle(delivery: &Delivery, settle: Settle) {
@@ -285,8 +306,11 @@ async fn settle(delivery: &Delivery, settle: Settle) {
                 .await
         }
     };
-    if let Err(error) = done {
+    match done {
+        Ok(true) => {}
+        // lapin answers false, not an error, when the channel closed under the delivery.
+        Ok(false) => tracing::warn!("ack/nack not sent: the channel is closed; redelivered"),
         // The channel is gone: RabbitMQ redelivers the message to another consumer.
-        tracing::warn!(%error, "ack/nack failed; the message will be redelivered");
+        Err(error) => tracing::warn!(%error, "ack/nack failed; the message will be redelivered"),
     }
 }

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 pub use adapters::{BrokerQueue, SystemClock};
 pub(crate) use consumer::JOB_SECONDS;
@@ -36,7 +36,8 @@ use cancel::LifecycleContext;
 /// How long a confirm of the worker's own publishes may take.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// What the job path takes from the configuration; `stop` cuts the pauses between retries.
+/// What the job path takes from the configuration; `stop` (the drain running out of time) cuts
+/// the pauses between retries.
 pub fn job_settings(settings: &Settings, stop: CancellationToken) -> JobSettings {
     let worker = &settings.worker;
     JobSettings {
@@ -56,27 +57,36 @@ pub fn job_settings(settings: &Settings, stop: CancellationToken) -> JobSettings
     }
 }
 
+/// How long the broker connection may take to close after the drain.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A worker process: the consumer and its probe server, bound and ready to run.
 pub struct Application {
     worker: Arc<Worker>,
     listener: TcpListener,
+    /// Stops the broker connection. Not the shutdown token: the connection must outlive the
+    /// drain, so the jobs in hand can publish and ack. Also stops it if never run.
+    broker_stop: DropGuard,
 }
 
 impl Application {
     /// Connects (in the background) and binds the probe address. `settings.stripe` must name a
     /// key, and an API base unless it is Stripe's own.
-    pub async fn build(settings: &Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
+    pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
         // The recorder must exist before the first job counts anything, not at the first scrape.
         crate::telemetry::metrics_handle();
+        let broker_stop = CancellationToken::new();
         let broker = Broker::start(
             settings.amqp.url.clone(),
             Topology::from_settings(settings),
-            shutdown.clone(),
+            broker_stop.clone(),
         );
         let store = Store::new(&settings.redis)?;
+        let give_up = CancellationToken::new();
         let budget = Arc::new(budget::RedisBudget {
             store: store.clone(),
             per_second: settings.stripe.max_requests_per_second,
+            give_up: give_up.clone(),
         });
         let options = ClientOptions {
             secret_key: &settings.stripe.secret_key,
@@ -103,7 +113,7 @@ impl Application {
         };
         let ctx = JobContext {
             ports,
-            settings: job_settings(settings, shutdown.clone()),
+            settings: job_settings(settings, give_up.clone()),
         };
         let worker = Arc::new(Worker {
             broker,
@@ -112,11 +122,16 @@ impl Application {
             lifecycle,
             concurrency: settings.worker.concurrency,
             drain_timeout: Duration::from_secs(settings.worker.drain_timeout_secs),
+            give_up,
             consuming: AtomicBool::new(false),
             store_trouble: AtomicBool::new(false),
         });
         let listener = TcpListener::bind(settings.worker_listen()).await?;
-        Ok(Application { worker, listener })
+        Ok(Application {
+            worker,
+            listener,
+            broker_stop: broker_stop.drop_guard(),
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -129,13 +144,22 @@ impl Application {
         self.local_addr().port()
     }
 
-    /// Consumes until `shutdown`, then drains the jobs in hand and stops the probes.
+    /// Consumes until `shutdown`; then stops the deliveries (`/readyz` answers 503 from then
+    /// on), lets the jobs in hand finish, closes the broker connection and stops the probes.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let probes_stop = CancellationToken::new();
         let probes = axum::serve(self.listener, health::router(self.worker.clone()))
             .with_graceful_shutdown(probes_stop.clone().cancelled_owned());
         let probes = tokio::spawn(async move { probes.await });
         self.worker.clone().run(shutdown).await;
+        // Only now: the jobs in hand have published and acked over this connection.
+        drop(self.broker_stop);
+        if tokio::time::timeout(CLOSE_TIMEOUT, self.worker.broker.stopped())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the broker connection did not close in time");
+        }
         probes_stop.cancel();
         let _ = probes.await;
         Ok(())
@@ -150,7 +174,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
              (use `autorenew run` for the built-in simulator)"
         );
     }
-    let app = Application::build(&settings, shutdown.clone()).await?;
+    let app = Application::build(&settings).await?;
     tracing::info!(probes = %app.local_addr(), "worker starting");
     println!(
         "autorenew worker: probes and metrics on http://{}",

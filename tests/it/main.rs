@@ -5,6 +5,7 @@ mod hostile;
 mod intake_enqueue;
 mod intake_outages;
 mod intake_partners;
+mod intake_shutdown;
 mod intake_validation;
 mod loadgen;
 mod logs;

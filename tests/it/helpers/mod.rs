@@ -147,6 +147,11 @@ impl TestApp {
         self.post_signed("/stripeSubDirectly", params, SECRET).await
     }
 
+    /// Starts the intake's shutdown, as SIGTERM does; `teardown` still cleans up after.
+    pub fn stop(&self) {
+        self.shutdown.cancel();
+    }
+
     /// Stops the intake and deletes the test's queues and keys.
     pub async fn teardown(self) {
         self.shutdown.cancel();

@@ -388,3 +388,29 @@ async fn a_held_answer_outlives_the_head_deadline() {
     assert_eq!(answer.body["status"], "processing", "{:?}", answer.body);
     app.teardown().await;
 }
+
+#[tokio::test]
+async fn connections_beyond_intake_max_connections_wait_for_a_free_one() {
+    let mut settings = test_settings(SHARED_AMQP, SHARED_REDIS);
+    settings.intake.request_timeout_ms = REQUEST_TIMEOUT_MS;
+    settings.intake.max_connections = 2;
+    let app = TestApp::spawn_with(settings).await;
+    // Two clients that say nothing hold both connections until the head deadline drops them.
+    let _first = connect(&app).await;
+    let _second = connect(&app).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let started = Instant::now();
+    let answer = timeout(BOUND, reqwest::get(format!("{}/healthz", app.address)))
+        .await
+        .expect("served once a connection is free")
+        .expect("an answer");
+    let waited = started.elapsed();
+
+    assert_eq!(answer.status(), 200);
+    assert!(
+        waited >= Duration::from_millis(REQUEST_TIMEOUT_MS) - Duration::from_millis(300),
+        "a third connection was served at once ({waited:?}), beyond intake.max_connections = 2"
+    );
+    app.teardown().await;
+}

@@ -9,7 +9,7 @@ use lapin::BasicProperties;
 use lapin::options::BasicPublishOptions;
 use serde_json::json;
 
-use super::stack::{Stack, subscriptions_by_pay_id};
+use super::stack::{Stack, subscription_creates, subscriptions_by_pay_id};
 use crate::helpers::{SHARED_AMQP, poll_until};
 
 fn signal(child: &std::process::Child, signal: &str) {
@@ -136,14 +136,18 @@ async fn a_worker_killed_mid_run_loses_no_job_and_doubles_none() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_with_jobs_in_hand_finishes_them_and_loses_none() {
+async fn sigterm_with_jobs_in_hand_finishes_them_itself_and_loses_none() {
+    // 200 ms a call, four or five calls a job: at the SIGTERM the worker holds its 16 jobs
+    // (its concurrency) with their Stripe steps half done.
     let stack = Stack::start(FaultConfig {
         latency_p50_ms: 200,
         latency_p99_ms: 200,
         ..FaultConfig::default()
     })
     .await;
-    let mut worker = stack.worker_process();
+    let mut worker = stack.worker_process_with_log();
+    let log = worker.stderr.take().expect("stderr");
+    let log = std::thread::spawn(move || std::io::read_to_string(log).unwrap_or_default());
     let mut pay_ids = Vec::new();
     for _ in 0..40 {
         pay_ids.push(stack.send(|_| {}).await);
@@ -156,8 +160,20 @@ async fn sigterm_with_jobs_in_hand_finishes_them_and_loses_none() {
 
     signal(&worker, "-TERM");
     let status = worker.wait().expect("exits");
-    assert!(status.success(), "a drained worker exits 0");
-    let finished_before_exit = stack.events_by_pay_id().len();
+    let log = log.join().expect("the log");
+    // What the worker left behind in Stripe: every subscription made before its exit belongs
+    // to a job it had in hand, which it must have stored and announced itself.
+    let made_before_exit: Vec<String> = subscriptions_by_pay_id(&stack.sim_stats().await)
+        .into_keys()
+        .collect();
+    // Its events were published before it exited; give the tap a moment to receive them.
+    let announced = poll_until(Duration::from_secs(5), || async {
+        let seen = stack.events_by_pay_id();
+        made_before_exit.iter().all(|p| seen.contains_key(p))
+    })
+    .await;
+    let finished_by_first = stack.events_by_pay_id();
+
     // What it had not started is still on the queue: a new worker takes it.
     let mut next = stack.worker_process();
     let all = stack
@@ -165,10 +181,37 @@ async fn sigterm_with_jobs_in_hand_finishes_them_and_loses_none() {
         .await;
     signal(&next, "-TERM");
     let _ = next.wait();
+    let stats = stack.sim_stats().await;
 
-    assert!(finished_before_exit > 0);
+    assert!(status.success(), "a drained worker exits 0");
+    assert!(
+        !log.contains("handing it back") && !log.contains("not connected"),
+        "no job in hand was handed back: {log}"
+    );
+    assert!(
+        made_before_exit.len() > finished_by_first.len() / 2,
+        "the worker had jobs in hand at the SIGTERM: {} subscriptions, {} events",
+        made_before_exit.len(),
+        finished_by_first.len()
+    );
+    assert!(
+        announced,
+        "every job in hand was stored and announced before the exit: {} subscriptions, {} events",
+        made_before_exit.len(),
+        finished_by_first.len()
+    );
     assert!(all, "no job was lost");
-    assert_once_each(&stack, &pay_ids, &stack.sim_stats().await);
+    // Not one of them finished again by the next worker (it would announce it a second time).
+    let events = stack.events_by_pay_id();
+    for pay_id in &pay_ids {
+        assert_eq!(events[pay_id].len(), 1, "{pay_id}: {:?}", events[pay_id]);
+    }
+    assert_eq!(
+        subscription_creates(&stats),
+        pay_ids.len() as u64,
+        "no job's Stripe steps ran twice"
+    );
+    assert_once_each(&stack, &pay_ids, &stats);
     stack.teardown().await;
 }
 

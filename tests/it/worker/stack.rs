@@ -133,7 +133,7 @@ impl Stack {
     /// As `spawn_worker`, also telling the worker's probe address.
     pub async fn spawn_worker_at(&mut self) -> (CancellationToken, String) {
         let stop = CancellationToken::new();
-        let app = autorenew::worker::Application::build(&self.settings, stop.clone())
+        let app = autorenew::worker::Application::build(&self.settings)
             .await
             .expect("the worker builds");
         let address = format!("http://{}", app.local_addr());
@@ -152,15 +152,27 @@ impl Stack {
         self.worker_command(Stdio::piped())
     }
 
+    /// As `worker_process`, with its stderr (its warnings, the log) piped.
+    pub fn worker_process_with_log(&self) -> Child {
+        self.worker_command_with(Stdio::null(), Stdio::piped())
+    }
+
     fn worker_command(&self, stdout: Stdio) -> Child {
+        self.worker_command_with(stdout, Stdio::inherit())
+    }
+
+    fn worker_command_with(&self, stdout: Stdio, stderr: Stdio) -> Child {
         Command::new(env!("CARGO_BIN_EXE_autorenew"))
             .arg("--config")
             .arg(&self.config_path)
             .arg("worker")
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("WORKER_LOG").unwrap_or("warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(stdout)
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("autorenew worker starts")
     }
@@ -398,6 +410,16 @@ request_timeout_ms = {timeout}
         rate = settings.stripe.max_requests_per_second,
         timeout = settings.stripe.request_timeout_ms,
     )
+}
+
+/// How many subscription creates the simulator answered (replays of an idempotency key too):
+/// one per job when no job's Stripe steps ran twice.
+pub fn subscription_creates(stats: &Value) -> u64 {
+    stats["requests"]["POST /v1/subscriptions"]
+        .as_object()
+        .map_or(0, |by_status| {
+            by_status.values().filter_map(Value::as_u64).sum()
+        })
 }
 
 /// Subscriptions per payId in the simulator.
