@@ -37,11 +37,31 @@ pub async fn start(
     let mut tasks = tokio::task::JoinSet::new();
     // The simulator stops after the worker has drained: the jobs in hand still call it.
     let sim_stop = CancellationToken::new();
-    let simulator = if settings.stripe.secret_key.expose_secret().is_empty() {
-        let app = sim::Application::build(sim::SimSettings {
+    let with_simulator = settings.stripe.secret_key.expose_secret().is_empty();
+    // The simulator's webhooks come to this intake, signed with a secret made for this run, so
+    // the whole life of an auto-renewal (renewals, failed charges, cancels) runs on a laptop.
+    let webhook_secret = format!("whsec_{}", uuid::Uuid::new_v4().simple());
+    if with_simulator {
+        settings
+            .stripe
+            .webhook_secrets
+            .push(SecretString::from(webhook_secret.clone()));
+    }
+    let intake = intake::Application::build(&settings, shutdown.clone()).await?;
+    let simulator = if with_simulator {
+        let mut sim_settings = sim::SimSettings {
             listen: args.sim_listen,
             ..sim::SimSettings::for_tests()
-        })?;
+        };
+        sim_settings
+            .webhooks
+            .endpoints
+            .push(sim::webhooks::EndpointSettings {
+                url: format!("http://{}/stripe/webhook", intake.local_addr()),
+                secret: SecretString::from(webhook_secret),
+                enabled_events: vec!["*".into()],
+            });
+        let app = sim::Application::build(sim_settings)?;
         let address = app.address();
         settings.stripe.secret_key = SecretString::from(SIM_KEY);
         settings.stripe.api_base = format!("http://{address}");
@@ -52,7 +72,6 @@ pub async fn start(
     } else {
         None
     };
-    let intake = intake::Application::build(&settings, shutdown.clone()).await?;
     let worker = worker::Application::build(&settings).await?;
     let running = Running {
         intake: intake.local_addr(),
@@ -77,7 +96,7 @@ pub async fn run(
     let (running, mut tasks) = start(settings, &args, shutdown).await?;
     println!("autorenew run");
     println!(
-        "  intake     http://{}  (POST /stripeSubDirectly, /resultQuery)",
+        "  intake     http://{}  (POST /stripeSubDirectly, /resultQuery, /cancelAutoRenewalRecord, /queryAutoRenewalRecord)",
         running.intake
     );
     println!(
@@ -86,7 +105,7 @@ pub async fn run(
     );
     match running.simulator {
         Some(sim) => println!(
-            "  stripe-sim http://{sim}  (no stripe.secret_key configured; GET /_sim/stats)"
+            "  stripe-sim http://{sim}  (no stripe.secret_key configured; GET /_sim/stats; POST /_sim/advance moves its clock; its webhooks come to the intake)"
         ),
         None => println!("  stripe     the real Stripe API (stripe.secret_key is set)"),
     }

@@ -58,6 +58,7 @@ pub async fn handle(ctx: &LifecycleContext, incoming: &Incoming) -> Handled {
         Some(miniserde::json::Value::Object(previous)) => previous.keys().cloned().collect(),
         _ => Vec::new(),
     };
+    let mut announce_it = true;
     let tie = match kind.as_str() {
         "invoice.paid" | "invoice.payment_failed" => {
             let Ok(invoice) = miniserde::json::from_str::<Invoice>(&object) else {
@@ -83,12 +84,12 @@ pub async fn handle(ctx: &LifecycleContext, incoming: &Incoming) -> Handled {
                 .await;
             };
             let deleted = kind == "customer.subscription.deleted";
-            let relevant = changed_fields
-                .iter()
-                .any(|field| field == "status" || field == "cancel_at_period_end");
-            if !deleted && !relevant {
-                return counted(&kind, "ignored");
-            }
+            // Only a change of status or of cancel_at_period_end is announced; a new period is
+            // still stored, so the query knows the period's end.
+            announce_it = deleted
+                || changed_fields
+                    .iter()
+                    .any(|field| field == "status" || field == "cancel_at_period_end");
             Ok(subscription_meaning(&subscription, deleted))
         }
         _ => return counted(&kind, "ignored"),
@@ -122,6 +123,9 @@ pub async fn handle(ctx: &LifecycleContext, incoming: &Incoming) -> Handled {
         .is_err()
     {
         return Handled::requeue("handed_back");
+    }
+    if !announce_it {
+        return counted(&kind, "stored");
     }
     let time = OffsetDateTime::from_unix_timestamp(event.created)
         .ok()
@@ -328,7 +332,7 @@ fn subscription_meaning(subscription: &Subscription, deleted: bool) -> Option<(O
 fn counted(kind: &str, outcome: &'static str) -> Handled {
     metrics::counter!(STRIPE_EVENTS_TOTAL, "type" => kind.to_owned(), "outcome" => outcome)
         .increment(1);
-    Handled::ack(if outcome == "not_ours" || outcome == "ignored" {
+    Handled::ack(if matches!(outcome, "not_ours" | "ignored" | "stored") {
         "stripe_event_ignored"
     } else {
         "stripe_event"
