@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The performance figures of the README (issue 5), all in one run on this machine, each as a
+# The performance figures of docs/performance.md (issue 5), all in one run on this machine, each as a
 # ratio against a baseline measured in the same run. Needs RabbitMQ and Redis on localhost (as
 # .ci/run leaves them). Writes the table to stdout and to bench-results.md; a CPU profile of the
 # worker (when `perf` works here) to bench-profile.txt.

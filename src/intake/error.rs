@@ -52,7 +52,7 @@ pub enum IntakeError {
 }
 
 impl IntakeError {
-    /// Every `errorCode` the intake answers a refusal with: the README's table and the OpenAPI
+    /// Every `errorCode` the intake answers a refusal with: docs/partners.md's table and the OpenAPI
     /// document (`openapi.json`) list each one.
     pub const ERROR_CODES: &[&str] = &[
         "BODY_INVALID",
@@ -97,7 +97,7 @@ impl IntakeError {
         }
     }
 
-    /// The stable code partners program against; listed in the README.
+    /// The stable code partners program against; listed in docs/partners.md.
     pub fn code(&self) -> &'static str {
         match self {
             IntakeError::BodyTooLarge { .. } => "BODY_TOO_LARGE",
