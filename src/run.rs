@@ -59,7 +59,11 @@ pub async fn start(
             .push(sim::webhooks::EndpointSettings {
                 url: format!("http://{}/stripe/webhook", intake.local_addr()),
                 secret: SecretString::from(webhook_secret),
-                enabled_events: vec!["*".into()],
+                // The four the worker acts on (CONTRACT §9.2), as one would ask of Stripe.
+                enabled_events: crate::domain::webhook::ACTED_ON
+                    .iter()
+                    .map(|kind| (*kind).to_owned())
+                    .collect(),
             });
         let app = sim::Application::build(sim_settings)?;
         let address = app.address();

@@ -17,6 +17,14 @@ use sha2::Sha256;
 /// unix seconds), `stripe_livemode` (bool), `received_at` (RFC 3339, when the intake took it).
 pub const STRIPE_EVENT_MESSAGE_TYPE: &str = "autorenew.stripe_event.v1";
 
+/// The Stripe event types the worker acts on (CONTRACT §9.2): a webhook endpoint needs no others.
+pub const ACTED_ON: &[&str] = &[
+    "invoice.paid",
+    "invoice.payment_failed",
+    "customer.subscription.updated",
+    "customer.subscription.deleted",
+];
+
 /// The header Stripe signs its deliveries with.
 pub const SIGNATURE_HEADER: &str = "stripe-signature";
 

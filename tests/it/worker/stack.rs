@@ -92,7 +92,10 @@ impl Stack {
             sim_settings.webhooks.endpoints.push(EndpointSettings {
                 url: format!("http://127.0.0.1:{intake_port}/stripe/webhook"),
                 secret: SecretString::from(WEBHOOK_SECRET),
-                enabled_events: vec!["*".into()],
+                enabled_events: autorenew::domain::webhook::ACTED_ON
+                    .iter()
+                    .map(|kind| (*kind).to_owned())
+                    .collect(),
             });
         }
         let sim = Sim::build(sim_settings).expect("the simulator starts");
