@@ -3,6 +3,7 @@
 
 mod cluster;
 mod dead_letters;
+mod drain;
 mod end_to_end;
 mod faults;
 mod outages;
