@@ -78,11 +78,13 @@ for slot in 1 2 3; do start_worker "$slot"; done
   --record "$OUT/record.jsonl" --result-timeout 120s >"$OUT/report.json" 2>"$OUT/loadgen.log" &
 LOADGEN=$!
 
-# Restart the three in turn, spread over the load: SIGTERM, wait for the exit, start a new one.
-step=$((SECONDS_OF_LOAD / 4))
+# Restart the three in turn at a quarter, half and three quarters of the load (counted from its
+# start, so slow drains do not push the last restart past its end): SIGTERM, wait for the exit,
+# start a new one.
+load_start=$(date +%s.%N)
 drains=()
 for slot in 1 2 3; do
-  sleep "$step"
+  python3 -c "import time; time.sleep(max(0, $load_start + $SECONDS_OF_LOAD * $slot / 4 - time.time()))"
   pid=${WORKER[$slot]}
   began=$(date +%s.%N)
   kill -TERM "$pid"

@@ -4,6 +4,7 @@
 mod cancel;
 mod cluster;
 mod dead_letters;
+mod drain;
 mod end_to_end;
 mod faults;
 mod outages;
