@@ -25,6 +25,9 @@ pub struct ProbeArgs {
 pub enum ProbeError {
     #[error("`{0}` is not a plain http:// URL")]
     Url(String),
+    /// Never echoed: the URL would carry the password into the container's health log.
+    #[error("the URL carries credentials; a health endpoint needs none")]
+    Credentials,
     #[error("{url}: no answer within {ms} ms")]
     Timeout { url: String, ms: u64 },
     #[error("{url}: {source}")]
@@ -43,6 +46,9 @@ pub async fn run(args: &ProbeArgs) -> Result<StatusCode, ProbeError> {
         .url
         .parse()
         .map_err(|_| ProbeError::Url(args.url.clone()))?;
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(ProbeError::Credentials);
+    }
     // hyper's connector speaks plain HTTP only; a probe talks to the pod's own port anyway.
     if uri.scheme_str() != Some("http") || uri.host().is_none() {
         return Err(ProbeError::Url(args.url.clone()));
@@ -151,5 +157,10 @@ mod tests {
                 Err(ProbeError::Url(_))
             ));
         }
+        let error = run(&args("http://ops:hunter2@127.0.0.1:9/readyz".into()))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, ProbeError::Credentials));
+        assert!(!error.to_string().contains("hunter2"));
     }
 }
