@@ -4,14 +4,16 @@
 # .ci/run leaves them). Writes the table to stdout and to bench-results.md; a CPU profile of the
 # worker (when `perf` works here) to bench-profile.txt.
 #
-#   scripts/bench.sh            # all four figures (about 5 minutes)
-#   scripts/bench.sh intake     # one of: intake e2e budget latency
+#   scripts/bench.sh            # all figures (about 7 minutes)
+#   scripts/bench.sh intake     # one of: intake e2e budget latency calls (= calls-count + calls-rate)
+#   PROFILE=debug scripts/bench.sh calls   # the debug build (the Stripe-bound figures hold in it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 only="${1:-all}"
-cargo build --release --quiet
-BIN=$PWD/target/release/autorenew
+PROFILE="${PROFILE:-release}"
+if [ "$PROFILE" = release ]; then cargo build --release --quiet; else cargo build --quiet; fi
+BIN=$PWD/target/$PROFILE/autorenew
 RUN=bench$$
 pids=()
 results=()
@@ -117,17 +119,15 @@ if [ "$only" = all ] || [ "$only" = budget ]; then
   #    processes × 2 concurrent jobs), 3000 jobs: calls/s against the budget, 429s, duplicates.
   scenario_env budget; start_sim --rate-limit live --rate-limit-burst 100; start_intake
   start_worker 2 100; start_worker 2 100
-  start=$(date +%s.%N)
   loadgen --concurrency 32 --requests 3000 --result-timeout 400s > /tmp/$RUN-budget.json
-  end=$(date +%s.%N)
   curl -fs "$SIM/_sim/stats" > /tmp/$RUN-budget-stats.json
-  python3 - "$start" "$end" /tmp/$RUN-budget-stats.json /tmp/$RUN-budget.json > /tmp/$RUN-budget.row <<'PY'
+  python3 - /tmp/$RUN-budget-stats.json /tmp/$RUN-budget.json > /tmp/$RUN-budget.row <<'PY'
 import json, sys
-start, end = float(sys.argv[1]), float(sys.argv[2])
-stats, report = json.load(open(sys.argv[3])), json.load(open(sys.argv[4]))
+stats, report = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
 calls = stats["requests_total"]
-# Wall clock from the first request to the last result: the sending takes under a second of it.
-elapsed = end - start
+# From the first request to the last result, as loadgen measures it; a wall clock around loadgen
+# also counted its 2 s listen for a second event of any payId.
+elapsed = report["results"]["received"] / report["results"]["completed_per_s"]
 limited = stats["faults"]["rate_limited"] + stats["faults"]["spurious_429"]
 twice = sum(1 for n in stats["subscriptions_by_pay_id"].values() if n > 1)
 results = report["results"]["received"]
@@ -163,6 +163,80 @@ print(f"| latency-bound: 300 ms a call, 2000 jobs in flight, 8000 jobs | {jobs:.
 PY
   row "$(cat /tmp/$RUN-latency.row)"
   stop_all
+fi
+
+if [ "$only" = all ] || [ "$only" = calls ] || [ "$only" = calls-count ]; then
+  # 5. Stripe calls per job (issue 13): the simulator's own request counts. A price is made once
+  #    per plan and process start, so each figure is given with and without the price's calls.
+  calls_row() { # label target stats.json jobs [extra python]
+    python3 - "$@" <<'PY'
+import json, sys
+label, target, stats, jobs = sys.argv[1], sys.argv[2], json.load(open(sys.argv[3])), int(sys.argv[4])
+routes = stats["requests_by_route"]
+total = stats["requests_total"]
+price = sum(n for r, n in routes.items() if "/v1/prices" in r or "/v1/products" in r)
+by = ", ".join(f"{r} {n}" for r, n in sorted(routes.items()) if "/v1/prices" not in r and "/v1/products" not in r)
+print(f"| {label} | {total/jobs:.3f} calls/job ({total} calls for {jobs} jobs; without the price's {price}: {(total-price)/jobs:.3f}; {by}) | {target} |")
+PY
+  }
+  # New customers, then 100 returning ones: one worker process, 16 jobs at once, no limits.
+  for kind in new returning; do
+    scenario_env "calls-$kind"; start_sim; start_intake; start_worker 16 1000000
+    flags=(); label="calls per job, 1,000 jobs with new customers"; target="≤ 3.0"
+    if [ "$kind" = returning ]; then
+      flags=(--customers 100); label="calls per job, 1,000 jobs from 100 customers (the first 100 new)"; target="≤ 2.1"
+    fi
+    loadgen --concurrency 16 --requests 1000 "${flags[@]}" > /tmp/$RUN-calls-$kind.json
+    curl -fs "$SIM/_sim/stats" > /tmp/$RUN-calls-$kind-stats.json
+    row "$(calls_row "$label" "$target" /tmp/$RUN-calls-$kind-stats.json \
+      "$(json /tmp/$RUN-calls-$kind.json "r['results']['received']")")"
+    stop_all
+  done
+
+  # A new plan's cold start: 2 worker processes, 32 jobs at once each, 50 jobs sent at once.
+  scenario_env calls-price; start_sim; start_intake; start_worker 32 1000000; start_worker 32 1000000
+  loadgen --concurrency 50 --requests 50 --plan-id "PLAN_BENCH_$RUN" > /tmp/$RUN-price.json
+  curl -fs "$SIM/_sim/stats" > /tmp/$RUN-price-stats.json
+  row "$(python3 - /tmp/$RUN-price-stats.json /tmp/$RUN-price.json <<'PY'
+import json, sys
+stats, report = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+posts = stats["requests"].get("POST /v1/prices", {})
+answers = ", ".join(f"{s}: {n}" for s, n in sorted(posts.items()))
+gets = stats["requests_by_route"].get("GET /v1/prices", 0)
+print(f"| price creates, 50 jobs of a new plan at once, 2 worker processes | {sum(posts.values())} `POST /v1/prices` ({answers or 'none'}); {gets} lookups; {report['results']['received']} results | 1 |")
+PY
+)"
+  stop_all
+
+fi
+
+if [ "$only" = all ] || [ "$only" = calls ] || [ "$only" = calls-rate ]; then
+  # 6. Jobs/s at Stripe's live budget: as the budget figure (4 workers: 2 processes × 2 jobs at
+  #    once, budget 100/s, simulator limited to 100/s), 1,000 jobs of new customers, then 1,000
+  #    from 100 customers. From the first request to the last result, as loadgen measures it
+  #    (loadgen itself runs 2 s longer: it listens for a second event of any payId).
+  for kind in new returning; do
+    scenario_env "rate-$kind"; start_sim --rate-limit live --rate-limit-burst 100; start_intake
+    start_worker 2 100; start_worker 2 100
+    flags=(); label="jobs/s at a 100/s budget, simulator limited to 100/s, 4 workers (2 processes), 1,000 jobs, new customers"; target="≥ 32 jobs/s, ≤ 0.5 % 429s"
+    if [ "$kind" = returning ]; then
+      flags=(--customers 100); label="the same, 1,000 jobs from 100 customers"; target="≥ 47 jobs/s, ≤ 0.5 % 429s"
+    fi
+    loadgen --concurrency 32 --requests 1000 --result-timeout 200s "${flags[@]}" > /tmp/$RUN-rate-$kind.json
+    curl -fs "$SIM/_sim/stats" > /tmp/$RUN-rate-$kind-stats.json
+    row "$(python3 - /tmp/$RUN-rate-$kind-stats.json /tmp/$RUN-rate-$kind.json "$label" "$target" <<'PY'
+import json, sys
+stats, report = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+label, target = sys.argv[3], sys.argv[4]
+calls = stats["requests_total"]
+limited = stats["faults"]["rate_limited"] + stats["faults"]["spurious_429"]
+results = report["results"]["received"]
+elapsed = results / report["results"]["completed_per_s"]
+print(f"| {label} | {results/elapsed:.1f} jobs/s ({results} results in {elapsed:.1f} s; {calls/elapsed:.1f} calls/s, {calls/results:.2f} calls/job); 429s {limited} of {calls} = {limited/calls:.2%} | {target} |")
+PY
+)"
+    stop_all
+  done
 fi
 
 {

@@ -240,6 +240,7 @@ mod tests {
             amount: "1.00".into(),
             currency: "usd".into(),
             email: None,
+            customers: None,
         };
         Arc::new(Generator::new(spec, "t", Mix::default(), limit))
     }

@@ -142,6 +142,10 @@ pub struct RequestArgs {
     /// One email for every request [default: a distinct one per payId].
     #[arg(long)]
     pub email: Option<String>,
+    /// Spread the requests over this many customers (emails), in turn: all but the first N
+    /// come from returning customers [default: a distinct one per payId].
+    #[arg(long, value_name = "N", conflicts_with = "email", value_parser = clap::value_parser!(u64).range(1..))]
+    pub customers: Option<u64>,
 }
 
 /// A checked run: everything [`execute`] needs.
@@ -220,6 +224,7 @@ impl Plan {
             amount: request.amount.clone(),
             currency: request.currency.clone(),
             email: request.email.clone(),
+            customers: request.customers,
         };
         let mode = if args.baseline {
             Mode::Baseline {

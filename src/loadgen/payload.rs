@@ -60,6 +60,9 @@ pub struct PayloadSpec {
     pub currency: String,
     /// One email for every request; `None`: a distinct customer per payId, as real traffic has.
     pub email: Option<String>,
+    /// Without `email`: this many customers, fresh request `n` from customer `n mod customers`,
+    /// so after the first round every request comes from a returning customer.
+    pub customers: Option<u64>,
 }
 
 /// One request, ready to send.
@@ -174,7 +177,10 @@ impl Generator {
         let spec = &self.spec;
         let email = match &spec.email {
             Some(email) => email.clone(),
-            None => format!("lg-{}-{index}@example.com", self.run_id),
+            None => {
+                let customer = spec.customers.map_or(index, |n| index % n.max(1));
+                format!("lg-{}-{customer}@example.com", self.run_id)
+            }
         };
         let pm_id = if declining {
             DECLINING_PM_ID.to_owned()
@@ -317,6 +323,7 @@ mod tests {
             amount: "19.99".into(),
             currency: "usd".into(),
             email: None,
+            customers: None,
         };
         Generator::new(spec, "abc", mix, Some(limit))
     }
@@ -423,6 +430,25 @@ mod tests {
                 .as_str()
                 .is_some_and(|p| p.contains("-i0"))
         );
+    }
+
+    #[test]
+    fn customers_take_turns_so_later_requests_come_from_returning_ones() {
+        let spec = PayloadSpec {
+            customers: Some(3),
+            ..generator(Mix::default(), 0).spec
+        };
+        let generator = Generator::new(spec, "abc", Mix::default(), Some(7));
+        let emails: Vec<String> = std::iter::from_fn(|| generator.next())
+            .map(|p| body(&p)["email"].clone())
+            .collect();
+        assert_eq!(emails.len(), 7);
+        assert_eq!(emails[0], "lg-abc-0@example.com");
+        assert_eq!(emails[3], emails[0]);
+        assert_eq!(emails[6], emails[0]);
+        assert_eq!(emails[4], emails[1]);
+        assert_ne!(emails[1], emails[0]);
+        assert_ne!(emails[2], emails[1]);
     }
 
     #[test]
