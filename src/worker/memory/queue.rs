@@ -96,7 +96,7 @@ struct State {
     delayed: BTreeMap<(Instant, u64), QueuedJob>,
     unacked: BTreeMap<u64, (String, QueuedJob)>,
     dead: Vec<(QueuedJob, String)>,
-    events: Vec<ResultEvent>,
+    events: Vec<(Instant, ResultEvent)>,
     next: u64,
     down: bool,
 }
@@ -210,7 +210,13 @@ impl MemoryQueue {
             if let Some(delivery) = self.try_receive(consumer) {
                 return delivery;
             }
-            let due = self.next_due();
+            // While the broker is away nothing is delivered: wait for it to come back (a
+            // delayed message already due would otherwise wake this loop forever).
+            let due = if self.state().down {
+                None
+            } else {
+                self.next_due()
+            };
             match due {
                 Some(due) => {
                     tokio::select! {
@@ -331,8 +337,8 @@ impl MemoryQueue {
         self.state().dead.clone()
     }
 
-    /// Every event announced, in order.
-    pub fn events(&self) -> Vec<ResultEvent> {
+    /// Every event announced, in order, with when it was confirmed.
+    pub fn events(&self) -> Vec<(Instant, ResultEvent)> {
         self.state().events.clone()
     }
 
@@ -355,6 +361,8 @@ impl MemoryQueue {
             }
             publish(&mut state);
         }
+        // A consumer waiting with nothing due wakes up to see the new due time.
+        self.arrived.notify_waiters();
         tokio::time::sleep(HOP).await;
         Ok(())
     }
@@ -428,7 +436,7 @@ impl JobQueue for MemoryQueue {
     fn announce<'a>(&'a self, event: &'a ResultEvent) -> BoxFuture<'a, Result<(), BrokerError>> {
         async move {
             let done = self
-                .confirmed(|state| state.events.push(event.clone()))
+                .confirmed(|state| state.events.push((Instant::now(), event.clone())))
                 .await;
             self.note(|| {
                 format!(

@@ -19,8 +19,8 @@ use crate::domain::{FinalResult, PayId};
 use crate::store::StoreError;
 use crate::worker::ports::{CreateSent, JobStart, JobStore};
 
-/// A round trip to Redis.
-const ROUND_TRIP: Duration = Duration::from_millis(1);
+/// The longest round trip to Redis (each call takes 1 ms up to this, from the seed).
+const ROUND_TRIP_MAX_MS: u64 = 10;
 /// How long a call waits for a Redis that does not answer.
 const TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -47,6 +47,7 @@ struct State {
     away: bool,
     /// Calls left whose answer is lost after they ran.
     lose_answers: u32,
+    rng: Option<fastrand::Rng>,
 }
 
 /// Redis: one per simulated world, one named handle per worker.
@@ -58,9 +59,14 @@ pub struct MemoryStore {
 }
 
 impl MemoryStore {
-    pub fn new(trace: Trace) -> Self {
+    /// A store whose round trips take 1 to 10 ms, drawn from `seed`.
+    pub fn new(seed: u64, trace: Trace) -> Self {
+        let state = State {
+            rng: Some(fastrand::Rng::with_seed(seed)),
+            ..State::default()
+        };
         MemoryStore {
-            state: Arc::default(),
+            state: Arc::new(Mutex::new(state)),
             who: "redis".into(),
             trace,
         }
@@ -84,6 +90,11 @@ impl MemoryStore {
         self.trace.note(&self.who, || {
             format!("redis {}", if away { "away" } else { "back" })
         });
+    }
+
+    /// Whether Redis answers a ping.
+    pub fn is_away(&self) -> bool {
+        self.state().away
     }
 
     /// The next `calls` calls run but their answers are lost.
@@ -147,7 +158,12 @@ impl MemoryStore {
         op: impl FnOnce(&mut Keys, Instant) -> T,
         show: impl FnOnce(&T) -> String,
     ) -> Result<T, StoreError> {
-        tokio::time::sleep(ROUND_TRIP).await;
+        let round_trip = self
+            .state()
+            .rng
+            .as_mut()
+            .map_or(1, |rng| rng.u64(1..=ROUND_TRIP_MAX_MS));
+        tokio::time::sleep(Duration::from_millis(round_trip)).await;
         let ran = {
             let mut state = self.state();
             if state.away {

@@ -114,6 +114,7 @@ struct Subscription {
     customer: String,
     pay_id: String,
     product: String,
+    created: Instant,
 }
 
 /// What the fake counted, for the report.
@@ -242,14 +243,14 @@ impl MemoryStripe {
             .insert(price.to_owned(), (None, product.to_owned()));
     }
 
-    /// The subscriptions made, by the payId in their metadata.
-    pub fn subscriptions(&self) -> BTreeMap<String, Vec<String>> {
-        let mut by_pay_id: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    /// The subscriptions made (id, when), by the payId in their metadata.
+    pub fn subscriptions(&self) -> BTreeMap<String, Vec<(String, Instant)>> {
+        let mut by_pay_id: BTreeMap<String, Vec<(String, Instant)>> = BTreeMap::new();
         for sub in &self.world().subscriptions {
             by_pay_id
                 .entry(sub.pay_id.clone())
                 .or_default()
-                .push(sub.id.clone());
+                .push((sub.id.clone(), sub.created));
         }
         by_pay_id
     }
@@ -714,6 +715,7 @@ impl StripeApi for MemoryStripe {
                     customer,
                     pay_id,
                     product: product.clone(),
+                    created: Instant::now(),
                 });
                 Reply::Sub(Subscribed {
                     id,
