@@ -27,7 +27,7 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
 const KEY_SWITCH_AFTER: Duration = Duration::from_secs(4);
 const LOCK_TTL: Duration = Duration::from_secs(3);
 /// Low, so that crashes and hand-backs reach it.
-const DELIVERY_LIMIT: u32 = 8;
+const DELIVERY_LIMIT: u32 = 4;
 /// How long, after the chaos, the world may take to settle.
 const SETTLE_CAP: Duration = Duration::from_secs(6 * 3600);
 const PRICE: &str = "price_basic";
