@@ -99,7 +99,7 @@ async fn schedule(seed: u64) -> Report {
             Duration::from_secs(4),
             Duration::from_secs(10),
         ],
-        lock: Duration::from_millis(300),
+        lock: Duration::from_millis(rng.u64(20..=500)),
         reconcile: Duration::from_secs(15),
     };
     let world = World {
@@ -166,10 +166,14 @@ async fn schedule(seed: u64) -> Report {
     let publishing = Arc::new(AtomicUsize::new(0));
 
     // The intake: each job accepted once its publish is confirmed (the partner retries a 503),
-    // and sometimes published a second time, as after a claim's lease.
+    // and sometimes published again.
     for job in &jobs {
         let first = Duration::from_millis(rng.u64(..3_000));
-        let again = (rng.f64() < 0.5).then(|| Duration::from_millis(rng.u64(..8_000)));
+        // Up to three more copies, as after claims' leases: each one races the first copy,
+        // and bounces through the lock-retry queue while it holds the lock.
+        let copies: Vec<Duration> = (0..rng.usize(0..=3))
+            .map(|_| Duration::from_millis(rng.u64(..6_000)))
+            .collect();
         publishing.fetch_add(1, Ordering::SeqCst);
         let (world, books, publishing) = (world.clone(), books.clone(), publishing.clone());
         let body = job.encode();
@@ -178,7 +182,7 @@ async fn schedule(seed: u64) -> Report {
             tokio::time::sleep(first).await;
             intake_publish(&world, &body, &pay_id).await;
             lock(&books).accepted.insert(pay_id.clone());
-            if let Some(again) = again {
+            for again in copies {
                 tokio::time::sleep(again).await;
                 world.trace.note("intake", || format!("republish {pay_id}"));
                 intake_publish(&world, &body, &pay_id).await;
