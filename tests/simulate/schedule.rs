@@ -104,7 +104,12 @@ async fn schedule(seed: u64) -> Report {
     };
     let world = World {
         queue: MemoryQueue::new(delays, DELIVERY_LIMIT, trace.clone()),
-        store: MemoryStore::new(rng.u64(..), trace.clone()),
+        // Redis is sometimes slow: wider windows between two calls of one job.
+        store: MemoryStore::new(
+            rng.u64(..),
+            Duration::from_millis(rng.u64(1..=40)),
+            trace.clone(),
+        ),
         stripe: MemoryStripe::new(rng.u64(..), CLIENT_TIMEOUT, trace.clone()),
         clock: VirtualClock::new(1_800_000_000_000),
         trace: trace.clone(),

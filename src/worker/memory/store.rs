@@ -19,8 +19,6 @@ use crate::domain::{FinalResult, PayId};
 use crate::store::StoreError;
 use crate::worker::ports::{CreateSent, JobStart, JobStore};
 
-/// The longest round trip to Redis (each call takes 1 ms up to this, from the seed).
-const ROUND_TRIP_MAX_MS: u64 = 10;
 /// How long a call waits for a Redis that does not answer.
 const TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -48,6 +46,7 @@ struct State {
     /// Calls left whose answer is lost after they ran.
     lose_answers: u32,
     rng: Option<fastrand::Rng>,
+    round_trip_max_ms: u64,
 }
 
 /// Redis: one per simulated world, one named handle per worker.
@@ -59,10 +58,13 @@ pub struct MemoryStore {
 }
 
 impl MemoryStore {
-    /// A store whose round trips take 1 to 10 ms, drawn from `seed`.
-    pub fn new(seed: u64, trace: Trace) -> Self {
+    /// A store whose round trips take 1 ms to `round_trip_max`, drawn from `seed`.
+    pub fn new(seed: u64, round_trip_max: Duration, trace: Trace) -> Self {
         let state = State {
             rng: Some(fastrand::Rng::with_seed(seed)),
+            round_trip_max_ms: u64::try_from(round_trip_max.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1),
             ..State::default()
         };
         MemoryStore {
@@ -158,11 +160,11 @@ impl MemoryStore {
         op: impl FnOnce(&mut Keys, Instant) -> T,
         show: impl FnOnce(&T) -> String,
     ) -> Result<T, StoreError> {
-        let round_trip = self
-            .state()
-            .rng
-            .as_mut()
-            .map_or(1, |rng| rng.u64(1..=ROUND_TRIP_MAX_MS));
+        let round_trip = {
+            let mut state = self.state();
+            let max = state.round_trip_max_ms;
+            state.rng.as_mut().map_or(1, |rng| rng.u64(1..=max))
+        };
         tokio::time::sleep(Duration::from_millis(round_trip)).await;
         let ran = {
             let mut state = self.state();
