@@ -99,7 +99,9 @@ async fn schedule(seed: u64) -> Report {
             Duration::from_secs(4),
             Duration::from_secs(10),
         ],
-        lock: Duration::from_millis(rng.u64(20..=500)),
+        // 5 ms to 500 ms, log-uniform: a copy that polls the lock often meets the moments
+        // between two calls of the job that holds it.
+        lock: Duration::from_micros((5_000.0 * 100_f64.powf(rng.f64())) as u64),
         reconcile: Duration::from_secs(15),
     };
     let world = World {
