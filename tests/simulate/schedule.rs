@@ -179,7 +179,7 @@ async fn schedule(seed: u64) -> Report {
         // Up to three more copies, as after claims' leases: each one races the first copy,
         // and bounces through the lock-retry queue while it holds the lock.
         let copies: Vec<Duration> = (0..rng.usize(0..=3))
-            .map(|_| Duration::from_millis(rng.u64(..6_000)))
+            .map(|_| Duration::from_millis(rng.u64(..20_000)))
             .collect();
         publishing.fetch_add(1, Ordering::SeqCst);
         let (world, books, publishing) = (world.clone(), books.clone(), publishing.clone());
