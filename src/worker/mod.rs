@@ -6,6 +6,8 @@ mod budget;
 mod consumer;
 mod health;
 pub mod job;
+#[cfg(test)]
+mod job_path_tests;
 pub mod memory;
 pub mod ports;
 mod steps;
