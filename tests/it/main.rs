@@ -8,6 +8,7 @@ mod intake_partners;
 mod intake_validation;
 mod loadgen;
 mod logs;
+mod memory_twins;
 mod openapi;
 mod settings;
 mod sign_vectors;

@@ -17,5 +17,5 @@ mod trace;
 pub use clock::VirtualClock;
 pub use queue::{Delivery, MemoryQueue, QueueDelays, QueuedJob};
 pub use store::MemoryStore;
-pub use stripe::{Faults, MemoryStripe, StripeCounts};
+pub use stripe::{Fault as StripeFault, Faults, MemoryStripe, StripeCounts};
 pub use trace::Trace;

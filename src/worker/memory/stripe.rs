@@ -60,7 +60,7 @@ impl Faults {
 
 /// What happens to one call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Fault {
+pub enum Fault {
     ServerErrorBefore,
     ServerErrorAfter,
     DropBefore,
@@ -139,6 +139,8 @@ struct World {
     next_id: u64,
     in_flight: u32,
     counts: StripeCounts,
+    /// Faults for the next calls, before any drawn at random.
+    script: std::collections::VecDeque<Fault>,
 }
 
 impl World {
@@ -150,7 +152,9 @@ impl World {
 
     fn draw(&mut self) -> Option<Fault> {
         self.counts.calls += 1;
-        let fault = if self.faults.outage {
+        let fault = if let Some(scripted) = self.script.pop_front() {
+            Some(scripted)
+        } else if self.faults.outage {
             Some(if self.rng.bool() {
                 Fault::DropBefore
             } else {
@@ -212,6 +216,7 @@ impl MemoryStripe {
                 next_id: 0,
                 in_flight: 0,
                 counts: StripeCounts::default(),
+                script: std::collections::VecDeque::new(),
             })),
             who: "stripe".into(),
             trace,
@@ -234,6 +239,11 @@ impl MemoryStripe {
         self.trace
             .note(&self.who, || format!("stripe faults {faults:?}"));
         self.world().faults = faults;
+    }
+
+    /// The next calls meet these faults, in order (then faults are drawn again).
+    pub fn script(&self, faults: &[Fault]) {
+        self.world().script.extend(faults.iter().copied());
     }
 
     /// A price configured in the plans (`plans.<id>.price`).

@@ -3,7 +3,7 @@
 
 mod declines;
 mod faults;
-mod helpers;
+pub(crate) mod helpers;
 mod idempotency;
 mod queries;
 mod stripe_client;
