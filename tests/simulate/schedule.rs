@@ -117,6 +117,10 @@ async fn schedule(seed: u64) -> Report {
         trace: trace.clone(),
     };
     world.stripe.add_price(PRICE, "prod_basic");
+    if rng.f64() < 0.5 {
+        // Latency spikes: a job's two calls to Redis may lie far apart.
+        world.store.set_stall_rate(0.05);
+    }
 
     // The schedule's shape.
     let job_count = rng.usize(2..=8);

@@ -47,6 +47,8 @@ struct State {
     lose_answers: u32,
     rng: Option<fastrand::Rng>,
     round_trip_max_ms: u64,
+    /// The share of calls that stall 100 ms to 1 s (a latency spike of Redis or the network).
+    stall_rate: f64,
 }
 
 /// Redis: one per simulated world, one named handle per worker.
@@ -92,6 +94,11 @@ impl MemoryStore {
         self.trace.note(&self.who, || {
             format!("redis {}", if away { "away" } else { "back" })
         });
+    }
+
+    /// From now on this share of calls stalls for 100 ms to 1 s before it reaches Redis.
+    pub fn set_stall_rate(&self, rate: f64) {
+        self.state().stall_rate = rate;
     }
 
     /// Whether Redis answers a ping.
@@ -162,8 +169,14 @@ impl MemoryStore {
     ) -> Result<T, StoreError> {
         let round_trip = {
             let mut state = self.state();
-            let max = state.round_trip_max_ms;
-            state.rng.as_mut().map_or(1, |rng| rng.u64(1..=max))
+            let (max, stall_rate) = (state.round_trip_max_ms, state.stall_rate);
+            state.rng.as_mut().map_or(1, |rng| {
+                if stall_rate > 0.0 && rng.f64() < stall_rate {
+                    rng.u64(100..=1_000)
+                } else {
+                    rng.u64(1..=max)
+                }
+            })
         };
         tokio::time::sleep(Duration::from_millis(round_trip)).await;
         let ran = {
