@@ -15,4 +15,9 @@ profile=()
 if [[ "${PROFILE:-debug}" == release ]]; then
     profile=(--release)
 fi
-exec cargo test --quiet "${profile[@]}" --test simulate
+# Build first (errors show as usual), then run the binary itself, so that the last line is the
+# simulation's own, not cargo's.
+cargo test --quiet "${profile[@]}" --no-run --test simulate
+binary=$(cargo test --quiet "${profile[@]}" --no-run --test simulate --message-format=json |
+    grep -o '"executable":"[^"]*"' | tail -n1 | cut -d'"' -f4)
+exec "$binary"
