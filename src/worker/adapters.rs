@@ -60,7 +60,7 @@ impl JobStore for Store {
         pay_id: &'a PayId,
         token: &'a str,
         result: &'a FinalResult,
-    ) -> BoxFuture<'a, Result<FinalResult, StoreError>> {
+    ) -> BoxFuture<'a, Result<Option<FinalResult>, StoreError>> {
         self.finish_job(pay_id, token, result).boxed()
     }
 }

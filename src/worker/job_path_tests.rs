@@ -221,7 +221,7 @@ impl JobStore for Watched {
         pay_id: &'a PayId,
         token: &'a str,
         result: &'a FinalResult,
-    ) -> BoxFuture<'a, Result<FinalResult, StoreError>> {
+    ) -> BoxFuture<'a, Result<Option<FinalResult>, StoreError>> {
         self.watch("finish", pay_id, self.inner.finish(pay_id, token, result))
     }
 }
@@ -611,4 +611,36 @@ async fn a_message_handed_back_past_the_limit_is_delivered_from_the_expired_queu
     assert!(expired.incoming.redelivered);
     assert!(expired.incoming.delivery_count + 1 >= DELIVERY_LIMIT);
     assert!(!bench.queue.is_idle());
+}
+
+/// Found by the simulation (seeds 2002766, 2009235): a job loses its lock (a failover drops
+/// it) and a copy takes it; the first job's ending `failed` must not be stored, since the copy
+/// may be creating the subscription.
+#[tokio::test(start_paused = true)]
+async fn a_job_that_lost_its_lock_does_not_store_its_failure() {
+    let bench = bench();
+    let job = job();
+    bench
+        .scripted
+        .panic_on_customer
+        .store(true, Ordering::SeqCst);
+    let incoming = first_delivery(&job);
+    let task = {
+        let (ctx, incoming) = (bench.ctx.clone(), incoming.clone());
+        tokio::spawn(async move { handle(&ctx, &incoming, "first").await })
+    };
+    assert!(task.await.is_err_and(|e| e.is_panic()));
+    bench.store.drop_locks();
+    let copy = bench
+        .store
+        .begin(&job.pay_id, "copy", Duration::from_secs(3))
+        .await;
+    assert!(matches!(copy, Ok(JobStart::Locked { .. })), "{copy:?}");
+
+    let handled = after_panic(&bench.ctx, &incoming, "first").await;
+
+    assert_eq!(handled.label, "lock_lost");
+    assert_eq!(handled.settle, Settle::Requeue);
+    assert_eq!(bench.store.result(&job.pay_id), None);
+    assert!(bench.queue.events().is_empty(), "nothing announced");
 }

@@ -58,13 +58,15 @@ pub trait JobStore: Send + Sync {
 
     /// Stores the final result once and releases the lock `token` holds, in one atomic step:
     /// no other copy of the job can take the lock and find no result. A result stored earlier
-    /// wins and is returned, so racing copies agree on one ending.
+    /// wins and is returned, so racing copies agree on one ending. A failure is stored only
+    /// while `token` holds the lock (a copy holding it may be creating the subscription):
+    /// None when it was not.
     fn finish<'a>(
         &'a self,
         pay_id: &'a PayId,
         token: &'a str,
         result: &'a FinalResult,
-    ) -> BoxFuture<'a, Result<FinalResult, StoreError>>;
+    ) -> BoxFuture<'a, Result<Option<FinalResult>, StoreError>>;
 }
 
 /// Where a job waits before it comes back to the jobs queue.

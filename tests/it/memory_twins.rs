@@ -70,6 +70,11 @@ async fn store_rules(store: &dyn JobStore) -> Vec<String> {
     tokio::time::sleep(Duration::from_millis(400)).await;
     say(format!("{:?}", store.extend_lock(&short, "e", brief).await));
     say(format!("{:?}", store.begin(&short, "f", brief).await));
+    // A failure is stored only by the lock's holder.
+    let mut failed = result("");
+    failed.status = "failed".into();
+    say(format!("{:?}", store.finish(&short, "e", &failed).await));
+    say(format!("{:?}", store.begin(&short, "g", brief).await));
     said
 }
 
@@ -100,6 +105,11 @@ async fn the_memory_store_answers_the_job_path_like_redis() {
         "the first result wins: {real:?}"
     );
     assert!(real[16].contains("Locked"), "the lock expired: {real:?}");
+    assert_eq!(
+        real[17], "Ok(None)",
+        "a failure without the lock is not stored"
+    );
+    assert!(real[18].contains("Busy"), "{real:?}");
 }
 
 /// What Stripe answers to the same calls, in words that do not depend on its ids; between

@@ -317,18 +317,25 @@ impl JobStore for MemoryStore {
         pay_id: &'a PayId,
         token: &'a str,
         result: &'a FinalResult,
-    ) -> BoxFuture<'a, Result<FinalResult, StoreError>> {
+    ) -> BoxFuture<'a, Result<Option<FinalResult>, StoreError>> {
         self.call(
             pay_id,
             "finish",
             move |keys, now| {
+                let holds = keys.holder(now) == Some(token);
+                if keys.result.is_none() && result.is_failed() && !holds {
+                    return None;
+                }
                 let stored = keys.result.get_or_insert_with(|| result.clone()).clone();
-                if keys.holder(now) == Some(token) {
+                if holds {
                     keys.lock = None;
                 }
-                stored
+                Some(stored)
             },
-            move |stored| format!("{token} stored {} {}", stored.status, stored.sub_id),
+            move |stored| match stored {
+                Some(stored) => format!("{token} stored {} {}", stored.status, stored.sub_id),
+                None => format!("{token} lost the lock: failure not stored"),
+            },
         )
         .boxed()
     }
