@@ -91,6 +91,21 @@ return stored
     )
 });
 
+/// Records a create about to be sent, only while `token` holds the lock: a job that lost its
+/// lock must not create, since the copy holding it may have found no record and be ending the
+/// job `failed`. KEYS: lock, created. ARGV: token, record JSON, TTL (s). Returns 1 if recorded.
+static RECORD_CREATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+  return 1
+end
+return 0
+"#,
+    )
+});
+
 impl Store {
     /// The settled result of a payId, or its lock for `ttl` with what was sent for it, in one
     /// round trip: checking the result under the same atomic step as the lock means no worker
@@ -159,23 +174,28 @@ impl Store {
 
     /// Records what is about to be sent for the payId's subscription create. It lives as long
     /// as the payId's record: a job replayed weeks later still knows to look up first.
-    pub async fn record_create(&self, pay_id: &PayId, sent: &CreateSent) -> Result<(), StoreError> {
+    /// Only while `token` holds the lock: false when it was lost (nothing recorded).
+    pub async fn record_create(
+        &self,
+        pay_id: &PayId,
+        token: &str,
+        sent: &CreateSent,
+    ) -> Result<bool, StoreError> {
         let json = serde_json::to_string(sent)
             .map_err(|e| StoreError::Corrupt(format!("create record: {e}")))?;
         let mut connection = self.connection().await?;
-        let key = self.keys.created(pay_id);
-        let ttl = self.record_ttl.as_secs();
-        let _: () = with_timeout(async {
-            redis::cmd("SET")
-                .arg(key)
+        let recorded: i64 = with_timeout(async {
+            RECORD_CREATE
+                .key(self.keys.lock(pay_id))
+                .key(self.keys.created(pay_id))
+                .arg(token)
                 .arg(json)
-                .arg("EX")
-                .arg(ttl)
-                .query_async(&mut connection)
+                .arg(self.record_ttl.as_secs())
+                .invoke_async(&mut connection)
                 .await
         })
         .await?;
-        Ok(())
+        Ok(recorded == 1)
     }
 
     /// What was sent for the payId's subscription create, if anything.

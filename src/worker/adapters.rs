@@ -43,9 +43,10 @@ impl JobStore for Store {
     fn record_create<'a>(
         &'a self,
         pay_id: &'a PayId,
+        token: &'a str,
         sent: &'a CreateSent,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Store::record_create(self, pay_id, sent).boxed()
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Store::record_create(self, pay_id, token, sent).boxed()
     }
 
     fn created<'a>(

@@ -127,7 +127,7 @@ pub async fn handle(ctx: &JobContext, incoming: &Incoming, token: &str) -> Handl
                 Verdict::Failed(internal("the job reached the broker's delivery limit"))
             }
         } else {
-            steps::run(ctx, &job, incoming, created).await
+            steps::run(ctx, &job, incoming, token, created).await
         };
         settle(ctx, &job, incoming, token, verdict).await
     };

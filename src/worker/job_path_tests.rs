@@ -200,12 +200,13 @@ impl JobStore for Watched {
     fn record_create<'a>(
         &'a self,
         pay_id: &'a PayId,
+        token: &'a str,
         sent: &'a CreateSent,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
         self.watch(
             "record_create",
             pay_id,
-            self.inner.record_create(pay_id, sent),
+            self.inner.record_create(pay_id, token, sent),
         )
     }
 
@@ -347,11 +348,19 @@ async fn earlier_run(bench: &Bench, job: &Job, generation: u32, subscribed: bool
         customer: customer.clone(),
         pay_method: "card".into(),
     };
+    let ttl = Duration::from_secs(3);
+    let earlier = bench.store.begin(&job.pay_id, "earlier", ttl).await;
+    assert!(matches!(earlier, Ok(JobStart::Locked { .. })));
+    let recorded = bench
+        .store
+        .record_create(&job.pay_id, "earlier", &sent)
+        .await;
+    assert_eq!(recorded.ok(), Some(true));
     bench
         .store
-        .record_create(&job.pay_id, &sent)
+        .unlock(&job.pay_id, "earlier")
         .await
-        .expect("recorded");
+        .expect("unlocked");
     if subscribed {
         let metadata = std::collections::HashMap::from([
             ("payId".to_owned(), "pay-1".to_owned()),

@@ -42,13 +42,14 @@ pub trait JobStore: Send + Sync {
         token: &'a str,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 
-    /// Records that a create under `sent.generation` is about to be sent. Must succeed before
-    /// the create goes out.
+    /// Records that a create under `sent.generation` is about to be sent, only while `token`
+    /// holds the lock (false: lost, nothing recorded). Must succeed before the create goes out.
     fn record_create<'a>(
         &'a self,
         pay_id: &'a PayId,
+        token: &'a str,
         sent: &'a CreateSent,
-    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
 
     /// What is remembered of creates, outside any lock (for a job that cannot run its steps).
     fn created<'a>(

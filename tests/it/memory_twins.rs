@@ -48,7 +48,14 @@ async fn store_rules(store: &dyn JobStore) -> Vec<String> {
     say(format!("{:?}", store.begin(&pay_id, "b", ttl).await));
     say(format!("{:?}", store.extend_lock(&pay_id, "b", ttl).await));
     say(format!("{:?}", store.extend_lock(&pay_id, "a", ttl).await));
-    say(format!("{:?}", store.record_create(&pay_id, &sent).await));
+    say(format!(
+        "{:?}",
+        store.record_create(&pay_id, "a", &sent).await
+    ));
+    say(format!(
+        "{:?}",
+        store.record_create(&pay_id, "b", &sent).await
+    ));
     say(format!("{:?}", store.created(&pay_id).await));
     say(format!("{:?}", store.unlock(&pay_id, "b").await));
     say(format!("{:?}", store.begin(&pay_id, "c", ttl).await));
@@ -99,17 +106,19 @@ async fn the_memory_store_answers_the_job_path_like_redis() {
 
     assert_eq!(memory, real);
     assert!(real[1].contains("Busy"), "{real:?}");
-    assert!(real[11].contains("Settled"), "{real:?}");
+    assert_eq!(real[4], "Ok(true)", "the holder records a create");
+    assert_eq!(real[5], "Ok(false)", "another token does not");
+    assert!(real[12].contains("Settled"), "{real:?}");
     assert!(
-        real[12].contains("sub_1"),
+        real[13].contains("sub_1"),
         "the first result wins: {real:?}"
     );
-    assert!(real[16].contains("Locked"), "the lock expired: {real:?}");
+    assert!(real[17].contains("Locked"), "the lock expired: {real:?}");
     assert_eq!(
-        real[17], "Ok(None)",
+        real[18], "Ok(None)",
         "a failure without the lock is not stored"
     );
-    assert!(real[18].contains("Busy"), "{real:?}");
+    assert!(real[19].contains("Busy"), "{real:?}");
 }
 
 /// What Stripe answers to the same calls, in words that do not depend on its ids; between

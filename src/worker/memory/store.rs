@@ -288,13 +288,27 @@ impl JobStore for MemoryStore {
     fn record_create<'a>(
         &'a self,
         pay_id: &'a PayId,
+        token: &'a str,
         sent: &'a CreateSent,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
         self.call(
             pay_id,
             "record_create",
-            move |keys, _| keys.created = Some(sent.clone()),
-            move |()| format!("g{} for {}", sent.generation, sent.customer),
+            move |keys, now| {
+                let holds = keys.holder(now) == Some(token);
+                if holds {
+                    keys.created = Some(sent.clone());
+                }
+                holds
+            },
+            move |recorded| {
+                format!(
+                    "g{} for {} by {token}: {}",
+                    sent.generation,
+                    sent.customer,
+                    if *recorded { "recorded" } else { "lock lost" }
+                )
+            },
         )
         .boxed()
     }
