@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Broker, Destination, JobHeaders, JobMessage, Topology};
 use crate::config::Settings;
-use crate::domain::{FailureCode, Job};
+use crate::domain::{FailureCode, FinalResult, Job};
 use crate::store::Store;
 
 #[derive(Debug, clap::Args)]
@@ -163,12 +163,7 @@ pub async fn replay(
         // replayed job looks its subscription up before it creates anything.
         if let Ok(job) = Job::decode(&delivery.data)
             && let Some(result) = store.result(&job.pay_id).await?
-            && result.error.as_ref().is_some_and(|e| {
-                matches!(
-                    e.code,
-                    FailureCode::StripeUnavailable | FailureCode::InternalError
-                )
-            })
+            && replay_clears(&result)
         {
             store.clear_result(&job.pay_id).await?;
         }
@@ -189,6 +184,18 @@ pub async fn replay(
     let _ = channel.close(200, "replayed".into()).await;
     shutdown.cancel();
     Ok(replayed)
+}
+
+/// Whether a replay clears this stored result, so the job runs again: only an ending that says
+/// Stripe could not answer, or that the job crashed, and never a refusal by Stripe. The
+/// simulation (`tests/simulate`) replays by the same rule.
+pub fn replay_clears(result: &FinalResult) -> bool {
+    result.error.as_ref().is_some_and(|e| {
+        matches!(
+            e.code,
+            FailureCode::StripeUnavailable | FailureCode::InternalError
+        )
+    })
 }
 
 /// Connects to the broker for a tool, or says it cannot.

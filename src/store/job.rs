@@ -66,20 +66,42 @@ return 0
 });
 
 /// Stores the result if none is, and releases the lock if the token holds it, atomically: no
-/// other copy of the job can take the lock and find no result. KEYS: result, lock.
-/// ARGV: result JSON, TTL (s), token. Returns the result stored (the earlier one, if any).
+/// other copy of the job can take the lock and find no result. A failure (ARGV[4] = '1') is
+/// stored only while the token holds the lock: "no subscription was made" is true only under
+/// the lock, since a copy holding it may be creating one. KEYS: result, lock.
+/// ARGV: result JSON, TTL (s), token, failed. Returns the result stored (the earlier one, if
+/// any), or '' when a failure was not stored because the lock was lost.
 static FINISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local stored = redis.call('GET', KEYS[1])
+local holds = redis.call('GET', KEYS[2]) == ARGV[3]
 if not stored then
+  if ARGV[4] == '1' and not holds then
+    return ''
+  end
   redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
   stored = ARGV[1]
 end
-if redis.call('GET', KEYS[2]) == ARGV[3] then
+if holds then
   redis.call('DEL', KEYS[2])
 end
 return stored
+"#,
+    )
+});
+
+/// Records a create about to be sent, only while `token` holds the lock: a job that lost its
+/// lock must not create, since the copy holding it may have found no record and be ending the
+/// job `failed`. KEYS: lock, created. ARGV: token, record JSON, TTL (s). Returns 1 if recorded.
+static RECORD_CREATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+  return 1
+end
+return 0
 "#,
     )
 });
@@ -152,23 +174,28 @@ impl Store {
 
     /// Records what is about to be sent for the payId's subscription create. It lives as long
     /// as the payId's record: a job replayed weeks later still knows to look up first.
-    pub async fn record_create(&self, pay_id: &PayId, sent: &CreateSent) -> Result<(), StoreError> {
+    /// Only while `token` holds the lock: false when it was lost (nothing recorded).
+    pub async fn record_create(
+        &self,
+        pay_id: &PayId,
+        token: &str,
+        sent: &CreateSent,
+    ) -> Result<bool, StoreError> {
         let json = serde_json::to_string(sent)
             .map_err(|e| StoreError::Corrupt(format!("create record: {e}")))?;
         let mut connection = self.connection().await?;
-        let key = self.keys.created(pay_id);
-        let ttl = self.record_ttl.as_secs();
-        let _: () = with_timeout(async {
-            redis::cmd("SET")
-                .arg(key)
+        let recorded: i64 = with_timeout(async {
+            RECORD_CREATE
+                .key(self.keys.lock(pay_id))
+                .key(self.keys.created(pay_id))
+                .arg(token)
                 .arg(json)
-                .arg("EX")
-                .arg(ttl)
-                .query_async(&mut connection)
+                .arg(self.record_ttl.as_secs())
+                .invoke_async(&mut connection)
                 .await
         })
         .await?;
-        Ok(())
+        Ok(recorded == 1)
     }
 
     /// What was sent for the payId's subscription create, if anything.
@@ -186,13 +213,14 @@ impl Store {
     }
 
     /// Stores a payId's final result once and releases the lock `token` holds, atomically. A
-    /// result stored earlier wins and is returned, so racing copies agree on one ending.
+    /// result stored earlier wins and is returned, so racing copies agree on one ending. A
+    /// failure is not stored once the lock is lost: None.
     pub async fn finish_job(
         &self,
         pay_id: &PayId,
         token: &str,
         result: &FinalResult,
-    ) -> Result<FinalResult, StoreError> {
+    ) -> Result<Option<FinalResult>, StoreError> {
         let json = serde_json::to_string(result)
             .map_err(|e| StoreError::Corrupt(format!("result: {e}")))?;
         let mut connection = self.connection().await?;
@@ -203,11 +231,15 @@ impl Store {
                 .arg(json)
                 .arg(self.record_ttl.as_secs())
                 .arg(token)
+                .arg(if result.is_failed() { "1" } else { "0" })
                 .invoke_async(&mut connection)
                 .await
         })
         .await?;
-        parse_result(&stored)
+        if stored.is_empty() {
+            return Ok(None);
+        }
+        parse_result(&stored).map(Some)
     }
 }
 

@@ -46,9 +46,10 @@ impl JobStore for Store {
     fn record_create<'a>(
         &'a self,
         pay_id: &'a PayId,
+        token: &'a str,
         sent: &'a CreateSent,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Store::record_create(self, pay_id, sent).boxed()
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Store::record_create(self, pay_id, token, sent).boxed()
     }
 
     fn created<'a>(
@@ -97,7 +98,7 @@ impl JobStore for Store {
         pay_id: &'a PayId,
         token: &'a str,
         result: &'a FinalResult,
-    ) -> BoxFuture<'a, Result<FinalResult, StoreError>> {
+    ) -> BoxFuture<'a, Result<Option<FinalResult>, StoreError>> {
         self.finish_job(pay_id, token, result).boxed()
     }
 }

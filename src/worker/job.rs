@@ -131,7 +131,7 @@ async fn handle_counted(ctx: &JobContext, incoming: &Incoming, token: &str) -> H
                 Verdict::Failed(internal("the job reached the broker's delivery limit"))
             }
         } else {
-            steps::run(ctx, &job, incoming, created).await
+            steps::run(ctx, &job, incoming, token, created).await
         };
         settle(ctx, &job, incoming, token, verdict).await
     };
@@ -287,7 +287,13 @@ async fn settle(
 /// Stores the result and releases the lock in one step, then announces it.
 async fn finish(ctx: &JobContext, job: &Job, token: &str, result: &FinalResult) -> Handled {
     let stored = match ctx.ports.store.finish(&job.pay_id, token, result).await {
-        Ok(stored) => stored,
+        Ok(Some(stored)) => stored,
+        Ok(None) => {
+            // The lock was lost: a copy holding it may be creating the subscription, so this
+            // failure is not the job's ending. The copy redelivered decides under the lock.
+            tracing::warn!(pay_id = %job.pay_id, "lock lost before a failure was stored; handing the job back");
+            return Handled::requeue("lock_lost");
+        }
         Err(error) => {
             tracing::warn!(pay_id = %job.pay_id, %error, "result not stored; handing the job back");
             return Handled::requeue("handed_back");

@@ -7,6 +7,8 @@ mod cancel;
 mod consumer;
 mod health;
 pub mod job;
+#[cfg(test)]
+mod job_path_tests;
 pub mod memory;
 pub mod ports;
 mod steps;

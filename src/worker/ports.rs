@@ -44,13 +44,14 @@ pub trait JobStore: Send + Sync {
         token: &'a str,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 
-    /// Records that a create under `sent.generation` is about to be sent. Must succeed before
-    /// the create goes out.
+    /// Records that a create under `sent.generation` is about to be sent, only while `token`
+    /// holds the lock (false: lost, nothing recorded). Must succeed before the create goes out.
     fn record_create<'a>(
         &'a self,
         pay_id: &'a PayId,
+        token: &'a str,
         sent: &'a CreateSent,
-    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
 
     /// What is remembered of creates, outside any lock (for a job that cannot run its steps).
     fn created<'a>(
@@ -90,13 +91,15 @@ pub trait JobStore: Send + Sync {
 
     /// Stores the final result once and releases the lock `token` holds, in one atomic step:
     /// no other copy of the job can take the lock and find no result. A result stored earlier
-    /// wins and is returned, so racing copies agree on one ending.
+    /// wins and is returned, so racing copies agree on one ending. A failure is stored only
+    /// while `token` holds the lock (a copy holding it may be creating the subscription):
+    /// None when it was not.
     fn finish<'a>(
         &'a self,
         pay_id: &'a PayId,
         token: &'a str,
         result: &'a FinalResult,
-    ) -> BoxFuture<'a, Result<FinalResult, StoreError>>;
+    ) -> BoxFuture<'a, Result<Option<FinalResult>, StoreError>>;
 }
 
 /// Where a job waits before it comes back to the jobs queue.

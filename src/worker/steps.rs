@@ -108,6 +108,7 @@ pub(super) async fn run(
     ctx: &JobContext,
     job: &Job,
     incoming: &Incoming,
+    token: &str,
     created: Option<CreateSent>,
 ) -> Verdict {
     let pay_id = job.pay_id.as_str();
@@ -157,6 +158,7 @@ pub(super) async fn run(
         ctx,
         job,
         incoming,
+        token,
         created.as_ref(),
         generation,
         &mut recorded,
@@ -204,6 +206,7 @@ async fn create(
     ctx: &JobContext,
     job: &Job,
     incoming: &Incoming,
+    token: &str,
     created: Option<&CreateSent>,
     generation: u32,
     recorded: &mut bool,
@@ -223,11 +226,19 @@ async fn create(
         customer: payer.customer.clone(),
         pay_method: payer.kind.clone(),
     };
-    ctx.ports
+    let held = ctx
+        .ports
         .store
-        .record_create(&job.pay_id, &sent)
+        .record_create(&job.pay_id, token, &sent)
         .await
         .map_err(|e| Stop::Store(e.to_string()))?;
+    if !held {
+        // The lock was lost: the copy holding it may have found no record and be ending the
+        // job `failed`; creating now would make that a lie. Nothing was sent.
+        return Err(Stop::Store(
+            "the payId's lock was lost before the create".into(),
+        ));
+    }
     *recorded = true;
 
     let metadata = HashMap::from([

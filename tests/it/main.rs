@@ -9,6 +9,7 @@ mod intake_shutdown;
 mod intake_validation;
 mod loadgen;
 mod logs;
+mod memory_twins;
 mod openapi;
 mod probe;
 mod renewal_records;

@@ -5,7 +5,7 @@ mod clock;
 mod customer_create;
 mod declines;
 mod faults;
-mod helpers;
+pub(crate) mod helpers;
 mod idempotency;
 mod queries;
 mod receiver;

@@ -1,0 +1,655 @@
+//! The job path against the in-memory adapters, one scenario per hole of issue 11; each one
+//! fails on the behaviour the issue describes. Paused tokio time: every delay is virtual.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+
+use super::job::{after_panic, handle};
+use super::memory::{
+    MemoryQueue, MemoryStore, MemoryStripe, QueueDelays, QueuedJob, Trace, VirtualClock,
+};
+use super::ports::{CreateSent, Incoming, JobStart, JobStore, Settle, StripeApi};
+use super::{JobContext, JobPorts, JobSettings, RetryPolicy};
+use crate::config::{PlanSettings, Settings};
+use crate::domain::{FailureCode, FinalResult, Job, PayId};
+use crate::store::StoreError;
+use crate::stripe::{Attached, NewSubscription, PriceSpec, StripeFailure, Subscribed};
+
+const TIMEOUT: Duration = Duration::from_secs(2);
+const DELIVERY_LIMIT: u32 = 5;
+const RETRY_STAGES: usize = 2;
+const EPOCH_MS: u64 = 1_800_000_000_000;
+
+/// Stripe's calls as the job makes them, with scripted misbehaviour on top of the fake.
+#[derive(Clone)]
+struct Scripted {
+    inner: MemoryStripe,
+    /// Subscription lookups fail (transient), as while Stripe is down.
+    lookups_fail: Arc<AtomicBool>,
+    /// Subscription creates happen, but their answer is lost (a 500 after the write).
+    lose_create_answers: Arc<AtomicBool>,
+    /// The customer lookup panics (a bug in the worker).
+    panic_on_customer: Arc<AtomicBool>,
+    /// The subscription create panics before it is sent.
+    panic_on_create: Arc<AtomicBool>,
+}
+
+impl StripeApi for Scripted {
+    fn find_customer<'a>(
+        &'a self,
+        partner_code: &'a str,
+        email: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, StripeFailure>> {
+        assert!(
+            !self.panic_on_customer.load(Ordering::SeqCst),
+            "a bug in the customer step"
+        );
+        self.inner.find_customer(partner_code, email)
+    }
+
+    fn create_customer<'a>(
+        &'a self,
+        partner_code: &'a str,
+        email: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<String, StripeFailure>> {
+        self.inner.create_customer(partner_code, email, key)
+    }
+
+    fn attach_payment_method<'a>(
+        &'a self,
+        payment_method: &'a str,
+        customer: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Attached, StripeFailure>> {
+        self.inner
+            .attach_payment_method(payment_method, customer, key)
+    }
+
+    fn set_default_payment_method<'a>(
+        &'a self,
+        customer: &'a str,
+        payment_method: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<(), StripeFailure>> {
+        self.inner
+            .set_default_payment_method(customer, payment_method, key)
+    }
+
+    fn price_product<'a>(&'a self, price: &'a str) -> BoxFuture<'a, Result<String, StripeFailure>> {
+        self.inner.price_product(price)
+    }
+
+    fn find_price<'a>(
+        &'a self,
+        lookup_key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<(String, String)>, StripeFailure>> {
+        self.inner.find_price(lookup_key)
+    }
+
+    fn create_price<'a>(
+        &'a self,
+        spec: &'a PriceSpec<'a>,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<(String, String), StripeFailure>> {
+        self.inner.create_price(spec, key)
+    }
+
+    fn find_subscription<'a>(
+        &'a self,
+        customer: &'a str,
+        pay_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Subscribed>, StripeFailure>> {
+        if self.lookups_fail.load(Ordering::SeqCst) {
+            return async { Err(StripeFailure::Transient("503".into())) }.boxed();
+        }
+        self.inner.find_subscription(customer, pay_id)
+    }
+
+    fn create_subscription<'a>(
+        &'a self,
+        new: &'a NewSubscription<'a>,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Subscribed, StripeFailure>> {
+        assert!(
+            !self.panic_on_create.load(Ordering::SeqCst),
+            "a bug just before the create"
+        );
+        async move {
+            let made = self.inner.create_subscription(new, key).await;
+            if self.lose_create_answers.load(Ordering::SeqCst) {
+                return Err(StripeFailure::Unknown("500 after the write".into()));
+            }
+            made
+        }
+        .boxed()
+    }
+}
+
+/// After a store call: the call, whether the payId was locked, whether a result was stored.
+type StoreState = (&'static str, bool, bool);
+
+/// Every state the store went through, call by call.
+#[derive(Clone)]
+struct Watched {
+    inner: MemoryStore,
+    states: Arc<Mutex<Vec<StoreState>>>,
+}
+
+impl Watched {
+    fn record(&self, call: &'static str, pay_id: &PayId) {
+        let locked = self
+            .inner
+            .held_locks()
+            .iter()
+            .any(|(id, _)| id == pay_id.as_str());
+        let stored = self.inner.result(pay_id).is_some();
+        if let Ok(mut states) = self.states.lock() {
+            states.push((call, locked, stored));
+        }
+    }
+
+    fn watch<'a, T: Send + 'a>(
+        &'a self,
+        call: &'static str,
+        pay_id: &'a PayId,
+        work: BoxFuture<'a, Result<T, StoreError>>,
+    ) -> BoxFuture<'a, Result<T, StoreError>> {
+        async move {
+            let answer = work.await;
+            self.record(call, pay_id);
+            answer
+        }
+        .boxed()
+    }
+}
+
+impl JobStore for Watched {
+    fn begin<'a>(
+        &'a self,
+        pay_id: &'a PayId,
+        token: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<JobStart, StoreError>> {
+        self.watch("begin", pay_id, self.inner.begin(pay_id, token, ttl))
+    }
+
+    fn extend_lock<'a>(
+        &'a self,
+        pay_id: &'a PayId,
+        token: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        self.watch("extend", pay_id, self.inner.extend_lock(pay_id, token, ttl))
+    }
+
+    fn unlock<'a>(
+        &'a self,
+        pay_id: &'a PayId,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.watch("unlock", pay_id, self.inner.unlock(pay_id, token))
+    }
+
+    fn record_create<'a>(
+        &'a self,
+        pay_id: &'a PayId,
+        token: &'a str,
+        sent: &'a CreateSent,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        self.watch(
+            "record_create",
+            pay_id,
+            self.inner.record_create(pay_id, token, sent),
+        )
+    }
+
+    fn created<'a>(
+        &'a self,
+        pay_id: &'a PayId,
+    ) -> BoxFuture<'a, Result<Option<CreateSent>, StoreError>> {
+        self.watch("created", pay_id, self.inner.created(pay_id))
+    }
+
+    fn finish<'a>(
+        &'a self,
+        pay_id: &'a PayId,
+        token: &'a str,
+        result: &'a FinalResult,
+    ) -> BoxFuture<'a, Result<Option<FinalResult>, StoreError>> {
+        self.watch("finish", pay_id, self.inner.finish(pay_id, token, result))
+    }
+}
+
+/// One worker's world: the fakes, the scripted Stripe on top, and the job's context.
+struct Bench {
+    queue: MemoryQueue,
+    store: MemoryStore,
+    stripe: MemoryStripe,
+    scripted: Scripted,
+    watched: Watched,
+    ctx: Arc<JobContext>,
+}
+
+fn bench() -> Bench {
+    let trace = Trace::default();
+    let queue = MemoryQueue::new(
+        QueueDelays {
+            retry: vec![Duration::from_secs(1); RETRY_STAGES],
+            lock: Duration::from_millis(100),
+            reconcile: Duration::from_secs(30),
+        },
+        DELIVERY_LIMIT,
+        trace.clone(),
+    );
+    let store = MemoryStore::new(1, Duration::from_millis(1), trace.clone());
+    let stripe = MemoryStripe::new(1, TIMEOUT, trace);
+    stripe.add_price("price_basic", "prod_basic");
+    let scripted = Scripted {
+        inner: stripe.clone(),
+        lookups_fail: Arc::default(),
+        lose_create_answers: Arc::default(),
+        panic_on_customer: Arc::default(),
+        panic_on_create: Arc::default(),
+    };
+    let watched = Watched {
+        inner: store.clone(),
+        states: Arc::default(),
+    };
+    let settings = JobSettings {
+        plans: BTreeMap::from([(
+            "basic".to_owned(),
+            PlanSettings {
+                price: Some("price_basic".into()),
+                interval: "month".into(),
+            },
+        )]),
+        payment_behavior: "allow_incomplete".into(),
+        retry: RetryPolicy {
+            step_retries: 2,
+            min_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+            jitter: false,
+        },
+        lock_ttl: Duration::from_secs(3),
+        key_switch_after: TIMEOUT * 2,
+        delivery_limit: DELIVERY_LIMIT,
+        prices: Mutex::default(),
+    };
+    let ctx = Arc::new(JobContext {
+        ports: JobPorts {
+            queue: Arc::new(queue.clone()),
+            store: Arc::new(watched.clone()),
+            stripe: Arc::new(scripted.clone()),
+            clock: Arc::new(VirtualClock::new(EPOCH_MS)),
+        },
+        settings,
+    });
+    Bench {
+        queue,
+        store,
+        stripe,
+        scripted,
+        watched,
+        ctx,
+    }
+}
+
+fn job() -> Job {
+    serde_json::from_value(serde_json::json!({
+        "payId": "pay-1",
+        "partnerCode": "partner1",
+        "email": "someone@example.com",
+        "plan_id": "basic",
+        "pm_id": "pm_1",
+        "payAmount": "9.99",
+        "amountMinor": 999,
+        "payCurrency": "usd",
+        "tradeType": "subscription",
+        "acceptedAt": "2027-01-15T08:00:00Z",
+        "requestId": "req-1",
+    }))
+    .expect("a valid job")
+}
+
+/// A first delivery of a first publish (the intake's, or a replay's).
+fn first_delivery(job: &Job) -> Incoming {
+    Incoming {
+        body: job.encode(),
+        message_id: job.pay_id.to_string(),
+        attempt: 1,
+        redelivered: false,
+        parked: false,
+        delivery_count: 0,
+    }
+}
+
+/// Makes, through the fake, what an earlier run of the job left in Stripe: the customer, the
+/// attached card, and (when `subscribed`) the subscription under `ar-pay-1-sub-g<generation>`.
+async fn earlier_run(bench: &Bench, job: &Job, generation: u32, subscribed: bool) -> CreateSent {
+    let stripe = &bench.stripe;
+    let customer = stripe
+        .create_customer("partner1", job.email.as_str(), "earlier-customer")
+        .await
+        .expect("a customer");
+    stripe
+        .attach_payment_method("pm_1", &customer, "earlier-attach")
+        .await
+        .expect("attached");
+    let sent = CreateSent {
+        generation,
+        sent_at_ms: EPOCH_MS,
+        customer: customer.clone(),
+        pay_method: "card".into(),
+    };
+    let ttl = Duration::from_secs(3);
+    let earlier = bench.store.begin(&job.pay_id, "earlier", ttl).await;
+    assert!(matches!(earlier, Ok(JobStart::Locked { .. })));
+    let recorded = bench
+        .store
+        .record_create(&job.pay_id, "earlier", &sent)
+        .await;
+    assert_eq!(recorded.ok(), Some(true));
+    bench
+        .store
+        .unlock(&job.pay_id, "earlier")
+        .await
+        .expect("unlocked");
+    if subscribed {
+        let metadata = std::collections::HashMap::from([
+            ("payId".to_owned(), "pay-1".to_owned()),
+            ("partnerCode".to_owned(), "partner1".to_owned()),
+            ("plan_id".to_owned(), "basic".to_owned()),
+        ]);
+        let new = NewSubscription {
+            customer: &customer,
+            price: "price_basic",
+            payment_method: "pm_1",
+            payment_behavior: "allow_incomplete",
+            metadata,
+        };
+        stripe
+            .create_subscription(&new, &format!("ar-pay-1-sub-g{generation}"))
+            .await
+            .expect("subscribed");
+    }
+    sent
+}
+
+fn subscriptions_of(bench: &Bench) -> Vec<String> {
+    bench
+        .stripe
+        .subscriptions()
+        .remove("pay-1")
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect()
+}
+
+/// Hole 1: a copy (back from the lock-retry queue, or published again by the intake: attempt
+/// 1, not redelivered) takes the lock the moment the first copy lets go of it.
+#[tokio::test(start_paused = true)]
+async fn a_copy_that_takes_the_lock_after_the_first_copy_finds_its_result_not_a_g0_create() {
+    let bench = bench();
+    let job = job();
+    // The first copy's run made its subscription under g1 (a lookup had shown g0 made none).
+    earlier_run(&bench, &job, 1, true).await;
+    tokio::time::advance(Duration::from_secs(60)).await;
+
+    let first = handle(&bench.ctx, &first_delivery(&job), "first").await;
+    let states = bench.watched.states.lock().expect("states").clone();
+    let copy = handle(&bench.ctx, &first_delivery(&job), "copy").await;
+
+    assert_eq!(first.label, "succeeded");
+    // From the lock taken to the end, never a moment with the lock free and no result: a
+    // copy taking the lock then would find nothing and start over.
+    let gap = states
+        .iter()
+        .skip(1)
+        .find(|(_, locked, stored)| !locked && !stored);
+    assert_eq!(gap, None, "the lock was free before the result was stored");
+    assert_eq!(copy.label, "settled");
+    assert_eq!(subscriptions_of(&bench).len(), 1, "no second subscription");
+    let stored = bench.store.result(&job.pay_id).expect("a result");
+    assert_eq!(stored.sub_id, subscriptions_of(&bench)[0]);
+}
+
+/// Hole 2: `dlq replay` republishes at attempt 1, a day after the create went out under g1;
+/// Stripe has forgotten every key by then.
+#[tokio::test(start_paused = true)]
+async fn a_replay_a_day_after_a_create_under_g1_looks_up_first_and_makes_no_second_subscription() {
+    let bench = bench();
+    let job = job();
+    earlier_run(&bench, &job, 1, true).await;
+    tokio::time::advance(Duration::from_secs(25 * 3600)).await;
+
+    let replayed = handle(&bench.ctx, &first_delivery(&job), "replayed").await;
+
+    assert_eq!(replayed.label, "succeeded");
+    let subs = subscriptions_of(&bench);
+    assert_eq!(subs.len(), 1, "a second subscription: {subs:?}");
+    let stored = bench.store.result(&job.pay_id).expect("a result");
+    assert_eq!(stored.sub_id, subs[0]);
+}
+
+/// Hole 3: the attempts run out after a create whose answer was lost, and Stripe cannot
+/// answer the lookups either: a subscription may exist, so the job must not end `failed`.
+#[tokio::test(start_paused = true)]
+async fn retries_spent_with_the_create_unknown_park_the_job_until_a_lookup_settles_it() {
+    let bench = bench();
+    let job = job();
+    bench.scripted.lookups_fail.store(true, Ordering::SeqCst);
+    bench
+        .scripted
+        .lose_create_answers
+        .store(true, Ordering::SeqCst);
+    let last_attempt = Incoming {
+        attempt: RETRY_STAGES as u32 + 1,
+        ..first_delivery(&job)
+    };
+
+    let spent = handle(&bench.ctx, &last_attempt, "last").await;
+
+    assert_eq!(spent.label, "parked");
+    assert_eq!(bench.store.result(&job.pay_id), None, "still processing");
+    assert!(bench.queue.events().is_empty(), "nothing announced yet");
+    assert_eq!(
+        subscriptions_of(&bench).len(),
+        1,
+        "the lost create happened"
+    );
+
+    // Stripe answers again; the parked copy comes back from the reconciliation queue.
+    bench.scripted.lookups_fail.store(false, Ordering::SeqCst);
+    bench
+        .scripted
+        .lose_create_answers
+        .store(false, Ordering::SeqCst);
+    tokio::time::advance(Duration::from_secs(31)).await;
+    let parked = bench.queue.try_receive("test").expect("the parked copy");
+    assert!(parked.incoming.parked);
+    let settled = handle(&bench.ctx, &parked.incoming, "reconcile").await;
+
+    assert_eq!(settled.label, "succeeded");
+    let stored = bench.store.result(&job.pay_id).expect("a result");
+    assert_eq!(stored.sub_id, subscriptions_of(&bench)[0]);
+}
+
+/// Hole 4: a generation switch is safe only when no earlier create can still be in flight.
+#[test]
+fn the_configuration_refuses_a_key_switch_sooner_than_twice_the_stripe_timeout() {
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
+    let load = |switch_ms: &str| {
+        let env = std::collections::HashMap::from([
+            (
+                "AUTORENEW__STRIPE__REQUEST_TIMEOUT_MS".to_owned(),
+                "2000".to_owned(),
+            ),
+            (
+                "AUTORENEW__WORKER__KEY_SWITCH_AFTER_MS".to_owned(),
+                switch_ms.to_owned(),
+            ),
+        ]);
+        Settings::load_with_env(Some(&config), Some(env))
+    };
+
+    let refused = load("3999").expect_err("too soon").to_string();
+
+    assert!(refused.contains("worker.key_switch_after_ms"), "{refused}");
+    assert!(load("4000").is_ok());
+}
+
+/// Runs a job the way the consumer does (`run_job`): in a task of its own, `after_panic` if
+/// it panics.
+async fn run_like_the_consumer(bench: &Bench, incoming: Incoming) -> super::Handled {
+    let task = {
+        let (ctx, incoming) = (bench.ctx.clone(), incoming.clone());
+        tokio::spawn(async move { handle(&ctx, &incoming, "panicky").await })
+    };
+    match task.await {
+        Ok(handled) => handled,
+        Err(error) => {
+            assert!(error.is_panic());
+            after_panic(&bench.ctx, &incoming, "panicky").await
+        }
+    }
+}
+
+/// Hole 5: a panic must not keep the payId locked, and ends the job with its own code.
+#[tokio::test(start_paused = true)]
+async fn a_job_that_panics_releases_its_lock_and_ends_internal_error() {
+    let bench = bench();
+    let job = job();
+    bench
+        .scripted
+        .panic_on_customer
+        .store(true, Ordering::SeqCst);
+
+    let handled = run_like_the_consumer(&bench, first_delivery(&job)).await;
+    // Long after any extension would have run.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    assert_eq!(handled.label, "failed");
+    assert_eq!(handled.settle, Settle::Ack);
+    assert!(
+        bench.store.held_locks().is_empty(),
+        "the lock is still held"
+    );
+    let stored = bench.store.result(&job.pay_id).expect("a result");
+    assert_eq!(
+        stored.error.map(|e| e.code),
+        Some(FailureCode::InternalError)
+    );
+    assert_eq!(bench.queue.dead_letters().len(), 1, "kept for a replay");
+    assert_eq!(bench.queue.events().len(), 1, "announced");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_job_that_panics_after_recording_a_create_is_parked_not_failed() {
+    let bench = bench();
+    let job = job();
+    bench.scripted.panic_on_create.store(true, Ordering::SeqCst);
+
+    let handled = run_like_the_consumer(&bench, first_delivery(&job)).await;
+
+    assert_eq!(handled.label, "parked");
+    assert!(
+        bench.store.held_locks().is_empty(),
+        "the lock is still held"
+    );
+    assert_eq!(bench.store.result(&job.pay_id), None);
+}
+
+/// Hole 6: handed out up to the broker's delivery limit, the job still ends with a stored
+/// result and an event (the broker would otherwise dead-letter it silently).
+#[tokio::test(start_paused = true)]
+async fn a_job_at_the_delivery_limit_ends_with_a_stored_result_and_an_event() {
+    let bench = bench();
+    let job = job();
+    let worn = Incoming {
+        redelivered: true,
+        delivery_count: DELIVERY_LIMIT - 1,
+        ..first_delivery(&job)
+    };
+
+    let handled = handle(&bench.ctx, &worn, "worn").await;
+
+    assert_eq!(handled.label, "failed");
+    let stored = bench.store.result(&job.pay_id).expect("a result");
+    assert_eq!(
+        stored.error.map(|e| e.code),
+        Some(FailureCode::InternalError)
+    );
+    let events = bench.queue.events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].1.id, "pay-1:failed");
+    assert!(subscriptions_of(&bench).is_empty());
+}
+
+/// The broker's side of hole 6: past the limit a returned message moves to the expired-jobs
+/// queue (at-least-once), which the workers consume, instead of vanishing.
+#[tokio::test(start_paused = true)]
+async fn a_message_handed_back_past_the_limit_is_delivered_from_the_expired_queue() {
+    let bench = bench();
+    let job = job();
+    bench
+        .queue
+        .publish(QueuedJob::fresh(job.encode(), "pay-1", 1))
+        .await
+        .expect("published");
+
+    let mut last = None;
+    for _ in 0..=DELIVERY_LIMIT {
+        let delivery = bench.queue.try_receive("w").expect("delivered again");
+        bench.queue.nack(delivery.tag);
+        last = Some(delivery.incoming);
+    }
+    let expired = bench
+        .queue
+        .try_receive("w")
+        .expect("from the expired queue");
+
+    assert_eq!(last.map(|l| l.delivery_count), Some(DELIVERY_LIMIT));
+    assert!(expired.incoming.redelivered);
+    assert!(expired.incoming.delivery_count + 1 >= DELIVERY_LIMIT);
+    assert!(!bench.queue.is_idle());
+}
+
+/// Found by the simulation (seeds 2002766, 2009235): a job loses its lock (a failover drops
+/// it) and a copy takes it; the first job's ending `failed` must not be stored, since the copy
+/// may be creating the subscription.
+#[tokio::test(start_paused = true)]
+async fn a_job_that_lost_its_lock_does_not_store_its_failure() {
+    let bench = bench();
+    let job = job();
+    bench
+        .scripted
+        .panic_on_customer
+        .store(true, Ordering::SeqCst);
+    let incoming = first_delivery(&job);
+    let task = {
+        let (ctx, incoming) = (bench.ctx.clone(), incoming.clone());
+        tokio::spawn(async move { handle(&ctx, &incoming, "first").await })
+    };
+    assert!(task.await.is_err_and(|e| e.is_panic()));
+    bench.store.drop_locks();
+    let copy = bench
+        .store
+        .begin(&job.pay_id, "copy", Duration::from_secs(3))
+        .await;
+    assert!(matches!(copy, Ok(JobStart::Locked { .. })), "{copy:?}");
+
+    let handled = after_panic(&bench.ctx, &incoming, "first").await;
+
+    assert_eq!(handled.label, "lock_lost");
+    assert_eq!(handled.settle, Settle::Requeue);
+    assert_eq!(bench.store.result(&job.pay_id), None);
+    assert!(bench.queue.events().is_empty(), "nothing announced");
+}

@@ -1,1 +1,0 @@
-//! In-memory adapters of the job path's ports, keeping the real systems' rules.

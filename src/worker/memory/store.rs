@@ -1,0 +1,356 @@
+//! The job's keys of the store, in memory, with the Redis scripts' rules (src/store/job.rs):
+//! a result is stored once and the first one wins; the lock is `SET NX PX` with a token,
+//! extended and released only by its holder, and gone when its TTL has passed; `finish` stores
+//! the result and releases the lock in one step.
+//!
+//! While "away" every call fails after a timeout and changes nothing; a "lost answer" applies
+//! the call and fails anyway, as a Redis timeout after the script ran would.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use tokio::time::Instant;
+
+use super::Trace;
+use crate::domain::{FinalResult, PayId};
+use crate::store::StoreError;
+use crate::worker::ports::{CreateSent, JobStart, JobStore};
+
+/// How long a call waits for a Redis that does not answer.
+const TIMEOUT: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Default, Clone)]
+struct Keys {
+    result: Option<FinalResult>,
+    lock: Option<(String, Instant)>,
+    created: Option<CreateSent>,
+}
+
+impl Keys {
+    /// The lock's token, if it is held and its TTL has not passed.
+    fn holder(&self, now: Instant) -> Option<&str> {
+        self.lock
+            .as_ref()
+            .filter(|(_, expires)| *expires > now)
+            .map(|(token, _)| token.as_str())
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    keys: BTreeMap<String, Keys>,
+    away: bool,
+    /// Calls left whose answer is lost after they ran.
+    lose_answers: u32,
+    rng: Option<fastrand::Rng>,
+    round_trip_max_ms: u64,
+    /// The share of calls that stall 100 ms to 1 s (a latency spike of Redis or the network).
+    stall_rate: f64,
+}
+
+/// Redis: one per simulated world, one named handle per worker.
+#[derive(Clone)]
+pub struct MemoryStore {
+    state: Arc<Mutex<State>>,
+    who: Arc<str>,
+    trace: Trace,
+}
+
+impl MemoryStore {
+    /// A store whose round trips take 1 ms to `round_trip_max`, drawn from `seed`.
+    pub fn new(seed: u64, round_trip_max: Duration, trace: Trace) -> Self {
+        let state = State {
+            rng: Some(fastrand::Rng::with_seed(seed)),
+            round_trip_max_ms: u64::try_from(round_trip_max.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1),
+            ..State::default()
+        };
+        MemoryStore {
+            state: Arc::new(Mutex::new(state)),
+            who: "redis".into(),
+            trace,
+        }
+    }
+
+    /// The same store, with calls traced under `who`.
+    pub fn named(&self, who: &str) -> Self {
+        MemoryStore {
+            who: who.into(),
+            ..self.clone()
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Redis goes away (every call times out) or comes back.
+    pub fn set_away(&self, away: bool) {
+        self.state().away = away;
+        self.trace.note(&self.who, || {
+            format!("redis {}", if away { "away" } else { "back" })
+        });
+    }
+
+    /// From now on this share of calls stalls for 100 ms to 1 s before it reaches Redis.
+    pub fn set_stall_rate(&self, rate: f64) {
+        self.state().stall_rate = rate;
+    }
+
+    /// Whether Redis answers a ping.
+    pub fn is_away(&self) -> bool {
+        self.state().away
+    }
+
+    /// The next `calls` calls run but their answers are lost.
+    pub fn lose_answers(&self, calls: u32) {
+        self.state().lose_answers = calls;
+    }
+
+    /// Every lock is dropped now, as a failover to a replica that had not seen them would.
+    pub fn drop_locks(&self) {
+        for keys in self.state().keys.values_mut() {
+            keys.lock = None;
+        }
+        self.trace.note(&self.who, || "locks dropped".into());
+    }
+
+    /// The stored result (as `autorenew dlq replay` reads it).
+    pub fn result(&self, pay_id: &PayId) -> Option<FinalResult> {
+        self.state()
+            .keys
+            .get(pay_id.as_str())
+            .and_then(|k| k.result.clone())
+    }
+
+    /// Deletes the stored result (`autorenew dlq replay`).
+    pub fn clear_result(&self, pay_id: &PayId) {
+        if let Some(keys) = self.state().keys.get_mut(pay_id.as_str()) {
+            keys.result = None;
+        }
+        self.trace
+            .note(&self.who, || format!("clear result {pay_id}"));
+    }
+
+    /// Every payId with its result, for the invariant checks.
+    pub fn results(&self) -> BTreeMap<String, Option<FinalResult>> {
+        self.state()
+            .keys
+            .iter()
+            .map(|(pay_id, keys)| (pay_id.clone(), keys.result.clone()))
+            .collect()
+    }
+
+    /// The payIds whose lock is held now, with the holder's token.
+    pub fn held_locks(&self) -> Vec<(String, String)> {
+        let now = Instant::now();
+        self.state()
+            .keys
+            .iter()
+            .filter_map(|(pay_id, keys)| {
+                keys.holder(now)
+                    .map(|token| (pay_id.clone(), token.to_owned()))
+            })
+            .collect()
+    }
+
+    /// One call: a round trip, then `op` on the payId's keys in one step (Redis runs a script
+    /// atomically), unless Redis is away.
+    async fn call<T>(
+        &self,
+        pay_id: &PayId,
+        name: &str,
+        op: impl FnOnce(&mut Keys, Instant) -> T,
+        show: impl FnOnce(&T) -> String,
+    ) -> Result<T, StoreError> {
+        let round_trip = {
+            let mut state = self.state();
+            let (max, stall_rate) = (state.round_trip_max_ms, state.stall_rate);
+            state.rng.as_mut().map_or(1, |rng| {
+                if stall_rate > 0.0 && rng.f64() < stall_rate {
+                    rng.u64(100..=1_000)
+                } else {
+                    rng.u64(1..=max)
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(round_trip)).await;
+        let ran = {
+            let mut state = self.state();
+            if state.away {
+                None
+            } else {
+                let lost = state.lose_answers > 0;
+                state.lose_answers = state.lose_answers.saturating_sub(1);
+                let keys = state.keys.entry(pay_id.to_string()).or_default();
+                Some((op(keys, Instant::now()), lost))
+            }
+        };
+        let Some((answer, lost)) = ran else {
+            self.trace
+                .note(&self.who, || format!("{name} {pay_id}: redis away"));
+            tokio::time::sleep(TIMEOUT).await;
+            return Err(StoreError::Timeout(TIMEOUT));
+        };
+        self.trace.note(&self.who, || {
+            format!(
+                "{name} {pay_id}: {}{}",
+                show(&answer),
+                if lost { " (answer lost)" } else { "" }
+            )
+        });
+        if lost {
+            tokio::time::sleep(TIMEOUT).await;
+            return Err(StoreError::Timeout(TIMEOUT));
+        }
+        Ok(answer)
+    }
+}
+
+impl JobStore for MemoryStore {
+    fn begin<'a>(
+        &'a self,
+        pay_id: &'a PayId,
+        token: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<JobStart, StoreError>> {
+        self.call(
+            pay_id,
+            "begin",
+            move |keys, now| {
+                if let Some(result) = &keys.result {
+                    return JobStart::Settled(Box::new(result.clone()));
+                }
+                if keys.holder(now).is_some() {
+                    return JobStart::Busy;
+                }
+                keys.lock = Some((token.to_owned(), now + ttl));
+                JobStart::Locked {
+                    created: keys.created.clone(),
+                }
+            },
+            move |start| match start {
+                JobStart::Settled(result) => format!("settled {}", result.status),
+                JobStart::Busy => "busy".into(),
+                JobStart::Locked { created } => format!(
+                    "locked by {token}, created {:?}",
+                    created.as_ref().map(|c| c.generation)
+                ),
+            },
+        )
+        .boxed()
+    }
+
+    fn extend_lock<'a>(
+        &'a self,
+        pay_id: &'a PayId,
+        token: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        self.call(
+            pay_id,
+            "extend",
+            move |keys, now| {
+                if keys.holder(now) == Some(token) {
+                    keys.lock = Some((token.to_owned(), now + ttl));
+                    true
+                } else {
+                    false
+                }
+            },
+            move |extended| format!("{token} {extended}"),
+        )
+        .boxed()
+    }
+
+    fn unlock<'a>(
+        &'a self,
+        pay_id: &'a PayId,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.call(
+            pay_id,
+            "unlock",
+            move |keys, now| {
+                if keys.holder(now) == Some(token) {
+                    keys.lock = None;
+                }
+            },
+            move |()| token.to_owned(),
+        )
+        .boxed()
+    }
+
+    fn record_create<'a>(
+        &'a self,
+        pay_id: &'a PayId,
+        token: &'a str,
+        sent: &'a CreateSent,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        self.call(
+            pay_id,
+            "record_create",
+            move |keys, now| {
+                let holds = keys.holder(now) == Some(token);
+                if holds {
+                    keys.created = Some(sent.clone());
+                }
+                holds
+            },
+            move |recorded| {
+                format!(
+                    "g{} for {} by {token}: {}",
+                    sent.generation,
+                    sent.customer,
+                    if *recorded { "recorded" } else { "lock lost" }
+                )
+            },
+        )
+        .boxed()
+    }
+
+    fn created<'a>(
+        &'a self,
+        pay_id: &'a PayId,
+    ) -> BoxFuture<'a, Result<Option<CreateSent>, StoreError>> {
+        self.call(
+            pay_id,
+            "created",
+            |keys, _| keys.created.clone(),
+            |created| format!("{:?}", created.as_ref().map(|c| c.generation)),
+        )
+        .boxed()
+    }
+
+    fn finish<'a>(
+        &'a self,
+        pay_id: &'a PayId,
+        token: &'a str,
+        result: &'a FinalResult,
+    ) -> BoxFuture<'a, Result<Option<FinalResult>, StoreError>> {
+        self.call(
+            pay_id,
+            "finish",
+            move |keys, now| {
+                let holds = keys.holder(now) == Some(token);
+                if keys.result.is_none() && result.is_failed() && !holds {
+                    return None;
+                }
+                let stored = keys.result.get_or_insert_with(|| result.clone()).clone();
+                if holds {
+                    keys.lock = None;
+                }
+                Some(stored)
+            },
+            move |stored| match stored {
+                Some(stored) => format!("{token} stored {} {}", stored.status, stored.sub_id),
+                None => format!("{token} lost the lock: failure not stored"),
+            },
+        )
+        .boxed()
+    }
+}

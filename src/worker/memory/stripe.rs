@@ -1,0 +1,757 @@
+//! Stripe in memory, with the rules the job path leans on:
+//!
+//! - an idempotency key remembers its request's parameters (compared as parameters) and its
+//!   answer for 24 h; the same key with other parameters is a 400; a key whose first request
+//!   is still being processed answers 409; a finished key replays its answer, a stored 500
+//!   included (Stripe stores the result once the endpoint started executing);
+//! - a request is a server-side task: its effect happens when it arrives, whatever became of
+//!   the client (it gave up on a timeout, or its worker crashed);
+//! - failures reach the job as the gateway classifies them (src/stripe/error.rs): a read that
+//!   fails is transient, a write whose outcome is unknown is `Unknown`.
+//!
+//! Faults are drawn per call from the seeded random source: a 500 before the write (stored for
+//! the key), a 500 after it (the write happened; the answer is lost), a dropped connection
+//! before or after arrival, a 429, a 409 for a key in use, and answers slower than the client's
+//! timeout. A payment method whose id contains `chargeDeclined` is declined when attached.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::Trace;
+use crate::domain::{FailureCode, FailureDetail};
+use crate::stripe::{Attached, NewSubscription, PriceSpec, StripeFailure, Subscribed};
+use crate::worker::ports::StripeApi;
+
+/// How long Stripe remembers an idempotency key.
+pub const KEY_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// One way across the network.
+const HOP: Duration = Duration::from_millis(5);
+
+/// What goes wrong, and how often. Set by the simulation as the schedule unfolds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Faults {
+    /// The share of calls that meet one fault (drawn uniformly among the kinds).
+    pub rate: f64,
+    /// Stripe is down: every call fails (connections dropped or rate limited).
+    pub outage: bool,
+    /// The share of calls that panic in the client (a bug in the worker).
+    pub panic_rate: f64,
+    /// The client's timeout (`stripe.request_timeout_ms`).
+    pub client_timeout: Duration,
+}
+
+impl Faults {
+    /// No faults: Stripe answers every call.
+    pub fn none(client_timeout: Duration) -> Self {
+        Faults {
+            rate: 0.0,
+            outage: false,
+            panic_rate: 0.0,
+            client_timeout,
+        }
+    }
+}
+
+/// What happens to one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    ServerErrorBefore,
+    ServerErrorAfter,
+    DropBefore,
+    DropAfter,
+    RateLimited,
+    KeyInUse,
+    Slow,
+}
+
+const FAULTS: [Fault; 7] = [
+    Fault::ServerErrorBefore,
+    Fault::ServerErrorAfter,
+    Fault::DropBefore,
+    Fault::DropAfter,
+    Fault::RateLimited,
+    Fault::KeyInUse,
+    Fault::Slow,
+];
+
+/// A write's answer, as Stripe stores it for the key.
+#[derive(Debug, Clone)]
+enum Reply {
+    Id(String),
+    Attached(Attached),
+    Done,
+    Price(String, String),
+    Sub(Subscribed),
+    Refused(FailureDetail),
+    ServerError,
+    Conflict,
+}
+
+#[derive(Debug, Clone)]
+enum KeyState {
+    InFlight,
+    Done(Reply),
+}
+
+#[derive(Debug, Clone)]
+struct KeyRecord {
+    params: Params,
+    state: KeyState,
+    at: Instant,
+}
+
+type Params = BTreeMap<String, String>;
+
+#[derive(Debug, Clone)]
+struct Subscription {
+    id: String,
+    customer: String,
+    pay_id: String,
+    product: String,
+    created: Instant,
+}
+
+/// What the fake counted, for the report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StripeCounts {
+    pub calls: u64,
+    pub faults: u64,
+    pub panics: u64,
+}
+
+struct World {
+    rng: fastrand::Rng,
+    faults: Faults,
+    keys: BTreeMap<String, KeyRecord>,
+    /// id → (partnerCode, email)
+    customers: BTreeMap<String, (String, String)>,
+    /// payment method → customer it is attached to
+    methods: BTreeMap<String, String>,
+    /// price id → (lookup key, product)
+    prices: BTreeMap<String, (Option<String>, String)>,
+    subscriptions: Vec<Subscription>,
+    next_id: u64,
+    in_flight: u32,
+    counts: StripeCounts,
+    /// Faults for the next calls, before any drawn at random.
+    script: std::collections::VecDeque<Fault>,
+}
+
+impl World {
+    fn id(&mut self, prefix: &str) -> String {
+        self.next_id += 1;
+        // Zero-padded so that id order is creation order.
+        format!("{prefix}_{:06}", self.next_id)
+    }
+
+    fn draw(&mut self) -> Option<Fault> {
+        self.counts.calls += 1;
+        let fault = if let Some(scripted) = self.script.pop_front() {
+            Some(scripted)
+        } else if self.faults.outage {
+            Some(if self.rng.bool() {
+                Fault::DropBefore
+            } else {
+                Fault::RateLimited
+            })
+        } else if self.faults.rate > 0.0 && self.rng.f64() < self.faults.rate {
+            Some(FAULTS[self.rng.usize(..FAULTS.len())])
+        } else {
+            None
+        };
+        if fault.is_some() {
+            self.counts.faults += 1;
+        }
+        fault
+    }
+
+    fn panics(&mut self) -> bool {
+        let panics = self.faults.panic_rate > 0.0 && self.rng.f64() < self.faults.panic_rate;
+        if panics {
+            self.counts.panics += 1;
+        }
+        panics
+    }
+
+    /// How long the server works on a request: usually quick, much longer than the client
+    /// waits when the fault says so (but never longer than twice the client's timeout, which
+    /// is what `worker.key_switch_after_ms` is checked against).
+    fn processing(&mut self, fault: Option<Fault>) -> Duration {
+        let timeout = self.faults.client_timeout;
+        if fault == Some(Fault::Slow) {
+            timeout + timeout.mul_f64(self.rng.f64() * 0.8)
+        } else {
+            Duration::from_millis(self.rng.u64(5..200))
+        }
+    }
+}
+
+/// The fake Stripe: one per simulated world, one named handle per worker.
+#[derive(Clone)]
+pub struct MemoryStripe {
+    world: Arc<Mutex<World>>,
+    who: Arc<str>,
+    trace: Trace,
+}
+
+type Effect = Box<dyn FnOnce(&mut World) -> Reply + Send>;
+
+impl MemoryStripe {
+    pub fn new(seed: u64, client_timeout: Duration, trace: Trace) -> Self {
+        MemoryStripe {
+            world: Arc::new(Mutex::new(World {
+                rng: fastrand::Rng::with_seed(seed),
+                faults: Faults::none(client_timeout),
+                keys: BTreeMap::new(),
+                customers: BTreeMap::new(),
+                methods: BTreeMap::new(),
+                prices: BTreeMap::new(),
+                subscriptions: Vec::new(),
+                next_id: 0,
+                in_flight: 0,
+                counts: StripeCounts::default(),
+                script: std::collections::VecDeque::new(),
+            })),
+            who: "stripe".into(),
+            trace,
+        }
+    }
+
+    /// The same Stripe, with calls traced under `who`.
+    pub fn named(&self, who: &str) -> Self {
+        MemoryStripe {
+            who: who.into(),
+            ..self.clone()
+        }
+    }
+
+    fn world(&self) -> MutexGuard<'_, World> {
+        self.world.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn set_faults(&self, faults: Faults) {
+        self.trace
+            .note(&self.who, || format!("stripe faults {faults:?}"));
+        self.world().faults = faults;
+    }
+
+    /// The next calls meet these faults, in order (then faults are drawn again).
+    pub fn script(&self, faults: &[Fault]) {
+        self.world().script.extend(faults.iter().copied());
+    }
+
+    /// A price configured in the plans (`plans.<id>.price`).
+    pub fn add_price(&self, price: &str, product: &str) {
+        self.world()
+            .prices
+            .insert(price.to_owned(), (None, product.to_owned()));
+    }
+
+    /// The subscriptions made (id, when), by the payId in their metadata.
+    pub fn subscriptions(&self) -> BTreeMap<String, Vec<(String, Instant)>> {
+        let mut by_pay_id: BTreeMap<String, Vec<(String, Instant)>> = BTreeMap::new();
+        for sub in &self.world().subscriptions {
+            by_pay_id
+                .entry(sub.pay_id.clone())
+                .or_default()
+                .push((sub.id.clone(), sub.created));
+        }
+        by_pay_id
+    }
+
+    /// Requests still being processed server-side.
+    pub fn in_flight(&self) -> u32 {
+        self.world().in_flight
+    }
+
+    pub fn counts(&self) -> StripeCounts {
+        self.world().counts
+    }
+
+    fn note(&self, what: impl FnOnce() -> String) {
+        self.trace.note(&self.who, what);
+    }
+
+    /// A read: answered from the state when it arrives, or failed (transient) by a fault.
+    async fn read<T: std::fmt::Debug>(
+        &self,
+        what: String,
+        answer: impl FnOnce(&World) -> Result<T, StripeFailure>,
+    ) -> Result<T, StripeFailure> {
+        let (fault, panics) = {
+            let mut world = self.world();
+            (world.draw(), world.panics())
+        };
+        if panics {
+            self.note(|| format!("{what}: injected panic"));
+            panic!("injected panic in {what}");
+        }
+        tokio::time::sleep(HOP).await;
+        let answer = match fault {
+            None | Some(Fault::KeyInUse) => answer(&self.world()),
+            Some(fault) => Err(StripeFailure::Transient(format!("{fault:?}"))),
+        };
+        tokio::time::sleep(HOP).await;
+        self.note(|| format!("{what}: {answer:?}"));
+        answer
+    }
+
+    /// A write under an idempotency key: a server-side task applies it when it arrives; the
+    /// client waits for its answer up to its timeout.
+    async fn write(
+        &self,
+        what: String,
+        key: &str,
+        params: Params,
+        effect: Effect,
+    ) -> Result<Reply, StripeFailure> {
+        let (fault, panics, timeout) = {
+            let mut world = self.world();
+            (world.draw(), world.panics(), world.faults.client_timeout)
+        };
+        if panics {
+            self.note(|| format!("{what} [{key}]: injected panic"));
+            panic!("injected panic in {what}");
+        }
+        if let Some(fault @ (Fault::RateLimited | Fault::KeyInUse)) = fault {
+            // Refused at the door: nothing is stored for the key.
+            tokio::time::sleep(HOP * 2).await;
+            self.note(|| format!("{what} [{key}]: {fault:?}"));
+            return Err(StripeFailure::Transient(format!("{fault:?}")));
+        }
+        let (answer, answered) = oneshot::channel();
+        self.world().in_flight += 1;
+        let server = self.clone();
+        let key_owned = key.to_owned();
+        let what_server = what.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(HOP).await;
+            let reply = server
+                .serve(&what_server, &key_owned, params, effect, fault)
+                .await;
+            server.world().in_flight -= 1;
+            if let Some(reply) = reply {
+                let _ = answer.send(reply);
+            }
+        });
+        let reply = match tokio::time::timeout(timeout, answered).await {
+            Err(_) => Err(StripeFailure::Unknown("timed out".into())),
+            Ok(Err(_)) => Err(StripeFailure::Unknown("connection dropped".into())),
+            Ok(Ok(Reply::ServerError)) => Err(StripeFailure::Unknown("500".into())),
+            Ok(Ok(Reply::Conflict)) => Err(StripeFailure::Transient(
+                "409: a request with this key is in progress".into(),
+            )),
+            Ok(Ok(Reply::Refused(detail))) => Err(StripeFailure::Permanent(detail)),
+            Ok(Ok(reply)) => Ok(reply),
+        };
+        self.note(|| format!("{what} [{key}] client: {reply:?}"));
+        reply
+    }
+
+    /// The server's side of a write; None when the connection drops (no answer).
+    async fn serve(
+        &self,
+        what: &str,
+        key: &str,
+        params: Params,
+        effect: Effect,
+        fault: Option<Fault>,
+    ) -> Option<Reply> {
+        if fault == Some(Fault::DropBefore) {
+            self.note(|| format!("{what} [{key}] server: dropped before arrival"));
+            return None;
+        }
+        let processing = {
+            let mut world = self.world();
+            let now = Instant::now();
+            let remembered = world
+                .keys
+                .get(key)
+                .filter(|record| now.duration_since(record.at) < KEY_LIFETIME)
+                .cloned();
+            if let Some(record) = remembered {
+                let reply = if record.params != params {
+                    Reply::Refused(FailureDetail {
+                        code: FailureCode::StripeRejected,
+                        message: format!(
+                            "Keys for idempotent requests can only be used with the same \
+                             parameters they were first used with ({key})"
+                        ),
+                        stripe_code: None,
+                        decline_code: None,
+                    })
+                } else {
+                    match record.state {
+                        KeyState::InFlight => Reply::Conflict,
+                        KeyState::Done(stored) => stored,
+                    }
+                };
+                drop(world);
+                self.note(|| format!("{what} [{key}] server: key known, {reply:?}"));
+                return Some(reply);
+            }
+            world.keys.insert(
+                key.to_owned(),
+                KeyRecord {
+                    params,
+                    state: KeyState::InFlight,
+                    at: now,
+                },
+            );
+            world.processing(fault)
+        };
+        tokio::time::sleep(processing).await;
+        let reply = {
+            let mut world = self.world();
+            let reply = if fault == Some(Fault::ServerErrorBefore) {
+                Reply::ServerError
+            } else {
+                effect(&mut world)
+            };
+            if let Some(record) = world.keys.get_mut(key) {
+                record.state = KeyState::Done(reply.clone());
+            }
+            reply
+        };
+        self.note(|| format!("{what} [{key}] server: {reply:?} ({fault:?})"));
+        match fault {
+            Some(Fault::ServerErrorAfter) => Some(Reply::ServerError),
+            Some(Fault::DropAfter) => None,
+            _ => Some(reply),
+        }
+    }
+}
+
+fn refused(code: FailureCode, message: &str, stripe_code: Option<&str>) -> Reply {
+    Reply::Refused(FailureDetail {
+        code,
+        message: message.to_owned(),
+        stripe_code: stripe_code.map(str::to_owned),
+        decline_code: None,
+    })
+}
+
+fn unexpected(reply: Reply) -> StripeFailure {
+    StripeFailure::Unknown(format!("unexpected answer {reply:?}"))
+}
+
+fn params(pairs: &[(&str, &str)]) -> Params {
+    pairs
+        .iter()
+        .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+        .collect()
+}
+
+impl StripeApi for MemoryStripe {
+    fn find_customer<'a>(
+        &'a self,
+        partner_code: &'a str,
+        email: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, StripeFailure>> {
+        self.read(format!("find_customer {email}"), move |world| {
+            // Newest first, as Stripe lists.
+            Ok(world
+                .customers
+                .iter()
+                .rev()
+                .find(|(_, (partner, mail))| partner == partner_code && mail == email)
+                .map(|(id, _)| id.clone()))
+        })
+        .boxed()
+    }
+
+    fn create_customer<'a>(
+        &'a self,
+        partner_code: &'a str,
+        email: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<String, StripeFailure>> {
+        let partner = partner_code.to_owned();
+        let mail = email.to_owned();
+        async move {
+            let effect: Effect = Box::new(move |world| {
+                let id = world.id("cus");
+                world.customers.insert(id.clone(), (partner, mail));
+                Reply::Id(id)
+            });
+            let params = params(&[("email", email), ("metadata[partnerCode]", partner_code)]);
+            match self
+                .write(format!("create_customer {email}"), key, params, effect)
+                .await?
+            {
+                Reply::Id(id) => Ok(id),
+                other => Err(unexpected(other)),
+            }
+        }
+        .boxed()
+    }
+
+    fn attach_payment_method<'a>(
+        &'a self,
+        payment_method: &'a str,
+        customer: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Attached, StripeFailure>> {
+        let method = payment_method.to_owned();
+        let owner = customer.to_owned();
+        async move {
+            let effect: Effect = Box::new(move |world| {
+                if method.contains("chargeDeclined") {
+                    return Reply::Refused(FailureDetail {
+                        code: FailureCode::CardDeclined,
+                        message: "Your card was declined.".into(),
+                        stripe_code: Some("card_declined".into()),
+                        decline_code: Some("generic_decline".into()),
+                    });
+                }
+                if !world.customers.contains_key(&owner) {
+                    return refused(
+                        FailureCode::StripeRejected,
+                        "No such customer",
+                        Some("resource_missing"),
+                    );
+                }
+                // Attached to this customer already: the gateway's owner check makes that a
+                // success; to another one, a permanent failure.
+                match world.methods.get(&method) {
+                    Some(holder) if *holder != owner => refused(
+                        FailureCode::PaymentMethodUnavailable,
+                        "the payment method is attached to another customer",
+                        None,
+                    ),
+                    _ => {
+                        world.methods.insert(method.clone(), owner);
+                        Reply::Attached(Attached {
+                            id: method,
+                            kind: "card".into(),
+                        })
+                    }
+                }
+            });
+            let params = params(&[("customer", customer)]);
+            match self
+                .write(
+                    format!("attach {payment_method} to {customer}"),
+                    key,
+                    params,
+                    effect,
+                )
+                .await?
+            {
+                Reply::Attached(attached) => Ok(attached),
+                other => Err(unexpected(other)),
+            }
+        }
+        .boxed()
+    }
+
+    fn set_default_payment_method<'a>(
+        &'a self,
+        customer: &'a str,
+        payment_method: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<(), StripeFailure>> {
+        let owner = customer.to_owned();
+        async move {
+            let effect: Effect = Box::new(move |world| {
+                if world.customers.contains_key(&owner) {
+                    Reply::Done
+                } else {
+                    refused(
+                        FailureCode::StripeRejected,
+                        "No such customer",
+                        Some("resource_missing"),
+                    )
+                }
+            });
+            let params = params(&[("invoice_settings[default_payment_method]", payment_method)]);
+            match self
+                .write(format!("set_default {customer}"), key, params, effect)
+                .await?
+            {
+                Reply::Done => Ok(()),
+                other => Err(unexpected(other)),
+            }
+        }
+        .boxed()
+    }
+
+    fn price_product<'a>(&'a self, price: &'a str) -> BoxFuture<'a, Result<String, StripeFailure>> {
+        self.read(format!("price_product {price}"), move |world| {
+            world
+                .prices
+                .get(price)
+                .map(|(_, product)| product.clone())
+                .ok_or_else(|| {
+                    StripeFailure::Permanent(FailureDetail {
+                        code: FailureCode::StripeRejected,
+                        message: format!("No such price: '{price}'"),
+                        stripe_code: Some("resource_missing".into()),
+                        decline_code: None,
+                    })
+                })
+        })
+        .boxed()
+    }
+
+    fn find_price<'a>(
+        &'a self,
+        lookup_key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<(String, String)>, StripeFailure>> {
+        self.read(format!("find_price {lookup_key}"), move |world| {
+            Ok(world
+                .prices
+                .iter()
+                .find(|(_, (key, _))| key.as_deref() == Some(lookup_key))
+                .map(|(id, (_, product))| (id.clone(), product.clone())))
+        })
+        .boxed()
+    }
+
+    fn create_price<'a>(
+        &'a self,
+        spec: &'a PriceSpec<'a>,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<(String, String), StripeFailure>> {
+        let lookup_key = spec.lookup_key.to_owned();
+        async move {
+            let effect: Effect = Box::new(move |world| {
+                if world
+                    .prices
+                    .values()
+                    .any(|(key, _)| key.as_deref() == Some(lookup_key.as_str()))
+                {
+                    return refused(
+                        FailureCode::StripeRejected,
+                        "A price with this lookup_key already exists",
+                        None,
+                    );
+                }
+                let id = world.id("price");
+                let product = world.id("prod");
+                world
+                    .prices
+                    .insert(id.clone(), (Some(lookup_key), product.clone()));
+                Reply::Price(id, product)
+            });
+            let amount = spec.unit_amount.to_string();
+            let params = params(&[
+                ("currency", spec.currency),
+                ("unit_amount", &amount),
+                ("lookup_key", spec.lookup_key),
+                ("product_data[name]", spec.product_name),
+                ("recurring[interval]", spec.interval),
+            ]);
+            match self
+                .write(
+                    format!("create_price {}", spec.lookup_key),
+                    key,
+                    params,
+                    effect,
+                )
+                .await?
+            {
+                Reply::Price(price, product) => Ok((price, product)),
+                other => Err(unexpected(other)),
+            }
+        }
+        .boxed()
+    }
+
+    fn find_subscription<'a>(
+        &'a self,
+        customer: &'a str,
+        pay_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Subscribed>, StripeFailure>> {
+        self.read(
+            format!("find_subscription {pay_id} of {customer}"),
+            move |world| {
+                Ok(world
+                    .subscriptions
+                    .iter()
+                    .rev()
+                    .find(|sub| sub.customer == customer && sub.pay_id == pay_id)
+                    .map(|sub| Subscribed {
+                        id: sub.id.clone(),
+                        status: "active".into(),
+                        product_id: sub.product.clone(),
+                    }))
+            },
+        )
+        .boxed()
+    }
+
+    fn create_subscription<'a>(
+        &'a self,
+        new: &'a NewSubscription<'a>,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Subscribed, StripeFailure>> {
+        let customer = new.customer.to_owned();
+        let price = new.price.to_owned();
+        let method = new.payment_method.to_owned();
+        let pay_id = new.metadata.get("payId").cloned().unwrap_or_default();
+        async move {
+            let effect: Effect = Box::new(move |world| {
+                if !world.customers.contains_key(&customer) {
+                    return refused(
+                        FailureCode::StripeRejected,
+                        "No such customer",
+                        Some("resource_missing"),
+                    );
+                }
+                if world.methods.get(&method) != Some(&customer) {
+                    return refused(
+                        FailureCode::PaymentMethodUnavailable,
+                        "The payment method is not attached to this customer",
+                        Some("resource_missing"),
+                    );
+                }
+                let Some((_, product)) = world.prices.get(&price).cloned() else {
+                    return refused(
+                        FailureCode::StripeRejected,
+                        "No such price",
+                        Some("resource_missing"),
+                    );
+                };
+                let id = world.id("sub");
+                world.subscriptions.push(Subscription {
+                    id: id.clone(),
+                    customer,
+                    pay_id,
+                    product: product.clone(),
+                    created: Instant::now(),
+                });
+                Reply::Sub(Subscribed {
+                    id,
+                    status: "active".into(),
+                    product_id: product,
+                })
+            });
+            let mut params = params(&[
+                ("customer", new.customer),
+                ("items[0][price]", new.price),
+                ("default_payment_method", new.payment_method),
+                ("payment_behavior", new.payment_behavior),
+            ]);
+            // A HashMap's order is not the request's: compared as parameters, by name.
+            for (name, value) in &new.metadata {
+                params.insert(format!("metadata[{name}]"), value.clone());
+            }
+            let pay_id = new.metadata.get("payId").cloned().unwrap_or_default();
+            match self
+                .write(format!("create_subscription {pay_id}"), key, params, effect)
+                .await?
+            {
+                Reply::Sub(subscribed) => Ok(subscribed),
+                other => Err(unexpected(other)),
+            }
+        }
+        .boxed()
+    }
+}

@@ -1,0 +1,224 @@
+//! The in-memory adapters against their real twins, for the rules they claim (STYLE.md "Ports
+//! and adapters"): the same calls give the same answers from `MemoryStore` and the Redis
+//! `Store`, and from `MemoryStripe` and `autorenew stripe-sim` through the real gateway.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use autorenew::config::RedisSettings;
+use autorenew::domain::{FailureCode, FinalResult, PayId};
+use autorenew::store::Store;
+use autorenew::stripe::{ClientOptions, Gateway, StripeFailure, Unlimited};
+use autorenew::worker::memory::{MemoryStore, MemoryStripe, StripeFault, Trace};
+use autorenew::worker::ports::{CreateSent, JobStore, StripeApi};
+use secrecy::SecretString;
+use serde_json::json;
+
+use crate::helpers::{SHARED_REDIS, delete_keys};
+use crate::sim::helpers::{KEY, spawn};
+
+fn result(sub: &str) -> FinalResult {
+    FinalResult {
+        status: "active".into(),
+        customer_id: "cus_1".into(),
+        sub_id: sub.into(),
+        product_id: "prod_1".into(),
+        pay_method: "card".into(),
+        error: None,
+        attempts: 1,
+        accepted_at: "2027-01-15T08:00:00Z".into(),
+        completed_at: "2027-01-15T08:00:01Z".into(),
+    }
+}
+
+/// What a store answers to the job path's calls, in order, in words.
+async fn store_rules(store: &dyn JobStore) -> Vec<String> {
+    let ttl = Duration::from_secs(30);
+    let pay_id = PayId::parse("twin-1").expect("a payId");
+    let short = PayId::parse("twin-2").expect("a payId");
+    let sent = CreateSent {
+        generation: 1,
+        sent_at_ms: 1_800_000_000_000,
+        customer: "cus_1".into(),
+        pay_method: "card".into(),
+    };
+    let mut said = Vec::new();
+    let mut say = |what: String| said.push(what);
+    say(format!("{:?}", store.begin(&pay_id, "a", ttl).await));
+    say(format!("{:?}", store.begin(&pay_id, "b", ttl).await));
+    say(format!("{:?}", store.extend_lock(&pay_id, "b", ttl).await));
+    say(format!("{:?}", store.extend_lock(&pay_id, "a", ttl).await));
+    say(format!(
+        "{:?}",
+        store.record_create(&pay_id, "a", &sent).await
+    ));
+    say(format!(
+        "{:?}",
+        store.record_create(&pay_id, "b", &sent).await
+    ));
+    say(format!("{:?}", store.created(&pay_id).await));
+    say(format!("{:?}", store.unlock(&pay_id, "b").await));
+    say(format!("{:?}", store.begin(&pay_id, "c", ttl).await));
+    say(format!("{:?}", store.unlock(&pay_id, "a").await));
+    say(format!("{:?}", store.begin(&pay_id, "c", ttl).await));
+    say(format!(
+        "{:?}",
+        store.finish(&pay_id, "c", &result("sub_1")).await
+    ));
+    say(format!("{:?}", store.begin(&pay_id, "d", ttl).await));
+    say(format!(
+        "{:?}",
+        store.finish(&pay_id, "d", &result("sub_2")).await
+    ));
+    // A lock whose holder stops extending it is gone after its TTL.
+    let brief = Duration::from_millis(200);
+    say(format!("{:?}", store.begin(&short, "e", brief).await));
+    say(format!("{:?}", store.begin(&short, "f", brief).await));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    say(format!("{:?}", store.extend_lock(&short, "e", brief).await));
+    say(format!("{:?}", store.begin(&short, "f", brief).await));
+    // A failure is stored only by the lock's holder.
+    let mut failed = result("");
+    failed.status = "failed".into();
+    say(format!("{:?}", store.finish(&short, "e", &failed).await));
+    say(format!("{:?}", store.begin(&short, "g", brief).await));
+    said
+}
+
+#[tokio::test]
+async fn the_memory_store_answers_the_job_path_like_redis() {
+    let prefix = format!("twin-{}", uuid::Uuid::new_v4().simple());
+    let redis = Store::new(&RedisSettings {
+        url: SecretString::from(SHARED_REDIS),
+        key_prefix: prefix.clone(),
+        ..RedisSettings::default()
+    })
+    .expect("a store");
+
+    let real = store_rules(&redis).await;
+    let memory = store_rules(&MemoryStore::new(
+        1,
+        Duration::from_millis(1),
+        Trace::default(),
+    ))
+    .await;
+    delete_keys(SHARED_REDIS, &prefix).await;
+
+    assert_eq!(memory, real);
+    assert!(real[1].contains("Busy"), "{real:?}");
+    assert_eq!(real[4], "Ok(true)", "the holder records a create");
+    assert_eq!(real[5], "Ok(false)", "another token does not");
+    assert!(real[12].contains("Settled"), "{real:?}");
+    assert!(
+        real[13].contains("sub_1"),
+        "the first result wins: {real:?}"
+    );
+    assert!(real[17].contains("Locked"), "the lock expired: {real:?}");
+    assert_eq!(
+        real[18], "Ok(None)",
+        "a failure without the lock is not stored"
+    );
+    assert!(real[19].contains("Busy"), "{real:?}");
+}
+
+/// What Stripe answers to the same calls, in words that do not depend on its ids; between
+/// the two halves the caller scripts a 429 for the next customer create.
+async fn stripe_rules_before_429(stripe: &dyn StripeApi) -> Vec<String> {
+    let mut said = Vec::new();
+    let first = stripe
+        .create_customer("P1", "twin@example.com", "twin-cus")
+        .await;
+    let replayed = stripe
+        .create_customer("P1", "twin@example.com", "twin-cus")
+        .await;
+    let same = first.is_ok() && first.as_ref().ok() == replayed.as_ref().ok();
+    said.push(format!("same key replays: {same}"));
+    let other = stripe
+        .create_customer("P1", "other@example.com", "twin-cus")
+        .await;
+    said.push(format!("same key, other parameters: {}", kind(&other)));
+    let customer = first.unwrap_or_default();
+    let declined = stripe
+        .attach_payment_method("pm_card_chargeDeclined", &customer, "twin-declined")
+        .await;
+    said.push(format!("decline at attach: {}", kind(&declined)));
+    let again = stripe
+        .attach_payment_method("pm_card_chargeDeclined", &customer, "twin-declined")
+        .await;
+    said.push(format!("the decline replayed: {}", kind(&again)));
+    said
+}
+
+async fn stripe_rules_after_429(stripe: &dyn StripeApi) -> Vec<String> {
+    let mut said = Vec::new();
+    let limited = stripe
+        .create_customer("P1", "limited@example.com", "twin-limited")
+        .await;
+    said.push(format!("429: {}", kind(&limited)));
+    let retried = stripe
+        .create_customer("P1", "limited@example.com", "twin-limited")
+        .await;
+    said.push(format!("the key runs after a 429: {}", kind(&retried)));
+    let found = stripe.find_customer("P1", "limited@example.com").await;
+    let made = found.as_ref().is_ok_and(|f| f.is_some());
+    said.push(format!("and made the customer: {made}"));
+    said
+}
+
+fn kind<T>(answer: &Result<T, StripeFailure>) -> String {
+    match answer {
+        Ok(_) => "ok".into(),
+        Err(StripeFailure::Permanent(detail)) => format!("permanent {:?}", detail.code),
+        Err(StripeFailure::Transient(_)) => "transient".into(),
+        Err(StripeFailure::Unknown(_)) => "unknown".into(),
+        Err(StripeFailure::BudgetUnavailable(_)) => "budget".into(),
+    }
+}
+
+#[tokio::test]
+async fn the_memory_stripe_keeps_the_idempotency_rules_of_the_simulator() {
+    let sim = spawn().await;
+    let key = SecretString::from(KEY);
+    let gateway = Gateway::new(
+        &ClientOptions {
+            secret_key: &key,
+            api_base: &sim.base,
+            timeout: Duration::from_secs(5),
+            http2_prior_knowledge: false,
+        },
+        Arc::new(Unlimited),
+    )
+    .expect("a gateway");
+    let memory = MemoryStripe::new(1, Duration::from_secs(5), Trace::default());
+
+    let mut real = stripe_rules_before_429(&gateway).await;
+    sim.script("POST /v1/customers", json!([{"kind": "rate_limit"}]))
+        .await;
+    real.extend(stripe_rules_after_429(&gateway).await);
+    let mut fake = stripe_rules_before_429(&memory).await;
+    memory.script(&[StripeFault::RateLimited]);
+    fake.extend(stripe_rules_after_429(&memory).await);
+
+    assert_eq!(fake, real);
+    assert_eq!(
+        real,
+        [
+            "same key replays: true".to_owned(),
+            format!(
+                "same key, other parameters: permanent {:?}",
+                FailureCode::StripeRejected
+            ),
+            format!(
+                "decline at attach: permanent {:?}",
+                FailureCode::CardDeclined
+            ),
+            format!(
+                "the decline replayed: permanent {:?}",
+                FailureCode::CardDeclined
+            ),
+            "429: transient".to_owned(),
+            "the key runs after a 429: ok".to_owned(),
+            "and made the customer: true".to_owned(),
+        ]
+    );
+}

@@ -1,0 +1,533 @@
+//! One schedule: the world (broker, Redis, Stripe, a clock), the actors (intake, workers,
+//! `dlq replay`, the chaos), and what they did, drawn from one seed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use autorenew::config::PlanSettings;
+use autorenew::dlq::replay_clears;
+use autorenew::domain::Job;
+use autorenew::worker::job::{after_panic, handle};
+use autorenew::worker::memory::{
+    Faults, MemoryQueue, MemoryStore, MemoryStripe, QueueDelays, QueuedJob, Trace, VirtualClock,
+};
+use autorenew::worker::ports::Settle;
+use autorenew::worker::{JobContext, JobPorts, JobSettings, RetryPolicy};
+use tokio::sync::Semaphore;
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
+use crate::checks;
+
+/// The client's timeout to Stripe (`stripe.request_timeout_ms`).
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Twice the client's timeout, the least the configuration allows.
+const KEY_SWITCH_AFTER: Duration = Duration::from_secs(4);
+const LOCK_TTL: Duration = Duration::from_secs(3);
+/// Low, so that crashes and hand-backs reach it.
+const DELIVERY_LIMIT: u32 = 4;
+/// How long, after the chaos, the world may take to settle.
+const SETTLE_CAP: Duration = Duration::from_secs(6 * 3600);
+const PRICE: &str = "price_basic";
+
+/// What a schedule did and what it broke.
+pub struct Report {
+    pub violations: Vec<String>,
+    pub trace: Vec<String>,
+    pub summary: String,
+}
+
+pub fn run(seed: u64) -> Report {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("a current-thread runtime");
+    runtime.block_on(schedule(seed))
+}
+
+/// The shared systems of one schedule.
+#[derive(Clone)]
+pub struct World {
+    pub queue: MemoryQueue,
+    pub store: MemoryStore,
+    pub stripe: MemoryStripe,
+    pub clock: VirtualClock,
+    pub trace: Trace,
+}
+
+/// What the chaos does, and when (from the start of the schedule).
+#[derive(Debug, Clone)]
+enum Chaos {
+    Crash(usize),
+    RedisAway(Duration),
+    LoseStoreAnswers(u32),
+    DropLocks,
+    BrokerAway(Duration),
+    StripeOutage(Duration),
+    Replay,
+}
+
+/// A simulated worker process: its incarnations come and go with the crashes.
+#[derive(Default)]
+struct Process {
+    name: String,
+    alive: bool,
+    tasks: Vec<AbortHandle>,
+    running: BTreeSet<String>,
+}
+
+/// The actors' shared books.
+#[derive(Default)]
+pub struct Books {
+    /// payIds the intake acknowledged.
+    pub accepted: BTreeSet<String>,
+    /// Lock tokens of jobs that died with their worker (their locks expire by TTL).
+    pub crashed_tokens: BTreeSet<String>,
+    pub crashes: u32,
+    pub replays: u32,
+}
+
+async fn schedule(seed: u64) -> Report {
+    let trace = Trace::recording();
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let delays = QueueDelays {
+        retry: vec![
+            Duration::from_secs(1),
+            Duration::from_secs(4),
+            Duration::from_secs(10),
+        ],
+        // 5 ms to 500 ms, log-uniform: a copy that polls the lock often meets the moments
+        // between two calls of the job that holds it.
+        lock: Duration::from_micros((5_000.0 * 100_f64.powf(rng.f64())) as u64),
+        reconcile: Duration::from_secs(15),
+    };
+    let world = World {
+        queue: MemoryQueue::new(delays, DELIVERY_LIMIT, trace.clone()),
+        // Redis is sometimes slow: wider windows between two calls of one job.
+        store: MemoryStore::new(
+            rng.u64(..),
+            Duration::from_millis(rng.u64(1..=40)),
+            trace.clone(),
+        ),
+        stripe: MemoryStripe::new(rng.u64(..), CLIENT_TIMEOUT, trace.clone()),
+        clock: VirtualClock::new(1_800_000_000_000),
+        trace: trace.clone(),
+    };
+    world.stripe.add_price(PRICE, "prod_basic");
+    if rng.f64() < 0.5 {
+        // Latency spikes: a job's two calls to Redis may lie far apart.
+        world.store.set_stall_rate(0.05);
+    }
+
+    // The schedule's shape.
+    let job_count = rng.usize(2..=8);
+    let workers = rng.usize(1..=3);
+    let concurrency = rng.usize(1..=3);
+    let chaos_window = Duration::from_secs(rng.u64(10..=40));
+    let faults = Faults {
+        rate: rng.f64() * 0.5,
+        outage: false,
+        panic_rate: if rng.f64() < 0.3 { 0.02 } else { 0.0 },
+        client_timeout: CLIENT_TIMEOUT,
+    };
+    world.stripe.set_faults(faults.clone());
+    let jobs: Vec<Job> = (0..job_count)
+        .map(|n| {
+            let declined = rng.f64() < 0.1;
+            sample_job(n, rng.usize(..job_count), declined)
+        })
+        .collect();
+    let mut timeline: Vec<(Duration, Chaos)> = Vec::new();
+    let at =
+        |rng: &mut fastrand::Rng| Duration::from_millis(rng.u64(..chaos_window.as_millis() as u64));
+    for _ in 0..rng.usize(0..=6) {
+        timeline.push((at(&mut rng), Chaos::Crash(rng.usize(..workers))));
+    }
+    for _ in 0..rng.usize(0..=2) {
+        let away = Duration::from_millis(rng.u64(100..4_000));
+        timeline.push((at(&mut rng), Chaos::RedisAway(away)));
+    }
+    for _ in 0..rng.usize(0..=2) {
+        timeline.push((at(&mut rng), Chaos::LoseStoreAnswers(rng.u32(1..=3))));
+    }
+    if rng.f64() < 0.3 {
+        timeline.push((at(&mut rng), Chaos::DropLocks));
+    }
+    for _ in 0..rng.usize(0..=2) {
+        let away = Duration::from_millis(rng.u64(100..3_000));
+        timeline.push((at(&mut rng), Chaos::BrokerAway(away)));
+    }
+    for _ in 0..rng.usize(0..=2) {
+        let down = Duration::from_millis(rng.u64(1_000..15_000));
+        timeline.push((at(&mut rng), Chaos::StripeOutage(down)));
+    }
+    for _ in 0..rng.usize(0..=3) {
+        timeline.push((at(&mut rng), Chaos::Replay));
+    }
+    timeline.sort_by_key(|(when, _)| *when);
+    let late_replay = rng.f64() < 0.2;
+
+    let books = Arc::new(Mutex::new(Books::default()));
+    let processes: Vec<Arc<Mutex<Process>>> = (0..workers)
+        .map(|_| Arc::new(Mutex::new(Process::default())))
+        .collect();
+    let publishing = Arc::new(AtomicUsize::new(0));
+
+    // The intake: each job accepted once its publish is confirmed (the partner retries a 503),
+    // and sometimes published again.
+    for job in &jobs {
+        let first = Duration::from_millis(rng.u64(..3_000));
+        // Up to three more copies, as after claims' leases: each one races the first copy,
+        // and bounces through the lock-retry queue while it holds the lock.
+        let copies: Vec<Duration> = (0..rng.usize(0..=3))
+            .map(|_| Duration::from_millis(rng.u64(..20_000)))
+            .collect();
+        publishing.fetch_add(1, Ordering::SeqCst);
+        let (world, books, publishing) = (world.clone(), books.clone(), publishing.clone());
+        let body = job.encode();
+        let pay_id = job.pay_id.to_string();
+        tokio::spawn(async move {
+            tokio::time::sleep(first).await;
+            intake_publish(&world, &body, &pay_id).await;
+            lock(&books).accepted.insert(pay_id.clone());
+            for again in copies {
+                tokio::time::sleep(again).await;
+                world.trace.note("intake", || format!("republish {pay_id}"));
+                intake_publish(&world, &body, &pay_id).await;
+            }
+            publishing.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+    for (index, process) in processes.iter().enumerate() {
+        start(&world, process, index, 0, concurrency);
+    }
+
+    // The chaos, in order.
+    let started = Instant::now();
+    let over = Arc::new(AtomicBool::new(false));
+    let mut incarnations = vec![0_u32; workers];
+    for (when, chaos) in timeline.clone() {
+        tokio::time::sleep_until(started + when).await;
+        world.trace.note("chaos", || format!("{chaos:?}"));
+        match chaos {
+            Chaos::Crash(index) => {
+                if !crash(&world, &processes[index], &books) {
+                    continue;
+                }
+                incarnations[index] += 1;
+                let (world, process) = (world.clone(), processes[index].clone());
+                let restart = Duration::from_millis(rng.u64(200..3_000));
+                let incarnation = incarnations[index];
+                tokio::spawn(async move {
+                    tokio::time::sleep(restart).await;
+                    if !lock(&process).alive {
+                        start(&world, &process, index, incarnation, concurrency);
+                    }
+                });
+            }
+            Chaos::RedisAway(away) => {
+                world.store.set_away(true);
+                let store = world.store.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(away).await;
+                    store.set_away(false);
+                });
+            }
+            Chaos::LoseStoreAnswers(calls) => world.store.lose_answers(calls),
+            Chaos::DropLocks => world.store.drop_locks(),
+            Chaos::BrokerAway(away) => {
+                world.queue.set_down(true);
+                let queue = world.queue.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(away).await;
+                    queue.set_down(false);
+                });
+            }
+            Chaos::StripeOutage(down) => {
+                world.stripe.set_faults(Faults {
+                    outage: true,
+                    ..faults.clone()
+                });
+                let (stripe, faults, over) = (world.stripe.clone(), faults.clone(), over.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(down).await;
+                    // Once the chaos is over Stripe stays healthy.
+                    if !over.load(Ordering::SeqCst) {
+                        stripe.set_faults(faults);
+                    }
+                });
+            }
+            Chaos::Replay => replay(&world, &books).await,
+        }
+    }
+    tokio::time::sleep_until(started + chaos_window).await;
+
+    // Stripe recovers, every outage ends; what is left must settle.
+    world.trace.note("chaos", || "over: every fault off".into());
+    over.store(true, Ordering::SeqCst);
+    world.stripe.set_faults(Faults::none(CLIENT_TIMEOUT));
+    world.store.set_away(false);
+    world.queue.set_down(false);
+    // A crashed worker that had not come back yet does now.
+    for (index, process) in processes.iter().enumerate() {
+        if !lock(process).alive {
+            incarnations[index] += 1;
+            start(&world, process, index, incarnations[index], concurrency);
+        }
+    }
+    let mut violations = Vec::new();
+    let settled = settle(&world, &processes, &publishing).await;
+    if settled {
+        if late_replay {
+            // An operator replays the dead letters a day later: Stripe has forgotten the keys.
+            tokio::time::sleep(Duration::from_secs(25 * 3600)).await;
+        }
+        replay(&world, &books).await;
+        if !settle(&world, &processes, &publishing).await {
+            violations.push("the world did not settle after the last replay".into());
+        }
+    } else {
+        violations.push(format!(
+            "the world did not settle within {SETTLE_CAP:?} of the chaos"
+        ));
+    }
+    let books = lock(&books);
+    violations.extend(checks::invariants(&world, &books));
+    let counts = world.stripe.counts();
+    let summary = format!(
+        "{job_count} jobs, {workers} workers x {concurrency}, fault rate {:.2}, {} Stripe calls \
+         ({} faults, {} panics), {} crashes, {} replays",
+        faults.rate, counts.calls, counts.faults, counts.panics, books.crashes, books.replays
+    );
+    Report {
+        violations,
+        trace: trace.lines(),
+        summary,
+    }
+}
+
+fn sample_job(n: usize, person: usize, declined: bool) -> Job {
+    let pm = if declined {
+        format!("pm_chargeDeclined_{n}")
+    } else {
+        format!("pm_{n}")
+    };
+    let json = serde_json::json!({
+        "payId": format!("pay-{n}"),
+        "partnerCode": "partner1",
+        "email": format!("person{person}@example.com"),
+        "plan_id": "basic",
+        "pm_id": pm,
+        "payAmount": "9.99",
+        "amountMinor": 999,
+        "payCurrency": "usd",
+        "tradeType": "subscription",
+        "acceptedAt": "2027-01-15T08:00:00Z",
+        "requestId": format!("req-{n}"),
+    });
+    serde_json::from_value(json).expect("a valid job")
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Publishes until the broker confirms, as a partner retries a 503.
+async fn intake_publish(world: &World, body: &[u8], pay_id: &str) {
+    let intake = world.queue.named("intake");
+    while intake
+        .publish(QueuedJob::fresh(body.to_vec(), pay_id, 1))
+        .await
+        .is_err()
+    {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// `autorenew dlq replay`: every dead letter back on the jobs queue at attempt 1, its result
+/// cleared by the tool's own rule.
+async fn replay(world: &World, books: &Mutex<Books>) {
+    lock(books).replays += 1;
+    let replayer = world.queue.named("dlq");
+    for (letter, reason) in world.queue.take_dead_letters() {
+        if world.store.is_away() {
+            world.queue.return_dead_letter(letter, reason);
+            continue;
+        }
+        if let Ok(job) = Job::decode(&letter.body)
+            && let Some(result) = world.store.result(&job.pay_id)
+            && replay_clears(&result)
+        {
+            world.store.named("dlq").clear_result(&job.pay_id);
+        }
+        let copy = QueuedJob::fresh(letter.body.clone(), &letter.message_id, 1);
+        if replayer.publish(copy).await.is_err() {
+            world.queue.return_dead_letter(letter, reason);
+        }
+    }
+}
+
+fn job_settings() -> JobSettings {
+    JobSettings {
+        plans: BTreeMap::from([(
+            "basic".to_owned(),
+            PlanSettings {
+                price: Some(PRICE.into()),
+                interval: "month".into(),
+            },
+        )]),
+        payment_behavior: "allow_incomplete".into(),
+        retry: RetryPolicy {
+            step_retries: 2,
+            min_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+            jitter: false,
+        },
+        lock_ttl: LOCK_TTL,
+        key_switch_after: KEY_SWITCH_AFTER,
+        delivery_limit: DELIVERY_LIMIT,
+        prices: Mutex::default(),
+    }
+}
+
+/// Starts a worker process's incarnation: its consumer loop, under a fresh name (the broker
+/// tracks unacked deliveries by consumer) and a fresh price cache.
+fn start(
+    world: &World,
+    process: &Arc<Mutex<Process>>,
+    index: usize,
+    incarnation: u32,
+    concurrency: usize,
+) {
+    let name = format!("w{index}.{incarnation}");
+    world.trace.note(&name, || "starts".into());
+    let ctx = Arc::new(JobContext {
+        ports: JobPorts {
+            queue: Arc::new(world.queue.named(&name)),
+            store: Arc::new(world.store.named(&name)),
+            stripe: Arc::new(world.stripe.named(&name)),
+            clock: Arc::new(world.clock),
+        },
+        settings: job_settings(),
+    });
+    let consumer = tokio::spawn(consume(
+        world.clone(),
+        process.clone(),
+        name.clone(),
+        ctx,
+        concurrency,
+    ));
+    let mut process = lock(process);
+    process.name = name;
+    process.alive = true;
+    process.tasks = vec![consumer.abort_handle()];
+    process.running.clear();
+}
+
+/// The consumer loop: a job task per delivery, at most `concurrency` at once; after a job
+/// found Redis away it pauses until Redis answers, as the real consumer does.
+async fn consume(
+    world: World,
+    process: Arc<Mutex<Process>>,
+    name: String,
+    ctx: Arc<JobContext>,
+    concurrency: usize,
+) {
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let trouble = Arc::new(AtomicBool::new(false));
+    let mut count = 0_u32;
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        while trouble.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            if !world.store.is_away() {
+                trouble.store(false, Ordering::SeqCst);
+            }
+        }
+        let delivery = world.queue.receive(&name).await;
+        count += 1;
+        let token = format!("{name}/{count}");
+        let (world, process_ref, ctx, trouble) =
+            (world.clone(), process.clone(), ctx.clone(), trouble.clone());
+        lock(&process).running.insert(token.clone());
+        let task = tokio::spawn(async move {
+            let incoming = Arc::new(delivery.incoming);
+            // Like `worker::run_job`: the job in a task of its own, so a panic ends it the
+            // way `after_panic` says.
+            let inner = {
+                let (ctx, incoming, token) = (ctx.clone(), incoming.clone(), token.clone());
+                tokio::spawn(async move { handle(&ctx, &incoming, &token).await })
+            };
+            lock(&process_ref).tasks.push(inner.abort_handle());
+            let handled = match inner.await {
+                Ok(handled) => handled,
+                Err(error) if error.is_panic() => {
+                    world.trace.note(&token, || "job panicked".into());
+                    after_panic(&ctx, &incoming, &token).await
+                }
+                Err(_) => return,
+            };
+            world.trace.note(&token, || {
+                format!("handled: {} {:?}", handled.label, handled.settle)
+            });
+            if handled.label == "handed_back" {
+                trouble.store(true, Ordering::SeqCst);
+            }
+            match handled.settle {
+                Settle::Ack => world.queue.ack(delivery.tag),
+                Settle::Requeue => world.queue.nack(delivery.tag),
+            }
+            lock(&process_ref).running.remove(&token);
+            drop(permit);
+        });
+        lock(&process).tasks.push(task.abort_handle());
+    }
+}
+
+/// Kills a worker process at whatever await its tasks are in: its unacked deliveries come
+/// back, its locks stay until their TTL.
+fn crash(world: &World, process: &Mutex<Process>, books: &Mutex<Books>) -> bool {
+    let mut process = lock(process);
+    if !process.alive {
+        return false;
+    }
+    for task in process.tasks.drain(..) {
+        task.abort();
+    }
+    process.alive = false;
+    let mut books = lock(books);
+    books.crashes += 1;
+    books
+        .crashed_tokens
+        .extend(std::mem::take(&mut process.running));
+    world.queue.consumer_lost(&process.name);
+    true
+}
+
+/// Waits until nothing is left to do: queues empty, no job running, no Stripe request in
+/// flight, the intake done. False if that takes longer than the cap.
+async fn settle(
+    world: &World,
+    processes: &[Arc<Mutex<Process>>],
+    publishing: &AtomicUsize,
+) -> bool {
+    let deadline = Instant::now() + SETTLE_CAP;
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let running: usize = processes.iter().map(|p| lock(p).running.len()).sum();
+        if running == 0
+            && world.queue.is_idle()
+            && world.stripe.in_flight() == 0
+            && publishing.load(Ordering::SeqCst) == 0
+        {
+            world.trace.note("sim", || "settled".into());
+            return true;
+        }
+    }
+    false
+}
