@@ -17,9 +17,12 @@ use super::memory::{
 use super::ports::{CreateSent, Incoming, JobStart, JobStore, Settle, StripeApi};
 use super::{JobContext, JobPorts, JobSettings, RetryPolicy};
 use crate::config::{PlanSettings, Settings};
+use crate::domain::job::JOB_MESSAGE_TYPE;
 use crate::domain::{FailureCode, FinalResult, Job, PayId};
 use crate::store::StoreError;
-use crate::stripe::{Attached, NewSubscription, PriceSpec, StripeFailure, Subscribed};
+use crate::stripe::{
+    Attached, CreatedCustomer, NewCustomer, NewSubscription, PriceSpec, StripeFailure, Subscribed,
+};
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 const DELIVERY_LIMIT: u32 = 5;
@@ -55,11 +58,10 @@ impl StripeApi for Scripted {
 
     fn create_customer<'a>(
         &'a self,
-        partner_code: &'a str,
-        email: &'a str,
+        new: &'a NewCustomer<'a>,
         key: &'a str,
-    ) -> BoxFuture<'a, Result<String, StripeFailure>> {
-        self.inner.create_customer(partner_code, email, key)
+    ) -> BoxFuture<'a, Result<CreatedCustomer, StripeFailure>> {
+        self.inner.create_customer(new, key)
     }
 
     fn attach_payment_method<'a>(
@@ -70,16 +72,6 @@ impl StripeApi for Scripted {
     ) -> BoxFuture<'a, Result<Attached, StripeFailure>> {
         self.inner
             .attach_payment_method(payment_method, customer, key)
-    }
-
-    fn set_default_payment_method<'a>(
-        &'a self,
-        customer: &'a str,
-        payment_method: &'a str,
-        key: &'a str,
-    ) -> BoxFuture<'a, Result<(), StripeFailure>> {
-        self.inner
-            .set_default_payment_method(customer, payment_method, key)
     }
 
     fn price_product<'a>(&'a self, price: &'a str) -> BoxFuture<'a, Result<String, StripeFailure>> {
@@ -171,6 +163,40 @@ impl Watched {
 }
 
 impl JobStore for Watched {
+    fn customer_of<'a>(
+        &'a self,
+        partner: &'a str,
+        email: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
+        self.inner.customer_of(partner, email)
+    }
+
+    fn remember_customer<'a>(
+        &'a self,
+        partner: &'a str,
+        email: &'a str,
+        customer: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.inner.remember_customer(partner, email, customer)
+    }
+
+    fn lock_price<'a>(
+        &'a self,
+        lookup_key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        self.inner.lock_price(lookup_key, token, ttl)
+    }
+
+    fn unlock_price<'a>(
+        &'a self,
+        lookup_key: &'a str,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.inner.unlock_price(lookup_key, token)
+    }
+
     fn begin<'a>(
         &'a self,
         pay_id: &'a PayId,
@@ -272,6 +298,7 @@ fn bench() -> Bench {
         )]),
         payment_behavior: "allow_incomplete".into(),
         retry: RetryPolicy {
+            stop: tokio_util::sync::CancellationToken::new(),
             step_retries: 2,
             min_delay: Duration::from_millis(100),
             max_delay: Duration::from_secs(1),
@@ -321,6 +348,7 @@ fn job() -> Job {
 /// A first delivery of a first publish (the intake's, or a replay's).
 fn first_delivery(job: &Job) -> Incoming {
     Incoming {
+        kind: JOB_MESSAGE_TYPE.to_owned(),
         body: job.encode(),
         message_id: job.pay_id.to_string(),
         attempt: 1,
@@ -334,14 +362,16 @@ fn first_delivery(job: &Job) -> Incoming {
 /// attached card, and (when `subscribed`) the subscription under `ar-pay-1-sub-g<generation>`.
 async fn earlier_run(bench: &Bench, job: &Job, generation: u32, subscribed: bool) -> CreateSent {
     let stripe = &bench.stripe;
+    let new = NewCustomer {
+        partner_code: "partner1",
+        email: job.email.as_str(),
+        payment_method: "pm_1",
+    };
     let customer = stripe
-        .create_customer("partner1", job.email.as_str(), "earlier-customer")
+        .create_customer(&new, "earlier-customer")
         .await
-        .expect("a customer");
-    stripe
-        .attach_payment_method("pm_1", &customer, "earlier-attach")
-        .await
-        .expect("attached");
+        .expect("a customer with the card attached")
+        .id;
     let sent = CreateSent {
         generation,
         sent_at_ms: EPOCH_MS,

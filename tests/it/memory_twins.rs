@@ -8,7 +8,7 @@ use std::time::Duration;
 use autorenew::config::RedisSettings;
 use autorenew::domain::{FailureCode, FinalResult, PayId};
 use autorenew::store::Store;
-use autorenew::stripe::{ClientOptions, Gateway, StripeFailure, Unlimited};
+use autorenew::stripe::{ClientOptions, Gateway, NewCustomer, StripeFailure, Unlimited};
 use autorenew::worker::memory::{MemoryStore, MemoryStripe, StripeFault, Trace};
 use autorenew::worker::ports::{CreateSent, JobStore, StripeApi};
 use secrecy::SecretString;
@@ -125,19 +125,19 @@ async fn the_memory_store_answers_the_job_path_like_redis() {
 /// the two halves the caller scripts a 429 for the next customer create.
 async fn stripe_rules_before_429(stripe: &dyn StripeApi) -> Vec<String> {
     let mut said = Vec::new();
-    let first = stripe
-        .create_customer("P1", "twin@example.com", "twin-cus")
-        .await;
-    let replayed = stripe
-        .create_customer("P1", "twin@example.com", "twin-cus")
-        .await;
+    let twin = new_customer("twin@example.com", "pm_twin_first");
+    let first = stripe.create_customer(&twin, "twin-cus").await;
+    let replayed = stripe.create_customer(&twin, "twin-cus").await;
     let same = first.is_ok() && first.as_ref().ok() == replayed.as_ref().ok();
     said.push(format!("same key replays: {same}"));
     let other = stripe
-        .create_customer("P1", "other@example.com", "twin-cus")
+        .create_customer(
+            &new_customer("other@example.com", "pm_twin_other"),
+            "twin-cus",
+        )
         .await;
     said.push(format!("same key, other parameters: {}", kind(&other)));
-    let customer = first.unwrap_or_default();
+    let customer = first.map(|made| made.id).unwrap_or_default();
     let declined = stripe
         .attach_payment_method("pm_card_chargeDeclined", &customer, "twin-declined")
         .await;
@@ -151,18 +151,27 @@ async fn stripe_rules_before_429(stripe: &dyn StripeApi) -> Vec<String> {
 
 async fn stripe_rules_after_429(stripe: &dyn StripeApi) -> Vec<String> {
     let mut said = Vec::new();
+    let limited_customer = new_customer("limited@example.com", "pm_twin_limited");
     let limited = stripe
-        .create_customer("P1", "limited@example.com", "twin-limited")
+        .create_customer(&limited_customer, "twin-limited")
         .await;
     said.push(format!("429: {}", kind(&limited)));
     let retried = stripe
-        .create_customer("P1", "limited@example.com", "twin-limited")
+        .create_customer(&limited_customer, "twin-limited")
         .await;
     said.push(format!("the key runs after a 429: {}", kind(&retried)));
     let found = stripe.find_customer("P1", "limited@example.com").await;
     let made = found.as_ref().is_ok_and(|f| f.is_some());
     said.push(format!("and made the customer: {made}"));
     said
+}
+
+fn new_customer<'a>(email: &'a str, payment_method: &'a str) -> NewCustomer<'a> {
+    NewCustomer {
+        partner_code: "P1",
+        email,
+        payment_method,
+    }
 }
 
 fn kind<T>(answer: &Result<T, StripeFailure>) -> String {

@@ -385,6 +385,7 @@ fn job_settings() -> JobSettings {
             min_delay: Duration::from_millis(100),
             max_delay: Duration::from_secs(1),
             jitter: false,
+            stop: tokio_util::sync::CancellationToken::new(),
         },
         lock_ttl: LOCK_TTL,
         key_switch_after: KEY_SWITCH_AFTER,

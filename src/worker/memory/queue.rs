@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use super::Trace;
 use crate::broker::BrokerError;
 use crate::domain::ResultEvent;
+use crate::domain::job::JOB_MESSAGE_TYPE;
 use crate::worker::ports::{Incoming, JobQueue, Wait};
 
 /// How long a publish takes to reach the broker, and its confirm to come back.
@@ -71,6 +72,7 @@ impl QueuedJob {
 
     fn incoming(&self) -> Incoming {
         Incoming {
+            kind: JOB_MESSAGE_TYPE.to_owned(),
             body: self.body.clone(),
             message_id: self.message_id.clone(),
             attempt: self.attempt,

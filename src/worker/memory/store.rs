@@ -42,6 +42,10 @@ impl Keys {
 #[derive(Debug, Default)]
 struct State {
     keys: BTreeMap<String, Keys>,
+    /// (partner, email) → the Stripe customer remembered for them.
+    customers: BTreeMap<(String, String), String>,
+    /// lookup key → the price lock's token and expiry.
+    price_locks: BTreeMap<String, (String, Instant)>,
     away: bool,
     /// Calls left whose answer is lost after they ran.
     lose_answers: u32,
@@ -167,6 +171,26 @@ impl MemoryStore {
         op: impl FnOnce(&mut Keys, Instant) -> T,
         show: impl FnOnce(&T) -> String,
     ) -> Result<T, StoreError> {
+        let key = pay_id.to_string();
+        self.call_on(
+            pay_id.as_str(),
+            name,
+            move |state, now| op(state.keys.entry(key).or_default(), now),
+            show,
+        )
+        .await
+    }
+
+    /// One call on the whole state (keys other than a payId's), with the same round trip and
+    /// failure rules.
+    async fn call_on<T>(
+        &self,
+        label: &str,
+        name: &str,
+        op: impl FnOnce(&mut State, Instant) -> T,
+        show: impl FnOnce(&T) -> String,
+    ) -> Result<T, StoreError> {
+        let pay_id = label;
         let round_trip = {
             let mut state = self.state();
             let (max, stall_rate) = (state.round_trip_max_ms, state.stall_rate);
@@ -186,8 +210,7 @@ impl MemoryStore {
             } else {
                 let lost = state.lose_answers > 0;
                 state.lose_answers = state.lose_answers.saturating_sub(1);
-                let keys = state.keys.entry(pay_id.to_string()).or_default();
-                Some((op(keys, Instant::now()), lost))
+                Some((op(&mut state, Instant::now()), lost))
             }
         };
         let Some((answer, lost)) = ran else {
@@ -212,6 +235,87 @@ impl MemoryStore {
 }
 
 impl JobStore for MemoryStore {
+    fn customer_of<'a>(
+        &'a self,
+        partner: &'a str,
+        email: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
+        let key = (partner.to_owned(), email.to_owned());
+        self.call_on(
+            email,
+            "customer_of",
+            move |state, _| state.customers.get(&key).cloned(),
+            |found| format!("{found:?}"),
+        )
+        .boxed()
+    }
+
+    fn remember_customer<'a>(
+        &'a self,
+        partner: &'a str,
+        email: &'a str,
+        customer: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let key = (partner.to_owned(), email.to_owned());
+        self.call_on(
+            email,
+            "remember_customer",
+            move |state, _| {
+                state.customers.insert(key, customer.to_owned());
+            },
+            move |()| customer.to_owned(),
+        )
+        .boxed()
+    }
+
+    fn lock_price<'a>(
+        &'a self,
+        lookup_key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        self.call_on(
+            lookup_key,
+            "lock_price",
+            move |state, now| {
+                let held = state
+                    .price_locks
+                    .get(lookup_key)
+                    .is_some_and(|(_, expires)| *expires > now);
+                if !held {
+                    state
+                        .price_locks
+                        .insert(lookup_key.to_owned(), (token.to_owned(), now + ttl));
+                }
+                !held
+            },
+            move |locked| format!("{token} {locked}"),
+        )
+        .boxed()
+    }
+
+    fn unlock_price<'a>(
+        &'a self,
+        lookup_key: &'a str,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.call_on(
+            lookup_key,
+            "unlock_price",
+            move |state, _| {
+                if state
+                    .price_locks
+                    .get(lookup_key)
+                    .is_some_and(|(holder, _)| holder == token)
+                {
+                    state.price_locks.remove(lookup_key);
+                }
+            },
+            move |()| token.to_owned(),
+        )
+        .boxed()
+    }
+
     fn begin<'a>(
         &'a self,
         pay_id: &'a PayId,

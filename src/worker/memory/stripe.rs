@@ -25,7 +25,9 @@ use tokio::time::Instant;
 
 use super::Trace;
 use crate::domain::{FailureCode, FailureDetail};
-use crate::stripe::{Attached, NewSubscription, PriceSpec, StripeFailure, Subscribed};
+use crate::stripe::{
+    Attached, CreatedCustomer, NewCustomer, NewSubscription, PriceSpec, StripeFailure, Subscribed,
+};
 use crate::worker::ports::StripeApi;
 
 /// How long Stripe remembers an idempotency key.
@@ -83,14 +85,16 @@ const FAULTS: [Fault; 7] = [
 /// A write's answer, as Stripe stores it for the key.
 #[derive(Debug, Clone)]
 enum Reply {
-    Id(String),
+    Customer(CreatedCustomer),
     Attached(Attached),
-    Done,
     Price(String, String),
     Sub(Subscribed),
     Refused(FailureDetail),
     ServerError,
     Conflict,
+    /// The key was used before with other parameters: Stripe's 400 `idempotency_error`, which
+    /// the gateway reads as an unknown outcome to look up.
+    OtherParameters,
 }
 
 #[derive(Debug, Clone)]
@@ -348,6 +352,9 @@ impl MemoryStripe {
                 "409: a request with this key is in progress".into(),
             )),
             Ok(Ok(Reply::Refused(detail))) => Err(StripeFailure::Permanent(detail)),
+            Ok(Ok(Reply::OtherParameters)) => Err(StripeFailure::Unknown(
+                "400 idempotency_error: the key was used with other parameters".into(),
+            )),
             Ok(Ok(reply)) => Ok(reply),
         };
         self.note(|| format!("{what} [{key}] client: {reply:?}"));
@@ -377,15 +384,7 @@ impl MemoryStripe {
                 .cloned();
             if let Some(record) = remembered {
                 let reply = if record.params != params {
-                    Reply::Refused(FailureDetail {
-                        code: FailureCode::StripeRejected,
-                        message: format!(
-                            "Keys for idempotent requests can only be used with the same \
-                             parameters they were first used with ({key})"
-                        ),
-                        stripe_code: None,
-                        decline_code: None,
-                    })
+                    Reply::OtherParameters
                 } else {
                     match record.state {
                         KeyState::InFlight => Reply::Conflict,
@@ -468,24 +467,58 @@ impl StripeApi for MemoryStripe {
 
     fn create_customer<'a>(
         &'a self,
-        partner_code: &'a str,
-        email: &'a str,
+        new: &'a NewCustomer<'a>,
         key: &'a str,
-    ) -> BoxFuture<'a, Result<String, StripeFailure>> {
-        let partner = partner_code.to_owned();
-        let mail = email.to_owned();
+    ) -> BoxFuture<'a, Result<CreatedCustomer, StripeFailure>> {
+        let partner = new.partner_code.to_owned();
+        let mail = new.email.to_owned();
+        let method = new.payment_method.to_owned();
         async move {
+            // Created with the method attached and made its default, in one call: a decline or
+            // a method of another customer refuses the whole create, and nothing is made.
             let effect: Effect = Box::new(move |world| {
+                if method.contains("chargeDeclined") {
+                    return Reply::Refused(FailureDetail {
+                        code: FailureCode::CardDeclined,
+                        message: "Your card was declined.".into(),
+                        stripe_code: Some("card_declined".into()),
+                        decline_code: Some("generic_decline".into()),
+                    });
+                }
+                if world.methods.contains_key(&method) {
+                    return refused(
+                        FailureCode::PaymentMethodUnavailable,
+                        "the payment method is attached to another customer",
+                        None,
+                    );
+                }
                 let id = world.id("cus");
                 world.customers.insert(id.clone(), (partner, mail));
-                Reply::Id(id)
+                world.methods.insert(method.clone(), id.clone());
+                Reply::Customer(CreatedCustomer {
+                    id,
+                    payment_method: method,
+                })
             });
-            let params = params(&[("email", email), ("metadata[partnerCode]", partner_code)]);
+            let params = params(&[
+                ("email", new.email),
+                ("metadata[partnerCode]", new.partner_code),
+                ("payment_method", new.payment_method),
+                (
+                    "invoice_settings[default_payment_method]",
+                    new.payment_method,
+                ),
+            ]);
             match self
-                .write(format!("create_customer {email}"), key, params, effect)
+                .write(
+                    format!("create_customer {}", new.email),
+                    key,
+                    params,
+                    effect,
+                )
                 .await?
             {
-                Reply::Id(id) => Ok(id),
+                Reply::Customer(created) => Ok(created),
                 other => Err(unexpected(other)),
             }
         }
@@ -545,37 +578,6 @@ impl StripeApi for MemoryStripe {
                 .await?
             {
                 Reply::Attached(attached) => Ok(attached),
-                other => Err(unexpected(other)),
-            }
-        }
-        .boxed()
-    }
-
-    fn set_default_payment_method<'a>(
-        &'a self,
-        customer: &'a str,
-        payment_method: &'a str,
-        key: &'a str,
-    ) -> BoxFuture<'a, Result<(), StripeFailure>> {
-        let owner = customer.to_owned();
-        async move {
-            let effect: Effect = Box::new(move |world| {
-                if world.customers.contains_key(&owner) {
-                    Reply::Done
-                } else {
-                    refused(
-                        FailureCode::StripeRejected,
-                        "No such customer",
-                        Some("resource_missing"),
-                    )
-                }
-            });
-            let params = params(&[("invoice_settings[default_payment_method]", payment_method)]);
-            match self
-                .write(format!("set_default {customer}"), key, params, effect)
-                .await?
-            {
-                Reply::Done => Ok(()),
                 other => Err(unexpected(other)),
             }
         }
@@ -681,6 +683,7 @@ impl StripeApi for MemoryStripe {
                         id: sub.id.clone(),
                         status: "active".into(),
                         product_id: sub.product.clone(),
+                        pay_method: "card".into(),
                     }))
             },
         )
@@ -731,6 +734,7 @@ impl StripeApi for MemoryStripe {
                     id,
                     status: "active".into(),
                     product_id: product,
+                    pay_method: "card".into(),
                 })
             });
             let mut params = params(&[
