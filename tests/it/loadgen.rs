@@ -271,3 +271,43 @@ async fn queue_exists(queue: &str) -> bool {
     let _ = connection.close(200, "done".into()).await;
     exists
 }
+
+/// `--renewals`: the whole stack (simulator with webhooks to the intake, a worker), creations
+/// followed, then two periods; every subscription created active is announced renewed twice,
+/// and the jobs whose card declined are not expected to renew.
+#[tokio::test]
+async fn renewals_are_followed_for_every_active_subscription() {
+    use autorenew::sim::faults::FaultConfig;
+    let mut stack = crate::worker::stack::Stack::start_with_webhooks(FaultConfig::default()).await;
+    stack.spawn_worker().await;
+    let report = run(
+        &stack.settings,
+        &[
+            "--target",
+            &stack.intake.address,
+            "--requests",
+            "20",
+            "--concurrency",
+            "4",
+            "--decline-share",
+            "0.25",
+            "--renewals",
+            "2",
+            "--result-timeout",
+            "30s",
+        ],
+    )
+    .await;
+    let results = report.results.as_ref().expect("followed");
+    let active = results.outcomes.get("active").copied().unwrap_or(0);
+    assert!(active > 0 && active < 20, "{:?}", results.outcomes);
+    let renewals = results.renewals.as_ref().expect("renewals followed");
+    assert_eq!(renewals.subscriptions, active);
+    assert_eq!(renewals.renewed_every_period, active, "{renewals:?}");
+    assert_eq!(renewals.missing, 0);
+    assert_eq!(renewals.renewed_events, 2 * active);
+    assert!(renewals.to_last_event_ms.is_some());
+    assert_eq!(results.duplicate_events.different_id, 0);
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    stack.teardown().await;
+}
