@@ -94,6 +94,12 @@ pub struct LoadgenArgs {
     #[arg(long, value_name = "URL", requires = "renewals")]
     pub sim: Option<url::Url>,
 
+    /// POST signed Stripe events (`invoice.paid`, one id each) to the intake's `/stripe/webhook`
+    /// instead of partner requests: the intake's webhook figure. Signed with the first of
+    /// `stripe.webhook_secrets`; nothing to follow.
+    #[arg(long, conflicts_with_all = ["baseline", "renewals", "duplicate_share", "conflict_share", "invalid_share", "decline_share"])]
+    pub webhooks: bool,
+
     /// Measure the intake only; do not wait for result events.
     #[arg(long)]
     pub no_follow: bool,
@@ -174,6 +180,8 @@ pub enum Mode {
     Http {
         target: url::Url,
         follow: Option<FollowSpec>,
+        /// `--webhooks`: signed Stripe events to `/stripe/webhook`, with this secret.
+        webhook_secret: Option<SecretString>,
         /// `--renewals`: how many periods, and the simulator to advance.
         renewals: Option<(u32, url::Url)>,
     },
@@ -240,7 +248,14 @@ impl Plan {
             }
         } else {
             let target = target(settings, args)?;
-            let follow = (!args.no_follow).then(|| FollowSpec {
+            let webhook_secret = match (args.webhooks, settings.stripe.webhook_secrets.first()) {
+                (false, _) => None,
+                (true, Some(secret)) => Some(secret.clone()),
+                (true, None) => {
+                    bail!("--webhooks signs with `stripe.webhook_secrets`: none is set")
+                }
+            };
+            let follow = (!args.no_follow && !args.webhooks).then(|| FollowSpec {
                 amqp_url: settings.amqp.url.clone(),
                 exchange: format!("{}.results", settings.amqp.prefix),
                 partner,
@@ -254,6 +269,7 @@ impl Plan {
             Mode::Http {
                 target,
                 follow,
+                webhook_secret,
                 renewals,
             }
         };
@@ -375,6 +391,7 @@ pub async fn execute(plan: &Plan, shutdown: &CancellationToken) -> anyhow::Resul
         Mode::Http {
             target,
             follow,
+            webhook_secret,
             renewals,
         } => {
             let connections = match plan.pacing {
@@ -385,6 +402,7 @@ pub async fn execute(plan: &Plan, shutdown: &CancellationToken) -> anyhow::Resul
                 target,
                 connections,
                 plan.request_timeout,
+                webhook_secret.clone(),
             )?);
             // Bound before the first request, so no result event can slip past unseen.
             let follower = match follow {

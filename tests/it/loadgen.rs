@@ -311,3 +311,19 @@ async fn renewals_are_followed_for_every_active_subscription() {
     assert!(report.failures.is_empty(), "{:?}", report.failures);
     stack.teardown().await;
 }
+
+/// `--webhooks`: signed Stripe events, each of its own id, all taken by the intake.
+#[tokio::test]
+async fn webhook_load_is_taken_event_by_event() {
+    let mut settings = test_settings(SHARED_AMQP, SHARED_REDIS);
+    settings.stripe.webhook_secrets = vec![secrecy::SecretString::from("whsec_loadgen_test")];
+    let app = TestApp::spawn_with(settings.clone()).await;
+    let report = run(
+        &settings,
+        &["--target", &app.address, "--webhooks", "--requests", "30"],
+    )
+    .await;
+    assert_eq!(answers(&report, "200 S"), 30, "{:?}", report.answers);
+    assert!(report.results.is_none());
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+}
