@@ -183,7 +183,7 @@ pub enum Mode {
         /// `--webhooks`: signed Stripe events to `/stripe/webhook`, with this secret.
         webhook_secret: Option<SecretString>,
         /// `--renewals`: how many periods, and the simulator to advance.
-        renewals: Option<(u32, url::Url)>,
+        renewals: Option<Box<(u32, url::Url)>>,
     },
     /// Confirmed publishes to a scratch quorum queue, deleted at the end.
     Baseline {
@@ -264,7 +264,7 @@ impl Plan {
             let renewals = match args.renewals {
                 None => None,
                 Some(0) => bail!("--renewals must be above 0"),
-                Some(periods) => Some((periods, simulator(settings, args)?)),
+                Some(periods) => Some(Box::new((periods, simulator(settings, args)?))),
             };
             Mode::Http {
                 target,
@@ -437,9 +437,9 @@ pub async fn execute(plan: &Plan, shutdown: &CancellationToken) -> anyhow::Resul
                         .collect();
                     progress.following(expected.len() as u64);
                     let renewed = match renewals {
-                        Some((periods, sim)) => Some(
+                        Some(renewals) => Some(
                             follower
-                                .follow_renewals(&expected, *periods, sim, shutdown)
+                                .follow_renewals(&expected, renewals.0, &renewals.1, shutdown)
                                 .await?,
                         ),
                         None => None,
