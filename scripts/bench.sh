@@ -6,6 +6,7 @@
 #
 #   scripts/bench.sh            # all figures (about 7 minutes)
 #   scripts/bench.sh intake     # one of: intake e2e budget latency calls (= calls-count + calls-rate)
+#                               #   webhooks renewals
 #   PROFILE=debug scripts/bench.sh calls   # the debug build (the Stripe-bound figures hold in it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -235,6 +236,51 @@ elapsed = results / report["results"]["completed_per_s"]
 print(f"| {label} | {results/elapsed:.1f} jobs/s ({results} results in {elapsed:.1f} s; {calls/elapsed:.1f} calls/s, {calls/results:.2f} calls/job); 429s {limited} of {calls} = {limited/calls:.2%} | {target} |")
 PY
 )"
+    stop_all
+  done
+fi
+
+if [ "$only" = all ] || [ "$only" = webhooks ]; then
+  # 7. Stripe's webhooks at the intake alone: signed events, each of its own id, taken with its
+  #    confirm (and its Redis claim and mark), closed loop 64.
+  scenario_env webhooks; export AUTORENEW__STRIPE__WEBHOOK_SECRETS=whsec_bench; start_intake
+  loadgen --webhooks --concurrency 64 --requests 3000 >/dev/null   # warm-up
+  loadgen --webhooks --concurrency 64 --requests 20000 > /tmp/$RUN-webhooks.json
+  taken=$(json /tmp/$RUN-webhooks.json "round(r['throughput']['accepted_per_s'])")
+  p99=$(json /tmp/$RUN-webhooks.json "r['latency_ms']['accepted']['p99']")
+  row "| webhook events taken/s (signed, each confirmed), closed loop 64, 20000 events | $taken/s (p99 ${p99} ms) | |"
+  unset AUTORENEW__STRIPE__WEBHOOK_SECRETS
+  stop_all
+fi
+
+if [ "$only" = all ] || [ "$only" = renewals ]; then
+  # 8. Renewals end to end on `autorenew run` (its simulator's webhooks come to its intake):
+  #    1000 subscriptions created, the clock moved one period, every renewal announced; the
+  #    worker's budget unlimited, then 100 calls/s. The Stripe calls a renewal costs are the
+  #    worker's `subscriptions.retrieve` calls (creations make none).
+  # No Stripe key: `run` starts its own simulator (an earlier scenario exported one).
+  unset AUTORENEW__STRIPE__SECRET_KEY AUTORENEW__STRIPE__API_BASE AUTORENEW__STRIPE__HTTP2_PRIOR_KNOWLEDGE
+  for budget in 1000000 100; do
+    scenario_env "renew$budget"
+    sim_port=$(free_port); worker_port=$(free_port)
+    AUTORENEW__STRIPE__MAX_REQUESTS_PER_SECOND=$budget AUTORENEW__WORKER__LISTEN="127.0.0.1:$worker_port" \
+      "$BIN" run --sim-listen "127.0.0.1:$sim_port" >/dev/null 2>&1 & pids+=($!)
+    wait_http "$INTAKE/readyz"
+    loadgen --concurrency 64 --requests 1000 --renewals 1 --sim "http://127.0.0.1:$sim_port" \
+      --result-timeout 400s > /tmp/$RUN-renew$budget.json
+    retrieves=$(curl -fs "http://127.0.0.1:$worker_port/metrics" |
+      awk '/^autorenew_stripe_requests_total/ && /subscriptions.retrieve/ {n += $NF} END {print n + 0}')
+    python3 - /tmp/$RUN-renew$budget.json "$budget" "$retrieves" > /tmp/$RUN-renew$budget.row <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))["results"]["renewals"]
+budget = "unlimited" if sys.argv[2] == "1000000" else f"{sys.argv[2]}/s"
+events = r["renewed_events"] + r["renewal_failed_events"]
+print(f"| renewals end to end, {r['subscriptions']} subscriptions, 1 period, budget {budget} | "
+      f"{r['renewals_per_s']:.0f} renewals/s ({events} in {r['to_last_event_ms']/1000:.2f} s from the advance, "
+      f"of which the advance {r['advance_ms']/1000:.2f} s); missing {r['missing']}; "
+      f"Stripe calls a renewal {int(sys.argv[3]) / max(events, 1):.2f} | 0 calls |")
+PY
+    row "$(cat /tmp/$RUN-renew$budget.row)"
     stop_all
   done
 fi

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use crate::dlq::DlqArgs;
 use crate::loadgen::LoadgenArgs;
 use crate::probe::ProbeArgs;
+use crate::reconcile::ReconcileArgs;
 use crate::run::RunArgs;
 use crate::sign_tool::SignArgs;
 use crate::sim::SimArgs;
@@ -41,6 +42,8 @@ pub enum Command {
     Worker,
     /// List the dead letters, or replay them into the jobs queue.
     Dlq(DlqArgs),
+    /// Feed the Stripe events the intake missed (listed over a window) through its webhook.
+    Reconcile(ReconcileArgs),
     /// Run the built-in Stripe simulator (the stand-in for Stripe's API in demos and tests).
     StripeSim(SimArgs),
     /// Print signContent and the sign of a JSON body read from stdin.

@@ -31,6 +31,7 @@ pub mod domain;
 pub mod intake;
 pub mod loadgen;
 pub mod probe;
+pub mod reconcile;
 pub mod run;
 pub mod sign_tool;
 pub mod sim;

@@ -5,7 +5,9 @@ use tokio_util::sync::CancellationToken;
 
 use autorenew::cli::{Cli, Command};
 use autorenew::config::Settings;
-use autorenew::{dlq, intake, loadgen, probe, run as run_all, sign_tool, sim, telemetry, worker};
+use autorenew::{
+    dlq, intake, loadgen, probe, reconcile, run as run_all, sign_tool, sim, telemetry, worker,
+};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -58,6 +60,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dlq(args) => {
             let settings = load()?;
             dlq::run(settings, args, CancellationToken::new()).await
+        }
+        Command::Reconcile(args) => {
+            let settings = load()?;
+            reconcile::run(settings, args).await
         }
         Command::Intake => {
             let settings = load()?;

@@ -40,16 +40,21 @@ pub struct FollowSpec {
 
 /// One result event as loadgen keeps it.
 #[derive(Debug, Clone)]
-struct Event {
-    received: Instant,
-    id: String,
-    /// `active`, `failed CARD_DECLINED`, …
-    outcome: String,
+pub(super) struct Event {
+    pub(super) received: Instant,
+    pub(super) id: String,
+    /// `active`, `failed CARD_DECLINED`, …; for a renewal event, its type's last word.
+    pub(super) outcome: String,
+    /// An event of the auto-renewal's later life (CONTRACT §9.2), not a job's result.
+    pub(super) lifecycle: bool,
 }
 
 #[derive(Debug, Default)]
 struct Seen {
     by_pay_id: HashMap<String, Vec<Event>>,
+    /// Renewal events (`renewed`, `renewal_failed`) apart from the jobs' results: a payId has
+    /// one result but a renewal event per period.
+    renewals: HashMap<String, Vec<Event>>,
     unparsed: u64,
 }
 
@@ -86,6 +91,8 @@ pub struct FollowOutcome {
     pub interrupted: bool,
     /// The subscription broke before the end: events after that were not seen.
     pub connection_lost: bool,
+    /// With `--renewals N`: the renewal events that followed the simulator's advances.
+    pub renewals: Option<super::renewals::RenewalOutcome>,
 }
 
 /// Result events beyond the first for one payId.
@@ -208,6 +215,89 @@ impl Follower {
         })
     }
 
+    /// Waits (bounded by the result timeout) for a result for every job in `expected`;
+    /// returns whether it was interrupted.
+    async fn wait_results(
+        &self,
+        expected: &HashMap<String, Instant>,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        // Every job was accepted before now, so each gets at least the full result timeout.
+        let deadline = tokio::time::Instant::now() + self.result_timeout;
+        let mut pending: HashSet<&String> = expected.keys().collect();
+        let mut tick = tokio::time::interval(CHECK_EVERY);
+        while !pending.is_empty() {
+            tokio::select! {
+                () = shutdown.cancelled() => return true,
+                () = tokio::time::sleep_until(deadline) => break,
+                _ = tick.tick() => {
+                    let seen = lock(&self.seen);
+                    pending.retain(|pay_id| !seen.by_pay_id.contains_key(*pay_id));
+                }
+            }
+        }
+        false
+    }
+
+    /// `--renewals`: once every job has its result, advances the simulator `periods` times and
+    /// waits (bounded by the result timeout) until every subscription created active has its
+    /// renewal events.
+    pub async fn follow_renewals(
+        &self,
+        expected: &HashMap<String, Instant>,
+        periods: u32,
+        sim: &url::Url,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<super::renewals::RenewalOutcome> {
+        let interrupted = self.wait_results(expected, shutdown).await;
+        let subscriptions: Vec<String> = {
+            let seen = lock(&self.seen);
+            expected
+                .keys()
+                .filter(|pay_id| {
+                    seen.by_pay_id
+                        .get(*pay_id)
+                        .and_then(|events| events.first())
+                        .is_some_and(|first| first.outcome == "active")
+                })
+                .cloned()
+                .collect()
+        };
+        let advanced_at = Instant::now();
+        if !interrupted {
+            super::renewals::advance(sim, periods).await?;
+        }
+        let advance_took = advanced_at.elapsed();
+        let deadline = tokio::time::Instant::now() + self.result_timeout;
+        let mut pending: HashSet<&String> = subscriptions.iter().collect();
+        let mut tick = tokio::time::interval(CHECK_EVERY);
+        let mut stopped = interrupted;
+        while !pending.is_empty() && !stopped {
+            tokio::select! {
+                () = shutdown.cancelled() => stopped = true,
+                () = tokio::time::sleep_until(deadline) => break,
+                _ = tick.tick() => {
+                    let seen = lock(&self.seen);
+                    pending.retain(|pay_id| {
+                        !seen.renewals.get(*pay_id).is_some_and(|events| {
+                            super::renewals::complete(events, periods)
+                        })
+                    });
+                }
+            }
+        }
+        let seen = lock(&self.seen);
+        let mut outcome = super::renewals::summarize(
+            &seen.renewals,
+            &subscriptions,
+            periods,
+            advanced_at,
+            advance_took,
+        );
+        outcome.interrupted = stopped;
+        Ok(outcome)
+    }
+
     /// Waits (bounded) for a result for every job in `expected` (payId → due time), then a
     /// short grace for late duplicates, and reports. `started` is when the first request was due.
     pub async fn finish(
@@ -216,22 +306,8 @@ impl Follower {
         started: Instant,
         shutdown: &CancellationToken,
     ) -> FollowOutcome {
-        // Every job was accepted before now, so each gets at least the full result timeout.
-        let deadline = tokio::time::Instant::now() + self.result_timeout;
-        let mut pending: HashSet<&String> = expected.keys().collect();
-        let mut interrupted = false;
-        let mut tick = tokio::time::interval(CHECK_EVERY);
-        while !pending.is_empty() {
-            tokio::select! {
-                () = shutdown.cancelled() => { interrupted = true; break; }
-                () = tokio::time::sleep_until(deadline) => break,
-                _ = tick.tick() => {
-                    let seen = lock(&self.seen);
-                    pending.retain(|pay_id| !seen.by_pay_id.contains_key(*pay_id));
-                }
-            }
-        }
-        if pending.is_empty() && !interrupted {
+        let mut interrupted = self.wait_results(&expected, shutdown).await;
+        if !interrupted {
             tokio::select! {
                 () = shutdown.cancelled() => interrupted = true,
                 () = tokio::time::sleep(DUPLICATE_GRACE) => {}
@@ -288,7 +364,14 @@ async fn consume(
             continue;
         };
         // The exchange carries every run's and every client's events; keep ours.
-        if pay_id.starts_with(&prefix) {
+        if !pay_id.starts_with(&prefix) {
+            continue;
+        }
+        if event.lifecycle {
+            if is_renewal(&event) {
+                lock(&seen).renewals.entry(pay_id).or_default().push(event);
+            }
+        } else {
             let mut seen = lock(&seen);
             let events = seen.by_pay_id.entry(pay_id).or_default();
             if events.is_empty() {
@@ -299,8 +382,42 @@ async fn consume(
     }
 }
 
+/// The renewal events `--renewals` counts; other lifecycle events (`canceled`, …) after a
+/// renewal failed for good are neither results nor renewals.
+pub(super) const RENEWED: &str = "renewed";
+pub(super) const RENEWAL_FAILED: &str = "renewal_failed";
+const RENEWAL_TYPES: [&str; 2] = [
+    "autorenew.subscription.renewed",
+    "autorenew.subscription.renewal_failed",
+];
+const OTHER_LIFECYCLE_TYPES: [&str; 2] = [
+    "autorenew.subscription.canceled",
+    "autorenew.subscription.updated",
+];
+
+fn is_renewal(event: &Event) -> bool {
+    event.outcome == RENEWED || event.outcome == RENEWAL_FAILED
+}
+
 fn parse(body: &[u8], received: Instant) -> Option<(String, Event)> {
     let event: CloudEvent = serde_json::from_slice(body).ok()?;
+    if RENEWAL_TYPES.contains(&event.kind.as_str())
+        || OTHER_LIFECYCLE_TYPES.contains(&event.kind.as_str())
+    {
+        let pay_id = event
+            .subject
+            .or_else(|| event.data.as_ref().and_then(|d| d.pay_id.clone()))?;
+        let outcome = event.kind.rsplit('.').next().unwrap_or("").to_owned();
+        return Some((
+            pay_id,
+            Event {
+                received,
+                id: event.id,
+                outcome,
+                lifecycle: true,
+            },
+        ));
+    }
     let data = event.data;
     let pay_id = event
         .subject
@@ -323,6 +440,7 @@ fn parse(body: &[u8], received: Instant) -> Option<(String, Event)> {
             received,
             id: event.id,
             outcome,
+            lifecycle: false,
         },
     ))
 }
@@ -423,6 +541,9 @@ impl FollowOutcome {
                 "  no result, e.g.: {}",
                 self.no_result_examples.join(", ")
             );
+        }
+        if let Some(renewals) = &self.renewals {
+            renewals.write_table(out);
         }
     }
 }

@@ -21,6 +21,7 @@ mod http;
 mod payload;
 mod percentiles;
 mod progress;
+mod renewals;
 mod report;
 
 use std::collections::HashMap;
@@ -83,6 +84,21 @@ pub struct LoadgenArgs {
     /// Share of fresh requests that use pm_card_chargeDeclined (their jobs should fail).
     #[arg(long, value_name = "SHARE", default_value_t = 0.0, value_parser = parse_share)]
     pub decline_share: f64,
+
+    /// After the creations and their results, advance the simulator this many periods and
+    /// check that every subscription created active is announced renewed that many times (or
+    /// `renewal_failed`); reports the time from the advance to the last renewal event.
+    #[arg(long, value_name = "N", conflicts_with_all = ["no_follow", "baseline"])]
+    pub renewals: Option<u32>,
+    /// The simulator whose clock `--renewals` moves [default: `stripe.api_base`].
+    #[arg(long, value_name = "URL", requires = "renewals")]
+    pub sim: Option<url::Url>,
+
+    /// POST signed Stripe events (`invoice.paid`, one id each) to the intake's `/stripe/webhook`
+    /// instead of partner requests: the intake's webhook figure. Signed with the first of
+    /// `stripe.webhook_secrets`; nothing to follow.
+    #[arg(long, conflicts_with_all = ["baseline", "renewals", "duplicate_share", "conflict_share", "invalid_share", "decline_share"])]
+    pub webhooks: bool,
 
     /// Measure the intake only; do not wait for result events.
     #[arg(long)]
@@ -168,6 +184,10 @@ pub enum Mode {
     Http {
         target: url::Url,
         follow: Option<FollowSpec>,
+        /// `--webhooks`: signed Stripe events to `/stripe/webhook`, with this secret.
+        webhook_secret: Option<SecretString>,
+        /// `--renewals`: how many periods, and the simulator to advance.
+        renewals: Option<Box<(u32, url::Url)>>,
     },
     /// Confirmed publishes to a scratch quorum queue, deleted at the end.
     Baseline {
@@ -233,13 +253,30 @@ impl Plan {
             }
         } else {
             let target = target(settings, args)?;
-            let follow = (!args.no_follow).then(|| FollowSpec {
+            let webhook_secret = match (args.webhooks, settings.stripe.webhook_secrets.first()) {
+                (false, _) => None,
+                (true, Some(secret)) => Some(secret.clone()),
+                (true, None) => {
+                    bail!("--webhooks signs with `stripe.webhook_secrets`: none is set")
+                }
+            };
+            let follow = (!args.no_follow && !args.webhooks).then(|| FollowSpec {
                 amqp_url: settings.amqp.url.clone(),
                 exchange: format!("{}.results", settings.amqp.prefix),
                 partner,
                 result_timeout: args.result_timeout,
             });
-            Mode::Http { target, follow }
+            let renewals = match args.renewals {
+                None => None,
+                Some(0) => bail!("--renewals must be above 0"),
+                Some(periods) => Some(Box::new((periods, simulator(settings, args)?))),
+            };
+            Mode::Http {
+                target,
+                follow,
+                webhook_secret,
+                renewals,
+            }
         };
         Ok(Plan {
             run_id,
@@ -288,6 +325,21 @@ fn target(settings: &Settings, args: &LoadgenArgs) -> anyhow::Result<url::Url> {
         }
     };
     checked_target(&text, args.allow_remote)
+}
+
+/// The simulator `--renewals` advances: `--sim`, else `stripe.api_base` (which `autorenew run`
+/// leaves empty in the file: its simulator listens on `--sim-listen`, 127.0.0.1:12111).
+fn simulator(settings: &Settings, args: &LoadgenArgs) -> anyhow::Result<url::Url> {
+    match &args.sim {
+        Some(url) => Ok(url.clone()),
+        None if !settings.stripe.api_base.trim().is_empty() => {
+            url::Url::parse(settings.stripe.api_base.trim()).context("`stripe.api_base`")
+        }
+        None => bail!(
+            "--renewals needs the simulator: give --sim (e.g. http://127.0.0.1:12111 under \
+             `autorenew run`)"
+        ),
+    }
 }
 
 fn checked_target(text: &str, allow_remote: bool) -> anyhow::Result<url::Url> {
@@ -341,7 +393,12 @@ pub async fn execute(plan: &Plan, shutdown: &CancellationToken) -> anyhow::Resul
         )
     };
     match &plan.mode {
-        Mode::Http { target, follow } => {
+        Mode::Http {
+            target,
+            follow,
+            webhook_secret,
+            renewals,
+        } => {
             let connections = match plan.pacing {
                 Pacing::Open { max_in_flight, .. } => max_in_flight,
                 Pacing::Closed { concurrency } => concurrency,
@@ -350,6 +407,7 @@ pub async fn execute(plan: &Plan, shutdown: &CancellationToken) -> anyhow::Resul
                 target,
                 connections,
                 plan.request_timeout,
+                webhook_secret.clone(),
             )?);
             // Bound before the first request, so no result event can slip past unseen.
             let follower = match follow {
@@ -383,7 +441,17 @@ pub async fn execute(plan: &Plan, shutdown: &CancellationToken) -> anyhow::Resul
                         .map(|s| (s.pay_id.clone(), s.sent_at))
                         .collect();
                     progress.following(expected.len() as u64);
-                    Some(follower.finish(expected, started, shutdown).await)
+                    let renewed = match renewals {
+                        Some(renewals) => Some(
+                            follower
+                                .follow_renewals(&expected, renewals.0, &renewals.1, shutdown)
+                                .await?,
+                        ),
+                        None => None,
+                    };
+                    let mut outcome = follower.finish(expected, started, shutdown).await;
+                    outcome.renewals = renewed;
+                    Some(outcome)
                 }
                 None => None,
             };

@@ -298,6 +298,16 @@ impl Report {
             if results.connection_lost {
                 failures.push("the result-event subscription lost its connection".to_owned());
             }
+            if let Some(renewals) = &results.renewals
+                && renewals.missing > 0
+                && !renewals.interrupted
+            {
+                failures.push(format!(
+                    "{} subscriptions were not announced renewed {} times (nor renewal_failed) \
+                     within the result timeout",
+                    renewals.missing, renewals.periods
+                ));
+            }
             if results.no_result > 0 && !self.interrupted && !results.interrupted {
                 failures.push(format!(
                     "{} accepted jobs had no result event within the result timeout",

@@ -217,6 +217,21 @@ impl StripeHttp {
     }
 }
 
+impl StripeHttp {
+    /// One GET whose body comes back as Stripe sent it, unparsed: `reconcile` feeds each listed
+    /// event's JSON on to the intake, so it needs the bytes rather than async-stripe's types.
+    pub async fn get_raw(&self, path: &str, query: &str) -> Result<Bytes, CallError> {
+        let request = self.request(StripeMethod::Get, path, Some(query), None, None, None)?;
+        match self.attempt(request, self.timeout).await? {
+            (status, _, body) if status.is_success() => Ok(body),
+            (status, advice, body) => Err(CallError {
+                error: stripe_error(status, &body),
+                should_retry: advice,
+            }),
+        }
+    }
+}
+
 impl StripeClient for StripeHttp {
     type Err = CallError;
 

@@ -271,3 +271,59 @@ async fn queue_exists(queue: &str) -> bool {
     let _ = connection.close(200, "done".into()).await;
     exists
 }
+
+/// `--renewals`: the whole stack (simulator with webhooks to the intake, a worker), creations
+/// followed, then two periods; every subscription created active is announced renewed twice,
+/// and the jobs whose card declined are not expected to renew.
+#[tokio::test]
+async fn renewals_are_followed_for_every_active_subscription() {
+    use autorenew::sim::faults::FaultConfig;
+    let mut stack = crate::worker::stack::Stack::start_with_webhooks(FaultConfig::default()).await;
+    stack.spawn_worker().await;
+    let report = run(
+        &stack.settings,
+        &[
+            "--target",
+            &stack.intake.address,
+            "--requests",
+            "20",
+            "--concurrency",
+            "4",
+            "--decline-share",
+            "0.25",
+            "--renewals",
+            "2",
+            "--result-timeout",
+            "30s",
+        ],
+    )
+    .await;
+    let results = report.results.as_ref().expect("followed");
+    let active = results.outcomes.get("active").copied().unwrap_or(0);
+    assert!(active > 0 && active < 20, "{:?}", results.outcomes);
+    let renewals = results.renewals.as_ref().expect("renewals followed");
+    assert_eq!(renewals.subscriptions, active);
+    assert_eq!(renewals.renewed_every_period, active, "{renewals:?}");
+    assert_eq!(renewals.missing, 0);
+    assert_eq!(renewals.renewed_events, 2 * active);
+    assert!(renewals.to_last_event_ms.is_some());
+    assert_eq!(results.duplicate_events.different_id, 0);
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    stack.teardown().await;
+}
+
+/// `--webhooks`: signed Stripe events, each of its own id, all taken by the intake.
+#[tokio::test]
+async fn webhook_load_is_taken_event_by_event() {
+    let mut settings = test_settings(SHARED_AMQP, SHARED_REDIS);
+    settings.stripe.webhook_secrets = vec![secrecy::SecretString::from("whsec_loadgen_test")];
+    let app = TestApp::spawn_with(settings.clone()).await;
+    let report = run(
+        &settings,
+        &["--target", &app.address, "--webhooks", "--requests", "30"],
+    )
+    .await;
+    assert_eq!(answers(&report, "200 S"), 30, "{:?}", report.answers);
+    assert!(report.results.is_none());
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+}

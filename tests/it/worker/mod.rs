@@ -9,5 +9,6 @@ mod end_to_end;
 mod faults;
 mod outages;
 mod processes;
+mod reconcile;
 mod renewals;
 pub mod stack;
