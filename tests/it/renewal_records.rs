@@ -216,8 +216,15 @@ async fn a_pay_id_whose_creation_failed_or_that_is_canceled_is_not_cancelable() 
     let failed = accepted_pay_id(&app).await;
     let canceled = accepted_pay_id(&app).await;
     let store = store(&app);
+    // A worker stores a failure only while it holds the payId's lock.
+    let lock_ttl = std::time::Duration::from_secs(5);
+    let locked = store
+        .lock_pay_id(&pay(&failed), "worker", lock_ttl)
+        .await
+        .expect("lock");
+    assert!(locked);
     store
-        .finish_job(&pay(&failed), "no-lock", &result("failed", true))
+        .finish_job(&pay(&failed), "worker", &result("failed", true))
         .await
         .expect("result");
     store
