@@ -160,16 +160,7 @@ impl Store {
     }
 
     pub async fn unlock(&self, pay_id: &PayId, token: &str) -> Result<(), StoreError> {
-        let mut connection = self.connection().await?;
-        let _: i64 = with_timeout(async {
-            RELEASE
-                .key(self.keys.lock(pay_id))
-                .arg(token)
-                .invoke_async(&mut connection)
-                .await
-        })
-        .await?;
-        Ok(())
+        self.release_lock(self.keys.lock(pay_id), token).await
     }
 
     /// Records what is about to be sent for the payId's subscription create. It lives as long
@@ -307,8 +298,18 @@ impl Store {
         token: &str,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
+        self.try_lock(self.keys.price_lock(lookup_key), token, ttl)
+            .await
+    }
+
+    pub async fn unlock_price(&self, lookup_key: &str, token: &str) -> Result<(), StoreError> {
+        self.release_lock(self.keys.price_lock(lookup_key), token)
+            .await
+    }
+
+    /// `SET NX PX` with a token: true when this token now holds the lock.
+    async fn try_lock(&self, key: String, token: &str, ttl: Duration) -> Result<bool, StoreError> {
         let mut connection = self.connection().await?;
-        let key = self.keys.price_lock(lookup_key);
         let set: Option<String> = with_timeout(async {
             redis::cmd("SET")
                 .arg(key)
@@ -323,11 +324,12 @@ impl Store {
         Ok(set.is_some())
     }
 
-    pub async fn unlock_price(&self, lookup_key: &str, token: &str) -> Result<(), StoreError> {
+    /// Deletes a lock if this token still holds it (never one another worker took over).
+    async fn release_lock(&self, key: String, token: &str) -> Result<(), StoreError> {
         let mut connection = self.connection().await?;
         let _: i64 = with_timeout(async {
             RELEASE
-                .key(self.keys.price_lock(lookup_key))
+                .key(key)
                 .arg(token)
                 .invoke_async(&mut connection)
                 .await
@@ -346,19 +348,6 @@ impl Store {
         token: &str,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let mut connection = self.connection().await?;
-        let key = self.keys.lock(pay_id);
-        let set: Option<String> = with_timeout(async {
-            redis::cmd("SET")
-                .arg(key)
-                .arg(token)
-                .arg("NX")
-                .arg("PX")
-                .arg(millis(ttl))
-                .query_async(&mut connection)
-                .await
-        })
-        .await?;
-        Ok(set.is_some())
+        self.try_lock(self.keys.lock(pay_id), token, ttl).await
     }
 }
