@@ -683,3 +683,21 @@ async fn a_job_that_lost_its_lock_does_not_store_its_failure() {
     assert_eq!(bench.store.result(&job.pay_id), None);
     assert!(bench.queue.events().is_empty(), "nothing announced");
 }
+
+/// A refusal of an earlier step is not the end while an earlier create may still land at
+/// Stripe: the job is parked, and a lookup decides once no request can be in flight.
+#[tokio::test(start_paused = true)]
+async fn a_refusal_while_an_earlier_create_may_still_land_parks_the_job_instead_of_failing_it() {
+    let bench = bench();
+    let mut fields = serde_json::to_value(job()).expect("a job as JSON");
+    fields["pm_id"] = serde_json::json!("pm_card_chargeDeclined");
+    let job: Job = serde_json::from_value(fields).expect("a valid job");
+    // A create went out a moment ago, and its outcome is not known yet.
+    earlier_run(&bench, &job, 0, false).await;
+
+    let refused = handle(&bench.ctx, &first_delivery(&job), "second").await;
+
+    assert_eq!(refused.label, "parked", "{refused:?}");
+    assert_eq!(bench.store.result(&job.pay_id), None, "still processing");
+    assert!(bench.queue.events().is_empty(), "no `failed` announced");
+}
