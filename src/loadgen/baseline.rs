@@ -28,10 +28,7 @@ impl Baseline {
     /// Connects and declares the scratch queue `queue` (a quorum queue, like the jobs queue,
     /// so the figure includes the replication and fsync a job pays for).
     pub async fn open(url: &SecretString, queue: &str, timeout: Duration) -> anyhow::Result<Self> {
-        let properties = ConnectionProperties::default().with_connection_name(
-            format!("autorenew-loadgen-baseline-{}", std::process::id()).into(),
-        );
-        let connection = Connection::connect(first_node(url.expose_secret()), properties)
+        let connection = connect(url, "autorenew-loadgen-baseline")
             .await
             .context("connecting to RabbitMQ for the baseline")?;
         let channel = connection.create_channel().await?;
@@ -112,4 +109,21 @@ impl drive::Send for Baseline {
 /// The first node of `amqp.url`, which may name a cluster's nodes, comma-separated.
 pub fn first_node(url: &str) -> &str {
     url.split(',').map(str::trim).next().unwrap_or(url)
+}
+
+/// How long loadgen waits for RabbitMQ's handshake: a node can take the TCP connection and never
+/// answer, and lapin would wait for it forever.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connects to the first node of `amqp.url`, or fails within [`CONNECT_TIMEOUT`].
+pub async fn connect(url: &SecretString, name: &str) -> anyhow::Result<Connection> {
+    let properties = ConnectionProperties::default()
+        .with_connection_name(format!("{name}-{}", std::process::id()).into());
+    tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        Connection::connect(first_node(url.expose_secret()), properties),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("RabbitMQ did not answer within {CONNECT_TIMEOUT:?}"))?
+    .map_err(anyhow::Error::from)
 }

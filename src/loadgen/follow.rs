@@ -13,8 +13,8 @@ use lapin::options::{
     BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties, ExchangeKind};
-use secrecy::{ExposeSecret, SecretString};
+use lapin::{Connection, ExchangeKind};
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -141,14 +141,9 @@ impl Follower {
         pay_id_prefix: String,
         live: Arc<Live>,
     ) -> anyhow::Result<Follower> {
-        let properties = ConnectionProperties::default()
-            .with_connection_name(format!("autorenew-loadgen-{}", std::process::id()).into());
-        let connection = Connection::connect(
-            super::baseline::first_node(spec.amqp_url.expose_secret()),
-            properties,
-        )
-        .await
-        .context("connecting to RabbitMQ to follow the result events")?;
+        let connection = super::baseline::connect(&spec.amqp_url, "autorenew-loadgen")
+            .await
+            .context("connecting to RabbitMQ to follow the result events")?;
         let channel = connection.create_channel().await?;
         // Declared like the service declares it (durable topic, no arguments), so this works
         // before any intake or worker has started and never clashes with theirs.

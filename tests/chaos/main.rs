@@ -146,9 +146,13 @@ request_timeout_ms = 3000
 
 /// A durable quorum queue on the results exchange: events survive the broker's restart.
 async fn declare_tap(url: &str) {
-    let connection = lapin::Connection::connect(url, Default::default())
-        .await
-        .expect("connect");
+    let connection = tokio::time::timeout(
+        Duration::from_secs(10),
+        lapin::Connection::connect(url, Default::default()),
+    )
+    .await
+    .expect("RabbitMQ answers the AMQP handshake within 10 s")
+    .expect("connect");
     let channel = connection.create_channel().await.expect("channel");
     channel
         .exchange_declare(
@@ -193,9 +197,13 @@ async fn declare_tap(url: &str) {
 
 /// Every event in the tap, drained until it stays quiet.
 async fn drain_tap(url: &str) -> Vec<Value> {
-    let connection = lapin::Connection::connect(url, Default::default())
-        .await
-        .expect("connect");
+    let connection = tokio::time::timeout(
+        Duration::from_secs(10),
+        lapin::Connection::connect(url, Default::default()),
+    )
+    .await
+    .expect("RabbitMQ answers the AMQP handshake within 10 s")
+    .expect("connect");
     let channel = connection.create_channel().await.expect("channel");
     let mut consumer = channel
         .basic_consume(
@@ -219,9 +227,13 @@ async fn drain_tap(url: &str) -> Vec<Value> {
 
 /// Messages waiting in a queue (passive declare).
 async fn depth(url: &str, queue: &str) -> u32 {
-    let connection = lapin::Connection::connect(url, Default::default())
-        .await
-        .expect("connect");
+    let connection = tokio::time::timeout(
+        Duration::from_secs(10),
+        lapin::Connection::connect(url, Default::default()),
+    )
+    .await
+    .expect("RabbitMQ answers the AMQP handshake within 10 s")
+    .expect("connect");
     let channel = connection.create_channel().await.expect("channel");
     let declared = channel
         .queue_declare(

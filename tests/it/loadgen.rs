@@ -7,11 +7,11 @@ use autorenew::cli::{Cli, Command};
 use autorenew::loadgen::{self, LoadgenArgs, Plan, Report};
 use clap::Parser;
 use futures_util::StreamExt;
+use lapin::BasicProperties;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -189,9 +189,7 @@ async fn following_counts_results_redeliveries_second_outcomes_and_lost_jobs() {
 
 /// Consumes jobs and publishes CloudEvents to the results exchange as CONTRACT §5 says.
 async fn stand_in_worker(prefix: String, stop: CancellationToken) {
-    let connection = Connection::connect(SHARED_AMQP, Default::default())
-        .await
-        .expect("connect");
+    let connection = crate::helpers::shared_amqp().await;
     let channel = connection.create_channel().await.expect("channel");
     let mut jobs = channel
         .basic_consume(
@@ -256,9 +254,7 @@ fn event(pay_id: &str, id: &str) -> Value {
 }
 
 async fn queue_exists(queue: &str) -> bool {
-    let connection = Connection::connect(SHARED_AMQP, Default::default())
-        .await
-        .expect("connect");
+    let connection = crate::helpers::shared_amqp().await;
     let channel = connection.create_channel().await.expect("channel");
     let passive = QueueDeclareOptions {
         passive: true,

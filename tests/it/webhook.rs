@@ -222,9 +222,7 @@ async fn an_event_the_broker_did_not_take_is_503_and_free_for_stripes_retry() {
     let app = app_with(&[SECRET]).await;
     let (id, body) = stripe_event();
     // No queue behind the jobs exchange: the broker returns the message (unroutable).
-    let connection = lapin::Connection::connect(SHARED_AMQP, Default::default())
-        .await
-        .expect("connect");
+    let connection = crate::helpers::shared_amqp().await;
     let channel = connection.create_channel().await.expect("channel");
     channel
         .queue_delete(jobs(&app).as_str().into(), Default::default())

@@ -262,12 +262,22 @@ pub struct Received {
     pub properties: lapin::BasicProperties,
 }
 
+/// Connects to the shared broker, failing the test (not hanging it) if the node takes the TCP
+/// connection and never answers the handshake.
+pub async fn shared_amqp() -> lapin::Connection {
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        lapin::Connection::connect(SHARED_AMQP, Default::default()),
+    )
+    .await
+    .expect("RabbitMQ on 5672 answers the AMQP handshake within 10 s")
+    .expect("connect to RabbitMQ on 5672")
+}
+
 /// Reads up to `count` messages from `queue` on the shared broker, waiting at most `limit`
 /// (acks them, so the queue is left empty).
 pub async fn read_queue(queue: &str, count: usize, limit: Duration) -> Vec<Received> {
-    let connection = lapin::Connection::connect(SHARED_AMQP, Default::default())
-        .await
-        .expect("connect");
+    let connection = shared_amqp().await;
     let channel = connection.create_channel().await.expect("channel");
     let mut consumer = channel
         .basic_consume(
@@ -339,7 +349,8 @@ pub async fn delete_queues(prefix: &str) {
 }
 
 async fn delete_names(queues: &[String], exchanges: &[String]) {
-    let Ok(connection) = lapin::Connection::connect(SHARED_AMQP, Default::default()).await else {
+    let connect = lapin::Connection::connect(SHARED_AMQP, Default::default());
+    let Ok(Ok(connection)) = tokio::time::timeout(Duration::from_secs(10), connect).await else {
         return;
     };
     let Ok(channel) = connection.create_channel().await else {

@@ -33,6 +33,20 @@ fn wait_for(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     false
 }
 
+/// Runs a control command with its output dropped, killing it if it has not ended within
+/// `limit`: `rabbitmqctl` and `redis-cli` wait forever on a node that accepts TCP and never
+/// answers, and a test must fail, not hang.
+fn run_bounded(command: &mut Command, limit: Duration) -> bool {
+    let Ok(mut child) = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn() else {
+        return false;
+    };
+    let ended = wait_for(limit, || matches!(child.try_wait(), Ok(Some(_))));
+    if !ended {
+        let _ = child.kill();
+    }
+    matches!(child.wait(), Ok(status) if status.success()) && ended
+}
+
 /// A RabbitMQ node of the test's own: own node name, ports and data directory.
 pub struct PrivateRabbit {
     pub port: u16,
@@ -111,11 +125,10 @@ impl PrivateRabbit {
 
     /// Stops the node by its name (never by process name: the shared node must live on).
     pub fn stop(&mut self) {
-        let _ = Command::new("rabbitmqctl")
-            .args(["-n", &self.node, "stop"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        run_bounded(
+            Command::new("rabbitmqctl").args(["-n", &self.node, "stop"]),
+            Duration::from_secs(30),
+        );
         if let Some(mut child) = self.child.take() {
             let exited = wait_for(Duration::from_secs(30), || {
                 matches!(child.try_wait(), Ok(Some(_)))
@@ -197,11 +210,10 @@ impl PrivateRedis {
     }
 
     pub fn stop(&mut self) {
-        let _ = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string(), "shutdown", "nosave"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        run_bounded(
+            Command::new("redis-cli").args(["-p", &self.port.to_string(), "shutdown", "nosave"]),
+            Duration::from_secs(10),
+        );
         self.running = false;
         wait_for(Duration::from_secs(10), || !port_open(self.port));
     }
@@ -248,15 +260,14 @@ impl PrivateRedisCluster {
             assert!(wait_for(Duration::from_secs(10), || port_open(*port)));
         }
         let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        let created = Command::new("redis-cli")
-            .args(["--cluster", "create"])
-            .args(&nodes)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("redis-cli runs");
-        assert!(created.success(), "redis-cli --cluster create failed");
+        let created = run_bounded(
+            Command::new("redis-cli")
+                .args(["--cluster", "create"])
+                .args(&nodes)
+                .args(["--cluster-replicas", "0", "--cluster-yes"]),
+            Duration::from_secs(60),
+        );
+        assert!(created, "redis-cli --cluster create failed");
         let ok = wait_for(Duration::from_secs(20), || {
             ports.iter().all(|port| {
                 Command::new("redis-cli")
@@ -282,11 +293,10 @@ impl PrivateRedisCluster {
 impl Drop for PrivateRedisCluster {
     fn drop(&mut self) {
         for port in &self.ports {
-            let _ = Command::new("redis-cli")
-                .args(["-p", &port.to_string(), "shutdown", "nosave"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+            run_bounded(
+                Command::new("redis-cli").args(["-p", &port.to_string(), "shutdown", "nosave"]),
+                Duration::from_secs(10),
+            );
         }
         let _ = &self.dir;
     }

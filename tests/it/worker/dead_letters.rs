@@ -10,15 +10,13 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::stack::Stack;
-use crate::helpers::{SHARED_AMQP, poll_until};
+use crate::helpers::poll_until;
 
 #[tokio::test]
 async fn a_poison_message_goes_to_the_dead_letters_and_the_worker_carries_on() {
     let mut stack = Stack::start(FaultConfig::default()).await;
     stack.spawn_worker().await;
-    let connection = lapin::Connection::connect(SHARED_AMQP, Default::default())
-        .await
-        .expect("connect");
+    let connection = crate::helpers::shared_amqp().await;
     let channel = connection.create_channel().await.expect("channel");
     channel
         .basic_publish(

@@ -10,7 +10,7 @@ use lapin::options::BasicPublishOptions;
 use serde_json::json;
 
 use super::stack::{Stack, subscription_creates, subscriptions_by_pay_id};
-use crate::helpers::{SHARED_AMQP, poll_until};
+use crate::helpers::poll_until;
 
 fn signal(child: &std::process::Child, signal: &str) {
     let status = std::process::Command::new("kill")
@@ -53,9 +53,7 @@ async fn one_pay_id_sent_to_two_worker_processes_at_once_makes_one_subscription(
     )
     .await;
     let job: Job = serde_json::from_value(copy[0].body.clone()).expect("a job");
-    let connection = lapin::Connection::connect(SHARED_AMQP, Default::default())
-        .await
-        .expect("connect");
+    let connection = crate::helpers::shared_amqp().await;
     let channel = connection.create_channel().await.expect("channel");
     for _ in 0..10 {
         channel

@@ -282,9 +282,7 @@ impl Stack {
 
 /// A queue of the test's own on the results exchange, collecting every event.
 async fn tap_results(prefix: &str) -> (Arc<Mutex<Vec<Value>>>, CancellationToken) {
-    let connection = lapin::Connection::connect(SHARED_AMQP, Default::default())
-        .await
-        .expect("connect");
+    let connection = crate::helpers::shared_amqp().await;
     let channel = connection.create_channel().await.expect("channel");
     let exchange = format!("{prefix}.results");
     channel
