@@ -15,7 +15,7 @@ use super::request_id::RequestId;
 use super::response::ApiResponse;
 use super::signed::{SignedRequest, now_millis};
 use super::state::AppState;
-use crate::broker::{BrokerError, JOB_ROUTING_KEY, Message};
+use crate::broker::{BrokerError, Destination, JobMessage};
 use crate::domain::cancel::{CANCEL_MESSAGE_TYPE, CancelJob, CancelRequest};
 use crate::store::CancelClaim;
 
@@ -113,22 +113,20 @@ fn accepted(record: &RenewalRecord) -> ApiResponse {
 /// Publishes the cancel job and records it enqueued; on a failure that proves the job is not on
 /// the broker, releases the claim so the partner's retry starts afresh.
 async fn enqueue(state: &AppState, job: &CancelJob, token: &str) -> Result<(), IntakeError> {
-    let exchange = state.broker.topology().jobs();
     let body = job.encode();
     let message_id = job.message_id();
-    let message = Message {
-        exchange: &exchange,
-        routing_key: JOB_ROUTING_KEY,
-        body: &body,
-        content_type: "application/json",
-        message_id: &message_id,
+    // Built like every other job message, so the worker's redelivery and dead-letter paths
+    // read the same headers off a cancel as off a creation.
+    let message = JobMessage {
         kind: CANCEL_MESSAGE_TYPE,
-        headers: Vec::new(),
-        mandatory: true,
+        body: &body,
+        message_id: &message_id,
+        attempt: 1,
+        parked: false,
     };
     match state
         .broker
-        .publish(message, state.limits.publish_timeout)
+        .publish_job(message, Destination::Jobs, state.limits.publish_timeout)
         .await
     {
         Ok(()) => {

@@ -419,6 +419,10 @@ async fn price_step(ctx: &JobContext, job: &Job, suffix: &str) -> Result<(String
 
 /// The price of `lookup_key`, created if missing by one worker of all those that want it: the
 /// others wait for the short Redis lock to go and find the price made.
+///
+/// Stripe calls: one lookup when the price exists; when it does not, a lookup and the create
+/// for the worker that makes it, and at most two lookups for each worker that waits (the
+/// waiting itself is on Redis, so a slow create costs them nothing at Stripe).
 async fn find_or_create_price(
     ctx: &JobContext,
     job: &Job,
@@ -431,31 +435,42 @@ async fn find_or_create_price(
     let retry = &ctx.settings.retry;
     let find = || stripe.find_price(lookup_key);
     let token = format!("{}-{}", job.pay_id, ctx.ports.clock.now_ms());
+    if let Some(found) = with_retries(retry, find).await? {
+        return Ok(found);
+    }
     let waits = PRICE_LOCK_TTL.as_millis() / PRICE_WAIT.as_millis();
+    let mut waited = false;
     for _ in 0..=waits {
-        if let Some(found) = with_retries(retry, find).await? {
-            return Ok(found);
-        }
         let locked = store
             .lock_price(lookup_key, &token, PRICE_LOCK_TTL)
             .await
             .map_err(|e| Stop::Store(e.to_string()))?;
         if !locked {
+            // Another worker is creating it: wait on Redis, not on Stripe's rate limit.
+            waited = true;
             if !retry.pause(PRICE_WAIT).await {
                 break;
             }
             continue;
         }
-        // One plan, one price: the key comes from the lookup key.
-        let key = format!("ar-price-{}-{suffix}", short_hash(lookup_key));
-        let spec = PriceSpec {
-            lookup_key,
-            product_name: job.plan_id.as_str(),
-            unit_amount: job.amount_minor,
-            currency: &job.pay_currency,
-            interval,
-        };
-        let made = create_or_settle(retry, || stripe.create_price(&spec, &key), find).await;
+        // Under the lock no one else creates this price. After a wait, the holder has most
+        // likely made it: look before creating.
+        let made = async {
+            if waited && let Some(found) = with_retries(retry, find).await? {
+                return Ok(found);
+            }
+            // One plan, one price: the key comes from the lookup key.
+            let key = format!("ar-price-{}-{suffix}", short_hash(lookup_key));
+            let spec = PriceSpec {
+                lookup_key,
+                product_name: job.plan_id.as_str(),
+                unit_amount: job.amount_minor,
+                currency: &job.pay_currency,
+                interval,
+            };
+            create_or_settle(retry, || stripe.create_price(&spec, &key), find).await
+        }
+        .await;
         if let Err(error) = store.unlock_price(lookup_key, &token).await {
             tracing::warn!(%error, "price lock not released; it expires by itself");
         }
