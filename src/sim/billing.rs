@@ -5,7 +5,8 @@
 //!
 //! A charge pays with the subscription's `default_payment_method`, else the customer's
 //! `invoice_settings.default_payment_method`. Decline cards (`pm_card_chargeCustomerFail`,
-//! which attaches fine) fail it: `invoice.payment_failed`, the subscription goes `past_due`,
+//! which attaches fine) fail it: the invoice's PaymentIntent takes the card's error as its
+//! `last_payment_error`, `invoice.payment_failed`, the subscription goes `past_due`,
 //! and the invoice is retried [`RETRY_DAYS`] later; when the last retry fails the
 //! subscription is canceled (`cancellation_details.reason` = `payment_failed`), as Stripe does
 //! when the account's "if all retries fail" setting is "cancel the subscription".
@@ -18,7 +19,9 @@ use serde_json::{Value, json};
 use super::errors::ApiError;
 use super::events::Request;
 use super::faults::InvoiceShape;
-use super::store::{Expand, Invoice, Store, new_id, period_end, render_invoice, render_items};
+use super::store::{
+    Expand, Invoice, Payment, Store, new_id, period_end, render_invoice, render_items,
+};
 use super::store::{Subscription, render_subscription};
 
 /// Days between a failed charge and its next retry; one entry per retry. Stripe's smart
@@ -138,7 +141,7 @@ fn period_ends(
         paid_at: None,
         attempt_count: 0,
         next_payment_attempt: None,
-        last_error: None,
+        payment: None,
         billing_reason: "subscription_cycle",
         subscription_metadata: s.metadata.clone(),
         shape,
@@ -203,7 +206,10 @@ fn charge(store: &mut Store, invoice_id: &str, at: i64, report: &mut Advanced) -
             .get(&subscription.customer)
             .and_then(|c| c.default_payment_method.clone())
     });
-    let outcome = match payment_method.and_then(|pm| store.payment_methods.get(&pm)) {
+    let outcome = match payment_method
+        .as_ref()
+        .and_then(|pm| store.payment_methods.get(pm))
+    {
         None => Err(ApiError::invalid_request(
             "This customer has no attached payment source or default payment method.",
             None,
@@ -212,6 +218,14 @@ fn charge(store: &mut Store, invoice_id: &str, at: i64, report: &mut Advanced) -
     };
     let invoice = store.invoices.get_mut(invoice_id)?;
     invoice.attempt_count += 1;
+    // Every try charges the invoice's one PaymentIntent; its error is the last try's.
+    let payment = invoice.payment.get_or_insert(Payment {
+        created: at,
+        payment_method: None,
+        last_error: None,
+    });
+    payment.payment_method = payment_method;
+    payment.last_error = outcome.as_ref().err().cloned();
     match outcome {
         Ok(()) => {
             invoice.paid = true;
@@ -239,11 +253,10 @@ fn charge(store: &mut Store, invoice_id: &str, at: i64, report: &mut Advanced) -
             }
             None
         }
-        Err(error) => {
+        Err(_) => {
             let retry_at = RETRY_DAYS
                 .get(usize::try_from(invoice.attempt_count.saturating_sub(1)).unwrap_or(usize::MAX))
                 .map(|days| at + days * DAY);
-            invoice.last_error = Some(error);
             invoice.next_payment_attempt = retry_at;
             report.payments_failed += 1;
             emit_invoice(store, invoice_id, &["invoice.payment_failed"]);

@@ -100,7 +100,8 @@ pub enum UnknownPaymentMethods {
 pub enum InvoiceShape {
     /// `parent.subscription_details.{subscription, metadata}` (basil and later).
     Current,
-    /// Top-level `subscription` and `subscription_details.metadata` (before basil).
+    /// Top-level `subscription`, `subscription_details.metadata` and `payment_intent` (before
+    /// basil).
     Legacy,
     /// Both at once.
     Both,

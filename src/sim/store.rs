@@ -2,7 +2,8 @@
 //!
 //! Rendering emits every field async-stripe's types require (they fail to parse otherwise) with
 //! Stripe's own shapes at the API version the client sends (2025 "basil" and later: billing
-//! periods live on subscription items, invoices no longer carry `payment_intent`).
+//! periods live on subscription items, invoices no longer carry `payment_intent`: their
+//! payments are InvoicePayments, each naming its PaymentIntent).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -117,8 +118,8 @@ pub struct Invoice {
     pub paid_at: Option<i64>,
     pub attempt_count: u64,
     pub next_payment_attempt: Option<i64>,
-    /// The last charge's error, rendered as `last_finalization_error`.
-    pub last_error: Option<ApiError>,
+    /// Its default payment, made when it is first charged (none for an invoice never charged).
+    pub payment: Option<Payment>,
     /// `subscription_create` or `subscription_cycle`.
     pub billing_reason: &'static str,
     /// The subscription's metadata when the invoice was made, as Stripe copies it.
@@ -127,6 +128,29 @@ pub struct Invoice {
     pub status: String,
     pub period_start: i64,
     pub period_end: i64,
+}
+
+/// An invoice's default payment: one PaymentIntent, charged by every try. Stripe makes it when
+/// the invoice is finalized; here it is made at the first charge (an invoice never charged has
+/// no payment to show). Its ids are the invoice's under other prefixes ([`intent_id`],
+/// [`invoice_payment_id`]), so either leads back to the invoice without an index.
+#[derive(Debug, Clone)]
+pub struct Payment {
+    pub created: i64,
+    pub payment_method: Option<String>,
+    /// Why the last try failed: the PaymentIntent's `last_payment_error`. Cleared when a try
+    /// succeeds, as Stripe clears it.
+    pub last_error: Option<ApiError>,
+}
+
+/// The PaymentIntent id of an invoice's payment (`in_X` → `pi_X`).
+pub fn intent_id(invoice_id: &str) -> String {
+    format!("pi_{}", invoice_id.trim_start_matches("in_"))
+}
+
+/// The InvoicePayment id of an invoice's payment (`in_X` → `inpay_X`).
+pub fn invoice_payment_id(invoice_id: &str) -> String {
+    format!("inpay_{}", invoice_id.trim_start_matches("in_"))
 }
 
 /// Everything the simulator holds. Each map has a creation-order id list beside it, because
@@ -499,7 +523,9 @@ pub fn render_invoice(store: &Store, i: &Invoice) -> Value {
     extend(
         &mut value,
         json!({
-            "last_finalization_error": i.last_error.as_ref().map(|e| e.body()["error"].clone()),
+            // About finalizing the invoice (tax, say), never its payment: a charge's error is
+            // on the PaymentIntent, as at Stripe.
+            "last_finalization_error": null,
             "livemode": false, "metadata": {}, "next_payment_attempt": i.next_payment_attempt,
             "parent": parent,
             "payment_settings": {"default_mandate": null, "payment_method_options": null, "payment_method_types": null},
@@ -516,8 +542,77 @@ pub fn render_invoice(store: &Store, i: &Invoice) -> Value {
             json!({
                 "subscription": i.subscription,
                 "subscription_details": {"metadata": i.subscription_metadata},
+                "payment_intent": i.payment.as_ref().map(|_| intent_id(&i.id)),
             }),
         );
     }
     value
+}
+
+/// The PaymentIntent of an invoice's payment.
+pub fn render_payment_intent(store: &Store, i: &Invoice, p: &Payment) -> Value {
+    let last_payment_error = p.last_error.as_ref().map(|e| {
+        let mut error = e.body()["error"].take();
+        // Stripe names the method the failed try used.
+        if let Some(pm) = p
+            .payment_method
+            .as_ref()
+            .and_then(|id| store.payment_methods.get(id))
+        {
+            error["payment_method"] = render_payment_method(pm);
+        }
+        error
+    });
+    let status = if i.paid {
+        "succeeded"
+    } else {
+        "requires_payment_method"
+    };
+    let id = intent_id(&i.id);
+    let description = if i.billing_reason == "subscription_create" {
+        "Subscription creation"
+    } else {
+        "Subscription update"
+    };
+    json!({
+        "id": id, "object": "payment_intent", "amount": i.total, "amount_capturable": 0,
+        "amount_received": if i.paid { i.total } else { 0 },
+        "application": null, "application_fee_amount": null,
+        "automatic_payment_methods": null, "canceled_at": null, "cancellation_reason": null,
+        "capture_method": "automatic", "client_secret": format!("{id}_secret_sim"),
+        "confirmation_method": "automatic", "created": p.created, "currency": i.currency,
+        "customer": i.customer, "description": description,
+        "last_payment_error": last_payment_error, "latest_charge": null, "livemode": false,
+        "metadata": {}, "next_action": null, "on_behalf_of": null,
+        "payment_method": p.payment_method, "payment_method_configuration_details": null,
+        "payment_method_options": null, "payment_method_types": ["card"], "processing": null,
+        "receipt_email": null, "review": null, "setup_future_usage": null,
+        "shipping": null, "source": null, "statement_descriptor": null,
+        "statement_descriptor_suffix": null, "status": status, "transfer_data": null,
+        "transfer_group": null,
+    })
+}
+
+/// An invoice's payment as an InvoicePayment; `expand_intent` renders its PaymentIntent in
+/// place of the id (`expand[]=payment.payment_intent`).
+pub fn render_invoice_payment(
+    store: &Store,
+    i: &Invoice,
+    p: &Payment,
+    expand_intent: bool,
+) -> Value {
+    let intent = if expand_intent {
+        render_payment_intent(store, i, p)
+    } else {
+        json!(intent_id(&i.id))
+    };
+    json!({
+        "id": invoice_payment_id(&i.id), "object": "invoice_payment",
+        "amount_paid": i.paid.then_some(i.total), "amount_requested": i.total,
+        "created": p.created, "currency": i.currency, "invoice": i.id, "is_default": true,
+        "livemode": false,
+        "payment": {"type": "payment_intent", "payment_intent": intent},
+        "status": if i.paid { "paid" } else { "open" },
+        "status_transitions": {"canceled_at": null, "paid_at": i.paid_at},
+    })
 }

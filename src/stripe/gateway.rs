@@ -6,6 +6,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use stripe::{IdempotencyKey, RequestStrategy, StripeRequest};
+use stripe_billing::invoice_payment::ListInvoicePayment;
 use stripe_billing::subscription::{
     CancelSubscription, CreateSubscription, CreateSubscriptionItems,
     CreateSubscriptionPaymentBehavior, ListSubscription, ListSubscriptionStatus,
@@ -430,6 +431,72 @@ impl Gateway {
             .map_err(|e| failed("subscriptions.retrieve", e, false))?;
         Ok(state_of(&found))
     }
+}
+
+/// Why a payment failed, as Stripe puts it on the PaymentIntent (`last_payment_error`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentError {
+    /// Stripe's `code` (`card_declined`, `expired_card`, …).
+    pub code: Option<String>,
+    /// The issuer's reason (`insufficient_funds`, `generic_decline`, …), for card declines.
+    pub decline_code: Option<String>,
+    pub message: Option<String>,
+}
+
+impl From<&stripe_shared::ApiErrors> for PaymentError {
+    fn from(error: &stripe_shared::ApiErrors) -> Self {
+        PaymentError {
+            code: error.code.as_ref().map(|c| c.as_str().to_owned()),
+            decline_code: error.decline_code.clone(),
+            message: error.message.clone(),
+        }
+    }
+}
+
+impl Gateway {
+    /// The error of an invoice's failed payment: one call, listing the invoice's payments with
+    /// their PaymentIntents expanded (`GET /v1/invoice_payments?invoice=…`; since API version
+    /// basil the invoice has no `payment_intent` of its own). `payment_intent`, when the event
+    /// named one (the older invoice shape), picks that payment. `None`: no payment carries an
+    /// error.
+    pub async fn invoice_payment_error(
+        &self,
+        invoice: &str,
+        payment_intent: Option<&str>,
+    ) -> Result<Option<PaymentError>, StripeFailure> {
+        self.take_budget("invoice_payments.list").await?;
+        let payments = ListInvoicePayment::new()
+            .invoice(invoice)
+            .expand(vec!["data.payment.payment_intent".to_owned()])
+            .send(&self.client)
+            .await
+            .map_err(|e| failed("invoice_payments.list", e, false))?;
+        Ok(match charged_intent(&payments.data, payment_intent) {
+            Some(Expandable::Object(intent)) => {
+                intent.last_payment_error.as_deref().map(PaymentError::from)
+            }
+            _ => None,
+        })
+    }
+}
+
+/// The PaymentIntent of an invoice's payments that was charged: the one named, else the
+/// default payment's (the one Stripe's automatic collection and its retries charge), else
+/// the first listed (newest first).
+pub fn charged_intent<'a>(
+    payments: &'a [stripe_shared::InvoicePayment],
+    named: Option<&str>,
+) -> Option<&'a Expandable<stripe_shared::PaymentIntent>> {
+    let intents = || {
+        payments
+            .iter()
+            .filter_map(|p| p.payment.payment_intent.as_ref().map(|i| (p, i)))
+    };
+    intents()
+        .find(|(_, intent)| named.is_some_and(|named| intent.id().as_str() == named))
+        .or_else(|| intents().find(|(payment, _)| payment.is_default))
+        .or_else(|| intents().next())
+        .map(|(_, intent)| intent)
 }
 
 fn state_of(subscription: &stripe_billing::Subscription) -> SubscriptionState {

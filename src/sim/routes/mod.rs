@@ -8,6 +8,7 @@ mod catalog;
 mod customers;
 mod events;
 mod payment_methods;
+mod payments;
 pub mod search;
 mod subscriptions;
 mod webhook_endpoints;
@@ -57,6 +58,9 @@ pub enum Route {
     UpdateSubscription,
     CancelSubscription,
     RetrieveInvoice,
+    ListInvoicePayments,
+    RetrieveInvoicePayment,
+    RetrievePaymentIntent,
     CreateWebhookEndpoint,
     ListWebhookEndpoints,
     RetrieveWebhookEndpoint,
@@ -101,6 +105,9 @@ impl Route {
                 (CancelSubscription, Some(*id))
             }
             (["invoices", id], true, _) => (RetrieveInvoice, Some(*id)),
+            (["invoice_payments"], true, _) => (ListInvoicePayments, None),
+            (["invoice_payments", id], true, _) => (RetrieveInvoicePayment, Some(*id)),
+            (["payment_intents", id], true, _) => (RetrievePaymentIntent, Some(*id)),
             (["webhook_endpoints"], false, true) => (CreateWebhookEndpoint, None),
             (["webhook_endpoints"], true, _) => (ListWebhookEndpoints, None),
             (["webhook_endpoints", id], true, _) => (RetrieveWebhookEndpoint, Some(*id)),
@@ -141,6 +148,9 @@ impl Route {
             UpdateSubscription => "POST /v1/subscriptions/{id}",
             CancelSubscription => "DELETE /v1/subscriptions/{id}",
             RetrieveInvoice => "GET /v1/invoices/{id}",
+            ListInvoicePayments => "GET /v1/invoice_payments",
+            RetrieveInvoicePayment => "GET /v1/invoice_payments/{id}",
+            RetrievePaymentIntent => "GET /v1/payment_intents/{id}",
             CreateWebhookEndpoint => "POST /v1/webhook_endpoints",
             ListWebhookEndpoints => "GET /v1/webhook_endpoints",
             RetrieveWebhookEndpoint => "GET /v1/webhook_endpoints/{id}",
@@ -183,6 +193,9 @@ impl Route {
             UpdateSubscription => subscriptions::update(ctx, id, params),
             CancelSubscription => subscriptions::cancel(ctx, id, params),
             RetrieveInvoice => subscriptions::retrieve_invoice(ctx, id, params),
+            ListInvoicePayments => payments::list(ctx, params),
+            RetrieveInvoicePayment => payments::retrieve(ctx, id, params),
+            RetrievePaymentIntent => payments::retrieve_intent(ctx, id, params),
             CreateWebhookEndpoint => webhook_endpoints::create(ctx, params),
             ListWebhookEndpoints => webhook_endpoints::list(ctx, params),
             RetrieveWebhookEndpoint => webhook_endpoints::retrieve(ctx, id, params),

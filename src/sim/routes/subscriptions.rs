@@ -21,7 +21,7 @@ use crate::sim::billing::{emit_invoice_for, emit_subscription_for};
 use crate::sim::errors::ApiError;
 use crate::sim::form::{Params, Value as Param};
 use crate::sim::store::{
-    Expand, Invoice, Item, Store, Subscription, new_id, period_end, render_invoice,
+    Expand, Invoice, Item, Payment, Store, Subscription, new_id, period_end, render_invoice,
     render_subscription,
 };
 
@@ -227,11 +227,16 @@ pub fn create(ctx: &mut Ctx, params: &Params) -> Result<Value, ApiError> {
         paid_at: paid.then_some(created),
         attempt_count: u64::from(attempted),
         next_payment_attempt: None,
-        last_error: if paid {
-            None
-        } else {
-            decline_of(ctx.store, charge_with.as_deref())
-        },
+        // A charge made a PaymentIntent, which holds its error if it failed.
+        payment: attempted.then(|| Payment {
+            created,
+            payment_method: charge_with.clone(),
+            last_error: if paid {
+                None
+            } else {
+                decline_of(ctx.store, charge_with.as_deref())
+            },
+        }),
         billing_reason: "subscription_create",
         subscription_metadata: metadata.clone(),
         shape: ctx.config.invoice_shape,

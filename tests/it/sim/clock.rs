@@ -5,8 +5,12 @@
 
 use serde_json::{Value, json};
 use stripe_billing::SubscriptionStatus;
+use stripe_billing::invoice_payment::{ListInvoicePayment, RetrieveInvoicePayment};
 use stripe_billing::subscription::{CancelSubscription, RetrieveSubscription, UpdateSubscription};
-use stripe_shared::{ApiErrorsCode, Event, EventType, Invoice, InvoiceBillingReason};
+use stripe_shared::{
+    ApiErrorsCode, ApiErrorsType, Event, EventType, Invoice, InvoiceBillingReason,
+    PaymentIntentStatus,
+};
 use stripe_types::Expandable;
 
 use super::helpers::{TestSim, spawn};
@@ -184,7 +188,36 @@ async fn a_card_that_fails_when_charged_is_retried_then_the_subscription_is_canc
         ]
     );
     let last = parse_invoice(&failed[3]["data"]["object"]);
-    let error = last.last_finalization_error.expect("the charge's error");
+    assert!(
+        last.last_finalization_error.is_none(),
+        "finalizing the invoice did not fail, its payment did"
+    );
+    let invoice = last.id.expect("an invoice id");
+    let payments = ListInvoicePayment::new()
+        .invoice(invoice.as_str())
+        .expand(vec!["data.payment.payment_intent".to_owned()])
+        .send(&sim.stripe())
+        .await
+        .expect("async-stripe reads the invoice's payments");
+    assert_eq!(
+        payments.data.len(),
+        1,
+        "one PaymentIntent, charged by every try"
+    );
+    let payment = &payments.data[0];
+    assert!(payment.id.as_str().starts_with("inpay_"));
+    assert!(payment.is_default);
+    assert_eq!(payment.status, "open");
+    let Some(Expandable::Object(intent)) = &payment.payment.payment_intent else {
+        panic!("the PaymentIntent, expanded: {:?}", payment.payment);
+    };
+    assert!(intent.id.as_str().starts_with("pi_"));
+    assert_eq!(intent.status, PaymentIntentStatus::RequiresPaymentMethod);
+    let error = intent
+        .last_payment_error
+        .as_ref()
+        .expect("the charge's error");
+    assert_eq!(error.type_, ApiErrorsType::CardError);
     assert_eq!(error.code, Some(ApiErrorsCode::CardDeclined));
     assert_eq!(error.decline_code.as_deref(), Some("generic_decline"));
     let statuses: Vec<Value> = sim
@@ -405,4 +438,77 @@ async fn events_are_listed_newest_first_and_paged_by_created_and_cursor() {
     for event in all {
         parse_event(event);
     }
+}
+
+#[tokio::test]
+async fn a_paid_renewal_s_payment_has_a_succeeded_intent_and_no_error() {
+    let sim = spawn().await;
+    subscribed(&sim, "pm_card_visa").await;
+    sim.advance(31 * DAY).await;
+    let paid = sim.events_of("invoice.paid").await;
+    let invoice = paid[0]["data"]["object"]["id"].as_str().expect("an id");
+
+    let listed = sim
+        .get(&format!("/v1/invoice_payments?invoice={invoice}"))
+        .await;
+    let id = listed.body["data"][0]["id"].as_str().expect("a payment");
+    let payment = RetrieveInvoicePayment::new(id)
+        .expand(vec!["payment.payment_intent".to_owned()])
+        .send(&sim.stripe())
+        .await
+        .expect("async-stripe reads the payment");
+    let intent_id = listed.body["data"][0]["payment"]["payment_intent"]
+        .as_str()
+        .expect("the intent's id, unexpanded");
+    let intent = sim.get(&format!("/v1/payment_intents/{intent_id}")).await;
+
+    assert_eq!(payment.status, "paid");
+    assert_eq!(payment.amount_paid, Some(1999));
+    let Some(Expandable::Object(expanded)) = &payment.payment.payment_intent else {
+        panic!("expanded: {:?}", payment.payment);
+    };
+    assert_eq!(expanded.status, PaymentIntentStatus::Succeeded);
+    assert!(expanded.last_payment_error.is_none());
+    assert_eq!(intent.status, 200, "{}", intent.body);
+    assert_eq!(intent.body["id"], intent_id);
+    assert_eq!(intent.body["amount_received"], 1999);
+}
+
+#[tokio::test]
+async fn a_decline_at_charge_puts_the_card_s_own_decline_code_on_the_intent() {
+    let sim = spawn().await;
+    sim.configure(json!({"declines_at": "charge", "invoice_shape": "legacy"}))
+        .await;
+    let (id, created) = subscribed(&sim, "pm_card_visa").await;
+    let customer = created["customer"].as_str().expect("a customer");
+    let failing = sim
+        .post(
+            "/v1/payment_methods/pm_card_chargeDeclinedInsufficientFunds/attach",
+            &format!("customer={customer}"),
+            None,
+        )
+        .await;
+    let failing = failing.body["id"].as_str().expect("it attaches");
+    sim.post(
+        &format!("/v1/subscriptions/{id}"),
+        &format!("default_payment_method={failing}"),
+        None,
+    )
+    .await;
+
+    sim.advance(31 * DAY).await;
+
+    let failed = sim.events_of("invoice.payment_failed").await;
+    let object = &failed[0]["data"]["object"];
+    assert_eq!(object["last_finalization_error"], Value::Null);
+    // The older shape names the PaymentIntent on the invoice.
+    let intent_id = object["payment_intent"].as_str().expect("payment_intent");
+    let intent = sim.get(&format!("/v1/payment_intents/{intent_id}")).await;
+    assert_eq!(intent.status, 200, "{}", intent.body);
+    let error = &intent.body["last_payment_error"];
+    assert_eq!(error["code"], "card_declined");
+    assert_eq!(error["decline_code"], "insufficient_funds");
+    assert_eq!(error["payment_method"]["id"], failing);
+    let unknown = sim.get("/v1/invoice_payments?invoice=in_missing").await;
+    assert_eq!(unknown.status, 400, "{}", unknown.body);
 }

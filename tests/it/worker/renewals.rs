@@ -40,6 +40,7 @@ async fn create_advance_renewed_cancel_advance_canceled_and_the_query_shows_each
         .await
         .expect("created");
 
+    let calls_before = stack.sim_stats().await["requests_total"].clone();
     advance(&stack, MONTH).await;
     let renewed = stack
         .wait_for_event(
@@ -49,6 +50,11 @@ async fn create_advance_renewed_cancel_advance_canceled_and_the_query_shows_each
         )
         .await
         .expect("a renewal announced");
+    assert_eq!(
+        stack.sim_stats().await["requests_total"],
+        calls_before,
+        "a paid renewal costs no Stripe call: its invoice carries all it needs"
+    );
     assert_eq!(renewed["_routing_key"], "subscription.renewed.P000818");
     assert!(
         renewed["id"]
@@ -110,9 +116,15 @@ async fn stripe_post(stack: &Stack, path: &str, form: &[(&str, &str)]) -> serde_
         .expect("json")
 }
 
-#[tokio::test]
-async fn a_card_that_fails_when_charged_is_announced_as_a_failed_renewal() {
+/// A subscription paid with a good card whose card is then switched to `card`, which
+/// attaches but fails when charged; the month is advanced. Returns the stack, the payId, the
+/// `renewal_failed` event and the query's answer.
+async fn a_renewal_charged_to(
+    card: &str,
+    config: serde_json::Value,
+) -> (Stack, String, serde_json::Value, serde_json::Value) {
     let mut stack = Stack::start_with_webhooks(FaultConfig::default()).await;
+    stack.sim_config(config).await;
     stack.spawn_worker().await;
     let pay_id = stack.send(|r| r["pm_id"] = json!("pm_card_visa")).await;
     let created = stack
@@ -124,12 +136,12 @@ async fn a_card_that_fails_when_charged_is_announced_as_a_failed_renewal() {
         .await
         .expect("created");
     // Later the customer's card starts to fail: the subscription is moved to one that attaches
-    // but fails when charged, as a card that expired would.
+    // but fails when charged, as a card that ran out of funds would.
     let customer = created["data"]["customer_id"].as_str().unwrap_or_default();
     let sub_id = created["data"]["sub_id"].as_str().unwrap_or_default();
     let failing = stripe_post(
         &stack,
-        "/v1/payment_methods/pm_card_chargeCustomerFail/attach",
+        &format!("/v1/payment_methods/{card}/attach"),
         &[("customer", customer)],
     )
     .await;
@@ -150,25 +162,127 @@ async fn a_card_that_fails_when_charged_is_announced_as_a_failed_renewal() {
         )
         .await
         .expect("a failed renewal announced");
+    let state = stack
+        .post_signed("/queryAutoRenewalRecord", query(&pay_id))
+        .await;
+    (stack, pay_id, failed, state.body)
+}
+
+#[tokio::test]
+async fn a_failed_renewal_is_announced_with_the_decline_code_of_the_card_that_declined() {
+    let (stack, _, failed, state) = a_renewal_charged_to(
+        "pm_card_chargeDeclinedInsufficientFunds",
+        json!({"declines_at": "charge"}),
+    )
+    .await;
+
     assert_eq!(
         failed["_routing_key"],
         "subscription.renewal_failed.P000818"
     );
-    assert_eq!(failed["data"]["error"]["code"], "card_declined");
+    assert_eq!(
+        failed["data"]["error"],
+        json!({"code": "card_declined", "decline_code": "insufficient_funds",
+               "message": "Your card has insufficient funds."})
+    );
     assert!(
         failed["data"]["attempt_count"]
             .as_u64()
             .is_some_and(|n| n >= 1)
     );
-    let state = stack
-        .post_signed("/queryAutoRenewalRecord", query(&pay_id))
-        .await;
     assert_eq!(
-        state.body["last_error"]["code"], "card_declined",
-        "{:?}",
-        state.body
+        state["last_error"]["decline_code"], "insufficient_funds",
+        "{state:?}"
     );
-    assert_eq!(state.body["renewals"], 0);
+    assert_eq!(state["last_error"]["code"], "card_declined");
+    assert_eq!(state["renewals"], 0);
+    let stats = stack.sim_stats().await;
+    assert_eq!(
+        stats["requests_by_route"]["GET /v1/invoice_payments"], 1,
+        "one lookup of the failed payment: {stats}"
+    );
+    stack.teardown().await;
+}
+
+#[tokio::test]
+async fn a_failed_renewal_in_the_older_invoice_shape_carries_its_decline_code_too() {
+    let (stack, _, failed, state) = a_renewal_charged_to(
+        "pm_card_chargeCustomerFail",
+        json!({"invoice_shape": "legacy"}),
+    )
+    .await;
+
+    assert_eq!(failed["data"]["error"]["code"], "card_declined");
+    assert_eq!(failed["data"]["error"]["decline_code"], "generic_decline");
+    assert_eq!(
+        state["last_error"]["decline_code"], "generic_decline",
+        "{state:?}"
+    );
+    stack.teardown().await;
+}
+
+#[tokio::test]
+async fn a_payment_failed_event_with_only_a_finalization_error_reports_no_decline() {
+    use secrecy::ExposeSecret;
+    let mut stack = Stack::start_with_webhooks(FaultConfig::default()).await;
+    stack.spawn_worker().await;
+    let pay_id = stack.send(|r| r["pm_id"] = json!("pm_card_visa")).await;
+    let created = stack
+        .wait_for_event(
+            &pay_id,
+            "autorenew.subscription.succeeded",
+            Duration::from_secs(20),
+        )
+        .await
+        .expect("created");
+    let sub_id = created["data"]["sub_id"].as_str().unwrap_or_default();
+    let get = |path: String| {
+        let key = stack.settings.stripe.secret_key.expose_secret().to_owned();
+        async move {
+            reqwest::Client::new()
+                .get(path)
+                .basic_auth(key, Some(""))
+                .send()
+                .await
+                .expect("the simulator answers")
+                .json::<serde_json::Value>()
+                .await
+                .expect("json")
+        }
+    };
+    let subscription = get(format!("{}/v1/subscriptions/{sub_id}", stack.sim_base)).await;
+    let invoice_id = subscription["latest_invoice"].as_str().expect("an invoice");
+    // Its payment went through (no `last_payment_error`); only finalizing is said to have
+    // failed, with an error that looks like a decline. That is no decline of the card.
+    let mut invoice = get(format!("{}/v1/invoices/{invoice_id}", stack.sim_base)).await;
+    invoice["last_finalization_error"] = json!({"type": "card_error", "code": "card_declined",
+        "decline_code": "generic_decline", "message": "Your card was declined."});
+    let id = format!("evt_final{}", uuid::Uuid::new_v4().simple());
+    let event = json!({"id": id, "object": "event", "api_version": "2025-03-31.basil",
+        "created": time::OffsetDateTime::now_utc().unix_timestamp(), "livemode": false,
+        "pending_webhooks": 1, "request": {"id": null, "idempotency_key": null},
+        "type": "invoice.payment_failed", "data": {"object": invoice}});
+
+    deliver(&stack, &event).await;
+
+    let failed = stack
+        .wait_for_event(
+            &pay_id,
+            "autorenew.subscription.renewal_failed",
+            Duration::from_secs(20),
+        )
+        .await
+        .expect("the failed payment announced");
+    assert_eq!(failed["id"], format!("stripe:{id}"));
+    assert_eq!(
+        failed["data"]["error"],
+        json!({"code": null, "decline_code": null, "message": "the renewal charge failed"})
+    );
+    let stats = stack.sim_stats().await;
+    assert_eq!(
+        stats["requests_by_route"]["GET /v1/invoice_payments"], 1,
+        "the payment was looked up: {stats}"
+    );
     stack.teardown().await;
 }
 
