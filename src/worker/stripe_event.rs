@@ -69,10 +69,14 @@ pub async fn handle(ctx: &LifecycleContext, incoming: &Incoming) -> Handled {
                 return dead_letter(ctx, incoming, "an invoice that does not parse", "poison")
                     .await;
             };
-            if kind == "invoice.paid"
-                && invoice.billing_reason.as_ref().map(|r| r.as_str()) != Some("subscription_cycle")
-            {
+            let reason = invoice.billing_reason.as_ref().map(|r| r.as_str());
+            if kind == "invoice.paid" && reason != Some("subscription_cycle") {
                 // The first invoice is the creation's, announced as `succeeded` already.
+                return counted(&kind, "ignored");
+            }
+            if kind == "invoice.payment_failed" && reason == Some("subscription_create") {
+                // The first invoice's failure is the creation's, which its job answers: it is
+                // no renewal (with `payment_behavior` `allow_incomplete` Stripe still sends it).
                 return counted(&kind, "ignored");
             }
             invoice_meaning(ctx, &kind, &invoice, &event.data.object).await
@@ -102,6 +106,15 @@ pub async fn handle(ctx: &LifecycleContext, incoming: &Incoming) -> Handled {
         Ok(Some(tied)) => tied,
         Ok(None) => return counted(&kind, "not_ours"),
         Err(StripeFailure::BudgetUnavailable(_)) => return Handled::requeue("handed_back"),
+        // Stripe says the subscription is not in this account (a 404, an id it refuses): it
+        // cannot be one autorenew made, and asking again would loop for ever.
+        Err(StripeFailure::Permanent(detail)) => {
+            tracing::warn!(
+                event = %event.id, kind = %kind, stripe_code = ?detail.stripe_code,
+                "the event's subscription cannot be retrieved; counted as not ours"
+            );
+            return counted(&kind, "not_ours");
+        }
         // The subscription could not be retrieved now: the event waits and comes back.
         Err(_) => {
             return match ctx

@@ -257,6 +257,8 @@ async fn a_payment_failed_event_with_only_a_finalization_error_reports_no_declin
     let mut invoice = get(format!("{}/v1/invoices/{invoice_id}", stack.sim_base)).await;
     invoice["last_finalization_error"] = json!({"type": "card_error", "code": "card_declined",
         "decline_code": "generic_decline", "message": "Your card was declined."});
+    // As a renewal's invoice: a first invoice's failure is the creation's, not announced.
+    invoice["billing_reason"] = json!("subscription_cycle");
     let id = format!("evt_final{}", uuid::Uuid::new_v4().simple());
     let event = json!({"id": id, "object": "event", "api_version": "2025-03-31.basil",
         "created": time::OffsetDateTime::now_utc().unix_timestamp(), "livemode": false,
@@ -361,6 +363,153 @@ async fn an_older_update_delivered_after_a_newer_one_is_announced_but_changes_no
         state.body["cancel_at_period_end"], true,
         "the older event did not take the state back: {:?}",
         state.body
+    );
+    stack.teardown().await;
+}
+
+/// An event of a subscription that is not in the account (Stripe answers its retrieval with
+/// 404) cannot be one autorenew made: it is taken once and dropped, never retried for ever.
+#[tokio::test]
+async fn an_event_of_a_subscription_stripe_does_not_know_is_taken_once_and_dropped() {
+    use secrecy::ExposeSecret;
+    let mut stack = Stack::start_with_webhooks(FaultConfig::default()).await;
+    stack.spawn_worker().await;
+    let pay_id = stack.send(|_| {}).await;
+    let created = stack
+        .wait_for_event(
+            &pay_id,
+            "autorenew.subscription.succeeded",
+            Duration::from_secs(20),
+        )
+        .await
+        .expect("created");
+    let sub_id = created["data"]["sub_id"].as_str().unwrap_or_default();
+    let get = |path: String| {
+        let key = stack.settings.stripe.secret_key.expose_secret().to_owned();
+        async move {
+            reqwest::Client::new()
+                .get(path)
+                .basic_auth(key, Some(""))
+                .send()
+                .await
+                .expect("the simulator answers")
+                .json::<serde_json::Value>()
+                .await
+                .expect("json")
+        }
+    };
+    let subscription = get(format!("{}/v1/subscriptions/{sub_id}", stack.sim_base)).await;
+    let invoice_id = subscription["latest_invoice"].as_str().expect("an invoice");
+    // A real invoice, made to name a subscription the account does not have and to carry no
+    // metadata, so the worker must retrieve the subscription to tie the event to a payId.
+    let mut invoice = get(format!("{}/v1/invoices/{invoice_id}", stack.sim_base)).await;
+    let missing = format!("sub_missing{}", uuid::Uuid::new_v4().simple());
+    invoice["parent"]["subscription_details"] = json!({"metadata": {}, "subscription": missing});
+    invoice["billing_reason"] = json!("subscription_cycle");
+    let id = format!("evt_missing{}", uuid::Uuid::new_v4().simple());
+    let event = json!({"id": id, "object": "event", "api_version": "2025-03-31.basil",
+        "created": time::OffsetDateTime::now_utc().unix_timestamp(), "livemode": false,
+        "pending_webhooks": 1, "request": {"id": null, "idempotency_key": null},
+        "type": "invoice.payment_failed", "data": {"object": invoice}});
+    let retrievals = || async {
+        stack.sim_stats().await["requests_by_route"]["GET /v1/subscriptions/{id}"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let before = retrievals().await;
+
+    deliver(&stack, &event).await;
+
+    let asked = crate::helpers::poll_until(Duration::from_secs(20), || async {
+        retrievals().await > before
+    })
+    .await;
+    assert!(asked, "the worker retrieved the event's subscription");
+    // The lock-retry delay is 200 ms here: an event that went back would be asked about again
+    // several times within two seconds.
+    let asked_again = crate::helpers::poll_until(Duration::from_secs(2), || async {
+        retrievals().await > before + 1
+    })
+    .await;
+    assert!(!asked_again, "an unknown subscription is asked about once");
+    assert!(
+        !stack.events_by_pay_id()[&pay_id]
+            .iter()
+            .any(|e| e["id"] == format!("stripe:{id}")),
+        "nothing is announced for it"
+    );
+    stack.teardown().await;
+}
+
+/// The first invoice's failed payment is the creation's (its job answers it): it is not
+/// announced as a failed renewal, while a cycle invoice's is.
+#[tokio::test]
+async fn a_first_invoice_s_failed_payment_is_no_failed_renewal() {
+    use secrecy::ExposeSecret;
+    let mut stack = Stack::start_with_webhooks(FaultConfig::default()).await;
+    stack.spawn_worker().await;
+    let pay_id = stack.send(|_| {}).await;
+    let created = stack
+        .wait_for_event(
+            &pay_id,
+            "autorenew.subscription.succeeded",
+            Duration::from_secs(20),
+        )
+        .await
+        .expect("created");
+    let sub_id = created["data"]["sub_id"].as_str().unwrap_or_default();
+    let get = |path: String| {
+        let key = stack.settings.stripe.secret_key.expose_secret().to_owned();
+        async move {
+            reqwest::Client::new()
+                .get(path)
+                .basic_auth(key, Some(""))
+                .send()
+                .await
+                .expect("the simulator answers")
+                .json::<serde_json::Value>()
+                .await
+                .expect("json")
+        }
+    };
+    let subscription = get(format!("{}/v1/subscriptions/{sub_id}", stack.sim_base)).await;
+    let invoice_id = subscription["latest_invoice"].as_str().expect("an invoice");
+    let first = get(format!("{}/v1/invoices/{invoice_id}", stack.sim_base)).await;
+    assert_eq!(first["billing_reason"], "subscription_create");
+    let mut cycle = first.clone();
+    cycle["billing_reason"] = json!("subscription_cycle");
+    let event = |id: &str, invoice: &serde_json::Value| {
+        json!({"id": id, "object": "event", "api_version": "2025-03-31.basil",
+            "created": time::OffsetDateTime::now_utc().unix_timestamp(), "livemode": false,
+            "pending_webhooks": 1, "request": {"id": null, "idempotency_key": null},
+            "type": "invoice.payment_failed", "data": {"object": invoice}})
+    };
+    let first_id = format!("evt_first{}", uuid::Uuid::new_v4().simple());
+    let cycle_id = format!("evt_cycle{}", uuid::Uuid::new_v4().simple());
+
+    deliver(&stack, &event(&first_id, &first)).await;
+    deliver(&stack, &event(&cycle_id, &cycle)).await;
+
+    let announced = || -> Vec<String> {
+        stack.events_by_pay_id()[&pay_id]
+            .iter()
+            .map(|e| e["id"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let cycle_announced = crate::helpers::poll_until(Duration::from_secs(20), || async {
+        announced().contains(&format!("stripe:{cycle_id}"))
+    })
+    .await;
+    assert!(cycle_announced, "the cycle invoice's failure is announced");
+    let announced = announced();
+    assert!(
+        !announced.contains(&format!("stripe:{first_id}")),
+        "the first invoice's failure is not a renewal's: {announced:?}"
+    );
+    let stats = stack.sim_stats().await;
+    assert_eq!(
+        stats["requests_by_route"]["GET /v1/invoice_payments"], 1,
+        "only the cycle invoice's payment was looked up: {stats}"
     );
     stack.teardown().await;
 }
