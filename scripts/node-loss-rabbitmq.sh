@@ -145,8 +145,13 @@ python3 -c "import sys; sys.exit(0 if $t_stop < $LOAD_SECONDS * 0.75 else 1)" ||
 wait "$LOADGEN" || true
 sleep 2
 curl -fs "$SIM/_sim/stats" >"$BASE/stats.json"
-queued=$(ctl -n "${NODE[$S]}" -q list_queues --no-table-headers name messages 2>/dev/null |
-  awk -v run="$RUN" '$1 ~ "^"run"\\.(jobs|retry)" {n += $2} END {print n + 0}')
+# Copies of settled jobs come back from the delayed-retry queues and are dropped by the
+# workers: wait (bounded) for them to drain.
+left() {
+  ctl -n "${NODE[$S]}" -q list_queues --no-table-headers name messages 2>/dev/null |
+    awk -v run="$RUN" '$1 ~ "^"run"\\.(jobs|retry)" {n += $2} END {print n + 0}'
+}
+for _ in $(seq 1 60); do queued=$(left); [ "$queued" -eq 0 ] && break; sleep 1; done
 
 python3 - "$BASE/report.json" "$BASE/stats.json" "$BASE/record.jsonl" "$queued" "$members_ok" \
   "$t_kill" "$t_back" "$t_stop" "$RATE" "$LOAD_SECONDS" <<'PY'

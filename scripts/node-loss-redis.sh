@@ -142,8 +142,13 @@ echo "t=$(python3 -c "print(f'{$(now) - $start:.1f}')") s: a replica (port $(own
 wait "$LOADGEN" || true
 sleep 2
 curl -fs "$SIM/_sim/stats" >"$BASE/stats.json"
-queued=$(rabbitmqctl -q list_queues --no-table-headers name messages </dev/null 2>/dev/null |
-  awk -v run="$RUN" '$1 ~ "^"run"\\.(jobs|retry)" {n += $2} END {print n + 0}')
+# Copies of settled jobs (redeliveries, retries queued before a result was stored) come back
+# from the delayed-retry queues and are dropped by the workers: wait (bounded) for them to drain.
+left() {
+  rabbitmqctl -q list_queues --no-table-headers name messages </dev/null 2>/dev/null |
+    awk -v run="$RUN" '$1 ~ "^"run"\\.(jobs|retry)" {n += $2} END {print n + 0}'
+}
+for _ in $(seq 1 60); do queued=$(left); [ "$queued" -eq 0 ] && break; sleep 1; done
 
 python3 - "$BASE/report.json" "$BASE/stats.json" "$BASE/record.jsonl" "$queued" "$t_kill" \
   "$phase" "$RATE" "$LOAD_SECONDS" <<'PY'

@@ -71,6 +71,7 @@ impl Broker {
             mandatory: message.mandatory,
             ..BasicPublishOptions::default()
         };
+        let broker = self.clone();
         let exchange = message.exchange.into();
         let routing_key = message.routing_key.into();
         let body = message.body;
@@ -82,7 +83,10 @@ impl Broker {
             match confirm {
                 lapin::Confirmation::Ack(None) => Ok(()),
                 lapin::Confirmation::Ack(Some(_)) => Err(BrokerError::Unroutable),
-                lapin::Confirmation::Nack(_) => Err(BrokerError::Nacked),
+                lapin::Confirmation::Nack(_) => {
+                    broker.report_nack();
+                    Err(BrokerError::Nacked)
+                }
                 // The publisher channel is always in confirm mode; not getting a confirm means
                 // we cannot know the message is safe.
                 lapin::Confirmation::NotRequested => Err(BrokerError::Nacked),
