@@ -14,11 +14,13 @@
 //! before or after arrival, a 429, a 409 for a key in use, and answers slower than the client's
 //! timeout. A payment method whose id contains `chargeDeclined` is declined when attached.
 //!
-//! Card checks also decline now and then (`Faults::decline_rate`): an issuer's decline of the
-//! check Stripe runs when it attaches a card, at a customer create with the method or at an
-//! attach that executes (a replayed key answers what it stored). That includes an attach of a
-//! method attached to this customer already, which real Stripe may not check again: the
-//! harsher answer, so the job path must survive a refusal that comes after a create was sent.
+//! Attaches also decline now and then (`Faults::decline_rate`): the issuer declines the card
+//! check of an attach that executes (a replayed key answers what it stored). That includes an
+//! attach of a method attached to this customer already, which real Stripe may not check
+//! again: the harsher answer, so the job path must survive a refusal that comes after a create
+//! was sent (a job's second attempt attaches to the customer its first one created). Customer
+//! creates are left alone: a decline there ends a job before any create, as `chargeDeclined`
+//! cards already do.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -50,8 +52,8 @@ pub struct Faults {
     pub outage: bool,
     /// The share of calls that panic in the client (a bug in the worker).
     pub panic_rate: f64,
-    /// The share of card checks (a customer created with a method, an attach) that the issuer
-    /// declines (`card_declined`, `do_not_honor`), drawn when the request executes.
+    /// The share of attaches whose card check the issuer declines (`card_declined`,
+    /// `do_not_honor`), drawn when the request executes.
     pub decline_rate: f64,
     /// The client's timeout (`stripe.request_timeout_ms`).
     pub client_timeout: Duration,
