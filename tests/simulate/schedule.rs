@@ -35,7 +35,7 @@ const PRICE: &str = "price_basic";
 const DECLINING_SCHEDULES: f64 = 0.5;
 const MAX_DECLINE_RATE: f64 = 0.5;
 /// Mixed into the seed for the decline draws.
-const DECLINE_SEED: u64 = 0xDEC1_1E5;
+const DECLINE_SEED: u64 = 0x0DEC_11E5;
 
 /// What a schedule did and what it broke.
 pub struct Report {
