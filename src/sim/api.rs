@@ -4,7 +4,9 @@
 //!
 //! The order matters: a 429 or an injected 500 happens before anything runs and saves
 //! nothing under the idempotency key; latency is spent while the key is in flight (so a
-//! concurrent retry sees Stripe's 409); a lost response happens after the write was saved.
+//! concurrent retry sees Stripe's 409); a saved 500 takes the place of the endpoint after the
+//! key was claimed, so it is saved under the key as Stripe saves a 500 of an endpoint that
+//! started; a lost response happens after the write was saved.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -56,8 +58,9 @@ async fn serve(
         Err(error) => return counted(error.into_response()),
     };
     let (plan, config) = shared.plan(method, uri.path(), route);
-    let (latency, lost) = match plan {
-        Plan::Run { latency, lost } => (latency, lost),
+    let (latency, lost, saved_error) = match plan {
+        Plan::Run { latency, lost } => (latency, lost, false),
+        Plan::SavedError { latency } => (latency, None, true),
         Plan::RateLimited { spurious } => {
             shared.stats_fault(if spurious {
                 Fault::Spurious429
@@ -116,6 +119,7 @@ async fn serve(
         params,
         config,
         latency,
+        saved_error,
         key: key.map(|key| (api_key, key)),
     };
     match tokio::spawn(work.run()).await {
@@ -132,6 +136,8 @@ struct Work {
     params: Params,
     config: faults::FaultConfig,
     latency: std::time::Duration,
+    /// The endpoint fails with a 500 instead of running (saved under the key like any answer).
+    saved_error: bool,
     /// (API key, idempotency key) when the request claimed one.
     key: Option<(String, String)>,
 }
@@ -145,6 +151,7 @@ impl Work {
             params,
             config,
             latency,
+            saved_error,
             key,
         } = self;
         shared.sleep(latency).await;
@@ -152,18 +159,25 @@ impl Work {
             id: Some(new_id("req")),
             idempotency_key: key.as_ref().map(|(_, key)| key.clone()),
         };
-        let (result, deliveries) = {
-            let mut store = shared.store();
-            let mut ctx = Ctx {
-                store: &mut store,
-                config: &config,
-                now: Instant::now(),
-                request,
+        let result = if saved_error {
+            // Stripe's endpoint failed after it started: nothing written, nothing to deliver.
+            shared.stats_fault(Fault::SavedError);
+            Err(ApiError::saved_server_error())
+        } else {
+            let (result, deliveries) = {
+                let mut store = shared.store();
+                let mut ctx = Ctx {
+                    store: &mut store,
+                    config: &config,
+                    now: Instant::now(),
+                    request,
+                };
+                let result = route.execute(&mut ctx, id.as_deref(), &params);
+                (result, store.events.take_outbox())
             };
-            let result = route.execute(&mut ctx, id.as_deref(), &params);
-            (result, store.events.take_outbox())
+            shared.deliver(deliveries);
+            result
         };
-        shared.deliver(deliveries);
         let (saved, validation) = match result {
             Ok(value) => (
                 Saved {

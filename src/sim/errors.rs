@@ -160,6 +160,18 @@ impl ApiError {
         .retry(true)
     }
 
+    /// A 500 of an endpoint that started and failed, saved under the idempotency key so a
+    /// retry with that key gets it again. No `Stripe-Should-Retry`: Stripe does not document
+    /// what it sends there, and the worker must not lean on it.
+    pub fn saved_server_error() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "api_error",
+            "An unknown error occurred (injected by the simulator, saved under the idempotency \
+             key).",
+        )
+    }
+
     pub fn idempotency_mismatch(key: &str) -> Self {
         Self::new(
             StatusCode::BAD_REQUEST,

@@ -1,6 +1,16 @@
 //! Limits and faults: the request-rate limiter, latency, random faults at configured shares,
 //! and scripted answers for tests ("fail twice with 500, then succeed").
 //!
+//! Three kinds of 500, by what Stripe keeps of the request (its idempotency docs: a result is
+//! saved once the endpoint started executing, "including 500 errors"):
+//! - `error_rate` / `error`: refused before anything runs; nothing is saved under the key, so
+//!   a retry with the same key executes;
+//! - `saved_error_rate` / `saved_error`: the endpoint started and failed; nothing is written,
+//!   but the 500 is saved under the key, so every retry with that key and those parameters
+//!   gets the same 500 back (`Idempotent-Replayed: true`), and only a new key executes;
+//! - `lost_response_rate` / `lost_response`: the write happened and the success is saved; the
+//!   client gets a 500 (or a dropped connection), a retry with the key the saved success.
+//!
 //! They apply to the Stripe API routes only; `/_sim/*` is never limited or faulted, so a
 //! test can always read the stats and change the configuration.
 
@@ -26,8 +36,12 @@ pub struct FaultConfig {
     /// Equal values give a fixed latency.
     pub latency_p50_ms: u64,
     pub latency_p99_ms: u64,
-    /// Share of requests answered 500 `api_error` before anything is written.
+    /// Share of requests answered 500 `api_error` before anything runs; nothing is saved.
     pub error_rate: f64,
+    /// Share of requests whose endpoint starts and fails with a 500 `api_error`: nothing is
+    /// written, and the 500 is saved under the idempotency key (replayed to every retry with
+    /// that key and parameters). A request without a key just gets the 500.
+    pub saved_error_rate: f64,
     /// Share of requests answered 429 `rate_limit` regardless of the limiter.
     pub rate_limit_error_rate: f64,
     /// Share of requests that hang for `hang_ms` (longer than a client's timeout), then 500.
@@ -57,6 +71,7 @@ impl Default for FaultConfig {
             latency_p50_ms: 0,
             latency_p99_ms: 0,
             error_rate: 0.0,
+            saved_error_rate: 0.0,
             rate_limit_error_rate: 0.0,
             hang_rate: 0.0,
             hang_ms: 60_000,
@@ -112,6 +127,7 @@ impl FaultConfig {
     pub fn check(&self) -> Result<(), String> {
         let shares = [
             ("error_rate", self.error_rate),
+            ("saved_error_rate", self.saved_error_rate),
             ("rate_limit_error_rate", self.rate_limit_error_rate),
             ("hang_rate", self.hang_rate),
             ("lost_response_rate", self.lost_response_rate),
@@ -218,6 +234,9 @@ pub enum Answer {
     },
     /// A 429 `rate_limit`, as the limiter gives.
     RateLimit,
+    /// Start executing, then fail with a 500 `api_error` saved under the idempotency key:
+    /// nothing is written, and retries with the same key get the same 500.
+    SavedError,
     /// Hang `ms` milliseconds (default: the configured `hang_ms`), then 500 without executing.
     Hang {
         #[serde(default)]
@@ -279,6 +298,10 @@ pub enum Plan {
         latency: Duration,
         lost: Option<LostMode>,
     },
+    /// Claim the idempotency key after `latency`, then fail with a 500 saved under it.
+    SavedError {
+        latency: Duration,
+    },
     RateLimited {
         spurious: bool,
     },
@@ -304,6 +327,11 @@ pub fn roll(config: &FaultConfig) -> Plan {
             message: None,
         });
     }
+    if hit(config.saved_error_rate) {
+        return Plan::SavedError {
+            latency: config.latency(),
+        };
+    }
     let lost = hit(config.lost_response_rate).then_some(config.lost_response_mode);
     Plan::Run {
         latency: config.latency(),
@@ -323,6 +351,9 @@ pub fn from_script(answer: Answer, config: &FaultConfig) -> Plan {
             lost: None,
         },
         Answer::RateLimit => Plan::RateLimited { spurious: true },
+        Answer::SavedError => Plan::SavedError {
+            latency: Duration::ZERO,
+        },
         Answer::Hang { ms } => Plan::Hang(Duration::from_millis(ms.unwrap_or(config.hang_ms))),
         Answer::LostResponse { mode } => Plan::Run {
             latency: Duration::ZERO,

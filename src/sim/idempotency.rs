@@ -4,7 +4,9 @@
 //! - the same key with other parameters is a 400 `idempotency_error`, with another endpoint too;
 //! - the same key while its first request is still running is a 409 (retry later);
 //! - nothing is saved when the endpoint never started: validation errors, 429s, injected
-//!   500s before execution, 409s. Those can be retried with the same key.
+//!   500s before execution, 409s. Those can be retried with the same key;
+//! - a 500 of an endpoint that started is saved like any answer (the `saved_error` fault), so
+//!   retries with that key get the same 500; only a new key executes again.
 //!
 //! Keys are scoped to the API key, as Stripe scopes them to the account. Stripe forgets keys
 //! after 24 hours; the simulator keeps them until `/_sim/reset`.

@@ -20,7 +20,7 @@
 //!   "requests_by_route": {"POST /v1/subscriptions": 2}, "requests_total": 2, "objects":
 //!   {"customers": 1, …, "events": 9}, "subscriptions_by_pay_id": {"P1": 1}, "idempotency":
 //!   {"keys", "in_flight", "replays"}, "faults": {"rate_limited", "spurious_429", "errors",
-//!   "hangs", "lost_responses", "scripted"}, "webhooks": {"attempts", "delivered",
+//!   "hangs", "lost_responses", "scripted", "saved_errors"}, "webhooks": {"attempts", "delivered",
 //!   "failed_attempts", "given_up"}}`. A dropped connection counts under status `"dropped"`;
 //!   unknown URLs under route `"unrecognized"`.
 //! - `POST /_sim/advance` (`seconds=N`, form or query, or `{"seconds": N}`): moves the
@@ -32,7 +32,7 @@
 //! - `GET /_sim/config`: the [`faults::FaultConfig`] in force. `PATCH` sets the fields given,
 //!   `POST` sets them over the defaults: `{"rate_limit": "test"|"live"|"off"|N,
 //!   "rate_limit_burst": N, "latency_p50_ms": 20, "latency_p99_ms": 200, "error_rate": 0.01,
-//!   "rate_limit_error_rate": 0.01, "hang_rate": 0.01, "hang_ms": 60000,
+//!   "saved_error_rate": 0.01, "rate_limit_error_rate": 0.01, "hang_rate": 0.01, "hang_ms": 60000,
 //!   "lost_response_rate": 0.01, "lost_response_mode": "error"|"drop", "search_delay_ms": 0,
 //!   "declines_at": "attach"|"charge", "unknown_payment_methods": "good_card"|"missing",
 //!   "invoice_shape": "current"|"legacy"|"both"}`.
@@ -40,7 +40,9 @@
 //!   "status": 500}, {"kind": "lost_response", "mode": "drop"}, {"kind": "pass"}]}` (or a list
 //!   of such) queues answers for the next requests to that route (`{id}` for path ids, a
 //!   concrete path, or `*`). Kinds: `pass`, `delay` (`ms`), `error` (`status`, `type`, `code`,
-//!   `decline_code`, `message`), `rate_limit`, `hang` (`ms`), `lost_response` (`mode`).
+//!   `decline_code`, `message`; nothing saved under the key), `saved_error` (a 500 saved under
+//!   the key: retries with it get the same 500), `rate_limit`, `hang` (`ms`), `lost_response`
+//!   (`mode`).
 //!   Scripted requests skip the limiter and the random faults. `GET` shows what is queued,
 //!   `DELETE` clears it.
 
@@ -96,9 +98,13 @@ pub struct SimArgs {
     /// Latency before each answer: `MS` (fixed) or `P50:P99` in ms (log-normal).
     #[arg(long, default_value = "0", value_parser = parse_latency)]
     pub latency: (u64, u64),
-    /// Share (0–1) of requests answered 500 `api_error`, nothing written.
+    /// Share (0–1) of requests answered 500 `api_error`, nothing written, nothing saved.
     #[arg(long, default_value_t = 0.0)]
     pub error_rate: f64,
+    /// Share (0–1) of requests that start, fail with a 500 `api_error` and save it under their
+    /// idempotency key: nothing written, and retries with that key get the same 500.
+    #[arg(long, default_value_t = 0.0)]
+    pub saved_error_rate: f64,
     /// Share (0–1) of requests answered 429 `rate_limit` whatever the limiter says.
     #[arg(long, default_value_t = 0.0)]
     pub rate_limit_error_rate: f64,
@@ -192,6 +198,7 @@ impl TryFrom<SimArgs> for SimSettings {
             latency_p50_ms: args.latency.0,
             latency_p99_ms: args.latency.1,
             error_rate: args.error_rate,
+            saved_error_rate: args.saved_error_rate,
             rate_limit_error_rate: args.rate_limit_error_rate,
             hang_rate: args.hang_rate,
             hang_ms: args.hang_ms,

@@ -16,15 +16,17 @@ pub enum Fault {
     Hang,
     LostResponse,
     Scripted,
+    SavedError,
 }
 
-const FAULT_NAMES: [&str; 6] = [
+const FAULT_NAMES: [&str; 7] = [
     "rate_limited",
     "spurious_429",
     "errors",
     "hangs",
     "lost_responses",
     "scripted",
+    "saved_errors",
 ];
 
 /// What became of one webhook delivery attempt.
@@ -41,7 +43,7 @@ const DELIVERY_NAMES: [&str; 4] = ["attempts", "delivered", "failed_attempts", "
 #[derive(Debug, Default)]
 pub struct Stats {
     requests: HashMap<&'static str, BTreeMap<u16, u64>>,
-    faults: [u64; 6],
+    faults: [u64; 7],
     webhooks: [u64; 4],
 }
 

@@ -132,12 +132,13 @@ retry_max_delay_ms = 300
 lock_ttl_ms = 5000
 lock_retry_delay_ms = 500
 drain_timeout_secs = 10
+key_switch_after_ms = 3000
 
 [stripe]
 secret_key = "sk_test_chaos"
 api_base = "{sim}"
 max_requests_per_second = 100000
-request_timeout_ms = 3000
+request_timeout_ms = 1500
 
 {partners}"#
     );
@@ -261,6 +262,7 @@ async fn chaos_keeps_every_promise() {
     let sim = Sim::build(SimSettings {
         faults: FaultConfig {
             error_rate: 0.20,
+            saved_error_rate: 0.01,
             rate_limit_error_rate: 0.10,
             lost_response_rate: 0.05,
             ..FaultConfig::default()

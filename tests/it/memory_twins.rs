@@ -166,6 +166,22 @@ async fn stripe_rules_after_429(stripe: &dyn StripeApi) -> Vec<String> {
     said
 }
 
+/// After the caller scripted a 500 that Stripe saves for the next customer create.
+async fn stripe_rules_after_saved_500(stripe: &dyn StripeApi) -> Vec<String> {
+    let mut said = Vec::new();
+    let saved = new_customer("saved@example.com", "pm_twin_saved");
+    let first = stripe.create_customer(&saved, "twin-saved").await;
+    said.push(format!("saved 500: {}", kind(&first)));
+    let retried = stripe.create_customer(&saved, "twin-saved").await;
+    said.push(format!("the same key gets it again: {}", kind(&retried)));
+    let found = stripe.find_customer("P1", "saved@example.com").await;
+    let made = found.as_ref().is_ok_and(|f| f.is_some());
+    said.push(format!("and made nothing: {}", !made));
+    let new_key = stripe.create_customer(&saved, "twin-saved-2").await;
+    said.push(format!("a new key runs: {}", kind(&new_key)));
+    said
+}
+
 fn new_customer<'a>(email: &'a str, payment_method: &'a str) -> NewCustomer<'a> {
     NewCustomer {
         partner_code: "P1",
@@ -207,6 +223,11 @@ async fn the_memory_stripe_keeps_the_idempotency_rules_of_the_simulator() {
     let mut fake = stripe_rules_before_429(&memory).await;
     memory.script(&[StripeFault::RateLimited]);
     fake.extend(stripe_rules_after_429(&memory).await);
+    sim.script("POST /v1/customers", json!([{"kind": "saved_error"}]))
+        .await;
+    real.extend(stripe_rules_after_saved_500(&gateway).await);
+    memory.script(&[StripeFault::ServerErrorBefore]);
+    fake.extend(stripe_rules_after_saved_500(&memory).await);
 
     assert_eq!(fake, real);
     assert_eq!(
@@ -226,6 +247,11 @@ async fn the_memory_stripe_keeps_the_idempotency_rules_of_the_simulator() {
             "429: transient".to_owned(),
             "the key runs after a 429: ok".to_owned(),
             "and made the customer: true".to_owned(),
+            // A 500 may follow a write: unknown, to be looked up; under its key it stays so.
+            "saved 500: unknown".to_owned(),
+            "the same key gets it again: unknown".to_owned(),
+            "and made nothing: true".to_owned(),
+            "a new key runs: ok".to_owned(),
         ]
     );
 }

@@ -28,6 +28,8 @@ fn main() -> ExitCode {
     let mut violations = 0;
     let mut failing = 0;
     let mut coverage = [0_u64; COVERAGE.len()];
+    let mut refusals_parked = 0_u64;
+    let mut refusals_after_create = 0_u64;
     for index in 0..schedules {
         let seed = base.wrapping_add(index);
         let mut report = schedule::run(seed);
@@ -44,6 +46,9 @@ fn main() -> ExitCode {
                 *seen += 1;
             }
         }
+        let (after_create, parked) = refusals(&report.trace);
+        refusals_after_create += u64::from(after_create);
+        refusals_parked += u64::from(parked);
         if print_all {
             println!("--- seed {seed}: {}", report.summary);
             for line in &report.trace {
@@ -70,11 +75,13 @@ fn main() -> ExitCode {
             }
         }
     }
-    let reached: Vec<String> = COVERAGE
+    let mut reached: Vec<String> = COVERAGE
         .iter()
         .zip(coverage)
         .map(|((name, _), seen)| format!("{name} {seen}"))
         .collect();
+    reached.push(format!("refusal after a create {refusals_after_create}"));
+    reached.push(format!("refusal parked {refusals_parked}"));
     println!("schedules that reached: {}", reached.join(", "));
     println!("simulation: {schedules} schedules, {violations} violations");
     if violations == 0 {
@@ -98,6 +105,42 @@ const COVERAGE: [(&str, &str); 10] = [
     ("replay cleared", "clear result"),
     ("lock lost", "locks dropped"),
 ];
+
+/// Refusals of an earlier step that a single trace line does not show: (an attach was refused
+/// in a job that found a create recorded, such a refusal parked the job). A refusal parks the job
+/// when an earlier create may still land; its payId's next ending is then a delay to
+/// reconciliation rather than a stored result.
+fn refusals(trace: &[String]) -> (bool, bool) {
+    let (mut after_create, mut parked) = (false, false);
+    for (at, line) in trace.iter().enumerate() {
+        if !line.contains("client: Err(Permanent(") {
+            continue;
+        }
+        let Some((pay_id, _)) = line
+            .split_once("[ar-")
+            .and_then(|(_, rest)| rest.split_once("-attach-"))
+        else {
+            continue;
+        };
+        let begun = format!("begin {pay_id}: locked");
+        if !trace[..at]
+            .iter()
+            .rev()
+            .find(|earlier| earlier.contains(&begun))
+            .is_some_and(|begin| begin.contains("created Some"))
+        {
+            continue;
+        }
+        after_create = true;
+        let to_reconcile = format!("delay {pay_id} Reconcile");
+        let finished = format!("finish {pay_id}: ");
+        parked |= trace[at + 1..]
+            .iter()
+            .find(|later| later.contains(&to_reconcile) || later.contains(&finished))
+            .is_some_and(|ending| ending.contains(&to_reconcile));
+    }
+    (after_create, parked)
+}
 
 fn env_number(name: &str, default: u64) -> u64 {
     match std::env::var(name) {

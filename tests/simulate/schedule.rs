@@ -31,6 +31,11 @@ const DELIVERY_LIMIT: u32 = 4;
 /// How long, after the chaos, the world may take to settle.
 const SETTLE_CAP: Duration = Duration::from_secs(6 * 3600);
 const PRICE: &str = "price_basic";
+/// The share of schedules whose card checks sometimes decline, and the most they decline.
+const DECLINING_SCHEDULES: f64 = 0.5;
+const MAX_DECLINE_RATE: f64 = 0.5;
+/// Mixed into the seed for the decline draws.
+const DECLINE_SEED: u64 = 0x0DEC_11E5;
 
 /// What a schedule did and what it broke.
 pub struct Report {
@@ -131,6 +136,7 @@ async fn schedule(seed: u64) -> Report {
         rate: rng.f64() * 0.5,
         outage: false,
         panic_rate: if rng.f64() < 0.3 { 0.02 } else { 0.0 },
+        decline_rate: decline_rate(seed),
         client_timeout: CLIENT_TIMEOUT,
     };
     world.stripe.set_faults(faults.clone());
@@ -298,14 +304,31 @@ async fn schedule(seed: u64) -> Report {
     violations.extend(checks::invariants(&world, &books));
     let counts = world.stripe.counts();
     let summary = format!(
-        "{job_count} jobs, {workers} workers x {concurrency}, fault rate {:.2}, {} Stripe calls \
-         ({} faults, {} panics), {} crashes, {} replays",
-        faults.rate, counts.calls, counts.faults, counts.panics, books.crashes, books.replays
+        "{job_count} jobs, {workers} workers x {concurrency}, fault rate {:.2}, decline rate \
+         {:.2}, {} Stripe calls ({} faults, {} panics), {} crashes, {} replays",
+        faults.rate,
+        faults.decline_rate,
+        counts.calls,
+        counts.faults,
+        counts.panics,
+        books.crashes,
+        books.replays
     );
     Report {
         violations,
         trace: trace.lines(),
         summary,
+    }
+}
+
+/// The share of card checks the issuer declines: in some schedules only, drawn from a source of
+/// its own so that every other draw of the schedule stays what it was before declines existed.
+fn decline_rate(seed: u64) -> f64 {
+    let mut rng = fastrand::Rng::with_seed(seed ^ DECLINE_SEED);
+    if rng.f64() < DECLINING_SCHEDULES {
+        rng.f64() * MAX_DECLINE_RATE
+    } else {
+        0.0
     }
 }
 

@@ -13,6 +13,14 @@
 //! the key), a 500 after it (the write happened; the answer is lost), a dropped connection
 //! before or after arrival, a 429, a 409 for a key in use, and answers slower than the client's
 //! timeout. A payment method whose id contains `chargeDeclined` is declined when attached.
+//!
+//! Attaches also decline now and then (`Faults::decline_rate`): the issuer declines the card
+//! check of an attach that executes (a replayed key answers what it stored). That includes an
+//! attach of a method attached to this customer already, which real Stripe may not check
+//! again: the harsher answer, so the job path must survive a refusal that comes after a create
+//! was sent (a job's second attempt attaches to the customer its first one created). Customer
+//! creates are left alone: a decline there ends a job before any create, as `chargeDeclined`
+//! cards already do.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -44,6 +52,9 @@ pub struct Faults {
     pub outage: bool,
     /// The share of calls that panic in the client (a bug in the worker).
     pub panic_rate: f64,
+    /// The share of attaches whose card check the issuer declines (`card_declined`,
+    /// `do_not_honor`), drawn when the request executes.
+    pub decline_rate: f64,
     /// The client's timeout (`stripe.request_timeout_ms`).
     pub client_timeout: Duration,
 }
@@ -55,6 +66,7 @@ impl Faults {
             rate: 0.0,
             outage: false,
             panic_rate: 0.0,
+            decline_rate: 0.0,
             client_timeout,
         }
     }
@@ -173,6 +185,11 @@ impl World {
             self.counts.faults += 1;
         }
         fault
+    }
+
+    /// Whether the issuer declines this card check.
+    fn check_declines(&mut self) -> bool {
+        self.faults.decline_rate > 0.0 && self.rng.f64() < self.faults.decline_rate
     }
 
     fn panics(&mut self) -> bool {
@@ -436,6 +453,16 @@ fn refused(code: FailureCode, message: &str, stripe_code: Option<&str>) -> Reply
     })
 }
 
+/// The issuer's refusal of a card check, as Stripe answers it (402 `card_error`).
+fn declined(decline_code: &str) -> Reply {
+    Reply::Refused(FailureDetail {
+        code: FailureCode::CardDeclined,
+        message: "Your card was declined.".into(),
+        stripe_code: Some("card_declined".into()),
+        decline_code: Some(decline_code.to_owned()),
+    })
+}
+
 fn unexpected(reply: Reply) -> StripeFailure {
     StripeFailure::Unknown(format!("unexpected answer {reply:?}"))
 }
@@ -478,12 +505,7 @@ impl StripeApi for MemoryStripe {
             // a method of another customer refuses the whole create, and nothing is made.
             let effect: Effect = Box::new(move |world| {
                 if method.contains("chargeDeclined") {
-                    return Reply::Refused(FailureDetail {
-                        code: FailureCode::CardDeclined,
-                        message: "Your card was declined.".into(),
-                        stripe_code: Some("card_declined".into()),
-                        decline_code: Some("generic_decline".into()),
-                    });
+                    return declined("generic_decline");
                 }
                 if world.methods.contains_key(&method) {
                     return refused(
@@ -536,12 +558,10 @@ impl StripeApi for MemoryStripe {
         async move {
             let effect: Effect = Box::new(move |world| {
                 if method.contains("chargeDeclined") {
-                    return Reply::Refused(FailureDetail {
-                        code: FailureCode::CardDeclined,
-                        message: "Your card was declined.".into(),
-                        stripe_code: Some("card_declined".into()),
-                        decline_code: Some("generic_decline".into()),
-                    });
+                    return declined("generic_decline");
+                }
+                if world.check_declines() {
+                    return declined("do_not_honor");
                 }
                 if !world.customers.contains_key(&owner) {
                     return refused(

@@ -156,6 +156,55 @@ async fn a_lost_response_writes_then_answers_500_and_the_key_replays_the_write()
     assert_eq!(retried.body["id"], listed.body["data"][0]["id"]);
 }
 
+/// Stripe saves a result once the endpoint started executing, "including 500 errors": every
+/// retry with that key gets the 500 back, and only a new key runs the request.
+#[tokio::test]
+async fn a_saved_500_is_replayed_for_its_key_and_a_new_key_executes() {
+    let sim = spawn().await;
+    sim.configure(json!({"saved_error_rate": 1.0})).await;
+
+    let first = sim.post("/v1/customers", "email=s@b.c", Some("k1")).await;
+    sim.configure(json!({"saved_error_rate": 0.0})).await;
+    let retried = sim.post("/v1/customers", "email=s@b.c", Some("k1")).await;
+    let listed = sim.get("/v1/customers?email=s@b.c").await;
+    let new_key = sim.post("/v1/customers", "email=s@b.c", Some("k2")).await;
+    let stats = sim.stats().await;
+
+    assert_eq!(first.status, 500);
+    assert_eq!(first.error_field("type"), Some("api_error"));
+    assert!(!first.replayed());
+    assert_eq!(retried.status, 500, "the saved 500 comes back");
+    assert!(retried.replayed());
+    assert_eq!(retried.body, first.body);
+    assert_eq!(
+        listed.body["data"].as_array().map(Vec::len),
+        Some(0),
+        "nothing was written"
+    );
+    assert_eq!(new_key.status, 200, "another key executes normally");
+    assert!(!new_key.replayed());
+    assert_eq!(stats["objects"]["customers"], 1);
+    assert_eq!(stats["faults"]["saved_errors"], 1);
+}
+
+#[tokio::test]
+async fn a_scripted_saved_error_keeps_its_key_but_other_parameters_are_still_refused() {
+    let sim = spawn().await;
+    sim.script("POST /v1/customers", json!([{"kind": "saved_error"}]))
+        .await;
+
+    let first = sim.post("/v1/customers", "email=s@b.c", Some("k")).await;
+    let retried = sim.post("/v1/customers", "email=s@b.c", Some("k")).await;
+    let other = sim.post("/v1/customers", "email=t@b.c", Some("k")).await;
+
+    assert_eq!(first.status, 500);
+    assert_eq!(retried.status, 500);
+    assert!(retried.replayed());
+    assert_eq!(other.status, 400);
+    assert_eq!(other.error_field("type"), Some("idempotency_error"));
+    assert_eq!(sim.stats().await["objects"]["customers"], 0);
+}
+
 #[tokio::test]
 async fn a_dropped_response_breaks_the_connection_after_the_write() {
     let sim = spawn().await;

@@ -74,6 +74,62 @@ async fn under_transient_faults_and_lost_answers_every_job_ends_once_and_no_pay_
     stack.teardown().await;
 }
 
+/// Stripe saves a 500 of an endpoint that started under its idempotency key, and replays it to
+/// every retry with that key. The worker's way out: look the subscription up, and once the
+/// recorded create is older than `worker.key_switch_after_ms` (so nothing under the old key can
+/// still land), create under the next key generation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_whose_500_stripe_saved_for_its_key_ends_with_one_subscription_under_a_new_key() {
+    let mut stack = Stack::start_with(FaultConfig::default(), |s| {
+        s.stripe.request_timeout_ms = 500;
+        s.worker.key_switch_after_ms = 1_000;
+        // Each retry comes back after the switch window: the second attempt may use g1.
+        s.amqp.retry_delays_ms = vec![1_200, 1_200, 1_200];
+    })
+    .await;
+    stack
+        .settings
+        .check()
+        .expect("key_switch_after_ms is at least twice request_timeout_ms");
+    stack
+        .sim_script("POST /v1/subscriptions", json!([{"kind": "saved_error"}]))
+        .await;
+    stack.spawn_worker().await;
+
+    let pay_id = stack.send(|_| {}).await;
+
+    assert!(
+        stack
+            .wait_for_events(std::slice::from_ref(&pay_id), Duration::from_secs(60))
+            .await,
+        "the job reaches a final result"
+    );
+    // A late duplicate event would show here.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let events = stack.events_by_pay_id();
+    let stats = stack.sim_stats().await;
+    let result = stack.result_query(&pay_id).await;
+    assert_eq!(events[&pay_id].len(), 1, "one result event: {events:?}");
+    assert_eq!(
+        events[&pay_id][0]["type"], "autorenew.subscription.succeeded",
+        "{events:?}"
+    );
+    assert_eq!(
+        subscriptions_by_pay_id(&stats).get(&pay_id).copied(),
+        Some(1),
+        "one subscription for the payId: {stats}"
+    );
+    assert_eq!(result.body["status"], "active", "{:?}", result.body);
+    assert_eq!(stats["faults"]["saved_errors"], 1, "{stats}");
+    let creates = &stats["requests"]["POST /v1/subscriptions"];
+    assert!(
+        creates["500"].as_u64().unwrap_or(0) >= 2,
+        "the saved 500 was answered again to a retry under its key: {creates}"
+    );
+    assert_eq!(creates["200"], 1, "{creates}");
+    stack.teardown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_sharing_the_budget_stay_under_stripe_s_rate_limit() {
     let faults = FaultConfig {

@@ -219,6 +219,22 @@ impl Stack {
         );
     }
 
+    /// Queues scripted answers for the next requests to `route` (`POST /v1/subscriptions`).
+    pub async fn sim_script(&self, route: &str, answers: Value) {
+        let response = self
+            .http
+            .post(format!("{}/_sim/script", self.sim_base))
+            .json(&json!({"route": route, "answers": answers}))
+            .send()
+            .await
+            .expect("script");
+        assert!(
+            response.status().is_success(),
+            "{:?}",
+            response.text().await
+        );
+    }
+
     /// The events seen so far, by payId.
     pub fn events_by_pay_id(&self) -> HashMap<String, Vec<Value>> {
         let mut by_pay_id: HashMap<String, Vec<Value>> = HashMap::new();
