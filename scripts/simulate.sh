@@ -19,5 +19,5 @@ fi
 # simulation's own, not cargo's.
 cargo test --quiet "${profile[@]}" --no-run --test simulate
 binary=$(cargo test --quiet "${profile[@]}" --no-run --test simulate --message-format=json |
-    grep -o '"executable":"[^"]*"' | tail -n1 | cut -d'"' -f4)
+    grep -o '"executable":"[^"]*/simulate-[^"]*"' | tail -n1 | cut -d'"' -f4)
 exec "$binary"

@@ -220,25 +220,33 @@ async fn create(
     let payer = payer_step(ctx, job, created, &suffix).await?;
     let (price, _product) = price_step(ctx, job, &suffix).await?;
 
-    let sent = CreateSent {
-        generation,
-        sent_at_ms: ctx.ports.clock.now_ms(),
-        customer: payer.customer.clone(),
-        pay_method: payer.kind.clone(),
+    // Every send of the create is recorded before it goes, the quick retries below included:
+    // a copy measures `key_switch_after` from the last send, and a retry sent seconds after
+    // the first can land a whole timeout later (found by the simulation, seed 20262893).
+    let record = || async {
+        let sent = CreateSent {
+            generation,
+            sent_at_ms: ctx.ports.clock.now_ms(),
+            customer: payer.customer.clone(),
+            pay_method: payer.kind.clone(),
+        };
+        let held = ctx
+            .ports
+            .store
+            .record_create(&job.pay_id, token, &sent)
+            .await
+            .map_err(|e| Stop::Store(e.to_string()))?;
+        if held {
+            Ok(())
+        } else {
+            // The lock was lost: the copy holding it may have found no record and be ending
+            // the job `failed`; creating now would make that a lie. Nothing was sent.
+            Err(Stop::Store(
+                "the payId's lock was lost before the create".into(),
+            ))
+        }
     };
-    let held = ctx
-        .ports
-        .store
-        .record_create(&job.pay_id, token, &sent)
-        .await
-        .map_err(|e| Stop::Store(e.to_string()))?;
-    if !held {
-        // The lock was lost: the copy holding it may have found no record and be ending the
-        // job `failed`; creating now would make that a lie. Nothing was sent.
-        return Err(Stop::Store(
-            "the payId's lock was lost before the create".into(),
-        ));
-    }
+    record().await?;
     *recorded = true;
 
     let metadata = HashMap::from([
@@ -256,15 +264,16 @@ async fn create(
         metadata,
     };
     let key = format!("ar-{pay_id}-sub-g{generation}");
-    let subscription = create_or_settle(
+    let subscription = create_or_settle_recorded(
         &ctx.settings.retry,
+        record,
         || stripe.create_subscription(&new, &key),
         || stripe.find_subscription(&payer.customer, pay_id),
     )
     .await
-    .map_err(|failure| match failure {
-        StripeFailure::Permanent(detail) => Stop::Refused(detail),
-        other => Stop::Stripe(other),
+    .map_err(|stop| match stop {
+        Stop::Stripe(StripeFailure::Permanent(detail)) => Stop::Refused(detail),
+        other => other,
     })?;
     let pay_method = if subscription.pay_method.is_empty() {
         payer.kind
@@ -509,8 +518,8 @@ where
 /// on the strength of a lost answer.
 async fn create_or_settle<T, C, CF, L, LF>(
     policy: &RetryPolicy,
-    mut create: C,
-    mut lookup: L,
+    create: C,
+    lookup: L,
 ) -> Result<T, StripeFailure>
 where
     C: FnMut() -> CF,
@@ -518,23 +527,49 @@ where
     L: FnMut() -> LF,
     LF: Future<Output = Result<Option<T>, StripeFailure>>,
 {
+    create_or_settle_recorded(policy, || async { Ok(()) }, create, lookup).await
+}
+
+/// [`create_or_settle`], with `before_retry` run before every try but the first: a try that
+/// must be recorded before it goes (the subscription's create) records itself there, and an
+/// error from it ends the tries with nothing sent.
+async fn create_or_settle_recorded<T, E, B, BF, C, CF, L, LF>(
+    policy: &RetryPolicy,
+    mut before_retry: B,
+    mut create: C,
+    mut lookup: L,
+) -> Result<T, E>
+where
+    E: From<StripeFailure>,
+    B: FnMut() -> BF,
+    BF: Future<Output = Result<(), E>>,
+    C: FnMut() -> CF,
+    CF: Future<Output = Result<T, StripeFailure>>,
+    L: FnMut() -> LF,
+    LF: Future<Output = Result<Option<T>, StripeFailure>>,
+{
     let mut delays = policy.delays();
+    let mut first = true;
     loop {
+        if !first {
+            before_retry().await?;
+        }
+        first = false;
         let failure = match create().await {
             Ok(created) => return Ok(created),
             Err(StripeFailure::Unknown(reason)) => match lookup().await {
                 Ok(Some(found)) => return Ok(found),
                 Ok(None) => StripeFailure::Unknown(reason),
-                Err(budget @ StripeFailure::BudgetUnavailable(_)) => return Err(budget),
+                Err(budget @ StripeFailure::BudgetUnavailable(_)) => return Err(budget.into()),
                 // A lookup that fails, even for good, says nothing of the create: still unknown.
                 Err(_) => StripeFailure::Unknown(reason),
             },
             Err(StripeFailure::Transient(reason)) => StripeFailure::Transient(reason),
-            Err(permanent) => return Err(permanent),
+            Err(permanent) => return Err(permanent.into()),
         };
         match delays.next() {
             Some(delay) if policy.pause(delay).await => {}
-            _ => return Err(failure),
+            _ => return Err(failure.into()),
         }
     }
 }
