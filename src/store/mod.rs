@@ -85,7 +85,13 @@ impl Store {
         };
         let ping =
             with_timeout(async move { probe.query_async::<redis::Value>(&mut connection).await });
-        ping.await.is_ok()
+        let answered = ping.await.is_ok();
+        if !answered {
+            // Paused consumers ping until Redis answers: on a cluster, each failure starts the
+            // next try on a fresh connection with the slots read again.
+            self.redis.renew().await;
+        }
+        answered
     }
 
     /// The final result of a payId, if a worker has stored one.
