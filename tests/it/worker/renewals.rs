@@ -102,6 +102,47 @@ async fn create_advance_renewed_cancel_advance_canceled_and_the_query_shows_each
 }
 
 /// Calls the simulator as Stripe, with the stack's key.
+async fn stripe_get(stack: &Stack, path: &str) -> serde_json::Value {
+    use secrecy::ExposeSecret;
+    reqwest::Client::new()
+        .get(format!("{}{path}", stack.sim_base))
+        .basic_auth(stack.settings.stripe.secret_key.expose_secret(), Some(""))
+        .send()
+        .await
+        .expect("the simulator answers")
+        .json()
+        .await
+        .expect("json")
+}
+
+/// A payId made into a subscription by the stack (it needs a worker), and the subscription's
+/// first invoice as Stripe renders it.
+async fn subscribed_with_first_invoice(stack: &Stack) -> (String, serde_json::Value) {
+    let pay_id = stack.send(|_| {}).await;
+    let created = stack
+        .wait_for_event(
+            &pay_id,
+            "autorenew.subscription.succeeded",
+            Duration::from_secs(20),
+        )
+        .await
+        .expect("created");
+    let sub_id = created["data"]["sub_id"].as_str().unwrap_or_default();
+    let subscription = stripe_get(stack, &format!("/v1/subscriptions/{sub_id}")).await;
+    let invoice_id = subscription["latest_invoice"].as_str().expect("an invoice");
+    let invoice = stripe_get(stack, &format!("/v1/invoices/{invoice_id}")).await;
+    (pay_id, invoice)
+}
+
+/// A Stripe event of `kind` about `object`, made now.
+fn stripe_event(id: &str, kind: &str, object: &serde_json::Value) -> serde_json::Value {
+    json!({"id": id, "object": "event", "api_version": "2025-03-31.basil",
+        "created": time::OffsetDateTime::now_utc().unix_timestamp(), "livemode": false,
+        "pending_webhooks": 1, "request": {"id": null, "idempotency_key": null},
+        "type": kind, "data": {"object": object}})
+}
+
+/// Calls the simulator as Stripe, with the stack's key.
 async fn stripe_post(stack: &Stack, path: &str, form: &[(&str, &str)]) -> serde_json::Value {
     use secrecy::ExposeSecret;
     reqwest::Client::new()
@@ -223,47 +264,17 @@ async fn a_failed_renewal_in_the_older_invoice_shape_carries_its_decline_code_to
 
 #[tokio::test]
 async fn a_payment_failed_event_with_only_a_finalization_error_reports_no_decline() {
-    use secrecy::ExposeSecret;
     let mut stack = Stack::start_with_webhooks(FaultConfig::default()).await;
     stack.spawn_worker().await;
-    let pay_id = stack.send(|r| r["pm_id"] = json!("pm_card_visa")).await;
-    let created = stack
-        .wait_for_event(
-            &pay_id,
-            "autorenew.subscription.succeeded",
-            Duration::from_secs(20),
-        )
-        .await
-        .expect("created");
-    let sub_id = created["data"]["sub_id"].as_str().unwrap_or_default();
-    let get = |path: String| {
-        let key = stack.settings.stripe.secret_key.expose_secret().to_owned();
-        async move {
-            reqwest::Client::new()
-                .get(path)
-                .basic_auth(key, Some(""))
-                .send()
-                .await
-                .expect("the simulator answers")
-                .json::<serde_json::Value>()
-                .await
-                .expect("json")
-        }
-    };
-    let subscription = get(format!("{}/v1/subscriptions/{sub_id}", stack.sim_base)).await;
-    let invoice_id = subscription["latest_invoice"].as_str().expect("an invoice");
+    let (pay_id, mut invoice) = subscribed_with_first_invoice(&stack).await;
     // Its payment went through (no `last_payment_error`); only finalizing is said to have
     // failed, with an error that looks like a decline. That is no decline of the card.
-    let mut invoice = get(format!("{}/v1/invoices/{invoice_id}", stack.sim_base)).await;
     invoice["last_finalization_error"] = json!({"type": "card_error", "code": "card_declined",
         "decline_code": "generic_decline", "message": "Your card was declined."});
     // As a renewal's invoice: a first invoice's failure is the creation's, not announced.
     invoice["billing_reason"] = json!("subscription_cycle");
     let id = format!("evt_final{}", uuid::Uuid::new_v4().simple());
-    let event = json!({"id": id, "object": "event", "api_version": "2025-03-31.basil",
-        "created": time::OffsetDateTime::now_utc().unix_timestamp(), "livemode": false,
-        "pending_webhooks": 1, "request": {"id": null, "idempotency_key": null},
-        "type": "invoice.payment_failed", "data": {"object": invoice}});
+    let event = stripe_event(&id, "invoice.payment_failed", &invoice);
 
     deliver(&stack, &event).await;
 
@@ -306,7 +317,6 @@ async fn deliver(stack: &Stack, event: &serde_json::Value) {
 
 #[tokio::test]
 async fn an_older_update_delivered_after_a_newer_one_is_announced_but_changes_nothing() {
-    use secrecy::ExposeSecret;
     let mut stack = Stack::start_with_webhooks(FaultConfig::default()).await;
     stack.spawn_worker().await;
     let pay_id = stack.send(|_| {}).await;
@@ -319,15 +329,7 @@ async fn an_older_update_delivered_after_a_newer_one_is_announced_but_changes_no
         .await
         .expect("created");
     let sub_id = created["data"]["sub_id"].as_str().unwrap_or_default();
-    let subscription: serde_json::Value = reqwest::Client::new()
-        .get(format!("{}/v1/subscriptions/{sub_id}", stack.sim_base))
-        .basic_auth(stack.settings.stripe.secret_key.expose_secret(), Some(""))
-        .send()
-        .await
-        .expect("the simulator answers")
-        .json()
-        .await
-        .expect("json");
+    let subscription = stripe_get(&stack, &format!("/v1/subscriptions/{sub_id}")).await;
     let update = |id: &str, created: i64, cancel_at_period_end: bool| {
         let mut object = subscription.clone();
         object["cancel_at_period_end"] = json!(cancel_at_period_end);
@@ -371,46 +373,16 @@ async fn an_older_update_delivered_after_a_newer_one_is_announced_but_changes_no
 /// 404) cannot be one autorenew made: it is taken once and dropped, never retried for ever.
 #[tokio::test]
 async fn an_event_of_a_subscription_stripe_does_not_know_is_taken_once_and_dropped() {
-    use secrecy::ExposeSecret;
     let mut stack = Stack::start_with_webhooks(FaultConfig::default()).await;
     stack.spawn_worker().await;
-    let pay_id = stack.send(|_| {}).await;
-    let created = stack
-        .wait_for_event(
-            &pay_id,
-            "autorenew.subscription.succeeded",
-            Duration::from_secs(20),
-        )
-        .await
-        .expect("created");
-    let sub_id = created["data"]["sub_id"].as_str().unwrap_or_default();
-    let get = |path: String| {
-        let key = stack.settings.stripe.secret_key.expose_secret().to_owned();
-        async move {
-            reqwest::Client::new()
-                .get(path)
-                .basic_auth(key, Some(""))
-                .send()
-                .await
-                .expect("the simulator answers")
-                .json::<serde_json::Value>()
-                .await
-                .expect("json")
-        }
-    };
-    let subscription = get(format!("{}/v1/subscriptions/{sub_id}", stack.sim_base)).await;
-    let invoice_id = subscription["latest_invoice"].as_str().expect("an invoice");
+    let (pay_id, mut invoice) = subscribed_with_first_invoice(&stack).await;
     // A real invoice, made to name a subscription the account does not have and to carry no
     // metadata, so the worker must retrieve the subscription to tie the event to a payId.
-    let mut invoice = get(format!("{}/v1/invoices/{invoice_id}", stack.sim_base)).await;
     let missing = format!("sub_missing{}", uuid::Uuid::new_v4().simple());
     invoice["parent"]["subscription_details"] = json!({"metadata": {}, "subscription": missing});
     invoice["billing_reason"] = json!("subscription_cycle");
     let id = format!("evt_missing{}", uuid::Uuid::new_v4().simple());
-    let event = json!({"id": id, "object": "event", "api_version": "2025-03-31.basil",
-        "created": time::OffsetDateTime::now_utc().unix_timestamp(), "livemode": false,
-        "pending_webhooks": 1, "request": {"id": null, "idempotency_key": null},
-        "type": "invoice.payment_failed", "data": {"object": invoice}});
+    let event = stripe_event(&id, "invoice.payment_failed", &invoice);
     let retrievals = || async {
         stack.sim_stats().await["requests_by_route"]["GET /v1/subscriptions/{id}"]
             .as_u64()
@@ -445,45 +417,14 @@ async fn an_event_of_a_subscription_stripe_does_not_know_is_taken_once_and_dropp
 /// announced as a failed renewal, while a cycle invoice's is.
 #[tokio::test]
 async fn a_first_invoice_s_failed_payment_is_no_failed_renewal() {
-    use secrecy::ExposeSecret;
     let mut stack = Stack::start_with_webhooks(FaultConfig::default()).await;
     stack.spawn_worker().await;
-    let pay_id = stack.send(|_| {}).await;
-    let created = stack
-        .wait_for_event(
-            &pay_id,
-            "autorenew.subscription.succeeded",
-            Duration::from_secs(20),
-        )
-        .await
-        .expect("created");
-    let sub_id = created["data"]["sub_id"].as_str().unwrap_or_default();
-    let get = |path: String| {
-        let key = stack.settings.stripe.secret_key.expose_secret().to_owned();
-        async move {
-            reqwest::Client::new()
-                .get(path)
-                .basic_auth(key, Some(""))
-                .send()
-                .await
-                .expect("the simulator answers")
-                .json::<serde_json::Value>()
-                .await
-                .expect("json")
-        }
-    };
-    let subscription = get(format!("{}/v1/subscriptions/{sub_id}", stack.sim_base)).await;
-    let invoice_id = subscription["latest_invoice"].as_str().expect("an invoice");
-    let first = get(format!("{}/v1/invoices/{invoice_id}", stack.sim_base)).await;
+    let (pay_id, first) = subscribed_with_first_invoice(&stack).await;
     assert_eq!(first["billing_reason"], "subscription_create");
     let mut cycle = first.clone();
     cycle["billing_reason"] = json!("subscription_cycle");
-    let event = |id: &str, invoice: &serde_json::Value| {
-        json!({"id": id, "object": "event", "api_version": "2025-03-31.basil",
-            "created": time::OffsetDateTime::now_utc().unix_timestamp(), "livemode": false,
-            "pending_webhooks": 1, "request": {"id": null, "idempotency_key": null},
-            "type": "invoice.payment_failed", "data": {"object": invoice}})
-    };
+    let event =
+        |id: &str, invoice: &serde_json::Value| stripe_event(id, "invoice.payment_failed", invoice);
     let first_id = format!("evt_first{}", uuid::Uuid::new_v4().simple());
     let cycle_id = format!("evt_cycle{}", uuid::Uuid::new_v4().simple());
 
