@@ -149,13 +149,7 @@ request_timeout_ms = 1500
 
 /// A durable quorum queue on the results exchange: events survive the broker's restart.
 async fn declare_tap(url: &str) {
-    let connection = tokio::time::timeout(
-        Duration::from_secs(10),
-        lapin::Connection::connect(url, Default::default()),
-    )
-    .await
-    .expect("RabbitMQ answers the AMQP handshake within 10 s")
-    .expect("connect");
+    let connection = connect(url).await;
     let channel = connection.create_channel().await.expect("channel");
     channel
         .exchange_declare(
@@ -200,13 +194,7 @@ async fn declare_tap(url: &str) {
 
 /// Every event in the tap, drained until it stays quiet.
 async fn drain_tap(url: &str) -> Vec<Value> {
-    let connection = tokio::time::timeout(
-        Duration::from_secs(10),
-        lapin::Connection::connect(url, Default::default()),
-    )
-    .await
-    .expect("RabbitMQ answers the AMQP handshake within 10 s")
-    .expect("connect");
+    let connection = connect(url).await;
     let channel = connection.create_channel().await.expect("channel");
     let mut consumer = channel
         .basic_consume(
@@ -230,13 +218,7 @@ async fn drain_tap(url: &str) -> Vec<Value> {
 
 /// Messages waiting in a queue (passive declare).
 async fn depth(url: &str, queue: &str) -> u32 {
-    let connection = tokio::time::timeout(
-        Duration::from_secs(10),
-        lapin::Connection::connect(url, Default::default()),
-    )
-    .await
-    .expect("RabbitMQ answers the AMQP handshake within 10 s")
-    .expect("connect");
+    let connection = connect(url).await;
     let channel = connection.create_channel().await.expect("channel");
     let declared = channel
         .queue_declare(
@@ -600,4 +582,15 @@ fn accepted_pay_ids(answers: &[Value]) -> HashSet<String> {
         .filter(|a| a["status"] == 200 && a["code"] == "S")
         .filter_map(|a| a["payId"].as_str().map(str::to_owned))
         .collect()
+}
+
+/// Connects to the test's broker, failing (not hanging) if it never answers the handshake.
+async fn connect(url: &str) -> lapin::Connection {
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        lapin::Connection::connect(url, Default::default()),
+    )
+    .await
+    .expect("RabbitMQ answers the AMQP handshake within 10 s")
+    .expect("connect")
 }

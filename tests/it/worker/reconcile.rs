@@ -22,15 +22,9 @@ async fn reconcile_feeds_the_missed_events_once_and_the_worker_announces_them() 
     })
     .await;
     stack.spawn_worker().await;
-    let pay_id = stack.send(|r| r["pm_id"] = json!("pm_card_visa")).await;
-    stack
-        .wait_for_event(
-            &pay_id,
-            "autorenew.subscription.succeeded",
-            Duration::from_secs(20),
-        )
-        .await
-        .expect("created");
+    let (pay_id, _) = stack
+        .subscribed(|r| r["pm_id"] = json!("pm_card_visa"))
+        .await;
     let advanced = stack
         .http
         .post(format!("{}/_sim/advance", stack.sim_base))

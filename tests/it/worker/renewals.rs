@@ -30,15 +30,9 @@ async fn advance(stack: &Stack, seconds: u64) {
 async fn create_advance_renewed_cancel_advance_canceled_and_the_query_shows_each_step() {
     let mut stack = Stack::start_with_webhooks(FaultConfig::default()).await;
     stack.spawn_worker().await;
-    let pay_id = stack.send(|r| r["pm_id"] = json!("pm_card_visa")).await;
-    let created = stack
-        .wait_for_event(
-            &pay_id,
-            "autorenew.subscription.succeeded",
-            Duration::from_secs(20),
-        )
-        .await
-        .expect("created");
+    let (pay_id, created) = stack
+        .subscribed(|r| r["pm_id"] = json!("pm_card_visa"))
+        .await;
 
     let calls_before = stack.sim_stats().await["requests_total"].clone();
     advance(&stack, MONTH).await;
@@ -118,15 +112,7 @@ async fn stripe_get(stack: &Stack, path: &str) -> serde_json::Value {
 /// A payId made into a subscription by the stack (it needs a worker), and the subscription's
 /// first invoice as Stripe renders it.
 async fn subscribed_with_first_invoice(stack: &Stack) -> (String, serde_json::Value) {
-    let pay_id = stack.send(|_| {}).await;
-    let created = stack
-        .wait_for_event(
-            &pay_id,
-            "autorenew.subscription.succeeded",
-            Duration::from_secs(20),
-        )
-        .await
-        .expect("created");
+    let (pay_id, created) = stack.subscribed(|_| {}).await;
     let sub_id = created["data"]["sub_id"].as_str().unwrap_or_default();
     let subscription = stripe_get(stack, &format!("/v1/subscriptions/{sub_id}")).await;
     let invoice_id = subscription["latest_invoice"].as_str().expect("an invoice");
@@ -167,15 +153,9 @@ async fn a_renewal_charged_to(
     let mut stack = Stack::start_with_webhooks(FaultConfig::default()).await;
     stack.sim_config(config).await;
     stack.spawn_worker().await;
-    let pay_id = stack.send(|r| r["pm_id"] = json!("pm_card_visa")).await;
-    let created = stack
-        .wait_for_event(
-            &pay_id,
-            "autorenew.subscription.succeeded",
-            Duration::from_secs(20),
-        )
-        .await
-        .expect("created");
+    let (pay_id, created) = stack
+        .subscribed(|r| r["pm_id"] = json!("pm_card_visa"))
+        .await;
     // Later the customer's card starts to fail: the subscription is moved to one that attaches
     // but fails when charged, as a card that ran out of funds would.
     let customer = created["data"]["customer_id"].as_str().unwrap_or_default();
@@ -319,15 +299,7 @@ async fn deliver(stack: &Stack, event: &serde_json::Value) {
 async fn an_older_update_delivered_after_a_newer_one_is_announced_but_changes_nothing() {
     let mut stack = Stack::start_with_webhooks(FaultConfig::default()).await;
     stack.spawn_worker().await;
-    let pay_id = stack.send(|_| {}).await;
-    let created = stack
-        .wait_for_event(
-            &pay_id,
-            "autorenew.subscription.succeeded",
-            Duration::from_secs(20),
-        )
-        .await
-        .expect("created");
+    let (pay_id, created) = stack.subscribed(|_| {}).await;
     let sub_id = created["data"]["sub_id"].as_str().unwrap_or_default();
     let subscription = stripe_get(&stack, &format!("/v1/subscriptions/{sub_id}")).await;
     let update = |id: &str, created: i64, cancel_at_period_end: bool| {

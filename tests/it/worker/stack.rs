@@ -254,6 +254,21 @@ impl Stack {
         .await
     }
 
+    /// Sends a request changed by `change` and waits for its subscription: returns the payId
+    /// and the `succeeded` event (its `data.sub_id` names the subscription).
+    pub async fn subscribed(&self, change: impl FnOnce(&mut Value)) -> (String, Value) {
+        let pay_id = self.send(change).await;
+        let created = self
+            .wait_for_event(
+                &pay_id,
+                "autorenew.subscription.succeeded",
+                Duration::from_secs(20),
+            )
+            .await
+            .expect("the subscription was created");
+        (pay_id, created)
+    }
+
     pub async fn result_query(&self, pay_id: &str) -> crate::helpers::Answer {
         let query = json!({"partnerCode": crate::helpers::PARTNER, "payId": pay_id,
                            "tradeType": "resultQuery", "version": "3.0"});
