@@ -10,8 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Broker, Destination, JobHeaders, JobMessage, Topology};
 use crate::config::Settings;
-use crate::domain::{FailureCode, FinalResult, Job};
-use crate::store::Store;
+use crate::domain::Job;
 
 #[derive(Debug, clap::Args)]
 pub struct DlqArgs {
@@ -115,8 +114,9 @@ pub async fn list(
 }
 
 /// Moves dead letters (all of them, or the jobs of one payId) back to the jobs queue, each
-/// confirmed before its dead letter is acked. A job that failed only because Stripe was unavailable gets
-/// its stored result cleared, so the worker runs it again instead of announcing the old failure.
+/// confirmed before its dead letter is acked. A replay never revives a payId that ended: a job
+/// whose result is stored finds it and announces it again, so an answer given stays the answer.
+/// What replays do work is a job the broker or a worker dead-lettered before any ending.
 pub async fn replay(
     settings: &Settings,
     pay_id: Option<&str>,
@@ -124,7 +124,6 @@ pub async fn replay(
     shutdown: CancellationToken,
 ) -> anyhow::Result<usize> {
     let broker = connect(settings, shutdown.clone()).await?;
-    let store = Store::new(&settings.redis)?;
     let channel = broker.open_channel().await?;
     let dead = broker.topology().dead();
     // Only the letters there now: one replayed and killed again lands behind them, and must not
@@ -158,15 +157,6 @@ pub async fn replay(
         if pay_id.is_some_and(|wanted| letter.pay_id.as_deref() != Some(wanted)) {
             continue;
         }
-        // A job that failed only because Stripe could not answer, or that crashed a worker, runs
-        // again: its stored result is cleared. What was sent for it stays recorded, so the
-        // replayed job looks its subscription up before it creates anything.
-        if let Ok(job) = Job::decode(&delivery.data)
-            && let Some(result) = store.result(&job.pay_id).await?
-            && replay_clears(&result)
-        {
-            store.clear_result(&job.pay_id).await?;
-        }
         let kind = JobHeaders(&delivery.properties).kind();
         let message = JobMessage {
             kind: &kind,
@@ -184,18 +174,6 @@ pub async fn replay(
     let _ = channel.close(200, "replayed".into()).await;
     shutdown.cancel();
     Ok(replayed)
-}
-
-/// Whether a replay clears this stored result, so the job runs again: only an ending that says
-/// Stripe could not answer, or that the job crashed, and never a refusal by Stripe. The
-/// simulation (`tests/simulate`) replays by the same rule.
-pub fn replay_clears(result: &FinalResult) -> bool {
-    result.error.as_ref().is_some_and(|e| {
-        matches!(
-            e.code,
-            FailureCode::StripeUnavailable | FailureCode::InternalError
-        )
-    })
 }
 
 /// Connects to the broker for a tool, or says it cannot.

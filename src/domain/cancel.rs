@@ -6,7 +6,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::fields::{FieldError, SignedFields};
-use super::request::{PartnerCode, PayId, TradeTime, check_trade_type, check_version};
+use super::request::{PartnerCode, PayId, PayKey, TradeTime, check_trade_type, check_version};
 
 /// The `tradeType` a cancel carries.
 pub const CANCEL_TRADE_TYPE: &str = "cancelAutoRenewalRecord";
@@ -73,6 +73,11 @@ pub struct CancelRequest {
 }
 
 impl CancelRequest {
+    /// The payId in its partner's namespace: what everything kept for it is keyed by.
+    pub fn pay_key(&self) -> PayKey {
+        PayKey::new(self.partner_code.clone(), self.pay_id.clone())
+    }
+
     pub fn parse(body: &[u8]) -> Result<(Self, SignedFields), FieldError> {
         let fields = SignedFields::parse(body, CANCEL_FIELDS)?;
         let request = CancelRequest {
@@ -107,9 +112,14 @@ pub struct CancelJob {
 pub struct CancelDecodeError(#[from] serde_json::Error);
 
 impl CancelJob {
+    /// The payId in its partner's namespace: what everything kept for it is keyed by.
+    pub fn pay_key(&self) -> PayKey {
+        PayKey::new(self.partner_code.clone(), self.pay_id.clone())
+    }
+
     /// The AMQP `message_id`: one per (payId, when), whoever sent it and however often.
     pub fn message_id(&self) -> String {
-        format!("cancel:{}:{}", self.pay_id, self.when)
+        format!("cancel:{}:{}", self.pay_key(), self.when)
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -172,6 +182,6 @@ mod tests {
         assert_eq!(json["payId"], "A-1");
         assert_eq!(json["when"], "now");
         assert_eq!(CancelJob::decode(&job.encode()).unwrap(), job);
-        assert_eq!(job.message_id(), "cancel:A-1:now");
+        assert_eq!(job.message_id(), "cancel:P1:A-1:now");
     }
 }

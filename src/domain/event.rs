@@ -161,7 +161,9 @@ impl ResultEvent {
         let outcome = ResultKind::of(result);
         ResultEvent {
             specversion: "1.0".into(),
-            id: format!("{}:{}", job.pay_id, outcome.as_str()),
+            // Scoped by partner like the payId itself: two partners' payIds of one name are two
+            // events, which a subscriber de-duplicating by id must keep apart.
+            id: format!("{}:{}", job.pay_key(), outcome.as_str()),
             source: source.to_owned(),
             kind: match outcome {
                 ResultKind::Succeeded => TYPE_SUCCEEDED.into(),

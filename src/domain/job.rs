@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::request::{Email, PartnerCode, PayId, PaymentMethodId, PlanId, SubscriptionRequest};
+use super::request::{
+    Email, PartnerCode, PayId, PayKey, PaymentMethodId, PlanId, SubscriptionRequest,
+};
 
 /// The `type` property of a job message, so a consumer can tell a job from anything else.
 pub const JOB_MESSAGE_TYPE: &str = "autorenew.job.v1";
@@ -41,7 +43,7 @@ pub struct Job {
 /// next knows that a subscription may exist, and looks it up before anything is created again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreateSent {
-    /// The idempotency-key generation of the last create sent (`ar-<payId>-sub-g<n>`).
+    /// The idempotency-key generation of the last create sent ([`subscription_key`]).
     pub generation: u32,
     /// When that create was sent, in milliseconds since the epoch (the worker's clock).
     pub sent_at_ms: u64,
@@ -49,6 +51,21 @@ pub struct CreateSent {
     pub customer: String,
     /// The payment method's type, for the result of a subscription found by lookup.
     pub pay_method: String,
+    /// The create's idempotency keys are scoped by partner (`ar-<partner>:<payId>-sub-g<n>`).
+    /// False in a record written before payIds were scoped: its keys were `ar-<payId>-sub-g<n>`,
+    /// and a create still in flight under one must be resent under the same key.
+    #[serde(default)]
+    pub scoped: bool,
+}
+
+/// The idempotency key of a payId's subscription create under `generation`; `scoped` is false
+/// only for a payId whose first create was sent before payIds were scoped by partner.
+pub fn subscription_key(pay_key: &PayKey, generation: u32, scoped: bool) -> String {
+    if scoped {
+        format!("ar-{pay_key}-sub-g{generation}")
+    } else {
+        format!("ar-{}-sub-g{generation}", pay_key.pay_id())
+    }
 }
 
 /// A message body that is not a job.
@@ -57,6 +74,10 @@ pub struct CreateSent {
 pub struct JobDecodeError(#[from] serde_json::Error);
 
 impl Job {
+    /// The payId in its partner's namespace: what everything kept for it is keyed by.
+    pub fn pay_key(&self) -> PayKey {
+        PayKey::new(self.partner_code.clone(), self.pay_id.clone())
+    }
     pub fn new(
         request: &SubscriptionRequest,
         extras: BTreeMap<String, String>,

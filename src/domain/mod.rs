@@ -17,4 +17,4 @@ pub use event::ResultEvent;
 pub use fields::{FieldError, SignedFields};
 pub use job::Job;
 pub use outcome::{FailureCode, FailureDetail, FinalResult};
-pub use request::{PartnerCode, PayId, ResultQuery, SubscriptionRequest};
+pub use request::{PartnerCode, PayId, PayKey, ResultQuery, SubscriptionRequest};

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::fields::{FieldError, SignedFields};
-use super::request::{PartnerCode, PayId, TradeTime, check_trade_type, check_version};
+use super::request::{PartnerCode, PayId, PayKey, TradeTime, check_trade_type, check_version};
 
 /// The `tradeType` a query carries.
 pub const QUERY_TRADE_TYPE: &str = "queryAutoRenewalRecord";
@@ -31,6 +31,11 @@ pub struct RenewalQuery {
 }
 
 impl RenewalQuery {
+    /// The payId in its partner's namespace: what everything kept for it is keyed by.
+    pub fn pay_key(&self) -> PayKey {
+        PayKey::new(self.partner_code.clone(), self.pay_id.clone())
+    }
+
     pub fn parse(body: &[u8]) -> Result<(Self, SignedFields), FieldError> {
         let fields = SignedFields::parse(body, RENEWAL_QUERY_FIELDS)?;
         let query = RenewalQuery {

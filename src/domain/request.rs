@@ -116,6 +116,37 @@ impl PayId {
     }
 }
 
+/// A payId in the namespace of the partner that sent it. Two partners may use the same payId:
+/// everything kept for a payId (the intake's record, the result, the lock, the renewal state,
+/// Stripe's idempotency keys) is keyed by this pair, never by the payId alone.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PayKey {
+    partner: PartnerCode,
+    pay_id: PayId,
+}
+
+impl PayKey {
+    pub fn new(partner: PartnerCode, pay_id: PayId) -> Self {
+        PayKey { partner, pay_id }
+    }
+
+    pub fn partner(&self) -> &PartnerCode {
+        &self.partner
+    }
+
+    pub fn pay_id(&self) -> &PayId {
+        &self.pay_id
+    }
+}
+
+/// `P000818:ENV1`. Neither part can hold a `:`, so the text names one pair only; it is the hash
+/// tag of the pair's Redis keys and the stem of its idempotency keys.
+impl fmt::Display for PayKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.partner, self.pay_id)
+    }
+}
+
 impl PaymentMethodId {
     pub fn parse(value: &str) -> Result<Self, FieldError> {
         let rest = value.strip_prefix("pm_").unwrap_or("");
@@ -252,6 +283,11 @@ pub struct SubscriptionRequest {
 }
 
 impl SubscriptionRequest {
+    /// The payId in its partner's namespace: what everything kept for it is keyed by.
+    pub fn pay_key(&self) -> PayKey {
+        PayKey::new(self.partner_code.clone(), self.pay_id.clone())
+    }
+
     /// Reads and validates a body: JSON, fields present, each field's format.
     pub fn parse(body: &[u8]) -> Result<(Self, SignedFields), FieldError> {
         let fields = SignedFields::parse(body, SUBSCRIPTION_FIELDS)?;
@@ -299,6 +335,11 @@ pub struct ResultQuery {
 }
 
 impl ResultQuery {
+    /// The payId in its partner's namespace: what everything kept for it is keyed by.
+    pub fn pay_key(&self) -> PayKey {
+        PayKey::new(self.partner_code.clone(), self.pay_id.clone())
+    }
+
     pub fn parse(body: &[u8]) -> Result<(Self, SignedFields), FieldError> {
         let fields = SignedFields::parse(body, RESULT_QUERY_FIELDS)?;
         let query = ResultQuery {

@@ -40,9 +40,10 @@ async fn accept(
     request_id: String,
 ) -> Result<Json<ApiResponse>, IntakeError> {
     let pay_id = &request.pay_id;
-    let record = RenewalRecord::find(state, &request.partner_code, pay_id).await?;
+    let pay_key = request.pay_key();
+    let record = RenewalRecord::find(state, &pay_key).await?;
     // A repeat of a cancel answers like the first time, whatever happened since.
-    if state.store.cancel_enqueued(pay_id, request.when).await? {
+    if state.store.cancel_enqueued(&pay_key, request.when).await? {
         return Ok(Json(accepted(&record)));
     }
     if record.creation_failed() {
@@ -72,7 +73,7 @@ async fn accept(
         let claim = state
             .store
             .claim_cancel(
-                pay_id,
+                &pay_key,
                 request.when,
                 &token,
                 now_millis(),
@@ -135,7 +136,7 @@ async fn enqueue(state: &AppState, job: &CancelJob, token: &str) -> Result<(), I
             // Stripe idempotency keys).
             if let Err(error) = state
                 .store
-                .mark_cancel_enqueued(&job.pay_id, job.when)
+                .mark_cancel_enqueued(&job.pay_key(), job.when)
                 .await
             {
                 tracing::warn!(pay_id = %job.pay_id, %error, "cancel not marked enqueued");
@@ -150,7 +151,7 @@ async fn enqueue(state: &AppState, job: &CancelJob, token: &str) -> Result<(), I
             if known_not_sent
                 && let Err(release) = state
                     .store
-                    .release_cancel(&job.pay_id, job.when, token)
+                    .release_cancel(&job.pay_key(), job.when, token)
                     .await
             {
                 tracing::warn!(pay_id = %job.pay_id, error = %release, "cancel claim not released");

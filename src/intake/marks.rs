@@ -13,7 +13,7 @@
 
 use tokio::sync::mpsc;
 
-use crate::domain::PayId;
+use crate::domain::PayKey;
 use crate::store::Store;
 
 /// Most marks in one round trip.
@@ -22,7 +22,7 @@ const MAX_BATCH: usize = 512;
 /// Where the intake hands in the payIds of confirmed jobs. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct EnqueuedMarks {
-    sender: mpsc::UnboundedSender<PayId>,
+    sender: mpsc::UnboundedSender<PayKey>,
 }
 
 impl EnqueuedMarks {
@@ -34,14 +34,14 @@ impl EnqueuedMarks {
         EnqueuedMarks { sender }
     }
 
-    pub fn mark(&self, pay_id: PayId) {
+    pub fn mark(&self, pay_key: PayKey) {
         // Fails only once the task is gone (the runtime is shutting down): the record stays
         // pending, which is safe (see the module's note).
-        let _ = self.sender.send(pay_id);
+        let _ = self.sender.send(pay_key);
     }
 }
 
-async fn write_marks(store: Store, mut receiver: mpsc::UnboundedReceiver<PayId>) {
+async fn write_marks(store: Store, mut receiver: mpsc::UnboundedReceiver<PayKey>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
         if let Err(error) = store.mark_enqueued(&batch).await {

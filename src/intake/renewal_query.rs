@@ -20,7 +20,7 @@ pub async fn query_auto_renewal(
         error,
         pay_id: Some(body.pay_id.to_string()),
     };
-    let record = RenewalRecord::find(&state, &body.partner_code, &body.pay_id)
+    let record = RenewalRecord::find(&state, &body.pay_key())
         .await
         .map_err(refuse)?;
     Ok(Json(RenewalAnswer::of(&record)))

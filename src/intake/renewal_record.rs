@@ -11,7 +11,7 @@ use super::state::AppState;
 use crate::domain::FinalResult;
 use crate::domain::renewal::STATUS_CANCELED;
 use crate::domain::renewal::{RenewalError, RenewalState};
-use crate::domain::request::{PartnerCode, PayId};
+use crate::domain::request::{PayId, PayKey};
 
 /// One payId of this partner, as the store has it.
 #[derive(Debug, Clone)]
@@ -24,27 +24,16 @@ pub struct RenewalRecord {
 }
 
 impl RenewalRecord {
-    /// The payId's record if it is this partner's. Another partner's payId is answered exactly
-    /// like an unknown one: no partner learns what another sent. The renewal state names its
-    /// partner too, so an auto-renewal stays known after the intake's record of its creation
-    /// expired (`redis.record_ttl_secs`).
-    pub async fn find(
-        state: &AppState,
-        partner: &PartnerCode,
-        pay_id: &PayId,
-    ) -> Result<Self, IntakeError> {
-        let record = state.store.record(pay_id).await?;
-        let renewal = state.store.renewal(pay_id).await?;
-        let owned = match (&record, &renewal) {
-            (Some(record), _) => record.partner == partner.as_str(),
-            (None, Some(renewal)) => renewal.partner_code == partner.as_str(),
-            (None, None) => false,
-        };
-        if !owned {
+    /// The payId's record in its partner's namespace: another partner's payId of the same name
+    /// is another key, so it is answered as unknown and no partner learns what another sent.
+    pub async fn find(state: &AppState, pay_key: &PayKey) -> Result<Self, IntakeError> {
+        let record = state.store.record(pay_key).await?;
+        let renewal = state.store.renewal(pay_key).await?;
+        if record.is_none() && renewal.is_none() {
             return Err(IntakeError::PayIdUnknown);
         }
         Ok(RenewalRecord {
-            pay_id: pay_id.clone(),
+            pay_id: pay_key.pay_id().clone(),
             result: record.and_then(|record| record.result),
             renewal,
         })

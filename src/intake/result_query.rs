@@ -21,15 +21,16 @@ pub async fn result_query(
     };
     let record = state
         .store
-        .record(&body.pay_id)
+        .record(&body.pay_key())
         .await
         .map_err(|e| refuse(e.into()))?;
     match record {
-        // Another partner's payId is answered exactly like an unknown one: no partner learns
-        // what another sent.
-        Some(record) if record.partner == body.partner_code.as_str() => Ok(Json(
-            ApiResponse::for_job(body.pay_id.as_str(), record.result.as_ref()),
-        )),
-        _ => Err(refuse(IntakeError::PayIdUnknown)),
+        Some(record) => Ok(Json(ApiResponse::for_job(
+            body.pay_id.as_str(),
+            record.result.as_ref(),
+        ))),
+        // Another partner's payId of the same name is another key: answered as unknown, so no
+        // partner learns what another sent.
+        None => Err(refuse(IntakeError::PayIdUnknown)),
     }
 }

@@ -20,7 +20,7 @@ use crate::broker::{BrokerError, Destination, JobMessage};
 use crate::domain::job::JOB_MESSAGE_TYPE;
 use crate::domain::outcome::STATUS_PROCESSING;
 use crate::domain::request::SUBSCRIPTION_FIELDS;
-use crate::domain::{Job, SubscriptionRequest};
+use crate::domain::{Job, PayKey, SubscriptionRequest};
 use crate::store::{Claim, ClaimOutcome};
 
 /// How often a request for a payId that another request is enqueueing looks again.
@@ -35,12 +35,13 @@ pub async fn subscribe(
     SignedRequest { body, fields }: SignedRequest<SubscriptionRequest>,
 ) -> Result<Response, Refusal> {
     let wait = preferred_wait(&headers).map(|wait| wait.min(state.limits.max_wait));
+    let pay_key = body.pay_key();
     let answer = accept(&state, body, fields, request_id).await?;
     let Some(wait) = wait else {
         return Ok(Json(answer).into_response());
     };
     let answer = if answer.status == STATUS_PROCESSING && answer.operate_code == "S" {
-        wait_for_result(&state, answer, wait).await
+        wait_for_result(&state, &pay_key, answer, wait).await
     } else {
         answer
     };
@@ -71,10 +72,12 @@ fn preferred_wait(headers: &HeaderMap) -> Option<Duration> {
 
 /// Holds an accepted request's answer until its job's final result is stored, or `wait` ends,
 /// or the intake stops (the answer then goes at once: a stopping intake holds no one up).
-async fn wait_for_result(state: &AppState, answer: ApiResponse, wait: Duration) -> ApiResponse {
-    let Ok(pay_id) = crate::domain::PayId::parse(&answer.pay_id) else {
-        return answer;
-    };
+async fn wait_for_result(
+    state: &AppState,
+    pay_key: &PayKey,
+    answer: ApiResponse,
+    wait: Duration,
+) -> ApiResponse {
     let deadline = Instant::now() + wait;
     while Instant::now() < deadline {
         let pause = RESULT_POLL.min(deadline.saturating_duration_since(Instant::now()));
@@ -83,8 +86,8 @@ async fn wait_for_result(state: &AppState, answer: ApiResponse, wait: Duration) 
             () = tokio::time::sleep(pause) => {}
         }
         // A Redis hiccup while waiting does not undo the acceptance: answer what we know.
-        if let Ok(Some(result)) = state.store.result(&pay_id).await {
-            return ApiResponse::for_job(pay_id.as_str(), Some(&result));
+        if let Ok(Some(result)) = state.store.result(pay_key).await {
+            return ApiResponse::for_job(pay_key.pay_id().as_str(), Some(&result));
         }
     }
     answer
@@ -97,6 +100,7 @@ async fn accept(
     request_id: String,
 ) -> Result<ApiResponse, Refusal> {
     let pay_id = body.pay_id.clone();
+    let pay_key = body.pay_key();
     let refuse = |error: IntakeError| Refusal {
         error,
         pay_id: Some(pay_id.to_string()),
@@ -117,8 +121,7 @@ async fn accept(
 
     loop {
         let claim = Claim {
-            pay_id: &body.pay_id,
-            partner: &body.partner_code,
+            pay_key: &pay_key,
             fingerprint: &fingerprint,
             token: &token,
             now_ms: now_millis(),
@@ -177,10 +180,11 @@ async fn enqueue(
     job: &[u8],
     token: &str,
 ) -> Result<(), IntakeError> {
+    let pay_key = request.pay_key();
     let message = JobMessage {
         kind: JOB_MESSAGE_TYPE,
         body: job,
-        message_id: request.pay_id.as_str(),
+        message_id: &pay_key.to_string(),
         attempt: 1,
         parked: false,
     };
@@ -191,7 +195,7 @@ async fn enqueue(
     {
         Ok(()) => {
             // The job is safe on the broker, so the answer need not wait for this write.
-            state.marks.mark(request.pay_id.clone());
+            state.marks.mark(pay_key);
             Ok(())
         }
         Err(error) => {
@@ -199,9 +203,7 @@ async fn enqueue(
                 error,
                 BrokerError::Unavailable | BrokerError::Nacked | BrokerError::Unroutable
             );
-            if known_not_sent
-                && let Err(release) = state.store.release(&request.pay_id, token).await
-            {
+            if known_not_sent && let Err(release) = state.store.release(&pay_key, token).await {
                 tracing::warn!(pay_id = %request.pay_id, error = %release, "claim not released");
             }
             Err(error.into())

@@ -12,7 +12,7 @@ use redis::Script;
 
 use super::{Store, StoreError, with_timeout};
 use crate::domain::cancel::CancelWhen;
-use crate::domain::request::PayId;
+use crate::domain::request::PayKey;
 
 /// Claims the cancel of one `when`. KEYS: the payId's cancel hash. ARGV: when, token, now (ms),
 /// lease (ms), TTL (s), requested_at. Returns `claimed`, `enqueued` or `pending`.
@@ -71,7 +71,7 @@ pub enum CancelClaim {
 impl Store {
     pub async fn claim_cancel(
         &self,
-        pay_id: &PayId,
+        pay_key: &PayKey,
         when: CancelWhen,
         token: &str,
         now_ms: u64,
@@ -79,7 +79,7 @@ impl Store {
         requested_at: &str,
     ) -> Result<CancelClaim, StoreError> {
         let mut connection = self.connection().await?;
-        let key = self.keys.cancel(pay_id);
+        let key = self.keys.cancel(pay_key);
         let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
         let ttl = self.record_ttl.as_secs().max(1);
         let outcome: String = with_timeout(async {
@@ -108,11 +108,11 @@ impl Store {
     /// Whether the cancel of this `when` is on the broker (a repeat answers like the first).
     pub async fn cancel_enqueued(
         &self,
-        pay_id: &PayId,
+        pay_key: &PayKey,
         when: CancelWhen,
     ) -> Result<bool, StoreError> {
         let mut connection = self.connection().await?;
-        let key = self.keys.cancel(pay_id);
+        let key = self.keys.cancel(pay_key);
         let state: Option<String> = with_timeout(async {
             redis::cmd("HGET")
                 .arg(key)
@@ -127,11 +127,11 @@ impl Store {
     /// Marks the cancel enqueued, whoever holds its claim now: its job is on the broker.
     pub async fn mark_cancel_enqueued(
         &self,
-        pay_id: &PayId,
+        pay_key: &PayKey,
         when: CancelWhen,
     ) -> Result<(), StoreError> {
         let mut connection = self.connection().await?;
-        let key = self.keys.cancel(pay_id);
+        let key = self.keys.cancel(pay_key);
         let ttl = self.record_ttl.as_secs().max(1);
         with_timeout(async {
             redis::pipe()
@@ -152,12 +152,12 @@ impl Store {
 
     pub async fn release_cancel(
         &self,
-        pay_id: &PayId,
+        pay_key: &PayKey,
         when: CancelWhen,
         token: &str,
     ) -> Result<(), StoreError> {
         let mut connection = self.connection().await?;
-        let key = self.keys.cancel(pay_id);
+        let key = self.keys.cancel(pay_key);
         let _: i64 = with_timeout(async {
             RELEASE
                 .key(key)

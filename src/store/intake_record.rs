@@ -14,7 +14,7 @@ use std::sync::LazyLock;
 
 use super::{Store, StoreError, with_timeout};
 use crate::domain::FinalResult;
-use crate::domain::request::{PartnerCode, PayId};
+use crate::domain::request::PayKey;
 
 /// Claims a payId, or tells where its record stands.
 /// KEYS: intake record, result. ARGV: fingerprint, partner, token, now (ms), lease (ms),
@@ -65,8 +65,7 @@ return 0
 /// A request's bid for a payId.
 #[derive(Debug, Clone)]
 pub struct Claim<'a> {
-    pub pay_id: &'a PayId,
-    pub partner: &'a PartnerCode,
+    pub pay_key: &'a PayKey,
     pub fingerprint: &'a str,
     /// Unique to this request: only its holder may release the claim.
     pub token: &'a str,
@@ -108,8 +107,8 @@ pub struct RecordView {
 impl Store {
     pub async fn claim(&self, claim: Claim<'_>) -> Result<ClaimOutcome, StoreError> {
         let mut connection = self.connection().await?;
-        let intake_key = self.keys.intake(claim.pay_id);
-        let result_key = self.keys.result(claim.pay_id);
+        let intake_key = self.keys.intake(claim.pay_key);
+        let result_key = self.keys.result(claim.pay_key);
         let lease_ms = u64::try_from(claim.lease.as_millis()).unwrap_or(u64::MAX);
         let ttl = self.record_ttl.as_secs().max(1);
         let (outcome, accepted_at, payload): (String, String, Vec<u8>) = with_timeout(async {
@@ -117,7 +116,7 @@ impl Store {
                 .key(intake_key)
                 .key(result_key)
                 .arg(claim.fingerprint)
-                .arg(claim.partner.as_str())
+                .arg(claim.pay_key.partner().as_str())
                 .arg(claim.token)
                 .arg(claim.now_ms)
                 .arg(lease_ms)
@@ -150,10 +149,10 @@ impl Store {
     ///
     /// On a Redis Cluster a pipeline must stay within one slot, and each payId has its own:
     /// there each record gets its own small pipeline, all sent at once.
-    pub async fn mark_enqueued(&self, pay_ids: &[PayId]) -> Result<(), StoreError> {
+    pub async fn mark_enqueued(&self, pay_keys: &[PayKey]) -> Result<(), StoreError> {
         let ttl = self.record_ttl.as_secs().max(1);
-        let mark = |pipe: &mut redis::Pipeline, pay_id: &PayId| {
-            let key = self.keys.intake(pay_id);
+        let mark = |pipe: &mut redis::Pipeline, pay_key: &PayKey| {
+            let key = self.keys.intake(pay_key);
             pipe.cmd("HSET")
                 .arg(&key)
                 .arg("state")
@@ -169,17 +168,17 @@ impl Store {
         let connection = self.connection().await?;
         if !connection.is_cluster() {
             let mut pipe = redis::pipe();
-            for pay_id in pay_ids {
-                mark(&mut pipe, pay_id);
+            for pay_key in pay_keys {
+                mark(&mut pipe, pay_key);
             }
             let mut connection = connection;
             with_timeout(async { pipe.query_async::<()>(&mut connection).await }).await?;
             return Ok(());
         }
         let marks =
-            pay_ids.iter().map(|pay_id| {
+            pay_keys.iter().map(|pay_key| {
                 let mut pipe = redis::pipe();
-                mark(&mut pipe, pay_id);
+                mark(&mut pipe, pay_key);
                 let mut connection = connection.clone();
                 async move {
                     with_timeout(async { pipe.query_async::<()>(&mut connection).await }).await
@@ -192,9 +191,9 @@ impl Store {
         Ok(())
     }
 
-    pub async fn release(&self, pay_id: &PayId, token: &str) -> Result<(), StoreError> {
+    pub async fn release(&self, pay_key: &PayKey, token: &str) -> Result<(), StoreError> {
         let mut connection = self.connection().await?;
-        let key = self.keys.intake(pay_id);
+        let key = self.keys.intake(pay_key);
         let _: i64 = with_timeout(async {
             RELEASE
                 .key(key)
@@ -207,10 +206,10 @@ impl Store {
     }
 
     /// The record of a payId and its result, if the payId is known.
-    pub async fn record(&self, pay_id: &PayId) -> Result<Option<RecordView>, StoreError> {
+    pub async fn record(&self, pay_key: &PayKey) -> Result<Option<RecordView>, StoreError> {
         let mut connection = self.connection().await?;
-        let intake_key = self.keys.intake(pay_id);
-        let result_key = self.keys.result(pay_id);
+        let intake_key = self.keys.intake(pay_key);
+        let result_key = self.keys.result(pay_key);
         type Fields = (Option<String>, Option<String>);
         let (fields, result): (Fields, Option<Vec<u8>>) = with_timeout(async {
             redis::pipe()

@@ -12,7 +12,7 @@ use redis::Script;
 use super::{Store, StoreError, with_timeout};
 use crate::domain::FinalResult;
 use crate::domain::job::CreateSent;
-use crate::domain::request::PayId;
+use crate::domain::request::PayKey;
 
 /// A job's start in one round trip: its result if one is stored, else the payId's lock and
 /// what was sent for it. KEYS: result, lock, created. ARGV: token, TTL (ms).
@@ -112,16 +112,16 @@ impl Store {
     /// can finish the job between the check and the lock.
     pub async fn begin_job(
         &self,
-        pay_id: &PayId,
+        pay_key: &PayKey,
         token: &str,
         ttl: Duration,
     ) -> Result<JobStart, StoreError> {
         let mut connection = self.connection().await?;
         let answer: Vec<String> = with_timeout(async {
             BEGIN
-                .key(self.keys.result(pay_id))
-                .key(self.keys.lock(pay_id))
-                .key(self.keys.created(pay_id))
+                .key(self.keys.result(pay_key))
+                .key(self.keys.lock(pay_key))
+                .key(self.keys.created(pay_key))
                 .arg(token)
                 .arg(millis(ttl))
                 .invoke_async(&mut connection)
@@ -142,14 +142,14 @@ impl Store {
     /// Extends a lock this token still holds; false when it was lost.
     pub async fn extend_lock(
         &self,
-        pay_id: &PayId,
+        pay_key: &PayKey,
         token: &str,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
         let mut connection = self.connection().await?;
         let extended: i64 = with_timeout(async {
             EXTEND
-                .key(self.keys.lock(pay_id))
+                .key(self.keys.lock(pay_key))
                 .arg(token)
                 .arg(millis(ttl))
                 .invoke_async(&mut connection)
@@ -159,8 +159,8 @@ impl Store {
         Ok(extended == 1)
     }
 
-    pub async fn unlock(&self, pay_id: &PayId, token: &str) -> Result<(), StoreError> {
-        self.release_lock(self.keys.lock(pay_id), token).await
+    pub async fn unlock(&self, pay_key: &PayKey, token: &str) -> Result<(), StoreError> {
+        self.release_lock(self.keys.lock(pay_key), token).await
     }
 
     /// Records what is about to be sent for the payId's subscription create. It lives as long
@@ -168,7 +168,7 @@ impl Store {
     /// Only while `token` holds the lock: false when it was lost (nothing recorded).
     pub async fn record_create(
         &self,
-        pay_id: &PayId,
+        pay_key: &PayKey,
         token: &str,
         sent: &CreateSent,
     ) -> Result<bool, StoreError> {
@@ -177,8 +177,8 @@ impl Store {
         let mut connection = self.connection().await?;
         let recorded: i64 = with_timeout(async {
             RECORD_CREATE
-                .key(self.keys.lock(pay_id))
-                .key(self.keys.created(pay_id))
+                .key(self.keys.lock(pay_key))
+                .key(self.keys.created(pay_key))
                 .arg(token)
                 .arg(json)
                 .arg(self.record_ttl.as_secs())
@@ -190,9 +190,9 @@ impl Store {
     }
 
     /// What was sent for the payId's subscription create, if anything.
-    pub async fn created(&self, pay_id: &PayId) -> Result<Option<CreateSent>, StoreError> {
+    pub async fn created(&self, pay_key: &PayKey) -> Result<Option<CreateSent>, StoreError> {
         let mut connection = self.connection().await?;
-        let key = self.keys.created(pay_id);
+        let key = self.keys.created(pay_key);
         let raw: Option<String> = with_timeout(async {
             redis::cmd("GET")
                 .arg(key)
@@ -208,7 +208,7 @@ impl Store {
     /// failure is not stored once the lock is lost: None.
     pub async fn finish_job(
         &self,
-        pay_id: &PayId,
+        pay_key: &PayKey,
         token: &str,
         result: &FinalResult,
     ) -> Result<Option<FinalResult>, StoreError> {
@@ -217,8 +217,8 @@ impl Store {
         let mut connection = self.connection().await?;
         let stored: String = with_timeout(async {
             FINISH
-                .key(self.keys.result(pay_id))
-                .key(self.keys.lock(pay_id))
+                .key(self.keys.result(pay_key))
+                .key(self.keys.lock(pay_key))
                 .arg(json)
                 .arg(self.record_ttl.as_secs())
                 .arg(token)
@@ -344,10 +344,10 @@ impl Store {
     /// when another worker holds it.
     pub async fn lock_pay_id(
         &self,
-        pay_id: &PayId,
+        pay_key: &PayKey,
         token: &str,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        self.try_lock(self.keys.lock(pay_id), token, ttl).await
+        self.try_lock(self.keys.lock(pay_key), token, ttl).await
     }
 }

@@ -2,14 +2,15 @@
 
 use md5::{Digest, Md5};
 
-use crate::domain::request::PayId;
+use crate::domain::request::PayKey;
 
 fn digest(text: &str) -> String {
     hex::encode(&Md5::digest(text.as_bytes())[..12])
 }
 
-/// Builds every key under one prefix. The payId sits in braces: Redis Cluster hashes only the
-/// braced part, so all keys of one payId land in one slot.
+/// Builds every key under one prefix. A payId's keys carry its partner and payId in braces
+/// (`autorenew:result:{P000818:ENV1}`): Redis Cluster hashes only the braced part, so all keys
+/// of one payId land in one slot, and two partners' payIds never share a key.
 #[derive(Debug, Clone)]
 pub struct Keys {
     prefix: String,
@@ -23,18 +24,18 @@ impl Keys {
     }
 
     /// The intake's record of a payId (a hash).
-    pub fn intake(&self, pay_id: &PayId) -> String {
-        format!("{}:intake:{{{}}}", self.prefix, pay_id)
+    pub fn intake(&self, pay_key: &PayKey) -> String {
+        format!("{}:intake:{{{}}}", self.prefix, pay_key)
     }
 
     /// The final result of a payId (a JSON string).
-    pub fn result(&self, pay_id: &PayId) -> String {
-        format!("{}:result:{{{}}}", self.prefix, pay_id)
+    pub fn result(&self, pay_key: &PayKey) -> String {
+        format!("{}:result:{{{}}}", self.prefix, pay_key)
     }
 
     /// What was sent for a payId's subscription create (JSON), written before it is sent.
-    pub fn created(&self, pay_id: &PayId) -> String {
-        format!("{}:created:{{{}}}", self.prefix, pay_id)
+    pub fn created(&self, pay_key: &PayKey) -> String {
+        format!("{}:created:{{{}}}", self.prefix, pay_key)
     }
 
     /// The Stripe customer of (partner, email). Hashed: an email may hold braces, and the hash
@@ -53,18 +54,18 @@ impl Keys {
     }
 
     /// The worker's lock on a payId.
-    pub fn lock(&self, pay_id: &PayId) -> String {
-        format!("{}:lock:{{{}}}", self.prefix, pay_id)
+    pub fn lock(&self, pay_key: &PayKey) -> String {
+        format!("{}:lock:{{{}}}", self.prefix, pay_key)
     }
 
     /// The state of a payId's auto-renewal, kept current by the webhooks (a hash).
-    pub fn renewal(&self, pay_id: &PayId) -> String {
-        format!("{}:renewal:{{{}}}", self.prefix, pay_id)
+    pub fn renewal(&self, pay_key: &PayKey) -> String {
+        format!("{}:renewal:{{{}}}", self.prefix, pay_key)
     }
 
     /// The cancels asked for a payId, one claim per `when` (a hash).
-    pub fn cancel(&self, pay_id: &PayId) -> String {
-        format!("{}:cancel:{{{}}}", self.prefix, pay_id)
+    pub fn cancel(&self, pay_key: &PayKey) -> String {
+        format!("{}:cancel:{{{}}}", self.prefix, pay_key)
     }
 
     /// A Stripe event the intake took (or is taking), by its id: de-duplicates deliveries.

@@ -20,7 +20,7 @@ use secrecy::ExposeSecret;
 
 use crate::config::RedisSettings;
 use crate::domain::FinalResult;
-use crate::domain::request::PayId;
+use crate::domain::request::PayKey;
 
 pub use cancel_record::CancelClaim;
 pub use intake_record::{Claim, ClaimOutcome, RecordView};
@@ -95,9 +95,9 @@ impl Store {
     }
 
     /// The final result of a payId, if a worker has stored one.
-    pub async fn result(&self, pay_id: &PayId) -> Result<Option<FinalResult>, StoreError> {
+    pub async fn result(&self, pay_key: &PayKey) -> Result<Option<FinalResult>, StoreError> {
         let mut connection = self.connection().await?;
-        let key = self.keys.result(pay_id);
+        let key = self.keys.result(pay_key);
         let raw: Option<String> = with_timeout(async move {
             redis::cmd("GET")
                 .arg(key)
@@ -109,20 +109,6 @@ impl Store {
             serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("result: {e}")))
         })
         .transpose()
-    }
-
-    /// Forgets a payId's result, so a replayed job runs again (`autorenew dlq replay`).
-    pub async fn clear_result(&self, pay_id: &PayId) -> Result<(), StoreError> {
-        let mut connection = self.connection().await?;
-        let key = self.keys.result(pay_id);
-        let _: i64 = with_timeout(async move {
-            redis::cmd("DEL")
-                .arg(key)
-                .query_async(&mut connection)
-                .await
-        })
-        .await?;
-        Ok(())
     }
 
     pub(crate) async fn connection(&self) -> Result<connection::Handle, StoreError> {

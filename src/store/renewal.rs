@@ -20,7 +20,7 @@ use redis::Script;
 
 use super::{Store, StoreError, with_timeout};
 use crate::domain::renewal::{Applied, RenewalChange, RenewalError, RenewalState, RenewalUpdate};
-use crate::domain::request::PayId;
+use crate::domain::request::PayKey;
 
 /// Applies one change if it is newer than the part it writes.
 /// KEYS: the renewal hash. ARGV: part, version (20 digits, so strings compare as numbers, beyond
@@ -103,13 +103,13 @@ impl Store {
     /// Applies a worker's change to a payId's state, unless the state is newer already.
     pub async fn apply_renewal(
         &self,
-        pay_id: &PayId,
+        pay_key: &PayKey,
         update: &RenewalUpdate,
     ) -> Result<Applied, StoreError> {
         let (part, invoice, fields) = fields_of(&update.change);
         let now_ms = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
         let mut connection = self.connection().await?;
-        let mut invocation = APPLY.key(self.keys.renewal(pay_id));
+        let mut invocation = APPLY.key(self.keys.renewal(pay_key));
         invocation
             .arg(part)
             .arg(format!("{:020}", update.version))
@@ -129,9 +129,9 @@ impl Store {
     }
 
     /// The state of a payId's auto-renewal; None before any event about it was applied.
-    pub async fn renewal(&self, pay_id: &PayId) -> Result<Option<RenewalState>, StoreError> {
+    pub async fn renewal(&self, pay_key: &PayKey) -> Result<Option<RenewalState>, StoreError> {
         let mut connection = self.connection().await?;
-        let key = self.keys.renewal(pay_id);
+        let key = self.keys.renewal(pay_key);
         let hash: HashMap<String, String> = with_timeout(async {
             redis::cmd("HGETALL")
                 .arg(key)

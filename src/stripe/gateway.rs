@@ -296,8 +296,9 @@ impl Gateway {
         pay_id: &str,
     ) -> Result<Option<Subscribed>, StripeFailure> {
         let mut starting_after: Option<String> = None;
-        // Bounded: a customer with more than 1,000 subscriptions is not one of ours.
-        for _ in 0..10 {
+        // Every page: a payId's subscription may be the oldest of a customer with thousands,
+        // and "not found" must mean not there.
+        loop {
             self.take_budget("subscriptions.list").await?;
             let mut request = ListSubscription::new()
                 .customer(customer)
@@ -323,7 +324,6 @@ impl Gateway {
                 _ => return Ok(None),
             }
         }
-        Ok(None)
     }
 
     pub async fn create_subscription(

@@ -9,7 +9,7 @@ use futures_util::future::BoxFuture;
 use super::ports::{Clock, CreateSent, Incoming, JobQueue, JobStart, JobStore, StripeApi, Wait};
 use crate::broker::{Broker, BrokerError, Destination, JobMessage, Message};
 use crate::domain::event::CLOUDEVENTS_CONTENT_TYPE;
-use crate::domain::{FinalResult, PayId, ResultEvent};
+use crate::domain::{FinalResult, PayKey, ResultEvent};
 use crate::store::{Store, StoreError};
 use crate::stripe::{
     Attached, CreatedCustomer, Gateway, NewCustomer, NewSubscription, PriceSpec, StripeFailure,
@@ -19,44 +19,44 @@ use crate::stripe::{
 impl JobStore for Store {
     fn begin<'a>(
         &'a self,
-        pay_id: &'a PayId,
+        pay_key: &'a PayKey,
         token: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<JobStart, StoreError>> {
-        self.begin_job(pay_id, token, ttl).boxed()
+        self.begin_job(pay_key, token, ttl).boxed()
     }
 
     fn extend_lock<'a>(
         &'a self,
-        pay_id: &'a PayId,
+        pay_key: &'a PayKey,
         token: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        Store::extend_lock(self, pay_id, token, ttl).boxed()
+        Store::extend_lock(self, pay_key, token, ttl).boxed()
     }
 
     fn unlock<'a>(
         &'a self,
-        pay_id: &'a PayId,
+        pay_key: &'a PayKey,
         token: &'a str,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Store::unlock(self, pay_id, token).boxed()
+        Store::unlock(self, pay_key, token).boxed()
     }
 
     fn record_create<'a>(
         &'a self,
-        pay_id: &'a PayId,
+        pay_key: &'a PayKey,
         token: &'a str,
         sent: &'a CreateSent,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        Store::record_create(self, pay_id, token, sent).boxed()
+        Store::record_create(self, pay_key, token, sent).boxed()
     }
 
     fn created<'a>(
         &'a self,
-        pay_id: &'a PayId,
+        pay_key: &'a PayKey,
     ) -> BoxFuture<'a, Result<Option<CreateSent>, StoreError>> {
-        Store::created(self, pay_id).boxed()
+        Store::created(self, pay_key).boxed()
     }
 
     fn customer_of<'a>(
@@ -95,11 +95,11 @@ impl JobStore for Store {
 
     fn finish<'a>(
         &'a self,
-        pay_id: &'a PayId,
+        pay_key: &'a PayKey,
         token: &'a str,
         result: &'a FinalResult,
     ) -> BoxFuture<'a, Result<Option<FinalResult>, StoreError>> {
-        self.finish_job(pay_id, token, result).boxed()
+        self.finish_job(pay_key, token, result).boxed()
     }
 }
 

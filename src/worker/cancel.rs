@@ -38,14 +38,15 @@ pub async fn handle(ctx: &LifecycleContext, incoming: &Incoming, token: &str) ->
         return dead_letter(ctx, incoming, "unparseable cancel", "poison").await;
     };
     let pay_id = &cancel.pay_id;
-    let result = match ctx.store.result(pay_id).await {
+    let pay_key = cancel.pay_key();
+    let result = match ctx.store.result(&pay_key).await {
         Ok(result) => result,
         Err(_) => return Handled::requeue("handed_back"),
     };
     let Some(result) = result else {
         // The creation has not ended: the cancel waits for it. A payId that is not on record
         // at all (its creation's publish failed after the cancel was taken) has nothing to cancel.
-        return match ctx.store.record(pay_id).await {
+        return match ctx.store.record(&pay_key).await {
             Ok(Some(_)) => {
                 wait(
                     ctx,
@@ -67,13 +68,13 @@ pub async fn handle(ctx: &LifecycleContext, incoming: &Incoming, token: &str) ->
         tracing::info!(%pay_id, "cancel of a payId whose creation failed: nothing to cancel");
         return Handled::ack("cancel_nothing");
     }
-    match ctx.store.lock_pay_id(pay_id, token, ctx.lock_ttl).await {
+    match ctx.store.lock_pay_id(&pay_key, token, ctx.lock_ttl).await {
         Ok(true) => {}
         Ok(false) => return wait(ctx, incoming, Wait::Lock, incoming.attempt, "locked").await,
         Err(_) => return Handled::requeue("handed_back"),
     }
     let handled = cancel_locked(ctx, incoming, &cancel, &result.sub_id).await;
-    if let Err(error) = ctx.store.unlock(pay_id, token).await {
+    if let Err(error) = ctx.store.unlock(&pay_key, token).await {
         tracing::warn!(%pay_id, %error, "lock not released; it expires by itself");
     }
     handled
@@ -86,7 +87,7 @@ async fn cancel_locked(
     sub_id: &str,
 ) -> Handled {
     let pay_id = &cancel.pay_id;
-    let key = format!("ar-{pay_id}-cancel-{}", cancel.when.as_str());
+    let key = format!("ar-{}-cancel-{}", cancel.pay_key(), cancel.when.as_str());
     let state = match call_stripe(ctx, cancel.when, sub_id, &key).await {
         Ok(state) => state,
         Err(StripeFailure::Permanent(detail)) => {
@@ -127,7 +128,12 @@ async fn cancel_locked(
             canceled_at: state.canceled_at,
         },
     };
-    if ctx.store.apply_renewal(pay_id, &update).await.is_err() {
+    if ctx
+        .store
+        .apply_renewal(&cancel.pay_key(), &update)
+        .await
+        .is_err()
+    {
         return Handled::requeue("handed_back");
     }
     let event = event_of(ctx, cancel, &state, now);

@@ -17,7 +17,7 @@ use time::format_description::well_known::Rfc3339;
 use super::ports::{Clock, Incoming, JobQueue, JobStart, JobStore, Settle, StripeApi, Wait};
 use super::steps::{self, JobSettings, Made};
 use crate::domain::outcome::STATUS_FAILED;
-use crate::domain::{FailureCode, FailureDetail, FinalResult, Job, PayId, ResultEvent};
+use crate::domain::{FailureCode, FailureDetail, FinalResult, Job, PayKey, ResultEvent};
 
 /// The adapters a job runs against.
 #[derive(Clone)]
@@ -95,7 +95,8 @@ async fn handle_counted(ctx: &JobContext, incoming: &Incoming, token: &str) -> H
         }
     };
     let store = &ctx.ports.store;
-    let created = match store.begin(&job.pay_id, token, ctx.settings.lock_ttl).await {
+    let pay_key = job.pay_key();
+    let created = match store.begin(&pay_key, token, ctx.settings.lock_ttl).await {
         Err(error) => {
             tracing::warn!(pay_id = %job.pay_id, %error, "job handed back");
             return Handled::requeue("handed_back");
@@ -135,7 +136,7 @@ async fn handle_counted(ctx: &JobContext, incoming: &Incoming, token: &str) -> H
         };
         settle(ctx, &job, incoming, token, verdict).await
     };
-    keep_lock(ctx, &job.pay_id, token, locked).await
+    keep_lock(ctx, &pay_key, token, locked).await
 }
 
 /// What a job whose task panicked ends as: the lock released, and the job `failed` with its own
@@ -152,7 +153,7 @@ pub async fn after_panic(ctx: &JobContext, incoming: &Incoming, token: &str) -> 
             Err(_) => Handled::requeue("handed_back"),
         };
     };
-    let verdict = match ctx.ports.store.created(&job.pay_id).await {
+    let verdict = match ctx.ports.store.created(&job.pay_key()).await {
         Ok(Some(_)) => Verdict::Park("the job panicked after a create was sent".into()),
         Ok(None) => Verdict::Failed(internal("the job panicked")),
         Err(error) => Verdict::HandBack(error.to_string()),
@@ -164,11 +165,11 @@ pub async fn after_panic(ctx: &JobContext, incoming: &Incoming, token: &str) -> 
 /// not a task of its own: a job that panics or is dropped stops extending its lock with it.
 async fn keep_lock(
     ctx: &JobContext,
-    pay_id: &PayId,
+    pay_key: &PayKey,
     token: &str,
     work: impl Future<Output = Handled>,
 ) -> Handled {
-    let extend = extend_forever(ctx, pay_id, token);
+    let extend = extend_forever(ctx, pay_key, token);
     tokio::pin!(work);
     tokio::pin!(extend);
     tokio::select! {
@@ -178,16 +179,16 @@ async fn keep_lock(
     }
 }
 
-async fn extend_forever(ctx: &JobContext, pay_id: &PayId, token: &str) -> Infallible {
+async fn extend_forever(ctx: &JobContext, pay_key: &PayKey, token: &str) -> Infallible {
     let ttl = ctx.settings.lock_ttl;
     loop {
         tokio::time::sleep(ttl / 3).await;
-        match ctx.ports.store.extend_lock(pay_id, token, ttl).await {
+        match ctx.ports.store.extend_lock(pay_key, token, ttl).await {
             Ok(true) => {}
             // Lost or unreachable: the write-ahead record and the idempotency keys still keep
             // Stripe to one subscription; the lock only saves doing the work twice.
-            Ok(false) => tracing::warn!(%pay_id, "lost the payId lock while working"),
-            Err(error) => tracing::warn!(%pay_id, %error, "could not extend the payId lock"),
+            Ok(false) => tracing::warn!(%pay_key, "lost the payId lock while working"),
+            Err(error) => tracing::warn!(%pay_key, %error, "could not extend the payId lock"),
         }
     }
 }
@@ -286,7 +287,7 @@ async fn settle(
 
 /// Stores the result and releases the lock in one step, then announces it.
 async fn finish(ctx: &JobContext, job: &Job, token: &str, result: &FinalResult) -> Handled {
-    let stored = match ctx.ports.store.finish(&job.pay_id, token, result).await {
+    let stored = match ctx.ports.store.finish(&job.pay_key(), token, result).await {
         Ok(Some(stored)) => stored,
         Ok(None) => {
             // The lock was lost: a copy holding it may be creating the subscription, so this
@@ -339,7 +340,7 @@ async fn route(
 
 /// Releases the lock (it expires by itself if Redis is away) and hands the message back.
 async fn release(ctx: &JobContext, job: &Job, token: &str, label: &'static str) -> Handled {
-    if let Err(error) = ctx.ports.store.unlock(&job.pay_id, token).await {
+    if let Err(error) = ctx.ports.store.unlock(&job.pay_key(), token).await {
         tracing::warn!(pay_id = %job.pay_id, %error, "lock not released; it expires by itself");
     }
     Handled::requeue(label)

@@ -18,7 +18,7 @@ use super::ports::{CreateSent, Incoming, JobStart, JobStore, Settle, StripeApi};
 use super::{JobContext, JobPorts, JobSettings, RetryPolicy};
 use crate::config::{PlanSettings, Settings};
 use crate::domain::job::JOB_MESSAGE_TYPE;
-use crate::domain::{FailureCode, FinalResult, Job, PayId};
+use crate::domain::{FailureCode, FinalResult, Job, PayKey};
 use crate::store::StoreError;
 use crate::stripe::{
     Attached, CreatedCustomer, NewCustomer, NewSubscription, PriceSpec, StripeFailure, Subscribed,
@@ -135,12 +135,12 @@ struct Watched {
 }
 
 impl Watched {
-    fn record(&self, call: &'static str, pay_id: &PayId) {
+    fn record(&self, call: &'static str, pay_id: &PayKey) {
         let locked = self
             .inner
             .held_locks()
             .iter()
-            .any(|(id, _)| id == pay_id.as_str());
+            .any(|(id, _)| *id == pay_id.to_string());
         let stored = self.inner.result(pay_id).is_some();
         if let Ok(mut states) = self.states.lock() {
             states.push((call, locked, stored));
@@ -150,7 +150,7 @@ impl Watched {
     fn watch<'a, T: Send + 'a>(
         &'a self,
         call: &'static str,
-        pay_id: &'a PayId,
+        pay_id: &'a PayKey,
         work: BoxFuture<'a, Result<T, StoreError>>,
     ) -> BoxFuture<'a, Result<T, StoreError>> {
         async move {
@@ -199,7 +199,7 @@ impl JobStore for Watched {
 
     fn begin<'a>(
         &'a self,
-        pay_id: &'a PayId,
+        pay_id: &'a PayKey,
         token: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<JobStart, StoreError>> {
@@ -208,7 +208,7 @@ impl JobStore for Watched {
 
     fn extend_lock<'a>(
         &'a self,
-        pay_id: &'a PayId,
+        pay_id: &'a PayKey,
         token: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
@@ -217,7 +217,7 @@ impl JobStore for Watched {
 
     fn unlock<'a>(
         &'a self,
-        pay_id: &'a PayId,
+        pay_id: &'a PayKey,
         token: &'a str,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         self.watch("unlock", pay_id, self.inner.unlock(pay_id, token))
@@ -225,7 +225,7 @@ impl JobStore for Watched {
 
     fn record_create<'a>(
         &'a self,
-        pay_id: &'a PayId,
+        pay_id: &'a PayKey,
         token: &'a str,
         sent: &'a CreateSent,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
@@ -238,14 +238,14 @@ impl JobStore for Watched {
 
     fn created<'a>(
         &'a self,
-        pay_id: &'a PayId,
+        pay_id: &'a PayKey,
     ) -> BoxFuture<'a, Result<Option<CreateSent>, StoreError>> {
         self.watch("created", pay_id, self.inner.created(pay_id))
     }
 
     fn finish<'a>(
         &'a self,
-        pay_id: &'a PayId,
+        pay_id: &'a PayKey,
         token: &'a str,
         result: &'a FinalResult,
     ) -> BoxFuture<'a, Result<Option<FinalResult>, StoreError>> {
@@ -377,18 +377,19 @@ async fn earlier_run(bench: &Bench, job: &Job, generation: u32, subscribed: bool
         sent_at_ms: EPOCH_MS,
         customer: customer.clone(),
         pay_method: "card".into(),
+        scoped: true,
     };
     let ttl = Duration::from_secs(3);
-    let earlier = bench.store.begin(&job.pay_id, "earlier", ttl).await;
+    let earlier = bench.store.begin(&job.pay_key(), "earlier", ttl).await;
     assert!(matches!(earlier, Ok(JobStart::Locked { .. })));
     let recorded = bench
         .store
-        .record_create(&job.pay_id, "earlier", &sent)
+        .record_create(&job.pay_key(), "earlier", &sent)
         .await;
     assert_eq!(recorded.ok(), Some(true));
     bench
         .store
-        .unlock(&job.pay_id, "earlier")
+        .unlock(&job.pay_key(), "earlier")
         .await
         .expect("unlocked");
     if subscribed {
@@ -447,7 +448,7 @@ async fn a_copy_that_takes_the_lock_after_the_first_copy_finds_its_result_not_a_
     assert_eq!(gap, None, "the lock was free before the result was stored");
     assert_eq!(copy.label, "settled");
     assert_eq!(subscriptions_of(&bench).len(), 1, "no second subscription");
-    let stored = bench.store.result(&job.pay_id).expect("a result");
+    let stored = bench.store.result(&job.pay_key()).expect("a result");
     assert_eq!(stored.sub_id, subscriptions_of(&bench)[0]);
 }
 
@@ -465,7 +466,7 @@ async fn a_replay_a_day_after_a_create_under_g1_looks_up_first_and_makes_no_seco
     assert_eq!(replayed.label, "succeeded");
     let subs = subscriptions_of(&bench);
     assert_eq!(subs.len(), 1, "a second subscription: {subs:?}");
-    let stored = bench.store.result(&job.pay_id).expect("a result");
+    let stored = bench.store.result(&job.pay_key()).expect("a result");
     assert_eq!(stored.sub_id, subs[0]);
 }
 
@@ -488,7 +489,7 @@ async fn retries_spent_with_the_create_unknown_park_the_job_until_a_lookup_settl
     let spent = handle(&bench.ctx, &last_attempt, "last").await;
 
     assert_eq!(spent.label, "parked");
-    assert_eq!(bench.store.result(&job.pay_id), None, "still processing");
+    assert_eq!(bench.store.result(&job.pay_key()), None, "still processing");
     assert!(bench.queue.events().is_empty(), "nothing announced yet");
     assert_eq!(
         subscriptions_of(&bench).len(),
@@ -508,7 +509,7 @@ async fn retries_spent_with_the_create_unknown_park_the_job_until_a_lookup_settl
     let settled = handle(&bench.ctx, &parked.incoming, "reconcile").await;
 
     assert_eq!(settled.label, "succeeded");
-    let stored = bench.store.result(&job.pay_id).expect("a result");
+    let stored = bench.store.result(&job.pay_key()).expect("a result");
     assert_eq!(stored.sub_id, subscriptions_of(&bench)[0]);
 }
 
@@ -572,7 +573,7 @@ async fn a_job_that_panics_releases_its_lock_and_ends_internal_error() {
         bench.store.held_locks().is_empty(),
         "the lock is still held"
     );
-    let stored = bench.store.result(&job.pay_id).expect("a result");
+    let stored = bench.store.result(&job.pay_key()).expect("a result");
     assert_eq!(
         stored.error.map(|e| e.code),
         Some(FailureCode::InternalError)
@@ -594,7 +595,7 @@ async fn a_job_that_panics_after_recording_a_create_is_parked_not_failed() {
         bench.store.held_locks().is_empty(),
         "the lock is still held"
     );
-    assert_eq!(bench.store.result(&job.pay_id), None);
+    assert_eq!(bench.store.result(&job.pay_key()), None);
 }
 
 /// Hole 6: handed out up to the broker's delivery limit, the job still ends with a stored
@@ -612,14 +613,14 @@ async fn a_job_at_the_delivery_limit_ends_with_a_stored_result_and_an_event() {
     let handled = handle(&bench.ctx, &worn, "worn").await;
 
     assert_eq!(handled.label, "failed");
-    let stored = bench.store.result(&job.pay_id).expect("a result");
+    let stored = bench.store.result(&job.pay_key()).expect("a result");
     assert_eq!(
         stored.error.map(|e| e.code),
         Some(FailureCode::InternalError)
     );
     let events = bench.queue.events();
     assert_eq!(events.len(), 1);
-    assert_eq!(events[0].1.id, "pay-1:failed");
+    assert_eq!(events[0].1.id, "partner1:pay-1:failed");
     assert!(subscriptions_of(&bench).is_empty());
 }
 
@@ -672,7 +673,7 @@ async fn a_job_that_lost_its_lock_does_not_store_its_failure() {
     bench.store.drop_locks();
     let copy = bench
         .store
-        .begin(&job.pay_id, "copy", Duration::from_secs(3))
+        .begin(&job.pay_key(), "copy", Duration::from_secs(3))
         .await;
     assert!(matches!(copy, Ok(JobStart::Locked { .. })), "{copy:?}");
 
@@ -680,7 +681,7 @@ async fn a_job_that_lost_its_lock_does_not_store_its_failure() {
 
     assert_eq!(handled.label, "lock_lost");
     assert_eq!(handled.settle, Settle::Requeue);
-    assert_eq!(bench.store.result(&job.pay_id), None);
+    assert_eq!(bench.store.result(&job.pay_key()), None);
     assert!(bench.queue.events().is_empty(), "nothing announced");
 }
 
@@ -698,6 +699,6 @@ async fn a_refusal_while_an_earlier_create_may_still_land_parks_the_job_instead_
     let refused = handle(&bench.ctx, &first_delivery(&job), "second").await;
 
     assert_eq!(refused.label, "parked", "{refused:?}");
-    assert_eq!(bench.store.result(&job.pay_id), None, "still processing");
+    assert_eq!(bench.store.result(&job.pay_key()), None, "still processing");
     assert!(bench.queue.events().is_empty(), "no `failed` announced");
 }

@@ -12,7 +12,7 @@ use futures_util::future::BoxFuture;
 
 use crate::broker::BrokerError;
 pub use crate::domain::job::CreateSent;
-use crate::domain::{FinalResult, PayId, ResultEvent};
+use crate::domain::{FinalResult, PayKey, ResultEvent};
 pub use crate::store::JobStart;
 use crate::store::StoreError;
 use crate::stripe::{
@@ -24,7 +24,7 @@ pub trait JobStore: Send + Sync {
     /// The settled result, or the lock for `ttl` with what is remembered of creates.
     fn begin<'a>(
         &'a self,
-        pay_id: &'a PayId,
+        pay_key: &'a PayKey,
         token: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<JobStart, StoreError>>;
@@ -32,7 +32,7 @@ pub trait JobStore: Send + Sync {
     /// Extends a lock this token still holds; false when it was lost.
     fn extend_lock<'a>(
         &'a self,
-        pay_id: &'a PayId,
+        pay_key: &'a PayKey,
         token: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
@@ -40,7 +40,7 @@ pub trait JobStore: Send + Sync {
     /// Releases the lock if this token still holds it.
     fn unlock<'a>(
         &'a self,
-        pay_id: &'a PayId,
+        pay_key: &'a PayKey,
         token: &'a str,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 
@@ -48,7 +48,7 @@ pub trait JobStore: Send + Sync {
     /// holds the lock (false: lost, nothing recorded). Must succeed before the create goes out.
     fn record_create<'a>(
         &'a self,
-        pay_id: &'a PayId,
+        pay_key: &'a PayKey,
         token: &'a str,
         sent: &'a CreateSent,
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
@@ -56,7 +56,7 @@ pub trait JobStore: Send + Sync {
     /// What is remembered of creates, outside any lock (for a job that cannot run its steps).
     fn created<'a>(
         &'a self,
-        pay_id: &'a PayId,
+        pay_key: &'a PayKey,
     ) -> BoxFuture<'a, Result<Option<CreateSent>, StoreError>>;
 
     /// The Stripe customer of (`partner`, `email`), if a job has found or made it before.
@@ -96,7 +96,7 @@ pub trait JobStore: Send + Sync {
     /// None when it was not.
     fn finish<'a>(
         &'a self,
-        pay_id: &'a PayId,
+        pay_key: &'a PayKey,
         token: &'a str,
         result: &'a FinalResult,
     ) -> BoxFuture<'a, Result<Option<FinalResult>, StoreError>>;

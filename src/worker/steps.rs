@@ -215,6 +215,9 @@ async fn create(
     // key): a second customer or price is harmless, and both are found by lookup first.
     let suffix = format!("g{}", incoming.attempt.saturating_sub(2));
     let pay_id = job.pay_id.as_str();
+    let pay_key = job.pay_key();
+    // A payId whose creates began before payIds were scoped by partner keeps its old keys.
+    let scoped = created.is_none_or(|sent| sent.scoped);
     let stripe = &ctx.ports.stripe;
 
     let payer = payer_step(ctx, job, created, &suffix).await?;
@@ -229,11 +232,12 @@ async fn create(
             sent_at_ms: ctx.ports.clock.now_ms(),
             customer: payer.customer.clone(),
             pay_method: payer.kind.clone(),
+            scoped,
         };
         let held = ctx
             .ports
             .store
-            .record_create(&job.pay_id, token, &sent)
+            .record_create(&pay_key, token, &sent)
             .await
             .map_err(|e| Stop::Store(e.to_string()))?;
         if held {
@@ -263,7 +267,7 @@ async fn create(
         payment_behavior: &ctx.settings.payment_behavior,
         metadata,
     };
-    let key = format!("ar-{pay_id}-sub-g{generation}");
+    let key = crate::domain::job::subscription_key(&pay_key, generation, scoped);
     let subscription = create_or_settle_recorded(
         &ctx.settings.retry,
         record,
@@ -363,7 +367,7 @@ async fn payer_step(
             kind: String::new(),
         },
         Customer::Existing(customer) => {
-            let key = format!("ar-{}-attach-{suffix}", job.pay_id);
+            let key = format!("ar-{}-attach-{suffix}", job.pay_key());
             let attached: Attached = with_retries(retry, || {
                 stripe.attach_payment_method(job.pm_id.as_str(), &customer, &key)
             })
@@ -443,7 +447,7 @@ async fn find_or_create_price(
     let store = &ctx.ports.store;
     let retry = &ctx.settings.retry;
     let find = || stripe.find_price(lookup_key);
-    let token = format!("{}-{}", job.pay_id, ctx.ports.clock.now_ms());
+    let token = format!("{}-{}", job.pay_key(), ctx.ports.clock.now_ms());
     if let Some(found) = with_retries(retry, find).await? {
         return Ok(found);
     }

@@ -34,7 +34,7 @@ use crate::domain::PartnerCode;
 use crate::domain::event::{LifecycleEvent, LifecycleKind};
 use crate::domain::money::{Currency, decimal_string};
 use crate::domain::renewal::{RenewalChange, RenewalError, RenewalUpdate};
-use crate::domain::request::PayId;
+use crate::domain::request::{PayId, PayKey};
 use crate::stripe::{PaymentError, StripeFailure, charged_intent};
 
 /// Stripe events seen by the worker, by type and what became of them.
@@ -135,7 +135,10 @@ pub async fn handle(ctx: &LifecycleContext, incoming: &Incoming) -> Handled {
     };
     if ctx
         .store
-        .apply_renewal(&owner.pay_id, &update)
+        .apply_renewal(
+            &PayKey::new(owner.partner.clone(), owner.pay_id.clone()),
+            &update,
+        )
         .await
         .is_err()
     {

@@ -361,7 +361,7 @@ async fn chaos_keeps_every_promise() {
     let all_final = poll_until(Duration::from_secs(240), || async {
         let mut done = true;
         for pay_id in &accepted {
-            let id = autorenew::domain::PayId::parse(pay_id).expect("payId");
+            let id = demo_pay_key(pay_id);
             if !matches!(store.result(&id).await, Ok(Some(_))) {
                 done = false;
                 break;
@@ -388,7 +388,7 @@ async fn chaos_keeps_every_promise() {
 
     let mut results = HashMap::new();
     for pay_id in &accepted {
-        let id = autorenew::domain::PayId::parse(pay_id).expect("payId");
+        let id = demo_pay_key(pay_id);
         if let Ok(Some(result)) = store.result(&id).await {
             results.insert(pay_id.clone(), result);
         }
@@ -537,6 +537,14 @@ async fn chaos_keeps_every_promise() {
         accepted_after as u64, AFTER,
         "every request sent after the outages was accepted: {answers_after:?}"
     );
+}
+
+/// A payId of the demo partner that loadgen signs for (`config.toml`'s first).
+fn demo_pay_key(pay_id: &str) -> autorenew::domain::PayKey {
+    autorenew::domain::PayKey::new(
+        autorenew::domain::PartnerCode::parse("P000818").expect("partner code"),
+        autorenew::domain::PayId::parse(pay_id).expect("payId"),
+    )
 }
 
 /// Starts the real loadgen, open loop, recording every answer to `record`.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use autorenew::config::RedisSettings;
-use autorenew::domain::{FailureCode, FinalResult, PayId};
+use autorenew::domain::{FailureCode, FinalResult, PartnerCode, PayId, PayKey};
 use autorenew::store::Store;
 use autorenew::stripe::{ClientOptions, Gateway, NewCustomer, StripeFailure, Unlimited};
 use autorenew::worker::memory::{MemoryStore, MemoryStripe, StripeFault, Trace};
@@ -34,13 +34,15 @@ fn result(sub: &str) -> FinalResult {
 /// What a store answers to the job path's calls, in order, in words.
 async fn store_rules(store: &dyn JobStore) -> Vec<String> {
     let ttl = Duration::from_secs(30);
-    let pay_id = PayId::parse("twin-1").expect("a payId");
-    let short = PayId::parse("twin-2").expect("a payId");
+    let partner = PartnerCode::parse("P1").expect("a partner code");
+    let pay_id = PayKey::new(partner.clone(), PayId::parse("twin-1").expect("a payId"));
+    let short = PayKey::new(partner, PayId::parse("twin-2").expect("a payId"));
     let sent = CreateSent {
         generation: 1,
         sent_at_ms: 1_800_000_000_000,
         customer: "cus_1".into(),
         pay_method: "card".into(),
+        scoped: true,
     };
     let mut said = Vec::new();
     let mut say = |what: String| said.push(what);

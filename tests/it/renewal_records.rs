@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use autorenew::domain::cancel::CANCEL_MESSAGE_TYPE;
 use autorenew::domain::renewal::{Applied, RenewalChange, RenewalError, RenewalUpdate};
-use autorenew::domain::{FailureCode, FailureDetail, FinalResult, PartnerCode, PayId};
+use autorenew::domain::{FailureCode, FailureDetail, FinalResult, PartnerCode, PayId, PayKey};
 use autorenew::store::Store;
 use serde_json::{Value, json};
 
@@ -60,8 +60,9 @@ fn partner() -> PartnerCode {
     PartnerCode::parse(PARTNER).expect("partner code")
 }
 
-fn pay(pay_id: &str) -> PayId {
-    PayId::parse(pay_id).expect("payId")
+/// A payId of the test's partner.
+fn pay(pay_id: &str) -> PayKey {
+    PayKey::new(partner(), PayId::parse(pay_id).expect("payId"))
 }
 
 fn result(status: &str, failed: bool) -> FinalResult {
@@ -130,7 +131,7 @@ async fn a_cancel_of_a_processing_pay_id_is_accepted_and_enqueued_as_a_cancel_jo
     );
     assert_eq!(
         message.properties.message_id().as_ref().map(|s| s.as_str()),
-        Some(format!("cancel:{pay_id}:period_end").as_str())
+        Some(format!("cancel:{PARTNER}:{pay_id}:period_end").as_str())
     );
     assert_eq!(message.properties.delivery_mode(), &Some(2));
     assert_eq!(message.body["payId"], pay_id.as_str());
@@ -476,9 +477,9 @@ async fn an_auto_renewal_stays_known_after_its_intake_record_expired() {
         .expect("apply");
 
     let mine = app
-        .post_signed(QUERY, query_request(id.as_str()), SECRET)
+        .post_signed(QUERY, query_request(id.pay_id().as_str()), SECRET)
         .await;
-    let mut theirs = query_request(id.as_str());
+    let mut theirs = query_request(id.pay_id().as_str());
     theirs["partnerCode"] = json!(OTHER_PARTNER);
     let theirs = app.post_signed(QUERY, theirs, OTHER_SECRET).await;
 

@@ -10,7 +10,17 @@ use crate::schedule::{Books, World};
 pub fn invariants(world: &World, books: &Books) -> Vec<String> {
     let mut violations = Vec::new();
     let subscriptions = world.stripe.subscriptions();
-    let results = world.store.results();
+    // The store keys a payId by its partner (`partner1:ID`); the schedules run one partner, and
+    // Stripe's subscriptions and the books name the payId alone.
+    let results: Results = world
+        .store
+        .results()
+        .into_iter()
+        .map(|(key, result)| match key.split_once(':') {
+            Some((_, pay_id)) => (pay_id.to_owned(), result),
+            None => (key, result),
+        })
+        .collect();
     let events = world.queue.events();
 
     // One payId never charges twice.
@@ -52,7 +62,7 @@ pub fn invariants(world: &World, books: &Books) -> Vec<String> {
         };
         let announced = events.iter().any(|(_, event)| {
             event.subject == *pay_id
-                && event.id == format!("{pay_id}:{outcome}")
+                && event.id == format!("{}:{pay_id}:{outcome}", event.data.partner_code)
                 && event.data.sub_id == result.sub_id
                 && event.data.status == result.status
         });

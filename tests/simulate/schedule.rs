@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use autorenew::config::PlanSettings;
-use autorenew::dlq::replay_clears;
 use autorenew::domain::Job;
 use autorenew::worker::job::{after_panic, handle};
 use autorenew::worker::memory::{
@@ -370,8 +369,8 @@ async fn intake_publish(world: &World, body: &[u8], pay_id: &str) {
     }
 }
 
-/// `autorenew dlq replay`: every dead letter back on the jobs queue at attempt 1, its result
-/// cleared by the tool's own rule.
+/// `autorenew dlq replay`: every dead letter back on the jobs queue at attempt 1. Like the tool,
+/// it clears nothing: a payId that ended keeps its ending, and the copy only announces it again.
 async fn replay(world: &World, books: &Mutex<Books>) {
     lock(books).replays += 1;
     let replayer = world.queue.named("dlq");
@@ -379,12 +378,6 @@ async fn replay(world: &World, books: &Mutex<Books>) {
         if world.store.is_away() {
             world.queue.return_dead_letter(letter, reason);
             continue;
-        }
-        if let Ok(job) = Job::decode(&letter.body)
-            && let Some(result) = world.store.result(&job.pay_id)
-            && replay_clears(&result)
-        {
-            world.store.named("dlq").clear_result(&job.pay_id);
         }
         let copy = QueuedJob::fresh(letter.body.clone(), &letter.message_id, 1);
         if replayer.publish(copy).await.is_err() {

@@ -15,7 +15,7 @@ use futures_util::future::BoxFuture;
 use tokio::time::Instant;
 
 use super::Trace;
-use crate::domain::{FinalResult, PayId};
+use crate::domain::{FinalResult, PayKey};
 use crate::store::StoreError;
 use crate::worker::ports::{CreateSent, JobStart, JobStore};
 
@@ -124,20 +124,11 @@ impl MemoryStore {
     }
 
     /// The stored result (as `autorenew dlq replay` reads it).
-    pub fn result(&self, pay_id: &PayId) -> Option<FinalResult> {
+    pub fn result(&self, pay_key: &PayKey) -> Option<FinalResult> {
         self.state()
             .keys
-            .get(pay_id.as_str())
+            .get(&pay_key.to_string())
             .and_then(|k| k.result.clone())
-    }
-
-    /// Deletes the stored result (`autorenew dlq replay`).
-    pub fn clear_result(&self, pay_id: &PayId) {
-        if let Some(keys) = self.state().keys.get_mut(pay_id.as_str()) {
-            keys.result = None;
-        }
-        self.trace
-            .note(&self.who, || format!("clear result {pay_id}"));
     }
 
     /// Every payId with its result, for the invariant checks.
@@ -166,14 +157,14 @@ impl MemoryStore {
     /// atomically), unless Redis is away.
     async fn call<T>(
         &self,
-        pay_id: &PayId,
+        pay_key: &PayKey,
         name: &str,
         op: impl FnOnce(&mut Keys, Instant) -> T,
         show: impl FnOnce(&T) -> String,
     ) -> Result<T, StoreError> {
-        let key = pay_id.to_string();
+        let key = pay_key.to_string();
         self.call_on(
-            pay_id.as_str(),
+            &key.clone(),
             name,
             move |state, now| op(state.keys.entry(key).or_default(), now),
             show,
@@ -318,12 +309,12 @@ impl JobStore for MemoryStore {
 
     fn begin<'a>(
         &'a self,
-        pay_id: &'a PayId,
+        pay_key: &'a PayKey,
         token: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<JobStart, StoreError>> {
         self.call(
-            pay_id,
+            pay_key,
             "begin",
             move |keys, now| {
                 if let Some(result) = &keys.result {
@@ -351,12 +342,12 @@ impl JobStore for MemoryStore {
 
     fn extend_lock<'a>(
         &'a self,
-        pay_id: &'a PayId,
+        pay_key: &'a PayKey,
         token: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         self.call(
-            pay_id,
+            pay_key,
             "extend",
             move |keys, now| {
                 if keys.holder(now) == Some(token) {
@@ -373,11 +364,11 @@ impl JobStore for MemoryStore {
 
     fn unlock<'a>(
         &'a self,
-        pay_id: &'a PayId,
+        pay_key: &'a PayKey,
         token: &'a str,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         self.call(
-            pay_id,
+            pay_key,
             "unlock",
             move |keys, now| {
                 if keys.holder(now) == Some(token) {
@@ -391,12 +382,12 @@ impl JobStore for MemoryStore {
 
     fn record_create<'a>(
         &'a self,
-        pay_id: &'a PayId,
+        pay_key: &'a PayKey,
         token: &'a str,
         sent: &'a CreateSent,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         self.call(
-            pay_id,
+            pay_key,
             "record_create",
             move |keys, now| {
                 let holds = keys.holder(now) == Some(token);
@@ -419,10 +410,10 @@ impl JobStore for MemoryStore {
 
     fn created<'a>(
         &'a self,
-        pay_id: &'a PayId,
+        pay_key: &'a PayKey,
     ) -> BoxFuture<'a, Result<Option<CreateSent>, StoreError>> {
         self.call(
-            pay_id,
+            pay_key,
             "created",
             |keys, _| keys.created.clone(),
             |created| format!("{:?}", created.as_ref().map(|c| c.generation)),
@@ -432,12 +423,12 @@ impl JobStore for MemoryStore {
 
     fn finish<'a>(
         &'a self,
-        pay_id: &'a PayId,
+        pay_key: &'a PayKey,
         token: &'a str,
         result: &'a FinalResult,
     ) -> BoxFuture<'a, Result<Option<FinalResult>, StoreError>> {
         self.call(
-            pay_id,
+            pay_key,
             "finish",
             move |keys, now| {
                 let holds = keys.holder(now) == Some(token);

@@ -24,7 +24,7 @@ async fn a_request_becomes_an_active_subscription_an_event_and_an_answer() {
     assert_eq!(event["specversion"], "1.0");
     assert_eq!(event["type"], "autorenew.subscription.succeeded");
     assert_eq!(event["subject"], pay_id.as_str());
-    assert_eq!(event["id"], format!("{pay_id}:succeeded"));
+    assert_eq!(event["id"], format!("P000818:{pay_id}:succeeded"));
     assert!(event["source"].as_str().is_some_and(|s| !s.is_empty()));
     assert!(event["time"].as_str().is_some_and(|t| t.contains('T')));
     assert_eq!(event["_routing_key"], "subscription.succeeded.P000818");
@@ -206,5 +206,69 @@ async fn a_new_customer_costs_three_stripe_calls_and_a_returning_one_two() {
         "one person, one customer"
     );
     assert_eq!(events[&second][0]["data"]["pay_method"], "card");
+    stack.teardown().await;
+}
+
+#[tokio::test]
+async fn two_partners_with_one_payid_get_two_subscriptions_and_never_see_each_other() {
+    use crate::helpers::{OTHER_PARTNER, OTHER_SECRET, PARTNER};
+    let mut stack = Stack::start(FaultConfig::default()).await;
+    stack.spawn_worker().await;
+
+    // Both partners number their orders: the same payId, other people.
+    let (pay_id, ours) = stack.subscribed(|_| {}).await;
+    let mut theirs = crate::helpers::valid_request();
+    theirs["partnerCode"] = json!(OTHER_PARTNER);
+    theirs["payId"] = json!(pay_id);
+    theirs["email"] = json!("someone.else@example.com");
+    theirs["pm_id"] = json!("pm_card_visa");
+    let accepted = stack
+        .intake
+        .post_signed("/stripeSubDirectly", theirs, OTHER_SECRET)
+        .await;
+    assert_eq!(accepted.status, 200, "not a conflict: {:?}", accepted.body);
+    assert_eq!(accepted.body["status"], "processing", "{:?}", accepted.body);
+
+    let their_event = || {
+        stack
+            .events_by_pay_id()
+            .remove(&pay_id)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|e| e["data"]["partnerCode"] == OTHER_PARTNER)
+    };
+    assert!(
+        crate::helpers::poll_until(Duration::from_secs(20), || async {
+            their_event().is_some()
+        })
+        .await,
+        "the other partner's subscription is announced"
+    );
+    let their_event = their_event().expect("announced");
+    assert_eq!(their_event["data"]["status"], "active");
+    assert_ne!(their_event["data"]["sub_id"], ours["data"]["sub_id"]);
+    assert_ne!(their_event["id"], ours["id"], "two events, two ids");
+    assert_eq!(
+        their_event["_routing_key"],
+        format!("subscription.succeeded.{OTHER_PARTNER}")
+    );
+
+    // Each partner's query answers its own subscription, never the other's.
+    let query = |partner: &str| json!({"partnerCode": partner, "payId": pay_id, "tradeType": "resultQuery", "version": "3.0"});
+    let mine = stack
+        .intake
+        .post_signed("/resultQuery", query(PARTNER), crate::helpers::SECRET)
+        .await;
+    let other = stack
+        .intake
+        .post_signed("/resultQuery", query(OTHER_PARTNER), OTHER_SECRET)
+        .await;
+    assert_eq!(mine.body["sub_id"], ours["data"]["sub_id"]);
+    assert_eq!(other.body["sub_id"], their_event["data"]["sub_id"]);
+    assert_eq!(
+        subscriptions_by_pay_id(&stack.sim_stats().await)[&pay_id],
+        2,
+        "one subscription for each partner"
+    );
     stack.teardown().await;
 }
