@@ -52,6 +52,9 @@ pub enum Command {
     Loadgen(LoadgenArgs),
     /// GET a URL: exit 0 on a 2xx answer, 1 otherwise (container healthchecks without a shell).
     Probe(ProbeArgs),
+    /// Once, when upgrading with no intake or worker running: move the Redis keys of payIds
+    /// written before payIds were scoped by partner to their scoped names.
+    MigrateKeys,
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
 use autorenew::cli::{Cli, Command};
@@ -69,6 +70,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let settings = load()?;
             require_partners(&settings)?;
             intake::run(settings, shutdown_on_signal()).await
+        }
+        Command::MigrateKeys => {
+            let settings = load()?;
+            let store = autorenew::store::Store::new(&settings.redis)?;
+            // The nodes of `redis.url`: one Redis, or every master of a cluster.
+            let nodes: Vec<String> = settings
+                .redis
+                .url
+                .expose_secret()
+                .split(',')
+                .map(|node| node.trim().to_owned())
+                .filter(|node| !node.is_empty())
+                .collect();
+            let migrated = store.migrate_keys(&nodes).await?;
+            println!(
+                "moved the keys of {} payIds ({} keys); {} legacy payIds named no partner and were left to expire",
+                migrated.pay_ids, migrated.keys, migrated.orphans
+            );
+            Ok(())
         }
     }
 }

@@ -23,6 +23,10 @@ impl Keys {
         }
     }
 
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// The intake's record of a payId (a hash).
     pub fn intake(&self, pay_key: &PayKey) -> String {
         format!("{}:intake:{{{}}}", self.prefix, pay_key)

@@ -489,3 +489,98 @@ async fn an_auto_renewal_stays_known_after_its_intake_record_expired() {
     assert_eq!((theirs.status, theirs.code()), (404, "PAY_ID_UNKNOWN"));
     app.teardown().await;
 }
+
+/// Writes a payId's keys as the version before payIds were scoped by partner did.
+async fn write_legacy_keys(app: &TestApp, pay_id: &str) {
+    let client = redis::Client::open(crate::helpers::SHARED_REDIS).expect("redis");
+    let mut redis = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connects");
+    let prefix = app.prefix();
+    let result = serde_json::to_string(&result("active", false)).expect("json");
+    let _: () = redis::pipe()
+        .cmd("HSET")
+        .arg(format!("{prefix}:intake:{{{pay_id}}}"))
+        .arg(&[
+            ("fp", "legacy-fingerprint"),
+            ("partner", PARTNER),
+            ("state", "enqueued"),
+            ("accepted_at", "2026-01-01T00:00:00Z"),
+        ])
+        .ignore()
+        .cmd("SET")
+        .arg(format!("{prefix}:result:{{{pay_id}}}"))
+        .arg(result)
+        .arg("EX")
+        .arg(86_400)
+        .ignore()
+        .cmd("HSET")
+        .arg(format!("{prefix}:renewal:{{{pay_id}}}"))
+        .arg(&[
+            ("partner", PARTNER),
+            ("sub_id", "sub_1"),
+            ("status", "active"),
+            ("renewals", "3"),
+        ])
+        .ignore()
+        .query_async(&mut redis)
+        .await
+        .expect("legacy keys written");
+}
+
+fn migrate_keys(app: &TestApp) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_autorenew"))
+        .arg("--config")
+        .arg(crate::helpers::repo_path("config.toml"))
+        .arg("migrate-keys")
+        .env("AUTORENEW__REDIS__KEY_PREFIX", app.prefix())
+        .output()
+        .expect("autorenew migrate-keys runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn a_pay_id_stored_before_payids_were_scoped_answers_again_after_migrate_keys() {
+    let app = TestApp::spawn().await;
+    let pay_id = format!("L{}", uuid::Uuid::new_v4().simple());
+    write_legacy_keys(&app, &pay_id).await;
+    let query = || app.post_signed(QUERY, query_request(&pay_id), SECRET);
+    assert_eq!(
+        query().await.status,
+        404,
+        "the new version does not read the old names"
+    );
+
+    let said = migrate_keys(&app);
+
+    assert!(
+        said.contains("moved the keys of 1 payIds (3 keys)"),
+        "{said}"
+    );
+    let answer = query().await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    assert_eq!(answer.body["status"], "active");
+    assert_eq!(answer.body["sub_id"], "sub_1");
+    assert_eq!(answer.body["renewals"], 3);
+    // Another partner still does not see it, and its cancel is taken as the partner's own.
+    let mut theirs = query_request(&pay_id);
+    theirs["partnerCode"] = json!(OTHER_PARTNER);
+    assert_eq!(
+        app.post_signed(QUERY, theirs, OTHER_SECRET).await.status,
+        404
+    );
+    assert_eq!(cancel(&app, &pay_id, Some("now")).await.status, 200);
+    let store = store(&app);
+    assert!(store.result(&pay(&pay_id)).await.expect("read").is_some());
+    assert!(
+        migrate_keys(&app).contains("moved the keys of 0 payIds"),
+        "a second run moves nothing"
+    );
+    app.teardown().await;
+}
