@@ -120,7 +120,8 @@ pub struct RedisSettings {
     pub url: SecretString,
     /// Starts every Redis key, so deployments and test runs can share one Redis.
     pub key_prefix: String,
-    /// How long an intake record of a payId is kept (its idempotency window).
+    /// The retention: how long a payId is kept once its subscription has ended or its creation
+    /// failed. A live subscription's payId never expires.
     pub record_ttl_secs: u64,
 }
 

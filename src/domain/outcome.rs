@@ -74,4 +74,9 @@ impl FinalResult {
     pub fn is_failed(&self) -> bool {
         self.error.is_some() || self.status == STATUS_FAILED
     }
+
+    /// A subscription was made and has not ended: what is kept for the payId lives as long.
+    pub fn subscription_lives(&self) -> bool {
+        !self.is_failed() && !super::renewal::has_ended(&self.status)
+    }
 }

@@ -22,6 +22,13 @@ pub const RENEWAL_QUERY_FIELDS: &[&str] = &[
 /// The subscription status Stripe gives a subscription that is over.
 pub const STATUS_CANCELED: &str = "canceled";
 
+/// Whether a subscription in this Stripe status is over for good: `canceled`, or
+/// `incomplete_expired` (its first payment never came). Every other status can still charge, so
+/// what is kept for its payId must outlive every cache expiry.
+pub fn has_ended(status: &str) -> bool {
+    matches!(status, STATUS_CANCELED | "incomplete_expired")
+}
+
 /// A valid `POST /queryAutoRenewalRecord`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RenewalQuery {

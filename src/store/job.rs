@@ -68,9 +68,13 @@ return 0
 /// Stores the result if none is, and releases the lock if the token holds it, atomically: no
 /// other copy of the job can take the lock and find no result. A failure (ARGV[4] = '1') is
 /// stored only while the token holds the lock: "no subscription was made" is true only under
-/// the lock, since a copy holding it may be creating one. KEYS: result, lock.
-/// ARGV: result JSON, TTL (s), token, failed. Returns the result stored (the earlier one, if
-/// any), or '' when a failure was not stored because the lock was lost.
+/// the lock, since a copy holding it may be creating one.
+///
+/// A subscription that lives (ARGV[5] = '1') may charge for years: its result, intake record and
+/// create record lose their expiry. Anything else keeps them for the retention (ARGV[2]) only.
+/// KEYS: result, lock, intake record, create record.
+/// ARGV: result JSON, retention (s), token, failed, lives. Returns the result stored (the
+/// earlier one, if any), or '' when a failure was not stored because the lock was lost.
 static FINISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -80,7 +84,15 @@ if not stored then
   if ARGV[4] == '1' and not holds then
     return ''
   end
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+  if ARGV[5] == '1' then
+    redis.call('SET', KEYS[1], ARGV[1])
+    redis.call('PERSIST', KEYS[3])
+    redis.call('PERSIST', KEYS[4])
+  else
+    redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+    redis.call('EXPIRE', KEYS[3], ARGV[2])
+    redis.call('EXPIRE', KEYS[4], ARGV[2])
+  end
   stored = ARGV[1]
 end
 if holds then
@@ -219,10 +231,17 @@ impl Store {
             FINISH
                 .key(self.keys.result(pay_key))
                 .key(self.keys.lock(pay_key))
+                .key(self.keys.intake(pay_key))
+                .key(self.keys.created(pay_key))
                 .arg(json)
                 .arg(self.record_ttl.as_secs())
                 .arg(token)
                 .arg(if result.is_failed() { "1" } else { "0" })
+                .arg(if result.subscription_lives() {
+                    "1"
+                } else {
+                    "0"
+                })
                 .invoke_async(&mut connection)
                 .await
         })

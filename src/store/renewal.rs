@@ -23,8 +23,10 @@ use crate::domain::renewal::{Applied, RenewalChange, RenewalError, RenewalState,
 use crate::domain::request::PayKey;
 
 /// Applies one change if it is newer than the part it writes.
-/// KEYS: the renewal hash. ARGV: part, version (20 digits, so strings compare as numbers, beyond
-/// Lua's 2^53), TTL (s), partner, now (ms), invoice to count (or ''), then field/value pairs.
+/// KEYS: the renewal hash, then the payId's result, intake record, create record and cancels,
+/// whose expiry follows the subscription's life. ARGV: part, version (20 digits, so strings
+/// compare as numbers, beyond Lua's 2^53), retention after the end (s), partner, now (ms),
+/// invoice to count (or ''), then field/value pairs.
 /// Returns {newer, counted}.
 static APPLY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -46,7 +48,18 @@ if ARGV[6] ~= '' and redis.call('HSETNX', KEYS[1], 'paid:' .. ARGV[6], '1') == 1
   counted = 1
 end
 redis.call('HSET', KEYS[1], 'partner', ARGV[4], 'updated', ARGV[5])
-redis.call('EXPIRE', KEYS[1], ARGV[3])
+-- Kept while the subscription lives, however long between two events (a yearly plan); once it
+-- has ended, everything of the payId is kept for the retention only.
+local status = redis.call('HGET', KEYS[1], 'status') or ''
+if status == 'canceled' or status == 'incomplete_expired' then
+  for i = 1, #KEYS do
+    redis.call('EXPIRE', KEYS[i], ARGV[3])
+  end
+else
+  for i = 1, #KEYS do
+    redis.call('PERSIST', KEYS[i])
+  end
+end
 return {newer, counted}
 "#,
     )
@@ -110,6 +123,11 @@ impl Store {
         let now_ms = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
         let mut connection = self.connection().await?;
         let mut invocation = APPLY.key(self.keys.renewal(pay_key));
+        invocation
+            .key(self.keys.result(pay_key))
+            .key(self.keys.intake(pay_key))
+            .key(self.keys.created(pay_key))
+            .key(self.keys.cancel(pay_key));
         invocation
             .arg(part)
             .arg(format!("{:020}", update.version))

@@ -110,3 +110,74 @@ async fn a_cancel_sent_while_the_creation_is_processing_runs_after_it() {
     assert_eq!(updated["data"]["cancel_at_period_end"], true);
     stack.teardown().await;
 }
+
+/// The expiry (ms; -1 none, -2 gone) of each of a payId's keys, by family.
+async fn expiries(stack: &Stack, pay_id: &str) -> Vec<(&'static str, i64)> {
+    let client = redis::Client::open(crate::helpers::SHARED_REDIS).expect("redis");
+    let mut redis = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connects");
+    let prefix = &stack.settings.redis.key_prefix;
+    let mut found = Vec::new();
+    for family in ["intake", "result", "created", "renewal"] {
+        let key = format!("{prefix}:{family}:{{{}:{pay_id}}}", crate::helpers::PARTNER);
+        let pttl: i64 = redis::cmd("PTTL")
+            .arg(key)
+            .query_async(&mut redis)
+            .await
+            .expect("PTTL");
+        found.push((family, pttl));
+    }
+    found
+}
+
+#[tokio::test]
+async fn a_live_subscription_is_kept_past_the_retention_and_only_its_end_starts_the_clock() {
+    // A retention of 2 s stands in for 30 days.
+    let mut stack =
+        Stack::start_with(FaultConfig::default(), |s| s.redis.record_ttl_secs = 2).await;
+    stack.spawn_worker().await;
+    let (pay_id, _) = stack.subscribed(|_| {}).await;
+
+    // Live: nothing of it expires, however long it runs between two events.
+    let live = expiries(&stack, &pay_id).await;
+    for (family, pttl) in &live[..3] {
+        assert_eq!(
+            *pttl, -1,
+            "{family} expires while the subscription lives: {live:?}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let answer = stack.result_query(&pay_id).await;
+    assert_eq!(
+        answer.body["status"], "active",
+        "past the retention: {:?}",
+        answer.body
+    );
+    let answer = stack
+        .post_signed("/cancelAutoRenewalRecord", cancel(&pay_id, "now"))
+        .await;
+    assert_eq!(answer.status, 200, "still cancelable: {:?}", answer.body);
+    stack
+        .wait_for_event(&pay_id, CANCELED, Duration::from_secs(20))
+        .await
+        .expect("a subscription.canceled event");
+
+    // Ended: kept for the retention, then forgotten.
+    let ended = expiries(&stack, &pay_id).await;
+    for (family, pttl) in &ended {
+        assert!(
+            (1..=2_000).contains(pttl),
+            "{family} should expire within the retention once canceled: {ended:?}"
+        );
+    }
+    assert!(
+        crate::helpers::poll_until(Duration::from_secs(10), || async {
+            stack.result_query(&pay_id).await.status == 404
+        })
+        .await,
+        "forgotten after the retention"
+    );
+    stack.teardown().await;
+}
