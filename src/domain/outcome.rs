@@ -42,11 +42,12 @@ impl FailureCode {
 pub struct FailureDetail {
     pub code: FailureCode,
     pub message: String,
-    /// Stripe's own error `code`, where Stripe gave one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Stripe's own error `code`; `null` where Stripe gave none. Always present, so every
+    /// failure has the same shape whatever its code.
+    #[serde(default)]
     pub stripe_code: Option<String>,
-    /// Stripe's `decline_code`, where Stripe gave one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Stripe's `decline_code`; `null` where Stripe gave none (a refusal that is not a decline).
+    #[serde(default)]
     pub decline_code: Option<String>,
 }
 
@@ -78,5 +79,27 @@ impl FinalResult {
     /// A subscription was made and has not ended: what is kept for the payId lives as long.
     pub fn subscription_lives(&self) -> bool {
         !self.is_failed() && !super::renewal::has_ended(&self.status)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_failure_has_the_same_fields_whatever_stripe_said() {
+        let unavailable = FailureDetail {
+            code: FailureCode::StripeUnavailable,
+            message: "Stripe could not be reached in time".into(),
+            stripe_code: None,
+            decline_code: None,
+        };
+        let json = serde_json::to_value(&unavailable).expect("serializes");
+        assert_eq!(
+            json,
+            serde_json::json!({"code": "STRIPE_UNAVAILABLE",
+                               "message": "Stripe could not be reached in time",
+                               "stripe_code": null, "decline_code": null})
+        );
     }
 }

@@ -52,8 +52,12 @@ impl RenewalRecord {
         status == Some(STATUS_CANCELED)
     }
 
-    /// The subscription's status as the webhooks last said it, if they did.
+    /// The subscription's status as the webhooks last said it, if they did. Never over a failed
+    /// creation: an answer `F` stays `F`.
     fn status_override(&self) -> Option<&str> {
+        if self.creation_failed() {
+            return None;
+        }
         self.renewal
             .as_ref()
             .map(|renewal| renewal.status.as_str())

@@ -6,6 +6,7 @@ use axum::Json;
 use axum::extract::State;
 
 use super::error::{IntakeError, Refusal};
+use super::renewal_record::RenewalRecord;
 use super::response::ApiResponse;
 use super::signed::SignedRequest;
 use super::state::AppState;
@@ -19,18 +20,12 @@ pub async fn result_query(
         error,
         pay_id: Some(body.pay_id.to_string()),
     };
-    let record = state
-        .store
-        .record(&body.pay_key())
+    // The creation's result with the subscription's status as the webhooks and cancels keep it
+    // (`canceled` after a cancel), as `/queryAutoRenewalRecord` answers it. Another partner's
+    // payId of the same name is another key: answered as unknown, so no partner learns what
+    // another sent.
+    let record = RenewalRecord::find(&state, &body.pay_key())
         .await
-        .map_err(|e| refuse(e.into()))?;
-    match record {
-        Some(record) => Ok(Json(ApiResponse::for_job(
-            body.pay_id.as_str(),
-            record.result.as_ref(),
-        ))),
-        // Another partner's payId of the same name is another key: answered as unknown, so no
-        // partner learns what another sent.
-        None => Err(refuse(IntakeError::PayIdUnknown)),
-    }
+        .map_err(refuse)?;
+    Ok(Json(record.current()))
 }

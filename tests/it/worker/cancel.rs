@@ -73,6 +73,17 @@ async fn a_cancel_at_period_end_then_now_is_carried_out_stored_and_announced() {
         .post_signed("/queryAutoRenewalRecord", query(&pay_id))
         .await;
     assert_eq!(state.body["status"], "canceled", "{:?}", state.body);
+    let result = stack.result_query(&pay_id).await;
+    assert_eq!(
+        (
+            result.body["operateCode"].as_str(),
+            result.body["status"].as_str()
+        ),
+        (Some("S"), Some("canceled")),
+        "/resultQuery answers the current status too: {:?}",
+        result.body
+    );
+    assert_eq!(result.body["sub_id"], state.body["sub_id"]);
     let again = stack
         .post_signed("/cancelAutoRenewalRecord", cancel(&pay_id, "now"))
         .await;
