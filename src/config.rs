@@ -158,6 +158,56 @@ pub struct WorkerSettings {
     /// at Stripe, or the old request could still land and make a second subscription. At least
     /// twice `stripe.request_timeout_ms`.
     pub key_switch_after_ms: u64,
+    /// How long a job may go on while Stripe cannot answer before it ends `STRIPE_UNAVAILABLE`
+    /// (once a lookup has shown nothing was made). Until then it stays `processing`: parked and
+    /// tried again, never answered `F` for an outage that may still pass. Seconds, or a number
+    /// with a unit: `86400`, `24h`, `1d`.
+    pub give_up_after: HumanDuration,
+}
+
+/// A span of time as people write it in a configuration: a number of seconds (`86400`) or a
+/// number with a unit (`90s`, `15m`, `24h`, `1d`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Seconds(u64),
+            Text(String),
+        }
+        match Written::deserialize(deserializer)? {
+            Written::Seconds(seconds) => Ok(HumanDuration(Duration::from_secs(seconds))),
+            Written::Text(text) => parse_duration(&text)
+                .map(HumanDuration)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// `86400`, `90s`, `15m`, `72h`, `3d`: a plain number is seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let malformed =
+        || format!("`{text}`: give seconds, or a number and a unit, s, m, h or d (e.g. 24h)");
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| malformed())?;
+    let unit_secs = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(malformed()),
+    };
+    number
+        .checked_mul(unit_secs)
+        .map(Duration::from_secs)
+        .ok_or_else(malformed)
 }
 
 impl Default for WorkerSettings {
@@ -172,6 +222,7 @@ impl Default for WorkerSettings {
             lock_retry_delay_ms: 2_000,
             drain_timeout_secs: 20,
             key_switch_after_ms: 600_000,
+            give_up_after: HumanDuration(Duration::from_secs(86_400)),
         }
     }
 }
@@ -432,6 +483,9 @@ impl Settings {
         }
         if self.stripe.request_timeout_ms == 0 {
             return Err(invalid("stripe.request_timeout_ms", "must be above 0"));
+        }
+        if self.worker.give_up_after.0.is_zero() {
+            return Err(invalid("worker.give_up_after", "must be above 0"));
         }
         if self.amqp.reconcile_delay_ms == 0 {
             return Err(invalid("amqp.reconcile_delay_ms", "must be above 0"));

@@ -68,31 +68,8 @@ impl std::fmt::Display for Summary {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum DurationError {
-    #[error("`{0}`: give a number and a unit, s, m, h or d (e.g. 72h)")]
-    Malformed(String),
-}
-
-/// `90s`, `15m`, `72h`, `3d`.
-pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
-    let malformed = || DurationError::Malformed(text.to_owned());
-    let text = text.trim();
-    let split = text.len().checked_sub(1).ok_or_else(malformed)?;
-    let (number, unit) = text.split_at_checked(split).ok_or_else(malformed)?;
-    let number: u64 = number.parse().map_err(|_| malformed())?;
-    let unit_secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(malformed()),
-    };
-    number
-        .checked_mul(unit_secs)
-        .map(Duration::from_secs)
-        .ok_or_else(malformed)
-}
+/// `90s`, `15m`, `72h`, `3d` (a plain number is seconds): the configuration's own reading.
+pub use crate::config::parse_duration;
 
 pub async fn run(settings: Settings, args: ReconcileArgs) -> anyhow::Result<()> {
     let intake = match args.intake {
@@ -235,7 +212,8 @@ mod tests {
             parse_duration("3d").unwrap(),
             Duration::from_secs(3 * 86_400)
         );
-        for bad in ["", "h", "72", "72w", "-1h", "1.5h", "99999999999999999999d"] {
+        assert_eq!(parse_duration("72").unwrap(), Duration::from_secs(72));
+        for bad in ["", "h", "72w", "-1h", "1.5h", "99999999999999999999d"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }

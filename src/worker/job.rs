@@ -243,12 +243,11 @@ async fn settle(
                     "retry",
                 )
                 .await
-            } else if create_sent {
-                tracing::warn!(
-                    pay_id,
-                    reason,
-                    "retries spent with the outcome unknown: parked"
-                );
+            } else if create_sent || !steps::given_up(ctx, job) {
+                // Parked: it comes back every `amqp.reconcile_delay_ms` to look up (a create
+                // was sent) or to try again (none was), `processing` all the while, until a
+                // lookup settles it or `worker.give_up_after` has passed.
+                tracing::warn!(pay_id, reason, create_sent, "retries spent: parked");
                 route(
                     ctx,
                     job,

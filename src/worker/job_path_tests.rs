@@ -28,6 +28,8 @@ const TIMEOUT: Duration = Duration::from_secs(2);
 const DELIVERY_LIMIT: u32 = 5;
 const RETRY_STAGES: usize = 2;
 const EPOCH_MS: u64 = 1_800_000_000_000;
+/// `worker.give_up_after` of the bench: an hour, so a test can pass it on the paused clock.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(3600);
 
 /// Stripe's calls as the job makes them, with scripted misbehaviour on top of the fake.
 #[derive(Clone)]
@@ -39,6 +41,8 @@ struct Scripted {
     lose_create_answers: Arc<AtomicBool>,
     /// The customer lookup panics (a bug in the worker).
     panic_on_customer: Arc<AtomicBool>,
+    /// The customer lookup fails (transient), as while Stripe is down.
+    customers_fail: Arc<AtomicBool>,
     /// The subscription create panics before it is sent.
     panic_on_create: Arc<AtomicBool>,
 }
@@ -53,6 +57,9 @@ impl StripeApi for Scripted {
             !self.panic_on_customer.load(Ordering::SeqCst),
             "a bug in the customer step"
         );
+        if self.customers_fail.load(Ordering::SeqCst) {
+            return async { Err(StripeFailure::Transient("503".into())) }.boxed();
+        }
         self.inner.find_customer(partner_code, email)
     }
 
@@ -282,6 +289,7 @@ fn bench() -> Bench {
         lookups_fail: Arc::default(),
         lose_create_answers: Arc::default(),
         panic_on_customer: Arc::default(),
+        customers_fail: Arc::default(),
         panic_on_create: Arc::default(),
     };
     let watched = Watched {
@@ -306,6 +314,7 @@ fn bench() -> Bench {
         },
         lock_ttl: Duration::from_secs(3),
         key_switch_after: TIMEOUT * 2,
+        give_up_after: GIVE_UP_AFTER,
         delivery_limit: DELIVERY_LIMIT,
         prices: Mutex::default(),
     };
@@ -511,6 +520,43 @@ async fn retries_spent_with_the_create_unknown_park_the_job_until_a_lookup_settl
     assert_eq!(settled.label, "succeeded");
     let stored = bench.store.result(&job.pay_key()).expect("a result");
     assert_eq!(stored.sub_id, subscriptions_of(&bench)[0]);
+}
+
+/// A final answer stays final, so an outage is not one: a job whose retries are spent while
+/// Stripe cannot answer stays `processing`, parked and tried again, until `give_up_after`; only
+/// then, nothing having been sent, it ends `STRIPE_UNAVAILABLE`.
+#[tokio::test(start_paused = true)]
+async fn an_outage_past_the_retries_keeps_the_job_processing_until_give_up_after() {
+    let bench = bench();
+    let job = job();
+    bench.scripted.customers_fail.store(true, Ordering::SeqCst);
+    let last_attempt = Incoming {
+        attempt: RETRY_STAGES as u32 + 1,
+        ..first_delivery(&job)
+    };
+
+    let spent = handle(&bench.ctx, &last_attempt, "last").await;
+
+    assert_eq!(spent.label, "parked");
+    assert_eq!(bench.store.result(&job.pay_key()), None, "still processing");
+    assert!(bench.queue.events().is_empty(), "nothing announced");
+    tokio::time::advance(Duration::from_secs(31)).await;
+    let parked = bench.queue.try_receive("test").expect("the parked copy");
+    let again = handle(&bench.ctx, &parked.incoming, "again").await;
+    assert_eq!(again.label, "parked", "tried again, still processing");
+    assert_eq!(bench.store.result(&job.pay_key()), None);
+
+    tokio::time::advance(GIVE_UP_AFTER).await;
+    let parked = bench.queue.try_receive("test").expect("the parked copy");
+    let ended = handle(&bench.ctx, &parked.incoming, "late").await;
+
+    assert_eq!(ended.label, "failed");
+    let stored = bench.store.result(&job.pay_key()).expect("a result");
+    assert_eq!(
+        stored.error.map(|e| e.code),
+        Some(FailureCode::StripeUnavailable)
+    );
+    assert!(subscriptions_of(&bench).is_empty());
 }
 
 /// Hole 4: a generation switch is safe only when no earlier create can still be in flight.

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use md5::{Digest, Md5};
+use time::format_description::well_known::Rfc3339;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
@@ -70,6 +71,9 @@ pub struct JobSettings {
     /// How old the last create must be before a new key generation may be used: longer than a
     /// request can stay in flight at Stripe (checked against `stripe.request_timeout_ms`).
     pub key_switch_after: Duration,
+    /// How long after its acceptance a job may still end `STRIPE_UNAVAILABLE`-free: until then
+    /// an outage parks it and it is tried again; after it, nothing new is sent for it.
+    pub give_up_after: Duration,
     /// The broker's delivery limit: a job handed out this often ends here, before the broker
     /// would dead-letter it without a result.
     pub delivery_limit: u32,
@@ -112,6 +116,9 @@ pub(super) async fn run(
     created: Option<CreateSent>,
 ) -> Verdict {
     let pay_id = job.pay_id.as_str();
+    // Past `give_up_after`, nothing new is sent: a stale copy (a dead letter replayed weeks
+    // later) only looks up, and ends `failed` once that shows nothing was made.
+    let given_up = given_up(ctx, job);
     // A create was sent before (by this job or a copy of it): settle by lookup first.
     let mut generation = 0;
     // Whether a create sent earlier may still land at Stripe: then no refusal is final yet.
@@ -132,15 +139,15 @@ pub(super) async fn run(
             Ok(None) => {
                 in_flight = ctx.ports.clock.now_ms().saturating_sub(sent.sent_at_ms)
                     < millis(ctx.settings.key_switch_after);
-                if incoming.parked {
-                    // Parked jobs only look up. Absent, with no earlier request still in
-                    // flight: no subscription was made, and none will be.
-                    return if in_flight {
-                        Verdict::Park("the last create may still be in flight".into())
-                    } else {
-                        Verdict::Failed(unavailable("no subscription was made"))
-                    };
+                if in_flight && (incoming.parked || given_up) {
+                    return Verdict::Park("the last create may still be in flight".into());
                 }
+                if given_up {
+                    // Absent, with no earlier request still in flight: no subscription was
+                    // made, and none will be.
+                    return Verdict::Failed(unavailable("no subscription was made"));
+                }
+                // A parked job whose create is proved absent runs again, under a new key.
                 generation = if in_flight {
                     sent.generation
                 } else {
@@ -149,8 +156,8 @@ pub(super) async fn run(
             }
             Err(failure) => return stopped(Stop::Stripe(failure), true, true),
         }
-    } else if incoming.parked {
-        // Nothing was ever sent for this payId: there is nothing to reconcile.
+    } else if given_up {
+        // Nothing was ever sent for this payId, and now nothing will be.
         return Verdict::Failed(unavailable("no subscription was made"));
     }
     let mut recorded = created.is_some();
@@ -191,6 +198,16 @@ fn stopped(stop: Stop, create_sent: bool, in_flight: bool) -> Verdict {
             create_sent,
         },
     }
+}
+
+/// Whether the job is older than `give_up_after` (by its acceptance, on the worker's clock).
+pub(super) fn given_up(ctx: &JobContext, job: &Job) -> bool {
+    let Ok(accepted) = time::OffsetDateTime::parse(&job.accepted_at, &Rfc3339) else {
+        // An acceptance time that does not read cannot date the job: it is not given up.
+        return false;
+    };
+    let accepted_ms = u64::try_from(accepted.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+    ctx.ports.clock.now_ms().saturating_sub(accepted_ms) >= millis(ctx.settings.give_up_after)
 }
 
 fn unavailable(message: &str) -> FailureDetail {

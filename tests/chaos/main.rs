@@ -118,6 +118,8 @@ partner_rate_limit_per_second = 0
 url = "{rabbit}"
 prefix = "chaos"
 retry_delays_ms = [1000, 2000, 4000, 8000, 15000]
+# Jobs whose retries are spent during an outage are parked, not failed: back every 5 s.
+reconcile_delay_ms = 5000
 
 [redis]
 url = "{redis}"

@@ -132,3 +132,21 @@ fn webhook_secrets_come_from_the_environment_as_a_list_and_never_print() {
         "the value is not echoed: {error}"
     );
 }
+
+#[test]
+fn give_up_after_reads_seconds_or_a_unit_and_names_itself_when_wrong() {
+    let load = |value: &str| {
+        Settings::load_with_env(
+            Some(&repo_path("config.toml")),
+            Some(env(&[("AUTORENEW__WORKER__GIVE_UP_AFTER", value)])),
+        )
+    };
+    let day = std::time::Duration::from_secs(86_400);
+    let repo = Settings::load_with_env(Some(&repo_path("config.toml")), Some(HashMap::new()))
+        .expect("loads");
+    assert_eq!(repo.worker.give_up_after.0, day, "the default is a day");
+    assert_eq!(load("86400").expect("seconds").worker.give_up_after.0, day);
+    assert_eq!(load("24h").expect("a unit").worker.give_up_after.0, day);
+    let wrong = load("soon").expect_err("refused").to_string();
+    assert!(wrong.contains("give_up_after"), "{wrong}");
+}

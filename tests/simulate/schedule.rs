@@ -25,6 +25,9 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Twice the client's timeout, the least the configuration allows.
 const KEY_SWITCH_AFTER: Duration = Duration::from_secs(4);
 const LOCK_TTL: Duration = Duration::from_secs(3);
+/// `worker.give_up_after`: within the settle cap, so an outage that outlasts it ends jobs
+/// `STRIPE_UNAVAILABLE`, and the replay a day later meets jobs past it.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(2 * 3600);
 /// Low, so that crashes and hand-backs reach it.
 const DELIVERY_LIMIT: u32 = 4;
 /// How long, after the chaos, the world may take to settle.
@@ -405,6 +408,7 @@ fn job_settings() -> JobSettings {
         },
         lock_ttl: LOCK_TTL,
         key_switch_after: KEY_SWITCH_AFTER,
+        give_up_after: GIVE_UP_AFTER,
         delivery_limit: DELIVERY_LIMIT,
         prices: Mutex::default(),
     }

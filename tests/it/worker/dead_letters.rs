@@ -9,7 +9,7 @@ use lapin::options::BasicPublishOptions;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::stack::Stack;
+use super::stack::{Stack, subscriptions_by_pay_id};
 use crate::helpers::poll_until;
 
 #[tokio::test]
@@ -53,23 +53,31 @@ async fn a_poison_message_goes_to_the_dead_letters_and_the_worker_carries_on() {
 }
 
 #[tokio::test]
-async fn a_job_whose_retries_are_spent_fails_and_is_replayed_after_the_fix() {
+async fn a_job_answered_failed_after_give_up_stays_failed_through_a_dlq_replay() {
     let mut stack = Stack::start_with(
         FaultConfig {
             error_rate: 1.0,
             ..FaultConfig::default()
         },
-        |s| s.worker.step_retries = 1,
+        |s| {
+            s.worker.step_retries = 1;
+            s.amqp.reconcile_delay_ms = 500;
+            s.worker.give_up_after = autorenew::config::HumanDuration(Duration::from_secs(3));
+        },
     )
     .await;
     stack.spawn_worker().await;
 
     let pay_id = stack.send(|_| {}).await;
-    assert!(
-        stack
-            .wait_for_events(std::slice::from_ref(&pay_id), Duration::from_secs(30))
-            .await
-    );
+    // The retries are spent within a second; the job stays `processing` until give_up_after.
+    let failed_event = stack
+        .wait_for_event(
+            &pay_id,
+            "autorenew.subscription.failed",
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("a failed event once give_up_after has passed");
     let failed = stack.result_query(&pay_id).await;
     let letters = autorenew::dlq::list(&stack.settings, 10, CancellationToken::new())
         .await
@@ -85,25 +93,33 @@ async fn a_job_whose_retries_are_spent_fails_and_is_replayed_after_the_fix() {
         "{letters:?}"
     );
 
-    // The fix: Stripe answers again. Replay, and the job succeeds.
+    // Stripe answers again, and an operator replays the dead letter: the partner was told `F`
+    // (and may have sent the order again under a new payId), so `F` it stays.
     stack.sim_config(json!({"error_rate": 0.0})).await;
     let replayed =
         autorenew::dlq::replay(&stack.settings, Some(&pay_id), 10, CancellationToken::new())
             .await
             .expect("replay");
     assert_eq!(replayed, 1);
-    let active = poll_until(Duration::from_secs(20), || async {
-        stack.result_query(&pay_id).await.body["status"] == "active"
+    let announced_again = poll_until(Duration::from_secs(20), || async {
+        stack.events_by_pay_id()[&pay_id]
+            .iter()
+            .filter(|e| e["id"] == failed_event["id"])
+            .count()
+            >= 2
     })
     .await;
-    assert!(active, "the replayed job succeeded");
-    let letters = autorenew::dlq::list(&stack.settings, 10, CancellationToken::new())
-        .await
-        .expect("list");
     assert!(
-        letters
-            .iter()
-            .all(|l| l.pay_id.as_deref() != Some(pay_id.as_str()))
+        announced_again,
+        "the replayed copy announced the same ending again"
+    );
+    let after = stack.result_query(&pay_id).await;
+    assert_eq!(after.body["status"], "failed", "{:?}", after.body);
+    assert_eq!(after.code(), "STRIPE_UNAVAILABLE");
+    assert_eq!(
+        subscriptions_by_pay_id(&stack.sim_stats().await).get(&pay_id),
+        None,
+        "no subscription was made"
     );
     stack.teardown().await;
 }

@@ -51,6 +51,8 @@ pub fn fast_settings(sim_base: &str) -> Settings {
     settings.stripe.max_requests_per_second = 100_000;
     settings.stripe.request_timeout_ms = 2_000;
     settings.amqp.retry_delays_ms = vec![300, 600, 900];
+    // Jobs parked by an outage come back soon, not in ten minutes.
+    settings.amqp.reconcile_delay_ms = 1_000;
     settings.worker.listen = "127.0.0.1:0".into();
     settings.worker.retry_min_delay_ms = 10;
     settings.worker.retry_max_delay_ms = 100;
