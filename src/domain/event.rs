@@ -31,13 +31,44 @@ impl LifecycleKind {
     }
 }
 
+/// The CloudEvent ids of an auto-renewal's changes. Each is derived from the change itself (the
+/// subscription and what changed), never from how the worker learned of it: a cancel the worker
+/// made and Stripe's event about it, or one Stripe event delivered twice, are one change under
+/// one id, which a subscriber de-duplicating on `id` keeps once.
+pub mod change_id {
+    /// A paid renewal: its invoice.
+    pub fn renewed(sub_id: &str, invoice_id: &str) -> String {
+        format!("{sub_id}:renewed:{invoice_id}")
+    }
+
+    /// A failed renewal charge: its invoice and which attempt at it failed.
+    pub fn renewal_failed(sub_id: &str, invoice_id: &str, attempt: u64) -> String {
+        format!("{sub_id}:renewal_failed:{invoice_id}:{attempt}")
+    }
+
+    /// A new status or cancel flag, in the period it applies to.
+    pub fn updated(
+        sub_id: &str,
+        status: &str,
+        cancel_at_period_end: bool,
+        current_period_end: Option<i64>,
+    ) -> String {
+        let period_end = current_period_end.unwrap_or_default();
+        format!("{sub_id}:updated:{status}:{cancel_at_period_end}:{period_end}")
+    }
+
+    /// The end: a subscription is canceled once.
+    pub fn canceled(sub_id: &str) -> String {
+        format!("{sub_id}:canceled")
+    }
+}
+
 /// A CloudEvent about an auto-renewal after its creation: `data` carries `payId`,
 /// `partnerCode`, `sub_id` and what the kind adds (CONTRACT §9.2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LifecycleEvent {
     pub specversion: String,
-    /// Stable for what it reports (a Stripe event id, or a cancel request), so consumers can
-    /// de-duplicate redeliveries.
+    /// Derived from the change it reports ([`change_id`]), so consumers can de-duplicate.
     pub id: String,
     pub source: String,
     #[serde(rename = "type")]

@@ -14,7 +14,7 @@ use super::job::Handled;
 use super::ports::{Incoming, JobQueue, Wait};
 use crate::broker::Message;
 use crate::domain::cancel::{CancelJob, CancelWhen};
-use crate::domain::event::{CLOUDEVENTS_CONTENT_TYPE, LifecycleEvent, LifecycleKind};
+use crate::domain::event::{CLOUDEVENTS_CONTENT_TYPE, LifecycleEvent, LifecycleKind, change_id};
 use crate::domain::renewal::{RenewalChange, RenewalUpdate, STATUS_CANCELED};
 use crate::store::Store;
 use crate::stripe::{Gateway, StripeFailure, SubscriptionState};
@@ -211,8 +211,17 @@ fn event_of(
     };
     LifecycleEvent::new(
         kind,
-        // One id per cancel request: a redelivered cancel announces the same event.
-        format!("{}:cancel:{}", cancel.pay_id, cancel.when.as_str()),
+        // The change's own id: Stripe's event about this same change is announced under it too.
+        if canceled {
+            change_id::canceled(&state.id)
+        } else {
+            change_id::updated(
+                &state.id,
+                &state.status,
+                state.cancel_at_period_end,
+                state.current_period_end,
+            )
+        },
         &ctx.queue.event_source(),
         cancel.pay_id.as_str(),
         cancel.partner_code.as_str(),

@@ -31,7 +31,7 @@ use super::cancel::{LifecycleContext, announce, dead_letter, rfc3339};
 use super::job::Handled;
 use super::ports::{Incoming, JobQueue};
 use crate::domain::PartnerCode;
-use crate::domain::event::{LifecycleEvent, LifecycleKind};
+use crate::domain::event::{LifecycleEvent, LifecycleKind, change_id};
 use crate::domain::money::{Currency, decimal_string};
 use crate::domain::renewal::{RenewalChange, RenewalError, RenewalUpdate};
 use crate::domain::request::{PayId, PayKey};
@@ -45,6 +45,8 @@ struct Meaning {
     kind: LifecycleKind,
     /// Ranks changes of the same second: a deletion wins over an update.
     rank: u64,
+    /// The announcement's id, derived from the change ([`change_id`]).
+    id: String,
     change: RenewalChange,
     data: Map<String, Value>,
 }
@@ -153,7 +155,7 @@ pub async fn handle(ctx: &LifecycleContext, incoming: &Incoming) -> Handled {
         .unwrap_or_default();
     let announced = LifecycleEvent::new(
         meaning.kind,
-        format!("stripe:{}", event.id),
+        meaning.id,
         &ctx.queue.event_source(),
         owner.pay_id.as_str(),
         owner.partner.as_str(),
@@ -250,6 +252,7 @@ async fn invoice_meaning(
         Meaning {
             kind: LifecycleKind::Renewed,
             rank: 1,
+            id: change_id::renewed(subscription.id().as_str(), &invoice_id),
             change: RenewalChange::Renewed {
                 invoice_id,
                 paid_at,
@@ -365,6 +368,7 @@ fn failed_meaning(
     Meaning {
         kind: LifecycleKind::RenewalFailed,
         rank: 1,
+        id: change_id::renewal_failed(sub_id, &invoice_id, invoice.attempt_count),
         change: RenewalChange::RenewalFailed {
             error: RenewalError {
                 invoice_id,
@@ -388,7 +392,8 @@ fn subscription_meaning(subscription: &Subscription, deleted: bool) -> Option<(O
     let mut data = Map::new();
     data.insert("sub_id".into(), subscription.id.to_string().into());
     data.insert("status".into(), status.clone().into());
-    let (kind, rank) = if deleted {
+    let sub_id = subscription.id.to_string();
+    let (kind, rank, id) = if deleted {
         data.insert(
             "canceled_at".into(),
             rfc3339(subscription.canceled_at).into(),
@@ -401,7 +406,7 @@ fn subscription_meaning(subscription: &Subscription, deleted: bool) -> Option<(O
                 .and_then(|d| d.reason.as_ref())
                 .map_or(Value::Null, |r| r.to_string().into()),
         );
-        (LifecycleKind::Canceled, 3)
+        (LifecycleKind::Canceled, 3, change_id::canceled(&sub_id))
     } else {
         data.insert(
             "cancel_at_period_end".into(),
@@ -411,7 +416,13 @@ fn subscription_meaning(subscription: &Subscription, deleted: bool) -> Option<(O
             "current_period_end".into(),
             rfc3339(current_period_end).into(),
         );
-        (LifecycleKind::Updated, 1)
+        let id = change_id::updated(
+            &sub_id,
+            &status,
+            subscription.cancel_at_period_end,
+            current_period_end,
+        );
+        (LifecycleKind::Updated, 1, id)
     };
     let change = RenewalChange::Subscription {
         sub_id: subscription.id.to_string(),
@@ -425,6 +436,7 @@ fn subscription_meaning(subscription: &Subscription, deleted: bool) -> Option<(O
         Meaning {
             kind,
             rank,
+            id,
             change,
             data,
         },

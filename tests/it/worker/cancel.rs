@@ -41,7 +41,22 @@ async fn a_cancel_at_period_end_then_now_is_carried_out_stored_and_announced() {
         .wait_for_event(&pay_id, UPDATED, Duration::from_secs(20))
         .await
         .expect("a subscription.updated event");
-    assert_eq!(updated["id"], format!("{pay_id}:cancel:period_end"));
+    let period_end = time::OffsetDateTime::parse(
+        updated["data"]["current_period_end"]
+            .as_str()
+            .unwrap_or_default(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .expect("an RFC 3339 period end")
+    .unix_timestamp();
+    assert_eq!(
+        updated["id"],
+        format!(
+            "{}:updated:active:true:{period_end}",
+            updated["data"]["sub_id"].as_str().unwrap_or_default()
+        ),
+        "the change's own id: the subscription, its status and flag, in this period"
+    );
     assert_eq!(updated["_routing_key"], "subscription.updated.P000818");
     assert_eq!(updated["data"]["cancel_at_period_end"], true);
     assert_eq!(updated["data"]["status"], "active");
@@ -190,5 +205,40 @@ async fn a_live_subscription_is_kept_past_the_retention_and_only_its_end_starts_
         .await,
         "forgotten after the retention"
     );
+    stack.teardown().await;
+}
+
+/// One change, one id: the worker announces the cancel it made, Stripe's webhook announces the
+/// same change again, and a subscriber that de-duplicates on `id` keeps one.
+#[tokio::test]
+async fn a_cancel_and_stripe_s_event_about_it_are_announced_under_one_id() {
+    let mut stack = Stack::start_with_webhooks(FaultConfig::default()).await;
+    stack.spawn_worker().await;
+    let (pay_id, _) = stack.subscribed(|_| {}).await;
+
+    let answer = stack
+        .post_signed("/cancelAutoRenewalRecord", cancel(&pay_id, "period_end"))
+        .await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+
+    let updates = || -> Vec<serde_json::Value> {
+        stack
+            .events_by_pay_id()
+            .remove(&pay_id)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e["type"] == UPDATED)
+            .collect()
+    };
+    let both =
+        crate::helpers::poll_until(Duration::from_secs(20), || async { updates().len() >= 2 })
+            .await;
+    let updates = updates();
+    assert!(
+        both,
+        "the worker's and the webhook's announcements: {updates:?}"
+    );
+    let ids: std::collections::BTreeSet<_> = updates.iter().map(|e| e["id"].to_string()).collect();
+    assert_eq!(ids.len(), 1, "one change, one id: {ids:?}");
     stack.teardown().await;
 }

@@ -50,10 +50,14 @@ async fn create_advance_renewed_cancel_advance_canceled_and_the_query_shows_each
         "a paid renewal costs no Stripe call: its invoice carries all it needs"
     );
     assert_eq!(renewed["_routing_key"], "subscription.renewed.P000818");
-    assert!(
-        renewed["id"]
-            .as_str()
-            .is_some_and(|id| id.starts_with("stripe:evt_"))
+    // The change's own id: the subscription and the invoice paid.
+    assert_eq!(
+        renewed["id"],
+        format!(
+            "{}:renewed:{}",
+            renewed["data"]["sub_id"].as_str().unwrap_or_default(),
+            renewed["data"]["invoice_id"].as_str().unwrap_or_default()
+        )
     );
     assert_eq!(renewed["data"]["amount_paid"], "19.99");
     assert_eq!(renewed["data"]["currency"], "usd");
@@ -266,7 +270,16 @@ async fn a_payment_failed_event_with_only_a_finalization_error_reports_no_declin
         )
         .await
         .expect("the failed payment announced");
-    assert_eq!(failed["id"], format!("stripe:{id}"));
+    assert_eq!(
+        failed["id"],
+        format!(
+            "{}:renewal_failed:{}:{}",
+            failed["data"]["sub_id"].as_str().unwrap_or_default(),
+            failed["data"]["invoice_id"].as_str().unwrap_or_default(),
+            failed["data"]["attempt_count"]
+        ),
+        "the change's own id, whichever delivery of {id} told it"
+    );
     assert_eq!(
         failed["data"]["error"],
         json!({"code": null, "decline_code": null, "message": "the renewal charge failed"})
@@ -320,13 +333,15 @@ async fn an_older_update_delivered_after_a_newer_one_is_announced_but_changes_no
     deliver(&stack, &update(&newer, now + 100, true)).await;
     deliver(&stack, &update(&older, now + 50, false)).await;
 
-    let announced = |id: &str| {
-        stack.events_by_pay_id()[&pay_id]
-            .iter()
-            .any(|e| e["id"] == format!("stripe:{id}"))
+    // Each change is announced under its own id: the flag set, and the flag cleared.
+    let announced = |flag: bool| {
+        stack.events_by_pay_id()[&pay_id].iter().any(|e| {
+            e["type"] == "autorenew.subscription.updated"
+                && e["data"]["cancel_at_period_end"] == flag
+        })
     };
     let both = crate::helpers::poll_until(Duration::from_secs(20), || async {
-        announced(&newer) && announced(&older)
+        announced(true) && announced(false)
     })
     .await;
     assert!(both, "each event is announced");
@@ -379,8 +394,8 @@ async fn an_event_of_a_subscription_stripe_does_not_know_is_taken_once_and_dropp
     assert!(
         !stack.events_by_pay_id()[&pay_id]
             .iter()
-            .any(|e| e["id"] == format!("stripe:{id}")),
-        "nothing is announced for it"
+            .any(|e| e["type"] == "autorenew.subscription.renewal_failed"),
+        "nothing is announced for {id}"
     );
     stack.teardown().await;
 }
@@ -403,21 +418,28 @@ async fn a_first_invoice_s_failed_payment_is_no_failed_renewal() {
     deliver(&stack, &event(&first_id, &first)).await;
     deliver(&stack, &event(&cycle_id, &cycle)).await;
 
-    let announced = || -> Vec<String> {
+    // Both events are about one invoice, so a failed renewal announced for the first would
+    // carry the cycle's id: what tells them apart is how many were announced.
+    let announced = || -> Vec<serde_json::Value> {
         stack.events_by_pay_id()[&pay_id]
             .iter()
-            .map(|e| e["id"].as_str().unwrap_or_default().to_owned())
+            .filter(|e| e["type"] == "autorenew.subscription.renewal_failed")
+            .cloned()
             .collect()
     };
     let cycle_announced = crate::helpers::poll_until(Duration::from_secs(20), || async {
-        announced().contains(&format!("stripe:{cycle_id}"))
+        !announced().is_empty()
     })
     .await;
-    assert!(cycle_announced, "the cycle invoice's failure is announced");
-    let announced = announced();
     assert!(
-        !announced.contains(&format!("stripe:{first_id}")),
-        "the first invoice's failure is not a renewal's: {announced:?}"
+        cycle_announced,
+        "the cycle invoice's failure ({cycle_id}) is announced"
+    );
+    let announced = announced();
+    assert_eq!(
+        announced.len(),
+        1,
+        "the first invoice's failure ({first_id}) is not a renewal's: {announced:?}"
     );
     let stats = stack.sim_stats().await;
     assert_eq!(

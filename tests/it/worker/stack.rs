@@ -405,6 +405,7 @@ fn child_config(settings: &Settings) -> String {
 url = "{amqp}"
 prefix = "{prefix}"
 retry_delays_ms = [{delays}]
+reconcile_delay_ms = {reconcile}
 
 [redis]
 url = "{redis}"
@@ -430,6 +431,7 @@ request_timeout_ms = {timeout}
         amqp = settings.amqp.url.expose_secret(),
         prefix = settings.amqp.prefix,
         delays = delays.join(", "),
+        reconcile = settings.amqp.reconcile_delay_ms,
         redis = settings.redis.url.expose_secret(),
         key_prefix = settings.redis.key_prefix,
         concurrency = settings.worker.concurrency,
