@@ -40,7 +40,7 @@ pub enum Command {
     Intake,
     /// Consume jobs: create the Stripe subscriptions and publish the result events.
     Worker,
-    /// List the dead letters, or replay them into the jobs queue.
+    /// List the dead letters, replay them into the jobs queue, or drop a poison message.
     Dlq(DlqArgs),
     /// Feed the Stripe events the intake missed (listed over a window) through its webhook.
     Reconcile(ReconcileArgs),

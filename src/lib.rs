@@ -17,7 +17,7 @@
 //! - [`worker`]: consumes jobs, runs the Stripe steps under a lock, stores results, publishes
 //!   events, routes retries and dead letters.
 //! - [`run`]: `autorenew run`, intake + worker (+ simulator) in one process.
-//! - [`dlq`]: `autorenew dlq list|replay`.
+//! - [`dlq`]: `autorenew dlq list|replay|drop`.
 //! - [`probe`]: `autorenew probe URL`, the containers' healthcheck.
 //! - [`telemetry`]: logging and Prometheus metrics.
 //! - [`cli`]: the command line; `main.rs` only parses it and calls in here.

@@ -340,8 +340,14 @@ impl Application {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| anyhow::anyhow!("webhook endpoint: {e}"))?;
         store.webhook_endpoints.clone_from(&configured_endpoints);
-        let listener = TcpListener::bind(settings.listen)
-            .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        let listener = TcpListener::bind(settings.listen).map_err(|error| {
+            crate::accept::bind_failed(
+                &error,
+                settings.listen,
+                "autorenew stripe-sim --listen, autorenew run --sim-listen",
+                "e.g. --listen 127.0.0.1:12112 (port 0: any free port)",
+            )
+        })?;
         listener.set_nonblocking(true)?;
         let address = listener.local_addr()?;
         let shared = Arc::new(Shared {

@@ -1,5 +1,6 @@
 //! One integration-test binary: real RabbitMQ, real Redis, the app on a random port.
 
+mod addresses;
 mod helpers;
 mod hostile;
 mod intake_enqueue;
