@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::dlq::DlqArgs;
+use crate::events::EventsArgs;
 use crate::loadgen::LoadgenArgs;
 use crate::probe::ProbeArgs;
 use crate::reconcile::ReconcileArgs;
@@ -40,8 +41,10 @@ pub enum Command {
     Intake,
     /// Consume jobs: create the Stripe subscriptions and publish the result events.
     Worker,
-    /// List the dead letters, or replay them into the jobs queue.
+    /// List the dead letters, replay them into the jobs queue, or drop a poison message.
     Dlq(DlqArgs),
+    /// Print the result events as they are published, one JSON object a line, until Ctrl-C.
+    Events(EventsArgs),
     /// Feed the Stripe events the intake missed (listed over a window) through its webhook.
     Reconcile(ReconcileArgs),
     /// Run the built-in Stripe simulator (the stand-in for Stripe's API in demos and tests).

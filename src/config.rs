@@ -19,11 +19,26 @@ pub const ENV_PREFIX: &str = "AUTORENEW";
 /// A configuration that cannot run, with the key it is about.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// Not a `#[source]`: the message already holds the cause, and a chain printed with `{:#}`
+    /// would say it twice.
     #[error("configuration: {0}")]
-    Load(#[from] config::ConfigError),
+    Load(config::ConfigError),
     #[error("configuration key `{key}`: {reason}")]
     Invalid { key: String, reason: String },
 }
+
+impl From<config::ConfigError> for ConfigError {
+    fn from(error: config::ConfigError) -> Self {
+        ConfigError::Load(error)
+    }
+}
+
+/// The keys whose value is a list. From the environment each is comma-separated
+/// (`AUTORENEW__AMQP__RETRY_DELAYS_MS=1000,2000`); every other value stays one string, commas
+/// and all (`amqp.url` names a cluster's nodes with commas, and is one string). A list key added
+/// to [`Settings`] belongs here. `[[partners]]` entries are a list of tables, which variables
+/// cannot address: their secrets come from the environment through `secret_env` / `secrets_env`.
+pub const LIST_KEYS: &[&str] = &["amqp.retry_delays_ms", "stripe.webhook_secrets"];
 
 fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
@@ -368,14 +383,15 @@ impl Settings {
                 )
             }
         }
-        let environment = config::Environment::with_prefix(ENV_PREFIX)
+        let mut environment = config::Environment::with_prefix(ENV_PREFIX)
             .prefix_separator("__")
             .separator("__")
             .try_parsing(true)
-            // Only this key is a comma-separated list; every other value stays one string.
-            .list_separator(",")
-            .with_list_parse_key("stripe.webhook_secrets")
-            .source(env.clone());
+            .list_separator(",");
+        for key in LIST_KEYS {
+            environment = environment.with_list_parse_key(key);
+        }
+        let environment = environment.source(env.clone());
         let mut settings: Settings = builder.add_source(environment).build()?.try_deserialize()?;
         settings.resolve_secret_env(env.as_ref())?;
         settings.check()?;

@@ -17,7 +17,8 @@
 //! - [`worker`]: consumes jobs, runs the Stripe steps under a lock, stores results, publishes
 //!   events, routes retries and dead letters.
 //! - [`run`]: `autorenew run`, intake + worker (+ simulator) in one process.
-//! - [`dlq`]: `autorenew dlq list|replay`.
+//! - [`dlq`]: `autorenew dlq list|replay|drop`.
+//! - [`events`]: `autorenew events`, the result events printed as they are published.
 //! - [`probe`]: `autorenew probe URL`, the containers' healthcheck.
 //! - [`telemetry`]: logging and Prometheus metrics.
 //! - [`cli`]: the command line; `main.rs` only parses it and calls in here.
@@ -28,6 +29,7 @@ pub mod cli;
 pub mod config;
 pub mod dlq;
 pub mod domain;
+pub mod events;
 pub mod intake;
 pub mod loadgen;
 pub mod probe;

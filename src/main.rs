@@ -7,7 +7,8 @@ use tokio_util::sync::CancellationToken;
 use autorenew::cli::{Cli, Command};
 use autorenew::config::Settings;
 use autorenew::{
-    dlq, intake, loadgen, probe, reconcile, run as run_all, sign_tool, sim, telemetry, worker,
+    dlq, events, intake, loadgen, probe, reconcile, run as run_all, sign_tool, sim, telemetry,
+    worker,
 };
 
 #[tokio::main]
@@ -61,6 +62,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dlq(args) => {
             let settings = load()?;
             dlq::run(settings, args, CancellationToken::new()).await
+        }
+        Command::Events(args) => {
+            let settings = load()?;
+            events::run(settings, args, shutdown_on_signal()).await
         }
         Command::Reconcile(args) => {
             let settings = load()?;

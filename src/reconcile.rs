@@ -45,6 +45,11 @@ pub struct ReconcileArgs {
     /// The intake to feed (default: `http://` + `intake.listen`).
     #[arg(long, value_name = "URL")]
     pub intake: Option<url::Url>,
+    /// With no `stripe.secret_key` configured: the simulator `autorenew run` started, whose
+    /// events are read instead of Stripe's (default: `stripe.api_base`, else
+    /// `http://127.0.0.1:12111`, `run`'s default `--sim-listen`).
+    #[arg(long, value_name = "URL")]
+    pub sim: Option<url::Url>,
 }
 
 /// What a run did.
@@ -78,9 +83,39 @@ pub async fn run(settings: Settings, args: ReconcileArgs) -> anyhow::Result<()> 
             .parse()
             .context("`intake.listen` does not make a URL: give --intake")?,
     };
+    let settings = against_run_simulator(settings, args.sim.as_ref());
     let summary = reconcile(&settings, args.since, &intake).await?;
     println!("{summary}");
     Ok(())
+}
+
+/// With no Stripe key configured, `autorenew run` works against its own simulator, signing its
+/// webhooks with [`crate::run::SIM_WEBHOOK_SECRET`] unless a secret is configured: reconcile
+/// reads that simulator's events and signs with the same secret, so it needs no setup there.
+/// With a key, the settings are used as they are.
+pub fn against_run_simulator(mut settings: Settings, sim: Option<&url::Url>) -> Settings {
+    if !settings.stripe.secret_key.expose_secret().is_empty() {
+        return settings;
+    }
+    settings.stripe.api_base = match sim {
+        Some(sim) => sim.as_str().trim_end_matches('/').to_owned(),
+        None if settings.stripe.api_base.is_empty() => {
+            format!("http://{}", crate::run::SIM_LISTEN)
+        }
+        None => settings.stripe.api_base,
+    };
+    println!(
+        "no stripe.secret_key: reconciling the simulator of `autorenew run` at {}",
+        settings.stripe.api_base
+    );
+    settings.stripe.secret_key = crate::run::SIM_KEY.to_owned().into();
+    if settings.stripe.webhook_secrets.is_empty() {
+        settings
+            .stripe
+            .webhook_secrets
+            .push(crate::run::SIM_WEBHOOK_SECRET.to_owned().into());
+    }
+    settings
 }
 
 /// One page of `GET /v1/events`. Each event is kept as JSON to be posted on as it is.

@@ -10,13 +10,20 @@ use crate::config::Settings;
 use crate::{intake, sign_tool, sim, worker};
 
 /// The key `run` gives the worker for its own simulator (any `sk_test_…` works there).
-const SIM_KEY: &str = "sk_test_autorenew_simulator";
+pub const SIM_KEY: &str = "sk_test_autorenew_simulator";
+/// Where `run` starts its simulator unless told otherwise, and where `reconcile` finds it.
+pub const SIM_LISTEN: &str = "127.0.0.1:12111";
+/// The secret `run`'s simulator signs its webhooks with when `stripe.webhook_secrets` names
+/// none, so `autorenew reconcile` can sign what it feeds to the same intake with no setup. A
+/// known value: it lets a local process post events about the simulator's subscriptions,
+/// nothing more, and only to an intake started by `run` with its simulator.
+pub const SIM_WEBHOOK_SECRET: &str = "whsec_autorenew_run_local_simulator";
 
 /// Flags of `autorenew run`.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// Where the built-in simulator listens when no Stripe key is configured.
-    #[arg(long, default_value = "127.0.0.1:12111")]
+    #[arg(long, default_value = SIM_LISTEN)]
     pub sim_listen: SocketAddr,
 }
 
@@ -26,6 +33,18 @@ pub struct Running {
     pub intake: SocketAddr,
     pub worker: SocketAddr,
     pub simulator: Option<SocketAddr>,
+    /// The Redis key prefix in use: with the simulator, one of this run's own.
+    pub redis_key_prefix: String,
+}
+
+/// The Redis key prefix of a run with the built-in simulator: the configured one and the
+/// moment (Unix milliseconds) the run started. The simulator starts empty every time, so the
+/// results, records and customers Redis remembers from an earlier run name objects it does not
+/// know; keys of their own keep each run's Redis in step with its simulator. They expire with
+/// `redis.record_ttl_secs`.
+pub fn run_key_prefix(configured: &str) -> String {
+    let millis = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+    format!("{configured}.run-{millis}")
 }
 
 /// Builds the parts; `start` spawns them and returns at once.
@@ -38,14 +57,20 @@ pub async fn start(
     // The simulator stops after the worker has drained: the jobs in hand still call it.
     let sim_stop = CancellationToken::new();
     let with_simulator = settings.stripe.secret_key.expose_secret().is_empty();
-    // The simulator's webhooks come to this intake, signed with a secret made for this run, so
-    // the whole life of an auto-renewal (renewals, failed charges, cancels) runs on a laptop.
-    let webhook_secret = format!("whsec_{}", uuid::Uuid::new_v4().simple());
+    // The simulator's webhooks come to this intake, so the whole life of an auto-renewal
+    // (renewals, failed charges, cancels) runs on a laptop. Signed with the first configured
+    // secret, else a known local one, which `autorenew reconcile` finds from the same config.
+    let webhook_secret = settings
+        .stripe
+        .webhook_secrets
+        .first()
+        .cloned()
+        .unwrap_or_else(|| SecretString::from(SIM_WEBHOOK_SECRET));
     if with_simulator {
-        settings
-            .stripe
-            .webhook_secrets
-            .push(SecretString::from(webhook_secret.clone()));
+        if settings.stripe.webhook_secrets.is_empty() {
+            settings.stripe.webhook_secrets.push(webhook_secret.clone());
+        }
+        settings.redis.key_prefix = run_key_prefix(&settings.redis.key_prefix);
     }
     let intake = intake::Application::build(&settings, shutdown.clone()).await?;
     let simulator = if with_simulator {
@@ -58,7 +83,7 @@ pub async fn start(
             .endpoints
             .push(sim::webhooks::EndpointSettings {
                 url: format!("http://{}/stripe/webhook", intake.local_addr()),
-                secret: SecretString::from(webhook_secret),
+                secret: webhook_secret,
                 // The four the worker acts on (CONTRACT §9.2), as one would ask of Stripe.
                 enabled_events: crate::domain::webhook::ACTED_ON
                     .iter()
@@ -81,6 +106,7 @@ pub async fn start(
         intake: intake.local_addr(),
         worker: worker.local_addr(),
         simulator,
+        redis_key_prefix: settings.redis.key_prefix.clone(),
     };
     tasks.spawn(intake.run_until_stopped(shutdown.clone()));
     tasks.spawn(async move {
@@ -108,11 +134,18 @@ pub async fn run(
         running.worker
     );
     match running.simulator {
-        Some(sim) => println!(
-            "  stripe-sim http://{sim}  (no stripe.secret_key configured; GET /_sim/stats; POST /_sim/advance moves its clock; its webhooks come to the intake)"
-        ),
+        Some(sim) => {
+            println!(
+                "  stripe-sim http://{sim}  (no stripe.secret_key configured; GET /_sim/stats; POST /_sim/advance moves its clock; its webhooks come to the intake)"
+            );
+            println!(
+                "  redis      keys under {prefix}  (fresh each run: the simulator starts empty; for tools that read them: AUTORENEW__REDIS__KEY_PREFIX={prefix})",
+                prefix = running.redis_key_prefix
+            );
+        }
         None => println!("  stripe     the real Stripe API (stripe.secret_key is set)"),
     }
+    println!("  events     autorenew events  (the result events as they are published)");
     if let Some(partner) = partner {
         let body = format!(
             r#"{{"email":"421516116@qq.com","partnerCode":"{}","payAmount":"19.99","payCurrency":"usd","payId":"DEMO{}","plan_id":"PLAN_MONTHLY_1GB","pm_id":"pm_card_visa","tradeType":"stripeSubDirectly","version":"3.0"}}"#,

@@ -82,7 +82,15 @@ impl Application {
             metrics: telemetry::metrics_handle(),
             stopping: shutdown,
         });
-        let listener = TcpListener::bind(settings.intake_listen()).await?;
+        let address = settings.intake_listen();
+        let listener = TcpListener::bind(address).await.map_err(|error| {
+            crate::accept::bind_failed(
+                &error,
+                address,
+                "intake.listen",
+                "e.g. AUTORENEW__INTAKE__LISTEN=127.0.0.1:8081 (port 0: any free port)",
+            )
+        })?;
         Ok(Application {
             listener,
             router: router(state),

@@ -63,10 +63,17 @@ async fn reset(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 /// `POST /_sim/advance` with `seconds=N` (form or query) or `{"seconds": N}`: moves the
-/// clock and does what fell due (see [`billing`]), then starts the deliveries it caused.
+/// clock and does what fell due (see [`billing`]), then delivers the webhooks it caused and
+/// answers once the first attempt of each has its answer (within the delivery timeout), so a
+/// caller's next step sees them taken. `wait=false` answers at once.
 async fn advance(State(shared): State<Arc<Shared>>, uri: axum::http::Uri, body: Bytes) -> Response {
-    let seconds = match seconds(uri.query().unwrap_or(""), &body) {
+    let query = uri.query().unwrap_or("");
+    let seconds = match seconds(query, &body) {
         Ok(seconds) => seconds,
+        Err(message) => return bad(message),
+    };
+    let wait = match wait(query, &body) {
+        Ok(wait) => wait,
         Err(message) => return bad(message),
     };
     let shape = shared.faults().config.invoice_shape;
@@ -75,20 +82,33 @@ async fn advance(State(shared): State<Arc<Shared>>, uri: axum::http::Uri, body: 
         let report = billing::advance(&mut store, seconds, shape);
         (report, store.events.take_outbox())
     };
-    shared.deliver(deliveries);
-    axum::Json(report).into_response()
+    let mut body = json!(report);
+    if wait {
+        let limit = shared.courier.timeout();
+        let webhooks = shared.deliver_and_wait(deliveries, limit).await;
+        body["webhooks"] = json!(webhooks);
+    } else {
+        shared.deliver(deliveries);
+    }
+    axum::Json(body).into_response()
+}
+
+/// A field of the advance, from its JSON body, its form body or its query.
+fn field(query: &str, body: &[u8], name: &str) -> Option<Value> {
+    let from_json = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get(name).cloned());
+    let from_form = || {
+        form_urlencoded::parse(body)
+            .chain(form_urlencoded::parse(query.as_bytes()))
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| json!(v))
+    };
+    from_json.or_else(from_form)
 }
 
 fn seconds(query: &str, body: &[u8]) -> Result<i64, String> {
-    let from_json = serde_json::from_slice::<Value>(body)
-        .ok()
-        .and_then(|v| v.get("seconds").cloned());
-    let from_form = form_urlencoded::parse(body)
-        .chain(form_urlencoded::parse(query.as_bytes()))
-        .find(|(k, _)| k == "seconds")
-        .map(|(_, v)| json!(v));
-    let value = from_json
-        .or(from_form)
+    let value = field(query, body, "seconds")
         .ok_or("give seconds=N (form or query) or {\"seconds\": N}")?;
     let seconds = match &value {
         Value::Number(n) => n.as_i64(),
@@ -98,6 +118,17 @@ fn seconds(query: &str, body: &[u8]) -> Result<i64, String> {
     seconds
         .filter(|s| *s >= 0)
         .ok_or_else(|| format!("seconds must be a whole number of seconds, 0 or more, got {value}"))
+}
+
+/// `wait`: true unless given as false.
+fn wait(query: &str, body: &[u8]) -> Result<bool, String> {
+    match field(query, body, "wait") {
+        None => Ok(true),
+        Some(Value::Bool(wait)) => Ok(wait),
+        Some(Value::String(s)) if s == "true" => Ok(true),
+        Some(Value::String(s)) if s == "false" => Ok(false),
+        Some(other) => Err(format!("wait must be true or false, got {other}")),
+    }
 }
 
 /// `GET /_sim/clock`: the simulator's time and how far it runs ahead of the wall clock.

@@ -25,8 +25,11 @@
 //!   unknown URLs under route `"unrecognized"`.
 //! - `POST /_sim/advance` (`seconds=N`, form or query, or `{"seconds": N}`): moves the
 //!   simulator's clock and renews, charges, retries and cancels what fell due (see
-//!   [`billing`]); answers `{"now", "renewals", "payments_succeeded", "payments_failed",
-//!   "canceled", "events"}`. `GET /_sim/clock`: `{"now", "offset_seconds"}`.
+//!   [`billing`]); then delivers the webhooks this caused and answers once the first attempt of
+//!   each has its answer (at most the delivery timeout, 10 s; `wait=false` answers at once):
+//!   `{"now", "renewals", "payments_succeeded", "payments_failed", "canceled", "events",
+//!   "webhooks": {"sent", "delivered", "failed", "pending"}}`. `GET /_sim/clock`:
+//!   `{"now", "offset_seconds"}`.
 //! - `POST /_sim/reset`: forget every object, event, key, count, script and clock offset; the
 //!   configuration and the webhook endpoints given at start stay.
 //! - `GET /_sim/config`: the [`faults::FaultConfig`] in force. `PATCH` sets the fields given,
@@ -340,8 +343,14 @@ impl Application {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| anyhow::anyhow!("webhook endpoint: {e}"))?;
         store.webhook_endpoints.clone_from(&configured_endpoints);
-        let listener = TcpListener::bind(settings.listen)
-            .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        let listener = TcpListener::bind(settings.listen).map_err(|error| {
+            crate::accept::bind_failed(
+                &error,
+                settings.listen,
+                "autorenew stripe-sim --listen, autorenew run --sim-listen",
+                "e.g. --listen 127.0.0.1:12112 (port 0: any free port)",
+            )
+        })?;
         listener.set_nonblocking(true)?;
         let address = listener.local_addr()?;
         let shared = Arc::new(Shared {

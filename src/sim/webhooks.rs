@@ -197,6 +197,11 @@ impl Courier {
         }
     }
 
+    /// How long one try may take.
+    pub fn timeout(&self) -> Duration {
+        self.policy.timeout
+    }
+
     /// One try: `Ok` for a `2xx` answer, else why not.
     async fn post(&self, delivery: &Delivery) -> Result<(), String> {
         // Stripe signs each attempt anew, with the wall clock's time: the receiver's
@@ -224,16 +229,64 @@ impl Courier {
     }
 }
 
+/// How the first attempts of an advance's deliveries went, for its answer.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct FirstAttempts {
+    /// Deliveries started (one per event and endpoint that wants it).
+    pub sent: usize,
+    /// Answered `2xx` at the first attempt: the receiver has the event.
+    pub delivered: usize,
+    /// Refused or failed at the first attempt; retried on the schedule.
+    pub failed: usize,
+    /// Not answered within the wait; still going.
+    pub pending: usize,
+}
+
 impl Shared {
     /// Starts each delivery in a task of its own.
     pub(super) fn deliver(self: &Arc<Self>, deliveries: Vec<Delivery>) {
         for delivery in deliveries {
-            tokio::spawn(deliver(Arc::clone(self), delivery));
+            tokio::spawn(deliver(Arc::clone(self), delivery, None));
         }
+    }
+
+    /// Starts each delivery as [`Shared::deliver`] does, and waits (at most `limit`) until the
+    /// first attempt of each has its answer: an advance that answers only then leaves no window
+    /// in which its events are neither delivered nor known to have failed.
+    pub(super) async fn deliver_and_wait(
+        self: &Arc<Self>,
+        deliveries: Vec<Delivery>,
+        limit: Duration,
+    ) -> FirstAttempts {
+        let mut answers = tokio::task::JoinSet::new();
+        let sent = deliveries.len();
+        for delivery in deliveries {
+            let (first, answered) = tokio::sync::oneshot::channel();
+            tokio::spawn(deliver(Arc::clone(self), delivery, Some(first)));
+            answers.spawn(answered);
+        }
+        let mut report = FirstAttempts {
+            sent,
+            ..FirstAttempts::default()
+        };
+        let deadline = tokio::time::Instant::now() + limit;
+        while let Ok(Some(answer)) = tokio::time::timeout_at(deadline, answers.join_next()).await {
+            match answer {
+                Ok(Ok(true)) => report.delivered += 1,
+                _ => report.failed += 1,
+            }
+        }
+        report.pending = sent - report.delivered - report.failed;
+        report
     }
 }
 
-async fn deliver(shared: Arc<Shared>, delivery: Delivery) {
+/// Delivers one event, retrying on the schedule; `first` learns how the first attempt went.
+async fn deliver(
+    shared: Arc<Shared>,
+    delivery: Delivery,
+    mut first: Option<tokio::sync::oneshot::Sender<bool>>,
+) {
     let policy = shared.courier.policy;
     let mut wait = policy.first_retry;
     for attempt in 1..=policy.attempts.max(1) {
@@ -245,7 +298,11 @@ async fn deliver(shared: Arc<Shared>, delivery: Delivery) {
             return;
         };
         shared.stats().delivery(Delivered::Attempt);
-        match shared.courier.post(&delivery).await {
+        let answer = shared.courier.post(&delivery).await;
+        if let Some(first) = first.take() {
+            let _ = first.send(answer.is_ok());
+        }
+        match answer {
             Ok(()) => {
                 shared.stats().delivery(Delivered::Ok);
                 shared.store().events.delivered(&delivery.event_id);

@@ -129,7 +129,16 @@ impl Application {
             consuming: AtomicBool::new(false),
             store_trouble: AtomicBool::new(false),
         });
-        let listener = TcpListener::bind(settings.worker_listen()).await?;
+        let address = settings.worker_listen();
+        let listener = TcpListener::bind(address).await.map_err(|error| {
+            crate::accept::bind_failed(
+                &error,
+                address,
+                "worker.listen",
+                "e.g. AUTORENEW__WORKER__LISTEN=127.0.0.1:0 (any free port; the worker prints \
+                 the one it got) or another port",
+            )
+        })?;
         Ok(Application {
             worker,
             listener,

@@ -1,5 +1,7 @@
 //! One integration-test binary: real RabbitMQ, real Redis, the app on a random port.
 
+mod addresses;
+mod events_command;
 mod helpers;
 mod hostile;
 mod intake_enqueue;
@@ -13,6 +15,7 @@ mod memory_twins;
 mod openapi;
 mod probe;
 mod renewal_records;
+mod run_command;
 mod settings;
 mod sign_vectors;
 mod sim;

@@ -150,3 +150,66 @@ fn give_up_after_reads_seconds_or_a_unit_and_names_itself_when_wrong() {
     let wrong = load("soon").expect_err("refused").to_string();
     assert!(wrong.contains("give_up_after"), "{wrong}");
 }
+
+#[test]
+fn every_list_key_is_set_from_the_environment_comma_separated() {
+    let settings = Settings::load_with_env(
+        Some(&repo_path("config.toml")),
+        Some(env(&[
+            ("AUTORENEW__AMQP__RETRY_DELAYS_MS", "1000,2000"),
+            ("AUTORENEW__STRIPE__WEBHOOK_SECRETS", "whsec_a,whsec_b"),
+            // A comma in a key that is not a list stays in its one string.
+            (
+                "AUTORENEW__AMQP__URL",
+                "amqp://a:5672/%2f,amqp://b:5672/%2f",
+            ),
+        ])),
+    )
+    .expect("loads");
+
+    assert_eq!(settings.amqp.retry_delays_ms, [1000, 2000]);
+    let secrets: Vec<&str> = settings
+        .stripe
+        .webhook_secrets
+        .iter()
+        .map(secrecy::ExposeSecret::expose_secret)
+        .collect();
+    assert_eq!(secrets, ["whsec_a", "whsec_b"]);
+    assert_eq!(
+        secrecy::ExposeSecret::expose_secret(&settings.amqp.url),
+        "amqp://a:5672/%2f,amqp://b:5672/%2f"
+    );
+    for key in autorenew::config::LIST_KEYS {
+        let variable = format!("AUTORENEW__{}", key.replace('.', "__").to_uppercase());
+        let value = if key.contains("secret") {
+            "whsec_x,whsec_y"
+        } else {
+            "1,2"
+        };
+        Settings::load_with_env(
+            Some(&repo_path("config.toml")),
+            Some(env(&[(variable.as_str(), value)])),
+        )
+        .unwrap_or_else(|e| panic!("{variable}={value}: {e}"));
+    }
+}
+
+#[test]
+fn a_bad_configuration_is_reported_once() {
+    let output = Command::new(env!("CARGO_BIN_EXE_autorenew"))
+        .arg("--config")
+        .arg(repo_path("config.toml"))
+        .arg("intake")
+        .env("AUTORENEW__AMQP__RETRY_DELAYS_MS", "1000,soon")
+        .output()
+        .expect("runs");
+
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("retry_delays_ms"), "{stderr}");
+    assert_eq!(
+        stderr.matches("retry_delays_ms").count(),
+        1,
+        "said once: {stderr}"
+    );
+}

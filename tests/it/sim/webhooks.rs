@@ -207,3 +207,71 @@ async fn an_endpoint_the_simulator_cannot_reach_is_refused() {
     assert_eq!(no_events.status, 400);
     assert_eq!(no_events.error_field("param"), Some("enabled_events"));
 }
+
+/// An endpoint that takes `delay` to answer each delivery, and records it only then.
+async fn slow_endpoint(delay: Duration) -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    use std::sync::{Arc, Mutex};
+    let taken = Arc::new(Mutex::new(Vec::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port");
+    let url = format!("http://{}/hook", listener.local_addr().expect("address"));
+    let inbox = Arc::clone(&taken);
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let inbox = Arc::clone(&inbox);
+            async move {
+                tokio::time::sleep(delay).await;
+                let event: Value = serde_json::from_slice(&body).expect("JSON");
+                inbox.lock().expect("inbox").push(event);
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, taken)
+}
+
+#[tokio::test]
+async fn an_advance_answers_once_its_webhooks_are_taken() {
+    let (url, taken) = slow_endpoint(Duration::from_millis(300)).await;
+    let sim = spawn_settings(SimSettings {
+        webhooks: WebhookSettings {
+            endpoints: vec![EndpointSettings {
+                url,
+                secret: SecretString::from(SECRET),
+                enabled_events: vec!["invoice.paid".into()],
+            }],
+            delivery: DeliveryPolicy::default(),
+        },
+        ..SimSettings::for_tests()
+    })
+    .await;
+    let subscription = subscribe(&sim).await;
+    // The creation's own invoice.paid, delivered in the background, is not the advance's.
+    let creation_delivered = tokio::time::timeout(Duration::from_secs(5), async {
+        while taken.lock().expect("inbox").is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(creation_delivered.is_ok(), "the creation's invoice.paid");
+
+    let report = sim.advance(31 * 86_400).await;
+    let renewals_taken = taken
+        .lock()
+        .expect("inbox")
+        .iter()
+        .filter(|e| e["data"]["object"]["billing_reason"] == "subscription_cycle")
+        .count();
+
+    assert_eq!(report["renewals"], 1, "{report}");
+    assert_eq!(report["webhooks"]["sent"], 1, "{report}");
+    assert_eq!(report["webhooks"]["delivered"], 1, "{report}");
+    assert_eq!(report["webhooks"]["pending"], 0, "{report}");
+    assert_eq!(
+        renewals_taken, 1,
+        "the renewal's invoice.paid of {subscription} was taken before the advance answered"
+    );
+}

@@ -9,8 +9,10 @@ use lapin::options::BasicPublishOptions;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use autorenew::dlq::Select;
+
 use super::stack::{Stack, subscriptions_by_pay_id};
-use crate::helpers::poll_until;
+use crate::helpers::{PARTNER, poll_until, read_queue};
 
 #[tokio::test]
 async fn a_poison_message_goes_to_the_dead_letters_and_the_worker_carries_on() {
@@ -96,10 +98,14 @@ async fn a_job_answered_failed_after_give_up_stays_failed_through_a_dlq_replay()
     // Stripe answers again, and an operator replays the dead letter: the partner was told `F`
     // (and may have sent the order again under a new payId), so `F` it stays.
     stack.sim_config(json!({"error_rate": 0.0})).await;
-    let replayed =
-        autorenew::dlq::replay(&stack.settings, Some(&pay_id), 10, CancellationToken::new())
-            .await
-            .expect("replay");
+    let replayed = autorenew::dlq::replay(
+        &stack.settings,
+        &Select::pay_id(&pay_id),
+        10,
+        CancellationToken::new(),
+    )
+    .await
+    .expect("replay");
     assert_eq!(replayed, 1);
     let announced_again = poll_until(Duration::from_secs(20), || async {
         stack.events_by_pay_id()[&pay_id]
@@ -121,5 +127,81 @@ async fn a_job_answered_failed_after_give_up_stays_failed_through_a_dlq_replay()
         None,
         "no subscription was made"
     );
+    stack.teardown().await;
+}
+
+/// Runs `autorenew dlq ARGS` with the stack's configuration; its stdout.
+fn dlq(stack: &Stack, args: &[&str]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_autorenew"))
+        .arg("--config")
+        .arg(&stack.config_path)
+        .arg("dlq")
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("autorenew dlq runs");
+    assert!(output.status.success(), "dlq {args:?}: {output:?}");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn dlq_replay_and_drop_take_the_pay_id_and_message_id_that_dlq_list_shows() {
+    let stack = Stack::start(FaultConfig::default()).await;
+    let prefix = stack.settings.amqp.prefix.clone();
+    let pay_id = format!("DLQ-{}", uuid::Uuid::new_v4().simple());
+    // A cancel whose message id is not its payId, and a poison message with only a message id.
+    let cancel = json!({"payId": pay_id, "partnerCode": PARTNER, "when": "now",
+        "requestedAt": "2026-12-06T10:00:00Z", "requestId": "req-1"});
+    let cancel_id = format!("cancel:{pay_id}:now");
+    let connection = crate::helpers::shared_amqp().await;
+    let channel = connection.create_channel().await.expect("channel");
+    for (body, message_id, kind) in [
+        (
+            cancel.to_string().into_bytes(),
+            cancel_id.as_str(),
+            "autorenew.cancel.v1",
+        ),
+        (b"{not a job".to_vec(), "poison-2", "autorenew.job.v1"),
+    ] {
+        channel
+            .basic_publish(
+                format!("{prefix}.dead").into(),
+                "".into(),
+                BasicPublishOptions::default(),
+                &body,
+                BasicProperties::default()
+                    .with_message_id(message_id.into())
+                    .with_type(kind.into()),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+    }
+
+    let listed = dlq(&stack, &["list"]);
+    let dropped = dlq(&stack, &["drop", "--message-id", "poison-2"]);
+    let replayed = dlq(
+        &stack,
+        &["replay", "--pay-id", &pay_id, "--partner", PARTNER],
+    );
+    let left = dlq(&stack, &["list"]);
+    let jobs = read_queue(&format!("{prefix}.jobs"), 1, Duration::from_secs(5)).await;
+
+    assert!(
+        listed.lines().any(|l| l.starts_with(&cancel_id)
+            && l.contains(&format!("\tcancel\t{pay_id}\t{PARTNER}\t"))),
+        "the cancel is listed with its payId: {listed}"
+    );
+    assert!(dropped.contains("dropped poison-2\t"), "{dropped}");
+    assert!(dropped.contains("dropped 1 dead letter(s)"), "{dropped}");
+    assert!(
+        replayed.starts_with("replayed 1 dead letter(s)"),
+        "{replayed}"
+    );
+    assert!(left.contains("0 dead letter(s)"), "{left}");
+    assert_eq!(jobs.len(), 1, "the cancel is back on the jobs queue");
+    assert_eq!(jobs[0].body["payId"], pay_id.as_str());
+    let _ = connection.close(200, "done".into()).await;
     stack.teardown().await;
 }

@@ -63,3 +63,69 @@ async fn a_stopping_worker_is_unready_at_once_and_still_finishes_its_jobs_in_han
     assert!(all, "the stopping worker finished every job in hand");
     stack.teardown().await;
 }
+
+/// Every request the simulator answered, whatever the route and status.
+fn answered(stats: &serde_json::Value) -> u64 {
+    stats["requests"].as_object().map_or(0, |routes| {
+        routes
+            .values()
+            .filter_map(serde_json::Value::as_object)
+            .flat_map(|by_status| by_status.values())
+            .filter_map(serde_json::Value::as_u64)
+            .sum()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_worker_exits_as_soon_as_its_jobs_in_hand_are_done() {
+    // 300 ms a call and no budget to wait for: each job in hand needs under a second more when
+    // the stop comes, and nothing else (hand-back, channel and connection close) may add to it.
+    let stack = Stack::start(FaultConfig {
+        latency_p50_ms: 300,
+        latency_p99_ms: 300,
+        ..FaultConfig::default()
+    })
+    .await;
+    let app = autorenew::worker::Application::build(&stack.settings)
+        .await
+        .expect("the worker builds");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(app.run_until_stopped(stop.clone()));
+    let first = stack.send(|_| {}).await;
+    assert!(
+        stack
+            .wait_for_events(std::slice::from_ref(&first), Duration::from_secs(15))
+            .await
+    );
+    let before = answered(&stack.sim_stats().await);
+    let mut pay_ids = Vec::new();
+    for _ in 0..8 {
+        pay_ids.push(stack.send(|_| {}).await);
+    }
+    // Each job has had its first call answered: all eight are in hand, with calls to go.
+    let in_hand = poll_until(Duration::from_secs(10), || async {
+        answered(&stack.sim_stats().await) >= before + 8
+    })
+    .await;
+    assert!(in_hand);
+
+    let stopping = std::time::Instant::now();
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(30), running)
+        .await
+        .expect("the worker stops")
+        .expect("joined")
+        .expect("stopped cleanly");
+    let took = stopping.elapsed();
+    eprintln!("the worker stopped {took:?} after the signal");
+    let all = stack
+        .wait_for_events(&pay_ids, Duration::from_secs(5))
+        .await;
+
+    assert!(all, "the stopping worker finished every job in hand");
+    assert!(
+        took < Duration::from_millis(2_500),
+        "stopped {took:?} after the signal; its jobs needed under a second more"
+    );
+    stack.teardown().await;
+}
