@@ -123,9 +123,13 @@ async fn a_stopping_worker_exits_as_soon_as_its_jobs_in_hand_are_done() {
         .await;
 
     assert!(all, "the stopping worker finished every job in hand");
+    // What is checked is that it did not wait out its drain timeout (10 s here) once its jobs
+    // were done; how fast the jobs finish is a figure (scripts/drain-time.sh), not a test.
+    let drain = Duration::from_secs(stack.settings.worker.drain_timeout_secs);
     assert!(
-        took < Duration::from_millis(2_500),
-        "stopped {took:?} after the signal; its jobs needed under a second more"
+        took < drain * 3 / 4,
+        "stopped {took:?} after the signal, near its drain timeout of {drain:?}: it waited for \
+         more than its jobs in hand"
     );
     stack.teardown().await;
 }
