@@ -16,6 +16,7 @@
 //!   an outside client would (the sign, HTTP, the results exchange).
 //! - [`worker`]: consumes jobs, runs the Stripe steps under a lock, stores results, publishes
 //!   events, routes retries and dead letters.
+//! - [`rebuild`]: a payId's records put back from Stripe when Redis has lost them.
 //! - [`run`]: `autorenew run`, intake + worker (+ simulator) in one process.
 //! - [`dlq`]: `autorenew dlq list|replay|drop`.
 //! - [`events`]: `autorenew events`, the result events printed as they are published.
@@ -33,6 +34,7 @@ pub mod events;
 pub mod intake;
 pub mod loadgen;
 pub mod probe;
+pub mod rebuild;
 pub mod reconcile;
 pub mod run;
 pub mod sign_tool;

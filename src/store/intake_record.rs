@@ -99,7 +99,7 @@ pub enum ClaimOutcome {
 /// What `/resultQuery` may show of a payId.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RecordView {
-    pub partner: String,
+    /// When the intake accepted it; empty for a payId rebuilt from Stripe.
     pub accepted_at: String,
     pub result: Option<FinalResult>,
 }
@@ -223,11 +223,13 @@ impl Store {
                 .await
         })
         .await?;
-        let (Some(partner), accepted_at) = fields else {
+        // Known by its intake record, or by a result alone (rebuilt from Stripe after the record
+        // was lost).
+        let (partner, accepted_at) = fields;
+        if partner.is_none() && result.is_none() {
             return Ok(None);
-        };
+        }
         Ok(Some(RecordView {
-            partner,
             accepted_at: accepted_at.unwrap_or_default(),
             result: parse_result(result.as_deref().unwrap_or_default())?,
         }))

@@ -12,6 +12,7 @@ mod intake_record;
 mod job;
 mod keys;
 mod migrate;
+mod rebuild;
 mod renewal;
 mod stripe_event;
 

@@ -10,7 +10,7 @@ use stripe_billing::invoice_payment::ListInvoicePayment;
 use stripe_billing::subscription::{
     CancelSubscription, CreateSubscription, CreateSubscriptionItems,
     CreateSubscriptionPaymentBehavior, ListSubscription, ListSubscriptionStatus,
-    RetrieveSubscription, UpdateSubscription,
+    RetrieveSubscription, SearchSubscription, UpdateSubscription,
 };
 use stripe_core::customer::{CreateCustomer, CreateCustomerInvoiceSettings, ListCustomer};
 use stripe_payment::payment_method::{AttachPaymentMethod, RetrievePaymentMethod};
@@ -419,6 +419,48 @@ impl Gateway {
         Ok(found.metadata)
     }
 
+    /// The subscription that carries this partner's payId in its metadata, found without any
+    /// local record: Stripe is the system of record, and this is how what Redis lost is
+    /// rebuilt. Search is eventually consistent (a subscription made in the last minute may not
+    /// show yet), so a caller reads "not found" as "not yet known", never as "never made".
+    pub async fn search_subscription(
+        &self,
+        partner_code: &str,
+        pay_id: &str,
+    ) -> Result<Option<FoundSubscription>, StripeFailure> {
+        // Both values are validated ids ([A-Za-z0-9_-]): nothing to escape in the quotes.
+        let query =
+            format!("metadata['payId']:'{pay_id}' AND metadata['partnerCode']:'{partner_code}'");
+        self.take_budget("subscriptions.search").await?;
+        let page = SearchSubscription::new(query)
+            .limit(10)
+            .expand(vec!["data.default_payment_method".to_owned()])
+            .send(&self.client)
+            .await
+            .map_err(|e| failed("subscriptions.search", e, false))?;
+        // The oldest, should there ever be two: it is the one the creation's result named.
+        let found = page
+            .data
+            .iter()
+            .filter(|sub| {
+                sub.metadata.get("payId").is_some_and(|p| p == pay_id)
+                    && sub
+                        .metadata
+                        .get("partnerCode")
+                        .is_some_and(|p| p == partner_code)
+            })
+            .min_by_key(|sub| sub.created);
+        Ok(found.map(|sub| FoundSubscription {
+            customer: match &sub.customer {
+                Expandable::Id(id) => id.to_string(),
+                Expandable::Object(customer) => customer.id.to_string(),
+            },
+            created: sub.created,
+            subscribed: subscribed(sub),
+            state: state_of(sub),
+        }))
+    }
+
     /// The subscription as it stands.
     pub async fn subscription_state(
         &self,
@@ -431,6 +473,16 @@ impl Gateway {
             .map_err(|e| failed("subscriptions.retrieve", e, false))?;
         Ok(state_of(&found))
     }
+}
+
+/// A subscription found by its payId's metadata, with what rebuilding its records needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundSubscription {
+    pub customer: String,
+    /// When Stripe made it (unix seconds).
+    pub created: i64,
+    pub subscribed: Subscribed,
+    pub state: SubscriptionState,
 }
 
 /// Why a payment failed, as Stripe puts it on the PaymentIntent (`last_payment_error`).

@@ -11,8 +11,8 @@ pub use client::{CallError, ClientOptions, StripeHttp};
 pub use error::StripeFailure;
 pub(crate) use gateway::BUDGET_WAIT_SECONDS;
 pub use gateway::{
-    Attached, CreatedCustomer, Gateway, NewCustomer, NewSubscription, PaymentError, PriceSpec,
-    Subscribed, SubscriptionState, charged_intent,
+    Attached, CreatedCustomer, FoundSubscription, Gateway, NewCustomer, NewSubscription,
+    PaymentError, PriceSpec, Subscribed, SubscriptionState, charged_intent,
 };
 
 use std::future::Future;

@@ -16,6 +16,7 @@ use crate::broker::Message;
 use crate::domain::cancel::{CancelJob, CancelWhen};
 use crate::domain::event::{CLOUDEVENTS_CONTENT_TYPE, LifecycleEvent, LifecycleKind, change_id};
 use crate::domain::renewal::{RenewalChange, RenewalUpdate, STATUS_CANCELED};
+use crate::rebuild::{self, RebuildError};
 use crate::store::Store;
 use crate::stripe::{Gateway, StripeFailure, SubscriptionState};
 
@@ -43,26 +44,39 @@ pub async fn handle(ctx: &LifecycleContext, incoming: &Incoming, token: &str) ->
         Ok(result) => result,
         Err(_) => return Handled::requeue("handed_back"),
     };
-    let Some(result) = result else {
-        // The creation has not ended: the cancel waits for it. A payId that is not on record
-        // at all (its creation's publish failed after the cancel was taken) has nothing to cancel.
-        return match ctx.store.record(&pay_key).await {
+    let result = match result {
+        Some(result) => result,
+        // The creation has not ended: the cancel waits for it.
+        None => match ctx.store.record(&pay_key).await {
             Ok(Some(_)) => {
-                wait(
+                return wait(
                     ctx,
                     incoming,
                     Wait::Lock,
                     incoming.attempt,
                     "cancel_waiting",
                 )
-                .await
+                .await;
             }
-            Ok(None) => {
-                tracing::warn!(%pay_id, "cancel of a payId with no creation on record: nothing to cancel");
-                Handled::ack("cancel_nothing")
-            }
-            Err(_) => Handled::requeue("handed_back"),
-        };
+            // Nothing on record, though the intake took the cancel for a payId it knew: Redis
+            // lost it. Stripe is the system of record: the subscription is found there.
+            Ok(None) => match rebuild::from_stripe(&ctx.gateway, &ctx.store, &pay_key).await {
+                Ok(Some(result)) => result,
+                Ok(None) | Err(RebuildError::Stripe(_)) => {
+                    // Not found yet (search lags a new subscription by up to a minute), or not
+                    // asked: try again later, and leave it to an operator once the delayed
+                    // retries are spent, never acked as done.
+                    return retry_or_dead_letter(
+                        ctx,
+                        incoming,
+                        "no subscription found at Stripe for the cancel",
+                    )
+                    .await;
+                }
+                Err(RebuildError::Store(_)) => return Handled::requeue("handed_back"),
+            },
+            Err(_) => return Handled::requeue("handed_back"),
+        },
     };
     if result.is_failed() || result.sub_id.is_empty() {
         tracing::info!(%pay_id, "cancel of a payId whose creation failed: nothing to cancel");
@@ -78,6 +92,26 @@ pub async fn handle(ctx: &LifecycleContext, incoming: &Incoming, token: &str) ->
         tracing::warn!(%pay_id, %error, "lock not released; it expires by itself");
     }
     handled
+}
+
+/// The next delayed retry, or the dead letters (for `autorenew dlq`) once they are spent.
+async fn retry_or_dead_letter(
+    ctx: &LifecycleContext,
+    incoming: &Incoming,
+    reason: &str,
+) -> Handled {
+    let stage = incoming.attempt.saturating_sub(1) as usize;
+    if stage < ctx.queue.retry_stages() {
+        return wait(
+            ctx,
+            incoming,
+            Wait::Retry(stage),
+            incoming.attempt + 1,
+            "retry",
+        )
+        .await;
+    }
+    dead_letter(ctx, incoming, reason, "cancel_failed").await
 }
 
 async fn cancel_locked(
@@ -96,19 +130,8 @@ async fn cancel_locked(
         }
         Err(StripeFailure::BudgetUnavailable(_)) => return Handled::requeue("handed_back"),
         Err(failure) => {
-            let stage = incoming.attempt.saturating_sub(1) as usize;
-            if stage < ctx.queue.retry_stages() {
-                tracing::warn!(%pay_id, reason = %failure, "cancel will be retried");
-                return wait(
-                    ctx,
-                    incoming,
-                    Wait::Retry(stage),
-                    incoming.attempt + 1,
-                    "retry",
-                )
-                .await;
-            }
-            return dead_letter(ctx, incoming, &failure.to_string(), "cancel_failed").await;
+            tracing::warn!(%pay_id, reason = %failure, "cancel not done yet");
+            return retry_or_dead_letter(ctx, incoming, &failure.to_string()).await;
         }
     };
     let canceled = state.status == STATUS_CANCELED;

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use autorenew::sim::faults::FaultConfig;
+use secrecy::ExposeSecret;
 use serde_json::json;
 
 use super::stack::Stack;
@@ -240,5 +241,52 @@ async fn a_cancel_and_stripe_s_event_about_it_are_announced_under_one_id() {
     );
     let ids: std::collections::BTreeSet<_> = updates.iter().map(|e| e["id"].to_string()).collect();
     assert_eq!(ids.len(), 1, "one change, one id: {ids:?}");
+    stack.teardown().await;
+}
+
+/// Redis is a cache of Stripe: a cancel taken for a payId whose records Redis then lost still
+/// reaches Stripe, found by the payId and partner in the subscription's metadata.
+#[tokio::test]
+async fn a_cancel_whose_pay_id_redis_lost_still_reaches_stripe() {
+    let mut stack = Stack::start(FaultConfig::default()).await;
+    stack.spawn_worker().await;
+    let (pay_id, created) = stack.subscribed(|_| {}).await;
+    stack.stop_workers().await;
+    let answer = stack
+        .post_signed("/cancelAutoRenewalRecord", cancel(&pay_id, "now"))
+        .await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+
+    // Everything of this deployment in Redis is lost (as FLUSHALL would on its own Redis).
+    crate::helpers::delete_keys(
+        crate::helpers::SHARED_REDIS,
+        &stack.settings.redis.key_prefix,
+    )
+    .await;
+    stack.spawn_worker().await;
+
+    let canceled = stack
+        .wait_for_event(&pay_id, CANCELED, Duration::from_secs(20))
+        .await
+        .expect("the cancel reached Stripe");
+    assert_eq!(canceled["data"]["sub_id"], created["data"]["sub_id"]);
+    let sub_id = created["data"]["sub_id"].as_str().unwrap_or_default();
+    let at_stripe: serde_json::Value = stack
+        .http
+        .get(format!("{}/v1/subscriptions/{sub_id}", stack.sim_base))
+        .basic_auth(stack.settings.stripe.secret_key.expose_secret(), Some(""))
+        .send()
+        .await
+        .expect("retrieve")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(at_stripe["status"], "canceled");
+    let result = stack.result_query(&pay_id).await;
+    assert_eq!(
+        result.body["status"], "canceled",
+        "the records are rebuilt: {:?}",
+        result.body
+    );
     stack.teardown().await;
 }

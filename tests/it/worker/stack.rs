@@ -147,6 +147,14 @@ impl Stack {
         (stop, address)
     }
 
+    /// Stops every in-process worker and waits (bounded) until each has exited.
+    pub async fn stop_workers(&mut self) {
+        for (stop, running) in self.workers.drain(..) {
+            stop.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(30), running).await;
+        }
+    }
+
     /// Starts `autorenew worker` as a child process with this stack's configuration.
     pub fn worker_process(&self) -> Child {
         self.worker_command(Stdio::null())
