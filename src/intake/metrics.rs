@@ -13,6 +13,8 @@ pub struct ErrorCode(pub &'static str);
 pub const REQUESTS_TOTAL: &str = "autorenew_intake_requests_total";
 pub const REQUEST_SECONDS: &str = "autorenew_intake_request_duration_seconds";
 pub const ENQUEUE_SECONDS: &str = "autorenew_intake_enqueue_duration_seconds";
+/// Signs that did not verify, by the (configured) partner they claimed.
+pub const SIGN_INVALID_TOTAL: &str = "autorenew_intake_sign_invalid_total";
 
 /// Counts every answer by route, HTTP status and code (`S`, or the `errorCode`).
 pub async fn track(request: Request, next: Next) -> Response {

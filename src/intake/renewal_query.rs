@@ -5,8 +5,10 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
+use axum::response::{IntoResponse, Response};
 
 use super::error::{IntakeError, Refusal};
+use super::metrics::ErrorCode;
 use super::renewal_record::{RenewalAnswer, RenewalRecord};
 use super::signed::SignedRequest;
 use super::state::AppState;
@@ -15,7 +17,7 @@ use crate::domain::renewal::RenewalQuery;
 pub async fn query_auto_renewal(
     State(state): State<Arc<AppState>>,
     SignedRequest { body, .. }: SignedRequest<RenewalQuery>,
-) -> Result<Json<RenewalAnswer>, Refusal> {
+) -> Result<Response, Refusal> {
     let refuse = |error: IntakeError| Refusal {
         error,
         pay_id: Some(body.pay_id.to_string()),
@@ -23,5 +25,12 @@ pub async fn query_auto_renewal(
     let record = RenewalRecord::find(&state, &body.pay_key())
         .await
         .map_err(refuse)?;
-    Ok(Json(RenewalAnswer::of(&record)))
+    let answer = RenewalAnswer::of(&record);
+    let code = answer.base.error_code;
+    let mut response = Json(answer).into_response();
+    // Counted under the answer's own code, as every answer (see `ApiResponse`).
+    if let Some(code) = code {
+        response.extensions_mut().insert(ErrorCode(code));
+    }
+    Ok(response)
 }

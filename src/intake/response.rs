@@ -1,7 +1,11 @@
 //! The body of every intake answer: the partner documentation's flat fields at top level
 //! (CONTRACT §4), always all present so strict partner parsers never miss one.
 
+use axum::Json;
+use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+
+use super::metrics::ErrorCode;
 
 use crate::domain::outcome::STATUS_PROCESSING;
 use crate::domain::{FailureDetail, FinalResult};
@@ -27,6 +31,19 @@ pub struct ApiResponse {
     pub field: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<FailureDetail>,
+}
+
+/// As JSON, with the answer's `errorCode` left for the request metrics: a job that ended `F`
+/// is counted under its code, though its HTTP status is 200.
+impl IntoResponse for ApiResponse {
+    fn into_response(self) -> Response {
+        let code = self.error_code;
+        let mut response = Json(self).into_response();
+        if let Some(code) = code {
+            response.extensions_mut().insert(ErrorCode(code));
+        }
+        response
+    }
 }
 
 impl ApiResponse {

@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::State;
 
 use super::error::{IntakeError, Refusal};
@@ -15,7 +14,7 @@ use crate::domain::ResultQuery;
 pub async fn result_query(
     State(state): State<Arc<AppState>>,
     SignedRequest { body, .. }: SignedRequest<ResultQuery>,
-) -> Result<Json<ApiResponse>, Refusal> {
+) -> Result<ApiResponse, Refusal> {
     let refuse = |error: IntakeError| Refusal {
         error,
         pay_id: Some(body.pay_id.to_string()),
@@ -27,5 +26,5 @@ pub async fn result_query(
     let record = RenewalRecord::find(&state, &body.pay_key())
         .await
         .map_err(refuse)?;
-    Ok(Json(record.current()))
+    Ok(record.current())
 }

@@ -10,6 +10,7 @@ use axum::http::header;
 use http_body_util::{BodyExt, Limited};
 
 use super::error::{IntakeError, Refusal};
+use super::metrics::SIGN_INVALID_TOTAL;
 use super::state::AppState;
 use crate::domain::cancel::CancelRequest;
 use crate::domain::renewal::RenewalQuery;
@@ -112,6 +113,11 @@ impl<T: SignedBody> FromRequest<Arc<AppState>> for SignedRequest<T> {
             .get(body.partner().as_str())
             .ok_or_else(|| refuse(IntakeError::PartnerUnknown(body.partner().to_string())))?;
         if !partner.verifies(&fields) {
+            // By partner, so an operator sees whose secret is wrong (a rotation half done). The
+            // partner is a configured one here, so the label's values are bounded.
+            metrics::counter!(SIGN_INVALID_TOTAL, "partner" => body.partner().to_string())
+                .increment(1);
+            tracing::info!(partner = %body.partner(), "a sign that does not verify");
             return Err(refuse(IntakeError::SignInvalid));
         }
         let max_skew_ms = state.limits.max_clock_skew_ms;

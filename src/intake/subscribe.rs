@@ -4,7 +4,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Extension;
-use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
@@ -38,7 +37,7 @@ pub async fn subscribe(
     let pay_key = body.pay_key();
     let answer = accept(&state, body, fields, request_id).await?;
     let Some(wait) = wait else {
-        return Ok(Json(answer).into_response());
+        return Ok(answer.into_response());
     };
     let answer = if answer.status == STATUS_PROCESSING && answer.operate_code == "S" {
         wait_for_result(&state, &pay_key, answer, wait).await
@@ -46,7 +45,7 @@ pub async fn subscribe(
         answer
     };
     let applied = format!("wait={}", wait.as_secs());
-    let mut response = Json(answer).into_response();
+    let mut response = answer.into_response();
     if let Ok(value) = HeaderValue::from_str(&applied) {
         response.headers_mut().insert("preference-applied", value);
     }

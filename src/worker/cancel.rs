@@ -293,6 +293,13 @@ pub(super) async fn dead_letter(
     reason: &str,
     label: &'static str,
 ) -> Handled {
+    // Said once, here, so an operator learns why before listing the dead letters.
+    tracing::warn!(
+        message_id = %incoming.message_id,
+        kind = %incoming.kind,
+        reason,
+        "message dead-lettered"
+    );
     match ctx.queue.dead_letter(incoming, reason).await {
         Ok(()) => Handled::ack(label),
         Err(_) => Handled::requeue("handed_back"),

@@ -165,3 +165,62 @@ async fn metrics_count_requests_by_route_and_code() {
     );
     app.teardown().await;
 }
+
+#[tokio::test]
+async fn an_f_answer_is_counted_under_its_code_and_a_bad_sign_under_its_partner() {
+    use autorenew::domain::{FailureCode, FailureDetail, FinalResult, PartnerCode, PayId, PayKey};
+    let app = TestApp::spawn().await;
+    let request = valid_request();
+    let pay_id = request["payId"].as_str().expect("payId").to_owned();
+    assert_eq!(app.subscribe(request.clone()).await.status, 200);
+    // The job ends declined, as a worker stores it (under the payId's lock).
+    let store = autorenew::store::Store::new(&app.settings.redis).expect("store");
+    let key = PayKey::new(
+        PartnerCode::parse(PARTNER).expect("partner"),
+        PayId::parse(&pay_id).expect("payId"),
+    );
+    let lock = std::time::Duration::from_secs(5);
+    assert!(store.lock_pay_id(&key, "worker", lock).await.expect("lock"));
+    let declined = FinalResult {
+        status: "failed".into(),
+        customer_id: String::new(),
+        sub_id: String::new(),
+        product_id: String::new(),
+        pay_method: String::new(),
+        error: Some(FailureDetail {
+            code: FailureCode::CardDeclined,
+            message: "Your card was declined.".into(),
+            stripe_code: Some("card_declined".into()),
+            decline_code: Some("generic_decline".into()),
+        }),
+        attempts: 1,
+        accepted_at: "2026-01-01T00:00:00Z".into(),
+        completed_at: "2026-01-01T00:00:01Z".into(),
+    };
+    store
+        .finish_job(&key, "worker", &declined)
+        .await
+        .expect("stored");
+
+    let again = app.subscribe(request).await;
+    assert_eq!((again.status, again.code()), (200, "CARD_DECLINED"));
+    let mut forged = valid_request();
+    forged["partnerCode"] = json!(OTHER_PARTNER);
+    let refused = app.post_signed("/stripeSubDirectly", forged, SECRET).await;
+    assert_eq!(refused.code(), "SIGN_INVALID");
+
+    let text = app.get("/metrics").await.text().await.expect("metrics");
+    assert!(
+        text.contains(
+            r#"autorenew_intake_requests_total{route="/stripeSubDirectly",status="200",code="CARD_DECLINED"}"#
+        ),
+        "an F answer is counted under its code, not S: {text}"
+    );
+    assert!(
+        text.contains(&format!(
+            r#"autorenew_intake_sign_invalid_total{{partner="{OTHER_PARTNER}"}}"#
+        )),
+        "{text}"
+    );
+    app.teardown().await;
+}
