@@ -158,6 +158,12 @@ impl Store {
                 .arg("state")
                 .arg("enqueued")
                 .ignore()
+                // The stored job serves only a takeover of a pending claim: once the job is on
+                // the broker it is dead weight, kept for the subscription's whole life.
+                .cmd("HDEL")
+                .arg(&key)
+                .arg("job")
+                .ignore()
                 // NX: only a stub has no expiry yet; a record keeps the one its claim set.
                 .cmd("EXPIRE")
                 .arg(&key)
