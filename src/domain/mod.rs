@@ -8,6 +8,7 @@ pub mod fields;
 pub mod job;
 pub mod money;
 pub mod outcome;
+pub mod push;
 pub mod renewal;
 pub mod request;
 pub mod sign;

@@ -12,6 +12,7 @@ mod logs;
 mod memory_twins;
 mod openapi;
 mod probe;
+mod push;
 mod renewal_records;
 mod settings;
 mod sign_vectors;
