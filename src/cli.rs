@@ -7,6 +7,8 @@ use clap::{Parser, Subcommand};
 use crate::dlq::DlqArgs;
 use crate::loadgen::LoadgenArgs;
 use crate::probe::ProbeArgs;
+use crate::push::ops::PushArgs;
+use crate::push::receiver::ReceiverArgs;
 use crate::reconcile::ReconcileArgs;
 use crate::run::RunArgs;
 use crate::sign_tool::SignArgs;
@@ -40,6 +42,12 @@ pub enum Command {
     Intake,
     /// Consume jobs: create the Stripe subscriptions and publish the result events.
     Worker,
+    /// Push every result event of a partner with a push to its URL, signed, at least once.
+    Notifier,
+    /// The push's state per partner, and its switch: `push status|enable|test`.
+    Push(PushArgs),
+    /// A partner's push endpoint for a laptop and tests: verifies, counts, answers as told.
+    Receiver(ReceiverArgs),
     /// List the dead letters, or replay them into the jobs queue.
     Dlq(DlqArgs),
     /// Feed the Stripe events the intake missed (listed over a window) through its webhook.

@@ -16,6 +16,8 @@
 //!   an outside client would (the sign, HTTP, the results exchange).
 //! - [`worker`]: consumes jobs, runs the Stripe steps under a lock, stores results, publishes
 //!   events, routes retries and dead letters.
+//! - [`push`]: the partner push: `autorenew notifier` (signed deliveries of the result events
+//!   to each partner's URL, a lane per partner), `autorenew push`, `autorenew receiver`.
 //! - [`run`]: `autorenew run`, intake + worker (+ simulator) in one process.
 //! - [`dlq`]: `autorenew dlq list|replay`.
 //! - [`probe`]: `autorenew probe URL`, the containers' healthcheck.
@@ -31,6 +33,7 @@ pub mod domain;
 pub mod intake;
 pub mod loadgen;
 pub mod probe;
+pub mod push;
 pub mod reconcile;
 pub mod run;
 pub mod sign_tool;

@@ -7,7 +7,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
-use crate::{intake, sign_tool, sim, worker};
+use crate::{intake, push, sign_tool, sim, worker};
 
 /// The key `run` gives the worker for its own simulator (any `sk_test_…` works there).
 const SIM_KEY: &str = "sk_test_autorenew_simulator";
@@ -26,6 +26,8 @@ pub struct Running {
     pub intake: SocketAddr,
     pub worker: SocketAddr,
     pub simulator: Option<SocketAddr>,
+    /// The notifier's probes, when a partner has a push.
+    pub notifier: Option<SocketAddr>,
 }
 
 /// Builds the parts; `start` spawns them and returns at once.
@@ -77,11 +79,21 @@ pub async fn start(
         None
     };
     let worker = worker::Application::build(&settings).await?;
+    // The push's notifier, when a partner has a push (CONTRACT §10.5).
+    let notifier = if settings.partners.iter().any(|p| p.push.is_some()) {
+        Some(push::Application::build(&settings).await?)
+    } else {
+        None
+    };
     let running = Running {
         intake: intake.local_addr(),
         worker: worker.local_addr(),
         simulator,
+        notifier: notifier.as_ref().map(push::Application::local_addr),
     };
+    if let Some(notifier) = notifier {
+        tasks.spawn(notifier.run_until_stopped(shutdown.clone()));
+    }
     tasks.spawn(intake.run_until_stopped(shutdown.clone()));
     tasks.spawn(async move {
         let drained = worker.run_until_stopped(shutdown).await;
@@ -107,6 +119,11 @@ pub async fn run(
         "  worker     http://{}  (probes and metrics)",
         running.worker
     );
+    if let Some(notifier) = running.notifier {
+        println!(
+            "  notifier   http://{notifier}  (pushes results to the partners' URLs; probes and metrics)"
+        );
+    }
     match running.simulator {
         Some(sim) => println!(
             "  stripe-sim http://{sim}  (no stripe.secret_key configured; GET /_sim/stats; POST /_sim/advance moves its clock; its webhooks come to the intake)"

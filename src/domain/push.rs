@@ -208,6 +208,91 @@ impl EventHead {
     }
 }
 
+/// Where one event stands with its partner (CONTRACT §10.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryStatus {
+    /// Not delivered yet: attempts go on, or wait for the partner's push to be enabled.
+    Pending,
+    /// A 2xx came.
+    Delivered,
+    /// The schedule is spent without a 2xx; kept for recovery.
+    Failed,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "pending" => Some(DeliveryStatus::Pending),
+            "delivered" => Some(DeliveryStatus::Delivered),
+            "failed" => Some(DeliveryStatus::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// What started an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// The first attempt or a retry of the schedule.
+    Scheduled,
+    /// `POST /resendNotification`: one attempt now, outside the schedule.
+    Resend,
+    /// `POST /recoverNotifications`: one attempt now for each event of a window without a 2xx.
+    Recover,
+}
+
+impl Trigger {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Trigger::Scheduled => "scheduled",
+            Trigger::Resend => "resend",
+            Trigger::Recover => "recover",
+        }
+    }
+
+    pub fn parse(text: Option<&str>) -> Self {
+        match text {
+            Some("resend") => Trigger::Resend,
+            Some("recover") => Trigger::Recover,
+            _ => Trigger::Scheduled,
+        }
+    }
+}
+
+/// One attempt of the log (CONTRACT §10.4).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AttemptRecord {
+    /// RFC 3339, when it was sent.
+    pub at: String,
+    /// None when no answer came.
+    pub http_status: Option<u16>,
+    /// `timeout`, `connect`, `tls`, `blocked`, `other`, or None when an answer came.
+    pub error: Option<String>,
+    pub duration_ms: u64,
+    pub trigger: String,
+}
+
+/// One event with its partner: what `/queryNotifications` answers for each.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Notification {
+    pub webhook_id: String,
+    pub event_id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub time: String,
+    pub status: DeliveryStatus,
+    pub attempts: Vec<AttemptRecord>,
+}
+
 /// The `autorenew.ping` CloudEvent `autorenew push test` sends (`id`: a fresh one each time).
 pub fn ping_event(id: &str, partner: &str, source: &str, now_rfc3339: &str) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({

@@ -11,6 +11,7 @@ mod connection;
 mod intake_record;
 mod job;
 mod keys;
+mod push;
 mod renewal;
 mod stripe_event;
 
@@ -26,6 +27,7 @@ pub use cancel_record::CancelClaim;
 pub use intake_record::{Claim, ClaimOutcome, RecordView};
 pub use job::JobStart;
 pub use keys::Keys;
+pub use push::{BreakerStep, NewNotification, PushCounts, PushState};
 pub use stripe_event::EventClaim;
 
 /// How long one Redis command may take before the caller gives up on it.

@@ -1,4 +1,6 @@
 //! The partner push (CONTRACT §10): configuration, signing, delivery, the partner calls.
 
+pub mod bed;
 mod config;
+mod delivery;
 pub mod signing;
