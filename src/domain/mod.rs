@@ -9,6 +9,7 @@ pub mod job;
 pub mod money;
 pub mod outcome;
 pub mod push;
+pub mod push_calls;
 pub mod renewal;
 pub mod request;
 pub mod sign;

@@ -81,8 +81,9 @@ pub fn webhook_id(event_id: &str) -> String {
 
 /// Whether `id` has the shape [`webhook_id`] gives (partners' calls name one).
 pub fn is_webhook_id(id: &str) -> bool {
-    id.strip_prefix("msg_")
-        .is_some_and(|hex| hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+    id.strip_prefix("msg_").is_some_and(|hex| {
+        hex.len() == 32 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    })
 }
 
 /// The `webhook-signature` header: `v1,<base64>` for each secret, space-separated.
