@@ -13,7 +13,7 @@ use crate::helpers::{OTHER_PARTNER, PARTNER, poll_until};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
-fn headers_of(arrival: &autorenew::push::receiver::Arrival) -> HeaderMap {
+pub fn headers_of(arrival: &autorenew::push::receiver::Arrival) -> HeaderMap {
     let mut headers = HeaderMap::new();
     let value = |text: &str| HeaderValue::from_str(text).expect("header");
     headers.insert(push::ID_HEADER, value(&arrival.webhook_id));
@@ -259,6 +259,13 @@ async fn a_partner_whose_endpoint_never_answers_does_not_delay_another() {
         "the healthy partner waits: {:?}",
         bed.receiver.counts(PARTNER)
     );
+    // Every delivery verifies with the Standard Webhooks reference library.
+    let reference = standardwebhooks::Webhook::new(&bed.secret).expect("secret");
+    for arrival in bed.receiver.arrivals(PARTNER) {
+        reference
+            .verify(&arrival.body, &headers_of(&arrival))
+            .expect("the reference library verifies every push");
+    }
     // Meanwhile the dead endpoint still holds its four, capped by max_in_flight.
     assert_eq!(bed.receiver.counts(OTHER_PARTNER).received, 4);
     bed.teardown().await;

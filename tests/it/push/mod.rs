@@ -3,5 +3,6 @@
 pub mod bed;
 mod calls;
 mod config;
-mod delivery;
+pub mod delivery;
+mod end_to_end;
 pub mod signing;
