@@ -244,6 +244,41 @@ fn classify(error: &hyper_util::client::legacy::Error) -> &'static str {
 mod tests {
     use super::*;
 
+    fn settings(allow_private: bool) -> PushSettings {
+        PushSettings {
+            allow_private_networks: allow_private,
+            timeout_secs: 2.0,
+            connect_timeout_secs: 1.0,
+            ..PushSettings::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn private_addresses_are_refused_unless_allowed() {
+        assert!(check_host("127.0.0.1", false).await.is_err());
+        assert!(check_host("[::1]", false).await.is_err());
+        assert!(check_host("localhost", false).await.is_err());
+        assert!(check_host("127.0.0.1", true).await.is_ok());
+
+        let guarded = PushClient::new(&settings(false)).expect("client");
+        let body = Bytes::from_static(b"{}");
+        for url in [
+            "http://127.0.0.1:9/hook",
+            "http://localhost:9/hook",
+            "http://[::1]:9/hook",
+        ] {
+            let attempted = guarded.send(url, "msg_1", &[], &body).await;
+            assert_eq!(attempted.error, Some("blocked"), "{url}");
+            assert_eq!(attempted.status, None);
+        }
+        // Allowed, the same address is tried: nothing listens on port 9.
+        let open = PushClient::new(&settings(true)).expect("client");
+        let attempted = open
+            .send("http://127.0.0.1:9/hook", "msg_1", &[], &body)
+            .await;
+        assert_eq!(attempted.error, Some("connect"));
+    }
+
     #[test]
     fn retry_after_reads_seconds_and_dates() {
         let value = |s: &str| HeaderValue::from_str(s).expect("value");

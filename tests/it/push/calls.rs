@@ -228,3 +228,36 @@ async fn the_partner_calls_refuse_what_is_not_the_partners_own_or_not_valid() {
     bed.teardown().await;
     intake.teardown().await;
 }
+
+#[tokio::test]
+async fn failing_without_a_2xx_for_disable_after_hours_disables_the_push() {
+    let bed = Bed::start(|_| {}).await;
+    let store = &bed.store;
+    let (cooldown, longest) = (Duration::from_secs(30), Duration::from_secs(600));
+
+    // Long failing: the first failure starts the clock; with a zero allowance it disables.
+    let step = store
+        .push_failure(
+            PARTNER,
+            1_000,
+            cooldown,
+            longest,
+            Duration::from_secs(3_600),
+        )
+        .await
+        .expect("failure");
+    assert!(!step.disabled && !step.opened);
+    let step = store
+        .push_failure(PARTNER, 1_000, cooldown, longest, Duration::ZERO)
+        .await
+        .expect("failure");
+    assert!(step.disabled);
+    let state = store.push_state(PARTNER).await.expect("state");
+    assert!(state.disabled, "{state:?}");
+    assert!(state.disabled_reason.contains("disable_after_hours"));
+
+    // `push enable` clears it; a 2xx clears the failing clock.
+    store.push_enable(PARTNER).await.expect("enable");
+    assert!(!store.push_state(PARTNER).await.expect("state").disabled);
+    bed.teardown().await;
+}
