@@ -378,3 +378,56 @@ async fn a_notifier_killed_mid_delivery_loses_nothing() {
     assert_eq!(seen, expected);
     bed.teardown().await;
 }
+
+#[tokio::test]
+async fn a_429_with_retry_after_delays_the_next_attempt_to_at_least_that() {
+    let mut bed = Bed::start(|settings| settings.push.retry_schedule_secs = vec![0.2, 2.0]).await;
+    bed.behave(
+        PARTNER,
+        Behaviour {
+            status: Some(429),
+            retry_after: Some("1".into()),
+            ..Behaviour::default()
+        },
+    );
+    bed.spawn_notifier().await;
+
+    let (event_id, _) = bed.publish(PARTNER).await;
+    let first = poll_until(LIMIT, || async {
+        bed.receiver.counts(PARTNER).received >= 1
+    })
+    .await;
+    assert!(first, "no first attempt");
+    bed.behave(PARTNER, Behaviour::default());
+    let pay_id = event_id.split(':').next().unwrap_or("").to_owned();
+    let delivered = poll_until(LIMIT, || async {
+        bed.store
+            .push_notifications(PARTNER, &pay_id)
+            .await
+            .unwrap_or_default()
+            .first()
+            .is_some_and(|n| n.status == DeliveryStatus::Delivered)
+    })
+    .await;
+    assert!(delivered, "not delivered after the Retry-After");
+    let log = bed
+        .store
+        .push_notifications(PARTNER, &pay_id)
+        .await
+        .expect("log");
+    let at = |i: usize| {
+        time::OffsetDateTime::parse(
+            &log[0].attempts[i].at,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .expect("RFC 3339")
+    };
+    assert_eq!(log[0].attempts[0].http_status, Some(429));
+    // The schedule says 0.2 s (±20 %); Retry-After asks for 1 s, within the longest delay.
+    let gap = at(1) - at(0);
+    assert!(
+        gap >= time::Duration::milliseconds(990),
+        "retried after {gap}"
+    );
+    bed.teardown().await;
+}
