@@ -307,11 +307,19 @@ async fn the_breaker_opens_after_consecutive_failures_and_a_probe_closes_it() {
         "not all delivered after the probe: {:?}",
         bed.receiver.counts(PARTNER)
     );
-    let state = bed.store.push_state(PARTNER).await.expect("state");
-    assert_eq!(
-        (state.open_until_ms, state.failures),
-        (0, 0),
-        "the breaker is closed"
+    // The receiver counts a push before its answer reaches the notifier: wait for the 2xx's
+    // effect on the breaker.
+    let closed = poll_until(LIMIT, || async {
+        bed.store
+            .push_state(PARTNER)
+            .await
+            .is_ok_and(|s| s.open_until_ms == 0 && s.failures == 0)
+    })
+    .await;
+    assert!(
+        closed,
+        "the breaker is not closed: {:?}",
+        bed.store.push_state(PARTNER).await
     );
     bed.teardown().await;
 }
