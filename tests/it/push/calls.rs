@@ -261,3 +261,46 @@ async fn failing_without_a_2xx_for_disable_after_hours_disables_the_push() {
     assert!(!store.push_state(PARTNER).await.expect("state").disabled);
     bed.teardown().await;
 }
+
+// Multi-threaded: the receiver serves while the test waits on the child process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_test_sends_a_signed_ping_and_push_status_reports_the_partner() {
+    let bed = Bed::start(|_| {}).await;
+    let binary = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_autorenew"))
+            .arg("--config")
+            .arg(&bed.config_path)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("autorenew runs")
+    };
+
+    let tested = binary(&["push", "test", PARTNER]);
+    let printed = String::from_utf8_lossy(&tested.stdout).into_owned();
+    assert!(
+        tested.status.success(),
+        "{printed} {}",
+        String::from_utf8_lossy(&tested.stderr)
+    );
+    assert!(printed.contains("HTTP 200"), "{printed}");
+    let arrival = bed.receiver.arrivals(PARTNER).remove(0);
+    assert!(arrival.verified);
+    let ping: Value = serde_json::from_slice(&arrival.body).expect("a CloudEvent");
+    assert_eq!(ping["type"], push::PING_TYPE);
+
+    bed.store
+        .push_disable(PARTNER, "410 Gone")
+        .await
+        .expect("disable");
+    let status = binary(&["push", "status", PARTNER]);
+    let printed = String::from_utf8_lossy(&status.stdout).into_owned();
+    assert!(status.status.success(), "{printed}");
+    assert!(
+        printed.starts_with(&format!("{PARTNER}: disabled (410 Gone), breaker closed")),
+        "{printed}"
+    );
+    assert!(printed.contains("pending 0, failed 0"), "{printed}");
+    assert!(!binary(&["push", "status", "NOBODY"]).status.success());
+    bed.teardown().await;
+}
