@@ -8,6 +8,8 @@ use crate::dlq::DlqArgs;
 use crate::events::EventsArgs;
 use crate::loadgen::LoadgenArgs;
 use crate::probe::ProbeArgs;
+use crate::push::ops::PushArgs;
+use crate::push::receiver::ReceiverArgs;
 use crate::reconcile::ReconcileArgs;
 use crate::run::RunArgs;
 use crate::sign_tool::SignArgs;
@@ -41,6 +43,12 @@ pub enum Command {
     Intake,
     /// Consume jobs: create the Stripe subscriptions and publish the result events.
     Worker,
+    /// Push every result event of a partner with a push to its URL, signed, at least once.
+    Notifier,
+    /// The push's state per partner, and its switch: `push status|enable|test`.
+    Push(PushArgs),
+    /// A partner's push endpoint for a laptop and tests: verifies, counts, answers as told.
+    Receiver(ReceiverArgs),
     /// List the dead letters, replay them into the jobs queue, or drop a poison message.
     Dlq(DlqArgs),
     /// Print the result events as they are published, one JSON object a line, until Ctrl-C.

@@ -11,6 +11,9 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+mod push;
+pub use push::{PartnerPush, PushSettings, is_public};
+
 /// The default configuration file, at the repository root.
 pub const DEFAULT_CONFIG_FILE: &str = "config.toml";
 /// Prefix of the environment variables that override the file: `AUTORENEW__AMQP__URL`.
@@ -66,6 +69,9 @@ pub struct Settings {
     pub plans: BTreeMap<String, PlanSettings>,
     #[serde(default)]
     pub log: LogSettings,
+    /// The partner push (CONTRACT §10.2).
+    #[serde(default)]
+    pub push: PushSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -305,6 +311,9 @@ pub struct PartnerSettings {
     /// This partner's intake rate (requests/s); unset: `intake.partner_rate_limit_per_second`.
     #[serde(default)]
     pub rate_limit_per_second: Option<u32>,
+    /// Where and how this partner's results are pushed (CONTRACT §10); none: no push.
+    #[serde(default)]
+    pub push: Option<PartnerPush>,
 }
 
 impl PartnerSettings {
@@ -317,6 +326,7 @@ impl PartnerSettings {
             secrets_env: Vec::new(),
             allow_empty_secret: false,
             rate_limit_per_second: None,
+            push: None,
         }
     }
 
@@ -421,7 +431,7 @@ impl Settings {
                 partner.secrets.push(secret);
             }
         }
-        Ok(())
+        push::resolve_env(&mut self.partners, read)
     }
 
     /// Checks what serde cannot: addresses, ranges, partner secrets, plan intervals.
@@ -564,6 +574,7 @@ impl Settings {
         if self.stripe.webhook_tolerance_secs == 0 {
             return Err(invalid("stripe.webhook_tolerance_secs", "must be above 0"));
         }
+        self.push.check()?;
         self.check_partners()?;
         for (plan_id, plan) in &self.plans {
             if !matches!(plan.interval.as_str(), "day" | "week" | "month" | "year") {
@@ -612,6 +623,9 @@ impl Settings {
                         partner.code
                     ),
                 ));
+            }
+            if let Some(push) = &partner.push {
+                self.push.check_partner(&key, partner, push)?;
             }
         }
         Ok(())

@@ -16,6 +16,8 @@
 //!   an outside client would (the sign, HTTP, the results exchange).
 //! - [`worker`]: consumes jobs, runs the Stripe steps under a lock, stores results, publishes
 //!   events, routes retries and dead letters.
+//! - [`push`]: the partner push: `autorenew notifier` (signed deliveries of the result events
+//!   to each partner's URL, a lane per partner), `autorenew push`, `autorenew receiver`.
 //! - [`rebuild`]: a payId's records put back from Stripe when Redis has lost them.
 //! - [`run`]: `autorenew run`, intake + worker (+ simulator) in one process.
 //! - [`dlq`]: `autorenew dlq list|replay|drop`.
@@ -34,6 +36,7 @@ pub mod events;
 pub mod intake;
 pub mod loadgen;
 pub mod probe;
+pub mod push;
 pub mod rebuild;
 pub mod reconcile;
 pub mod run;

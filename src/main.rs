@@ -7,8 +7,8 @@ use tokio_util::sync::CancellationToken;
 use autorenew::cli::{Cli, Command};
 use autorenew::config::Settings;
 use autorenew::{
-    dlq, events, intake, loadgen, probe, reconcile, run as run_all, sign_tool, sim, telemetry,
-    worker,
+    dlq, events, intake, loadgen, probe, push, reconcile, run as run_all, sign_tool, sim,
+    telemetry, worker,
 };
 
 #[tokio::main]
@@ -58,6 +58,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Worker => {
             let settings = load()?;
             worker::run(settings, shutdown_on_signal()).await
+        }
+        Command::Notifier => {
+            let settings = load()?;
+            push::run(settings, shutdown_on_signal()).await
+        }
+        Command::Push(args) => {
+            let settings = load()?;
+            push::ops::run(settings, args).await
+        }
+        Command::Receiver(args) => {
+            let settings = load()?;
+            push::receiver::run(settings, args, shutdown_on_signal()).await
         }
         Command::Dlq(args) => {
             let settings = load()?;

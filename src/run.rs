@@ -7,7 +7,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
-use crate::{intake, sign_tool, sim, worker};
+use crate::{intake, push, sign_tool, sim, worker};
 
 /// The key `run` gives the worker for its own simulator (any `sk_test_…` works there).
 pub const SIM_KEY: &str = "sk_test_autorenew_simulator";
@@ -33,6 +33,8 @@ pub struct Running {
     pub intake: SocketAddr,
     pub worker: SocketAddr,
     pub simulator: Option<SocketAddr>,
+    /// The notifier's probes, when a partner has a push.
+    pub notifier: Option<SocketAddr>,
     /// The Redis key prefix in use: with the simulator, one of this run's own.
     pub redis_key_prefix: String,
 }
@@ -40,8 +42,9 @@ pub struct Running {
 /// The Redis key prefix of a run with the built-in simulator: the configured one and the
 /// moment (Unix milliseconds) the run started. The simulator starts empty every time, so the
 /// results, records and customers Redis remembers from an earlier run name objects it does not
-/// know; keys of their own keep each run's Redis in step with its simulator. They expire with
-/// `redis.record_ttl_secs`.
+/// know; keys of their own keep each run's Redis in step with its simulator. Those of ended or
+/// failed payIds expire with `redis.record_ttl_secs`; a live subscription's stay, as in
+/// production (delete them with `redis-cli --scan --pattern '<prefix>.run-*'` on a laptop).
 pub fn run_key_prefix(configured: &str) -> String {
     let millis = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
     format!("{configured}.run-{millis}")
@@ -102,12 +105,22 @@ pub async fn start(
         None
     };
     let worker = worker::Application::build(&settings).await?;
+    // The push's notifier, when a partner has a push (CONTRACT §10.5).
+    let notifier = if settings.partners.iter().any(|p| p.push.is_some()) {
+        Some(push::Application::build(&settings).await?)
+    } else {
+        None
+    };
     let running = Running {
         intake: intake.local_addr(),
         worker: worker.local_addr(),
         simulator,
+        notifier: notifier.as_ref().map(push::Application::local_addr),
         redis_key_prefix: settings.redis.key_prefix.clone(),
     };
+    if let Some(notifier) = notifier {
+        tasks.spawn(notifier.run_until_stopped(shutdown.clone()));
+    }
     tasks.spawn(intake.run_until_stopped(shutdown.clone()));
     tasks.spawn(async move {
         let drained = worker.run_until_stopped(shutdown).await;
@@ -133,6 +146,11 @@ pub async fn run(
         "  worker     http://{}  (probes and metrics)",
         running.worker
     );
+    if let Some(notifier) = running.notifier {
+        println!(
+            "  notifier   http://{notifier}  (pushes results to the partners' URLs; probes and metrics)"
+        );
+    }
     match running.simulator {
         Some(sim) => {
             println!(

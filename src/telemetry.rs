@@ -89,11 +89,14 @@ static BUCKETS: OnceLock<Vec<(&'static str, Vec<f64>)>> = OnceLock::new();
 /// Sizes the histograms for `settings`. Call before anything records (start-up); a process that
 /// never calls it (a test) gets the buckets of the default settings.
 pub fn configure_metrics(settings: &Settings) {
-    let _ = BUCKETS.set(histogram_buckets(
-        &settings.intake,
-        &settings.stripe,
-        &settings.worker,
-    ));
+    let mut buckets = histogram_buckets(&settings.intake, &settings.stripe, &settings.worker);
+    // A push delivered by the last retry of its schedule: the schedule's whole length and the
+    // attempts' timeouts, plus the 20 % of jitter.
+    let push = &settings.push;
+    let attempts = push.retry_schedule_secs.len() as f64 + 1.0;
+    let longest = 1.2 * push.retry_schedule_secs.iter().sum::<f64>() + attempts * push.timeout_secs;
+    buckets.push((crate::push::DELIVERY_SECONDS, ladder_to(longest)));
+    let _ = BUCKETS.set(buckets);
 }
 
 /// The process-wide Prometheus recorder. Installed on first use: several apps in one process

@@ -4,6 +4,7 @@
 mod connection;
 mod jobs;
 mod publish;
+pub mod push;
 pub mod topology;
 
 pub use connection::Broker;

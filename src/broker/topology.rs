@@ -27,6 +27,8 @@ pub struct Topology {
     retry_delays: Vec<Duration>,
     lock_delay: Duration,
     reconcile_delay: Duration,
+    /// The partner push's queues (see `push.rs`).
+    push: super::push::PushTopology,
 }
 
 impl Topology {
@@ -41,7 +43,18 @@ impl Topology {
             retry_delays,
             lock_delay,
             reconcile_delay,
+            push: super::push::PushTopology::default(),
         }
+    }
+
+    /// This topology with the push's queues (CONTRACT §10).
+    pub fn with_push(mut self, push: super::push::PushTopology) -> Self {
+        self.push = push;
+        self
+    }
+
+    pub fn push(&self) -> &super::push::PushTopology {
+        &self.push
     }
 
     /// The topology `settings` name.
@@ -58,6 +71,9 @@ impl Topology {
             millis(settings.worker.lock_retry_delay_ms),
             millis(settings.amqp.reconcile_delay_ms),
         )
+        // Every process declares the push queues: an event published before any notifier ran
+        // still waits for its partner.
+        .with_push(super::push::PushTopology::from_settings(settings))
     }
 
     /// Every queue of the topology, for tools and tests that clean up after themselves.
@@ -70,6 +86,7 @@ impl Topology {
             self.reconcile_queue(),
         ];
         queues.extend(self.retry_queues().into_iter().map(|(_, name)| name));
+        queues.extend(self.push_queues());
         queues
     }
 
@@ -250,7 +267,7 @@ impl Topology {
                 FieldTable::default(),
             )
             .await?;
-        Ok(())
+        self.declare_push(channel).await
     }
 }
 
@@ -266,7 +283,7 @@ fn long_string(value: &str) -> AMQPValue {
 }
 
 /// `10s`, `1m`, `1h`, or milliseconds when it is not a whole second.
-fn humanize(delay: Duration) -> String {
+pub(super) fn humanize(delay: Duration) -> String {
     let millis = delay.as_millis();
     let secs = delay.as_secs();
     if !millis.is_multiple_of(1000) {

@@ -8,6 +8,8 @@ pub mod fields;
 pub mod job;
 pub mod money;
 pub mod outcome;
+pub mod push;
+pub mod push_calls;
 pub mod renewal;
 pub mod request;
 pub mod sign;

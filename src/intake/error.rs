@@ -35,6 +35,8 @@ pub enum IntakeError {
     PayIdBusy,
     #[error("payId cannot be canceled: {0}")]
     PayIdNotCancelable(&'static str),
+    #[error("no push of this partner has this webhook_id")]
+    NotificationUnknown,
     #[error("the Stripe-Signature does not verify: {0}")]
     WebhookSignature(#[from] SignatureError),
     #[error("another delivery of this Stripe event is being enqueued; retry shortly")]
@@ -75,6 +77,7 @@ impl IntakeError {
         "PAY_ID_NOT_CANCELABLE",
         "WEBHOOK_SIGNATURE_INVALID",
         "WEBHOOK_EVENT_BUSY",
+        "NOTIFICATION_UNKNOWN",
     ];
 
     pub fn status(&self) -> StatusCode {
@@ -86,7 +89,9 @@ impl IntakeError {
             IntakeError::PartnerUnknown(_)
             | IntakeError::SignInvalid
             | IntakeError::TradeTimeExpired { .. } => StatusCode::UNAUTHORIZED,
-            IntakeError::PayIdUnknown | IntakeError::NotFound => StatusCode::NOT_FOUND,
+            IntakeError::PayIdUnknown
+            | IntakeError::NotificationUnknown
+            | IntakeError::NotFound => StatusCode::NOT_FOUND,
             IntakeError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             IntakeError::PayIdConflict | IntakeError::PayIdNotCancelable(_) => StatusCode::CONFLICT,
             IntakeError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
@@ -113,6 +118,7 @@ impl IntakeError {
             IntakeError::PayIdConflict => "PAY_ID_CONFLICT",
             IntakeError::PayIdBusy => "PAY_ID_BUSY",
             IntakeError::PayIdNotCancelable(_) => "PAY_ID_NOT_CANCELABLE",
+            IntakeError::NotificationUnknown => "NOTIFICATION_UNKNOWN",
             IntakeError::WebhookSignature(_) => "WEBHOOK_SIGNATURE_INVALID",
             IntakeError::WebhookEventBusy => "WEBHOOK_EVENT_BUSY",
             IntakeError::RateLimited => "RATE_LIMITED",
@@ -133,6 +139,7 @@ impl IntakeError {
             | IntakeError::PayIdConflict
             | IntakeError::PayIdBusy
             | IntakeError::PayIdNotCancelable(_) => Some("payId".into()),
+            IntakeError::NotificationUnknown => Some("webhook_id".into()),
             _ => None,
         }
     }
@@ -235,6 +242,7 @@ mod tests {
             IntakeError::PayIdNotCancelable("its creation failed"),
             IntakeError::WebhookSignature(SignatureError::NoMatch),
             IntakeError::WebhookEventBusy,
+            IntakeError::NotificationUnknown,
             IntakeError::RateLimited,
             IntakeError::NotFound,
             IntakeError::MethodNotAllowed,
@@ -256,6 +264,7 @@ mod tests {
                 | IntakeError::PayIdNotCancelable(_)
                 | IntakeError::WebhookSignature(_)
                 | IntakeError::WebhookEventBusy
+                | IntakeError::NotificationUnknown
                 | IntakeError::RateLimited
                 | IntakeError::NotFound
                 | IntakeError::MethodNotAllowed

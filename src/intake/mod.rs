@@ -8,6 +8,7 @@ mod marks;
 mod metrics;
 mod openapi;
 mod partners;
+mod push_calls;
 mod renewal_query;
 mod renewal_record;
 mod request_id;
@@ -149,6 +150,12 @@ fn router(state: Arc<AppState>) -> Router {
         .route(
             "/queryAutoRenewalRecord",
             post(renewal_query::query_auto_renewal),
+        )
+        .route("/queryNotifications", post(push_calls::query_notifications))
+        .route("/resendNotification", post(push_calls::resend_notification))
+        .route(
+            "/recoverNotifications",
+            post(push_calls::recover_notifications),
         )
         .route("/stripe/webhook", post(webhook::stripe_webhook))
         .route("/healthz", get(health::healthz))

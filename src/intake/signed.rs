@@ -13,6 +13,7 @@ use super::error::{IntakeError, Refusal};
 use super::metrics::SIGN_INVALID_TOTAL;
 use super::state::AppState;
 use crate::domain::cancel::CancelRequest;
+use crate::domain::push_calls::{NotificationQuery, RecoverRequest, ResendRequest};
 use crate::domain::renewal::RenewalQuery;
 use crate::domain::request::{PartnerCode, PayId, TradeTime};
 use crate::domain::{FieldError, ResultQuery, SignedFields, SubscriptionRequest};
@@ -71,6 +72,25 @@ impl SignedBody for RenewalQuery {
         self.trade_time
     }
 }
+
+/// The push's calls (CONTRACT §10.4).
+macro_rules! signed_push_call {
+    ($($kind:ty),*) => {$(
+        impl SignedBody for $kind {
+            fn parse(body: &[u8]) -> Result<(Self, SignedFields), FieldError> {
+                <$kind>::parse(body)
+            }
+            fn partner(&self) -> &PartnerCode {
+                &self.partner_code
+            }
+            fn trade_time(&self) -> TradeTime {
+                self.trade_time
+            }
+        }
+    )*};
+}
+
+signed_push_call!(NotificationQuery, ResendRequest, RecoverRequest);
 
 /// A body whose every check passed.
 #[derive(Debug)]

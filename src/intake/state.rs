@@ -20,6 +20,8 @@ pub struct Limits {
     pub max_wait: Duration,
     pub publish_timeout: Duration,
     pub request_timeout_ms: u64,
+    /// How far back `/recoverNotifications` may reach (`push.log_retention_days`).
+    pub push_retention: Duration,
 }
 
 impl Limits {
@@ -30,6 +32,9 @@ impl Limits {
             max_wait: Duration::from_secs(settings.intake.max_wait_secs),
             publish_timeout: settings.publish_timeout(),
             request_timeout_ms: settings.intake.request_timeout_ms,
+            push_retention: Duration::from_secs(
+                u64::from(settings.push.log_retention_days) * 86_400,
+            ),
         }
     }
 }

@@ -82,6 +82,12 @@ impl Keys {
         format!("{}:rate:{{{}}}", self.prefix, partner)
     }
 
+    /// A key of a partner's push (CONTRACT §10): its notifications, their attempts and indexes,
+    /// its breaker. The partner is the hash tag, so a script sees all of them on a cluster.
+    pub fn push(&self, partner: &str, rest: &str) -> String {
+        format!("{}:push:{{{}}}:{}", self.prefix, partner, rest)
+    }
+
     /// The shared Stripe request budget.
     pub fn stripe_budget(&self) -> String {
         format!("{}:stripe-budget", self.prefix)

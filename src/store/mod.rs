@@ -12,6 +12,7 @@ mod intake_record;
 mod job;
 mod keys;
 mod migrate;
+mod push;
 mod rebuild;
 mod renewal;
 mod stripe_event;
@@ -29,6 +30,7 @@ pub use intake_record::{Claim, ClaimOutcome, RecordView};
 pub use job::JobStart;
 pub use keys::Keys;
 pub use migrate::Migrated;
+pub use push::{BreakerStep, NewNotification, PushCounts, PushState};
 pub use stripe_event::EventClaim;
 
 /// How long one Redis command may take before the caller gives up on it.

@@ -14,6 +14,7 @@ mod logs;
 mod memory_twins;
 mod openapi;
 mod probe;
+mod push;
 mod renewal_records;
 mod run_command;
 mod settings;

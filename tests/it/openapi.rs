@@ -7,6 +7,7 @@ use std::time::Duration;
 use autorenew::broker::BrokerError;
 use autorenew::domain::cancel::{CANCEL_FIELDS, CANCEL_TRADE_TYPE};
 use autorenew::domain::money::Currency;
+use autorenew::domain::push_calls::{QUERY_NOTIFICATIONS_FIELDS, RECOVER_FIELDS, RESEND_FIELDS};
 use autorenew::domain::renewal::{QUERY_TRADE_TYPE, RENEWAL_QUERY_FIELDS};
 use autorenew::domain::request::{RESULT_QUERY_FIELDS, SUBSCRIPTION_FIELDS, VERSION};
 use autorenew::domain::webhook::SignatureError;
@@ -116,6 +117,7 @@ fn one_of_each() -> Vec<IntakeError> {
         IntakeError::PayIdNotCancelable("canceled already"),
         IntakeError::WebhookSignature(SignatureError::Missing),
         IntakeError::WebhookEventBusy,
+        IntakeError::NotificationUnknown,
         IntakeError::RateLimited,
         IntakeError::NotFound,
         IntakeError::MethodNotAllowed,
@@ -185,6 +187,9 @@ fn the_request_schemas_list_every_field_as_a_required_non_empty_string() {
         ("ResultQueryRequest", RESULT_QUERY_FIELDS, &[]),
         ("CancelRequest", CANCEL_FIELDS, &["when"]),
         ("RenewalQueryRequest", RENEWAL_QUERY_FIELDS, &[]),
+        ("NotificationQueryRequest", QUERY_NOTIFICATIONS_FIELDS, &[]),
+        ("ResendNotificationRequest", RESEND_FIELDS, &[]),
+        ("RecoverNotificationsRequest", RECOVER_FIELDS, &["until"]),
     ] {
         let schema = schema(&doc, name);
         let required: Vec<&str> = schema["required"]
@@ -320,7 +325,15 @@ fn job_failure_codes_are_documented() {
 #[test]
 fn every_response_schema_has_the_flat_fields() {
     let doc = document();
-    for name in ["JobStatus", "Refusal", "RenewalRecord", "WebhookReceipt"] {
+    for name in [
+        "JobStatus",
+        "Refusal",
+        "RenewalRecord",
+        "WebhookReceipt",
+        "Notifications",
+        "ResendReceipt",
+        "RecoverReceipt",
+    ] {
         let required = strings(&schema(&doc, name)["required"]);
         for field in FLAT_FIELDS {
             assert!(required.contains(*field), "{name} does not require {field}");

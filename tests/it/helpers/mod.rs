@@ -309,7 +309,12 @@ pub async fn read_queue(queue: &str, count: usize, limit: Duration) -> Vec<Recei
 /// Deletes the queues and exchanges of a test's topology on the shared broker.
 pub async fn delete_topology(topology: &autorenew::broker::Topology) {
     let queues = topology.queues();
-    let exchanges = [topology.jobs(), topology.dead(), topology.results()];
+    let exchanges = [
+        topology.jobs(),
+        topology.dead(),
+        topology.results(),
+        topology.push_return(),
+    ];
     delete_names(&queues, &exchanges).await;
 }
 

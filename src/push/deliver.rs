@@ -1,0 +1,284 @@
+//! One push message, from its delivery to its settling: record the event, attempt it unless
+//! the partner is paused, log the attempt, feed the breaker, then ack, schedule the retry, or
+//! hand the message back. Acked only after a 2xx, or once the attempt is logged and its retry
+//! is confirmed on a wait queue: a notifier that dies before that leaves the message to be
+//! delivered again, under the same `webhook-id`.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+
+use super::client::Attempted;
+use super::lane::Lane;
+use super::retry::{self, Next};
+use super::{ATTEMPTS_TOTAL, DELIVERY_SECONDS, Notifier, PUBLISH_TIMEOUT};
+use crate::broker::push::{PushHeaders, PushMessage};
+use crate::domain::push::{self, AttemptRecord, DeliveryStatus, EventHead, Trigger};
+use crate::store::NewNotification;
+
+/// How long a message waits before it is handed back after Redis failed it, so a Redis outage
+/// is not a redelivery loop.
+const STORE_TROUBLE_PAUSE: Duration = Duration::from_secs(1);
+
+/// How a delivery ends on the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    Ack,
+    /// Back to the partner's queue, no attempt spent: the partner is paused or disabled, or
+    /// Redis or RabbitMQ could not record the outcome.
+    HandBack,
+}
+
+/// The follow-up a finished attempt asks for.
+enum Then {
+    Done,
+    Retry(Duration),
+    Disable,
+}
+
+impl Notifier {
+    pub(super) async fn handle(self: Arc<Self>, lane: Arc<Lane>, delivery: Delivery) {
+        let headers = PushHeaders::read(&delivery.properties);
+        let trigger = Trigger::parse(headers.trigger.as_deref());
+        let body = Bytes::from(delivery.data.clone());
+        let settle = self.deliver(&lane, &body, headers.attempts, trigger).await;
+        let done = match settle {
+            Settle::Ack => delivery.ack(BasicAckOptions::default()).await,
+            Settle::HandBack => {
+                delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..BasicNackOptions::default()
+                    })
+                    .await
+            }
+        };
+        if let Err(error) = done {
+            // The channel is gone: RabbitMQ delivers the message again.
+            tracing::warn!(%error, partner = %lane.partner, "push ack/nack failed; redelivered");
+        }
+    }
+
+    /// `attempts`: the scheduled attempts of this event that failed before.
+    pub async fn deliver(
+        &self,
+        lane: &Lane,
+        body: &Bytes,
+        attempts: u32,
+        trigger: Trigger,
+    ) -> Settle {
+        let partner = lane.partner.as_str();
+        let head = match EventHead::parse(body) {
+            Ok(head) => head,
+            Err(error) => {
+                // Nothing can be signed under a stable id without the event's id.
+                tracing::error!(partner, %error, "an unreadable result event is not pushed");
+                metrics::counter!(ATTEMPTS_TOTAL, "partner" => lane.partner.clone(), "outcome" => "unreadable")
+                    .increment(1);
+                return Settle::Ack;
+            }
+        };
+        let webhook_id = push::webhook_id(&head.id);
+        let time_ms = event_time_ms(&head.time);
+        let record = NewNotification {
+            webhook_id: &webhook_id,
+            event_id: &head.id,
+            kind: &head.kind,
+            time: &head.time,
+            pay_id: &head.subject,
+            body,
+            time_ms,
+        };
+        let status = match self
+            .store
+            .push_record(partner, &record, self.retention)
+            .await
+        {
+            Ok(status) => status,
+            Err(error) => return self.store_trouble(partner, &error).await,
+        };
+        if status == DeliveryStatus::Delivered && trigger == Trigger::Scheduled {
+            // A copy of a delivered event (a retry or a redelivery after a crash): done.
+            return Settle::Ack;
+        }
+        if lane.paused.load(Ordering::SeqCst) {
+            return Settle::HandBack;
+        }
+
+        let at = now_rfc3339();
+        let attempted = self
+            .client
+            .send(&lane.url, &webhook_id, &lane.secrets, body)
+            .await;
+        metrics::counter!(ATTEMPTS_TOTAL, "partner" => lane.partner.clone(), "outcome" => attempted.outcome())
+            .increment(1);
+        let (status, then) = self.judge(&attempted, attempts, trigger);
+        let entry = AttemptRecord {
+            at,
+            http_status: attempted.status,
+            error: attempted.error.map(str::to_owned),
+            duration_ms: u64::try_from(attempted.duration.as_millis()).unwrap_or(u64::MAX),
+            trigger: trigger.as_str().to_owned(),
+        };
+        tracing::info!(
+            partner,
+            webhook_id,
+            event_id = %head.id,
+            status = ?attempted.status,
+            error = ?attempted.error,
+            trigger = trigger.as_str(),
+            "push attempt"
+        );
+        let logged = self
+            .store
+            .push_attempt(partner, &webhook_id, &entry, status, self.retention)
+            .await;
+        if let Err(error) = logged {
+            return self.store_trouble(partner, &error).await;
+        }
+        if let Err(error) = self.feed_breaker(lane, &attempted).await {
+            tracing::warn!(partner, %error, "the breaker could not be updated");
+        }
+        if attempted.delivered() {
+            let first = attempts == 0 && trigger == Trigger::Scheduled;
+            let seconds = (now_ms() - time_ms).max(0) as f64 / 1000.0;
+            metrics::histogram!(DELIVERY_SECONDS, "partner" => lane.partner.clone(), "attempt" => if first { "first" } else { "retry" })
+                .record(seconds);
+        }
+        match then {
+            Then::Done => Settle::Ack,
+            Then::Disable => {
+                tracing::warn!(
+                    partner,
+                    webhook_id,
+                    "410 Gone: the partner's push is disabled"
+                );
+                if let Err(error) = self.store.push_disable(partner, "410 Gone").await {
+                    tracing::warn!(partner, %error, "the push could not be disabled");
+                }
+                lane.pause();
+                // Kept pending in the partner's queue until `autorenew push enable`.
+                Settle::HandBack
+            }
+            Then::Retry(delay) => {
+                self.schedule(lane, body, &head.id, attempts + 1, delay)
+                    .await
+            }
+        }
+    }
+
+    /// The event's status after an attempt (None: as it was) and what follows.
+    fn judge(
+        &self,
+        attempted: &Attempted,
+        attempts: u32,
+        trigger: Trigger,
+    ) -> (Option<DeliveryStatus>, Then) {
+        if attempted.delivered() {
+            return (Some(DeliveryStatus::Delivered), Then::Done);
+        }
+        if attempted.status == Some(410) {
+            return (Some(DeliveryStatus::Pending), Then::Disable);
+        }
+        if trigger != Trigger::Scheduled {
+            // A resend or a recovery is one attempt, outside the schedule.
+            return (None, Then::Done);
+        }
+        let jitter = fastrand::f64() * 2.0 - 1.0;
+        match retry::next(&self.schedule, attempts + 1, attempted.retry_after, jitter) {
+            Next::Retry(delay) => (Some(DeliveryStatus::Pending), Then::Retry(delay)),
+            Next::Spent => (Some(DeliveryStatus::Failed), Then::Done),
+        }
+    }
+
+    async fn feed_breaker(
+        &self,
+        lane: &Lane,
+        attempted: &Attempted,
+    ) -> Result<(), crate::store::StoreError> {
+        if attempted.delivered() {
+            return self.store.push_success(&lane.partner).await;
+        }
+        let step = self
+            .store
+            .push_failure(
+                &lane.partner,
+                self.settings.breaker_failures,
+                Duration::from_secs_f64(self.settings.breaker_cooldown_secs),
+                Duration::from_secs_f64(self.settings.breaker_cooldown_max_secs),
+                Duration::from_secs_f64(self.settings.disable_after_hours * 3600.0),
+            )
+            .await?;
+        if step.opened || step.disabled {
+            tracing::warn!(
+                partner = %lane.partner,
+                opened = step.opened,
+                disabled = step.disabled,
+                "the partner's deliveries pause"
+            );
+            lane.pause();
+        }
+        Ok(())
+    }
+
+    /// Puts the event on the wait queue for `delay`; acked only once that is confirmed.
+    async fn schedule(
+        &self,
+        lane: &Lane,
+        body: &Bytes,
+        event_id: &str,
+        attempts: u32,
+        delay: Duration,
+    ) -> Settle {
+        let topology = self.broker.topology();
+        let Some(queue) = topology.push_wait_for(delay) else {
+            return Settle::HandBack;
+        };
+        let message = PushMessage {
+            partner: &lane.partner,
+            body,
+            message_id: event_id,
+            attempts,
+            trigger: None,
+        };
+        match self
+            .broker
+            .publish_push(message, &queue, Some(delay), PUBLISH_TIMEOUT)
+            .await
+        {
+            Ok(()) => Settle::Ack,
+            Err(error) => {
+                tracing::warn!(partner = %lane.partner, %error, "the retry could not be scheduled; handed back");
+                Settle::HandBack
+            }
+        }
+    }
+
+    async fn store_trouble(&self, partner: &str, error: &crate::store::StoreError) -> Settle {
+        tracing::warn!(partner, %error, "Redis could not record the push; handed back");
+        tokio::time::sleep(STORE_TROUBLE_PAUSE).await;
+        Settle::HandBack
+    }
+}
+
+fn now_ms() -> i64 {
+    i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// The event's `time` in unix ms; now when it has none that reads.
+pub fn event_time_ms(time: &str) -> i64 {
+    time::OffsetDateTime::parse(time, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .and_then(|t| i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok())
+        .unwrap_or_else(now_ms)
+}

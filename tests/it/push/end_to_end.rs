@@ -1,0 +1,87 @@
+//! The whole path: a signed request in, the worker's result event out, pushed by a notifier to
+//! a receiver, where the Standard Webhooks reference library verifies it.
+
+use std::time::Duration;
+
+use autorenew::config::PartnerPush;
+use autorenew::domain::push::{self, PushSecret};
+use autorenew::push::receiver::{self, Receiver};
+use autorenew::sim::faults::FaultConfig;
+use secrecy::SecretString;
+use tokio_util::sync::CancellationToken;
+
+use super::delivery::headers_of;
+use crate::helpers::{PARTNER, poll_until};
+use crate::worker::stack::Stack;
+
+#[tokio::test]
+async fn a_subscription_created_by_a_worker_is_pushed_to_the_partner_and_verifies() {
+    // Arrange: a receiver, and a stack whose partner pushes to it.
+    let secret = PushSecret::encode(&[42; 32]);
+    let app = receiver::Application::build(
+        "127.0.0.1:0".parse().expect("addr"),
+        Receiver::new(vec![PushSecret::parse(&secret).expect("secret")], 300, true),
+    )
+    .await
+    .expect("the receiver binds");
+    let url = format!("http://{}/{PARTNER}", app.local_addr());
+    let inbox = app.receiver();
+    let stop = CancellationToken::new();
+    tokio::spawn(app.run_until_stopped(stop.clone()));
+    let mut stack = Stack::start_with(FaultConfig::default(), |settings| {
+        settings.push.allow_http = true;
+        settings.push.allow_private_networks = true;
+        settings.push.listen = "127.0.0.1:0".into();
+        for partner in settings.partners.iter_mut().filter(|p| p.code == PARTNER) {
+            partner.push = Some(PartnerPush {
+                url: url.clone(),
+                secrets: vec![SecretString::from(secret.clone())],
+                secrets_env: Vec::new(),
+                events: vec!["subscription.*".into()],
+                max_in_flight: 4,
+            });
+        }
+    })
+    .await;
+    stack.spawn_worker().await;
+    let notifier = autorenew::push::Application::build(&stack.settings)
+        .await
+        .expect("the notifier builds");
+    tokio::spawn(notifier.run_until_stopped(stop.clone()));
+
+    // Act
+    let pay_id = stack.send(|_| {}).await;
+
+    // Assert
+    let arrived = poll_until(Duration::from_secs(30), || async {
+        inbox.counts(PARTNER).verified == 1
+    })
+    .await;
+    assert!(arrived, "no push arrived: {:?}", inbox.counts(PARTNER));
+    let arrival = inbox.arrivals(PARTNER).remove(0);
+    standardwebhooks::Webhook::new(&secret)
+        .expect("secret")
+        .verify(&arrival.body, &headers_of(&arrival))
+        .expect("the reference library verifies the push");
+    let event: serde_json::Value = serde_json::from_slice(&arrival.body).expect("a CloudEvent");
+    assert_eq!(event["type"], "autorenew.subscription.succeeded");
+    assert_eq!(event["data"]["payId"], pay_id.as_str());
+    assert_eq!(event["data"]["status"], "active");
+    let event_id = event["id"].as_str().expect("id");
+    assert_eq!(arrival.webhook_id, push::webhook_id(event_id));
+    // The event the worker published on the results exchange (the tap adds its own `_` fields).
+    let mut tapped = stack
+        .wait_for_event(
+            &pay_id,
+            "autorenew.subscription.succeeded",
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("the worker published the event");
+    if let Some(object) = tapped.as_object_mut() {
+        object.retain(|key, _| !key.starts_with('_'));
+    }
+    assert_eq!(tapped, event);
+    stop.cancel();
+    stack.teardown().await;
+}
