@@ -11,6 +11,8 @@ use crate::{intake, sign_tool, sim, worker};
 
 /// The key `run` gives the worker for its own simulator (any `sk_test_…` works there).
 const SIM_KEY: &str = "sk_test_autorenew_simulator";
+/// The simulator's publishable key, when the configuration names none.
+const SIM_PUBLISHABLE_KEY: &str = "pk_test_autorenew_simulator";
 
 /// Flags of `autorenew run`.
 #[derive(Debug, clap::Args)]
@@ -71,6 +73,11 @@ pub async fn start(
         settings.stripe.api_base = format!("http://{address}");
         // Our own simulator speaks HTTP/2 without negotiation: one connection for all calls.
         settings.stripe.http2_prior_knowledge = true;
+        if settings.stripe.publishable_key.is_empty() {
+            settings.stripe.publishable_key = SIM_PUBLISHABLE_KEY.to_owned();
+        }
+        // Built before the simulator listened: `/stripeSubAuthorization` learns of it now.
+        intake.use_stripe(&settings)?;
         tasks.spawn(app.run_until_stopped(sim_stop.clone()));
         Some(address)
     } else {
@@ -100,7 +107,7 @@ pub async fn run(
     let (running, mut tasks) = start(settings, &args, shutdown).await?;
     println!("autorenew run");
     println!(
-        "  intake     http://{}  (POST /stripeSubDirectly, /resultQuery, /cancelAutoRenewalRecord, /queryAutoRenewalRecord)",
+        "  intake     http://{}  (POST /stripeSubAuthorization, /stripeSubDirectly, /resultQuery, /cancelAutoRenewalRecord, /queryAutoRenewalRecord)",
         running.intake
     );
     println!(

@@ -11,6 +11,7 @@ use http_body_util::{BodyExt, Limited};
 
 use super::error::{IntakeError, Refusal};
 use super::state::AppState;
+use crate::domain::authorization::AuthorizationRequest;
 use crate::domain::cancel::CancelRequest;
 use crate::domain::renewal::RenewalQuery;
 use crate::domain::request::{PartnerCode, PayId, TradeTime};
@@ -62,6 +63,18 @@ impl SignedBody for CancelRequest {
 impl SignedBody for RenewalQuery {
     fn parse(body: &[u8]) -> Result<(Self, SignedFields), FieldError> {
         RenewalQuery::parse(body)
+    }
+    fn partner(&self) -> &PartnerCode {
+        &self.partner_code
+    }
+    fn trade_time(&self) -> TradeTime {
+        self.trade_time
+    }
+}
+
+impl SignedBody for AuthorizationRequest {
+    fn parse(body: &[u8]) -> Result<(Self, SignedFields), FieldError> {
+        AuthorizationRequest::parse(body)
     }
     fn partner(&self) -> &PartnerCode {
         &self.partner_code

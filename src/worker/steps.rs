@@ -7,19 +7,25 @@
 //!   request can still be in flight at Stripe (it would create a second subscription);
 //! - an outcome that is still unknown when the attempts run out is never reported `failed`: the
 //!   job is parked for reconciliation, where it is only ever looked up.
+//!
+//! A payId authorized before (`/stripeSubAuthorization`, CONTRACT §12) skips the customer
+//! steps on its first create: the authorization made the customer and the partner's app put
+//! the method on it. If Stripe refuses that create because the method is not on the
+//! customer, nothing was made under its key, and the job attaches the method and creates
+//! under the next generation's key at once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use md5::{Digest, Md5};
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
 use super::job::{JobContext, Verdict};
 use super::ports::{CreateSent, Incoming};
 use crate::config::PlanSettings;
+use crate::domain::authorization::{customer_key, short_hash};
 use crate::domain::{FailureCode, FailureDetail, Job};
 use crate::stripe::{
     Attached, CreatedCustomer, NewCustomer, NewSubscription, PriceSpec, StripeFailure, Subscribed,
@@ -214,12 +220,83 @@ async fn create(
     // Customer and price keys move on with the attempts (Stripe replays a stored 500 for a
     // key): a second customer or price is harmless, and both are found by lookup first.
     let suffix = format!("g{}", incoming.attempt.saturating_sub(2));
+    // A payId authorized before (CONTRACT §12) has its customer, and the method the app
+    // confirmed is on it: the subscription is the only call. Only for a payId that never had
+    // a create sent, so a copy of a job that fell back below never takes this way again.
+    let authorized = match created {
+        None => authorized_payer(ctx, job).await,
+        Some(_) => None,
+    };
+    let mut shortcut = authorized.is_some();
+    let mut payer = match authorized {
+        Some(payer) => payer,
+        None => payer_step(ctx, job, created, &suffix).await?,
+    };
+    let (price, _product) = price_step(ctx, job, &suffix).await?;
+    let mut generation = generation;
+    loop {
+        match subscribe(ctx, job, token, &payer, &price, generation, recorded).await {
+            // The method is not on the authorized customer after all (the app confirmed
+            // another SetupIntent, or none): Stripe's answer made nothing, and no other key
+            // is in flight, so the next generation is free. Attach as for any job, then
+            // create under that generation's key.
+            Err(Stop::Refused(detail))
+                if shortcut && detail.code == FailureCode::PaymentMethodUnavailable =>
+            {
+                tracing::info!(pay_id = %job.pay_id, "the authorized customer lacks the method; attaching it");
+                shortcut = false;
+                generation += 1;
+                payer = payer_step(ctx, job, None, &suffix).await?;
+            }
+            Err(stop) => return Err(stop),
+            Ok(subscription) => {
+                let pay_method = if subscription.pay_method.is_empty() {
+                    payer.kind
+                } else {
+                    subscription.pay_method.clone()
+                };
+                return Ok(Made {
+                    customer: payer.customer,
+                    pay_method,
+                    subscription,
+                });
+            }
+        }
+    }
+}
+
+/// The payer of an authorized payId: the authorization's customer, if it was made for this
+/// job's email, with the job's method taken as attached (the create checks it). A store that
+/// cannot tell costs the job the customer steps, nothing else.
+async fn authorized_payer(ctx: &JobContext, job: &Job) -> Option<Payer> {
+    let customer = ctx
+        .ports
+        .store
+        .authorized_customer(job.partner_code.as_str(), &job.pay_id, job.email.as_str())
+        .await
+        .unwrap_or_else(|error| {
+            tracing::warn!(%error, "authorization not read; taking the customer steps");
+            None
+        })?;
+    Some(Payer {
+        customer,
+        method: job.pm_id.to_string(),
+        kind: String::new(),
+    })
+}
+
+/// Creates the subscription under `generation`'s key, each send recorded before it goes.
+async fn subscribe(
+    ctx: &JobContext,
+    job: &Job,
+    token: &str,
+    payer: &Payer,
+    price: &str,
+    generation: u32,
+    recorded: &mut bool,
+) -> Result<Subscribed, Stop> {
     let pay_id = job.pay_id.as_str();
     let stripe = &ctx.ports.stripe;
-
-    let payer = payer_step(ctx, job, created, &suffix).await?;
-    let (price, _product) = price_step(ctx, job, &suffix).await?;
-
     // Every send of the create is recorded before it goes, the quick retries below included:
     // a copy measures `key_switch_after` from the last send, and a retry sent seconds after
     // the first can land a whole timeout later (found by the simulation, seed 20262893).
@@ -258,13 +335,13 @@ async fn create(
     // customer's default is.
     let new = NewSubscription {
         customer: &payer.customer,
-        price: &price,
+        price,
         payment_method: &payer.method,
         payment_behavior: &ctx.settings.payment_behavior,
         metadata,
     };
     let key = format!("ar-{pay_id}-sub-g{generation}");
-    let subscription = create_or_settle_recorded(
+    create_or_settle_recorded(
         &ctx.settings.retry,
         record,
         || stripe.create_subscription(&new, &key),
@@ -274,16 +351,6 @@ async fn create(
     .map_err(|stop| match stop {
         Stop::Stripe(StripeFailure::Permanent(detail)) => Stop::Refused(detail),
         other => other,
-    })?;
-    let pay_method = if subscription.pay_method.is_empty() {
-        payer.kind
-    } else {
-        subscription.pay_method.clone()
-    };
-    Ok(Made {
-        customer: payer.customer,
-        pay_method,
-        subscription,
     })
 }
 
@@ -333,10 +400,7 @@ async fn payer_step(
                 // One person, one customer: the key comes from (partnerCode, email), not from
                 // the payId. A second job of the same person with another method gets Stripe's
                 // idempotency error, an unknown outcome: the lookup then finds the customer.
-                let key = format!(
-                    "ar-cus-{}-{suffix}",
-                    short_hash(&format!("{partner}\n{email}"))
-                );
+                let key = customer_key(partner, email, suffix);
                 let new = NewCustomer {
                     partner_code: partner,
                     email,
@@ -572,10 +636,6 @@ where
             _ => return Err(failure.into()),
         }
     }
-}
-
-fn short_hash(text: &str) -> String {
-    hex::encode(&Md5::digest(text.as_bytes())[..12])
 }
 
 fn millis(duration: Duration) -> u64 {
