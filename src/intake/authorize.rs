@@ -65,6 +65,12 @@ impl Authorizer {
             http2_prior_knowledge: settings.http2_prior_knowledge,
         };
         let gateway = Gateway::new(&options, budget).map_err(|e| anyhow::anyhow!("{e}"))?;
+        if settings.publishable_key.is_empty() {
+            tracing::warn!(
+                "stripe.publishable_key is empty: /stripeSubAuthorization answers without one, \
+                 and the partner's app cannot confirm its SetupIntent"
+            );
+        }
         let _ = self.stripe.set(Connected {
             gateway,
             publishable_key: settings.publishable_key.clone(),

@@ -129,9 +129,16 @@ pub(super) async fn run(
         .await;
         match lookup {
             Ok(Some(subscription)) => {
+                // The lookup reads the method's type off the subscription; a create sent for
+                // an authorized payId recorded none (no call had told it).
+                let pay_method = if subscription.pay_method.is_empty() {
+                    sent.pay_method.clone()
+                } else {
+                    subscription.pay_method.clone()
+                };
                 return Verdict::Made(Made {
                     customer: sent.customer.clone(),
-                    pay_method: sent.pay_method.clone(),
+                    pay_method,
                     subscription,
                 });
             }
