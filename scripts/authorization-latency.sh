@@ -8,7 +8,9 @@
 #
 # Two rounds: N new customers (find, create the customer, the SetupIntent: 3 calls each, bound
 # 3 × latency + 50 ms), then N more payIds of those same people (the customer is cached: the
-# SetupIntent alone, bound 1 × latency + 50 ms). Leaves the simulator's latency at 0.
+# SetupIntent alone, bound 1 × latency + 50 ms). Before them, FLOWS (50) whole flows per kind of
+# customer, authorize → confirm → create, for the Stripe calls per subscription. Leaves the
+# simulator's latency at 0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -59,6 +61,43 @@ round() {
   echo "$name: $(summary "$out" | tr '\n' ' ') Stripe calls/authorization: $(awk -v a="$after" -v b="$before" -v n="$N" 'BEGIN { printf "%.2f", (a - b) / n }')"
   rm -f "$out"
 }
+
+# Stripe calls per subscription through the whole flow: authorize, the app's confirm (under the
+# publishable key; not ours, so not counted), create with the confirmed pm_id and wait for it.
+field() { grep -o "\"$1\":\"[^\"]*\"" | cut -d'"' -f4; }
+flow() {
+  local pay_id=$1 email=$2 answer pm body
+  answer=$(echo "{\"email\":\"$email\",\"partnerCode\":\"P000818\",\"payId\":\"$pay_id\",\"tradeType\":\"stripeSubAuthorization\",\"version\":\"3.0\"}" |
+    "$BIN" sign --secret "$SECRET" --fill |
+    curl -s -H 'content-type: application/json' --data @- "$INTAKE/stripeSubAuthorization")
+  pm=$(curl -s -u "$(echo "$answer" | field publishable_key):" \
+    "$SIM/v1/setup_intents/$(echo "$answer" | field setup_intent_id)/confirm" \
+    -d payment_method=pm_card_visa -d client_secret="$(echo "$answer" | field client_secret)" |
+    field payment_method)
+  body=$(echo "{\"email\":\"$email\",\"partnerCode\":\"P000818\",\"payAmount\":\"19.99\",\"payCurrency\":\"usd\",\"payId\":\"$pay_id\",\"plan_id\":\"PLAN_MONTHLY_1GB\",\"pm_id\":\"$pm\",\"tradeType\":\"stripeSubDirectly\",\"version\":\"3.0\"}" |
+    "$BIN" sign --secret "$SECRET" --fill)
+  curl -s -H 'content-type: application/json' -H 'Prefer: wait=10' --data "$body" \
+    "$INTAKE/stripeSubDirectly" | field status
+}
+ours() {
+  curl -sf "$SIM/_sim/stats" | python3 -c 'import json, sys
+d = json.load(sys.stdin)
+print(d["requests_total"] - d["requests_by_route"].get("POST /v1/setup_intents/{id}/confirm", 0))'
+}
+flows() {
+  local name=$1 suffix=$2 before after active
+  before=$(ours)
+  active=$(for i in $(seq 1 "$FLOWS"); do flow "${RUN}-${suffix}-$i" "flow-${RUN}-$i@example.com"; done | grep -c '^active$' || true)
+  after=$(ours)
+  echo "$name: $FLOWS flows, $active active, Stripe calls/subscription (ours, the app's confirm left out): $(awk -v a="$after" -v b="$before" -v n="$FLOWS" 'BEGIN { printf "%.2f", (a - b) / n }')"
+}
+FLOWS="${FLOWS:-50}"
+if [ "$FLOWS" -gt 0 ]; then
+  latency 0
+  flow "${RUN}-warm" "warm-${RUN}@example.com" >/dev/null # the plan's price, made once
+  flows "whole flow, new customers" f
+  flows "whole flow, returning customers" g
+fi
 
 trap 'latency 0' EXIT
 latency "$LATENCY_MS"
