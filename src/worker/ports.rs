@@ -75,8 +75,8 @@ pub trait JobStore: Send + Sync {
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// The customer that `/stripeSubAuthorization` (CONTRACT §12) made for this partner's payId,
-    /// if it was made for this `email`. None by default: a store without authorizations (the
-    /// in-memory twin) sends every job through the customer steps.
+    /// if it was made for this `email`. None by default: a store that keeps no authorizations
+    /// sends every job through the customer steps.
     fn authorized_customer<'a>(
         &'a self,
         partner: &'a str,
