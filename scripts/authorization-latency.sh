@@ -5,6 +5,7 @@
 #
 #   scripts/authorization-latency.sh [INTAKE_URL] [SIM_URL]   # defaults: the run's own ports
 #   N=200 CONCURRENCY=4 LATENCY_MS=300 PROFILE=debug scripts/authorization-latency.sh
+#   FLOWS=50 N=0 scripts/authorization-latency.sh                # the call counts only
 #
 # Two rounds: N new customers (find, create the customer, the SetupIntent: 3 calls each, bound
 # 3 × latency + 50 ms), then N more payIds of those same people (the customer is cached: the
@@ -91,6 +92,11 @@ flows() {
   after=$(ours)
   echo "$name: $FLOWS flows, $active active, Stripe calls/subscription (ours, the app's confirm left out): $(awk -v a="$after" -v b="$before" -v n="$FLOWS" 'BEGIN { printf "%.2f", (a - b) / n }')"
 }
+# The intake takes jobs once it reaches RabbitMQ and Redis.
+for _ in $(seq 1 60); do
+  curl -sf -o /dev/null "$INTAKE/readyz" && break
+  sleep 1
+done
 FLOWS="${FLOWS:-50}"
 if [ "$FLOWS" -gt 0 ]; then
   latency 0
@@ -99,6 +105,7 @@ if [ "$FLOWS" -gt 0 ]; then
   flows "whole flow, returning customers" g
 fi
 
+[ "$N" -gt 0 ] || exit 0
 trap 'latency 0' EXIT
 latency "$LATENCY_MS"
 echo "simulator latency ${LATENCY_MS} ms a call, N=$N, concurrency $CONCURRENCY"
