@@ -255,6 +255,9 @@ pub struct StripeSettings {
     pub secret_key: SecretString,
     /// Empty: Stripe's own API.
     pub api_base: String,
+    /// The publishable key (`pk_…`) that `/stripeSubAuthorization` hands the partner's app,
+    /// for Stripe's SDK to confirm the SetupIntent with (CONTRACT §12). Not a secret.
+    pub publishable_key: String,
     pub max_requests_per_second: u32,
     /// Speak HTTP/2 to a plain `http://` `api_base` straight away (h2c with prior knowledge),
     /// so all calls in flight share one connection; the built-in simulator speaks it. Over
@@ -278,6 +281,7 @@ impl Default for StripeSettings {
         Self {
             secret_key: SecretString::from(""),
             api_base: String::new(),
+            publishable_key: String::new(),
             max_requests_per_second: 25,
             http2_prior_knowledge: false,
             request_timeout_ms: 10_000,

@@ -8,8 +8,9 @@
 //! - [`store`]: Redis: intake records (idempotency), results, locks, rate budgets, the Stripe
 //!   events and cancels taken, each auto-renewal's state.
 //! - [`intake`]: the HTTP front door (axum): checks a request (or a Stripe webhook) and puts it
-//!   on the broker.
-//! - [`stripe`]: the Stripe gateway over async-stripe: the calls of a job, errors classified.
+//!   on the broker; answers `/stripeSubAuthorization` from Stripe, through the gateway.
+//! - [`stripe`]: the Stripe gateway over async-stripe: the calls of a job and of an
+//!   authorization, errors classified.
 //! - [`sim`]: `autorenew stripe-sim`, a stateful Stripe stand-in; it shares no code with the
 //!   Stripe gateway.
 //! - [`loadgen`]: `autorenew loadgen`, signed load and its report; talks to the service only as

@@ -18,6 +18,8 @@ pub const SIM_LISTEN: &str = "127.0.0.1:12111";
 /// known value: it lets a local process post events about the simulator's subscriptions,
 /// nothing more, and only to an intake started by `run` with its simulator.
 pub const SIM_WEBHOOK_SECRET: &str = "whsec_autorenew_run_local_simulator";
+/// The simulator's publishable key, when the configuration names none.
+const SIM_PUBLISHABLE_KEY: &str = "pk_test_autorenew_simulator";
 
 /// Flags of `autorenew run`.
 #[derive(Debug, clap::Args)]
@@ -99,6 +101,11 @@ pub async fn start(
         settings.stripe.api_base = format!("http://{address}");
         // Our own simulator speaks HTTP/2 without negotiation: one connection for all calls.
         settings.stripe.http2_prior_knowledge = true;
+        if settings.stripe.publishable_key.is_empty() {
+            settings.stripe.publishable_key = SIM_PUBLISHABLE_KEY.to_owned();
+        }
+        // Built before the simulator listened: `/stripeSubAuthorization` learns of it now.
+        intake.use_stripe(&settings)?;
         tasks.spawn(app.run_until_stopped(sim_stop.clone()));
         Some(address)
     } else {
@@ -139,7 +146,7 @@ pub async fn run(
     let (running, mut tasks) = start(settings, &args, shutdown).await?;
     println!("autorenew run");
     println!(
-        "  intake     http://{}  (POST /stripeSubDirectly, /resultQuery, /cancelAutoRenewalRecord, /queryAutoRenewalRecord)",
+        "  intake     http://{}  (POST /stripeSubAuthorization, /stripeSubDirectly, /resultQuery, /cancelAutoRenewalRecord, /queryAutoRenewalRecord)",
         running.intake
     );
     println!(

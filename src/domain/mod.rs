@@ -2,6 +2,7 @@
 //! Stripe's webhook signature, cancels and the state of an auto-renewal.
 //! Pure types and functions: no I/O, no tokio, no HTTP.
 
+pub mod authorization;
 pub mod cancel;
 pub mod event;
 pub mod fields;

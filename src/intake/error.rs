@@ -51,6 +51,10 @@ pub enum IntakeError {
     Broker(#[from] BrokerError),
     #[error("the request could not be recorded: {0}")]
     Store(#[from] StoreError),
+    #[error("Stripe could not be reached in time: {0}")]
+    StripeUnavailable(String),
+    #[error("Stripe refused the authorization: {0}")]
+    StripeRejected(String),
 }
 
 impl IntakeError {
@@ -78,6 +82,8 @@ impl IntakeError {
         "WEBHOOK_SIGNATURE_INVALID",
         "WEBHOOK_EVENT_BUSY",
         "NOTIFICATION_UNKNOWN",
+        "STRIPE_UNAVAILABLE",
+        "STRIPE_REJECTED",
     ];
 
     pub fn status(&self) -> StatusCode {
@@ -98,7 +104,9 @@ impl IntakeError {
             IntakeError::PayIdBusy
             | IntakeError::WebhookEventBusy
             | IntakeError::Broker(_)
-            | IntakeError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            | IntakeError::Store(_)
+            | IntakeError::StripeUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            IntakeError::StripeRejected(_) => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -126,6 +134,8 @@ impl IntakeError {
             IntakeError::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             IntakeError::Broker(_) => "BROKER_UNAVAILABLE",
             IntakeError::Store(_) => "STORE_UNAVAILABLE",
+            IntakeError::StripeUnavailable(_) => "STRIPE_UNAVAILABLE",
+            IntakeError::StripeRejected(_) => "STRIPE_REJECTED",
         }
     }
 
@@ -147,7 +157,9 @@ impl IntakeError {
     /// Whether a client should simply try again later.
     fn retry_after(&self) -> Option<&'static str> {
         match self {
-            IntakeError::Broker(_) | IntakeError::Store(_) => Some("2"),
+            IntakeError::Broker(_) | IntakeError::Store(_) | IntakeError::StripeUnavailable(_) => {
+                Some("2")
+            }
             IntakeError::PayIdBusy | IntakeError::WebhookEventBusy | IntakeError::RateLimited => {
                 Some("1")
             }
@@ -169,6 +181,9 @@ impl IntakeError {
             IntakeError::Broker(_) => "the job could not be enqueued now; retry later".to_owned(),
             IntakeError::Store(_) => {
                 "the request could not be recorded now; retry later".to_owned()
+            }
+            IntakeError::StripeUnavailable(_) => {
+                "Stripe could not be reached in time; retry later".to_owned()
             }
             other => other.to_string(),
         };
@@ -248,6 +263,8 @@ mod tests {
             IntakeError::MethodNotAllowed,
             IntakeError::Broker(BrokerError::Unavailable),
             IntakeError::Store(StoreError::Timeout(Duration::from_millis(1))),
+            IntakeError::StripeUnavailable("timed out".into()),
+            IntakeError::StripeRejected("invalid".into()),
         ];
         for error in &all {
             match error {
@@ -269,7 +286,9 @@ mod tests {
                 | IntakeError::NotFound
                 | IntakeError::MethodNotAllowed
                 | IntakeError::Broker(_)
-                | IntakeError::Store(_) => {}
+                | IntakeError::Store(_)
+                | IntakeError::StripeUnavailable(_)
+                | IntakeError::StripeRejected(_) => {}
             }
         }
         all

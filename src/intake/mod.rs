@@ -1,6 +1,8 @@
 //! The HTTP intake (axum): checks a signed partner request (or a Stripe-signed webhook) and puts
-//! it on the broker. Uses the domain, the broker and the store; never Stripe.
+//! it on the broker. Uses the domain, the broker and the store; Stripe only through the
+//! gateway, for `/stripeSubAuthorization` (`authorize`), which Stripe answers synchronously.
 
+mod authorize;
 mod cancel;
 mod error;
 mod health;
@@ -29,6 +31,7 @@ use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+pub use authorize::Authorizer;
 pub use error::IntakeError;
 pub(crate) use metrics::{ENQUEUE_SECONDS, REQUEST_SECONDS};
 pub use partners::Partners;
@@ -47,6 +50,8 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     broker: Broker,
+    /// Stripe, for `/stripeSubAuthorization`; shared with the router's state.
+    authorizer: Arc<Authorizer>,
     /// How long a client may take to send a request's headers (its body has the same again).
     header_timeout: Duration,
     max_connections: usize,
@@ -70,7 +75,10 @@ impl Application {
             broker_stop.clone(),
         );
         let store = Store::new(&settings.redis)?;
+        let authorizer = Arc::new(Authorizer::default());
+        authorizer.connect(&settings.stripe, &store)?;
         let state = Arc::new(AppState {
+            authorizer: authorizer.clone(),
             limits: Limits::from_settings(settings),
             webhooks: Webhooks::from_settings(&settings.stripe),
             partners: Partners::new(
@@ -96,6 +104,7 @@ impl Application {
             listener,
             router: router(state),
             broker,
+            authorizer,
             header_timeout: Duration::from_millis(settings.intake.request_timeout_ms),
             max_connections: settings.intake.max_connections,
             broker_stop: broker_stop.drop_guard(),
@@ -114,6 +123,13 @@ impl Application {
 
     pub fn broker(&self) -> &Broker {
         &self.broker
+    }
+
+    /// Connects `/stripeSubAuthorization` to this Stripe, unless it is connected already: for
+    /// `autorenew run`, whose simulator listens only after the intake is built.
+    pub fn use_stripe(&self, settings: &Settings) -> anyhow::Result<()> {
+        self.authorizer
+            .connect(&settings.stripe, &Store::new(&settings.redis)?)
     }
 
     /// Serves until `shutdown`: then stops accepting, answers the requests in hand (with their
@@ -143,6 +159,10 @@ fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/stripeSubDirectly", post(subscribe::subscribe))
         .route("/resultQuery", post(result_query::result_query))
+        .route(
+            "/stripeSubAuthorization",
+            post(authorize::stripe_sub_authorization),
+        )
         .route(
             "/cancelAutoRenewalRecord",
             post(cancel::cancel_auto_renewal),

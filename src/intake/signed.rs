@@ -12,6 +12,7 @@ use http_body_util::{BodyExt, Limited};
 use super::error::{IntakeError, Refusal};
 use super::metrics::SIGN_INVALID_TOTAL;
 use super::state::AppState;
+use crate::domain::authorization::AuthorizationRequest;
 use crate::domain::cancel::CancelRequest;
 use crate::domain::push_calls::{NotificationQuery, RecoverRequest, ResendRequest};
 use crate::domain::renewal::RenewalQuery;
@@ -91,6 +92,18 @@ macro_rules! signed_push_call {
 }
 
 signed_push_call!(NotificationQuery, ResendRequest, RecoverRequest);
+
+impl SignedBody for AuthorizationRequest {
+    fn parse(body: &[u8]) -> Result<(Self, SignedFields), FieldError> {
+        AuthorizationRequest::parse(body)
+    }
+    fn partner(&self) -> &PartnerCode {
+        &self.partner_code
+    }
+    fn trade_time(&self) -> TradeTime {
+        self.trade_time
+    }
+}
 
 /// A body whose every check passed.
 #[derive(Debug)]

@@ -5,6 +5,7 @@ use std::time::Duration;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::authorize::Authorizer;
 use super::marks::EnqueuedMarks;
 use super::partners::Partners;
 use super::webhook::Webhooks;
@@ -42,6 +43,8 @@ impl Limits {
 #[derive(Debug)]
 pub struct AppState {
     pub limits: Limits,
+    /// Stripe, for `/stripeSubAuthorization` only.
+    pub authorizer: std::sync::Arc<Authorizer>,
     pub webhooks: Webhooks,
     pub partners: Partners,
     pub broker: Broker,

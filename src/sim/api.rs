@@ -88,6 +88,9 @@ async fn serve(
         Ok(params) => params,
         Err(error) => return counted(error.into_response()),
     };
+    if let Err(error) = publishable_reach(&api_key, route, &params) {
+        return counted(error.into_response());
+    }
     let key = match idempotency_key(method, headers) {
         Ok(key) => key,
         Err(error) => return counted(error.into_response()),
@@ -278,14 +281,15 @@ fn scripted_error(answer: Answer) -> ApiError {
             });
             let message = message.as_deref().unwrap_or("Scripted error (simulator).");
             let mut error = ApiError::scripted(status, kind, code.as_deref(), message);
-            error.decline_code = decline_code;
+            error.decline_code = decline_code.map(String::into_boxed_str);
             error
         }
         _ => ApiError::server_error(),
     }
 }
 
-/// `Authorization: Bearer sk_test_…` (or `sk_live_…`, or restricted `rk_…` keys), or HTTP
+/// `Authorization: Bearer sk_test_…` (or `sk_live_…`, restricted `rk_…` keys, or a publishable
+/// `pk_…` key, see [`publishable_reach`]), or HTTP
 /// Basic with the key as the user name and any (usually empty) password, as `curl -u
 /// sk_test_…:` sends it: Stripe accepts both.
 fn api_key(headers: &HeaderMap) -> Result<String, ApiError> {
@@ -305,12 +309,14 @@ fn api_key(headers: &HeaderMap) -> Result<String, ApiError> {
             .map(str::trim)
             .unwrap_or_default(),
     };
-    let well_formed = ["sk_test_", "sk_live_", "rk_test_", "rk_live_"]
-        .iter()
-        .any(|prefix| {
-            key.strip_prefix(prefix)
-                .is_some_and(|rest| !rest.is_empty())
-        });
+    let well_formed = [
+        "sk_test_", "sk_live_", "rk_test_", "rk_live_", "pk_test_", "pk_live_",
+    ]
+    .iter()
+    .any(|prefix| {
+        key.strip_prefix(prefix)
+            .is_some_and(|rest| !rest.is_empty())
+    });
     if well_formed {
         Ok(key.to_owned())
     } else {
@@ -319,6 +325,27 @@ fn api_key(headers: &HeaderMap) -> Result<String, ApiError> {
             "Invalid API Key provided: {shown}***"
         )))
     }
+}
+
+/// A publishable key (`pk_…`, what Stripe.js and the mobile SDKs hold) reaches only what a
+/// client may do with a SetupIntent it was given: retrieve and confirm it, with its client
+/// secret. Everything else wants the secret key, as on Stripe.
+fn publishable_reach(api_key: &str, route: Route, params: &Params) -> Result<(), ApiError> {
+    if !api_key.starts_with("pk_") {
+        return Ok(());
+    }
+    if !matches!(
+        route,
+        Route::RetrieveSetupIntent | Route::ConfirmSetupIntent
+    ) {
+        return Err(ApiError::unauthorized(
+            "This API call cannot be made with a publishable API key. Please use a secret API              key.",
+        ));
+    }
+    if params.str("client_secret").is_none() {
+        return Err(ApiError::missing_param("client_secret"));
+    }
+    Ok(())
 }
 
 /// The user name of HTTP Basic credentials (`base64(user:password)`).

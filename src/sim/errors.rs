@@ -11,11 +11,13 @@ pub struct ApiError {
     pub status: StatusCode,
     pub kind: &'static str,
     pub code: Option<String>,
-    pub decline_code: Option<String>,
+    pub decline_code: Option<Box<str>>,
     pub param: Option<String>,
     pub message: String,
     /// `Stripe-Should-Retry`: Stripe sets it on errors a retry may fix (409 lock, 429, 5xx).
     pub should_retry: Option<bool>,
+    /// The SetupIntent a failed confirm leaves (`error.setup_intent`), as Stripe adds it.
+    pub setup_intent: Option<Box<Value>>,
 }
 
 impl ApiError {
@@ -28,12 +30,18 @@ impl ApiError {
             param: None,
             message: message.into(),
             should_retry: None,
+            setup_intent: None,
         }
     }
 
     fn code(mut self, code: &str) -> Self {
         self.code = Some(code.to_owned());
         self
+    }
+
+    /// The error with Stripe's `code`.
+    pub fn with_code(self, code: &str) -> Self {
+        self.code(code)
     }
 
     fn param(mut self, param: Option<&str>) -> Self {
@@ -129,7 +137,7 @@ impl ApiError {
     /// A declined charge: 402 `card_error`.
     pub fn card_declined(code: &str, decline_code: &str, message: &str) -> Self {
         Self {
-            decline_code: Some(decline_code.to_owned()),
+            decline_code: Some(decline_code.into()),
             ..Self::new(StatusCode::PAYMENT_REQUIRED, "card_error", message)
                 .code(code)
                 .param(match code {
@@ -245,6 +253,9 @@ impl ApiError {
         }
         if let Some(param) = &self.param {
             error.insert("param".into(), json!(param));
+        }
+        if let Some(intent) = &self.setup_intent {
+            error.insert("setup_intent".into(), (**intent).clone());
         }
         json!({ "error": error })
     }

@@ -130,6 +130,24 @@ pub struct Invoice {
     pub period_end: i64,
 }
 
+/// A SetupIntent (CONTRACT §12): made for a customer, confirmed by the partner's app with a
+/// card, which it then attaches to the customer.
+#[derive(Debug, Clone)]
+pub struct SetupIntent {
+    pub id: String,
+    pub client_secret: String,
+    pub created: i64,
+    pub customer: Option<String>,
+    pub description: Option<String>,
+    pub usage: String,
+    pub metadata: Metadata,
+    /// `requires_payment_method`, then `succeeded` (or back to `requires_payment_method`
+    /// with `last_error` after a decline).
+    pub status: &'static str,
+    pub payment_method: Option<String>,
+    pub last_error: Option<ApiError>,
+}
+
 /// An invoice's default payment: one PaymentIntent, charged by every try. Stripe makes it when
 /// the invoice is finalized; here it is made at the first charge (an invoice never charged has
 /// no payment to show). Its ids are the invoice's under other prefixes ([`intent_id`],
@@ -173,6 +191,7 @@ pub struct Store {
     /// `metadata[payId]` → subscription count, kept for `/_sim/stats` ("never two").
     pub subscriptions_by_pay_id: BTreeMap<String, u64>,
     pub invoices: HashMap<String, Invoice>,
+    pub setup_intents: HashMap<String, SetupIntent>,
     pub events: Events,
     pub webhook_endpoints: Vec<Endpoint>,
     /// Seconds `POST /_sim/advance` added to the wall clock.

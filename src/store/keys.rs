@@ -52,6 +52,11 @@ impl Keys {
         )
     }
 
+    /// The SetupIntent answered to a partner's authorization of a payId (JSON).
+    pub fn authorization(&self, pay_key: &PayKey) -> String {
+        format!("{}:authorization:{{{}}}", self.prefix, pay_key)
+    }
+
     /// The short lock on creating one price.
     pub fn price_lock(&self, lookup_key: &str) -> String {
         format!("{}:price-lock:{{{}}}", self.prefix, digest(lookup_key))

@@ -1,10 +1,11 @@
-//! Redis: the intake's record of every payId (idempotency), final results, the workers' payId
+//! Redis: the intake's record of every payId (idempotency), its authorization (§12), final results, the workers' payId
 //! locks, the shared rate budgets (Stripe's, and each partner's intake rate), the Stripe events
 //! and cancels taken, and each auto-renewal's state, on one Redis or a Redis Cluster. Knows the domain, never HTTP or Stripe.
 //!
 //! Every key of one payId carries it as a hash tag (`autorenew:intake:{P123}`), so the scripts,
 //! which touch several keys of one payId, also run unchanged on Redis Cluster.
 
+mod authorization;
 mod budget;
 mod cancel_record;
 mod connection;

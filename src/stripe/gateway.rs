@@ -13,6 +13,7 @@ use stripe_billing::subscription::{
     RetrieveSubscription, SearchSubscription, UpdateSubscription,
 };
 use stripe_core::customer::{CreateCustomer, CreateCustomerInvoiceSettings, ListCustomer};
+use stripe_core::setup_intent::{CreateSetupIntent, CreateSetupIntentUsage};
 use stripe_payment::payment_method::{AttachPaymentMethod, RetrievePaymentMethod};
 use stripe_product::price::{
     CreatePrice, CreatePriceProductData, CreatePriceRecurring, CreatePriceRecurringInterval,
@@ -356,6 +357,64 @@ impl Gateway {
             .await
             .map_err(|e| failed("subscriptions.create", e, true))?;
         Ok(subscribed(&subscription))
+    }
+}
+
+/// A SetupIntent the partner's app confirms with Stripe's SDK (CONTRACT §12).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetupIntent {
+    pub id: String,
+    pub client_secret: String,
+}
+
+impl Gateway {
+    /// Creates the customer of (`partnerCode`, `email`) with no payment method yet: the
+    /// authorization's SetupIntent attaches one later. Same metadata and key as
+    /// [`Gateway::create_customer`], so whichever comes first makes the one customer.
+    pub async fn create_bare_customer(
+        &self,
+        partner_code: &str,
+        email: &str,
+        key: &str,
+    ) -> Result<String, StripeFailure> {
+        self.take_budget("customers.create").await?;
+        let metadata = HashMap::from([("partnerCode".to_owned(), partner_code.to_owned())]);
+        let customer = CreateCustomer::new()
+            .email(email)
+            .metadata(metadata)
+            .customize()
+            .request_strategy(idempotent(key)?)
+            .send(&self.client)
+            .await
+            .map_err(|e| failed("customers.create", e, true))?;
+        Ok(customer.id.to_string())
+    }
+
+    /// A SetupIntent for off-session charges on `customer`, with the payId and partner in its
+    /// metadata. Under a fixed key, a repeat gets Stripe's stored answer: the same SetupIntent.
+    pub async fn create_setup_intent(
+        &self,
+        customer: &str,
+        metadata: HashMap<String, String>,
+        key: &str,
+    ) -> Result<SetupIntent, StripeFailure> {
+        self.take_budget("setup_intents.create").await?;
+        let intent = CreateSetupIntent::new()
+            .customer(customer)
+            .usage(CreateSetupIntentUsage::OffSession)
+            .metadata(metadata)
+            .customize()
+            .request_strategy(idempotent(key)?)
+            .send(&self.client)
+            .await
+            .map_err(|e| failed("setup_intents.create", e, true))?;
+        let client_secret = intent.client_secret.clone().ok_or_else(|| {
+            StripeFailure::Unknown("the SetupIntent came without a client_secret".into())
+        })?;
+        Ok(SetupIntent {
+            id: intent.id.to_string(),
+            client_secret,
+        })
     }
 }
 

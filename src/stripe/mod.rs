@@ -1,4 +1,4 @@
-//! The Stripe gateway: the calls a job makes, over async-stripe, each classified into a
+//! The Stripe gateway: the calls a job (and an authorization, CONTRACT §12) makes, over async-stripe, each classified into a
 //! [`StripeFailure`] the retry policy can read. Knows nothing of RabbitMQ or Redis: the shared
 //! rate budget comes in as a [`Budget`].
 
@@ -12,7 +12,7 @@ pub use error::StripeFailure;
 pub(crate) use gateway::BUDGET_WAIT_SECONDS;
 pub use gateway::{
     Attached, CreatedCustomer, FoundSubscription, Gateway, NewCustomer, NewSubscription,
-    PaymentError, PriceSpec, Subscribed, SubscriptionState, charged_intent,
+    PaymentError, PriceSpec, SetupIntent, Subscribed, SubscriptionState, charged_intent,
 };
 
 use std::future::Future;

@@ -67,6 +67,20 @@ impl JobStore for Store {
         Store::customer_of(self, partner, email).boxed()
     }
 
+    fn authorized_customer<'a>(
+        &'a self,
+        pay_key: &'a PayKey,
+        email: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
+        async move {
+            let authorization = Store::authorization(self, pay_key).await?;
+            Ok(authorization
+                .filter(|a| a.email == email)
+                .map(|a| a.customer_id))
+        }
+        .boxed()
+    }
+
     fn remember_customer<'a>(
         &'a self,
         partner: &'a str,

@@ -170,6 +170,14 @@ impl Watched {
 }
 
 impl JobStore for Watched {
+    fn authorized_customer<'a>(
+        &'a self,
+        pay_key: &'a PayKey,
+        email: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
+        self.inner.authorized_customer(pay_key, email)
+    }
+
     fn customer_of<'a>(
         &'a self,
         partner: &'a str,
@@ -747,4 +755,87 @@ async fn a_refusal_while_an_earlier_create_may_still_land_parks_the_job_instead_
     assert_eq!(refused.label, "parked", "{refused:?}");
     assert_eq!(bench.store.result(&job.pay_key()), None, "still processing");
     assert!(bench.queue.events().is_empty(), "no `failed` announced");
+}
+
+/// A customer of the job's person with `card` attached, as `/stripeSubAuthorization` and the
+/// app's confirm of its SetupIntent leave it.
+async fn authorized_customer(bench: &Bench, job: &Job, card: &str) -> String {
+    let new = NewCustomer {
+        partner_code: "partner1",
+        email: job.email.as_str(),
+        payment_method: card,
+    };
+    let customer = bench
+        .stripe
+        .create_customer(&new, "authorization-customer")
+        .await
+        .expect("a customer with the card attached")
+        .id;
+    bench
+        .store
+        .authorize(&job.pay_key(), job.email.as_str(), &customer);
+    customer
+}
+
+/// CONTRACT §12: the authorization made the customer and the app's confirm put the card on
+/// it, so the job skips the customer steps.
+#[tokio::test(start_paused = true)]
+async fn an_authorized_payid_whose_card_is_on_the_customer_makes_only_the_subscription() {
+    let bench = bench();
+    let job = job();
+    let customer = authorized_customer(&bench, &job, "pm_1").await;
+    let before = bench.stripe.counts().calls;
+
+    let handled = handle(&bench.ctx, &first_delivery(&job), "first").await;
+
+    assert_eq!(handled.label, "succeeded");
+    assert_eq!(
+        bench.stripe.counts().calls - before,
+        2,
+        "the configured price's product (once a process) and the subscription"
+    );
+    let stored = bench.store.result(&job.pay_key()).expect("a result");
+    assert_eq!(stored.customer_id, customer);
+    assert_eq!(stored.pay_method, "card");
+    assert_eq!(subscriptions_of(&bench).len(), 1);
+}
+
+/// The app confirmed another card (or none): Stripe refuses the create, which made nothing,
+/// and the job attaches the card and creates under the next key, at once.
+#[tokio::test(start_paused = true)]
+async fn an_authorized_payid_whose_card_is_not_on_the_customer_attaches_it_under_the_next_key() {
+    let bench = bench();
+    let job = job();
+    let customer = authorized_customer(&bench, &job, "pm_other").await;
+
+    let handled = handle(&bench.ctx, &first_delivery(&job), "first").await;
+
+    assert_eq!(handled.label, "succeeded");
+    let stored = bench.store.result(&job.pay_key()).expect("a result");
+    assert_eq!(stored.customer_id, customer, "the authorization's customer");
+    assert_eq!(subscriptions_of(&bench).len(), 1, "one subscription");
+    let sent = bench
+        .store
+        .created(&job.pay_key())
+        .await
+        .expect("the store answers")
+        .expect("a create was recorded");
+    assert_eq!(sent.generation, 1, "the refused key is not used again");
+}
+
+/// Another email than the authorization's: the job takes the customer steps as any job.
+#[tokio::test(start_paused = true)]
+async fn an_authorization_for_another_email_is_not_used() {
+    let bench = bench();
+    let job = job();
+    bench
+        .store
+        .authorize(&job.pay_key(), "someone-else@example.com", "cus_other");
+
+    let handled = handle(&bench.ctx, &first_delivery(&job), "first").await;
+
+    assert_eq!(handled.label, "succeeded");
+    let stored = bench.store.result(&job.pay_key()).expect("a result");
+    assert_ne!(stored.customer_id, "cus_other");
+    assert_eq!(subscriptions_of(&bench).len(), 1);
 }

@@ -74,6 +74,18 @@ pub trait JobStore: Send + Sync {
         customer: &'a str,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 
+    /// The customer that `/stripeSubAuthorization` (CONTRACT §12) made for this partner's payId,
+    /// if it was made for this `email`. None by default: a store that keeps no authorizations
+    /// sends every job through the customer steps.
+    fn authorized_customer<'a>(
+        &'a self,
+        pay_key: &'a PayKey,
+        email: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
+        let _ = (pay_key, email);
+        Box::pin(async { Ok(None) })
+    }
+
     /// A short lock on creating the price of `lookup_key`, so that of all the workers starting
     /// a new plan at once one creates it and the others wait and find it. False when held.
     fn lock_price<'a>(

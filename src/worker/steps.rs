@@ -7,13 +7,18 @@
 //!   request can still be in flight at Stripe (it would create a second subscription);
 //! - an outcome that is still unknown when the attempts run out is never reported `failed`: the
 //!   job is parked for reconciliation, where it is only ever looked up.
+//!
+//! A payId authorized before (`/stripeSubAuthorization`, CONTRACT §12) skips the customer
+//! steps on its first create: the authorization made the customer and the partner's app put
+//! the method on it. If Stripe refuses that create because the method is not on the
+//! customer, nothing was made under its key, and the job attaches the method and creates
+//! under the next generation's key at once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use md5::{Digest, Md5};
 use time::format_description::well_known::Rfc3339;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
@@ -21,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use super::job::{JobContext, Verdict};
 use super::ports::{CreateSent, Incoming};
 use crate::config::PlanSettings;
+use crate::domain::authorization::{customer_key, short_hash};
 use crate::domain::{FailureCode, FailureDetail, Job};
 use crate::stripe::{
     Attached, CreatedCustomer, NewCustomer, NewSubscription, PriceSpec, StripeFailure, Subscribed,
@@ -130,9 +136,16 @@ pub(super) async fn run(
         .await;
         match lookup {
             Ok(Some(subscription)) => {
+                // The lookup reads the method's type off the subscription; a create sent for
+                // an authorized payId recorded none (no call had told it).
+                let pay_method = if subscription.pay_method.is_empty() {
+                    sent.pay_method.clone()
+                } else {
+                    subscription.pay_method.clone()
+                };
                 return Verdict::Made(Made {
                     customer: sent.customer.clone(),
-                    pay_method: sent.pay_method.clone(),
+                    pay_method,
                     subscription,
                 });
             }
@@ -231,15 +244,96 @@ async fn create(
     // Customer and price keys move on with the attempts (Stripe replays a stored 500 for a
     // key): a second customer or price is harmless, and both are found by lookup first.
     let suffix = format!("g{}", incoming.attempt.saturating_sub(2));
-    let pay_id = job.pay_id.as_str();
-    let pay_key = job.pay_key();
+    // A payId authorized before (CONTRACT §12) has its customer, and the method the app
+    // confirmed is on it: the subscription is the only call. Only for a payId that never had
+    // a create sent, so a copy of a job that fell back below never takes this way again.
+    let authorized = match created {
+        None => authorized_payer(ctx, job).await,
+        Some(_) => None,
+    };
+    let mut shortcut = authorized.is_some();
+    let mut payer = match authorized {
+        Some(payer) => payer,
+        None => payer_step(ctx, job, created, &suffix).await?,
+    };
+    let (price, _product) = price_step(ctx, job, &suffix).await?;
     // A payId whose creates began before payIds were scoped by partner keeps its old keys.
     let scoped = created.is_none_or(|sent| sent.scoped);
+    let mut generation = generation;
+    loop {
+        let choice = KeyChoice { generation, scoped };
+        match subscribe(ctx, job, token, &payer, &price, choice, recorded).await {
+            // The method is not on the authorized customer after all (the app confirmed
+            // another SetupIntent, or none): Stripe's answer made nothing, and no other key
+            // is in flight, so the next generation is free. Attach as for any job, then
+            // create under that generation's key.
+            Err(Stop::Refused(detail))
+                if shortcut && detail.code == FailureCode::PaymentMethodUnavailable =>
+            {
+                tracing::info!(pay_id = %job.pay_id, "the authorized customer lacks the method; attaching it");
+                shortcut = false;
+                generation += 1;
+                payer = payer_step(ctx, job, None, &suffix).await?;
+            }
+            Err(stop) => return Err(stop),
+            Ok(subscription) => {
+                let pay_method = if subscription.pay_method.is_empty() {
+                    payer.kind
+                } else {
+                    subscription.pay_method.clone()
+                };
+                return Ok(Made {
+                    customer: payer.customer,
+                    pay_method,
+                    subscription,
+                });
+            }
+        }
+    }
+}
+
+/// The payer of an authorized payId: the authorization's customer, if it was made for this
+/// job's email, with the job's method taken as attached (the create checks it). A store that
+/// cannot tell costs the job the customer steps, nothing else.
+async fn authorized_payer(ctx: &JobContext, job: &Job) -> Option<Payer> {
+    let customer = ctx
+        .ports
+        .store
+        .authorized_customer(&job.pay_key(), job.email.as_str())
+        .await
+        .unwrap_or_else(|error| {
+            tracing::warn!(%error, "authorization not read; taking the customer steps");
+            None
+        })?;
+    Some(Payer {
+        customer,
+        method: job.pm_id.to_string(),
+        kind: String::new(),
+    })
+}
+
+/// The idempotency key a create goes under: its generation, and whether the key is scoped by
+/// partner (false only for a payId whose creates began before payIds were).
+#[derive(Debug, Clone, Copy)]
+struct KeyChoice {
+    generation: u32,
+    scoped: bool,
+}
+
+/// Creates the subscription under `choice`'s key, each send recorded before it goes.
+async fn subscribe(
+    ctx: &JobContext,
+    job: &Job,
+    token: &str,
+    payer: &Payer,
+    price: &str,
+    choice: KeyChoice,
+    recorded: &mut bool,
+) -> Result<Subscribed, Stop> {
+    let KeyChoice { generation, scoped } = choice;
+    let pay_id = job.pay_id.as_str();
+    let pay_key = job.pay_key();
     let stripe = &ctx.ports.stripe;
-
-    let payer = payer_step(ctx, job, created, &suffix).await?;
-    let (price, _product) = price_step(ctx, job, &suffix).await?;
-
     // Every send of the create is recorded before it goes, the quick retries below included:
     // a copy measures `key_switch_after` from the last send, and a retry sent seconds after
     // the first can land a whole timeout later (found by the simulation, seed 20262893).
@@ -279,13 +373,13 @@ async fn create(
     // customer's default is.
     let new = NewSubscription {
         customer: &payer.customer,
-        price: &price,
+        price,
         payment_method: &payer.method,
         payment_behavior: &ctx.settings.payment_behavior,
         metadata,
     };
     let key = crate::domain::job::subscription_key(&pay_key, generation, scoped);
-    let subscription = create_or_settle_recorded(
+    create_or_settle_recorded(
         &ctx.settings.retry,
         record,
         || stripe.create_subscription(&new, &key),
@@ -295,16 +389,6 @@ async fn create(
     .map_err(|stop| match stop {
         Stop::Stripe(StripeFailure::Permanent(detail)) => Stop::Refused(detail),
         other => other,
-    })?;
-    let pay_method = if subscription.pay_method.is_empty() {
-        payer.kind
-    } else {
-        subscription.pay_method.clone()
-    };
-    Ok(Made {
-        customer: payer.customer,
-        pay_method,
-        subscription,
     })
 }
 
@@ -354,10 +438,7 @@ async fn payer_step(
                 // One person, one customer: the key comes from (partnerCode, email), not from
                 // the payId. A second job of the same person with another method gets Stripe's
                 // idempotency error, an unknown outcome: the lookup then finds the customer.
-                let key = format!(
-                    "ar-cus-{}-{suffix}",
-                    short_hash(&format!("{partner}\n{email}"))
-                );
+                let key = customer_key(partner, email, suffix);
                 let new = NewCustomer {
                     partner_code: partner,
                     email,
@@ -593,10 +674,6 @@ where
             _ => return Err(failure.into()),
         }
     }
-}
-
-fn short_hash(text: &str) -> String {
-    hex::encode(&Md5::digest(text.as_bytes())[..12])
 }
 
 fn millis(duration: Duration) -> u64 {

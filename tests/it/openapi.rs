@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use autorenew::broker::BrokerError;
+use autorenew::domain::authorization::{AUTHORIZATION_FIELDS, AUTHORIZATION_TRADE_TYPE};
 use autorenew::domain::cancel::{CANCEL_FIELDS, CANCEL_TRADE_TYPE};
 use autorenew::domain::money::Currency;
 use autorenew::domain::push_calls::{QUERY_NOTIFICATIONS_FIELDS, RECOVER_FIELDS, RESEND_FIELDS};
@@ -123,6 +124,8 @@ fn one_of_each() -> Vec<IntakeError> {
         IntakeError::MethodNotAllowed,
         IntakeError::Broker(BrokerError::Unavailable),
         IntakeError::Store(StoreError::Timeout(Duration::from_millis(1))),
+        IntakeError::StripeUnavailable("timed out".into()),
+        IntakeError::StripeRejected("invalid".into()),
     ]
 }
 
@@ -158,6 +161,7 @@ fn the_document_is_openapi_3() {
     );
     for path in [
         "/stripeSubDirectly",
+        "/stripeSubAuthorization",
         "/resultQuery",
         "/cancelAutoRenewalRecord",
         "/queryAutoRenewalRecord",
@@ -184,6 +188,7 @@ fn the_request_schemas_list_every_field_as_a_required_non_empty_string() {
     // (schema, required fields, optional fields)
     for (name, fields, optional) in [
         ("SubscriptionRequest", SUBSCRIPTION_FIELDS, &[][..]),
+        ("AuthorizationRequest", AUTHORIZATION_FIELDS, &[]),
         ("ResultQueryRequest", RESULT_QUERY_FIELDS, &[]),
         ("CancelRequest", CANCEL_FIELDS, &["when"]),
         ("RenewalQueryRequest", RENEWAL_QUERY_FIELDS, &[]),
@@ -233,6 +238,7 @@ fn the_renewal_endpoints_document_their_trade_type_and_when() {
     for (name, trade_type) in [
         ("CancelRequest", CANCEL_TRADE_TYPE),
         ("RenewalQueryRequest", QUERY_TRADE_TYPE),
+        ("AuthorizationRequest", AUTHORIZATION_TRADE_TYPE),
     ] {
         assert_eq!(
             strings(&schema(&doc, name)["properties"]["tradeType"]["enum"]),
@@ -333,6 +339,7 @@ fn every_response_schema_has_the_flat_fields() {
         "Notifications",
         "ResendReceipt",
         "RecoverReceipt",
+        "Authorization",
     ] {
         let required = strings(&schema(&doc, name)["required"]);
         for field in FLAT_FIELDS {

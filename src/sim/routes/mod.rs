@@ -10,6 +10,7 @@ mod events;
 mod payment_methods;
 mod payments;
 pub mod search;
+mod setup_intents;
 mod subscriptions;
 mod webhook_endpoints;
 
@@ -61,6 +62,9 @@ pub enum Route {
     ListInvoicePayments,
     RetrieveInvoicePayment,
     RetrievePaymentIntent,
+    CreateSetupIntent,
+    RetrieveSetupIntent,
+    ConfirmSetupIntent,
     CreateWebhookEndpoint,
     ListWebhookEndpoints,
     RetrieveWebhookEndpoint,
@@ -108,6 +112,9 @@ impl Route {
             (["invoice_payments"], true, _) => (ListInvoicePayments, None),
             (["invoice_payments", id], true, _) => (RetrieveInvoicePayment, Some(*id)),
             (["payment_intents", id], true, _) => (RetrievePaymentIntent, Some(*id)),
+            (["setup_intents"], false, true) => (CreateSetupIntent, None),
+            (["setup_intents", id], true, _) => (RetrieveSetupIntent, Some(*id)),
+            (["setup_intents", id, "confirm"], false, true) => (ConfirmSetupIntent, Some(*id)),
             (["webhook_endpoints"], false, true) => (CreateWebhookEndpoint, None),
             (["webhook_endpoints"], true, _) => (ListWebhookEndpoints, None),
             (["webhook_endpoints", id], true, _) => (RetrieveWebhookEndpoint, Some(*id)),
@@ -151,6 +158,9 @@ impl Route {
             ListInvoicePayments => "GET /v1/invoice_payments",
             RetrieveInvoicePayment => "GET /v1/invoice_payments/{id}",
             RetrievePaymentIntent => "GET /v1/payment_intents/{id}",
+            CreateSetupIntent => "POST /v1/setup_intents",
+            RetrieveSetupIntent => "GET /v1/setup_intents/{id}",
+            ConfirmSetupIntent => "POST /v1/setup_intents/{id}/confirm",
             CreateWebhookEndpoint => "POST /v1/webhook_endpoints",
             ListWebhookEndpoints => "GET /v1/webhook_endpoints",
             RetrieveWebhookEndpoint => "GET /v1/webhook_endpoints/{id}",
@@ -196,6 +206,9 @@ impl Route {
             ListInvoicePayments => payments::list(ctx, params),
             RetrieveInvoicePayment => payments::retrieve(ctx, id, params),
             RetrievePaymentIntent => payments::retrieve_intent(ctx, id, params),
+            CreateSetupIntent => setup_intents::create(ctx, params),
+            RetrieveSetupIntent => setup_intents::retrieve(ctx, id, params),
+            ConfirmSetupIntent => setup_intents::confirm(ctx, id, params),
             CreateWebhookEndpoint => webhook_endpoints::create(ctx, params),
             ListWebhookEndpoints => webhook_endpoints::list(ctx, params),
             RetrieveWebhookEndpoint => webhook_endpoints::retrieve(ctx, id, params),

@@ -79,6 +79,23 @@ pub fn check_attachable(ctx: &Ctx, id: &str, param: &str) -> Result<(), ApiError
     attach_check(ctx, &behaviour)
 }
 
+/// Whether `id` could be set up for a customer now, by a SetupIntent's confirm: as
+/// [`check_attachable`], except that a card Stripe declines at setup always fails here,
+/// whatever `declines_at` says (checking the card is what a SetupIntent is for).
+pub fn check_setup(ctx: &Ctx, id: &str, param: &str) -> Result<(), ApiError> {
+    let behaviour = match find(ctx, id, param, false)? {
+        Found::Stored => ctx.store.payment_methods[id].card.behaviour.clone(),
+        Found::TestCard(card) => card.behaviour,
+        Found::Partner => Behaviour::Good,
+    };
+    match &behaviour {
+        Behaviour::Decline {
+            on_attach: true, ..
+        } => behaviour.error().map_or(Ok(()), Err),
+        _ => Ok(()),
+    }
+}
+
 /// Stripe verifies a card when it is attached; decline cards fail there unless the
 /// simulator is told to decline only at charge time.
 fn attach_check(ctx: &Ctx, behaviour: &Behaviour) -> Result<(), ApiError> {

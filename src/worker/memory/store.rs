@@ -44,6 +44,8 @@ struct State {
     keys: BTreeMap<String, Keys>,
     /// (partner, email) → the Stripe customer remembered for them.
     customers: BTreeMap<(String, String), String>,
+    /// (partner, payId) → (email, customer) of its authorization (`/stripeSubAuthorization`).
+    authorizations: BTreeMap<(String, String), (String, String)>,
     /// lookup key → the price lock's token and expiry.
     price_locks: BTreeMap<String, (String, Instant)>,
     away: bool,
@@ -129,6 +131,15 @@ impl MemoryStore {
             .keys
             .get(&pay_key.to_string())
             .and_then(|k| k.result.clone())
+    }
+
+    /// Keeps an authorization of (`partner`, `pay_id`) for `email`, as the intake does when it
+    /// answers `/stripeSubAuthorization` with `customer`'s SetupIntent.
+    pub fn authorize(&self, pay_key: &PayKey, email: &str, customer: &str) {
+        self.state().authorizations.insert(
+            (pay_key.partner().to_string(), pay_key.pay_id().to_string()),
+            (email.to_owned(), customer.to_owned()),
+        );
     }
 
     /// Every payId with its result, for the invariant checks.
@@ -226,6 +237,27 @@ impl MemoryStore {
 }
 
 impl JobStore for MemoryStore {
+    fn authorized_customer<'a>(
+        &'a self,
+        pay_key: &'a PayKey,
+        email: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
+        let key = (pay_key.partner().to_string(), pay_key.pay_id().to_string());
+        self.call_on(
+            pay_key.pay_id().as_str(),
+            "authorized_customer",
+            move |state, _| {
+                state
+                    .authorizations
+                    .get(&key)
+                    .filter(|(authorized, _)| authorized == email)
+                    .map(|(_, customer)| customer.clone())
+            },
+            |found| format!("{found:?}"),
+        )
+        .boxed()
+    }
+
     fn customer_of<'a>(
         &'a self,
         partner: &'a str,

@@ -9,6 +9,7 @@ pub(crate) mod helpers;
 mod idempotency;
 mod queries;
 mod receiver;
+mod setup_intents;
 mod stripe_client;
 mod webhooks;
 mod worker_client;

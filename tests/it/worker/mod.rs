@@ -1,6 +1,7 @@
 //! The worker, end to end: real RabbitMQ and Redis, the simulator as Stripe, the intake over
 //! HTTP, events read from the results exchange.
 
+mod authorization;
 mod cancel;
 mod cluster;
 mod dead_letters;
