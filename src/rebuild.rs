@@ -19,9 +19,10 @@ pub enum RebuildError {
     Store(#[from] StoreError),
 }
 
-/// The payId's result, rebuilt from its subscription at Stripe and stored; None when Stripe has
-/// no subscription for it (or, within a minute of its creation, does not show it yet: search is
-/// eventually consistent).
+/// The payId's result, rebuilt from its subscription at Stripe and, while the subscription lives,
+/// stored; None when Stripe has no subscription for it (or, within a minute of its creation, does
+/// not show it yet: search is eventually consistent). An ended subscription's records are not
+/// put back: past the retention its payId is forgotten, as documented.
 pub async fn from_stripe(
     gateway: &Gateway,
     store: &Store,
@@ -52,6 +53,9 @@ pub async fn from_stripe(
         cancel_at_period_end: found.state.cancel_at_period_end,
         canceled_at: found.state.canceled_at,
     };
+    if !result.subscription_lives() {
+        return Ok(Some(result));
+    }
     // As old as the subscription itself: any event about it is newer and wins.
     let version = u64::try_from(found.created).unwrap_or(0) << 16;
     tracing::info!(%pay_key, sub_id = %result.sub_id, "records rebuilt from Stripe");

@@ -79,6 +79,13 @@ impl Authorizer {
     }
 }
 
+impl Authorizer {
+    /// The gateway, once connected: also how the intake rebuilds from Stripe what Redis lost.
+    pub fn gateway(&self) -> Option<&Gateway> {
+        self.stripe.get().map(|connected| &connected.gateway)
+    }
+}
+
 /// The Stripe budget in Redis that the workers share (CONTRACT §6): an authorization's calls
 /// count against the same rate as the jobs'.
 struct SharedBudget {

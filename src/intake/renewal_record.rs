@@ -12,6 +12,8 @@ use crate::domain::FinalResult;
 use crate::domain::renewal::STATUS_CANCELED;
 use crate::domain::renewal::{RenewalError, RenewalState};
 use crate::domain::request::{PayId, PayKey};
+use crate::rebuild::{self, RebuildError};
+use crate::stripe::StripeFailure;
 
 /// One payId of this partner, as the store has it.
 #[derive(Debug, Clone)]
@@ -27,10 +29,14 @@ impl RenewalRecord {
     /// The payId's record in its partner's namespace: another partner's payId of the same name
     /// is another key, so it is answered as unknown and no partner learns what another sent.
     pub async fn find(state: &AppState, pay_key: &PayKey) -> Result<Self, IntakeError> {
-        let record = state.store.record(pay_key).await?;
-        let renewal = state.store.renewal(pay_key).await?;
+        let mut record = state.store.record(pay_key).await?;
+        let mut renewal = state.store.renewal(pay_key).await?;
         if record.is_none() && renewal.is_none() {
-            return Err(IntakeError::PayIdUnknown);
+            if !rebuilt_from_stripe(state, pay_key).await? {
+                return Err(IntakeError::PayIdUnknown);
+            }
+            record = state.store.record(pay_key).await?;
+            renewal = state.store.renewal(pay_key).await?;
         }
         Ok(RenewalRecord {
             pay_id: pay_key.pay_id().clone(),
@@ -38,7 +44,40 @@ impl RenewalRecord {
             renewal,
         })
     }
+}
 
+/// Whether Stripe has a live subscription for a payId the store has nothing of, now put back
+/// (Redis is a cache of Stripe: a payId is never taken for one never sent while Stripe says
+/// otherwise). Bounded by `intake.max_wait_secs`; a Stripe that cannot answer is a 503, not a
+/// 404. Without Stripe configured (an intake alone), nothing to ask.
+async fn rebuilt_from_stripe(state: &AppState, pay_key: &PayKey) -> Result<bool, IntakeError> {
+    let Some(gateway) = state.authorizer.gateway() else {
+        return Ok(false);
+    };
+    let asked = tokio::time::timeout(
+        state.limits.max_wait,
+        rebuild::from_stripe(gateway, &state.store, pay_key),
+    )
+    .await;
+    match asked {
+        Ok(Ok(found)) => Ok(found.is_some_and(|result| result.subscription_lives())),
+        Ok(Err(RebuildError::Store(error))) => Err(error.into()),
+        // Stripe refuses the search itself (not offered to this account, say): it cannot tell,
+        // and will not; the store's answer stands.
+        Ok(Err(RebuildError::Stripe(StripeFailure::Permanent(detail)))) => {
+            tracing::warn!(%pay_key, error = %detail.message, "Stripe refused the search that rebuilds a payId");
+            Ok(false)
+        }
+        Ok(Err(RebuildError::Stripe(failure))) => {
+            Err(IntakeError::StripeUnavailable(failure.to_string()))
+        }
+        Err(_) => Err(IntakeError::StripeUnavailable(
+            "Stripe did not answer within intake.max_wait_secs".into(),
+        )),
+    }
+}
+
+impl RenewalRecord {
     /// The creation failed: there is no subscription to cancel.
     pub fn creation_failed(&self) -> bool {
         self.result.as_ref().is_some_and(FinalResult::is_failed)

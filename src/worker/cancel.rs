@@ -82,6 +82,10 @@ pub async fn handle(ctx: &LifecycleContext, incoming: &Incoming, token: &str) ->
         tracing::info!(%pay_id, "cancel of a payId whose creation failed: nothing to cancel");
         return Handled::ack("cancel_nothing");
     }
+    if !result.subscription_lives() {
+        tracing::info!(%pay_id, status = %result.status, "cancel of a subscription that has ended: nothing to cancel");
+        return Handled::ack("cancel_nothing");
+    }
     match ctx.store.lock_pay_id(&pay_key, token, ctx.lock_ttl).await {
         Ok(true) => {}
         Ok(false) => return wait(ctx, incoming, Wait::Lock, incoming.attempt, "locked").await,

@@ -290,3 +290,67 @@ async fn a_cancel_whose_pay_id_redis_lost_still_reaches_stripe() {
     );
     stack.teardown().await;
 }
+
+/// Redis is a cache of Stripe: after every key of the deployment is lost, with live
+/// subscriptions, each query still answers right, each cancel reaches Stripe, and the job sent
+/// again makes no second subscription.
+#[tokio::test]
+async fn after_redis_lost_everything_queries_cancels_and_repeats_still_answer_from_stripe() {
+    let mut stack = Stack::start(FaultConfig::default()).await;
+    stack.spawn_worker().await;
+    let mut live = Vec::new();
+    for _ in 0..3 {
+        live.push(stack.subscribed(|_| {}).await);
+    }
+
+    // Everything of this deployment in Redis is lost (as FLUSHALL would on its own Redis).
+    crate::helpers::delete_keys(
+        crate::helpers::SHARED_REDIS,
+        &stack.settings.redis.key_prefix,
+    )
+    .await;
+
+    for (pay_id, created) in &live {
+        let answer = stack.result_query(pay_id).await;
+        assert_eq!(answer.status, 200, "{pay_id}: {:?}", answer.body);
+        assert_eq!(answer.body["status"], "active");
+        assert_eq!(answer.body["sub_id"], created["data"]["sub_id"]);
+    }
+    let (first, _) = &live[0];
+    let answer = stack
+        .post_signed("/cancelAutoRenewalRecord", cancel(first, "now"))
+        .await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    stack
+        .wait_for_event(first, CANCELED, Duration::from_secs(20))
+        .await
+        .expect("the cancel reached Stripe");
+    // The partner sends the second one again: the intake took its record for lost and makes a
+    // job, and the job makes no second subscription.
+    let (second, created) = &live[1];
+    let again = stack.send(|r| r["payId"] = serde_json::json!(second)).await;
+    assert_eq!(&again, second);
+    let settled = crate::helpers::poll_until(Duration::from_secs(20), || async {
+        stack.events_by_pay_id()[second].len() >= 2
+    })
+    .await;
+    assert!(settled, "the repeat's job ended and announced");
+    assert_eq!(
+        stack.result_query(second).await.body["sub_id"],
+        created["data"]["sub_id"]
+    );
+    assert_eq!(
+        super::stack::subscriptions_by_pay_id(&stack.sim_stats().await)[second],
+        1,
+        "the repeat made no second subscription"
+    );
+    // A never-sent payId is still unknown: Stripe has nothing for it either.
+    let never = stack.result_query("NEVER-SENT-AFTER-LOSS").await;
+    assert_eq!(never.status, 404, "{:?}", never.body);
+    assert_eq!(
+        super::stack::subscriptions_by_pay_id(&stack.sim_stats().await)[first],
+        1,
+        "still one subscription"
+    );
+    stack.teardown().await;
+}
