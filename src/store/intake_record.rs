@@ -62,6 +62,20 @@ return 0
     )
 });
 
+/// Marks a record enqueued. The stored job serves only a takeover of a pending claim: once the
+/// job is on the broker it is dead weight, kept for the subscription's whole life, so it goes.
+/// Only a stub (a record lost before its mark: no fingerprint) gets an expiry here; a record
+/// keeps the one it has, which is none once a worker finished it with a live subscription (a
+/// mark can arrive after that, being batched). KEYS: intake record. ARGV: TTL (s).
+const MARK_ENQUEUED: &str = r#"
+redis.call('HSET', KEYS[1], 'state', 'enqueued')
+redis.call('HDEL', KEYS[1], 'job')
+if redis.call('HEXISTS', KEYS[1], 'fp') == 0 then
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+end
+return 1
+"#;
+
 /// A request's bid for a payId.
 #[derive(Debug, Clone)]
 pub struct Claim<'a> {
@@ -143,32 +157,21 @@ impl Store {
     }
 
     /// Marks records enqueued, whoever holds their claims now (the jobs are on the broker either
-    /// way), in one round trip. Plain commands rather than a script: a record that is gone
-    /// (expired, or lost with an unpersisted Redis) comes back as a bare `enqueued` stub that
-    /// expires like a record, which a later claim simply overwrites.
+    /// way), in one round trip ([`MARK_ENQUEUED`]). A record that is gone (lost with an
+    /// unpersisted Redis) comes back as a bare `enqueued` stub that expires like a record, which
+    /// a later claim simply overwrites.
     ///
     /// On a Redis Cluster a pipeline must stay within one slot, and each payId has its own:
     /// there each record gets its own small pipeline, all sent at once.
     pub async fn mark_enqueued(&self, pay_keys: &[PayKey]) -> Result<(), StoreError> {
         let ttl = self.record_ttl.as_secs().max(1);
         let mark = |pipe: &mut redis::Pipeline, pay_key: &PayKey| {
-            let key = self.keys.intake(pay_key);
-            pipe.cmd("HSET")
-                .arg(&key)
-                .arg("state")
-                .arg("enqueued")
-                .ignore()
-                // The stored job serves only a takeover of a pending claim: once the job is on
-                // the broker it is dead weight, kept for the subscription's whole life.
-                .cmd("HDEL")
-                .arg(&key)
-                .arg("job")
-                .ignore()
-                // NX: only a stub has no expiry yet; a record keeps the one its claim set.
-                .cmd("EXPIRE")
-                .arg(&key)
+            // EVAL with the script's text, not EVALSHA: a pipeline cannot load a missing script.
+            pipe.cmd("EVAL")
+                .arg(MARK_ENQUEUED)
+                .arg(1)
+                .arg(self.keys.intake(pay_key))
                 .arg(ttl)
-                .arg("NX")
                 .ignore();
         };
         let connection = self.connection().await?;

@@ -584,3 +584,41 @@ async fn a_pay_id_stored_before_payids_were_scoped_answers_again_after_migrate_k
     );
     app.teardown().await;
 }
+
+/// A mark is batched and can arrive after a worker finished the job with a live subscription:
+/// it must not give back the record an expiry the finish took away.
+#[tokio::test]
+async fn a_late_enqueued_mark_leaves_a_live_subscription_s_record_without_expiry() {
+    let app = TestApp::spawn().await;
+    let pay_id = accepted_pay_id(&app).await;
+    let store = store(&app);
+    let key = pay(&pay_id);
+    assert!(
+        store
+            .lock_pay_id(&key, "worker", Duration::from_secs(5))
+            .await
+            .expect("lock")
+    );
+    store
+        .finish_job(&key, "worker", &result("active", false))
+        .await
+        .expect("finished");
+
+    store
+        .mark_enqueued(std::slice::from_ref(&key))
+        .await
+        .expect("marked");
+
+    let client = redis::Client::open(crate::helpers::SHARED_REDIS).expect("redis");
+    let mut redis = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connects");
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(format!("{}:intake:{{{PARTNER}:{pay_id}}}", app.prefix()))
+        .query_async(&mut redis)
+        .await
+        .expect("PTTL");
+    assert_eq!(pttl, -1, "a live subscription's record has no expiry");
+    app.teardown().await;
+}
