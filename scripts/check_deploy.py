@@ -13,8 +13,8 @@
   against amqp.prefix.
 - Compose: the Compose Specification's JSON schema (vendored by check-jsonschema), then the
   services, each command and healthcheck against the binary's real subcommands and flags (read
-  from the clap definitions in src/), the config mount, host ports that leave 5672 and 6379 to a
-  local RabbitMQ and Redis, and that the workers can be scaled.
+  from the clap definitions in src/ and crates/), the config mount, host ports that leave 5672
+  and 6379 to a local RabbitMQ and Redis, and that the workers can be scaled.
 - Dockerfile: stages, non-root user, files it copies exist, its `--bin` is a binary of
   Cargo.toml, and no configuration (no partner) is baked into the image.
 - Grafana and the alert rules (deploy/prometheus): every autorenew_* metric and label a query
@@ -510,8 +510,10 @@ def clap_fields(body: str) -> tuple[set[str], set[str], int]:
 
 
 def cli_commands() -> tuple[dict[str, tuple[set[str], set[str], int]], set[str]]:
-    """The subcommands of src/cli.rs's `enum Command` with their flags, and the global flags."""
-    sources = {path: path.read_text() for path in (ROOT / "src").rglob("*.rs")}
+    """The subcommands of src/cli.rs's `enum Command` with their flags, and the global flags.
+    The flags of `stripe-sim` and `loadgen` are defined in their crates (crates/*/src)."""
+    paths = [*(ROOT / "src").rglob("*.rs"), *(ROOT / "crates").glob("*/src/**/*.rs")]
+    sources = {path: path.read_text() for path in paths}
     structs = {}
     for text in sources.values():
         for match in re.finditer(r"pub struct (\w+) \{(.*?)\n\}", text, re.S):

@@ -1,19 +1,20 @@
-//! The command line: one binary, one subcommand per job (CONTRACT §1).
+//! The command line: one binary, one subcommand per job (CONTRACT §1). A module of the binary,
+//! not of the library: `stripe-sim` and `loadgen` take their flags from crates the library cannot
+//! name (docs/design.md, "Crates").
 
 use std::path::PathBuf;
 
+use autorenew::dlq::DlqArgs;
+use autorenew::events::EventsArgs;
+use autorenew::probe::ProbeArgs;
+use autorenew::push::ops::PushArgs;
+use autorenew::push::receiver::ReceiverArgs;
+use autorenew::reconcile::ReconcileArgs;
+use autorenew::run::RunArgs;
+use autorenew::sign_tool::SignArgs;
 use clap::{Parser, Subcommand};
-
-use crate::dlq::DlqArgs;
-use crate::events::EventsArgs;
-use crate::loadgen::LoadgenArgs;
-use crate::probe::ProbeArgs;
-use crate::push::ops::PushArgs;
-use crate::push::receiver::ReceiverArgs;
-use crate::reconcile::ReconcileArgs;
-use crate::run::RunArgs;
-use crate::sign_tool::SignArgs;
-use crate::sim::SimArgs;
+use loadgen::LoadgenArgs;
+use stripe_sim::SimArgs;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -1,15 +1,20 @@
+//! `autorenew`: parses the command line and calls the service library, the Stripe simulator or
+//! loadgen. The only crate that links all three (docs/design.md, "Crates").
+
+mod cli;
+mod wiring;
+
 use std::process::ExitCode;
 
 use clap::Parser;
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
-use autorenew::cli::{Cli, Command};
 use autorenew::config::Settings;
 use autorenew::{
-    dlq, events, intake, loadgen, probe, push, reconcile, run as run_all, sign_tool, sim,
-    telemetry, worker,
+    dlq, events, intake, probe, push, reconcile, run as run_all, sign_tool, telemetry, worker,
 };
+use cli::{Cli, Command};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -44,16 +49,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ..Default::default()
             };
             telemetry::init_logging(&log);
-            sim::run(args, shutdown_on_signal()).await
+            stripe_sim::run(args, shutdown_on_signal()).await
         }
         Command::Loadgen(args) => {
             let settings = load()?;
-            loadgen::run(settings, args, shutdown_on_signal()).await
+            let defaults = wiring::loadgen_defaults(&settings);
+            loadgen::run(defaults, args, shutdown_on_signal()).await
         }
         Command::Run(args) => {
             let settings = load()?;
             require_partners(&settings)?;
-            run_all::run(settings, args, shutdown_on_signal()).await
+            run_all::run(
+                settings,
+                args,
+                wiring::start_simulator,
+                shutdown_on_signal(),
+            )
+            .await
         }
         Command::Worker => {
             let settings = load()?;

@@ -1,13 +1,18 @@
 //! `autorenew run`: the intake, a worker and (without a Stripe key) the simulator, in one
 //! process, for a laptop and the demo. It composes them; none of them knows of the others.
+//!
+//! The simulator is not this library's code (docs/design.md, "Crates"): the caller gives `run` a
+//! [`StartSimulator`], which the binary makes from the `stripe-sim` crate (`src/wiring.rs`).
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 
 use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
-use crate::{intake, push, sign_tool, sim, worker};
+use crate::{intake, push, sign_tool, worker};
 
 /// The key `run` gives the worker for its own simulator (any `sk_test_…` works there).
 pub const SIM_KEY: &str = "sk_test_autorenew_simulator";
@@ -27,6 +32,33 @@ pub struct RunArgs {
     /// Where the built-in simulator listens when no Stripe key is configured.
     #[arg(long, default_value = SIM_LISTEN)]
     pub sim_listen: SocketAddr,
+}
+
+/// Starts the Stripe simulator `run` uses when no Stripe key is configured: binds
+/// [`SimulatorWanted::listen`], makes the one webhook endpoint, and returns without serving yet.
+pub type StartSimulator = fn(SimulatorWanted) -> anyhow::Result<Simulator>;
+
+/// What `run` asks of its simulator: an address, and this run's intake as its one webhook
+/// endpoint.
+#[derive(Debug)]
+pub struct SimulatorWanted {
+    /// `--sim-listen` (port 0: any free port).
+    pub listen: SocketAddr,
+    /// The intake's `/stripe/webhook`.
+    pub webhook_url: String,
+    /// What the deliveries are signed with: the secret the intake checks.
+    pub webhook_secret: SecretString,
+    /// The event types the endpoint gets.
+    pub webhook_events: Vec<String>,
+    /// Cancelled once the worker has drained (the jobs in hand still call the simulator).
+    pub stop: CancellationToken,
+}
+
+/// A simulator bound to its address, not serving yet.
+pub struct Simulator {
+    pub address: SocketAddr,
+    /// Serves until [`SimulatorWanted::stop`] is cancelled.
+    pub serve: Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>,
 }
 
 /// What `run` started, for tests and the banner.
@@ -52,10 +84,12 @@ pub fn run_key_prefix(configured: &str) -> String {
     format!("{configured}.run-{millis}")
 }
 
-/// Builds the parts; `start` spawns them and returns at once.
+/// Builds the parts; `start` spawns them and returns at once. `start_simulator` starts the
+/// simulator when no Stripe key is configured.
 pub async fn start(
     mut settings: Settings,
     args: &RunArgs,
+    start_simulator: StartSimulator,
     shutdown: CancellationToken,
 ) -> anyhow::Result<(Running, tokio::task::JoinSet<anyhow::Result<()>>)> {
     let mut tasks = tokio::task::JoinSet::new();
@@ -79,24 +113,18 @@ pub async fn start(
     }
     let intake = intake::Application::build(&settings, shutdown.clone()).await?;
     let simulator = if with_simulator {
-        let mut sim_settings = sim::SimSettings {
+        let app = start_simulator(SimulatorWanted {
             listen: args.sim_listen,
-            ..sim::SimSettings::for_tests()
-        };
-        sim_settings
-            .webhooks
-            .endpoints
-            .push(sim::webhooks::EndpointSettings {
-                url: format!("http://{}/stripe/webhook", intake.local_addr()),
-                secret: webhook_secret,
-                // The four the worker acts on (CONTRACT §9.2), as one would ask of Stripe.
-                enabled_events: crate::domain::webhook::ACTED_ON
-                    .iter()
-                    .map(|kind| (*kind).to_owned())
-                    .collect(),
-            });
-        let app = sim::Application::build(sim_settings)?;
-        let address = app.address();
+            webhook_url: format!("http://{}/stripe/webhook", intake.local_addr()),
+            webhook_secret,
+            // The four the worker acts on (CONTRACT §9.2), as one would ask of Stripe.
+            webhook_events: crate::domain::webhook::ACTED_ON
+                .iter()
+                .map(|kind| (*kind).to_owned())
+                .collect(),
+            stop: sim_stop.clone(),
+        })?;
+        let address = app.address;
         settings.stripe.secret_key = SecretString::from(SIM_KEY);
         settings.stripe.api_base = format!("http://{address}");
         // Our own simulator speaks HTTP/2 without negotiation: one connection for all calls.
@@ -106,7 +134,7 @@ pub async fn start(
         }
         // Built before the simulator listened: `/stripeSubAuthorization` learns of it now.
         intake.use_stripe(&settings)?;
-        tasks.spawn(app.run_until_stopped(sim_stop.clone()));
+        tasks.spawn(app.serve);
         Some(address)
     } else {
         None
@@ -140,10 +168,11 @@ pub async fn start(
 pub async fn run(
     settings: Settings,
     args: RunArgs,
+    start_simulator: StartSimulator,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let partner = settings.partners.first().cloned();
-    let (running, mut tasks) = start(settings, &args, shutdown).await?;
+    let (running, mut tasks) = start(settings, &args, start_simulator, shutdown).await?;
     println!("autorenew run");
     println!(
         "  intake     http://{}  (POST /stripeSubAuthorization, /stripeSubDirectly, /resultQuery, /cancelAutoRenewalRecord, /queryAutoRenewalRecord)",

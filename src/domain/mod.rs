@@ -13,8 +13,10 @@ pub mod push;
 pub mod push_calls;
 pub mod renewal;
 pub mod request;
-pub mod sign;
 pub mod webhook;
+
+/// The partner sign: the `signatures` crate's, which loadgen shares (docs/design.md, "Crates").
+pub use signatures::partner as sign;
 
 pub use event::ResultEvent;
 pub use fields::{FieldError, SignedFields};

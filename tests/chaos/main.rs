@@ -18,8 +18,6 @@ use std::time::{Duration, Instant};
 
 use autorenew::broker::Topology;
 use autorenew::config::Settings;
-use autorenew::sim::faults::FaultConfig;
-use autorenew::sim::{Application as Sim, SimSettings};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions,
@@ -27,6 +25,8 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use serde_json::Value;
+use stripe_sim::faults::FaultConfig;
+use stripe_sim::{Application as Sim, SimSettings};
 use tokio_util::sync::CancellationToken;
 
 use helpers::private::{PrivateRabbit, PrivateRedis, free_port};
@@ -251,7 +251,7 @@ async fn chaos_keeps_every_promise() {
             lost_response_rate: 0.05,
             ..FaultConfig::default()
         },
-        ..SimSettings::for_tests()
+        ..SimSettings::laptop()
     })
     .expect("simulator");
     let sim_url = format!("http://{}", sim.address());

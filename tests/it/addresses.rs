@@ -1,7 +1,7 @@
 //! A server whose address is taken (a second worker or intake on one host) says which address,
 //! which setting chose it, and how to choose another.
 
-use autorenew::sim::{Application as Sim, SimSettings};
+use stripe_sim::{Application as Sim, SimSettings};
 
 use crate::helpers::{SHARED_AMQP, SHARED_REDIS, test_settings};
 
@@ -56,7 +56,7 @@ fn a_second_simulator_names_the_address_and_its_flag() {
     let (_holder, address) = taken();
     let settings = SimSettings {
         listen: address.parse().expect("address"),
-        ..SimSettings::for_tests()
+        ..SimSettings::laptop()
     };
 
     let error = Sim::build(settings).err().expect("the address is taken");

@@ -5,8 +5,8 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use autorenew::sim::faults::FaultConfig;
 use serde_json::Value;
+use stripe_sim::faults::FaultConfig;
 
 use crate::worker::stack::Stack;
 

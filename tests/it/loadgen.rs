@@ -3,8 +3,6 @@
 
 use std::time::Duration;
 
-use autorenew::cli::{Cli, Command};
-use autorenew::loadgen::{self, LoadgenArgs, Plan, Report};
 use clap::Parser;
 use futures_util::StreamExt;
 use lapin::BasicProperties;
@@ -12,22 +10,31 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
+use loadgen::{LoadgenArgs, Plan, Report};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{SHARED_AMQP, SHARED_REDIS, TestApp, read_queue, test_settings};
+use crate::wiring::loadgen_defaults;
+
+/// `autorenew loadgen`'s flags, as its subcommand parses them.
+#[derive(Debug, Parser)]
+struct Flags {
+    #[command(flatten)]
+    loadgen: LoadgenArgs,
+}
 
 /// The flags as the command line would parse them.
 fn args(flags: &[&str]) -> LoadgenArgs {
-    let argv = ["autorenew", "loadgen", "--quiet"].iter().chain(flags);
-    match Cli::try_parse_from(argv).expect("the flags parse").command {
-        Command::Loadgen(args) => args,
-        _ => panic!("not the loadgen command"),
-    }
+    let argv = ["loadgen", "--quiet"].iter().chain(flags);
+    Flags::try_parse_from(argv)
+        .expect("the flags parse")
+        .loadgen
 }
 
+/// loadgen as `autorenew loadgen` runs it, with its defaults from `app_settings`.
 async fn run(app_settings: &autorenew::config::Settings, flags: &[&str]) -> Report {
-    let plan = Plan::new(app_settings, &args(flags)).expect("a valid plan");
+    let plan = Plan::new(&loadgen_defaults(app_settings), &args(flags)).expect("a valid plan");
     loadgen::execute(&plan, &CancellationToken::new())
         .await
         .expect("the run completes")
@@ -273,7 +280,7 @@ async fn queue_exists(queue: &str) -> bool {
 /// and the jobs whose card declined are not expected to renew.
 #[tokio::test]
 async fn renewals_are_followed_for_every_active_subscription() {
-    use autorenew::sim::faults::FaultConfig;
+    use stripe_sim::faults::FaultConfig;
     let mut stack = crate::worker::stack::Stack::start_with_webhooks(FaultConfig::default()).await;
     stack.spawn_worker().await;
     let report = run(

@@ -22,3 +22,8 @@ mod sign_vectors;
 mod sim;
 mod webhook;
 mod worker;
+
+/// The binary's wiring of the simulator and loadgen to the service (`run`'s simulator, loadgen's
+/// defaults), compiled here too so the tests start what `autorenew` starts.
+#[path = "../../src/wiring.rs"]
+mod wiring;

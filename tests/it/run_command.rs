@@ -26,9 +26,14 @@ async fn start(settings: &Settings) -> Run {
         sim_listen: "127.0.0.1:0".parse().expect("address"),
     };
     let stop = CancellationToken::new();
-    let (running, tasks) = autorenew::run::start(settings.clone(), &args, stop.clone())
-        .await
-        .expect("run starts");
+    let (running, tasks) = autorenew::run::start(
+        settings.clone(),
+        &args,
+        crate::wiring::start_simulator,
+        stop.clone(),
+    )
+    .await
+    .expect("run starts");
     let http = reqwest::Client::new();
     let ready = poll_until(Duration::from_secs(20), || async {
         http.get(format!("http://{}/readyz", running.intake))

@@ -6,8 +6,8 @@ use std::time::Duration;
 use autorenew::config::PartnerPush;
 use autorenew::domain::push::{self, PushSecret};
 use autorenew::push::receiver::{self, Receiver};
-use autorenew::sim::faults::FaultConfig;
 use secrecy::SecretString;
+use stripe_sim::faults::FaultConfig;
 use tokio_util::sync::CancellationToken;
 
 use super::delivery::headers_of;

@@ -2,10 +2,10 @@
 
 use std::time::{Duration, Instant};
 
-use autorenew::sim::faults::FaultConfig;
-use autorenew::sim::{Application, SimSettings};
 use reqwest::header::HeaderMap;
 use serde_json::Value;
+use stripe_sim::faults::FaultConfig;
+use stripe_sim::{Application, SimSettings};
 use tokio_util::sync::CancellationToken;
 
 pub const KEY: &str = "sk_test_simulator";
@@ -50,7 +50,7 @@ pub async fn spawn() -> TestSim {
 pub async fn spawn_with(faults: FaultConfig) -> TestSim {
     spawn_settings(SimSettings {
         faults,
-        ..SimSettings::for_tests()
+        ..SimSettings::laptop()
     })
     .await
 }

@@ -8,8 +8,8 @@ use secrecy::SecretString;
 use serde_json::Value;
 use stripe_shared::{Event, EventType};
 
-use autorenew::sim::SimSettings;
-use autorenew::sim::webhooks::{DeliveryPolicy, EndpointSettings, WebhookSettings};
+use stripe_sim::SimSettings;
+use stripe_sim::webhooks::{DeliveryPolicy, EndpointSettings, WebhookSettings};
 
 use super::helpers::{TestSim, spawn, spawn_settings};
 use super::receiver::Receiver;
@@ -32,7 +32,7 @@ async fn delivering_to(receiver: &Receiver, events: &[&str], attempts: u32) -> T
                 ..DeliveryPolicy::default()
             },
         },
-        ..SimSettings::for_tests()
+        ..SimSettings::laptop()
     })
     .await
 }
@@ -245,7 +245,7 @@ async fn an_advance_answers_once_its_webhooks_are_taken() {
             }],
             delivery: DeliveryPolicy::default(),
         },
-        ..SimSettings::for_tests()
+        ..SimSettings::laptop()
     })
     .await;
     let subscription = subscribe(&sim).await;

@@ -13,8 +13,8 @@ use stripe::StripeRequest;
 use stripe::{IdempotencyKey, RequestStrategy, StripeError};
 use stripe_core::customer::CreateCustomer;
 
-use autorenew::sim::faults::FaultConfig;
 use autorenew::stripe::{CallError, ClientOptions, StripeHttp};
+use stripe_sim::faults::FaultConfig;
 
 use super::helpers::{KEY, TestSim, spawn, spawn_with};
 use super::stripe_client::an_invalid_request_names_its_param;

@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use autorenew::sim::faults::FaultConfig;
 use serde_json::{Value, json};
+use stripe_sim::faults::FaultConfig;
 
 use super::stack::{Stack, subscriptions_by_pay_id};
 use crate::helpers::{Answer, PARTNER};

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use autorenew::sim::faults::FaultConfig;
 use secrecy::ExposeSecret;
 use serde_json::json;
+use stripe_sim::faults::FaultConfig;
 
 use super::stack::Stack;
 

@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use autorenew::sim::faults::FaultConfig;
 use futures_util::future::join_all;
 use serde_json::{Value, json};
+use stripe_sim::faults::FaultConfig;
 
 use super::stack::{Stack, subscriptions_by_pay_id};
 use crate::helpers::private::PrivateRedisCluster;

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use autorenew::sim::faults::FaultConfig;
 use lapin::BasicProperties;
 use lapin::options::BasicPublishOptions;
 use serde_json::json;
+use stripe_sim::faults::FaultConfig;
 use tokio_util::sync::CancellationToken;
 
 use autorenew::dlq::Select;

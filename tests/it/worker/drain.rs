@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use autorenew::sim::faults::FaultConfig;
+use stripe_sim::faults::FaultConfig;
 
 use super::stack::Stack;
 use crate::helpers::poll_until;

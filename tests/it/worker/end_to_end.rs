@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use autorenew::sim::faults::FaultConfig;
 use serde_json::json;
+use stripe_sim::faults::FaultConfig;
 
 use super::stack::{Stack, subscriptions_by_pay_id};
 

@@ -4,10 +4,10 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use autorenew::domain::Job;
-use autorenew::sim::faults::FaultConfig;
 use lapin::BasicProperties;
 use lapin::options::BasicPublishOptions;
 use serde_json::json;
+use stripe_sim::faults::FaultConfig;
 
 use super::stack::{Stack, subscription_creates, subscriptions_by_pay_id};
 use crate::helpers::poll_until;

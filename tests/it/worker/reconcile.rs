@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use autorenew::reconcile::reconcile;
-use autorenew::sim::faults::FaultConfig;
 use secrecy::SecretString;
 use serde_json::json;
+use stripe_sim::faults::FaultConfig;
 
 use super::stack::Stack;
 

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use autorenew::sim::faults::FaultConfig;
 use serde_json::json;
+use stripe_sim::faults::FaultConfig;
 
 use super::stack::Stack;
 

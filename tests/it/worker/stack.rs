@@ -7,9 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use autorenew::config::Settings;
-use autorenew::sim::faults::FaultConfig;
-use autorenew::sim::webhooks::EndpointSettings;
-use autorenew::sim::{Application as Sim, SimSettings};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions,
@@ -18,6 +15,9 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use secrecy::SecretString;
 use serde_json::{Value, json};
+use stripe_sim::faults::FaultConfig;
+use stripe_sim::webhooks::EndpointSettings;
+use stripe_sim::{Application as Sim, SimSettings};
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{
@@ -88,7 +88,7 @@ impl Stack {
         let intake_port = crate::helpers::private::free_port();
         let mut sim_settings = SimSettings {
             faults,
-            ..SimSettings::for_tests()
+            ..SimSettings::laptop()
         };
         if webhooks {
             sim_settings.webhooks.endpoints.push(EndpointSettings {

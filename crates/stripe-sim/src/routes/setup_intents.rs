@@ -13,9 +13,9 @@ use serde_json::{Value, json};
 
 use super::payment_methods::{attach_to, check_setup};
 use super::{Ctx, check_known, expansions};
-use crate::sim::errors::ApiError;
-use crate::sim::form::Params;
-use crate::sim::store::{SetupIntent, new_id, render_customer, render_payment_method};
+use crate::errors::ApiError;
+use crate::form::Params;
+use crate::store::{SetupIntent, new_id, render_customer, render_payment_method};
 
 const CREATE_PARAMS: &[&str] = &[
     "customer",

@@ -4,15 +4,16 @@
 //! `POST /_sim/advance` takes to renew and charge [`RENEWALS`] subscriptions (it holds the
 //! state lock meanwhile, and `loadgen --renewals` measures from it).
 //!
-//! `cargo bench --bench sim` (add `-- SECONDS` to change the throughput run's length). The
-//! client runs in the same process, on the same cores, so the throughput is a lower bound.
+//! `cargo bench -p stripe-sim --bench sim` (add `-- SECONDS` to change the throughput run's
+//! length). The client runs in the same process, on the same cores, so the throughput is a lower
+//! bound.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use autorenew::sim::faults::{FaultConfig, STRIPE_LIVE_RATE, STRIPE_TEST_RATE};
-use autorenew::sim::{Application, SimSettings};
+use stripe_sim::faults::{FaultConfig, STRIPE_LIVE_RATE, STRIPE_TEST_RATE};
+use stripe_sim::{Application, SimSettings};
 use tokio_util::sync::CancellationToken;
 
 const KEY: &str = "sk_test_bench";
@@ -60,7 +61,7 @@ fn main() -> anyhow::Result<()> {
 async fn start(faults: FaultConfig) -> anyhow::Result<(String, String, CancellationToken)> {
     let app = Application::build(SimSettings {
         faults,
-        ..SimSettings::for_tests()
+        ..SimSettings::laptop()
     })?;
     let base = format!("http://127.0.0.1:{}", app.port());
     let stop = CancellationToken::new();

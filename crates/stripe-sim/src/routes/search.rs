@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::sim::errors::ApiError;
-use crate::sim::form::Params;
+use crate::errors::ApiError;
+use crate::form::Params;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Field {

@@ -17,10 +17,10 @@ use serde_json::{Value, json};
 use super::customers::merge_metadata;
 use super::search::{Field, Query, visible};
 use super::{Ctx, check_known, check_list, expansions, page};
-use crate::sim::billing::{emit_invoice_for, emit_subscription_for};
-use crate::sim::errors::ApiError;
-use crate::sim::form::{Params, Value as Param};
-use crate::sim::store::{
+use crate::billing::{emit_invoice_for, emit_subscription_for};
+use crate::errors::ApiError;
+use crate::form::{Params, Value as Param};
+use crate::store::{
     Expand, Invoice, Item, Payment, Store, Subscription, new_id, period_end, render_invoice,
     render_subscription,
 };

@@ -6,9 +6,9 @@
 use serde_json::Value;
 
 use super::{Ctx, check_known, check_list, expansions, page};
-use crate::sim::errors::ApiError;
-use crate::sim::form::Params;
-use crate::sim::store::{
+use crate::errors::ApiError;
+use crate::form::Params;
+use crate::store::{
     Invoice, Payment, Store, intent_id, invoice_payment_id, render_invoice_payment,
     render_payment_intent,
 };

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use bytes::Bytes;
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::domain::sign;
+use signatures::partner as sign;
 
 /// The payment method Stripe's test mode (and the simulator) always declines.
 pub const DECLINING_PM_ID: &str = "pm_card_chargeDeclined";

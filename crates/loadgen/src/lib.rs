@@ -4,8 +4,10 @@
 //! against.
 //!
 //! loadgen talks to the service only as an outside client would: the sign (a partner has it
-//! too), HTTP, and the results exchange. It reads the configuration only for defaults (the
-//! first partner and its secret, the intake's address, the broker's URL and prefix).
+//! too), HTTP, and the results exchange. It does not depend on the service crate (docs/design.md,
+//! "Crates"): the `autorenew` binary reads the service's configuration and gives loadgen only
+//! its [`Defaults`] (the partners and their secrets, the intake's address, the broker's URL and
+//! prefix, the webhook secret, the simulator's URL).
 //!
 //! - [`payload`]: the requests and their mix (fresh, duplicate, conflict, invalid).
 //! - [`drive`]: open-loop and closed-loop pacing, shared by HTTP and the baseline.
@@ -25,15 +27,13 @@ mod renewals;
 mod report;
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
-
-use crate::config::Settings;
 
 pub use drive::{Limit, Pacing};
 pub use follow::{FollowOutcome, FollowSpec};
@@ -164,6 +164,25 @@ pub struct RequestArgs {
     pub customers: Option<u64>,
 }
 
+/// What loadgen takes from the service's configuration (`config.toml` and `AUTORENEW__…`): the
+/// defaults of its flags, nothing more. The `autorenew` binary fills it in from its settings.
+#[derive(Debug, Clone)]
+pub struct Defaults {
+    /// `partners`, as (code, secret): `--partner` finds its secret here; the first is the
+    /// default partner.
+    pub partners: Vec<(String, SecretString)>,
+    /// `intake.listen`: the default `--target` (an unspecified address means this machine).
+    pub intake_listen: SocketAddr,
+    /// `amqp.url`: the broker the result events (and `--baseline`'s scratch queue) are on.
+    pub amqp_url: SecretString,
+    /// `amqp.prefix`: the results exchange is `<prefix>.results`.
+    pub amqp_prefix: String,
+    /// The first of `stripe.webhook_secrets`: what `--webhooks` signs with.
+    pub webhook_secret: Option<SecretString>,
+    /// `stripe.api_base`: the simulator `--renewals` advances unless `--sim` (empty: none).
+    pub stripe_api_base: String,
+}
+
 /// A checked run: everything [`execute`] needs.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -197,8 +216,8 @@ pub enum Mode {
 }
 
 impl Plan {
-    /// Checks the flags against each other and fills the defaults from `settings`.
-    pub fn new(settings: &Settings, args: &LoadgenArgs) -> anyhow::Result<Plan> {
+    /// Checks the flags against each other and fills the defaults from the configuration's.
+    pub fn new(defaults: &Defaults, args: &LoadgenArgs) -> anyhow::Result<Plan> {
         let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
         let pacing = match (args.rate, args.concurrency) {
             (Some(rate), _) if !(rate.is_finite() && rate > 0.0) => {
@@ -234,7 +253,7 @@ impl Plan {
         if mix.duplicate + mix.conflict + mix.invalid > 1.0 + 1e-9 {
             bail!("the duplicate, conflict and invalid shares add up to more than 1");
         }
-        let (partner, secret) = partner(settings, args)?;
+        let (partner, secret) = partner(defaults, args)?;
         let request = &args.request;
         let payload = PayloadSpec {
             partner: partner.clone(),
@@ -248,12 +267,12 @@ impl Plan {
         };
         let mode = if args.baseline {
             Mode::Baseline {
-                amqp_url: settings.amqp.url.clone(),
-                queue: format!("{}.loadgen-baseline-{run_id}", settings.amqp.prefix),
+                amqp_url: defaults.amqp_url.clone(),
+                queue: format!("{}.loadgen-baseline-{run_id}", defaults.amqp_prefix),
             }
         } else {
-            let target = target(settings, args)?;
-            let webhook_secret = match (args.webhooks, settings.stripe.webhook_secrets.first()) {
+            let target = target(defaults, args)?;
+            let webhook_secret = match (args.webhooks, &defaults.webhook_secret) {
                 (false, _) => None,
                 (true, Some(secret)) => Some(secret.clone()),
                 (true, None) => {
@@ -261,15 +280,15 @@ impl Plan {
                 }
             };
             let follow = (!args.no_follow && !args.webhooks).then(|| FollowSpec {
-                amqp_url: settings.amqp.url.clone(),
-                exchange: format!("{}.results", settings.amqp.prefix),
+                amqp_url: defaults.amqp_url.clone(),
+                exchange: format!("{}.results", defaults.amqp_prefix),
                 partner,
                 result_timeout: args.result_timeout,
             });
             let renewals = match args.renewals {
                 None => None,
                 Some(0) => bail!("--renewals must be above 0"),
-                Some(periods) => Some(Box::new((periods, simulator(settings, args)?))),
+                Some(periods) => Some(Box::new((periods, simulator(defaults, args)?))),
             };
             Mode::Http {
                 target,
@@ -292,20 +311,20 @@ impl Plan {
     }
 }
 
-fn partner(settings: &Settings, args: &LoadgenArgs) -> anyhow::Result<(String, SecretString)> {
+fn partner(defaults: &Defaults, args: &LoadgenArgs) -> anyhow::Result<(String, SecretString)> {
     let args = &args.request;
     let configured = match &args.partner {
-        Some(code) => settings.partners.iter().find(|p| &p.code == code),
-        None => settings.partners.first(),
+        Some(code) => defaults.partners.iter().find(|(known, _)| known == code),
+        None => defaults.partners.first(),
     };
     let code = match (&args.partner, configured) {
         (Some(code), _) => code.clone(),
-        (None, Some(partner)) => partner.code.clone(),
+        (None, Some((code, _))) => code.clone(),
         (None, None) => bail!("the configuration has no partner; give --partner and --secret"),
     };
     let secret = match (&args.secret, configured) {
         (Some(secret), _) => SecretString::from(secret.as_str()),
-        (None, Some(partner)) => partner.secret.clone(),
+        (None, Some((_, secret))) => secret.clone(),
         (None, None) => bail!("partner `{code}` is not in the configuration; give --secret"),
     };
     Ok((code, secret))
@@ -313,11 +332,11 @@ fn partner(settings: &Settings, args: &LoadgenArgs) -> anyhow::Result<(String, S
 
 /// The intake's URL: `--target`, else the configured listen address (an unspecified address
 /// such as 0.0.0.0 means this machine). Only loopback unless `--allow-remote`.
-fn target(settings: &Settings, args: &LoadgenArgs) -> anyhow::Result<url::Url> {
+fn target(defaults: &Defaults, args: &LoadgenArgs) -> anyhow::Result<url::Url> {
     let text = match &args.target {
         Some(target) => target.clone(),
         None => {
-            let mut listen = settings.intake_listen();
+            let mut listen = defaults.intake_listen;
             if listen.ip().is_unspecified() {
                 listen.set_ip(IpAddr::from([127, 0, 0, 1]));
             }
@@ -329,11 +348,11 @@ fn target(settings: &Settings, args: &LoadgenArgs) -> anyhow::Result<url::Url> {
 
 /// The simulator `--renewals` advances: `--sim`, else `stripe.api_base` (which `autorenew run`
 /// leaves empty in the file: its simulator listens on `--sim-listen`, 127.0.0.1:12111).
-fn simulator(settings: &Settings, args: &LoadgenArgs) -> anyhow::Result<url::Url> {
+fn simulator(defaults: &Defaults, args: &LoadgenArgs) -> anyhow::Result<url::Url> {
     match &args.sim {
         Some(url) => Ok(url.clone()),
-        None if !settings.stripe.api_base.trim().is_empty() => {
-            url::Url::parse(settings.stripe.api_base.trim()).context("`stripe.api_base`")
+        None if !defaults.stripe_api_base.trim().is_empty() => {
+            url::Url::parse(defaults.stripe_api_base.trim()).context("`stripe.api_base`")
         }
         None => bail!(
             "--renewals needs the simulator: give --sim (e.g. http://127.0.0.1:12111 under \
@@ -490,11 +509,11 @@ pub async fn execute(plan: &Plan, shutdown: &CancellationToken) -> anyhow::Resul
 /// `autorenew loadgen`: runs, prints the report, and fails when the run failed its checks or
 /// was interrupted.
 pub async fn run(
-    settings: Settings,
+    defaults: Defaults,
     args: LoadgenArgs,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let plan = Plan::new(&settings, &args)?;
+    let plan = Plan::new(&defaults, &args)?;
     let report = execute(&plan, &shutdown).await?;
     if args.json {
         println!("{}", report.to_json());

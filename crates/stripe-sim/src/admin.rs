@@ -1,5 +1,5 @@
 //! `/_sim/*`: the simulator's own admin endpoints (JSON in and out, no auth, never faulted).
-//! The formats are documented in the module docs of [`crate::sim`].
+//! The formats are documented in the module docs of [`crate`].
 
 use std::sync::Arc;
 

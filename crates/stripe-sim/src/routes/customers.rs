@@ -4,9 +4,9 @@ use serde_json::Value;
 
 use super::search::{Field, Query, visible};
 use super::{Ctx, check_known, check_list, expansions, page, payment_methods};
-use crate::sim::errors::ApiError;
-use crate::sim::form::Params;
-use crate::sim::store::{Customer, Store, new_id, render_customer, render_payment_method};
+use crate::errors::ApiError;
+use crate::form::Params;
+use crate::store::{Customer, Store, new_id, render_customer, render_payment_method};
 
 const WRITABLE: &[&str] = &[
     "address",

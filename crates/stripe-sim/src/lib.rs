@@ -1,7 +1,8 @@
 //! `autorenew stripe-sim`: a stateful Stripe stand-in with Stripe's limits and faults
 //! (CONTRACT §8). The embedded default for `autorenew run`, the tests, the benchmarks and the
 //! fault drills. It shares no code with the Stripe gateway, so a misreading of Stripe in one
-//! cannot hide in the other.
+//! cannot hide in the other: this crate does not depend on the service crate (`autorenew`), and
+//! the service library cannot name this one (docs/design.md, "Crates").
 //!
 //! # Stripe API (`/v1/…`, form-encoded, `Authorization: Bearer sk_test_…|sk_live_…` or HTTP Basic with the key as user name)
 //! Customers (create, with `payment_method` attached there; retrieve, update, list by
@@ -75,7 +76,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio_util::sync::CancellationToken;
 
-use crate::accept::next_connection;
+use accept::next_connection;
 use faults::{
     DeclinesAt, FaultConfig, InvoiceShape, Limiter, LostMode, Scripts, UnknownPaymentMethods,
 };
@@ -175,8 +176,10 @@ pub struct SimSettings {
 }
 
 impl SimSettings {
-    /// Port 0 on localhost, no faults: what tests start.
-    pub fn for_tests() -> Self {
+    /// A simulator for one machine: port 0 on localhost (any free port), no faults, no webhook
+    /// endpoint. `autorenew run` starts this one on its `--sim-listen` with its intake as the
+    /// endpoint; the tests and benchmarks start it as it is.
+    pub fn laptop() -> Self {
         SimSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             faults: FaultConfig::default(),
@@ -344,7 +347,7 @@ impl Application {
             .map_err(|e| anyhow::anyhow!("webhook endpoint: {e}"))?;
         store.webhook_endpoints.clone_from(&configured_endpoints);
         let listener = TcpListener::bind(settings.listen).map_err(|error| {
-            crate::accept::bind_failed(
+            accept::bind_failed(
                 &error,
                 settings.listen,
                 "autorenew stripe-sim --listen, autorenew run --sim-listen",

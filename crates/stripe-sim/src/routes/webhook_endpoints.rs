@@ -1,13 +1,13 @@
 //! Webhook endpoints: create (the answer carries the `whsec_…` secret, as only Stripe's create
-//! answer does), list, retrieve, delete. Deliveries: see [`crate::sim::webhooks`].
+//! answer does), list, retrieve, delete. Deliveries: see [`crate::webhooks`].
 
 use serde_json::{Value, json};
 
 use super::{Ctx, check_known, check_list, expansions, page};
-use crate::sim::errors::ApiError;
-use crate::sim::form::Params;
-use crate::sim::store::new_id;
-use crate::sim::webhooks::{Endpoint, new_secret, parse_url, render_endpoint};
+use crate::errors::ApiError;
+use crate::form::Params;
+use crate::store::new_id;
+use crate::webhooks::{Endpoint, new_secret, parse_url, render_endpoint};
 
 const CREATE_PARAMS: &[&str] = &[
     "url",

@@ -213,7 +213,7 @@ async fn send_one<S: Send>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::loadgen::payload::{Mix, PayloadSpec};
+    use crate::payload::{Mix, PayloadSpec};
     use secrecy::SecretString;
     use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -3,9 +3,9 @@
 use serde_json::Value;
 
 use super::{Ctx, check_known, check_list, expansions, page};
-use crate::sim::errors::ApiError;
-use crate::sim::form::Params;
-use crate::sim::store::{Price, Product, Recurring, Store, new_id, render_price, render_product};
+use crate::errors::ApiError;
+use crate::form::Params;
+use crate::store::{Price, Product, Recurring, Store, new_id, render_price, render_product};
 
 const PRODUCT_PARAMS: &[&str] = &[
     "id",

@@ -19,7 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use crate::domain::webhook::{SIGNATURE_HEADER, sign};
+use signatures::stripe::{SIGNATURE_HEADER, sign};
 
 use super::drive;
 use super::payload::Prepared;

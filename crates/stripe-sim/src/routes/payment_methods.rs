@@ -1,16 +1,16 @@
 //! Payment methods: retrieve, attach, detach, list for a customer.
 //!
-//! See [`crate::sim::cards`] for what a test id (`pm_card_visa`) and a partner's own `pm_…`
+//! See [`crate::cards`] for what a test id (`pm_card_visa`) and a partner's own `pm_…`
 //! id stand for.
 
 use serde_json::Value;
 
 use super::{Ctx, check_known, check_list, expansions, page};
-use crate::sim::cards::{self, Behaviour};
-use crate::sim::errors::ApiError;
-use crate::sim::faults::{DeclinesAt, UnknownPaymentMethods};
-use crate::sim::form::Params;
-use crate::sim::store::{PaymentMethod, new_id, render_payment_method};
+use crate::cards::{self, Behaviour};
+use crate::errors::ApiError;
+use crate::faults::{DeclinesAt, UnknownPaymentMethods};
+use crate::form::Params;
+use crate::store::{PaymentMethod, new_id, render_payment_method};
 
 const ATTACHED_ELSEWHERE: &str =
     "The payment method you provided has already been attached to a customer.";

@@ -4,8 +4,8 @@
 use serde_json::Value;
 
 use super::{Ctx, check_known, check_list, expansions, page};
-use crate::sim::errors::ApiError;
-use crate::sim::form::{Params, Value as Param};
+use crate::errors::ApiError;
+use crate::form::{Params, Value as Param};
 
 pub fn list(ctx: &mut Ctx, params: &Params) -> Result<Value, ApiError> {
     check_list(params, &["type", "types", "delivery_success"])?;
