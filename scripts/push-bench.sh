@@ -10,9 +10,14 @@
 #               connections and never answering and P10's answering 503: the other eight's p99
 #               and throughput against the healthy run, when each breaker opened, and, once
 #               both endpoints recover, that every event of theirs is delivered
+#   recovery    $RECOVER_EVENTS events (10,000) fail at P01 (503, a one-retry schedule), then
+#               P01 answers again and one /recoverNotifications resends the window: how long
+#               until all arrived, none twice, none missing
+#   crash       P01 at $CRASH_RATE/s (300) while the notifier is killed with SIGKILL twice and
+#               restarted: 0 lost, and every repeat carries its event's webhook-id
 #
 #   scripts/push-bench.sh                    # all three, release build
-#   scripts/push-bench.sh latency            # one of them
+#   scripts/push-bench.sh latency            # one of them: latency|throughput|isolation|recovery|crash
 #   PROFILE=debug DURATION=10 scripts/push-bench.sh isolation
 #
 # Needs RabbitMQ and Redis (AUTORENEW__AMQP__URL and AUTORENEW__REDIS__URL override the local
@@ -26,6 +31,8 @@ DURATION="${DURATION:-30}"
 LATENCY_RATE="${LATENCY_RATE:-500}"
 THROUGHPUT_PARTNERS="${THROUGHPUT_PARTNERS:-4}"
 THROUGHPUT_RATE="${THROUGHPUT_RATE:-600}"
+RECOVER_EVENTS="${RECOVER_EVENTS:-10000}"
+CRASH_RATE="${CRASH_RATE:-300}"
 if [ "$PROFILE" = release ]; then cargo build --release --quiet; else cargo build --quiet; fi
 BIN=$PWD/target/$PROFILE/autorenew
 RUN=pushbench$$
@@ -45,6 +52,7 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 receiver_port=$(free_port)
 notifier_port=$(free_port)
+intake_port=$(free_port)
 RECEIVER=http://127.0.0.1:$receiver_port
 SECRET="whsec_ZGVtby1wdXNoLXNlY3JldC1vZi1QMDAwODE4LTMyYg=="
 
@@ -68,17 +76,33 @@ EOF
   done
 }
 config > "$dir/config.toml"
+# The recovery run's notifier: one quick retry, and a breaker that never opens, so each event
+# fails within a second and is kept for recovery.
+config | sed -e 's/^retry_schedule_secs = .*/retry_schedule_secs = [0.2]/' \
+             -e 's/^breaker_failures = .*/breaker_failures = 100000000/' > "$dir/recovery.toml"
 
 export AUTORENEW__AMQP__PREFIX=$RUN AUTORENEW__REDIS__KEY_PREFIX=$RUN
 export AUTORENEW__PUSH__LISTEN=127.0.0.1:$notifier_port AUTORENEW__LOG__FILTER=warn
+export AUTORENEW__INTAKE__LISTEN=127.0.0.1:$intake_port
 ar() { "$BIN" --config "$dir/config.toml" "$@"; }
 
 ar receiver --quiet --listen "127.0.0.1:$receiver_port" --secret "$SECRET" >"$dir/receiver.log" 2>&1 &
 pids+=($!)
-ar notifier >"$dir/notifier.log" 2>&1 &
-pids+=($!)
+notifier_pid=
+# Starts a notifier with the configuration $1 (default: the run's) and waits until it is ready.
+start_notifier() {
+  "$BIN" --config "${1:-$dir/config.toml}" notifier >>"$dir/notifier.log" 2>&1 &
+  notifier_pid=$!
+  pids+=($notifier_pid)
+  for _ in $(seq 1 100); do
+    curl -sf "http://127.0.0.1:$notifier_port/readyz" >/dev/null && break
+    sleep 0.2
+  done
+}
+stop_notifier() { kill "$notifier_pid" 2>/dev/null || true; wait "$notifier_pid" 2>/dev/null || true; }
+start_notifier
 for _ in $(seq 1 100); do
-  curl -sf "http://127.0.0.1:$notifier_port/readyz" >/dev/null && curl -sf "$RECEIVER/_receiver/stats" >/dev/null && break
+  curl -sf "$RECEIVER/_receiver/stats" >/dev/null && break
   sleep 0.2
 done
 
@@ -149,7 +173,7 @@ isolation() {
   want=$(field "$dir/failing.json" 'sum(p["published"] for p in r["partners"] if p["partner"] in ("P09","P10"))')
   local got=0
   for _ in $(seq 1 1200); do
-    got=$(curl -s "$RECEIVER/_receiver/stats" | python3 -c 'import json,sys; s=json.load(sys.stdin); print(sum(s.get(p, {}).get("distinct", 0) for p in ("P09","P10")))')
+    got=$(curl -s "$RECEIVER/_receiver/stats" | python3 -c 'import json,sys; s=json.load(sys.stdin); print(sum(s.get(p, {}).get("delivered", 0) for p in ("P09","P10")))')
     [ "$got" -ge "$want" ] && break
     sleep 0.5
   done
@@ -181,10 +205,80 @@ print(f"after recovery: {got} of {want} events of P09 and P10 delivered, {want -
 EOF
 }
 
+now_rfc3339() { date -u +%Y-%m-%dT%H:%M:%S.%3NZ; }
+ms_now() { echo $(($(date +%s%N) / 1000000)); }
+# A partner's count from the receiver: delivered (distinct ids answered 2xx), answered_2xx, …
+received() { curl -s "$RECEIVER/_receiver/stats" | python3 -c "import json,sys; print(json.load(sys.stdin).get('$1', {}).get('$2', 0))"; }
+# A notifier gauge or counter for one partner.
+push_metric() { curl -s "http://127.0.0.1:$notifier_port/metrics" | awk -v m="$1" -v p="partner=\"$2\"" 'index($0, m "{") == 1 && index($0, p) { n += $2 } END { print n + 0 }'; }
+
+recovery() {
+  echo "== recovery: $RECOVER_EVENTS events fail at P01 (503), then one /recoverNotifications"
+  stop_notifier
+  start_notifier "$dir/recovery.toml"
+  ar intake >"$dir/intake.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$intake_port/readyz" >/dev/null && break; sleep 0.2; done
+  behave P01 '{"status": 503}'
+  local since
+  since=$(now_rfc3339)
+  loadgen --push-partners P01 --rate 1000 --requests "$RECOVER_EVENTS" --result-timeout 1s --json >/dev/null || true
+  local failed=0
+  for _ in $(seq 1 1200); do
+    failed=$(push_metric autorenew_push_failed P01)
+    [ "$failed" -ge "$RECOVER_EVENTS" ] && break
+    sleep 0.5
+  done
+  echo "failed and kept for recovery: $failed"
+  behave P01 '{}'
+  curl -sf -X DELETE "$RECEIVER/_receiver/stats" >/dev/null
+  local body answer started took got answered
+  body=$(printf '{"partnerCode":"P01","since":"%s","tradeType":"recoverNotifications","version":"3.0"}' "$since" |
+    AUTORENEW_SIGN_SECRET=s3cr3t-P01 ar sign --fill)
+  started=$(ms_now)
+  answer=$(curl -s -X POST "http://127.0.0.1:$intake_port/recoverNotifications" -H 'content-type: application/json' -d "$body")
+  echo "recoverNotifications: $answer"
+  got=0
+  for _ in $(seq 1 2400); do
+    got=$(received P01 delivered)
+    [ "$got" -ge "$RECOVER_EVENTS" ] && break
+    sleep 0.25
+  done
+  took=$(($(ms_now) - started))
+  sleep 2
+  answered=$(received P01 answered_2xx)
+  echo "recovered: $got of $RECOVER_EVENTS delivered in $((took / 1000)).$(((took % 1000) / 100)) s, $((answered - got)) twice, $((RECOVER_EVENTS - got)) missing"
+  stop_notifier
+  start_notifier
+}
+
+crash() {
+  echo "== crash: P01 at $CRASH_RATE/s for ${DURATION}s, the notifier SIGKILLed twice"
+  loadgen --push-partners P01 --rate "$CRASH_RATE" --duration "${DURATION}s" --result-timeout 120s --json >"$dir/crash.json" &
+  local lg=$!
+  for at in 1 2; do
+    sleep $((DURATION / 3))
+    kill -9 "$notifier_pid" 2>/dev/null || true
+    wait "$notifier_pid" 2>/dev/null || true
+    echo "notifier killed (SIGKILL) at about $((at * DURATION / 3)) s; restarting"
+    start_notifier
+  done
+  wait "$lg" || true
+  python3 - "$dir/crash.json" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+p = r["partners"][0]
+print(f"published {p['published']}, delivered {p['delivered']}, lost {p['published'] - p['delivered']}, "
+      f"repeats {p['repeats']} (each under its event's webhook-id: the receiver counts distinct ids)")
+EOF
+}
+
 case "$WHAT" in
   latency) latency ;;
   throughput) throughput ;;
   isolation) isolation ;;
-  all) latency; throughput; isolation ;;
-  *) echo "usage: $0 [latency|throughput|isolation|all]" >&2; exit 2 ;;
+  recovery) recovery ;;
+  crash) crash ;;
+  all) latency; throughput; isolation; recovery; crash ;;
+  *) echo "usage: $0 [latency|throughput|isolation|recovery|crash|all]" >&2; exit 2 ;;
 esac

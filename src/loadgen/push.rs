@@ -43,9 +43,10 @@ const POLL: Duration = Duration::from_millis(200);
 pub struct PartnerFigures {
     pub partner: String,
     pub published: u64,
-    /// Distinct events that arrived with a signature that verifies.
+    /// Distinct events answered with a 2xx.
     pub delivered: u64,
-    /// Verified arrivals beyond the first of each event (at-least-once repeats).
+    /// 2xx answers beyond the first of each event (at-least-once repeats, each under its
+    /// event's webhook-id).
     pub repeats: u64,
     pub latency_p50_ms: Option<f64>,
     pub latency_p99_ms: Option<f64>,
@@ -231,7 +232,7 @@ pub async fn run(
         let all_in = plan
             .partners
             .iter()
-            .all(|p| counts.get(&p.code).map_or(0, |c| c.distinct) >= published[&p.code]);
+            .all(|p| counts.get(&p.code).map_or(0, |c| c.delivered) >= published[&p.code]);
         if all_in {
             break;
         }
@@ -255,13 +256,13 @@ pub async fn run(
         let got = counts.get(&partner.code).cloned().unwrap_or_default();
         last_2xx_ms = last_2xx_ms.max(got.last_2xx_at_ms.unwrap_or(0));
         report.published += sent;
-        report.delivered += got.distinct;
-        report.missing += sent.saturating_sub(got.distinct);
+        report.delivered += got.delivered;
+        report.missing += sent.saturating_sub(got.delivered);
         report.partners.push(PartnerFigures {
             partner: partner.code.clone(),
             published: sent,
-            delivered: got.distinct,
-            repeats: got.verified.saturating_sub(got.distinct),
+            delivered: got.delivered,
+            repeats: got.answered_2xx.saturating_sub(got.delivered),
             latency_p50_ms: got.latency_ms.as_ref().map(|l| l.p50),
             latency_p99_ms: got.latency_ms.as_ref().map(|l| l.p99),
             latency_max_ms: got.latency_ms.as_ref().map(|l| l.max),

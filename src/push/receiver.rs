@@ -78,6 +78,8 @@ pub struct Counts {
     pub distinct: u64,
     /// Answers with a 2xx.
     pub answered_2xx: u64,
+    /// Distinct webhook-ids answered with a 2xx: delivered, as the notifier counts it.
+    pub delivered: u64,
     /// From the event's `time` to the 2xx, over every 2xx whose body carries a `time`.
     pub latency_ms: Option<Latency>,
     /// When the first and the last 2xx went out (ms since the epoch).
@@ -118,6 +120,7 @@ impl Latency {
 struct Inbox {
     arrivals: Vec<Arrival>,
     ids: HashSet<String>,
+    delivered_ids: HashSet<String>,
     counts: Counts,
     /// Event `time` to 2xx, ms, up to [`LATENCIES_KEPT`].
     latencies: Vec<f64>,
@@ -167,13 +170,16 @@ impl Receiver {
     }
 
     /// Counts the 2xx about to be sent for `body`, and its latency from the event's `time`.
-    fn answered(&self, partner: &str, body: &[u8]) {
+    fn answered(&self, partner: &str, webhook_id: &str, body: &[u8]) {
         let now = time::OffsetDateTime::now_utc();
         let now_ms = u64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
         let latency = event_time(body).map(|at| (now - at).as_seconds_f64() * 1000.0);
         let mut paths = lock(&self.paths);
         let path = paths.entry(partner.to_owned()).or_default();
         path.counts.answered_2xx += 1;
+        if path.delivered_ids.insert(webhook_id.to_owned()) {
+            path.counts.delivered += 1;
+        }
         path.counts.first_2xx_at_ms.get_or_insert(now_ms);
         path.counts.last_2xx_at_ms = Some(now_ms);
         if let Some(latency) = latency
@@ -303,7 +309,11 @@ async fn receive(
         .and_then(|s| StatusCode::from_u16(s).ok())
         .unwrap_or(StatusCode::OK);
     if status.is_success() {
-        receiver.answered(&partner, &body);
+        let webhook_id = headers
+            .get(push::ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        receiver.answered(&partner, webhook_id, &body);
     }
     let mut response = (status, "").into_response();
     if let Some(value) = behaviour
