@@ -7,3 +7,4 @@ pub mod delivery;
 mod end_to_end;
 mod load;
 pub mod signing;
+mod twins;
