@@ -10,7 +10,7 @@ use autorenew::store::{NewNotification, Store};
 
 #[allow(dead_code)]
 #[path = "../../simulate/push/twins.rs"]
-mod twins;
+mod sim_twins;
 
 use crate::helpers::{SHARED_AMQP, SHARED_REDIS, delete_keys, test_settings};
 
@@ -141,10 +141,10 @@ async fn run(log: &dyn PushLog, partner: &str) -> Vec<String> {
 async fn the_attempt_log_twin_answers_as_the_redis_scripts_do() {
     let settings = test_settings(SHARED_AMQP, SHARED_REDIS);
     let store = Store::new(&settings.redis).expect("store");
-    let clock = twins::SimClock {
+    let clock = sim_twins::SimClock {
         start: tokio::time::Instant::now(),
     };
-    let twin = twins::MemoryPushLog::new(clock);
+    let twin = sim_twins::MemoryPushLog::new(clock);
     let real = run(&store, "P1").await;
     let memory = run(&twin, "P1").await;
     delete_keys(SHARED_REDIS, &settings.redis.key_prefix).await;
