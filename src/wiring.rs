@@ -40,5 +40,13 @@ pub fn loadgen_defaults(settings: &Settings) -> loadgen::Defaults {
         amqp_prefix: settings.amqp.prefix.clone(),
         webhook_secret: settings.stripe.webhook_secrets.first().cloned(),
         stripe_api_base: settings.stripe.api_base.clone(),
+        push_partners: settings
+            .partners
+            .iter()
+            .filter_map(|partner| {
+                let push = partner.push.as_ref()?;
+                Some((partner.code.clone(), push.secrets.clone()))
+            })
+            .collect(),
     }
 }

@@ -1,5 +1,6 @@
-//! The two signatures the service checks and its clients make: the partner sign
-//! ([`partner`], CONTRACT §3) and Stripe's webhook signature ([`stripe`], CONTRACT §9.1).
+//! The signatures the service checks and its clients make: the partner sign ([`partner`],
+//! CONTRACT §3), Stripe's webhook signature ([`stripe`], CONTRACT §9.1) and the partner push's
+//! Standard Webhooks signature ([`push`], CONTRACT §10.1).
 //!
 //! A crate of its own so that loadgen, a client of the service, signs as the service checks
 //! without depending on the service crate (docs/design.md, "Crates"). The service re-exports
@@ -8,4 +9,5 @@
 //! deliveries with code of its own, on purpose.
 
 pub mod partner;
+pub mod push;
 pub mod stripe;
