@@ -7,22 +7,8 @@ use lapin::BasicProperties;
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 
+use super::BrokerError;
 use super::connection::Broker;
-
-/// Why a message was not confirmed.
-#[derive(Debug, thiserror::Error)]
-pub enum BrokerError {
-    #[error("RabbitMQ is not connected")]
-    Unavailable,
-    #[error("RabbitMQ did not confirm within {0:?}")]
-    Timeout(Duration),
-    #[error("RabbitMQ refused the message (nack)")]
-    Nacked,
-    #[error("RabbitMQ returned the message: no queue is bound for it")]
-    Unroutable,
-    #[error("RabbitMQ: {0}")]
-    Amqp(#[from] lapin::Error),
-}
 
 /// One message to publish: where to, what, and the properties that matter to consumers.
 #[derive(Debug, Clone)]

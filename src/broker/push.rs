@@ -17,7 +17,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind};
 
 use super::Broker;
-use super::publish::BrokerError;
+use super::BrokerError;
 use super::topology::{Topology, humanize};
 use crate::config::Settings;
 use crate::domain::push::binding_key;

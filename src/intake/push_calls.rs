@@ -98,7 +98,7 @@ pub async fn recover_notifications(
     SignedRequest { body, .. }: SignedRequest<RecoverRequest>,
 ) -> Result<Json<PushAnswer>, Refusal> {
     let partner = body.partner_code.as_str();
-    let now = super::signed::now_millis() as i64;
+    let now = crate::domain::clock::now_millis() as i64;
     let retention = state.limits.push_retention;
     let oldest = now - i64::try_from(retention.as_millis()).unwrap_or(i64::MAX / 2);
     if body.since_ms < oldest {

@@ -15,10 +15,12 @@ use lapin::options::{BasicAckOptions, BasicNackOptions};
 use super::client::Attempted;
 use super::lane::Lane;
 use super::retry::{self, Next};
-use super::{ATTEMPTS_TOTAL, DELIVERY_SECONDS, Notifier, PUBLISH_TIMEOUT};
+use super::{Notifier, PUBLISH_TIMEOUT};
 use crate::broker::push::{PushHeaders, PushMessage};
+use crate::domain::clock::now_rfc3339;
 use crate::domain::push::{self, AttemptRecord, DeliveryStatus, EventHead, Trigger};
 use crate::store::NewNotification;
+use crate::telemetry::names::push::{ATTEMPTS_TOTAL, DELIVERY_SECONDS};
 
 /// How long a message waits before it is handed back after Redis failed it, so a Redis outage
 /// is not a redelivery loop.
@@ -267,12 +269,6 @@ impl Notifier {
 
 fn now_ms() -> i64 {
     i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
-}
-
-fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
 
 /// The event's `time` in unix ms; now when it has none that reads.

@@ -18,8 +18,9 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::{BREAKER_STATE, DISABLED, FAILED, Notifier, PENDING};
+use super::Notifier;
 use crate::domain::push::PushSecret;
+use crate::telemetry::names::push::{BREAKER_STATE, DISABLED, FAILED, PENDING};
 
 /// How often a lane reads its partner's state.
 pub const POLL: Duration = Duration::from_millis(250);

@@ -60,9 +60,7 @@ pub async fn run(settings: Settings, args: PushArgs) -> anyhow::Result<()> {
         PushCommand::Test { partner } => {
             let push = pushing(&settings, &partner)?;
             let client = PushClient::new(&settings.push)?;
-            let now = time::OffsetDateTime::now_utc()
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default();
+            let now = crate::domain::clock::now_rfc3339();
             let id = format!("ping:{}", uuid::Uuid::new_v4().simple());
             let body = Bytes::from(push::ping_event(&id, &partner, "autorenew", &now));
             let keys: Vec<PushSecret> = push.keys();
