@@ -121,7 +121,7 @@ impl RenewalRecord {
 /// The answer of `/queryAutoRenewalRecord`: §4's flat fields and the auto-renewal's own. Every
 /// field is always present (empty, `false`, `0` or `null` when not known yet).
 #[derive(Debug, Clone, Serialize)]
-pub struct RenewalAnswer {
+pub struct RenewalResponse {
     #[serde(flatten)]
     pub base: ApiResponse,
     /// RFC 3339 UTC.
@@ -135,11 +135,11 @@ pub struct RenewalAnswer {
     pub last_error: Option<RenewalError>,
 }
 
-impl RenewalAnswer {
+impl RenewalResponse {
     pub fn of(record: &RenewalRecord) -> Self {
         let base = record.current();
         let renewal = record.renewal.clone().unwrap_or_default();
-        RenewalAnswer {
+        RenewalResponse {
             base,
             current_period_end: renewal.current_period_end.map(rfc3339).unwrap_or_default(),
             cancel_at_period_end: renewal.cancel_at_period_end,

@@ -28,7 +28,7 @@ const STORE_TROUBLE_PAUSE: Duration = Duration::from_secs(1);
 
 /// How a delivery ends on the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Settle {
+pub enum DeliveryEnd {
     Ack,
     /// Back to the partner's queue, no attempt spent: the partner is paused or disabled, or
     /// Redis or RabbitMQ could not record the outcome.
@@ -47,10 +47,10 @@ impl Notifier {
         let headers = PushHeaders::read(&delivery.properties);
         let trigger = Trigger::parse(headers.trigger.as_deref());
         let body = Bytes::from(delivery.data.clone());
-        let settle = self.deliver(&lane, &body, headers.attempts, trigger).await;
-        let done = match settle {
-            Settle::Ack => delivery.ack(BasicAckOptions::default()).await,
-            Settle::HandBack => {
+        let end = self.deliver(&lane, &body, headers.attempts, trigger).await;
+        let done = match end {
+            DeliveryEnd::Ack => delivery.ack(BasicAckOptions::default()).await,
+            DeliveryEnd::HandBack => {
                 delivery
                     .nack(BasicNackOptions {
                         requeue: true,
@@ -72,7 +72,7 @@ impl Notifier {
         body: &Bytes,
         attempts: u32,
         trigger: Trigger,
-    ) -> Settle {
+    ) -> DeliveryEnd {
         let partner = lane.partner.as_str();
         let head = match EventHead::parse(body) {
             Ok(head) => head,
@@ -81,7 +81,7 @@ impl Notifier {
                 tracing::error!(partner, %error, "an unreadable result event is not pushed");
                 metrics::counter!(ATTEMPTS_TOTAL, "partner" => lane.partner.clone(), "outcome" => "unreadable")
                     .increment(1);
-                return Settle::Ack;
+                return DeliveryEnd::Ack;
             }
         };
         let webhook_id = push::webhook_id(&head.id);
@@ -105,10 +105,10 @@ impl Notifier {
         };
         if status == DeliveryStatus::Delivered && trigger == Trigger::Scheduled {
             // A copy of a delivered event (a retry or a redelivery after a crash): done.
-            return Settle::Ack;
+            return DeliveryEnd::Ack;
         }
         if lane.paused.load(Ordering::SeqCst) {
-            return Settle::HandBack;
+            return DeliveryEnd::HandBack;
         }
 
         let at = now_rfc3339();
@@ -152,7 +152,7 @@ impl Notifier {
                 .record(seconds);
         }
         match then {
-            Then::Done => Settle::Ack,
+            Then::Done => DeliveryEnd::Ack,
             Then::Disable => {
                 tracing::warn!(
                     partner,
@@ -164,7 +164,7 @@ impl Notifier {
                 }
                 lane.pause();
                 // Kept pending in the partner's queue until `autorenew push enable`.
-                Settle::HandBack
+                DeliveryEnd::HandBack
             }
             Then::Retry(delay) => {
                 self.schedule(lane, body, &head.id, attempts + 1, delay)
@@ -235,10 +235,10 @@ impl Notifier {
         event_id: &str,
         attempts: u32,
         delay: Duration,
-    ) -> Settle {
+    ) -> DeliveryEnd {
         let topology = self.broker.topology();
         let Some(queue) = topology.push_wait_for(delay) else {
-            return Settle::HandBack;
+            return DeliveryEnd::HandBack;
         };
         let message = PushMessage {
             partner: &lane.partner,
@@ -252,18 +252,18 @@ impl Notifier {
             .publish_push(message, &queue, Some(delay), PUBLISH_TIMEOUT)
             .await
         {
-            Ok(()) => Settle::Ack,
+            Ok(()) => DeliveryEnd::Ack,
             Err(error) => {
                 tracing::warn!(partner = %lane.partner, %error, "the retry could not be scheduled; handed back");
-                Settle::HandBack
+                DeliveryEnd::HandBack
             }
         }
     }
 
-    async fn store_trouble(&self, partner: &str, error: &crate::store::StoreError) -> Settle {
+    async fn store_trouble(&self, partner: &str, error: &crate::store::StoreError) -> DeliveryEnd {
         tracing::warn!(partner, %error, "Redis could not record the push; handed back");
         tokio::time::sleep(STORE_TROUBLE_PAUSE).await;
-        Settle::HandBack
+        DeliveryEnd::HandBack
     }
 }
 

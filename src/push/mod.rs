@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 pub use client::{Attempted, PushClient, USER_AGENT_VALUE, check_host};
-pub use deliver::Settle;
+pub use deliver::DeliveryEnd;
 pub use lane::Lane;
 
 use crate::broker::{Broker, Topology};

@@ -302,3 +302,36 @@ async fn metrics_count_webhook_events_by_type_and_outcome() {
     }
     app.teardown().await;
 }
+
+#[tokio::test]
+async fn an_event_taken_before_event_records_were_hashes_is_still_a_repeat() {
+    let app = app_with(&[SECRET]).await;
+    let (id, body) = stripe_event();
+    // What an intake of the version before wrote for an event it had put on the broker.
+    let mut redis = redis::Client::open(SHARED_REDIS)
+        .expect("redis")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let key = format!("{}:stripe-event:{{{id}}}", app.settings.redis.key_prefix);
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg("taken")
+        .arg("EX")
+        .arg(600)
+        .query_async(&mut redis)
+        .await
+        .expect("SET");
+
+    let answer = deliver(&app, &body, Some(&signature(&body, SECRET, now()))).await;
+
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    assert_eq!(
+        answer.body["message"], "event taken before",
+        "{:?}",
+        answer.body
+    );
+    let messages = read_queue(&jobs(&app), 1, Duration::from_millis(500)).await;
+    assert!(messages.is_empty(), "a repeat enqueues nothing");
+    app.teardown().await;
+}
