@@ -74,7 +74,7 @@ pub mod names {
     /// The Stripe gateway.
     pub mod stripe {
         /// Stripe calls made, after the budget let them go, by operation (`customers.list`, …).
-        pub const REQUESTS_TOTAL: &str = "autorenew_stripe_requests_total";
+        pub const CALLS_TOTAL: &str = "autorenew_stripe_requests_total";
         /// Stripe calls that failed, by operation and what the failure was (`429`, `500`,
         /// `timeout`, …).
         pub const ERRORS_TOTAL: &str = "autorenew_stripe_errors_total";

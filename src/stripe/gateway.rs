@@ -23,7 +23,7 @@ use stripe_types::Expandable;
 
 use super::client::{CallError, ClientOptions, StripeHttp};
 use super::{Budget, StripeFailure};
-use crate::telemetry::names::stripe::{BUDGET_WAIT_SECONDS, ERRORS_TOTAL, REQUESTS_TOTAL};
+use crate::telemetry::names::stripe::{BUDGET_WAIT_SECONDS, CALLS_TOTAL, ERRORS_TOTAL};
 
 /// A payment method attached to the customer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,7 +113,7 @@ impl Gateway {
             .await
             .map_err(StripeFailure::BudgetUnavailable)?;
         metrics::histogram!(BUDGET_WAIT_SECONDS).record(started.elapsed().as_secs_f64());
-        metrics::counter!(REQUESTS_TOTAL, "operation" => operation).increment(1);
+        metrics::counter!(CALLS_TOTAL, "operation" => operation).increment(1);
         super::calls::count();
         Ok(())
     }

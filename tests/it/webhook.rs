@@ -53,6 +53,17 @@ async fn deliver(app: &TestApp, body: &str, header: Option<&str>) -> Answer {
     Answer::from(request.send().await.expect("POST")).await
 }
 
+/// A connection to the shared Redis, and the key the intake keeps event `id` under.
+async fn event_key(app: &TestApp, id: &str) -> (redis::aio::MultiplexedConnection, String) {
+    let redis = redis::Client::open(SHARED_REDIS)
+        .expect("redis")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let key = format!("{}:stripe-event:{{{id}}}", app.settings.redis.key_prefix);
+    (redis, key)
+}
+
 fn jobs(app: &TestApp) -> String {
     format!("{}.jobs", app.prefix())
 }
@@ -239,12 +250,7 @@ async fn an_event_the_broker_did_not_take_is_503_and_free_for_stripes_retry() {
         refused.body
     );
     assert_eq!(retried.status, 503, "a retry is not taken for a repeat");
-    let mut redis = redis::Client::open(SHARED_REDIS)
-        .expect("redis")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
-    let key = format!("{}:stripe-event:{{{id}}}", app.settings.redis.key_prefix);
+    let (mut redis, key) = event_key(&app, &id).await;
     let exists: bool = redis::cmd("EXISTS")
         .arg(&key)
         .query_async(&mut redis)
@@ -308,12 +314,7 @@ async fn an_event_taken_before_event_records_were_hashes_is_still_a_repeat() {
     let app = app_with(&[SECRET]).await;
     let (id, body) = stripe_event();
     // What an intake of the version before wrote for an event it had put on the broker.
-    let mut redis = redis::Client::open(SHARED_REDIS)
-        .expect("redis")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
-    let key = format!("{}:stripe-event:{{{id}}}", app.settings.redis.key_prefix);
+    let (mut redis, key) = event_key(&app, &id).await;
     let _: () = redis::cmd("SET")
         .arg(&key)
         .arg("taken")
