@@ -118,10 +118,7 @@ pub async fn stripe_sub_authorization(
     State(state): State<Arc<AppState>>,
     SignedRequest { body, .. }: SignedRequest<AuthorizationRequest>,
 ) -> Result<Json<AuthorizationResponse>, Refusal> {
-    let refuse = |error: IntakeError| Refusal {
-        error,
-        pay_id: Some(body.pay_id.to_string()),
-    };
+    let refuse = Refusal::about(body.pay_id.to_string());
     let Some(stripe) = state.authorizer.stripe.get() else {
         return Err(refuse(IntakeError::StripeUnavailable(
             "no Stripe key is configured".into(),

@@ -23,10 +23,7 @@ pub async fn cancel_auto_renewal(
     Extension(RequestId(request_id)): Extension<RequestId>,
     SignedRequest { body, .. }: SignedRequest<CancelRequest>,
 ) -> Result<Json<ApiResponse>, Refusal> {
-    let refuse = |error: IntakeError| Refusal {
-        error,
-        pay_id: Some(body.pay_id.to_string()),
-    };
+    let refuse = Refusal::about(body.pay_id.to_string());
     take(&state, &body, request_id).await.map_err(refuse)
 }
 

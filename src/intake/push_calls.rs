@@ -51,10 +51,7 @@ pub async fn query_notifications(
     SignedRequest { body, .. }: SignedRequest<NotificationQuery>,
 ) -> Result<Json<PushCallResponse>, Refusal> {
     let pay_id = body.pay_id.to_string();
-    let refuse = |error: IntakeError| Refusal {
-        error,
-        pay_id: Some(pay_id.clone()),
-    };
+    let refuse = Refusal::about(pay_id.clone());
     let partner = body.partner_code.as_str();
     let notifications = state
         .store

@@ -7,7 +7,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 
-use super::error::{IntakeError, Refusal};
+use super::error::Refusal;
 use super::metrics::ErrorCode;
 use super::renewal_record::{RenewalRecord, RenewalResponse};
 use super::signed::SignedRequest;
@@ -18,10 +18,7 @@ pub async fn query_auto_renewal(
     State(state): State<Arc<AppState>>,
     SignedRequest { body, .. }: SignedRequest<RenewalQuery>,
 ) -> Result<Response, Refusal> {
-    let refuse = |error: IntakeError| Refusal {
-        error,
-        pay_id: Some(body.pay_id.to_string()),
-    };
+    let refuse = Refusal::about(body.pay_id.to_string());
     let record = RenewalRecord::find(&state, &body.pay_key())
         .await
         .map_err(refuse)?;

@@ -96,10 +96,7 @@ async fn take(
     fields: crate::domain::SignedFields,
     request_id: String,
 ) -> Result<ApiResponse, Refusal> {
-    let refuse = |error: IntakeError| Refusal {
-        error,
-        pay_id: Some(body.pay_id.to_string()),
-    };
+    let refuse = Refusal::about(body.pay_id.to_string());
     let pay_key = body.pay_key();
     let accepted_at = now_rfc3339();
     let extras = fields
