@@ -45,15 +45,17 @@
 //!   an outside client would (the sign, HTTP, the results exchange).
 //!
 //! # Arrows
-//! An arrow points from a part to what it may use; none points up a floor or back:
+//! An arrow points from a part to what it may use; none points up a floor or back (the service's
+//! arrows are checked by `layout_tests`):
 //! - the ground floor (`domain`, `config`, `telemetry`, `accept`, `http_client`) uses only itself
 //!   (`telemetry` reads `config`, `config` reads `domain`);
 //! - `broker` and `store` use the ground floor; `stripe` uses the ground floor and knows
 //!   nothing of RabbitMQ or Redis;
 //! - `rebuild` uses `store` and `stripe`; `intake` and `worker` use the adapters and `rebuild`,
 //!   and never each other; `push` uses `broker` and `store`, never Stripe;
-//! - the commands and tools use whatever they drive; nothing uses them but `cli` (and `run`,
-//!   which composes intake + worker + simulator without either knowing of the other);
+//! - the commands and tools use whatever they drive; nothing of the service uses them. `cli`
+//!   calls each; `run` composes intake + worker + simulator without either knowing of the other,
+//!   and `reconcile` reads `run`'s simulator defaults to reach it;
 //! - `sim` uses only `accept`; `loadgen` only `config` and the domain's sign and webhook
 //!   signature, as an outside client would.
 
@@ -78,3 +80,6 @@ pub mod store;
 pub mod stripe;
 pub mod telemetry;
 pub mod worker;
+
+#[cfg(test)]
+mod layout_tests;
