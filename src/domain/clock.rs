@@ -16,6 +16,15 @@ pub fn now_rfc3339() -> String {
         .unwrap_or_default()
 }
 
+/// A unix time in milliseconds, in RFC 3339 (UTC, with the milliseconds when there are any);
+/// empty when out of range.
+pub fn rfc3339_ms(unix_ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000)
+        .ok()
+        .and_then(|at| at.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}
+
 /// A unix time in seconds, in RFC 3339 (UTC); empty when out of range.
 pub fn rfc3339(unix_secs: i64) -> String {
     OffsetDateTime::from_unix_timestamp(unix_secs)
@@ -35,8 +44,15 @@ mod tests {
     }
 
     #[test]
+    fn a_time_in_milliseconds_keeps_its_milliseconds() {
+        assert_eq!(rfc3339_ms(1_767_225_600_250), "2026-01-01T00:00:00.25Z");
+        assert_eq!(rfc3339_ms(1_767_225_600_000), "2026-01-01T00:00:00Z");
+    }
+
+    #[test]
     fn a_time_out_of_range_is_empty_rather_than_an_error() {
         assert_eq!(rfc3339(i64::MAX), "");
+        assert_eq!(rfc3339_ms(i64::MAX), "");
     }
 
     #[test]

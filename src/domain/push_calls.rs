@@ -107,10 +107,10 @@ impl RecoverRequest {
     pub fn parse(body: &[u8]) -> Result<(Self, SignedFields), FieldError> {
         let fields = SignedFields::parse(body, RECOVER_FIELDS)?;
         let partner_code = PartnerCode::parse(fields.get("partnerCode"))?;
-        let since_ms = rfc3339_ms("since", fields.get("since"))?;
+        let since_ms = parse_rfc3339_ms("since", fields.get("since"))?;
         let until_ms = match fields.get("until") {
             "" => None,
-            until => Some(rfc3339_ms("until", until)?),
+            until => Some(parse_rfc3339_ms("until", until)?),
         };
         if until_ms.is_some_and(|until| until < since_ms) {
             return Err(FieldError::invalid("until", "must not be before since"));
@@ -126,7 +126,7 @@ impl RecoverRequest {
     }
 }
 
-fn rfc3339_ms(field: &str, value: &str) -> Result<i64, FieldError> {
+fn parse_rfc3339_ms(field: &str, value: &str) -> Result<i64, FieldError> {
     OffsetDateTime::parse(value, &Rfc3339)
         .ok()
         .and_then(|t| i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok())

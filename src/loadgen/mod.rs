@@ -21,6 +21,7 @@ mod http;
 mod payload;
 mod percentiles;
 mod progress;
+pub mod push;
 mod renewals;
 mod report;
 
@@ -99,6 +100,25 @@ pub struct LoadgenArgs {
     /// `stripe.webhook_secrets`; nothing to follow.
     #[arg(long, conflicts_with_all = ["baseline", "renewals", "duplicate_share", "conflict_share", "invalid_share", "decline_share"])]
     pub webhooks: bool,
+
+    /// The partner push under load: publish result events straight to the results exchange
+    /// for each pushing partner of the configuration, `--rate` per second each, and follow
+    /// them to `autorenew receiver` (`--receiver`): delivered, repeats, and the latency from
+    /// the event's `time` to the 2xx. With `--baseline`, the notifier's HTTP client posts the
+    /// same bodies straight to the receiver instead (the raw rate).
+    #[arg(long, conflicts_with_all = ["webhooks", "renewals", "duplicate_share", "conflict_share", "invalid_share", "decline_share", "target", "concurrency"])]
+    pub push: bool,
+    /// `--push`: only these partners (comma-separated) [default: every partner with a push].
+    #[arg(long, value_name = "CODES", value_delimiter = ',', requires = "push")]
+    pub push_partners: Vec<String>,
+    /// `--push`: the `autorenew receiver` the partners' push URLs point at.
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = "http://127.0.0.1:8090",
+        requires = "push"
+    )]
+    pub receiver: String,
 
     /// Measure the intake only; do not wait for result events.
     #[arg(long)]
@@ -494,6 +514,22 @@ pub async fn run(
     args: LoadgenArgs,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    if args.push {
+        let report = push::run(&settings, &args, &shutdown).await?;
+        if args.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            print!("{}", report.to_table());
+        }
+        if report.missing > 0 || report.failed_sends > 0 {
+            bail!(
+                "{} events not delivered, {} sends failed",
+                report.missing,
+                report.failed_sends
+            );
+        }
+        return Ok(());
+    }
     let plan = Plan::new(&settings, &args)?;
     let report = execute(&plan, &shutdown).await?;
     if args.json {

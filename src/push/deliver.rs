@@ -4,22 +4,23 @@
 //! is confirmed on a wait queue: a notifier that dies before that leaves the message to be
 //! delivered again, under the same `webhook-id`.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 
+use super::Notifier;
 use super::client::Attempted;
 use super::lane::Lane;
+use super::ports::{BreakerRule, PushClock, PushLog, PushRetries, PushSender};
 use super::retry::{self, Next};
-use super::{Notifier, PUBLISH_TIMEOUT};
 use crate::broker::push::{PushHeaders, PushMessage};
-use crate::domain::clock::now_rfc3339;
+use crate::domain::clock::rfc3339_ms;
 use crate::domain::push::{self, AttemptRecord, DeliveryStatus, EventHead, Trigger};
-use crate::store::NewNotification;
+use crate::store::{NewNotification, StoreError};
 use crate::telemetry::names::push::{ATTEMPTS_TOTAL, DELIVERY_SECONDS};
 
 /// How long a message waits before it is handed back after Redis failed it, so a Redis outage
@@ -47,7 +48,10 @@ impl Notifier {
         let headers = PushHeaders::read(&delivery.properties);
         let trigger = Trigger::parse(headers.trigger.as_deref());
         let body = Bytes::from(delivery.data.clone());
-        let end = self.deliver(&lane, &body, headers.attempts, trigger).await;
+        let end = self
+            .deliverer
+            .deliver(&lane, &body, headers.attempts, trigger)
+            .await;
         let done = match end {
             DeliveryEnd::Ack => delivery.ack(BasicAckOptions::default()).await,
             DeliveryEnd::HandBack => {
@@ -64,7 +68,24 @@ impl Notifier {
             tracing::warn!(%error, partner = %lane.partner, "push ack/nack failed; redelivered");
         }
     }
+}
 
+/// One delivery's code, on its ports: the same in the notifier and in the simulation.
+pub struct Deliverer {
+    pub log: Arc<dyn PushLog>,
+    pub sender: Arc<dyn PushSender>,
+    pub retries: Arc<dyn PushRetries>,
+    pub clock: Arc<dyn PushClock>,
+    /// `push.retry_schedule_secs`.
+    pub schedule: Vec<Duration>,
+    /// `push.log_retention_days`.
+    pub retention: Duration,
+    pub breaker: BreakerRule,
+    /// Draws the retries' jitter: seeded in the simulation, so a seed replays.
+    pub jitter: Mutex<fastrand::Rng>,
+}
+
+impl Deliverer {
     /// `attempts`: the scheduled attempts of this event that failed before.
     pub async fn deliver(
         &self,
@@ -85,7 +106,7 @@ impl Notifier {
             }
         };
         let webhook_id = push::webhook_id(&head.id);
-        let time_ms = event_time_ms(&head.time);
+        let time_ms = event_time_ms(&head.time).unwrap_or_else(|| self.clock.now_ms());
         let record = NewNotification {
             webhook_id: &webhook_id,
             event_id: &head.id,
@@ -95,13 +116,9 @@ impl Notifier {
             body,
             time_ms,
         };
-        let status = match self
-            .store
-            .push_record(partner, &record, self.retention)
-            .await
-        {
+        let status = match self.log.record(partner, &record, self.retention).await {
             Ok(status) => status,
-            Err(error) => return self.store_trouble(partner, &error).await,
+            Err(error) => return store_trouble(partner, &error).await,
         };
         if status == DeliveryStatus::Delivered && trigger == Trigger::Scheduled {
             // A copy of a delivered event (a retry or a redelivery after a crash): done.
@@ -111,9 +128,9 @@ impl Notifier {
             return DeliveryEnd::HandBack;
         }
 
-        let at = now_rfc3339();
+        let at = rfc3339_ms(self.clock.now_ms());
         let attempted = self
-            .client
+            .sender
             .send(&lane.url, &webhook_id, &lane.secrets, body)
             .await;
         metrics::counter!(ATTEMPTS_TOTAL, "partner" => lane.partner.clone(), "outcome" => attempted.outcome())
@@ -136,18 +153,18 @@ impl Notifier {
             "push attempt"
         );
         let logged = self
-            .store
-            .push_attempt(partner, &webhook_id, &entry, status, self.retention)
+            .log
+            .attempt(partner, &webhook_id, &entry, status, self.retention)
             .await;
         if let Err(error) = logged {
-            return self.store_trouble(partner, &error).await;
+            return store_trouble(partner, &error).await;
         }
         if let Err(error) = self.feed_breaker(lane, &attempted).await {
             tracing::warn!(partner, %error, "the breaker could not be updated");
         }
         if attempted.delivered() {
             let first = attempts == 0 && trigger == Trigger::Scheduled;
-            let seconds = (now_ms() - time_ms).max(0) as f64 / 1000.0;
+            let seconds = (self.clock.now_ms() - time_ms).max(0) as f64 / 1000.0;
             metrics::histogram!(DELIVERY_SECONDS, "partner" => lane.partner.clone(), "attempt" => if first { "first" } else { "retry" })
                 .record(seconds);
         }
@@ -159,7 +176,7 @@ impl Notifier {
                     webhook_id,
                     "410 Gone: the partner's push is disabled"
                 );
-                if let Err(error) = self.store.push_disable(partner, "410 Gone").await {
+                if let Err(error) = self.log.disable(partner, "410 Gone").await {
                     tracing::warn!(partner, %error, "the push could not be disabled");
                 }
                 lane.pause();
@@ -167,8 +184,21 @@ impl Notifier {
                 DeliveryEnd::HandBack
             }
             Then::Retry(delay) => {
-                self.schedule(lane, body, &head.id, attempts + 1, delay)
-                    .await
+                let message = PushMessage {
+                    partner,
+                    body,
+                    message_id: &head.id,
+                    attempts: attempts + 1,
+                    trigger: None,
+                };
+                // Acked only once the retry is confirmed on its wait queue.
+                match self.retries.schedule(message, delay).await {
+                    Ok(()) => DeliveryEnd::Ack,
+                    Err(error) => {
+                        tracing::warn!(partner, %error, "the retry could not be scheduled; handed back");
+                        DeliveryEnd::HandBack
+                    }
+                }
             }
         }
     }
@@ -190,31 +220,21 @@ impl Notifier {
             // A resend or a recovery is one attempt, outside the schedule.
             return (None, Then::Done);
         }
-        let jitter = fastrand::f64() * 2.0 - 1.0;
+        let jitter = self
+            .jitter
+            .lock()
+            .map_or(0.0, |mut rng| rng.f64() * 2.0 - 1.0);
         match retry::next(&self.schedule, attempts + 1, attempted.retry_after, jitter) {
             Next::Retry(delay) => (Some(DeliveryStatus::Pending), Then::Retry(delay)),
             Next::Spent => (Some(DeliveryStatus::Failed), Then::Done),
         }
     }
 
-    async fn feed_breaker(
-        &self,
-        lane: &Lane,
-        attempted: &Attempted,
-    ) -> Result<(), crate::store::StoreError> {
+    async fn feed_breaker(&self, lane: &Lane, attempted: &Attempted) -> Result<(), StoreError> {
         if attempted.delivered() {
-            return self.store.push_success(&lane.partner).await;
+            return self.log.success(&lane.partner).await;
         }
-        let step = self
-            .store
-            .push_failure(
-                &lane.partner,
-                self.settings.breaker_failures,
-                Duration::from_secs_f64(self.settings.breaker_cooldown_secs),
-                Duration::from_secs_f64(self.settings.breaker_cooldown_max_secs),
-                Duration::from_secs_f64(self.settings.disable_after_hours * 3600.0),
-            )
-            .await?;
+        let step = self.log.failure(&lane.partner, self.breaker).await?;
         if step.opened || step.disabled {
             tracing::warn!(
                 partner = %lane.partner,
@@ -226,55 +246,17 @@ impl Notifier {
         }
         Ok(())
     }
-
-    /// Puts the event on the wait queue for `delay`; acked only once that is confirmed.
-    async fn schedule(
-        &self,
-        lane: &Lane,
-        body: &Bytes,
-        event_id: &str,
-        attempts: u32,
-        delay: Duration,
-    ) -> DeliveryEnd {
-        let topology = self.broker.topology();
-        let Some(queue) = topology.push_wait_for(delay) else {
-            return DeliveryEnd::HandBack;
-        };
-        let message = PushMessage {
-            partner: &lane.partner,
-            body,
-            message_id: event_id,
-            attempts,
-            trigger: None,
-        };
-        match self
-            .broker
-            .publish_push(message, &queue, Some(delay), PUBLISH_TIMEOUT)
-            .await
-        {
-            Ok(()) => DeliveryEnd::Ack,
-            Err(error) => {
-                tracing::warn!(partner = %lane.partner, %error, "the retry could not be scheduled; handed back");
-                DeliveryEnd::HandBack
-            }
-        }
-    }
-
-    async fn store_trouble(&self, partner: &str, error: &crate::store::StoreError) -> DeliveryEnd {
-        tracing::warn!(partner, %error, "Redis could not record the push; handed back");
-        tokio::time::sleep(STORE_TROUBLE_PAUSE).await;
-        DeliveryEnd::HandBack
-    }
 }
 
-fn now_ms() -> i64 {
-    i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
+async fn store_trouble(partner: &str, error: &StoreError) -> DeliveryEnd {
+    tracing::warn!(partner, %error, "Redis could not record the push; handed back");
+    tokio::time::sleep(STORE_TROUBLE_PAUSE).await;
+    DeliveryEnd::HandBack
 }
 
-/// The event's `time` in unix ms; now when it has none that reads.
-pub fn event_time_ms(time: &str) -> i64 {
+/// The event's `time` in unix ms, if it reads.
+pub fn event_time_ms(time: &str) -> Option<i64> {
     time::OffsetDateTime::parse(time, &time::format_description::well_known::Rfc3339)
         .ok()
         .and_then(|t| i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok())
-        .unwrap_or_else(now_ms)
 }

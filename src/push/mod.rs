@@ -8,6 +8,7 @@ mod deliver;
 mod health;
 mod lane;
 pub mod ops;
+pub mod ports;
 pub mod receiver;
 mod retry;
 
@@ -20,15 +21,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 pub use client::{Attempted, PushClient, USER_AGENT_VALUE, check_host};
-pub use deliver::DeliveryEnd;
+pub use deliver::{Deliverer, DeliveryEnd};
 pub use lane::Lane;
 
 use crate::broker::{Broker, Topology};
 use crate::config::{PushSettings, Settings};
 use crate::store::Store;
 
-/// How long a confirm of the notifier's own publishes may take.
-const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the broker connection may take to close after the drain.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -38,8 +37,8 @@ pub struct Notifier {
     pub store: Store,
     pub client: PushClient,
     pub settings: PushSettings,
-    schedule: Vec<Duration>,
-    retention: Duration,
+    /// Each delivery's code, on the store, the client and the broker.
+    pub deliverer: Deliverer,
     pub lanes: Vec<Arc<Lane>>,
 }
 
@@ -59,13 +58,29 @@ impl Notifier {
                 )))
             })
             .collect();
+        let client = PushClient::new(&settings.push)?;
+        let push = &settings.push;
+        let deliverer = Deliverer {
+            log: Arc::new(store.clone()),
+            sender: Arc::new(client.clone()),
+            retries: Arc::new(broker.clone()),
+            clock: Arc::new(ports::SystemClock),
+            schedule: push.retry_schedule(),
+            retention: Duration::from_secs(u64::from(push.log_retention_days) * 86_400),
+            breaker: ports::BreakerRule {
+                failures: push.breaker_failures,
+                cooldown: Duration::from_secs_f64(push.breaker_cooldown_secs),
+                longest_cooldown: Duration::from_secs_f64(push.breaker_cooldown_max_secs),
+                disable_after: Duration::from_secs_f64(push.disable_after_hours * 3600.0),
+            },
+            jitter: std::sync::Mutex::new(fastrand::Rng::new()),
+        };
         Ok(Notifier {
             broker,
             store,
-            client: PushClient::new(&settings.push)?,
-            schedule: settings.push.retry_schedule(),
-            retention: Duration::from_secs(u64::from(settings.push.log_retention_days) * 86_400),
+            client,
             settings: settings.push.clone(),
+            deliverer,
             lanes,
         })
     }

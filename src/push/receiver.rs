@@ -2,7 +2,8 @@
 //! the load generator. `POST /<partner>` checks the signature and the timestamp, counts and
 //! prints what arrives, and answers as that path was told: `PUT /_receiver/behaviour/<partner>`
 //! with `{"status": 503, "delay_ms": 2000, "never": false, "retry_after": "5"}`.
-//! `GET /_receiver/stats` counts per partner.
+//! `GET /_receiver/stats` counts per partner, with the latency of each 2xx from its event's
+//! `time` (what `autorenew loadgen --push` reports); `DELETE /_receiver/stats` starts afresh.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -68,20 +69,61 @@ pub struct Arrival {
 }
 
 /// A path's counts.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Counts {
     pub received: u64,
     pub verified: u64,
     pub refused: u64,
     /// Distinct webhook-ids verified.
     pub distinct: u64,
+    /// Answers with a 2xx.
+    pub answered_2xx: u64,
+    /// Distinct webhook-ids answered with a 2xx: delivered, as the notifier counts it.
+    pub delivered: u64,
+    /// From the event's `time` to the 2xx, over every 2xx whose body carries a `time`.
+    pub latency_ms: Option<Latency>,
+    /// When the first and the last 2xx went out (ms since the epoch).
+    pub first_2xx_at_ms: Option<u64>,
+    pub last_2xx_at_ms: Option<u64>,
+}
+
+/// Latency figures in milliseconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Latency {
+    pub count: u64,
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Latency {
+    /// The figures of `samples` (sorted here), None when empty.
+    fn of(samples: &mut [f64]) -> Option<Latency> {
+        if samples.is_empty() {
+            return None;
+        }
+        samples.sort_by(f64::total_cmp);
+        let at = |q: f64| {
+            let rank = (q * samples.len() as f64).ceil() as usize;
+            samples[rank.clamp(1, samples.len()) - 1]
+        };
+        Some(Latency {
+            count: samples.len() as u64,
+            p50: at(0.50),
+            p99: at(0.99),
+            max: samples[samples.len() - 1],
+        })
+    }
 }
 
 #[derive(Default)]
 struct Inbox {
     arrivals: Vec<Arrival>,
     ids: HashSet<String>,
+    delivered_ids: HashSet<String>,
     counts: Counts,
+    /// Event `time` to 2xx, ms, up to [`LATENCIES_KEPT`].
+    latencies: Vec<f64>,
 }
 
 /// What the receiver holds; tests read it in-process.
@@ -95,6 +137,8 @@ pub struct Receiver {
 
 /// How many arrivals a path keeps for inspection.
 const KEPT: usize = 10_000;
+/// How many latencies a path keeps: a 2,000/s run of ten minutes.
+const LATENCIES_KEPT: usize = 1_200_000;
 
 impl Receiver {
     pub fn new(secrets: Vec<PushSecret>, tolerance_secs: u64, quiet: bool) -> Self {
@@ -121,8 +165,32 @@ impl Receiver {
     pub fn counts(&self, partner: &str) -> Counts {
         lock(&self.paths)
             .get(partner)
-            .map(|p| p.counts.clone())
+            .map(Inbox::counts)
             .unwrap_or_default()
+    }
+
+    /// Counts the 2xx about to be sent for `body`, and its latency from the event's `time`.
+    fn answered(&self, partner: &str, webhook_id: &str, body: &[u8]) {
+        let now = time::OffsetDateTime::now_utc();
+        let now_ms = u64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+        let latency = event_time(body).map(|at| (now - at).as_seconds_f64() * 1000.0);
+        let mut paths = lock(&self.paths);
+        let path = paths.entry(partner.to_owned()).or_default();
+        path.counts.answered_2xx += 1;
+        if path.delivered_ids.insert(webhook_id.to_owned()) {
+            path.counts.delivered += 1;
+        }
+        path.counts.first_2xx_at_ms.get_or_insert(now_ms);
+        path.counts.last_2xx_at_ms = Some(now_ms);
+        if let Some(latency) = latency
+            && path.latencies.len() < LATENCIES_KEPT
+        {
+            path.latencies.push(latency);
+        }
+    }
+
+    fn reset(&self) {
+        lock(&self.paths).clear();
     }
 
     fn take(&self, partner: &str, headers: &HeaderMap, body: Bytes) -> bool {
@@ -188,6 +256,25 @@ impl Receiver {
     }
 }
 
+impl Inbox {
+    fn counts(&self) -> Counts {
+        Counts {
+            latency_ms: Latency::of(&mut self.latencies.clone()),
+            ..self.counts.clone()
+        }
+    }
+}
+
+/// The `time` of the event in a push body, if it has one.
+fn event_time(body: &[u8]) -> Option<time::OffsetDateTime> {
+    #[derive(Deserialize)]
+    struct Head {
+        time: String,
+    }
+    let head: Head = serde_json::from_slice(body).ok()?;
+    time::OffsetDateTime::parse(&head.time, &time::format_description::well_known::Rfc3339).ok()
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
@@ -200,7 +287,7 @@ async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if !receiver.take(&partner, &headers, body) {
+    if !receiver.take(&partner, &headers, body.clone()) {
         return (
             StatusCode::BAD_REQUEST,
             "signature or timestamp does not verify",
@@ -221,6 +308,13 @@ async fn receive(
         .status
         .and_then(|s| StatusCode::from_u16(s).ok())
         .unwrap_or(StatusCode::OK);
+    if status.is_success() {
+        let webhook_id = headers
+            .get(push::ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        receiver.answered(&partner, webhook_id, &body);
+    }
     let mut response = (status, "").into_response();
     if let Some(value) = behaviour
         .retry_after
@@ -245,9 +339,14 @@ async fn stats(State(receiver): State<Arc<Receiver>>) -> Json<HashMap<String, Co
     Json(
         paths
             .iter()
-            .map(|(partner, path)| (partner.clone(), path.counts.clone()))
+            .map(|(partner, path)| (partner.clone(), path.counts()))
             .collect(),
     )
+}
+
+async fn reset(State(receiver): State<Arc<Receiver>>) -> StatusCode {
+    receiver.reset();
+    StatusCode::NO_CONTENT
 }
 
 /// The receiver, bound and ready to serve.
@@ -277,7 +376,7 @@ impl Application {
     /// Serves until `shutdown`; requests told to never answer are dropped then.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let router = Router::new()
-            .route("/_receiver/stats", get(stats))
+            .route("/_receiver/stats", get(stats).delete(reset))
             .route("/_receiver/behaviour/{partner}", put(set_behaviour))
             .route("/{partner}", post(receive))
             .with_state(self.receiver);
@@ -324,8 +423,34 @@ pub async fn run(
     )
     .await?;
     println!(
-        "autorenew receiver on http://{}: POST /<partner>; PUT /_receiver/behaviour/<partner>; GET /_receiver/stats",
+        "autorenew receiver on http://{}: POST /<partner>; PUT /_receiver/behaviour/<partner>; GET|DELETE /_receiver/stats",
         app.local_addr()
     );
     app.run_until_stopped(shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_figures_are_nearest_rank_percentiles() {
+        let mut samples: Vec<f64> = (1..=200).rev().map(f64::from).collect();
+        let figures = Latency::of(&mut samples).expect("figures");
+        assert_eq!(figures.count, 200);
+        assert_eq!(figures.p50, 100.0);
+        assert_eq!(figures.p99, 198.0);
+        assert_eq!(figures.max, 200.0);
+        assert_eq!(Latency::of(&mut []), None);
+    }
+
+    #[test]
+    fn an_event_s_time_is_read_from_the_body_and_anything_else_has_none() {
+        let body = br#"{"id":"x","time":"2027-01-15T08:00:00.250Z","data":{}}"#;
+        let at = event_time(body).expect("a time");
+        assert_eq!(at.unix_timestamp(), 1_800_000_000);
+        assert_eq!(at.millisecond(), 250);
+        assert_eq!(event_time(b"{\"id\":\"x\"}"), None);
+        assert_eq!(event_time(b"not json"), None);
+    }
 }

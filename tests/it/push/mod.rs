@@ -5,4 +5,6 @@ mod calls;
 mod config;
 pub mod delivery;
 mod end_to_end;
+mod load;
 pub mod signing;
+mod twins;

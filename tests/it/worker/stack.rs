@@ -78,6 +78,14 @@ impl Stack {
         Self::start_full(faults, true, |_| {}).await
     }
 
+    /// Webhooks delivered, and the settings changed by `tweak`.
+    pub async fn start_with_webhooks_and(
+        faults: FaultConfig,
+        tweak: impl FnOnce(&mut Settings),
+    ) -> Stack {
+        Self::start_full(faults, true, tweak).await
+    }
+
     async fn start_full(
         faults: FaultConfig,
         webhooks: bool,
