@@ -25,6 +25,13 @@ pub fn rfc3339_ms(unix_ms: i64) -> String {
         .unwrap_or_default()
 }
 
+/// An RFC 3339 time in unix milliseconds; None when it does not read.
+pub fn parse_rfc3339_ms(text: &str) -> Option<i64> {
+    OffsetDateTime::parse(text, &Rfc3339)
+        .ok()
+        .and_then(|at| i64::try_from(at.unix_timestamp_nanos() / 1_000_000).ok())
+}
+
 /// A unix time in seconds, in RFC 3339 (UTC); empty when out of range.
 pub fn rfc3339(unix_secs: i64) -> String {
     OffsetDateTime::from_unix_timestamp(unix_secs)
@@ -53,6 +60,19 @@ mod tests {
     fn a_time_out_of_range_is_empty_rather_than_an_error() {
         assert_eq!(rfc3339(i64::MAX), "");
         assert_eq!(rfc3339_ms(i64::MAX), "");
+    }
+
+    #[test]
+    fn a_time_read_back_is_the_time_written() {
+        assert_eq!(
+            parse_rfc3339_ms(&rfc3339_ms(1_767_225_600_250)),
+            Some(1_767_225_600_250)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2026-01-01T01:00:00+01:00"),
+            Some(1_767_225_600_000)
+        );
+        assert_eq!(parse_rfc3339_ms("yesterday"), None);
     }
 
     #[test]

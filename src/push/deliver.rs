@@ -18,7 +18,7 @@ use super::lane::Lane;
 use super::ports::{BreakerRule, PushClock, PushLog, PushRetries, PushSender};
 use super::retry::{self, Next};
 use crate::broker::push::{PushHeaders, PushMessage};
-use crate::domain::clock::rfc3339_ms;
+use crate::domain::clock::{parse_rfc3339_ms, rfc3339_ms};
 use crate::domain::push::{self, AttemptRecord, DeliveryStatus, EventHead, Trigger};
 use crate::store::{NewNotification, StoreError};
 use crate::telemetry::names::push::{ATTEMPTS_TOTAL, DELIVERY_SECONDS};
@@ -106,7 +106,7 @@ impl Deliverer {
             }
         };
         let webhook_id = push::webhook_id(&head.id);
-        let time_ms = event_time_ms(&head.time).unwrap_or_else(|| self.clock.now_ms());
+        let time_ms = parse_rfc3339_ms(&head.time).unwrap_or_else(|| self.clock.now_ms());
         let record = NewNotification {
             webhook_id: &webhook_id,
             event_id: &head.id,
@@ -252,11 +252,4 @@ async fn store_trouble(partner: &str, error: &StoreError) -> DeliveryEnd {
     tracing::warn!(partner, %error, "Redis could not record the push; handed back");
     tokio::time::sleep(STORE_TROUBLE_PAUSE).await;
     DeliveryEnd::HandBack
-}
-
-/// The event's `time` in unix ms, if it reads.
-pub fn event_time_ms(time: &str) -> Option<i64> {
-    time::OffsetDateTime::parse(time, &time::format_description::well_known::Rfc3339)
-        .ok()
-        .and_then(|t| i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok())
 }

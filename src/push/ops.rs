@@ -102,8 +102,7 @@ fn pushing<'a>(
 async fn status_line(store: &Store, partner: &str) -> anyhow::Result<String> {
     let state = store.push_state(partner).await?;
     let counts = store.push_counts(partner).await?;
-    let now = i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
-        .unwrap_or(0);
+    let now = i64::try_from(crate::domain::clock::now_millis()).unwrap_or(i64::MAX);
     let switch = if state.disabled {
         format!("disabled ({})", state.disabled_reason)
     } else {
