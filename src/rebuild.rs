@@ -3,9 +3,7 @@
 //! partner in its metadata is looked up at Stripe and its records are put back, rather than the
 //! payId being taken for one that was never sent.
 
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
-
+use crate::domain::clock::rfc3339;
 use crate::domain::renewal::RenewalChange;
 use crate::domain::{FinalResult, PayKey};
 use crate::store::{Store, StoreError};
@@ -60,11 +58,4 @@ pub async fn from_stripe(
     let version = u64::try_from(found.created).unwrap_or(0) << 16;
     tracing::info!(%pay_key, sub_id = %result.sub_id, "records rebuilt from Stripe");
     Ok(Some(store.restore(pay_key, &result, state, version).await?))
-}
-
-fn rfc3339(unix: i64) -> String {
-    OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_default()
 }

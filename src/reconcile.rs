@@ -180,7 +180,7 @@ pub async fn reconcile(
                 .as_str()
                 .context("an event without an id in Stripe's list")?;
             summary.listed += 1;
-            if store.stripe_event_taken(id).await? {
+            if store.is_enqueued(&store.stripe_event_record(id)).await? {
                 summary.already_taken += 1;
                 continue;
             }

@@ -5,6 +5,7 @@ use std::io::Read;
 use anyhow::Context;
 use serde_json::{Map, Value};
 
+use crate::domain::clock::now_millis;
 use crate::domain::sign;
 
 /// Flags of `autorenew sign`.
@@ -58,11 +59,6 @@ pub fn sign_body(body: &str, secret: &str, fill_time: Option<u64>) -> anyhow::Re
     } else {
         Ok(format!("signContent: {content}\nsign: {signature}"))
     }
-}
-
-fn now_millis() -> u64 {
-    let now = time::OffsetDateTime::now_utc();
-    u64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -6,6 +6,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{IntakeSettings, LogSettings, Settings, StripeSettings, WorkerSettings};
+use names::worker::{BROKER_CONNECTED, CONSUMING, JOBS_IN_HAND};
+use names::{BUILD_INFO, intake, push, stripe, worker};
 
 /// Sets up logging once per process; later calls (tests that build several apps) are no-ops.
 pub fn init_logging(settings: &LogSettings) {
@@ -35,14 +37,67 @@ pub fn init_logging(settings: &LogSettings) {
     };
 }
 
-/// A build's identity: `autorenew_build_info{version="0.1.0"} 1`.
-pub const BUILD_INFO: &str = "autorenew_build_info";
-/// Jobs a worker process has taken and not yet settled (acked, handed back or dead-lettered).
-pub const JOBS_IN_HAND: &str = "autorenew_worker_jobs_in_hand";
-/// 1 while the worker's RabbitMQ connection is up.
-pub const BROKER_CONNECTED: &str = "autorenew_worker_broker_connected";
-/// 1 while the worker has a consumer on the jobs queue.
-pub const CONSUMING: &str = "autorenew_worker_consuming";
+/// Every metric's name, in one place: the parts that record a metric import its name from
+/// here, and nothing here imports from them. Grouped by the part that records it.
+pub mod names {
+    /// A build's identity: `autorenew_build_info{version="0.1.0"} 1`.
+    pub const BUILD_INFO: &str = "autorenew_build_info";
+
+    /// The HTTP intake.
+    pub mod intake {
+        /// Answers by `route`, HTTP `status` and `code` (`S`, or the `errorCode`).
+        pub const REQUESTS_TOTAL: &str = "autorenew_intake_requests_total";
+        pub const REQUEST_SECONDS: &str = "autorenew_intake_request_duration_seconds";
+        /// Claim to confirm, for a creation this request put on the broker.
+        pub const ENQUEUE_SECONDS: &str = "autorenew_intake_enqueue_duration_seconds";
+        /// Signs that did not verify, by the (configured) partner they claimed.
+        pub const SIGN_INVALID_TOTAL: &str = "autorenew_intake_sign_invalid_total";
+        /// Stripe's deliveries to `/stripe/webhook`, by event `type` and `outcome`.
+        pub const WEBHOOK_EVENTS_TOTAL: &str = "autorenew_webhook_events_total";
+    }
+
+    /// The worker.
+    pub mod worker {
+        pub const JOBS_TOTAL: &str = "autorenew_worker_jobs_total";
+        pub const JOB_SECONDS: &str = "autorenew_worker_job_duration_seconds";
+        /// Stripe events seen by the worker, by type and what became of them.
+        pub const STRIPE_EVENTS_TOTAL: &str = "autorenew_worker_stripe_events_total";
+        /// Jobs a worker process has taken and not yet finished (acked, handed back or
+        /// dead-lettered).
+        pub const JOBS_IN_HAND: &str = "autorenew_worker_jobs_in_hand";
+        /// 1 while the worker's RabbitMQ connection is up.
+        pub const BROKER_CONNECTED: &str = "autorenew_worker_broker_connected";
+        /// 1 while the worker has a consumer on the jobs queue.
+        pub const CONSUMING: &str = "autorenew_worker_consuming";
+    }
+
+    /// The Stripe gateway.
+    pub mod stripe {
+        /// Stripe calls made, after the budget let them go, by operation (`customers.list`, …).
+        pub const CALLS_TOTAL: &str = "autorenew_stripe_requests_total";
+        /// Stripe calls that failed, by operation and what the failure was (`429`, `500`,
+        /// `timeout`, …).
+        pub const ERRORS_TOTAL: &str = "autorenew_stripe_errors_total";
+        /// How long calls waited for the shared budget.
+        pub const BUDGET_WAIT_SECONDS: &str = "autorenew_stripe_budget_wait_seconds";
+    }
+
+    /// The partner push.
+    pub mod push {
+        /// Event `time` to the 2xx, with `attempt` `first` or `retry`.
+        pub const DELIVERY_SECONDS: &str = "autorenew_push_delivery_seconds";
+        /// Attempts by `partner` and `outcome` (`delivered`, `gone`, `http_4xx`, `timeout`, …).
+        pub const ATTEMPTS_TOTAL: &str = "autorenew_push_attempts_total";
+        /// Undelivered events per partner, still tried.
+        pub const PENDING: &str = "autorenew_push_pending";
+        /// Events per partner whose schedule is spent, kept for recovery.
+        pub const FAILED: &str = "autorenew_push_failed";
+        /// Per partner: 0 closed, 1 open, 2 half-open.
+        pub const BREAKER_STATE: &str = "autorenew_push_breaker_state";
+        /// Per partner: 1 while its push is disabled.
+        pub const DISABLED: &str = "autorenew_push_disabled";
+    }
+}
 
 /// The usual latency ladder; each histogram keeps the rungs below its longest wait and ends on it.
 const LADDER: &[f64] = &[
@@ -71,10 +126,10 @@ pub fn histogram_buckets(
     let job = (STRIPE_STEPS_PER_JOB * tries) as f64
         * (stripe_call + worker.retry_max_delay_ms as f64 / 1000.0);
     vec![
-        (crate::intake::REQUEST_SECONDS, ladder_to(answer)),
-        (crate::intake::ENQUEUE_SECONDS, ladder_to(2.0 * publish)),
-        (crate::stripe::BUDGET_WAIT_SECONDS, ladder_to(stripe_call)),
-        (crate::worker::JOB_SECONDS, ladder_to(job)),
+        (intake::REQUEST_SECONDS, ladder_to(answer)),
+        (intake::ENQUEUE_SECONDS, ladder_to(2.0 * publish)),
+        (stripe::BUDGET_WAIT_SECONDS, ladder_to(stripe_call)),
+        (worker::JOB_SECONDS, ladder_to(job)),
     ]
 }
 
@@ -95,7 +150,7 @@ pub fn configure_metrics(settings: &Settings) {
     let push = &settings.push;
     let attempts = push.retry_schedule_secs.len() as f64 + 1.0;
     let longest = 1.2 * push.retry_schedule_secs.iter().sum::<f64>() + attempts * push.timeout_secs;
-    buckets.push((crate::push::DELIVERY_SECONDS, ladder_to(longest)));
+    buckets.push((push::DELIVERY_SECONDS, ladder_to(longest)));
     let _ = BUCKETS.set(buckets);
 }
 
@@ -233,7 +288,7 @@ mod tests {
     #[test]
     fn the_exposition_carries_build_info_gauges_and_long_buckets() {
         let handle = metrics_handle();
-        metrics::histogram!(crate::intake::REQUEST_SECONDS, "route" => "/test").record(29.0);
+        metrics::histogram!(intake::REQUEST_SECONDS, "route" => "/test").record(29.0);
         record_worker_state(true, false);
         let in_hand = JobInHand::enter();
         let text = handle.render();

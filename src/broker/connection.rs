@@ -14,7 +14,7 @@ use lapin::{Channel, Connection, ConnectionProperties};
 use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 
-use super::publish::BrokerError;
+use super::BrokerError;
 use super::topology::Topology;
 
 /// How long one connection attempt (TCP, AMQP handshake, topology) may take.

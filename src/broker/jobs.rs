@@ -1,6 +1,7 @@
-//! The job message, built in one place: the intake's first publish, the worker's delayed
-//! copies and dead letters, and `autorenew dlq replay` all go through [`JobMessage`], and every
-//! reader of a delivery's headers goes through [`JobHeaders`].
+//! The job message, built in one place: the intake's first publish (a creation, a cancel or a
+//! Stripe event), the worker's delayed copies and dead letters, and `autorenew dlq replay` all
+//! go through [`JobMessage`], and every reader of a delivery's headers goes through
+//! [`JobHeaders`].
 
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use lapin::types::AMQPValue;
 
 use super::{Broker, BrokerError, JOB_ROUTING_KEY, Message};
 use crate::domain::job::JOB_MESSAGE_TYPE;
+use crate::domain::webhook::EventSummary;
 
 /// Counts a job's passes through the delayed-retry queues.
 pub const ATTEMPT_HEADER: &str = "x-attempt";
@@ -34,10 +36,10 @@ pub enum Destination<'a> {
 /// One job message to publish.
 #[derive(Debug, Clone, Copy)]
 pub struct JobMessage<'a> {
-    /// The AMQP `type`: [`JOB_MESSAGE_TYPE`] for a creation job, or a cancel's.
+    /// The AMQP `type`: [`JOB_MESSAGE_TYPE`] for a creation job, a cancel's or a Stripe event's.
     pub kind: &'a str,
     pub body: &'a [u8],
-    /// The payId: consumers and operators find a job by it.
+    /// The payId (a Stripe event: its id): consumers and operators find a job by it.
     pub message_id: &'a str,
     pub attempt: u32,
     pub parked: bool,
@@ -51,7 +53,20 @@ impl Broker {
         destination: Destination<'_>,
         timeout: Duration,
     ) -> Result<(), BrokerError> {
-        let mut headers = vec![(ATTEMPT_HEADER, AMQPValue::LongUInt(job.attempt))];
+        self.publish_job_with(job, Vec::new(), destination, timeout)
+            .await
+    }
+
+    /// [`Broker::publish_job`], with headers of the message's own kind besides the job's
+    /// (a Stripe event's: [`stripe_event_headers`]).
+    pub async fn publish_job_with(
+        &self,
+        job: JobMessage<'_>,
+        mut headers: Vec<(&str, AMQPValue)>,
+        destination: Destination<'_>,
+        timeout: Duration,
+    ) -> Result<(), BrokerError> {
+        headers.push((ATTEMPT_HEADER, AMQPValue::LongUInt(job.attempt)));
         if job.parked {
             headers.push((PARKED_HEADER, AMQPValue::Boolean(true)));
         }
@@ -82,6 +97,26 @@ impl Broker {
         )
         .await
     }
+}
+
+/// The headers a Stripe event carries besides the job's (`domain::webhook`'s
+/// `STRIPE_EVENT_MESSAGE_TYPE` says what each is), for the worker's log and dead letters.
+pub fn stripe_event_headers(
+    event: &EventSummary,
+    received_at: &str,
+) -> Vec<(&'static str, AMQPValue)> {
+    vec![
+        (
+            "stripe_event_type",
+            AMQPValue::LongString(event.kind.as_str().into()),
+        ),
+        (
+            "stripe_event_created",
+            AMQPValue::LongLongInt(event.created),
+        ),
+        ("stripe_livemode", AMQPValue::Boolean(event.livemode)),
+        ("received_at", AMQPValue::LongString(received_at.into())),
+    ]
 }
 
 /// What a delivered job message's properties say.

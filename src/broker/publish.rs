@@ -7,22 +7,8 @@ use lapin::BasicProperties;
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 
+use super::BrokerError;
 use super::connection::Broker;
-
-/// Why a message was not confirmed.
-#[derive(Debug, thiserror::Error)]
-pub enum BrokerError {
-    #[error("RabbitMQ is not connected")]
-    Unavailable,
-    #[error("RabbitMQ did not confirm within {0:?}")]
-    Timeout(Duration),
-    #[error("RabbitMQ refused the message (nack)")]
-    Nacked,
-    #[error("RabbitMQ returned the message: no queue is bound for it")]
-    Unroutable,
-    #[error("RabbitMQ: {0}")]
-    Amqp(#[from] lapin::Error),
-}
 
 /// One message to publish: where to, what, and the properties that matter to consumers.
 #[derive(Debug, Clone)]
@@ -53,7 +39,6 @@ impl Broker {
         message: Message<'_>,
         timeout: Duration,
     ) -> Result<(), BrokerError> {
-        let channel = self.publisher()?;
         let mut headers = FieldTable::default();
         for (key, value) in message.headers {
             headers.insert(ShortString::from(key), value);
@@ -67,17 +52,39 @@ impl Broker {
             .with_app_id("autorenew".into())
             .with_timestamp(u64::try_from(now).unwrap_or(0))
             .with_headers(headers);
-        let options = BasicPublishOptions {
+        let route = Route {
+            exchange: message.exchange,
+            routing_key: message.routing_key,
             mandatory: message.mandatory,
+        };
+        self.publish_confirmed(route, message.body, properties, timeout)
+            .await
+    }
+
+    /// Publishes `body` with `properties` as they are, and waits for RabbitMQ's confirm: the one
+    /// place that reads a confirm, for every kind of message.
+    pub(super) async fn publish_confirmed(
+        &self,
+        route: Route<'_>,
+        body: &[u8],
+        properties: BasicProperties,
+        timeout: Duration,
+    ) -> Result<(), BrokerError> {
+        let channel = self.publisher()?;
+        let options = BasicPublishOptions {
+            mandatory: route.mandatory,
             ..BasicPublishOptions::default()
         };
         let broker = self.clone();
-        let exchange = message.exchange.into();
-        let routing_key = message.routing_key.into();
-        let body = message.body;
         let confirmed = async move {
             let confirm = channel
-                .basic_publish(exchange, routing_key, options, body, properties)
+                .basic_publish(
+                    route.exchange.into(),
+                    route.routing_key.into(),
+                    options,
+                    body,
+                    properties,
+                )
                 .await?
                 .await?;
             match confirm {
@@ -97,4 +104,13 @@ impl Broker {
             Err(_) => Err(BrokerError::Timeout(timeout)),
         }
     }
+}
+
+/// Where a message goes.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Route<'a> {
+    pub exchange: &'a str,
+    pub routing_key: &'a str,
+    /// Whether a message no queue takes is an error (see [`Message::mandatory`]).
+    pub mandatory: bool,
 }

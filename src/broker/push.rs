@@ -10,14 +10,13 @@
 use std::time::Duration;
 
 use lapin::BasicProperties;
-use lapin::options::{
-    BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-};
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind};
 
 use super::Broker;
-use super::publish::BrokerError;
+use super::BrokerError;
+use super::publish::Route;
 use super::topology::{Topology, humanize};
 use crate::config::Settings;
 use crate::domain::push::binding_key;
@@ -194,7 +193,6 @@ impl Broker {
         expire: Option<Duration>,
         timeout: Duration,
     ) -> Result<(), BrokerError> {
-        let channel = self.publisher()?;
         let mut headers = FieldTable::default();
         headers.insert(PARTNER_HEADER.into(), long_string(message.partner));
         headers.insert(
@@ -214,34 +212,14 @@ impl Broker {
             properties = properties
                 .with_expiration(ShortString::from(expire.as_millis().max(1).to_string()));
         }
-        let broker = self.clone();
-        let confirmed = async move {
-            let confirm = channel
-                .basic_publish(
-                    "".into(),
-                    queue.into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..BasicPublishOptions::default()
-                    },
-                    message.body,
-                    properties,
-                )
-                .await?
-                .await?;
-            match confirm {
-                lapin::Confirmation::Ack(None) => Ok(()),
-                lapin::Confirmation::Ack(Some(_)) => Err(BrokerError::Unroutable),
-                lapin::Confirmation::Nack(_) | lapin::Confirmation::NotRequested => {
-                    broker.report_nack();
-                    Err(BrokerError::Nacked)
-                }
-            }
+        // Through the default exchange to the lane's queue; a push no queue takes would be lost.
+        let route = Route {
+            exchange: "",
+            routing_key: queue,
+            mandatory: true,
         };
-        match tokio::time::timeout(timeout, confirmed).await {
-            Ok(result) => result,
-            Err(_) => Err(BrokerError::Timeout(timeout)),
-        }
+        self.publish_confirmed(route, message.body, properties, timeout)
+            .await
     }
 }
 

@@ -96,11 +96,6 @@ impl SignedFields {
         sign::sign_content(self.iter())
     }
 
-    /// Whether the `sign` field verifies for `secret`.
-    pub fn verify_sign(&self, secret: &str) -> bool {
-        sign::verify(&self.sign_content(), secret, self.get(SIGN_FIELD))
-    }
-
     /// What makes two requests "the same request" (CONTRACT §4): every non-empty field but `sign`
     /// and `tradeTime`, which a partner's retry renews. MD5 is enough here: the request is already
     /// signed by the partner, so this only tells a retry from a different request.

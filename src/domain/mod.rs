@@ -1,9 +1,10 @@
 //! The domain: the sign, the requests and their validation, amounts, the job and its result,
 //! Stripe's webhook signature, cancels and the state of an auto-renewal.
-//! Pure types and functions: no I/O, no tokio, no HTTP.
+//! Pure types and functions: no I/O, no tokio, no HTTP; [`clock`] alone reads the wall clock.
 
 pub mod authorization;
 pub mod cancel;
+pub mod clock;
 pub mod event;
 pub mod fields;
 pub mod job;

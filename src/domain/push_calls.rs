@@ -2,9 +2,7 @@
 //! `/resendNotification`, `/recoverNotifications`. Signed like every call; `tradeType` is any
 //! non-empty string (the endpoint's name by convention), as for `/stripeSubDirectly`.
 
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
-
+use super::clock::parse_rfc3339_ms;
 use super::fields::{FieldError, SignedFields};
 use super::push::is_webhook_id;
 use super::request::{PartnerCode, PayId, PayKey, TradeTime, check_version};
@@ -107,10 +105,10 @@ impl RecoverRequest {
     pub fn parse(body: &[u8]) -> Result<(Self, SignedFields), FieldError> {
         let fields = SignedFields::parse(body, RECOVER_FIELDS)?;
         let partner_code = PartnerCode::parse(fields.get("partnerCode"))?;
-        let since_ms = rfc3339_ms("since", fields.get("since"))?;
+        let since_ms = time_field("since", fields.get("since"))?;
         let until_ms = match fields.get("until") {
             "" => None,
-            until => Some(rfc3339_ms("until", until)?),
+            until => Some(time_field("until", until)?),
         };
         if until_ms.is_some_and(|until| until < since_ms) {
             return Err(FieldError::invalid("until", "must not be before since"));
@@ -126,13 +124,11 @@ impl RecoverRequest {
     }
 }
 
-fn rfc3339_ms(field: &str, value: &str) -> Result<i64, FieldError> {
-    OffsetDateTime::parse(value, &Rfc3339)
-        .ok()
-        .and_then(|t| i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok())
-        .ok_or_else(|| {
-            FieldError::invalid(field, "must be an RFC 3339 time, e.g. 2026-01-31T12:00:00Z")
-        })
+/// A field holding an RFC 3339 time, in unix ms.
+fn time_field(field: &str, value: &str) -> Result<i64, FieldError> {
+    parse_rfc3339_ms(value).ok_or_else(|| {
+        FieldError::invalid(field, "must be an RFC 3339 time, e.g. 2026-01-31T12:00:00Z")
+    })
 }
 
 #[cfg(test)]

@@ -47,6 +47,37 @@ pub enum SignatureError {
     NoMatch,
 }
 
+/// The webhook endpoint's signing secrets (several during a secret roll) and how far a
+/// signature's timestamp may be from now. None configured: the endpoint is off.
+#[derive(Debug, Clone)]
+pub struct WebhookSecrets {
+    secrets: Vec<SecretString>,
+    tolerance_secs: u64,
+}
+
+impl WebhookSecrets {
+    pub fn new(secrets: Vec<SecretString>, tolerance_secs: u64) -> Self {
+        WebhookSecrets {
+            secrets,
+            tolerance_secs,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.secrets.is_empty()
+    }
+
+    /// [`verify_signature`] against these secrets.
+    pub fn verify(
+        &self,
+        header: Option<&str>,
+        body: &[u8],
+        now: i64,
+    ) -> Result<i64, SignatureError> {
+        verify_signature(header, body, &self.secrets, now, self.tolerance_secs)
+    }
+}
+
 /// Checks a delivery's `Stripe-Signature` header against the raw body and every configured
 /// secret (several during a secret roll: any may match). `now` and the header's `t` are unix
 /// seconds; a `t` further than `tolerance_secs` from `now`, in the past or the future, is

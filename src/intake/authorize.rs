@@ -106,7 +106,7 @@ impl Budget for SharedBudget {
 
 /// The answer: §4's flat fields, and what Stripe's SDK needs to confirm the SetupIntent.
 #[derive(Debug, Serialize)]
-pub struct AuthorizationAnswer {
+pub struct AuthorizationResponse {
     #[serde(flatten)]
     pub base: ApiResponse,
     pub client_secret: String,
@@ -117,11 +117,8 @@ pub struct AuthorizationAnswer {
 pub async fn stripe_sub_authorization(
     State(state): State<Arc<AppState>>,
     SignedRequest { body, .. }: SignedRequest<AuthorizationRequest>,
-) -> Result<Json<AuthorizationAnswer>, Refusal> {
-    let refuse = |error: IntakeError| Refusal {
-        error,
-        pay_id: Some(body.pay_id.to_string()),
-    };
+) -> Result<Json<AuthorizationResponse>, Refusal> {
+    let refuse = Refusal::about(body.pay_id.to_string());
     let Some(stripe) = state.authorizer.stripe.get() else {
         return Err(refuse(IntakeError::StripeUnavailable(
             "no Stripe key is configured".into(),
@@ -132,7 +129,7 @@ pub async fn stripe_sub_authorization(
     base.message = "authorization created".into();
     base.status = String::new();
     base.customer_id = authorization.customer_id;
-    Ok(Json(AuthorizationAnswer {
+    Ok(Json(AuthorizationResponse {
         base,
         client_secret: authorization.client_secret,
         setup_intent_id: authorization.setup_intent_id,

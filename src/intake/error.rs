@@ -214,6 +214,16 @@ pub struct Refusal {
     pub pay_id: Option<String>,
 }
 
+impl Refusal {
+    /// Makes the refusals of a request about `pay_id`: `.map_err(Refusal::about(pay_id))`.
+    pub fn about(pay_id: String) -> impl Fn(IntakeError) -> Refusal {
+        move |error| Refusal {
+            error,
+            pay_id: Some(pay_id.clone()),
+        }
+    }
+}
+
 impl<E: Into<IntakeError>> From<E> for Refusal {
     fn from(error: E) -> Self {
         Refusal {

@@ -6,15 +6,11 @@ use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
 
+use crate::telemetry::names::intake::{REQUEST_SECONDS, REQUESTS_TOTAL};
+
 /// The `errorCode` an answer carried, left on the response by the error mapping.
 #[derive(Debug, Clone, Copy)]
 pub struct ErrorCode(pub &'static str);
-
-pub const REQUESTS_TOTAL: &str = "autorenew_intake_requests_total";
-pub const REQUEST_SECONDS: &str = "autorenew_intake_request_duration_seconds";
-pub const ENQUEUE_SECONDS: &str = "autorenew_intake_enqueue_duration_seconds";
-/// Signs that did not verify, by the (configured) partner they claimed.
-pub const SIGN_INVALID_TOTAL: &str = "autorenew_intake_sign_invalid_total";
 
 /// Counts every answer by route, HTTP status and code (`S`, or the `errorCode`).
 pub async fn track(request: Request, next: Next) -> Response {

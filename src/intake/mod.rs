@@ -4,6 +4,7 @@
 
 mod authorize;
 mod cancel;
+mod enqueue;
 mod error;
 mod health;
 mod marks;
@@ -33,14 +34,13 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 pub use authorize::Authorizer;
 pub use error::IntakeError;
-pub(crate) use metrics::{ENQUEUE_SECONDS, REQUEST_SECONDS};
 pub use partners::Partners;
 pub use response::ApiResponse;
 pub use state::{AppState, Limits};
-pub use webhook::Webhooks;
 
 use crate::broker::{Broker, Topology};
 use crate::config::Settings;
+use crate::domain::webhook::WebhookSecrets;
 use crate::store::Store;
 use crate::telemetry;
 use marks::EnqueuedMarks;
@@ -80,7 +80,10 @@ impl Application {
         let state = Arc::new(AppState {
             authorizer: authorizer.clone(),
             limits: Limits::from_settings(settings),
-            webhooks: Webhooks::from_settings(&settings.stripe),
+            webhooks: WebhookSecrets::new(
+                settings.stripe.webhook_secrets.clone(),
+                settings.stripe.webhook_tolerance_secs,
+            ),
             partners: Partners::new(
                 &settings.partners,
                 settings.intake.partner_rate_limit_per_second,

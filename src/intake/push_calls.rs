@@ -20,7 +20,7 @@ use crate::domain::push_calls::{NotificationQuery, RecoverRequest, ResendRequest
 
 /// The flat fields of §4 and what the call answers.
 #[derive(Debug, Serialize)]
-pub struct PushAnswer {
+pub struct PushCallResponse {
     #[serde(flatten)]
     pub flat: ApiResponse,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -31,11 +31,11 @@ pub struct PushAnswer {
     pub count: Option<u64>,
 }
 
-impl PushAnswer {
+impl PushCallResponse {
     fn new(message: &str, pay_id: &str) -> Self {
         let mut flat = ApiResponse::event_taken(message);
         flat.pay_id = pay_id.to_owned();
-        PushAnswer {
+        PushCallResponse {
             flat,
             notifications: None,
             webhook_id: None,
@@ -49,12 +49,9 @@ impl PushAnswer {
 pub async fn query_notifications(
     State(state): State<Arc<AppState>>,
     SignedRequest { body, .. }: SignedRequest<NotificationQuery>,
-) -> Result<Json<PushAnswer>, Refusal> {
+) -> Result<Json<PushCallResponse>, Refusal> {
     let pay_id = body.pay_id.to_string();
-    let refuse = |error: IntakeError| Refusal {
-        error,
-        pay_id: Some(pay_id.clone()),
-    };
+    let refuse = Refusal::about(pay_id.clone());
     let partner = body.partner_code.as_str();
     let notifications = state
         .store
@@ -67,7 +64,7 @@ pub async fn query_notifications(
             .await
             .map_err(refuse)?;
     }
-    let mut answer = PushAnswer::new("notifications", &pay_id);
+    let mut answer = PushCallResponse::new("notifications", &pay_id);
     answer.notifications = Some(notifications);
     Ok(Json(answer))
 }
@@ -76,7 +73,7 @@ pub async fn query_notifications(
 pub async fn resend_notification(
     State(state): State<Arc<AppState>>,
     SignedRequest { body, .. }: SignedRequest<ResendRequest>,
-) -> Result<Json<PushAnswer>, Refusal> {
+) -> Result<Json<PushCallResponse>, Refusal> {
     let partner = body.partner_code.as_str();
     let found = if pushes(&state, partner) {
         state.store.push_body(partner, &body.webhook_id).await?
@@ -87,7 +84,7 @@ pub async fn resend_notification(
         return Err(IntakeError::NotificationUnknown.into());
     };
     queue(&state, partner, &event_id, &event, Trigger::Resend).await?;
-    let mut answer = PushAnswer::new("resend queued", "");
+    let mut answer = PushCallResponse::new("resend queued", "");
     answer.webhook_id = Some(body.webhook_id);
     Ok(Json(answer))
 }
@@ -96,9 +93,9 @@ pub async fn resend_notification(
 pub async fn recover_notifications(
     State(state): State<Arc<AppState>>,
     SignedRequest { body, .. }: SignedRequest<RecoverRequest>,
-) -> Result<Json<PushAnswer>, Refusal> {
+) -> Result<Json<PushCallResponse>, Refusal> {
     let partner = body.partner_code.as_str();
-    let now = super::signed::now_millis() as i64;
+    let now = crate::domain::clock::now_millis() as i64;
     let retention = state.limits.push_retention;
     let oldest = now - i64::try_from(retention.as_millis()).unwrap_or(i64::MAX / 2);
     if body.since_ms < oldest {
@@ -127,7 +124,7 @@ pub async fn recover_notifications(
             count += 1;
         }
     }
-    let mut answer = PushAnswer::new("recovery queued", "");
+    let mut answer = PushCallResponse::new("recovery queued", "");
     answer.count = Some(count);
     Ok(Json(answer))
 }

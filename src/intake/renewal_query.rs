@@ -7,9 +7,9 @@ use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 
-use super::error::{IntakeError, Refusal};
+use super::error::Refusal;
 use super::metrics::ErrorCode;
-use super::renewal_record::{RenewalAnswer, RenewalRecord};
+use super::renewal_record::{RenewalRecord, RenewalResponse};
 use super::signed::SignedRequest;
 use super::state::AppState;
 use crate::domain::renewal::RenewalQuery;
@@ -18,14 +18,11 @@ pub async fn query_auto_renewal(
     State(state): State<Arc<AppState>>,
     SignedRequest { body, .. }: SignedRequest<RenewalQuery>,
 ) -> Result<Response, Refusal> {
-    let refuse = |error: IntakeError| Refusal {
-        error,
-        pay_id: Some(body.pay_id.to_string()),
-    };
+    let refuse = Refusal::about(body.pay_id.to_string());
     let record = RenewalRecord::find(&state, &body.pay_key())
         .await
         .map_err(refuse)?;
-    let answer = RenewalAnswer::of(&record);
+    let answer = RenewalResponse::of(&record);
     let code = answer.base.error_code;
     let mut response = Json(answer).into_response();
     // Counted under the answer's own code, as every answer (see `ApiResponse`).

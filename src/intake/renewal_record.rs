@@ -2,13 +2,12 @@
 //! state the webhooks keep, for `/queryAutoRenewalRecord` and `/cancelAutoRenewalRecord`.
 
 use serde::Serialize;
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use super::error::IntakeError;
 use super::response::ApiResponse;
 use super::state::AppState;
 use crate::domain::FinalResult;
+use crate::domain::clock::rfc3339;
 use crate::domain::renewal::STATUS_CANCELED;
 use crate::domain::renewal::{RenewalError, RenewalState};
 use crate::domain::request::{PayId, PayKey};
@@ -122,7 +121,7 @@ impl RenewalRecord {
 /// The answer of `/queryAutoRenewalRecord`: §4's flat fields and the auto-renewal's own. Every
 /// field is always present (empty, `false`, `0` or `null` when not known yet).
 #[derive(Debug, Clone, Serialize)]
-pub struct RenewalAnswer {
+pub struct RenewalResponse {
     #[serde(flatten)]
     pub base: ApiResponse,
     /// RFC 3339 UTC.
@@ -136,24 +135,18 @@ pub struct RenewalAnswer {
     pub last_error: Option<RenewalError>,
 }
 
-impl RenewalAnswer {
+impl RenewalResponse {
     pub fn of(record: &RenewalRecord) -> Self {
         let base = record.current();
         let renewal = record.renewal.clone().unwrap_or_default();
-        RenewalAnswer {
+        RenewalResponse {
             base,
-            current_period_end: rfc3339(renewal.current_period_end),
+            current_period_end: renewal.current_period_end.map(rfc3339).unwrap_or_default(),
             cancel_at_period_end: renewal.cancel_at_period_end,
             renewals: renewal.renewals,
-            last_renewal_at: rfc3339(renewal.last_renewal_at),
+            last_renewal_at: renewal.last_renewal_at.map(rfc3339).unwrap_or_default(),
             last_invoice_id: renewal.last_invoice_id,
             last_error: renewal.last_error,
         }
     }
-}
-
-fn rfc3339(unix: Option<i64>) -> String {
-    unix.and_then(|secs| OffsetDateTime::from_unix_timestamp(secs).ok())
-        .and_then(|time| time.format(&Rfc3339).ok())
-        .unwrap_or_default()
 }

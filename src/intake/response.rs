@@ -47,34 +47,13 @@ impl IntoResponse for ApiResponse {
 }
 
 impl ApiResponse {
-    /// A request we refused: `F` with a stable code and, where there is one, the field.
-    pub fn refused(
-        code: &'static str,
-        message: String,
-        field: Option<String>,
-        pay_id: Option<&str>,
-    ) -> Self {
+    /// An answer with only these three fields filled; every other flat field is present and
+    /// empty.
+    fn bare(operate_code: &'static str, message: String, pay_id: &str) -> Self {
         ApiResponse {
-            operate_code: "F",
+            operate_code,
             message,
-            pay_id: pay_id.unwrap_or_default().to_owned(),
-            status: String::new(),
-            customer_id: String::new(),
-            pay_method: String::new(),
-            product_id: String::new(),
-            sub_id: String::new(),
-            error_code: Some(code),
-            field,
-            error: None,
-        }
-    }
-
-    /// A Stripe event taken (or taken before): `S`, with no payId of its own.
-    pub fn event_taken(message: &str) -> Self {
-        ApiResponse {
-            operate_code: "S",
-            message: message.to_owned(),
-            pay_id: String::new(),
+            pay_id: pay_id.to_owned(),
             status: String::new(),
             customer_id: String::new(),
             pay_method: String::new(),
@@ -86,21 +65,31 @@ impl ApiResponse {
         }
     }
 
+    /// A request we refused: `F` with a stable code and, where there is one, the field.
+    pub fn refused(
+        code: &'static str,
+        message: String,
+        field: Option<String>,
+        pay_id: Option<&str>,
+    ) -> Self {
+        ApiResponse {
+            error_code: Some(code),
+            field,
+            ..ApiResponse::bare("F", message, pay_id.unwrap_or_default())
+        }
+    }
+
+    /// A Stripe event taken (or taken before): `S`, with no payId of its own.
+    pub fn event_taken(message: &str) -> Self {
+        ApiResponse::bare("S", message.to_owned(), "")
+    }
+
     /// Where an accepted payId stands: processing, or its final result.
     pub fn for_job(pay_id: &str, result: Option<&FinalResult>) -> Self {
         let Some(result) = result else {
             return ApiResponse {
-                operate_code: "S",
-                message: "accepted".into(),
-                pay_id: pay_id.to_owned(),
                 status: STATUS_PROCESSING.into(),
-                customer_id: String::new(),
-                pay_method: String::new(),
-                product_id: String::new(),
-                sub_id: String::new(),
-                error_code: None,
-                field: None,
-                error: None,
+                ..ApiResponse::bare("S", "accepted".into(), pay_id)
             };
         };
         let failed = result.error.as_ref();

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::extract::State;
 
-use super::error::{IntakeError, Refusal};
+use super::error::Refusal;
 use super::renewal_record::RenewalRecord;
 use super::response::ApiResponse;
 use super::signed::SignedRequest;
@@ -15,10 +15,7 @@ pub async fn result_query(
     State(state): State<Arc<AppState>>,
     SignedRequest { body, .. }: SignedRequest<ResultQuery>,
 ) -> Result<ApiResponse, Refusal> {
-    let refuse = |error: IntakeError| Refusal {
-        error,
-        pay_id: Some(body.pay_id.to_string()),
-    };
+    let refuse = Refusal::about(body.pay_id.to_string());
     // The creation's result with the subscription's status as the webhooks and cancels keep it
     // (`canceled` after a cancel), as `/queryAutoRenewalRecord` answers it. Another partner's
     // payId of the same name is another key: answered as unknown, so no partner learns what

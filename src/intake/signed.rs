@@ -10,14 +10,15 @@ use axum::http::header;
 use http_body_util::{BodyExt, Limited};
 
 use super::error::{IntakeError, Refusal};
-use super::metrics::SIGN_INVALID_TOTAL;
 use super::state::AppState;
 use crate::domain::authorization::AuthorizationRequest;
 use crate::domain::cancel::CancelRequest;
+use crate::domain::clock::now_millis;
 use crate::domain::push_calls::{NotificationQuery, RecoverRequest, ResendRequest};
 use crate::domain::renewal::RenewalQuery;
 use crate::domain::request::{PartnerCode, PayId, TradeTime};
 use crate::domain::{FieldError, ResultQuery, SignedFields, SubscriptionRequest};
+use crate::telemetry::names::intake::SIGN_INVALID_TOTAL;
 
 /// A request body that is signed by a partner.
 pub trait SignedBody: Sized + Send {
@@ -218,9 +219,4 @@ fn readable_pay_id(bytes: &[u8]) -> Option<String> {
     let value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
     let pay_id = value.get("payId")?.as_str()?;
     PayId::parse(pay_id).ok().map(|p| p.to_string())
-}
-
-pub fn now_millis() -> u64 {
-    let nanos = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
-    u64::try_from(nanos / 1_000_000).unwrap_or(0)
 }

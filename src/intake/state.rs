@@ -8,9 +8,9 @@ use tokio_util::sync::CancellationToken;
 use super::authorize::Authorizer;
 use super::marks::EnqueuedMarks;
 use super::partners::Partners;
-use super::webhook::Webhooks;
 use crate::broker::Broker;
 use crate::config::Settings;
+use crate::domain::webhook::WebhookSecrets;
 use crate::store::Store;
 
 /// The intake's limits, read once from the settings.
@@ -45,7 +45,8 @@ pub struct AppState {
     pub limits: Limits,
     /// Stripe, for `/stripeSubAuthorization` only.
     pub authorizer: std::sync::Arc<Authorizer>,
-    pub webhooks: Webhooks,
+    /// Stripe's signing secrets, for `/stripe/webhook`.
+    pub webhooks: WebhookSecrets,
     pub partners: Partners,
     pub broker: Broker,
     pub store: Store,

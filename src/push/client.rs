@@ -13,14 +13,12 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER, USER_AGENT};
 use hyper::{Method, Request, Uri};
-use hyper_tls::HttpsConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::Name;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::{PushSettings, is_public};
 use crate::domain::push::{self, PushSecret};
+use crate::http_client::{self, HttpsClient};
 
 pub const USER_AGENT_VALUE: &str = concat!("autorenew/", env!("CARGO_PKG_VERSION"));
 /// How much of an answer's body is read (so its connection can be reused); the rest is dropped.
@@ -116,26 +114,27 @@ impl Attempted {
 /// The client every push of a notifier goes through.
 #[derive(Clone)]
 pub struct PushClient {
-    client: Client<HttpsConnector<HttpConnector<GuardedResolver>>, Full<Bytes>>,
+    client: HttpsClient<GuardedResolver>,
     timeout: Duration,
     allow_private: bool,
 }
 
 impl PushClient {
     pub fn new(settings: &PushSettings) -> anyhow::Result<Self> {
-        let mut http = HttpConnector::new_with_resolver(GuardedResolver {
+        let resolver = GuardedResolver {
             allow_private: settings.allow_private_networks,
-        });
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(settings.connect_timeout()));
-        let tls = native_tls::TlsConnector::new()?;
-        let https = HttpsConnector::from((http, tls.into()));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
-            .build(https);
+        };
+        let client = http_client::build(
+            HttpConnector::new_with_resolver(resolver),
+            &http_client::ClientOptions {
+                connect_timeout: settings.connect_timeout(),
+                idle_timeout: Duration::from_secs(60),
+                max_idle_per_host: MAX_IDLE_PER_HOST,
+                // Partners' receivers are asked in HTTP/1.1, as Standard Webhooks expects.
+                offer_http2: false,
+                http2_only: false,
+            },
+        )?;
         Ok(PushClient {
             client,
             timeout: settings.timeout(),

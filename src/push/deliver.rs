@@ -12,14 +12,16 @@ use bytes::Bytes;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 
+use super::Notifier;
 use super::client::Attempted;
 use super::lane::Lane;
 use super::ports::{BreakerRule, PushClock, PushLog, PushRetries, PushSender};
 use super::retry::{self, Next};
-use super::{ATTEMPTS_TOTAL, DELIVERY_SECONDS, Notifier};
 use crate::broker::push::{PushHeaders, PushMessage};
+use crate::domain::clock::{parse_rfc3339_ms, rfc3339_ms};
 use crate::domain::push::{self, AttemptRecord, DeliveryStatus, EventHead, Trigger};
 use crate::store::{NewNotification, StoreError};
+use crate::telemetry::names::push::{ATTEMPTS_TOTAL, DELIVERY_SECONDS};
 
 /// How long a message waits before it is handed back after Redis failed it, so a Redis outage
 /// is not a redelivery loop.
@@ -27,7 +29,7 @@ const STORE_TROUBLE_PAUSE: Duration = Duration::from_secs(1);
 
 /// How a delivery ends on the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Settle {
+pub enum DeliveryEnd {
     Ack,
     /// Back to the partner's queue, no attempt spent: the partner is paused or disabled, or
     /// Redis or RabbitMQ could not record the outcome.
@@ -46,13 +48,13 @@ impl Notifier {
         let headers = PushHeaders::read(&delivery.properties);
         let trigger = Trigger::parse(headers.trigger.as_deref());
         let body = Bytes::from(delivery.data.clone());
-        let settle = self
+        let end = self
             .deliverer
             .deliver(&lane, &body, headers.attempts, trigger)
             .await;
-        let done = match settle {
-            Settle::Ack => delivery.ack(BasicAckOptions::default()).await,
-            Settle::HandBack => {
+        let done = match end {
+            DeliveryEnd::Ack => delivery.ack(BasicAckOptions::default()).await,
+            DeliveryEnd::HandBack => {
                 delivery
                     .nack(BasicNackOptions {
                         requeue: true,
@@ -91,7 +93,7 @@ impl Deliverer {
         body: &Bytes,
         attempts: u32,
         trigger: Trigger,
-    ) -> Settle {
+    ) -> DeliveryEnd {
         let partner = lane.partner.as_str();
         let head = match EventHead::parse(body) {
             Ok(head) => head,
@@ -100,11 +102,11 @@ impl Deliverer {
                 tracing::error!(partner, %error, "an unreadable result event is not pushed");
                 metrics::counter!(ATTEMPTS_TOTAL, "partner" => lane.partner.clone(), "outcome" => "unreadable")
                     .increment(1);
-                return Settle::Ack;
+                return DeliveryEnd::Ack;
             }
         };
         let webhook_id = push::webhook_id(&head.id);
-        let time_ms = event_time_ms(&head.time).unwrap_or_else(|| self.clock.now_ms());
+        let time_ms = parse_rfc3339_ms(&head.time).unwrap_or_else(|| self.clock.now_ms());
         let record = NewNotification {
             webhook_id: &webhook_id,
             event_id: &head.id,
@@ -120,13 +122,13 @@ impl Deliverer {
         };
         if status == DeliveryStatus::Delivered && trigger == Trigger::Scheduled {
             // A copy of a delivered event (a retry or a redelivery after a crash): done.
-            return Settle::Ack;
+            return DeliveryEnd::Ack;
         }
         if lane.paused.load(Ordering::SeqCst) {
-            return Settle::HandBack;
+            return DeliveryEnd::HandBack;
         }
 
-        let at = rfc3339(self.clock.now_ms());
+        let at = rfc3339_ms(self.clock.now_ms());
         let attempted = self
             .sender
             .send(&lane.url, &webhook_id, &lane.secrets, body)
@@ -167,7 +169,7 @@ impl Deliverer {
                 .record(seconds);
         }
         match then {
-            Then::Done => Settle::Ack,
+            Then::Done => DeliveryEnd::Ack,
             Then::Disable => {
                 tracing::warn!(
                     partner,
@@ -179,7 +181,7 @@ impl Deliverer {
                 }
                 lane.pause();
                 // Kept pending in the partner's queue until `autorenew push enable`.
-                Settle::HandBack
+                DeliveryEnd::HandBack
             }
             Then::Retry(delay) => {
                 let message = PushMessage {
@@ -191,10 +193,10 @@ impl Deliverer {
                 };
                 // Acked only once the retry is confirmed on its wait queue.
                 match self.retries.schedule(message, delay).await {
-                    Ok(()) => Settle::Ack,
+                    Ok(()) => DeliveryEnd::Ack,
                     Err(error) => {
                         tracing::warn!(partner, %error, "the retry could not be scheduled; handed back");
-                        Settle::HandBack
+                        DeliveryEnd::HandBack
                     }
                 }
             }
@@ -246,25 +248,8 @@ impl Deliverer {
     }
 }
 
-async fn store_trouble(partner: &str, error: &StoreError) -> Settle {
+async fn store_trouble(partner: &str, error: &StoreError) -> DeliveryEnd {
     tracing::warn!(partner, %error, "Redis could not record the push; handed back");
     tokio::time::sleep(STORE_TROUBLE_PAUSE).await;
-    Settle::HandBack
-}
-
-fn rfc3339(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
-
-/// The event's `time` in unix ms, if it reads.
-pub fn event_time_ms(time: &str) -> Option<i64> {
-    time::OffsetDateTime::parse(time, &time::format_description::well_known::Rfc3339)
-        .ok()
-        .and_then(|t| i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok())
+    DeliveryEnd::HandBack
 }

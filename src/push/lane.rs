@@ -18,8 +18,10 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::{BREAKER_STATE, DISABLED, FAILED, Notifier, PENDING};
+use super::Notifier;
+use crate::domain::clock::now_millis;
 use crate::domain::push::PushSecret;
+use crate::telemetry::names::push::{BREAKER_STATE, DISABLED, FAILED, PENDING};
 
 /// How often a lane reads its partner's state.
 pub const POLL: Duration = Duration::from_millis(250);
@@ -128,7 +130,7 @@ impl Notifier {
         } else {
             0.0
         });
-        let now = now_ms();
+        let now = i64::try_from(now_millis()).unwrap_or(i64::MAX);
         let (mode, breaker) = if state.disabled {
             (Mode::Wait(POLL), 1.0)
         } else if state.open_until_ms == 0 {
@@ -242,7 +244,3 @@ impl Notifier {
 
 /// Time beyond the push timeout for an attempt's log and retry to be written.
 const PUBLISH_GRACE: Duration = Duration::from_secs(5);
-
-fn now_ms() -> i64 {
-    i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
-}

@@ -21,25 +21,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 pub use client::{Attempted, PushClient, USER_AGENT_VALUE, check_host};
-pub use deliver::{Deliverer, Settle};
+pub use deliver::{Deliverer, DeliveryEnd};
 pub use lane::Lane;
 
 use crate::broker::{Broker, Topology};
 use crate::config::{PushSettings, Settings};
 use crate::store::Store;
-
-/// Event `time` to the 2xx, with `attempt` `first` or `retry`.
-pub const DELIVERY_SECONDS: &str = "autorenew_push_delivery_seconds";
-/// Attempts by `partner` and `outcome` (`delivered`, `gone`, `http_4xx`, `timeout`, …).
-pub const ATTEMPTS_TOTAL: &str = "autorenew_push_attempts_total";
-/// Undelivered events per partner, still tried.
-pub const PENDING: &str = "autorenew_push_pending";
-/// Events per partner whose schedule is spent, kept for recovery.
-pub const FAILED: &str = "autorenew_push_failed";
-/// Per partner: 0 closed, 1 open, 2 half-open.
-pub const BREAKER_STATE: &str = "autorenew_push_breaker_state";
-/// Per partner: 1 while its push is disabled.
-pub const DISABLED: &str = "autorenew_push_disabled";
 
 /// How long the broker connection may take to close after the drain.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);

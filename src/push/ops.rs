@@ -60,9 +60,7 @@ pub async fn run(settings: Settings, args: PushArgs) -> anyhow::Result<()> {
         PushCommand::Test { partner } => {
             let push = pushing(&settings, &partner)?;
             let client = PushClient::new(&settings.push)?;
-            let now = time::OffsetDateTime::now_utc()
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default();
+            let now = crate::domain::clock::now_rfc3339();
             let id = format!("ping:{}", uuid::Uuid::new_v4().simple());
             let body = Bytes::from(push::ping_event(&id, &partner, "autorenew", &now));
             let keys: Vec<PushSecret> = push.keys();
@@ -104,8 +102,7 @@ fn pushing<'a>(
 async fn status_line(store: &Store, partner: &str) -> anyhow::Result<String> {
     let state = store.push_state(partner).await?;
     let counts = store.push_counts(partner).await?;
-    let now = i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
-        .unwrap_or(0);
+    let now = i64::try_from(crate::domain::clock::now_millis()).unwrap_or(i64::MAX);
     let switch = if state.disabled {
         format!("disabled ({})", state.disabled_reason)
     } else {

@@ -13,6 +13,7 @@ use futures_util::future::BoxFuture;
 use super::client::{Attempted, PushClient};
 use crate::broker::push::PushMessage;
 use crate::broker::{Broker, BrokerError};
+use crate::domain::clock::now_millis;
 use crate::domain::push::{AttemptRecord, DeliveryStatus, PushSecret};
 use crate::store::{BreakerStep, NewNotification, Store, StoreError};
 
@@ -179,7 +180,6 @@ pub struct SystemClock;
 
 impl PushClock for SystemClock {
     fn now_ms(&self) -> i64 {
-        i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
-            .unwrap_or(0)
+        i64::try_from(now_millis()).unwrap_or(i64::MAX)
     }
 }

@@ -7,7 +7,6 @@
 
 mod authorization;
 mod budget;
-mod cancel_record;
 mod connection;
 mod intake_record;
 mod job;
@@ -16,7 +15,6 @@ mod migrate;
 mod push;
 mod rebuild;
 mod renewal;
-mod stripe_event;
 
 use std::time::Duration;
 
@@ -26,13 +24,11 @@ use crate::config::RedisSettings;
 use crate::domain::FinalResult;
 use crate::domain::request::PayKey;
 
-pub use cancel_record::CancelClaim;
-pub use intake_record::{Claim, ClaimOutcome, RecordView};
+pub use intake_record::{Claim, ClaimOutcome, IntakeRecord, RecordView};
 pub use job::JobStart;
 pub use keys::Keys;
 pub use migrate::Migrated;
 pub use push::{BreakerStep, NewNotification, PushCounts, PushState};
-pub use stripe_event::EventClaim;
 
 /// How long one Redis command may take before the caller gives up on it.
 const COMMAND_TIMEOUT: Duration = Duration::from_millis(1_000);

@@ -22,6 +22,7 @@ use std::time::Duration;
 use redis::Script;
 
 use super::{Store, StoreError, with_timeout};
+use crate::domain::clock::now_millis;
 use crate::domain::push::{AttemptRecord, DeliveryStatus, Notification};
 
 /// KEYS: record, pay set, pending, failed. ARGV: webhook-id, event id, type, time, payId,
@@ -151,8 +152,9 @@ pub struct PushCounts {
     pub oldest_pending_ms: Option<i64>,
 }
 
+/// Now in unix ms, as the push's records keep times (signed, like the event times they compare to).
 fn now_ms() -> i64 {
-    i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
+    i64::try_from(now_millis()).unwrap_or(i64::MAX)
 }
 
 impl Store {

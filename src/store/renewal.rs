@@ -19,6 +19,7 @@ use std::sync::LazyLock;
 use redis::Script;
 
 use super::{Store, StoreError, with_timeout};
+use crate::domain::clock::now_millis;
 use crate::domain::renewal::{Applied, RenewalChange, RenewalError, RenewalState, RenewalUpdate};
 use crate::domain::request::PayKey;
 
@@ -120,7 +121,7 @@ impl Store {
         update: &RenewalUpdate,
     ) -> Result<Applied, StoreError> {
         let (part, invoice, fields) = fields_of(&update.change);
-        let now_ms = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+        let now_ms = now_millis();
         let mut connection = self.connection().await?;
         let mut invocation = APPLY.key(self.keys.renewal(pay_key));
         invocation

@@ -17,15 +17,15 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue, USER_AGENT};
 use hyper::{Method, Request, StatusCode};
-use hyper_tls::HttpsConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::client::legacy::connect::dns::GaiResolver;
 use secrecy::{ExposeSecret, SecretString};
 use stripe::StripeError;
 use stripe_client_core::{
     CustomizedStripeRequest, Outcome, RequestStrategy, StripeClient, StripeClientErr, StripeMethod,
 };
+
+use crate::http_client::{self, HttpsClient};
 
 /// Stripe's own API, when `stripe.api_base` is empty.
 const STRIPE_API_BASE: &str = "https://api.stripe.com";
@@ -78,7 +78,7 @@ pub struct ClientOptions<'a> {
 /// A Stripe client: cheap to clone, all clones share one connection pool.
 #[derive(Clone)]
 pub struct StripeHttp {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: HttpsClient<GaiResolver>,
     /// `https://api.stripe.com/v1`, or the configured base with `/v1`.
     base: String,
     authorization: HeaderValue,
@@ -114,28 +114,19 @@ impl StripeHttp {
         let stripe_version = HeaderValue::from_str(stripe_client_core::VERSION.as_str())
             .map_err(|_| StripeError::ConfigError("async-stripe's API version".into()))?;
 
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(options.timeout));
-        // Offer HTTP/2 first; a server that does not speak it settles on HTTP/1.1.
-        let tls = native_tls::TlsConnector::builder()
-            .request_alpns(&["h2", "http/1.1"])
-            .build()
-            .map_err(|e| StripeError::ConfigError(format!("TLS: {e}")))?;
-        let connector = HttpsConnector::from((http, tls.into()));
-
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(IDLE_TIMEOUT)
-            .pool_max_idle_per_host(MAX_IDLE_PER_HOST);
-        if options.http2_prior_knowledge && base.starts_with("http://") {
-            builder.http2_only(true);
-        }
+        let client = http_client::build(
+            HttpConnector::new(),
+            &http_client::ClientOptions {
+                connect_timeout: options.timeout,
+                idle_timeout: IDLE_TIMEOUT,
+                max_idle_per_host: MAX_IDLE_PER_HOST,
+                offer_http2: true,
+                http2_only: options.http2_prior_knowledge && base.starts_with("http://"),
+            },
+        )
+        .map_err(|e| StripeError::ConfigError(format!("TLS: {e}")))?;
         Ok(StripeHttp {
-            client: builder.build(connector),
+            client,
             base: format!("{base}/v1"),
             authorization,
             stripe_version,

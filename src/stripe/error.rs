@@ -25,15 +25,6 @@ pub enum StripeFailure {
 }
 
 impl StripeFailure {
-    pub fn is_permanent(&self) -> bool {
-        matches!(self, StripeFailure::Permanent(_))
-    }
-
-    /// Whether a pause and the same request again may succeed.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, StripeFailure::Transient(_))
-    }
-
     /// A permanent failure of the payment method (unknown, or someone else's).
     pub fn payment_method(message: impl Into<String>, stripe_code: Option<String>) -> Self {
         StripeFailure::Permanent(FailureDetail {
@@ -133,8 +124,14 @@ mod tests {
         let unadvised =
             StripeFailure::classify(stripe_error(400, "invalid_request_error"), None, true);
 
-        assert!(advised.is_transient(), "{advised:?}");
-        assert!(unadvised.is_permanent(), "{unadvised:?}");
+        assert!(
+            matches!(advised, StripeFailure::Transient(_)),
+            "{advised:?}"
+        );
+        assert!(
+            matches!(unadvised, StripeFailure::Permanent(_)),
+            "{unadvised:?}"
+        );
     }
 
     #[test]

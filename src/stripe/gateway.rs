@@ -23,6 +23,7 @@ use stripe_types::Expandable;
 
 use super::client::{CallError, ClientOptions, StripeHttp};
 use super::{Budget, StripeFailure};
+use crate::telemetry::names::stripe::{BUDGET_WAIT_SECONDS, CALLS_TOTAL, ERRORS_TOTAL};
 
 /// A payment method attached to the customer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,7 +113,7 @@ impl Gateway {
             .await
             .map_err(StripeFailure::BudgetUnavailable)?;
         metrics::histogram!(BUDGET_WAIT_SECONDS).record(started.elapsed().as_secs_f64());
-        metrics::counter!(REQUESTS_TOTAL, "operation" => operation).increment(1);
+        metrics::counter!(CALLS_TOTAL, "operation" => operation).increment(1);
         super::calls::count();
         Ok(())
     }
@@ -650,13 +651,6 @@ fn subscribed(subscription: &stripe_billing::Subscription) -> Subscribed {
         pay_method,
     }
 }
-
-/// Stripe calls made, after the budget let them go, by operation (`customers.list`, …).
-pub const REQUESTS_TOTAL: &str = "autorenew_stripe_requests_total";
-/// Stripe calls that failed, by operation and what the failure was (`429`, `500`, `timeout`, …).
-pub const ERRORS_TOTAL: &str = "autorenew_stripe_errors_total";
-/// How long calls waited for the shared budget.
-pub const BUDGET_WAIT_SECONDS: &str = "autorenew_stripe_budget_wait_seconds";
 
 /// Counts a failed call and classifies it.
 fn failed(operation: &'static str, error: CallError, write: bool) -> StripeFailure {

@@ -9,7 +9,6 @@ mod gateway;
 
 pub use client::{CallError, ClientOptions, StripeHttp};
 pub use error::StripeFailure;
-pub(crate) use gateway::BUDGET_WAIT_SECONDS;
 pub use gateway::{
     Attached, CreatedCustomer, FoundSubscription, Gateway, NewCustomer, NewSubscription,
     PaymentError, PriceSpec, SetupIntent, Subscribed, SubscriptionState, charged_intent,

@@ -28,11 +28,9 @@ use crate::domain::Job;
 use crate::domain::cancel::{CANCEL_MESSAGE_TYPE, CancelJob};
 use crate::domain::webhook::STRIPE_EVENT_MESSAGE_TYPE;
 use crate::store::Store;
+use crate::telemetry::names::worker::{JOB_SECONDS, JOBS_TOTAL};
 /// How often the loop checks that Redis still answers.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
-
-pub const JOBS_TOTAL: &str = "autorenew_worker_jobs_total";
-pub const JOB_SECONDS: &str = "autorenew_worker_job_duration_seconds";
 
 /// What the consumer loop shares with its job tasks and the probes.
 pub struct Worker {

@@ -24,7 +24,6 @@ use tokio::net::TcpListener;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 pub use adapters::{BrokerQueue, SystemClock};
-pub(crate) use consumer::JOB_SECONDS;
 pub use consumer::{Worker, run_job};
 pub use job::{Handled, JobContext, JobPorts};
 pub use steps::{JobSettings, RetryPolicy};

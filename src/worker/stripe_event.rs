@@ -36,9 +36,7 @@ use crate::domain::money::{Currency, decimal_string};
 use crate::domain::renewal::{RenewalChange, RenewalError, RenewalUpdate};
 use crate::domain::request::{PayId, PayKey};
 use crate::stripe::{PaymentError, StripeFailure, charged_intent};
-
-/// Stripe events seen by the worker, by type and what became of them.
-pub const STRIPE_EVENTS_TOTAL: &str = "autorenew_worker_stripe_events_total";
+use crate::telemetry::names::worker::STRIPE_EVENTS_TOTAL;
 
 /// What one event means for one payId.
 struct Meaning {

@@ -224,3 +224,61 @@ async fn an_f_answer_is_counted_under_its_code_and_a_bad_sign_under_its_partner(
     );
     app.teardown().await;
 }
+
+#[tokio::test]
+async fn a_retry_takes_over_a_claim_whose_holder_died_and_publishes_the_first_requests_job() {
+    let app = TestApp::spawn().await;
+    let request = crate::helpers::signed(valid_request(), SECRET);
+    let bytes = serde_json::to_vec(&request).expect("JSON");
+    let (parsed, fields) =
+        autorenew::domain::SubscriptionRequest::parse(&bytes).expect("a valid request");
+    let first_job = autorenew::domain::Job::new(
+        &parsed,
+        Default::default(),
+        "2026-01-01T00:00:00Z".into(),
+        "the-first-request".into(),
+    )
+    .encode();
+    // What a first request left behind when it died between Redis and the broker, a minute
+    // ago: far past its claim's lease (twice the publish timeout).
+    let key = format!(
+        "{}:intake:{{{PARTNER}:{}}}",
+        app.settings.redis.key_prefix, parsed.pay_id
+    );
+    let mut redis = redis::Client::open(crate::helpers::SHARED_REDIS)
+        .expect("redis")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let _: () = redis::cmd("HSET")
+        .arg(&key)
+        .arg("fp")
+        .arg(fields.fingerprint())
+        .arg("partner")
+        .arg(PARTNER)
+        .arg("state")
+        .arg("pending")
+        .arg("claim")
+        .arg("the-first-request")
+        .arg("claimed_at")
+        .arg(crate::helpers::now_millis() - 60_000)
+        .arg("accepted_at")
+        .arg("2026-01-01T00:00:00Z")
+        .arg("job")
+        .arg(&first_job)
+        .query_async(&mut redis)
+        .await
+        .expect("HSET");
+
+    let answer = app.subscribe(request).await;
+
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    assert_eq!(answer.body["status"], "processing", "{:?}", answer.body);
+    let jobs = read_queue(&format!("{}.jobs", app.prefix()), 2, Duration::from_secs(3)).await;
+    assert_eq!(jobs.len(), 1, "exactly one job");
+    assert_eq!(
+        jobs[0].body["requestId"], "the-first-request",
+        "the job stored by the first request, not the retry's own"
+    );
+    app.teardown().await;
+}

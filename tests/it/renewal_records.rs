@@ -605,7 +605,7 @@ async fn a_late_enqueued_mark_leaves_a_live_subscription_s_record_without_expiry
         .expect("finished");
 
     store
-        .mark_enqueued(std::slice::from_ref(&key))
+        .mark_enqueued(&[store.creation_record(&key)])
         .await
         .expect("marked");
 

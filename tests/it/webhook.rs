@@ -53,6 +53,17 @@ async fn deliver(app: &TestApp, body: &str, header: Option<&str>) -> Answer {
     Answer::from(request.send().await.expect("POST")).await
 }
 
+/// A connection to the shared Redis, and the key the intake keeps event `id` under.
+async fn event_key(app: &TestApp, id: &str) -> (redis::aio::MultiplexedConnection, String) {
+    let redis = redis::Client::open(SHARED_REDIS)
+        .expect("redis")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let key = format!("{}:stripe-event:{{{id}}}", app.settings.redis.key_prefix);
+    (redis, key)
+}
+
 fn jobs(app: &TestApp) -> String {
     format!("{}.jobs", app.prefix())
 }
@@ -239,12 +250,7 @@ async fn an_event_the_broker_did_not_take_is_503_and_free_for_stripes_retry() {
         refused.body
     );
     assert_eq!(retried.status, 503, "a retry is not taken for a repeat");
-    let mut redis = redis::Client::open(SHARED_REDIS)
-        .expect("redis")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
-    let key = format!("{}:stripe-event:{{{id}}}", app.settings.redis.key_prefix);
+    let (mut redis, key) = event_key(&app, &id).await;
     let exists: bool = redis::cmd("EXISTS")
         .arg(&key)
         .query_async(&mut redis)
@@ -300,5 +306,94 @@ async fn metrics_count_webhook_events_by_type_and_outcome() {
     ] {
         assert!(text.contains(series), "{series} missing: {text}");
     }
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn an_event_taken_before_event_records_were_hashes_is_still_a_repeat() {
+    let app = app_with(&[SECRET]).await;
+    let (id, body) = stripe_event();
+    // What an intake of the version before wrote for an event it had put on the broker.
+    let (mut redis, key) = event_key(&app, &id).await;
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg("taken")
+        .arg("EX")
+        .arg(600)
+        .query_async(&mut redis)
+        .await
+        .expect("SET");
+
+    let answer = deliver(&app, &body, Some(&signature(&body, SECRET, now()))).await;
+
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    assert_eq!(
+        answer.body["message"], "event taken before",
+        "{:?}",
+        answer.body
+    );
+    let messages = read_queue(&jobs(&app), 1, Duration::from_millis(500)).await;
+    assert!(messages.is_empty(), "a repeat enqueues nothing");
+    app.teardown().await;
+}
+
+/// Writes the claim a delivery makes before it publishes, as if its holder were still at it
+/// (or had died) `age_ms` ago.
+async fn claim_event(app: &TestApp, id: &str, age_ms: u64) {
+    let (mut redis, key) = event_key(app, id).await;
+    let claimed_at = crate::helpers::now_millis() - age_ms;
+    let _: () = redis::cmd("HSET")
+        .arg(&key)
+        .arg("state")
+        .arg("pending")
+        .arg("claim")
+        .arg("another-delivery")
+        .arg("claimed_at")
+        .arg(claimed_at)
+        .query_async(&mut redis)
+        .await
+        .expect("HSET");
+}
+
+#[tokio::test]
+async fn a_delivery_takes_over_an_event_claim_whose_holder_died() {
+    let app = app_with(&[SECRET]).await;
+    let (id, body) = stripe_event();
+    // Far older than the claim's lease (twice the publish timeout): its holder is gone.
+    claim_event(&app, &id, 60_000).await;
+
+    let answer = deliver(&app, &body, Some(&signature(&body, SECRET, now()))).await;
+
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    assert_eq!(answer.body["message"], "event taken", "{:?}", answer.body);
+    let messages = read_queue(&jobs(&app), 2, Duration::from_secs(2)).await;
+    assert_eq!(
+        messages.len(),
+        1,
+        "the event is published once, by the taker"
+    );
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn a_delivery_of_an_event_another_delivery_is_publishing_waits_then_answers_503() {
+    let app = app_with(&[SECRET]).await;
+    let (id, body) = stripe_event();
+    // Claimed just now by a delivery that never finishes within this one's publish timeout.
+    claim_event(&app, &id, 0).await;
+
+    let answer = deliver(&app, &body, Some(&signature(&body, SECRET, now()))).await;
+
+    assert_eq!(
+        (answer.status, answer.code()),
+        (503, "WEBHOOK_EVENT_BUSY"),
+        "{:?}",
+        answer.body
+    );
+    let messages = read_queue(&jobs(&app), 1, Duration::from_millis(500)).await;
+    assert!(
+        messages.is_empty(),
+        "the holder publishes, not this delivery"
+    );
     app.teardown().await;
 }

@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use autorenew::domain::push::{DeliveryStatus, Trigger, webhook_id};
 use autorenew::push::ports::{BreakerRule, PushClock};
-use autorenew::push::{Deliverer, Lane, Settle};
+use autorenew::push::{Deliverer, DeliveryEnd, Lane};
 use bytes::Bytes;
 use tokio::sync::Semaphore;
 use tokio::task::AbortHandle;
@@ -467,8 +467,8 @@ async fn run_lane(
                 .deliver(&lane, &body, copy.attempts, trigger)
                 .await
             {
-                Settle::Ack => world.queue.ack(tag),
-                Settle::HandBack => world.queue.nack(tag),
+                DeliveryEnd::Ack => world.queue.ack(tag),
+                DeliveryEnd::HandBack => world.queue.nack(tag),
             }
             running.fetch_sub(1, Ordering::SeqCst);
             drop(permit);
