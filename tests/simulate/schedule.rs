@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use autorenew::config::PlanSettings;
 use autorenew::domain::Job;
-use autorenew::worker::job::{after_panic, handle};
 use autorenew::worker::memory::{
     Faults, MemoryQueue, MemoryStore, MemoryStripe, QueueDelays, QueuedJob, Trace, VirtualClock,
 };
-use autorenew::worker::ports::Settle;
+use autorenew::worker::message::{Message, after_panic, handle};
+use autorenew::worker::ports::Disposition;
 use autorenew::worker::{JobContext, JobPorts, JobSettings, RetryPolicy};
 use tokio::sync::Semaphore;
 use tokio::task::AbortHandle;
@@ -478,30 +478,33 @@ async fn consume(
         lock(&process).running.insert(token.clone());
         let task = tokio::spawn(async move {
             let incoming = Arc::new(delivery.incoming);
-            // Like `worker::run_job`: the job in a task of its own, so a panic ends it the
+            let decoded = Arc::new(Message::decode(&incoming));
+            // Like `worker::run_job`: the message in a task of its own, so a panic ends it the
             // way `after_panic` says.
             let inner = {
                 let (ctx, incoming, token) = (ctx.clone(), incoming.clone(), token.clone());
-                tokio::spawn(async move { handle(&ctx, &incoming, &token).await })
+                let decoded = decoded.clone();
+                tokio::spawn(async move { handle(&ctx, &decoded, &incoming, &token).await })
             };
             lock(&process_ref).tasks.push(inner.abort_handle());
             let handled = match inner.await {
                 Ok(handled) => handled,
                 Err(error) if error.is_panic() => {
                     world.trace.note(&token, || "job panicked".into());
-                    after_panic(&ctx, &incoming, &token).await
+                    after_panic(&ctx, &decoded, &incoming, &token).await
                 }
                 Err(_) => return,
             };
             world.trace.note(&token, || {
-                format!("handled: {} {:?}", handled.label, handled.settle)
+                format!("handled: {} {:?}", handled.label, handled.disposition)
             });
-            if handled.label == "handed_back" {
-                trouble.store(true, Ordering::SeqCst);
-            }
-            match handled.settle {
-                Settle::Ack => world.queue.ack(delivery.tag),
-                Settle::Requeue => world.queue.nack(delivery.tag),
+            match handled.disposition {
+                Disposition::Ack => world.queue.ack(delivery.tag),
+                Disposition::Requeue => world.queue.nack(delivery.tag),
+                Disposition::HandBack => {
+                    trouble.store(true, Ordering::SeqCst);
+                    world.queue.nack(delivery.tag);
+                }
             }
             lock(&process_ref).running.remove(&token);
             drop(permit);

@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use super::Trace;
 use crate::broker::BrokerError;
 use crate::domain::ResultEvent;
+use crate::domain::event::LifecycleEvent;
 use crate::domain::job::JOB_MESSAGE_TYPE;
 use crate::worker::ports::{Incoming, JobQueue, Wait};
 
@@ -38,6 +39,8 @@ pub struct QueueDelays {
 /// A job message as the broker holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueuedJob {
+    /// The AMQP `type`: a creation job, a cancel, a Stripe event.
+    pub kind: String,
     pub body: Vec<u8>,
     pub message_id: String,
     pub attempt: u32,
@@ -47,9 +50,15 @@ pub struct QueuedJob {
 }
 
 impl QueuedJob {
-    /// A first publish (the intake's, or a replay's).
+    /// A creation job's first publish (the intake's, or a replay's).
     pub fn fresh(body: Vec<u8>, message_id: &str, attempt: u32) -> Self {
+        QueuedJob::of_kind(JOB_MESSAGE_TYPE, body, message_id, attempt)
+    }
+
+    /// A first publish of a message of this `kind`.
+    pub fn of_kind(kind: &str, body: Vec<u8>, message_id: &str, attempt: u32) -> Self {
         QueuedJob {
+            kind: kind.to_owned(),
             body,
             message_id: message_id.to_owned(),
             attempt,
@@ -61,6 +70,7 @@ impl QueuedJob {
 
     fn copy_of(job: &Incoming, attempt: u32, parked: bool) -> Self {
         QueuedJob {
+            kind: job.kind.clone(),
             body: job.body.clone(),
             message_id: job.message_id.clone(),
             attempt,
@@ -72,7 +82,7 @@ impl QueuedJob {
 
     fn incoming(&self) -> Incoming {
         Incoming {
-            kind: JOB_MESSAGE_TYPE.to_owned(),
+            kind: self.kind.clone(),
             body: self.body.clone(),
             message_id: self.message_id.clone(),
             attempt: self.attempt,
@@ -99,6 +109,7 @@ struct State {
     unacked: BTreeMap<u64, (String, QueuedJob)>,
     dead: Vec<(QueuedJob, String)>,
     events: Vec<(Instant, ResultEvent)>,
+    changes: Vec<(Instant, LifecycleEvent)>,
     next: u64,
     down: bool,
 }
@@ -344,6 +355,11 @@ impl MemoryQueue {
         self.state().events.clone()
     }
 
+    /// Every change of a subscription's life announced, in order, with when it was confirmed.
+    pub fn changes(&self) -> Vec<(Instant, LifecycleEvent)> {
+        self.state().changes.clone()
+    }
+
     /// Nothing ready, delayed or unacked.
     pub fn is_idle(&self) -> bool {
         let state = self.state();
@@ -448,6 +464,20 @@ impl JobQueue for MemoryQueue {
                     outcome(&done)
                 )
             });
+            done
+        }
+        .boxed()
+    }
+
+    fn announce_change<'a>(
+        &'a self,
+        event: &'a LifecycleEvent,
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        async move {
+            let done = self
+                .confirmed(|state| state.changes.push((Instant::now(), event.clone())))
+                .await;
+            self.note(|| format!("announce {} {}: {}", event.kind, event.id, outcome(&done)));
             done
         }
         .boxed()

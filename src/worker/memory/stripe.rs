@@ -22,7 +22,7 @@
 //! creates are left alone: a decline there ends a job before any create, as `chargeDeclined`
 //! cards already do.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -32,9 +32,11 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::Trace;
+use crate::domain::renewal::STATUS_CANCELED;
 use crate::domain::{FailureCode, FailureDetail};
 use crate::stripe::{
-    Attached, CreatedCustomer, NewCustomer, NewSubscription, PriceSpec, StripeFailure, Subscribed,
+    Attached, CreatedCustomer, FoundSubscription, NewCustomer, NewSubscription, PaymentError,
+    PriceSpec, StripeFailure, Subscribed, SubscriptionState,
 };
 use crate::worker::ports::StripeApi;
 
@@ -42,6 +44,10 @@ use crate::worker::ports::StripeApi;
 pub const KEY_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// One way across the network.
 const HOP: Duration = Duration::from_millis(5);
+/// Stripe's clock when the world starts (unix seconds), as the simulation's `VirtualClock`.
+const EPOCH_SECONDS: i64 = 1_800_000_000;
+/// A subscription's period (a month).
+const PERIOD_SECONDS: i64 = 30 * 24 * 3600;
 
 /// What goes wrong, and how often. Set by the simulation as the schedule unfolds.
 #[derive(Debug, Clone, PartialEq)]
@@ -101,6 +107,7 @@ enum Reply {
     Attached(Attached),
     Price(String, String),
     Sub(Subscribed),
+    State(SubscriptionState),
     Refused(FailureDetail),
     ServerError,
     Conflict,
@@ -129,8 +136,39 @@ struct Subscription {
     id: String,
     customer: String,
     pay_id: String,
+    partner: String,
     product: String,
     created: Instant,
+    /// Unix seconds, on Stripe's clock.
+    created_at: i64,
+    status: String,
+    cancel_at_period_end: bool,
+    current_period_end: i64,
+    canceled_at: Option<i64>,
+}
+
+impl Subscription {
+    fn state(&self) -> SubscriptionState {
+        SubscriptionState {
+            id: self.id.clone(),
+            status: self.status.clone(),
+            cancel_at_period_end: self.cancel_at_period_end,
+            current_period_end: Some(self.current_period_end),
+            canceled_at: self.canceled_at,
+            cancellation_reason: self
+                .canceled_at
+                .map(|_| "cancellation_requested".to_owned()),
+        }
+    }
+
+    fn subscribed(&self) -> Subscribed {
+        Subscribed {
+            id: self.id.clone(),
+            status: self.status.clone(),
+            product_id: self.product.clone(),
+            pay_method: "card".into(),
+        }
+    }
 }
 
 /// What the fake counted, for the report.
@@ -157,9 +195,25 @@ struct World {
     counts: StripeCounts,
     /// Faults for the next calls, before any drawn at random.
     script: std::collections::VecDeque<Fault>,
+    /// When the world started, for Stripe's clock.
+    epoch: Instant,
 }
 
 impl World {
+    /// Stripe's clock (unix seconds).
+    fn now_seconds(&self) -> i64 {
+        EPOCH_SECONDS
+            + i64::try_from(Instant::now().duration_since(self.epoch).as_secs()).unwrap_or(0)
+    }
+
+    fn subscription(&self, id: &str) -> Option<&Subscription> {
+        self.subscriptions.iter().find(|sub| sub.id == id)
+    }
+
+    fn subscription_mut(&mut self, id: &str) -> Option<&mut Subscription> {
+        self.subscriptions.iter_mut().find(|sub| sub.id == id)
+    }
+
     fn id(&mut self, prefix: &str) -> String {
         self.next_id += 1;
         // Zero-padded so that id order is creation order.
@@ -238,6 +292,7 @@ impl MemoryStripe {
                 in_flight: 0,
                 counts: StripeCounts::default(),
                 script: std::collections::VecDeque::new(),
+                epoch: Instant::now(),
             })),
             who: "stripe".into(),
             trace,
@@ -284,6 +339,15 @@ impl MemoryStripe {
                 .push((sub.id.clone(), sub.created));
         }
         by_pay_id
+    }
+
+    /// Every subscription's state as it stands, by id, with its payId.
+    pub fn states(&self) -> BTreeMap<String, (String, SubscriptionState)> {
+        self.world()
+            .subscriptions
+            .iter()
+            .map(|sub| (sub.id.clone(), (sub.pay_id.clone(), sub.state())))
+            .collect()
     }
 
     /// Requests still being processed server-side.
@@ -699,12 +763,7 @@ impl StripeApi for MemoryStripe {
                     .iter()
                     .rev()
                     .find(|sub| sub.customer == customer && sub.pay_id == pay_id)
-                    .map(|sub| Subscribed {
-                        id: sub.id.clone(),
-                        status: "active".into(),
-                        product_id: sub.product.clone(),
-                        pay_method: "card".into(),
-                    }))
+                    .map(Subscription::subscribed))
             },
         )
         .boxed()
@@ -719,6 +778,7 @@ impl StripeApi for MemoryStripe {
         let price = new.price.to_owned();
         let method = new.payment_method.to_owned();
         let pay_id = new.metadata.get("payId").cloned().unwrap_or_default();
+        let partner = new.metadata.get("partnerCode").cloned().unwrap_or_default();
         async move {
             let effect: Effect = Box::new(move |world| {
                 if !world.customers.contains_key(&customer) {
@@ -743,19 +803,23 @@ impl StripeApi for MemoryStripe {
                     );
                 };
                 let id = world.id("sub");
-                world.subscriptions.push(Subscription {
-                    id: id.clone(),
+                let now = world.now_seconds();
+                let sub = Subscription {
+                    id,
                     customer,
                     pay_id,
-                    product: product.clone(),
+                    partner,
+                    product,
                     created: Instant::now(),
-                });
-                Reply::Sub(Subscribed {
-                    id,
+                    created_at: now,
                     status: "active".into(),
-                    product_id: product,
-                    pay_method: "card".into(),
-                })
+                    cancel_at_period_end: false,
+                    current_period_end: now + PERIOD_SECONDS,
+                    canceled_at: None,
+                };
+                let reply = Reply::Sub(sub.subscribed());
+                world.subscriptions.push(sub);
+                reply
             });
             let mut params = params(&[
                 ("customer", new.customer),
@@ -778,4 +842,142 @@ impl StripeApi for MemoryStripe {
         }
         .boxed()
     }
+
+    fn cancel_at_period_end<'a>(
+        &'a self,
+        subscription: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<SubscriptionState, StripeFailure>> {
+        self.cancel(subscription, key, false).boxed()
+    }
+
+    fn cancel_now<'a>(
+        &'a self,
+        subscription: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<SubscriptionState, StripeFailure>> {
+        self.cancel(subscription, key, true).boxed()
+    }
+
+    fn subscription_state<'a>(
+        &'a self,
+        subscription: &'a str,
+    ) -> BoxFuture<'a, Result<SubscriptionState, StripeFailure>> {
+        self.read(format!("retrieve {subscription}"), move |world| {
+            world
+                .subscription(subscription)
+                .map(Subscription::state)
+                .ok_or_else(|| no_such_subscription(subscription))
+        })
+        .boxed()
+    }
+
+    fn subscription_metadata<'a>(
+        &'a self,
+        subscription: &'a str,
+    ) -> BoxFuture<'a, Result<HashMap<String, String>, StripeFailure>> {
+        self.read(format!("metadata of {subscription}"), move |world| {
+            world
+                .subscription(subscription)
+                .map(|sub| {
+                    HashMap::from([
+                        ("payId".to_owned(), sub.pay_id.clone()),
+                        ("partnerCode".to_owned(), sub.partner.clone()),
+                    ])
+                })
+                .ok_or_else(|| no_such_subscription(subscription))
+        })
+        .boxed()
+    }
+
+    fn search_subscription<'a>(
+        &'a self,
+        partner_code: &'a str,
+        pay_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<FoundSubscription>, StripeFailure>> {
+        self.read(format!("search {partner_code}/{pay_id}"), move |world| {
+            // The oldest, as the gateway picks.
+            Ok(world
+                .subscriptions
+                .iter()
+                .filter(|sub| sub.pay_id == pay_id && sub.partner == partner_code)
+                .min_by_key(|sub| sub.created_at)
+                .map(|sub| FoundSubscription {
+                    customer: sub.customer.clone(),
+                    created: sub.created_at,
+                    subscribed: sub.subscribed(),
+                    state: sub.state(),
+                }))
+        })
+        .boxed()
+    }
+
+    fn invoice_payment_error<'a>(
+        &'a self,
+        invoice: &'a str,
+        _payment_intent: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Option<PaymentError>, StripeFailure>> {
+        // The twin makes no renewal invoices yet: no payment carries an error.
+        self.read(format!("invoice payments of {invoice}"), |_| Ok(None))
+            .boxed()
+    }
+}
+
+impl MemoryStripe {
+    /// A cancel under its idempotency key: now (`DELETE /v1/subscriptions/:id`) or at the
+    /// period's end (`cancel_at_period_end=true`). Either on a canceled subscription is refused,
+    /// as Stripe refuses it.
+    async fn cancel(
+        &self,
+        subscription: &str,
+        key: &str,
+        now: bool,
+    ) -> Result<SubscriptionState, StripeFailure> {
+        let id = subscription.to_owned();
+        let effect: Effect = Box::new(move |world| {
+            let at = world.now_seconds();
+            let Some(sub) = world.subscription_mut(&id) else {
+                return refused(
+                    FailureCode::StripeRejected,
+                    "No such subscription",
+                    Some("resource_missing"),
+                );
+            };
+            if sub.status == STATUS_CANCELED {
+                return refused(
+                    FailureCode::StripeRejected,
+                    "This subscription is canceled",
+                    None,
+                );
+            }
+            if now {
+                sub.status = STATUS_CANCELED.into();
+                sub.canceled_at = Some(at);
+            } else {
+                sub.cancel_at_period_end = true;
+            }
+            Reply::State(sub.state())
+        });
+        let (what, params) = if now {
+            (format!("cancel_now {subscription}"), Params::new())
+        } else {
+            (
+                format!("cancel_at_period_end {subscription}"),
+                params(&[("cancel_at_period_end", "true")]),
+            )
+        };
+        match self.write(what, key, params, effect).await? {
+            Reply::State(state) => Ok(state),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+fn no_such_subscription(id: &str) -> StripeFailure {
+    StripeFailure::Permanent(FailureDetail {
+        code: FailureCode::StripeRejected,
+        message: format!("No such subscription: '{id}'"),
+        stripe_code: Some("resource_missing".into()),
+        decline_code: None,
+    })
 }
