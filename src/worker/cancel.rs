@@ -1,5 +1,5 @@
 //! A partner's cancel (CONTRACT §9.3), as the worker carries it out: after the payId's creation
-//! has ended, under the payId's lock, with a fixed idempotency key per payId and `when`; the
+//! has ended, under the payId's lock, with an idempotency key of its own per try; the
 //! new state is stored (never taking it back) and announced as `subscription.updated` or
 //! `subscription.canceled`.
 
@@ -84,7 +84,7 @@ pub(super) async fn handle(
         Ok(false) => return wait(ctx, incoming, Wait::Lock, incoming.attempt, "locked").await,
         Err(_) => return Outcome::hand_back(),
     }
-    let outcome = cancel_locked(ctx, incoming, cancel, &result.sub_id).await;
+    let outcome = cancel_locked(ctx, incoming, cancel, &result.sub_id, token).await;
     if let Err(error) = store.unlock(&pay_key, token).await {
         tracing::warn!(%pay_id, %error, "lock not released; it expires by itself");
     }
@@ -112,9 +112,14 @@ async fn cancel_locked(
     incoming: &Incoming,
     cancel: &CancelJob,
     sub_id: &str,
+    token: &str,
 ) -> Outcome {
     let pay_id = &cancel.pay_id;
-    let key = format!("ar-{}-cancel-{}", cancel.pay_key(), cancel.when.as_str());
+    let key = format!(
+        "ar-{}-cancel-{}-{token}",
+        cancel.pay_key(),
+        cancel.when.as_str()
+    );
     let state = match call_stripe(ctx, cancel.when, sub_id, &key).await {
         Ok(state) => state,
         Err(StripeFailure::Permanent(detail)) => {
@@ -168,7 +173,12 @@ async fn cancel_locked(
     }
 }
 
-/// Sends the cancel; a cancel-now of a subscription canceled already is done, not refused.
+/// Sends the cancel; a cancel of a subscription canceled already is done, not refused.
+///
+/// Every try has a key of its own (`key` and the try's number): a cancel is idempotent by
+/// nature (cancelling twice changes nothing, and a refusal is checked against the
+/// subscription's state), while a fixed key would replay a 500 that Stripe stored for it for
+/// 24 h, and the cancel could not reach Stripe for a day (the simulation found it).
 async fn call_stripe(
     ctx: &JobContext,
     when: CancelWhen,
@@ -176,10 +186,11 @@ async fn call_stripe(
     key: &str,
 ) -> Result<SubscriptionState, StripeFailure> {
     let mut last = StripeFailure::Transient("not tried".into());
-    for _ in 0..TRIES {
+    for try_number in 0..TRIES {
+        let key = format!("{key}-{try_number}");
         let answer = match when {
-            CancelWhen::PeriodEnd => ctx.ports.stripe.cancel_at_period_end(sub_id, key).await,
-            CancelWhen::Now => ctx.ports.stripe.cancel_now(sub_id, key).await,
+            CancelWhen::PeriodEnd => ctx.ports.stripe.cancel_at_period_end(sub_id, &key).await,
+            CancelWhen::Now => ctx.ports.stripe.cancel_now(sub_id, &key).await,
         };
         match answer {
             Ok(state) => return Ok(state),
@@ -191,8 +202,8 @@ async fn call_stripe(
                 };
             }
             Err(failure @ StripeFailure::BudgetUnavailable(_)) => return Err(failure),
-            // Transient, or unknown: a cancel is safe to send again (the same key, and
-            // cancelling twice changes nothing).
+            // Transient, or unknown: a cancel is safe to send again (cancelling twice changes
+            // nothing).
             Err(failure) => last = failure,
         }
         tokio::time::sleep(PAUSE).await;

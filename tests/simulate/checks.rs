@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use autorenew::domain::ResultEvent;
+use autorenew::domain::cancel::CancelWhen;
+use autorenew::domain::renewal::{RenewalChange, STATUS_CANCELED};
+use autorenew::domain::{PartnerCode, PayId, PayKey, ResultEvent};
 
 use crate::schedule::{Books, World};
 
@@ -75,6 +77,7 @@ pub fn invariants(world: &World, books: &Books) -> Vec<String> {
     }
 
     violations.extend(event_checks(&events, &subscriptions, &results));
+    violations.extend(life_checks(world, books, &results));
 
     // No lock is left held, but by a job that died with its worker (it expires by TTL).
     for (pay_id, token) in world.store.held_locks() {
@@ -131,6 +134,108 @@ fn event_checks(
                     stored.map(|r| (r.status, r.sub_id))
                 ));
             }
+        }
+    }
+    violations
+}
+
+/// The payId's key in the schedules' one partner.
+fn pay_key(pay_id: &str) -> Option<PayKey> {
+    Some(PayKey::new(
+        PartnerCode::parse("partner1").ok()?,
+        PayId::parse(pay_id).ok()?,
+    ))
+}
+
+/// The subscription's life after its creation: every accepted cancel reached Stripe; the stored
+/// state never went back; what the query would answer agrees with Stripe.
+fn life_checks(world: &World, books: &Books, results: &Results) -> Vec<String> {
+    let mut violations = Vec::new();
+    let states = world.stripe.states();
+    for pay_id in &books.accepted {
+        let Some(Some(result)) = results.get(pay_id) else {
+            continue;
+        };
+        if result.is_failed() {
+            continue;
+        }
+        let Some(key) = pay_key(pay_id) else {
+            continue;
+        };
+        let Some((_, stripe)) = states.get(&result.sub_id) else {
+            continue;
+        };
+        // An accepted cancel reaches Stripe.
+        for (_, when) in books.cancels.iter().filter(|(id, _)| id == pay_id) {
+            let reached = match when {
+                CancelWhen::Now => stripe.status == STATUS_CANCELED,
+                CancelWhen::PeriodEnd => {
+                    stripe.cancel_at_period_end || stripe.status == STATUS_CANCELED
+                }
+            };
+            if !reached {
+                violations.push(format!(
+                    "{pay_id}: cancel {when} accepted, but Stripe has {} with \
+                     cancel_at_period_end {}",
+                    stripe.status, stripe.cancel_at_period_end
+                ));
+            }
+        }
+        // The stored state never goes back: no live state after `canceled`, no
+        // `cancel_at_period_end` taken back (nothing in the schedules resumes a subscription).
+        let mut canceled = false;
+        let mut ending = false;
+        for change in world.store.renewal_history(&key) {
+            if let RenewalChange::Subscription {
+                status,
+                cancel_at_period_end,
+                ..
+            } = change
+            {
+                let now_canceled = status == STATUS_CANCELED;
+                if (canceled && !now_canceled) || (ending && !cancel_at_period_end && !now_canceled)
+                {
+                    violations.push(format!(
+                        "{pay_id}: the stored state went back to {status} with \
+                         cancel_at_period_end {cancel_at_period_end}"
+                    ));
+                }
+                canceled |= now_canceled;
+                ending |= cancel_at_period_end;
+            }
+        }
+        // What `/queryAutoRenewalRecord` answers (the renewal state, else the creation's
+        // result) agrees with Stripe.
+        let (status, cancel_at_period_end) = match world.store.renewal(&key) {
+            Some((
+                _,
+                RenewalChange::Subscription {
+                    status,
+                    cancel_at_period_end,
+                    ..
+                },
+            )) => (status, cancel_at_period_end),
+            _ => (result.status.clone(), false),
+        };
+        if status != stripe.status || cancel_at_period_end != stripe.cancel_at_period_end {
+            violations.push(format!(
+                "{pay_id}: the query answers {status} with cancel_at_period_end \
+                 {cancel_at_period_end}, Stripe has {} with {}",
+                stripe.status, stripe.cancel_at_period_end
+            ));
+        }
+    }
+    // Each change is announced under one id, and one id means one change.
+    let mut seen: BTreeMap<String, (String, String)> = BTreeMap::new();
+    for (_, event) in world.queue.changes() {
+        let content = (event.kind.clone(), event.subject.clone());
+        if let Some(first) = seen.insert(event.id.clone(), content.clone())
+            && first != content
+        {
+            violations.push(format!(
+                "{}: id {} announced for {first:?} and {content:?}",
+                event.subject, event.id
+            ));
         }
     }
     violations

@@ -101,7 +101,7 @@ fn main() -> ExitCode {
 
 /// Paths of the job path a schedule may reach, by a trace line that shows it: printed as how
 /// many schedules reached each, so a change that makes the simulation blind shows.
-const COVERAGE: [(&str, &str); 10] = [
+const COVERAGE: [(&str, &str); 14] = [
     ("lock busy", "Lock attempt"),
     ("settled copy", ": settled "),
     ("parked", "handled: parked"),
@@ -112,6 +112,13 @@ const COVERAGE: [(&str, &str); 10] = [
     ("delivery limit", "delivery limit"),
     ("replay cleared", "clear result"),
     ("lock lost", "locks dropped"),
+    ("cancel now", "cancel_now sub_"),
+    ("cancel at period end", "cancel_at_period_end sub_"),
+    ("cancel waited for its creation", "handled: cancel_waiting"),
+    (
+        "cancel of a canceled subscription",
+        "This subscription is canceled",
+    ),
 ];
 
 /// Refusals of an earlier step that a single trace line does not show: (an attach was refused

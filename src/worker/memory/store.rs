@@ -34,6 +34,8 @@ struct Keys {
     /// change that last wrote it, and the invoices counted (src/store/renewal.rs).
     renewal: BTreeMap<&'static str, (u64, RenewalChange)>,
     paid: std::collections::BTreeSet<String>,
+    /// Every subscription state written, in order (for the check that it never goes back).
+    history: Vec<RenewalChange>,
 }
 
 /// The part of the renewal hash a change writes, as the `APPLY` script names it.
@@ -56,6 +58,9 @@ fn apply(keys: &mut Keys, update: &RenewalUpdate) -> Applied {
     if newer {
         keys.renewal
             .insert(part, (update.version, update.change.clone()));
+        if part == "sub" {
+            keys.history.push(update.change.clone());
+        }
     }
     let counted = match &update.change {
         RenewalChange::Renewed { invoice_id, .. } if !invoice_id.is_empty() => {
@@ -185,6 +190,15 @@ impl MemoryStore {
             .keys
             .get(&pay_key.to_string())
             .and_then(|keys| keys.renewal.get("sub").cloned())
+    }
+
+    /// Every subscription state the payId's renewal hash held, in the order written.
+    pub fn renewal_history(&self, pay_key: &PayKey) -> Vec<RenewalChange> {
+        self.state()
+            .keys
+            .get(&pay_key.to_string())
+            .map(|keys| keys.history.clone())
+            .unwrap_or_default()
     }
 
     /// Keeps an authorization of (`partner`, `pay_id`) for `email`, as the intake does when it
