@@ -45,6 +45,19 @@ const CANCEL_SEED: u64 = 0x0CA1_CE15;
 /// The share of payIds a partner cancels, and the most cancels one payId gets.
 const CANCELED_SHARE: f64 = 0.4;
 const MAX_CANCELS: usize = 2;
+/// Mixed into the seed for the data-loss draw; the share of schedules whose Redis loses
+/// everything once.
+/// Off by default (`SIM_DATA_LOSS=0.15` turns it on): the job path does not survive it yet
+/// (docs/design.md, "Redis data loss in the simulation").
+const LOSS_SEED: u64 = 0x1055_DA7A;
+
+/// The share of schedules whose Redis loses everything once (`SIM_DATA_LOSS`, default 0).
+fn data_loss_share() -> f64 {
+    std::env::var("SIM_DATA_LOSS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
 
 /// What a schedule did and what it broke.
 pub struct Report {
@@ -79,6 +92,8 @@ enum Chaos {
     RedisAway(Duration),
     LoseStoreAnswers(u32),
     DropLocks,
+    /// Redis loses every key (drawn from a source of its own).
+    LoseEverything,
     BrokerAway(Duration),
     StripeOutage(Duration),
     Replay,
@@ -104,6 +119,9 @@ pub struct Books {
     pub crashed_tokens: BTreeSet<String>,
     pub crashes: u32,
     pub replays: u32,
+    /// Redis lost everything at some point: a result may be gone, and is rebuilt from Stripe
+    /// when a query or a cancel needs it.
+    pub data_lost: bool,
 }
 
 async fn schedule(seed: u64) -> Report {
@@ -184,6 +202,14 @@ async fn schedule(seed: u64) -> Report {
     for _ in 0..rng.usize(0..=3) {
         timeline.push((at(&mut rng), Chaos::Replay));
     }
+    {
+        // Draws of their own, so every other draw of a schedule stays what it was.
+        let mut loss = fastrand::Rng::with_seed(seed ^ LOSS_SEED);
+        if loss.f64() < data_loss_share() {
+            let when = Duration::from_millis(loss.u64(..chaos_window.as_millis() as u64));
+            timeline.push((when, Chaos::LoseEverything));
+        }
+    }
     timeline.sort_by_key(|(when, _)| *when);
     let late_replay = rng.f64() < 0.2;
 
@@ -259,6 +285,10 @@ async fn schedule(seed: u64) -> Report {
             }
             Chaos::LoseStoreAnswers(calls) => world.store.lose_answers(calls),
             Chaos::DropLocks => world.store.drop_locks(),
+            Chaos::LoseEverything => {
+                world.store.lose_everything();
+                lock(&books).data_lost = true;
+            }
             Chaos::BrokerAway(away) => {
                 world.queue.set_down(true);
                 let queue = world.queue.clone();

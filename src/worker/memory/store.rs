@@ -159,6 +159,18 @@ impl MemoryStore {
         self.state().lose_answers = calls;
     }
 
+    /// Redis loses everything now (a FLUSHALL, or a failover to an empty replica without
+    /// persistence): results, records, locks, create records, renewal states, customers.
+    pub fn lose_everything(&self) {
+        let mut state = self.state();
+        state.keys.clear();
+        state.customers.clear();
+        state.authorizations.clear();
+        state.price_locks.clear();
+        drop(state);
+        self.trace.note(&self.who, || "all data lost".into());
+    }
+
     /// Every lock is dropped now, as a failover to a replica that had not seen them would.
     pub fn drop_locks(&self) {
         for keys in self.state().keys.values_mut() {
