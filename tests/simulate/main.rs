@@ -101,7 +101,7 @@ fn main() -> ExitCode {
 
 /// Paths of the job path a schedule may reach, by a trace line that shows it: printed as how
 /// many schedules reached each, so a change that makes the simulation blind shows.
-const COVERAGE: [(&str, &str); 14] = [
+const COVERAGE: [(&str, &str); 16] = [
     ("lock busy", "Lock attempt"),
     ("settled copy", ": settled "),
     ("parked", "handled: parked"),
@@ -119,6 +119,8 @@ const COVERAGE: [(&str, &str); 14] = [
         "cancel of a canceled subscription",
         "This subscription is canceled",
     ),
+    ("publish nacked", ": nacked"),
+    ("confirm lost after routing", "confirm timed out (routed)"),
 ];
 
 /// Refusals of an earlier step that a single trace line does not show: (an attach was refused

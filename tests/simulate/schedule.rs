@@ -50,6 +50,11 @@ const MAX_CANCELS: usize = 2;
 /// Off by default (`SIM_DATA_LOSS=0.15` turns it on): the job path does not survive it yet
 /// (docs/design.md, "Redis data loss in the simulation").
 const LOSS_SEED: u64 = 0x1055_DA7A;
+/// Mixed into the seed for the broker's faults while up; the share of schedules that have them
+/// and the most of a schedule's worker publishes they hit.
+const PUBLISH_FAULT_SEED: u64 = 0x0B0C_FA17;
+const PUBLISH_FAULT_SCHEDULES: f64 = 0.5;
+const MAX_PUBLISH_FAULT_RATE: f64 = 0.2;
 
 /// The share of schedules whose Redis loses everything once (`SIM_DATA_LOSS`, default 0).
 fn data_loss_share() -> f64 {
@@ -151,6 +156,14 @@ async fn schedule(seed: u64) -> Report {
         trace: trace.clone(),
     };
     world.stripe.add_price(PRICE, "prod_basic");
+    {
+        // Nacks and lost confirms while the broker is up, from draws of their own.
+        let mut draws = fastrand::Rng::with_seed(seed ^ PUBLISH_FAULT_SEED);
+        if draws.f64() < PUBLISH_FAULT_SCHEDULES {
+            let rate = draws.f64() * MAX_PUBLISH_FAULT_RATE;
+            world.queue.set_publish_faults(draws.u64(..), rate);
+        }
+    }
     if rng.f64() < 0.5 {
         // Latency spikes: a job's two calls to Redis may lie far apart.
         world.store.set_stall_rate(0.05);
@@ -322,6 +335,7 @@ async fn schedule(seed: u64) -> Report {
     world.stripe.set_faults(Faults::none(CLIENT_TIMEOUT));
     world.store.set_away(false);
     world.queue.set_down(false);
+    world.queue.set_publish_faults(0, 0.0);
     // A crashed worker that had not come back yet does now.
     for (index, process) in processes.iter().enumerate() {
         if !lock(process).alive {

@@ -7,7 +7,9 @@
 //! - a delayed queue (retry stages, lock retry, reconciliation) gives the message back to the
 //!   jobs queue when its TTL has passed, as a fresh delivery;
 //! - publishes are confirmed; while the broker is away they fail, and a lost connection
-//!   returns every unacked delivery.
+//!   returns every unacked delivery;
+//! - while the broker is up, a worker's publish may still be nacked (not routed), or its
+//!   confirm may time out after the message was in fact routed (`set_publish_faults`).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -27,6 +29,8 @@ use crate::worker::ports::{Incoming, JobQueue, Wait};
 
 /// How long a publish takes to reach the broker, and its confirm to come back.
 const HOP: Duration = Duration::from_millis(1);
+/// How long the worker waits for a confirm (`worker::PUBLISH_TIMEOUT`).
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The delays of the topology's delayed queues.
 #[derive(Debug, Clone)]
@@ -112,6 +116,15 @@ struct State {
     changes: Vec<(Instant, LifecycleEvent)>,
     next: u64,
     down: bool,
+    /// The worker's publishes that meet a fault while the broker is up: half nacked, half
+    /// routed with their confirm timing out.
+    publish_faults: Option<(fastrand::Rng, f64)>,
+}
+
+/// What becomes of one publish while the broker is up.
+enum PublishFault {
+    Nacked,
+    ConfirmLost,
 }
 
 /// The broker: one per simulated world, one named handle per worker.
@@ -369,18 +382,43 @@ impl MemoryQueue {
             && state.unacked.is_empty()
     }
 
-    /// Waits one hop, then applies `publish` unless the broker is away.
+    /// From now on this share of the worker's publishes meets a fault while the broker is up
+    /// (drawn from `seed`): a nack, or a confirm that times out after the message was routed.
+    pub fn set_publish_faults(&self, seed: u64, rate: f64) {
+        self.state().publish_faults = Some((fastrand::Rng::with_seed(seed), rate));
+    }
+
+    /// Waits one hop, then applies `publish` unless the broker is away or nacks it; a confirm
+    /// that is lost leaves the message applied and fails after the client's timeout.
     async fn confirmed(&self, publish: impl FnOnce(&mut State)) -> Result<(), BrokerError> {
         tokio::time::sleep(HOP).await;
-        {
+        let fault = {
             let mut state = self.state();
             if state.down {
                 return Err(BrokerError::Unavailable);
             }
+            let fault = state.publish_faults.as_mut().and_then(|(rng, rate)| {
+                let draw = rng.f64();
+                if draw < *rate / 2.0 {
+                    Some(PublishFault::Nacked)
+                } else if draw < *rate {
+                    Some(PublishFault::ConfirmLost)
+                } else {
+                    None
+                }
+            });
+            if matches!(fault, Some(PublishFault::Nacked)) {
+                return Err(BrokerError::Nacked);
+            }
             publish(&mut state);
-        }
+            fault
+        };
         // A consumer waiting with nothing due wakes up to see the new due time.
         self.arrived.notify_waiters();
+        if matches!(fault, Some(PublishFault::ConfirmLost)) {
+            tokio::time::sleep(CONFIRM_TIMEOUT).await;
+            return Err(BrokerError::Timeout(CONFIRM_TIMEOUT));
+        }
         tokio::time::sleep(HOP).await;
         Ok(())
     }
@@ -489,5 +527,10 @@ impl JobQueue for MemoryQueue {
 }
 
 fn outcome(done: &Result<(), BrokerError>) -> &'static str {
-    if done.is_ok() { "ok" } else { "broker away" }
+    match done {
+        Ok(()) => "ok",
+        Err(BrokerError::Nacked) => "nacked",
+        Err(BrokerError::Timeout(_)) => "confirm timed out (routed)",
+        Err(_) => "broker away",
+    }
 }
