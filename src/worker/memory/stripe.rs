@@ -39,6 +39,7 @@ use crate::stripe::{
     PriceSpec, StripeFailure, Subscribed, SubscriptionState,
 };
 use crate::worker::ports::StripeApi;
+use stripe::StripeError;
 
 /// How long Stripe remembers an idempotency key.
 pub const KEY_LIFETIME: Duration = Duration::from_secs(24 * 3600);
@@ -380,7 +381,7 @@ impl MemoryStripe {
         tokio::time::sleep(HOP).await;
         let answer = match fault {
             None | Some(Fault::KeyInUse) => answer(&self.world()),
-            Some(fault) => Err(StripeFailure::Transient(format!("{fault:?}"))),
+            Some(fault) => Err(failed_read(fault)),
         };
         tokio::time::sleep(HOP).await;
         self.note(|| format!("{what}: {answer:?}"));
@@ -408,7 +409,12 @@ impl MemoryStripe {
             // Refused at the door: nothing is stored for the key.
             tokio::time::sleep(HOP * 2).await;
             self.note(|| format!("{what} [{key}]: {fault:?}"));
-            return Err(StripeFailure::Transient(format!("{fault:?}")));
+            let status = if fault == Fault::RateLimited {
+                429
+            } else {
+                409
+            };
+            return Err(classified(status, "invalid_request_error", true));
         }
         let (answer, answered) = oneshot::channel();
         self.world().in_flight += 1;
@@ -426,16 +432,16 @@ impl MemoryStripe {
             }
         });
         let reply = match tokio::time::timeout(timeout, answered).await {
-            Err(_) => Err(StripeFailure::Unknown("timed out".into())),
-            Ok(Err(_)) => Err(StripeFailure::Unknown("connection dropped".into())),
-            Ok(Ok(Reply::ServerError)) => Err(StripeFailure::Unknown("500".into())),
-            Ok(Ok(Reply::Conflict)) => Err(StripeFailure::Transient(
-                "409: a request with this key is in progress".into(),
+            Err(_) => Err(StripeFailure::classify(StripeError::Timeout, None, true)),
+            Ok(Err(_)) => Err(StripeFailure::classify(
+                StripeError::ClientError("connection dropped".into()),
+                None,
+                true,
             )),
+            Ok(Ok(Reply::ServerError)) => Err(classified(500, "api_error", true)),
+            Ok(Ok(Reply::Conflict)) => Err(classified(409, "idempotency_error", true)),
             Ok(Ok(Reply::Refused(detail))) => Err(StripeFailure::Permanent(detail)),
-            Ok(Ok(Reply::OtherParameters)) => Err(StripeFailure::Unknown(
-                "400 idempotency_error: the key was used with other parameters".into(),
-            )),
+            Ok(Ok(Reply::OtherParameters)) => Err(classified(400, "idempotency_error", true)),
             Ok(Ok(reply)) => Ok(reply),
         };
         self.note(|| format!("{what} [{key}] client: {reply:?}"));
@@ -525,6 +531,31 @@ fn declined(decline_code: &str) -> Reply {
         stripe_code: Some("card_declined".into()),
         decline_code: Some(decline_code.to_owned()),
     })
+}
+
+/// An error answer of Stripe's, classified by the real gateway's rules
+/// ([`StripeFailure::classify`]), so that the classification runs in the simulation too.
+fn classified(status: u16, kind: &str, write: bool) -> StripeFailure {
+    let json = format!(r#"{{"type":"{kind}","message":"{status} from the twin"}}"#);
+    match miniserde::json::from_str::<stripe::ApiErrors>(&json) {
+        Ok(api) => StripeFailure::classify(StripeError::Stripe(Box::new(api), status), None, write),
+        Err(_) => StripeFailure::Unknown(format!("{status} {kind}: not an ApiErrors")),
+    }
+}
+
+/// A read that met a fault, as the gateway classifies what reached it.
+fn failed_read(fault: Fault) -> StripeFailure {
+    match fault {
+        Fault::ServerErrorBefore | Fault::ServerErrorAfter => classified(500, "api_error", false),
+        Fault::RateLimited => classified(429, "invalid_request_error", false),
+        Fault::KeyInUse => classified(409, "idempotency_error", false),
+        Fault::DropBefore | Fault::DropAfter => StripeFailure::classify(
+            StripeError::ClientError("connection dropped".into()),
+            None,
+            false,
+        ),
+        Fault::Slow => StripeFailure::classify(StripeError::Timeout, None, false),
+    }
 }
 
 fn unexpected(reply: Reply) -> StripeFailure {
