@@ -101,7 +101,7 @@ fn main() -> ExitCode {
 
 /// Paths of the job path a schedule may reach, by a trace line that shows it: printed as how
 /// many schedules reached each, so a change that makes the simulation blind shows.
-const COVERAGE: [(&str, &str); 16] = [
+const COVERAGE: [(&str, &str); 18] = [
     ("lock busy", "Lock attempt"),
     ("settled copy", ": settled "),
     ("parked", "handled: parked"),
@@ -121,6 +121,8 @@ const COVERAGE: [(&str, &str); 16] = [
     ),
     ("publish nacked", ": nacked"),
     ("confirm lost after routing", "confirm timed out (routed)"),
+    ("Stripe event announced", "handled: stripe_event Ack"),
+    ("Stripe event stored only", "handled: stripe_event_ignored"),
 ];
 
 /// Refusals of an earlier step that a single trace line does not show: (an attach was refused

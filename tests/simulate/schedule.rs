@@ -9,6 +9,7 @@ use std::time::Duration;
 use autorenew::config::PlanSettings;
 use autorenew::domain::Job;
 use autorenew::domain::cancel::{CANCEL_MESSAGE_TYPE, CancelJob, CancelWhen};
+use autorenew::domain::webhook::STRIPE_EVENT_MESSAGE_TYPE;
 use autorenew::worker::memory::{
     Faults, MemoryQueue, MemoryStore, MemoryStripe, QueueDelays, QueuedJob, Trace, VirtualClock,
 };
@@ -45,6 +46,11 @@ const CANCEL_SEED: u64 = 0x0CA1_CE15;
 /// The share of payIds a partner cancels, and the most cancels one payId gets.
 const CANCELED_SHARE: f64 = 0.4;
 const MAX_CANCELS: usize = 2;
+/// Mixed into the seed for the webhook courier's draws: how late each event comes, and whether
+/// it comes twice.
+const EVENTS_SEED: u64 = 0x0E7E_2775;
+const MAX_EVENT_DELAY_MS: u64 = 20_000;
+const TWICE_SHARE: f64 = 0.3;
 /// Mixed into the seed for the data-loss draw; the share of schedules whose Redis loses
 /// everything once.
 /// Off by default (`SIM_DATA_LOSS=0.15` turns it on): the job path does not survive it yet
@@ -261,6 +267,7 @@ async fn schedule(seed: u64) -> Report {
         });
     }
     schedule_cancels(seed, &jobs, &world, &books, &publishing);
+    tokio::spawn(courier(seed, world.clone(), publishing.clone()));
     for (index, process) in processes.iter().enumerate() {
         start(&world, process, index, 0, concurrency);
     }
@@ -455,6 +462,30 @@ async fn publish_until_confirmed(world: &World, message: QueuedJob) {
     let intake = world.queue.named("intake");
     while intake.publish(message.clone()).await.is_err() {
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Stripe's webhook deliveries: each event the twin Stripe records reaches the jobs queue, as
+/// the webhook intake publishes it, 0–20 s late (so out of order), and 30 % of them twice.
+async fn courier(seed: u64, world: World, publishing: Arc<AtomicUsize>) {
+    let mut rng = fastrand::Rng::with_seed(seed ^ EVENTS_SEED);
+    loop {
+        for (id, body) in world.stripe.next_events().await {
+            let copies = if rng.f64() < TWICE_SHARE { 2 } else { 1 };
+            for _ in 0..copies {
+                let late = Duration::from_millis(rng.u64(..MAX_EVENT_DELAY_MS));
+                let (world, publishing) = (world.clone(), publishing.clone());
+                let (id, body) = (id.clone(), body.clone());
+                publishing.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    tokio::time::sleep(late).await;
+                    world.trace.note("webhook", || format!("deliver {id}"));
+                    let message = QueuedJob::of_kind(STRIPE_EVENT_MESSAGE_TYPE, body, &id, 1);
+                    publish_until_confirmed(&world, message).await;
+                    publishing.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        }
     }
 }
 
@@ -688,6 +719,7 @@ async fn settle(
         if running == 0
             && world.queue.is_idle()
             && world.stripe.in_flight() == 0
+            && !world.stripe.has_events()
             && publishing.load(Ordering::SeqCst) == 0
         {
             world.trace.note("sim", || "settled".into());

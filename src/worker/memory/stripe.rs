@@ -198,6 +198,8 @@ struct World {
     script: std::collections::VecDeque<Fault>,
     /// When the world started, for Stripe's clock.
     epoch: Instant,
+    /// Events not yet handed to the webhook courier: (id, the Event's JSON).
+    events: Vec<(String, Vec<u8>)>,
 }
 
 impl World {
@@ -213,6 +215,23 @@ impl World {
 
     fn subscription_mut(&mut self, id: &str) -> Option<&mut Subscription> {
         self.subscriptions.iter_mut().find(|sub| sub.id == id)
+    }
+
+    /// Records an event about `sub` as Stripe would send it to a webhook endpoint.
+    fn emit(&mut self, kind: &str, sub: &Subscription, previous: Option<serde_json::Value>) {
+        let id = self.id("evt");
+        let created = self.now_seconds();
+        let mut data = serde_json::json!({ "object": subscription_json(sub) });
+        if let Some(previous) = previous {
+            data["previous_attributes"] = previous;
+        }
+        let event = serde_json::json!({
+            "id": id, "object": "event", "api_version": "2026-09-30.endive",
+            "created": created, "data": data, "livemode": false, "pending_webhooks": 1,
+            "request": {"id": null, "idempotency_key": null}, "type": kind,
+        });
+        self.events
+            .push((id, serde_json::to_vec(&event).unwrap_or_default()));
     }
 
     fn id(&mut self, prefix: &str) -> String {
@@ -272,6 +291,8 @@ impl World {
 #[derive(Clone)]
 pub struct MemoryStripe {
     world: Arc<Mutex<World>>,
+    /// Woken when a write ran (it may have recorded events).
+    wrote: Arc<tokio::sync::Notify>,
     who: Arc<str>,
     trace: Trace,
 }
@@ -294,7 +315,9 @@ impl MemoryStripe {
                 counts: StripeCounts::default(),
                 script: std::collections::VecDeque::new(),
                 epoch: Instant::now(),
+                events: Vec::new(),
             })),
+            wrote: Arc::new(tokio::sync::Notify::new()),
             who: "stripe".into(),
             trace,
         }
@@ -349,6 +372,27 @@ impl MemoryStripe {
             .iter()
             .map(|sub| (sub.id.clone(), (sub.pay_id.clone(), sub.state())))
             .collect()
+    }
+
+    /// The events recorded since the last call, waiting until there is one.
+    pub async fn next_events(&self) -> Vec<(String, Vec<u8>)> {
+        loop {
+            let events = self.take_events();
+            if !events.is_empty() {
+                return events;
+            }
+            self.wrote.notified().await;
+        }
+    }
+
+    /// Whether events wait for the courier.
+    pub fn has_events(&self) -> bool {
+        !self.world().events.is_empty()
+    }
+
+    /// The events recorded since the last call, for the simulation's webhook courier.
+    pub fn take_events(&self) -> Vec<(String, Vec<u8>)> {
+        std::mem::take(&mut self.world().events)
     }
 
     /// Requests still being processed server-side.
@@ -505,6 +549,8 @@ impl MemoryStripe {
             }
             reply
         };
+        // A permit is kept if the courier is not waiting yet: no event is missed.
+        self.wrote.notify_one();
         self.note(|| format!("{what} [{key}] server: {reply:?} ({fault:?})"));
         match fault {
             Some(Fault::ServerErrorAfter) => Some(Reply::ServerError),
@@ -981,13 +1027,25 @@ impl MemoryStripe {
                     None,
                 );
             }
+            let was_ending = sub.cancel_at_period_end;
             if now {
                 sub.status = STATUS_CANCELED.into();
                 sub.canceled_at = Some(at);
             } else {
                 sub.cancel_at_period_end = true;
             }
-            Reply::State(sub.state())
+            let reply = Reply::State(sub.state());
+            let sub = sub.clone();
+            if now {
+                world.emit("customer.subscription.deleted", &sub, None);
+            } else if !was_ending {
+                world.emit(
+                    "customer.subscription.updated",
+                    &sub,
+                    Some(serde_json::json!({ "cancel_at_period_end": false })),
+                );
+            }
+            reply
         });
         let (what, params) = if now {
             (format!("cancel_now {subscription}"), Params::new())
@@ -1004,6 +1062,73 @@ impl MemoryStripe {
     }
 }
 
+/// A subscription as Stripe renders it (API version basil and later: the period on its item),
+/// with every field async-stripe's `Subscription` reads.
+fn subscription_json(sub: &Subscription) -> serde_json::Value {
+    let start = sub.current_period_end - PERIOD_SECONDS;
+    let price = serde_json::json!({
+        "id": "price_basic", "object": "price", "active": true, "billing_scheme": "per_unit",
+        "created": sub.created_at, "currency": "usd", "custom_unit_amount": null,
+        "livemode": false, "lookup_key": null, "metadata": {}, "nickname": null,
+        "product": sub.product,
+        "recurring": {"interval": "month", "interval_count": 1, "meter": null,
+                      "usage_type": "licensed"},
+        "tax_behavior": "unspecified", "tiers_mode": null, "transform_quantity": null,
+        "type": "recurring", "unit_amount": 999, "unit_amount_decimal": "999",
+    });
+    let plan = serde_json::json!({
+        "id": "price_basic", "object": "plan", "active": true, "amount": 999,
+        "amount_decimal": "999", "billing_scheme": "per_unit", "created": sub.created_at,
+        "currency": "usd", "interval": "month", "interval_count": 1, "livemode": false,
+        "metadata": {}, "meter": null, "nickname": null, "product": sub.product,
+        "tiers_mode": null, "transform_usage": null, "trial_period_days": null,
+        "usage_type": "licensed",
+    });
+    let item = serde_json::json!({
+        "id": format!("si_{}", sub.id), "object": "subscription_item", "billing_thresholds": null,
+        "created": sub.created_at, "current_period_end": sub.current_period_end,
+        "current_period_start": start, "discounts": [], "metadata": {}, "plan": plan,
+        "price": price, "quantity": 1, "subscription": sub.id, "tax_rates": [],
+    });
+    let mut value = serde_json::json!({
+        "id": sub.id, "object": "subscription", "application": null,
+        "application_fee_percent": null,
+        "automatic_tax": {"disabled_reason": null, "enabled": false, "liability": null},
+        "billing_cycle_anchor": start, "billing_cycle_anchor_config": null,
+        "billing_mode": {"type": "classic", "updated_at": null}, "billing_schedules": [],
+        "billing_thresholds": null, "cancel_at": null,
+        "cancel_at_period_end": sub.cancel_at_period_end, "canceled_at": sub.canceled_at,
+        "cancellation_details": {"comment": null, "feedback": null,
+            "reason": sub.canceled_at.map(|_| "cancellation_requested")},
+        "collection_method": "charge_automatically", "created": sub.created_at,
+        "currency": "usd", "customer": sub.customer, "days_until_due": null,
+        "default_payment_method": null, "default_source": null, "default_tax_rates": [],
+        "description": null, "discounts": [],
+        "ended_at": sub.canceled_at,
+    });
+    let more = serde_json::json!({
+        "invoice_settings": {"account_tax_ids": null, "issuer": {"type": "self"}},
+        "items": {"object": "list", "data": [item], "has_more": false, "total_count": 1,
+                  "url": format!("/v1/subscription_items?subscription={}", sub.id)},
+        "latest_invoice": null, "livemode": false,
+        "metadata": {"payId": sub.pay_id, "partnerCode": sub.partner},
+        "next_pending_invoice_item_invoice": null, "on_behalf_of": null,
+        "pause_collection": null,
+        "payment_settings": {"payment_method_options": null, "payment_method_types": null,
+                             "save_default_payment_method": "off"},
+        "pending_invoice_item_interval": null, "pending_setup_intent": null,
+        "pending_update": null, "schedule": null, "start_date": sub.created_at,
+        "status": sub.status, "test_clock": null, "transfer_data": null, "trial_end": null,
+        "trial_settings": {"end_behavior": {"missing_payment_method": "create_invoice"}},
+        "trial_start": null,
+    });
+    if let (serde_json::Value::Object(value), serde_json::Value::Object(more)) = (&mut value, more)
+    {
+        value.extend(more);
+    }
+    value
+}
+
 fn no_such_subscription(id: &str) -> StripeFailure {
     StripeFailure::Permanent(FailureDetail {
         code: FailureCode::StripeRejected,
@@ -1011,4 +1136,54 @@ fn no_such_subscription(id: &str) -> StripeFailure {
         stripe_code: Some("resource_missing".into()),
         decline_code: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subscription() -> Subscription {
+        Subscription {
+            id: "sub_000001".into(),
+            customer: "cus_000001".into(),
+            pay_id: "pay-1".into(),
+            partner: "partner1".into(),
+            product: "prod_basic".into(),
+            created: Instant::now(),
+            created_at: EPOCH_SECONDS,
+            status: STATUS_CANCELED.into(),
+            cancel_at_period_end: true,
+            current_period_end: EPOCH_SECONDS + PERIOD_SECONDS,
+            canceled_at: Some(EPOCH_SECONDS + 5),
+        }
+    }
+
+    #[test]
+    fn the_twin_s_subscription_reads_as_stripe_s_own_type() {
+        let text = subscription_json(&subscription()).to_string();
+        let parsed = miniserde::json::from_str::<stripe_shared::Subscription>(&text);
+        let parsed = parsed.expect("a Subscription async-stripe reads");
+        assert_eq!(
+            parsed.metadata.get("payId").map(String::as_str),
+            Some("pay-1")
+        );
+        assert!(parsed.cancel_at_period_end);
+    }
+
+    #[test]
+    fn the_twin_s_events_read_as_stripe_s_own_type() {
+        let mut world = MemoryStripe::new(1, Duration::from_secs(2), Trace::default());
+        let sub = subscription();
+        {
+            let mut state = world.world();
+            state.emit("customer.subscription.deleted", &sub, None);
+        }
+        let events = world.take_events();
+        assert_eq!(events.len(), 1);
+        let text = String::from_utf8(events[0].1.clone()).expect("UTF-8");
+        let event = miniserde::json::from_str::<stripe_shared::Event>(&text);
+        assert!(event.is_ok(), "{text}");
+        world = world.named("again");
+        assert!(world.take_events().is_empty());
+    }
 }
