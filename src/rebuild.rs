@@ -6,8 +6,9 @@
 use crate::domain::clock::rfc3339;
 use crate::domain::renewal::RenewalChange;
 use crate::domain::{FinalResult, PayKey};
-use crate::store::{Store, StoreError};
-use crate::stripe::{Gateway, StripeFailure};
+use crate::store::StoreError;
+use crate::stripe::StripeFailure;
+use crate::worker::ports::{JobStore, StripeApi};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RebuildError {
@@ -21,12 +22,15 @@ pub enum RebuildError {
 /// stored; None when Stripe has no subscription for it (or, within a minute of its creation, does
 /// not show it yet: search is eventually consistent). An ended subscription's records are not
 /// put back: past the retention its payId is forgotten, as documented.
+///
+/// On the worker's ports, so the intake (with the gateway and Redis) and the worker (with
+/// whatever adapters it runs on, the simulation's included) rebuild with the same code.
 pub async fn from_stripe(
-    gateway: &Gateway,
-    store: &Store,
+    stripe: &dyn StripeApi,
+    store: &dyn JobStore,
     pay_key: &PayKey,
 ) -> Result<Option<FinalResult>, RebuildError> {
-    let Some(found) = gateway
+    let Some(found) = stripe
         .search_subscription(pay_key.partner().as_str(), pay_key.pay_id().as_str())
         .await?
     else {

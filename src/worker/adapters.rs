@@ -1,70 +1,42 @@
 //! The real adapters of the job path's ports: Redis ([`Store`]), RabbitMQ ([`BrokerQueue`]),
 //! the Stripe [`Gateway`] and the system clock.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 
-use super::ports::{Clock, CreateSent, Incoming, JobQueue, JobStart, JobStore, StripeApi, Wait};
+use super::ports::{
+    Clock, CreateSent, Incoming, JobQueue, JobStart, JobStore, StripeApi, Wait, forward,
+};
 use crate::broker::{Broker, BrokerError, Destination, JobMessage, Message};
-use crate::domain::event::CLOUDEVENTS_CONTENT_TYPE;
+use crate::domain::event::{CLOUDEVENTS_CONTENT_TYPE, LifecycleEvent};
+use crate::domain::renewal::{Applied, RenewalChange, RenewalUpdate};
 use crate::domain::{FinalResult, PayKey, ResultEvent};
 use crate::store::{Store, StoreError};
 use crate::stripe::{
-    Attached, CreatedCustomer, Gateway, NewCustomer, NewSubscription, PriceSpec, StripeFailure,
-    Subscribed,
+    Attached, CreatedCustomer, FoundSubscription, Gateway, NewCustomer, NewSubscription,
+    PaymentError, PriceSpec, StripeFailure, Subscribed, SubscriptionState,
 };
 
+#[rustfmt::skip]
 impl JobStore for Store {
-    fn begin<'a>(
-        &'a self,
-        pay_key: &'a PayKey,
-        token: &'a str,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<JobStart, StoreError>> {
-        self.begin_job(pay_key, token, ttl).boxed()
-    }
-
-    fn extend_lock<'a>(
-        &'a self,
-        pay_key: &'a PayKey,
-        token: &'a str,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        Store::extend_lock(self, pay_key, token, ttl).boxed()
-    }
-
-    fn unlock<'a>(
-        &'a self,
-        pay_key: &'a PayKey,
-        token: &'a str,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Store::unlock(self, pay_key, token).boxed()
-    }
-
-    fn record_create<'a>(
-        &'a self,
-        pay_key: &'a PayKey,
-        token: &'a str,
-        sent: &'a CreateSent,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        Store::record_create(self, pay_key, token, sent).boxed()
-    }
-
-    fn created<'a>(
-        &'a self,
-        pay_key: &'a PayKey,
-    ) -> BoxFuture<'a, Result<Option<CreateSent>, StoreError>> {
-        Store::created(self, pay_key).boxed()
-    }
-
-    fn customer_of<'a>(
-        &'a self,
-        partner: &'a str,
-        email: &'a str,
-    ) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
-        Store::customer_of(self, partner, email).boxed()
+    forward! {
+        begin<'a>(pay_key: &'a PayKey, token: &'a str, ttl: Duration) -> Result<JobStart, StoreError> => Store::begin_job;
+        extend_lock<'a>(pay_key: &'a PayKey, token: &'a str, ttl: Duration) -> Result<bool, StoreError> => Store::extend_lock;
+        unlock<'a>(pay_key: &'a PayKey, token: &'a str) -> Result<(), StoreError> => Store::unlock;
+        record_create<'a>(pay_key: &'a PayKey, token: &'a str, sent: &'a CreateSent) -> Result<bool, StoreError> => Store::record_create;
+        created<'a>(pay_key: &'a PayKey) -> Result<Option<CreateSent>, StoreError> => Store::created;
+        customer_of<'a>(partner: &'a str, email: &'a str) -> Result<Option<String>, StoreError> => Store::customer_of;
+        remember_customer<'a>(partner: &'a str, email: &'a str, customer: &'a str) -> Result<(), StoreError> => Store::remember_customer;
+        lock_price<'a>(lookup_key: &'a str, token: &'a str, ttl: Duration) -> Result<bool, StoreError> => Store::lock_price;
+        unlock_price<'a>(lookup_key: &'a str, token: &'a str) -> Result<(), StoreError> => Store::unlock_price;
+        finish<'a>(pay_key: &'a PayKey, token: &'a str, result: &'a FinalResult) -> Result<Option<FinalResult>, StoreError> => Store::finish_job;
+        result<'a>(pay_key: &'a PayKey) -> Result<Option<FinalResult>, StoreError> => Store::result;
+        lock<'a>(pay_key: &'a PayKey, token: &'a str, ttl: Duration) -> Result<bool, StoreError> => Store::lock_pay_id;
+        apply_renewal<'a>(pay_key: &'a PayKey, update: &'a RenewalUpdate) -> Result<Applied, StoreError> => Store::apply_renewal;
+        restore<'a>(pay_key: &'a PayKey, result: &'a FinalResult, state: RenewalChange, version: u64) -> Result<FinalResult, StoreError> => Store::restore;
     }
 
     fn authorized_customer<'a>(
@@ -81,39 +53,8 @@ impl JobStore for Store {
         .boxed()
     }
 
-    fn remember_customer<'a>(
-        &'a self,
-        partner: &'a str,
-        email: &'a str,
-        customer: &'a str,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Store::remember_customer(self, partner, email, customer).boxed()
-    }
-
-    fn lock_price<'a>(
-        &'a self,
-        lookup_key: &'a str,
-        token: &'a str,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        Store::lock_price(self, lookup_key, token, ttl).boxed()
-    }
-
-    fn unlock_price<'a>(
-        &'a self,
-        lookup_key: &'a str,
-        token: &'a str,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Store::unlock_price(self, lookup_key, token).boxed()
-    }
-
-    fn finish<'a>(
-        &'a self,
-        pay_key: &'a PayKey,
-        token: &'a str,
-        result: &'a FinalResult,
-    ) -> BoxFuture<'a, Result<Option<FinalResult>, StoreError>> {
-        self.finish_job(pay_key, token, result).boxed()
+    fn has_record<'a>(&'a self, pay_key: &'a PayKey) -> BoxFuture<'a, Result<bool, StoreError>> {
+        async move { Ok(Store::record(self, pay_key).await?.is_some()) }.boxed()
     }
 }
 
@@ -123,6 +64,31 @@ pub struct BrokerQueue {
     pub broker: Broker,
     /// How long a confirm of the worker's own publishes may take.
     pub timeout: Duration,
+}
+
+impl BrokerQueue {
+    /// Publishes an event on the results exchange and waits for its confirm.
+    async fn publish_event(
+        &self,
+        routing_key: String,
+        body: Vec<u8>,
+        id: &str,
+        kind: &str,
+    ) -> Result<(), BrokerError> {
+        let exchange = self.broker.topology().results();
+        let message = Message {
+            exchange: &exchange,
+            routing_key: &routing_key,
+            body: &body,
+            content_type: CLOUDEVENTS_CONTENT_TYPE,
+            message_id: id,
+            kind,
+            headers: Vec::new(),
+            // An event with no subscriber bound yet is not an error.
+            mandatory: false,
+        };
+        self.broker.publish(message, self.timeout).await
+    }
 }
 
 impl JobQueue for BrokerQueue {
@@ -183,24 +149,18 @@ impl JobQueue for BrokerQueue {
     }
 
     fn announce<'a>(&'a self, event: &'a ResultEvent) -> BoxFuture<'a, Result<(), BrokerError>> {
-        async move {
-            let exchange = self.broker.topology().results();
-            let routing_key = event.routing_key();
-            let body = event.encode();
-            let message = Message {
-                exchange: &exchange,
-                routing_key: &routing_key,
-                body: &body,
-                content_type: CLOUDEVENTS_CONTENT_TYPE,
-                message_id: &event.id,
-                kind: &event.kind,
-                headers: Vec::new(),
-                // An event with no subscriber bound yet is not an error.
-                mandatory: false,
-            };
-            self.broker.publish(message, self.timeout).await
-        }
-        .boxed()
+        let body = event.encode();
+        self.publish_event(event.routing_key(), body, &event.id, &event.kind)
+            .boxed()
+    }
+
+    fn announce_change<'a>(
+        &'a self,
+        event: &'a LifecycleEvent,
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        let body = event.encode();
+        self.publish_event(event.routing_key(), body, &event.id, &event.kind)
+            .boxed()
     }
 
     fn event_source(&self) -> String {
@@ -208,65 +168,23 @@ impl JobQueue for BrokerQueue {
     }
 }
 
+#[rustfmt::skip]
 impl StripeApi for Gateway {
-    fn find_customer<'a>(
-        &'a self,
-        partner_code: &'a str,
-        email: &'a str,
-    ) -> BoxFuture<'a, Result<Option<String>, StripeFailure>> {
-        Gateway::find_customer(self, partner_code, email).boxed()
-    }
-
-    fn create_customer<'a>(
-        &'a self,
-        new: &'a NewCustomer<'a>,
-        key: &'a str,
-    ) -> BoxFuture<'a, Result<CreatedCustomer, StripeFailure>> {
-        Gateway::create_customer(self, new, key).boxed()
-    }
-
-    fn attach_payment_method<'a>(
-        &'a self,
-        payment_method: &'a str,
-        customer: &'a str,
-        key: &'a str,
-    ) -> BoxFuture<'a, Result<Attached, StripeFailure>> {
-        Gateway::attach_payment_method(self, payment_method, customer, key).boxed()
-    }
-
-    fn price_product<'a>(&'a self, price: &'a str) -> BoxFuture<'a, Result<String, StripeFailure>> {
-        Gateway::price_product(self, price).boxed()
-    }
-
-    fn find_price<'a>(
-        &'a self,
-        lookup_key: &'a str,
-    ) -> BoxFuture<'a, Result<Option<(String, String)>, StripeFailure>> {
-        Gateway::find_price(self, lookup_key).boxed()
-    }
-
-    fn create_price<'a>(
-        &'a self,
-        spec: &'a PriceSpec<'a>,
-        key: &'a str,
-    ) -> BoxFuture<'a, Result<(String, String), StripeFailure>> {
-        Gateway::create_price(self, spec, key).boxed()
-    }
-
-    fn find_subscription<'a>(
-        &'a self,
-        customer: &'a str,
-        pay_id: &'a str,
-    ) -> BoxFuture<'a, Result<Option<Subscribed>, StripeFailure>> {
-        Gateway::find_subscription(self, customer, pay_id).boxed()
-    }
-
-    fn create_subscription<'a>(
-        &'a self,
-        new: &'a NewSubscription<'a>,
-        key: &'a str,
-    ) -> BoxFuture<'a, Result<Subscribed, StripeFailure>> {
-        Gateway::create_subscription(self, new, key).boxed()
+    forward! {
+        find_customer<'a>(partner_code: &'a str, email: &'a str) -> Result<Option<String>, StripeFailure> => Gateway::find_customer;
+        create_customer<'a>(new: &'a NewCustomer<'a>, key: &'a str) -> Result<CreatedCustomer, StripeFailure> => Gateway::create_customer;
+        attach_payment_method<'a>(payment_method: &'a str, customer: &'a str, key: &'a str) -> Result<Attached, StripeFailure> => Gateway::attach_payment_method;
+        price_product<'a>(price: &'a str) -> Result<String, StripeFailure> => Gateway::price_product;
+        find_price<'a>(lookup_key: &'a str) -> Result<Option<(String, String)>, StripeFailure> => Gateway::find_price;
+        create_price<'a>(spec: &'a PriceSpec<'a>, key: &'a str) -> Result<(String, String), StripeFailure> => Gateway::create_price;
+        find_subscription<'a>(customer: &'a str, pay_id: &'a str) -> Result<Option<Subscribed>, StripeFailure> => Gateway::find_subscription;
+        create_subscription<'a>(new: &'a NewSubscription<'a>, key: &'a str) -> Result<Subscribed, StripeFailure> => Gateway::create_subscription;
+        cancel_at_period_end<'a>(subscription: &'a str, key: &'a str) -> Result<SubscriptionState, StripeFailure> => Gateway::cancel_at_period_end;
+        cancel_now<'a>(subscription: &'a str, key: &'a str) -> Result<SubscriptionState, StripeFailure> => Gateway::cancel_now;
+        subscription_state<'a>(subscription: &'a str) -> Result<SubscriptionState, StripeFailure> => Gateway::subscription_state;
+        subscription_metadata<'a>(subscription: &'a str) -> Result<HashMap<String, String>, StripeFailure> => Gateway::subscription_metadata;
+        search_subscription<'a>(partner_code: &'a str, pay_id: &'a str) -> Result<Option<FoundSubscription>, StripeFailure> => Gateway::search_subscription;
+        invoice_payment_error<'a>(invoice: &'a str, payment_intent: Option<&'a str>) -> Result<Option<PaymentError>, StripeFailure> => Gateway::invoice_payment_error;
     }
 }
 

@@ -1,5 +1,5 @@
 //! A partner's cancel (CONTRACT §9.3), as the worker carries it out: after the payId's creation
-//! has ended, under the payId's lock, with a fixed idempotency key per payId and `when`; the
+//! has ended, under the payId's lock, with an idempotency key of its own per try; the
 //! new state is stored (never taking it back) and announced as `subscription.updated` or
 //! `subscription.canceled`.
 
@@ -9,46 +9,37 @@ use serde_json::{Map, Value};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::adapters::BrokerQueue;
-use super::job::Handled;
-use super::ports::{Incoming, JobQueue, Wait};
-use crate::broker::Message;
+use super::creation::JobContext;
+use super::message::dead_letter;
+use super::ports::{Incoming, Outcome, Wait};
 use crate::domain::cancel::{CancelJob, CancelWhen};
-use crate::domain::event::{CLOUDEVENTS_CONTENT_TYPE, LifecycleEvent, LifecycleKind, change_id};
+use crate::domain::event::{LifecycleEvent, LifecycleKind, change_id};
 use crate::domain::renewal::{RenewalChange, RenewalUpdate, STATUS_CANCELED};
 use crate::rebuild::{self, RebuildError};
-use crate::store::Store;
-use crate::stripe::{Gateway, StripeFailure, SubscriptionState};
-
-/// What a cancel and a Stripe event need: the store, Stripe and the broker, directly, not the
-/// job path's ports: the simulation proves the creation's exactly-once rules, while a cancel or
-/// an event is idempotent by nature (fixed keys, versioned state, event ids from Stripe's).
-pub struct LifecycleContext {
-    pub store: Store,
-    pub gateway: Gateway,
-    pub queue: BrokerQueue,
-    pub lock_ttl: Duration,
-}
+use crate::stripe::{StripeFailure, SubscriptionState};
 
 /// Quick tries of the Stripe call before the cancel waits in a delayed-retry queue.
 const TRIES: u32 = 3;
 const PAUSE: Duration = Duration::from_millis(500);
 
-pub async fn handle(ctx: &LifecycleContext, incoming: &Incoming, token: &str) -> Handled {
-    let Ok(cancel) = CancelJob::decode(&incoming.body) else {
-        return dead_letter(ctx, incoming, "unparseable cancel", "poison").await;
-    };
+pub(super) async fn handle(
+    ctx: &JobContext,
+    cancel: &CancelJob,
+    incoming: &Incoming,
+    token: &str,
+) -> Outcome {
     let pay_id = &cancel.pay_id;
     let pay_key = cancel.pay_key();
-    let result = match ctx.store.result(&pay_key).await {
+    let store = ctx.ports.store.as_ref();
+    let result = match store.result(&pay_key).await {
         Ok(result) => result,
-        Err(_) => return Handled::requeue("handed_back"),
+        Err(_) => return Outcome::hand_back(),
     };
     let result = match result {
         Some(result) => result,
         // The creation has not ended: the cancel waits for it.
-        None => match ctx.store.record(&pay_key).await {
-            Ok(Some(_)) => {
+        None => match store.has_record(&pay_key).await {
+            Ok(true) => {
                 return wait(
                     ctx,
                     incoming,
@@ -60,52 +51,50 @@ pub async fn handle(ctx: &LifecycleContext, incoming: &Incoming, token: &str) ->
             }
             // Nothing on record, though the intake took the cancel for a payId it knew: Redis
             // lost it. Stripe is the system of record: the subscription is found there.
-            Ok(None) => match rebuild::from_stripe(&ctx.gateway, &ctx.store, &pay_key).await {
-                Ok(Some(result)) => result,
-                Ok(None) | Err(RebuildError::Stripe(_)) => {
-                    // Not found yet (search lags a new subscription by up to a minute), or not
-                    // asked: try again later, and leave it to an operator once the delayed
-                    // retries are spent, never acked as done.
-                    return retry_or_dead_letter(
-                        ctx,
-                        incoming,
-                        "no subscription found at Stripe for the cancel",
-                    )
-                    .await;
+            Ok(false) => {
+                match rebuild::from_stripe(ctx.ports.stripe.as_ref(), store, &pay_key).await {
+                    Ok(Some(result)) => result,
+                    Ok(None) | Err(RebuildError::Stripe(_)) => {
+                        // Not found yet (search lags a new subscription by up to a minute), or not
+                        // asked: try again later, and leave it to an operator once the delayed
+                        // retries are spent, never acked as done.
+                        return retry_or_dead_letter(
+                            ctx,
+                            incoming,
+                            "no subscription found at Stripe for the cancel",
+                        )
+                        .await;
+                    }
+                    Err(RebuildError::Store(_)) => return Outcome::hand_back(),
                 }
-                Err(RebuildError::Store(_)) => return Handled::requeue("handed_back"),
-            },
-            Err(_) => return Handled::requeue("handed_back"),
+            }
+            Err(_) => return Outcome::hand_back(),
         },
     };
     if result.is_failed() || result.sub_id.is_empty() {
         tracing::info!(%pay_id, "cancel of a payId whose creation failed: nothing to cancel");
-        return Handled::ack("cancel_nothing");
+        return Outcome::ack("cancel_nothing");
     }
     if !result.subscription_lives() {
         tracing::info!(%pay_id, status = %result.status, "cancel of a subscription that has ended: nothing to cancel");
-        return Handled::ack("cancel_nothing");
+        return Outcome::ack("cancel_nothing");
     }
-    match ctx.store.lock_pay_id(&pay_key, token, ctx.lock_ttl).await {
+    match store.lock(&pay_key, token, ctx.settings.lock_ttl).await {
         Ok(true) => {}
         Ok(false) => return wait(ctx, incoming, Wait::Lock, incoming.attempt, "locked").await,
-        Err(_) => return Handled::requeue("handed_back"),
+        Err(_) => return Outcome::hand_back(),
     }
-    let handled = cancel_locked(ctx, incoming, &cancel, &result.sub_id).await;
-    if let Err(error) = ctx.store.unlock(&pay_key, token).await {
+    let outcome = cancel_locked(ctx, incoming, cancel, &result.sub_id, token).await;
+    if let Err(error) = store.unlock(&pay_key, token).await {
         tracing::warn!(%pay_id, %error, "lock not released; it expires by itself");
     }
-    handled
+    outcome
 }
 
 /// The next delayed retry, or the dead letters (for `autorenew dlq`) once they are spent.
-async fn retry_or_dead_letter(
-    ctx: &LifecycleContext,
-    incoming: &Incoming,
-    reason: &str,
-) -> Handled {
+async fn retry_or_dead_letter(ctx: &JobContext, incoming: &Incoming, reason: &str) -> Outcome {
     let stage = incoming.attempt.saturating_sub(1) as usize;
-    if stage < ctx.queue.retry_stages() {
+    if stage < ctx.ports.queue.retry_stages() {
         return wait(
             ctx,
             incoming,
@@ -119,27 +108,34 @@ async fn retry_or_dead_letter(
 }
 
 async fn cancel_locked(
-    ctx: &LifecycleContext,
+    ctx: &JobContext,
     incoming: &Incoming,
     cancel: &CancelJob,
     sub_id: &str,
-) -> Handled {
+    token: &str,
+) -> Outcome {
     let pay_id = &cancel.pay_id;
-    let key = format!("ar-{}-cancel-{}", cancel.pay_key(), cancel.when.as_str());
+    let key = format!(
+        "ar-{}-cancel-{}-{token}",
+        cancel.pay_key(),
+        cancel.when.as_str()
+    );
     let state = match call_stripe(ctx, cancel.when, sub_id, &key).await {
         Ok(state) => state,
         Err(StripeFailure::Permanent(detail)) => {
             tracing::error!(%pay_id, error = %detail.message, "Stripe refused the cancel");
             return dead_letter(ctx, incoming, &detail.message, "cancel_refused").await;
         }
-        Err(StripeFailure::BudgetUnavailable(_)) => return Handled::requeue("handed_back"),
+        Err(StripeFailure::BudgetUnavailable(_)) => return Outcome::hand_back(),
         Err(failure) => {
             tracing::warn!(%pay_id, reason = %failure, "cancel not done yet");
             return retry_or_dead_letter(ctx, incoming, &failure.to_string()).await;
         }
     };
     let canceled = state.status == STATUS_CANCELED;
-    let now = OffsetDateTime::now_utc();
+    let now_ms = ctx.ports.clock.now_ms();
+    let now = OffsetDateTime::from_unix_timestamp_nanos(i128::from(now_ms) * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
     // Stripe's later events about the same change carry later or equal times: this write is
     // ranked below a `deleted` event of the same second, so it never takes that back.
     let rank = if canceled { 2 } else { 1 };
@@ -156,48 +152,58 @@ async fn cancel_locked(
         },
     };
     if ctx
+        .ports
         .store
         .apply_renewal(&cancel.pay_key(), &update)
         .await
         .is_err()
     {
-        return Handled::requeue("handed_back");
+        return Outcome::hand_back();
     }
     let event = event_of(ctx, cancel, &state, now);
-    match announce(ctx, &event).await {
+    match ctx.ports.queue.announce_change(&event).await {
         Ok(()) => {
             tracing::info!(%pay_id, when = cancel.when.as_str(), status = %state.status, "cancel done");
-            Handled::ack(if canceled { "canceled" } else { "updated" })
+            Outcome::ack(if canceled { "canceled" } else { "updated" })
         }
-        Err(()) => Handled::requeue("handed_back"),
+        Err(error) => {
+            tracing::warn!(%pay_id, %error, "cancel event not announced; handing it back");
+            Outcome::hand_back()
+        }
     }
 }
 
-/// Sends the cancel; a cancel-now of a subscription canceled already is done, not refused.
+/// Sends the cancel; a cancel of a subscription canceled already is done, not refused.
+///
+/// Every try has a key of its own (`key` and the try's number): a cancel is idempotent by
+/// nature (cancelling twice changes nothing, and a refusal is checked against the
+/// subscription's state), while a fixed key would replay a 500 that Stripe stored for it for
+/// 24 h, and the cancel could not reach Stripe for a day (the simulation found it).
 async fn call_stripe(
-    ctx: &LifecycleContext,
+    ctx: &JobContext,
     when: CancelWhen,
     sub_id: &str,
     key: &str,
 ) -> Result<SubscriptionState, StripeFailure> {
     let mut last = StripeFailure::Transient("not tried".into());
-    for _ in 0..TRIES {
+    for try_number in 0..TRIES {
+        let key = format!("{key}-{try_number}");
         let answer = match when {
-            CancelWhen::PeriodEnd => ctx.gateway.cancel_at_period_end(sub_id, key).await,
-            CancelWhen::Now => ctx.gateway.cancel_now(sub_id, key).await,
+            CancelWhen::PeriodEnd => ctx.ports.stripe.cancel_at_period_end(sub_id, &key).await,
+            CancelWhen::Now => ctx.ports.stripe.cancel_now(sub_id, &key).await,
         };
         match answer {
             Ok(state) => return Ok(state),
             Err(StripeFailure::Permanent(detail)) => {
                 // Refused: perhaps because it is canceled already (by us before, or by Stripe).
-                return match ctx.gateway.subscription_state(sub_id).await {
+                return match ctx.ports.stripe.subscription_state(sub_id).await {
                     Ok(state) if state.status == STATUS_CANCELED => Ok(state),
                     _ => Err(StripeFailure::Permanent(detail)),
                 };
             }
             Err(failure @ StripeFailure::BudgetUnavailable(_)) => return Err(failure),
-            // Transient, or unknown: a cancel is safe to send again (the same key, and
-            // cancelling twice changes nothing).
+            // Transient, or unknown: a cancel is safe to send again (cancelling twice changes
+            // nothing).
             Err(failure) => last = failure,
         }
         tokio::time::sleep(PAUSE).await;
@@ -206,7 +212,7 @@ async fn call_stripe(
 }
 
 fn event_of(
-    ctx: &LifecycleContext,
+    ctx: &JobContext,
     cancel: &CancelJob,
     state: &SubscriptionState,
     now: OffsetDateTime,
@@ -249,7 +255,7 @@ fn event_of(
                 state.current_period_end,
             )
         },
-        &ctx.queue.event_source(),
+        &ctx.ports.queue.event_source(),
         cancel.pay_id.as_str(),
         cancel.partner_code.as_str(),
         now.format(&Rfc3339).unwrap_or_default(),
@@ -257,56 +263,16 @@ fn event_of(
     )
 }
 
-pub(super) async fn announce(ctx: &LifecycleContext, event: &LifecycleEvent) -> Result<(), ()> {
-    let broker = &ctx.queue.broker;
-    let exchange = broker.topology().results();
-    let routing_key = event.routing_key();
-    let body = event.encode();
-    let message = Message {
-        exchange: &exchange,
-        routing_key: &routing_key,
-        body: &body,
-        content_type: CLOUDEVENTS_CONTENT_TYPE,
-        message_id: &event.id,
-        kind: &event.kind,
-        headers: Vec::new(),
-        mandatory: false,
-    };
-    broker
-        .publish(message, ctx.queue.timeout)
-        .await
-        .map_err(|error| tracing::warn!(%error, "cancel event not announced; handing it back"))
-}
-
 async fn wait(
-    ctx: &LifecycleContext,
+    ctx: &JobContext,
     incoming: &Incoming,
     wait: Wait,
     attempt: u32,
     label: &'static str,
-) -> Handled {
-    match ctx.queue.delay(wait, incoming, attempt).await {
-        Ok(()) => Handled::ack(label),
-        Err(_) => Handled::requeue("handed_back"),
-    }
-}
-
-pub(super) async fn dead_letter(
-    ctx: &LifecycleContext,
-    incoming: &Incoming,
-    reason: &str,
-    label: &'static str,
-) -> Handled {
-    // Said once, here, so an operator learns why before listing the dead letters.
-    tracing::warn!(
-        message_id = %incoming.message_id,
-        kind = %incoming.kind,
-        reason,
-        "message dead-lettered"
-    );
-    match ctx.queue.dead_letter(incoming, reason).await {
-        Ok(()) => Handled::ack(label),
-        Err(_) => Handled::requeue("handed_back"),
+) -> Outcome {
+    match ctx.ports.queue.delay(wait, incoming, attempt).await {
+        Ok(()) => Outcome::ack(label),
+        Err(_) => Outcome::hand_back(),
     }
 }
 

@@ -18,15 +18,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::PUBLISH_TIMEOUT;
-use super::cancel::{self, LifecycleContext};
-use super::job::{self, Handled, JobContext};
-use super::ports::{Incoming, Settle};
-use super::stripe_event;
+use super::creation::JobContext;
+use super::message::{self, Message};
+use super::ports::{Disposition, Incoming, Outcome};
 use crate::broker::topology::EXPIRED_ROUTING_KEY;
 use crate::broker::{Broker, JOB_DELIVERY_LIMIT, JobHeaders};
-use crate::domain::Job;
-use crate::domain::cancel::{CANCEL_MESSAGE_TYPE, CancelJob};
-use crate::domain::webhook::STRIPE_EVENT_MESSAGE_TYPE;
 use crate::store::Store;
 use crate::telemetry::names::worker::{JOB_SECONDS, JOBS_TOTAL};
 /// How often the loop checks that Redis still answers.
@@ -38,8 +34,6 @@ pub struct Worker {
     /// For the health checks; jobs reach Redis through their context's ports.
     pub store: Store,
     pub ctx: Arc<JobContext>,
-    /// What a partner's cancel needs (CONTRACT §9.3).
-    pub lifecycle: LifecycleContext,
     pub concurrency: u16,
     pub drain_timeout: Duration,
     /// Cancelled when the drain is out of time: the waits inside a job (budget, step retries)
@@ -215,73 +209,48 @@ impl Worker {
                 headers.delivery_count()
             },
         };
-        let span = span_of(&incoming);
-        let handled = match incoming.kind.as_str() {
-            CANCEL_MESSAGE_TYPE => {
-                let token = uuid::Uuid::new_v4().to_string();
-                Box::pin(cancel::handle(&self.lifecycle, &incoming, &token))
-                    .instrument(span)
-                    .await
-            }
-            STRIPE_EVENT_MESSAGE_TYPE => {
-                Box::pin(stripe_event::handle(&self.lifecycle, &incoming))
-                    .instrument(span)
-                    .await
-            }
-            _ => run_job(&self.ctx, incoming).instrument(span).await,
-        };
-        if handled.label == "handed_back" {
-            // Redis or RabbitMQ went away mid-job: pause taking jobs, so the one handed back
-            // is not redelivered to us in a loop.
+        let decoded = Message::decode(&incoming);
+        let span = Message::span(&decoded, &incoming);
+        let outcome = run_job(&self.ctx, incoming, decoded).instrument(span).await;
+        if outcome.disposition == Disposition::HandBack {
+            // Redis or RabbitMQ went away mid-message: pause taking messages, so the one
+            // handed back is not redelivered to us in a loop.
             self.store_trouble.store(true, Ordering::SeqCst);
         }
-        metrics::counter!(JOBS_TOTAL, "outcome" => handled.label).increment(1);
+        metrics::counter!(JOBS_TOTAL, "outcome" => outcome.label).increment(1);
         metrics::histogram!(JOB_SECONDS).record(started.elapsed().as_secs_f64());
-        settle(&delivery, handled.settle).await;
+        dispose(&delivery, outcome.disposition).await;
     }
 }
 
-/// The span every log line of a message carries: its payId and the request that brought it,
-/// so a job can be followed from the intake's line to its end.
-fn span_of(incoming: &Incoming) -> tracing::Span {
-    let attempt = incoming.attempt;
-    let ids = match incoming.kind.as_str() {
-        CANCEL_MESSAGE_TYPE => CancelJob::decode(&incoming.body)
-            .ok()
-            .map(|cancel| (cancel.pay_id.to_string(), cancel.request_id)),
-        STRIPE_EVENT_MESSAGE_TYPE => None,
-        _ => Job::decode(&incoming.body)
-            .ok()
-            .map(|job| (job.pay_id.to_string(), job.request_id)),
-    };
-    match ids {
-        Some((pay_id, request_id)) => {
-            tracing::info_span!("job", %pay_id, %request_id, attempt)
-        }
-        None => tracing::info_span!("job", message_id = %incoming.message_id, attempt),
-    }
-}
-
-/// Runs a job as a task of its own, so a panic inside it cannot take the consumer along; a
-/// panicked job still ends (its lock released, its ending stored), see [`job::after_panic`].
+/// Runs a message as a task of its own, so a panic inside it cannot take the consumer along; a
+/// panicked message still ends (see [`message::after_panic`]).
 ///
 /// Not inline in the caller: a future built in an `async fn` is counted in that function's
 /// state even after it is moved into the task, which doubled every job's memory (about 11 KB a
 /// job in flight, measured with `size_of_val`).
-pub async fn run_job(ctx: &Arc<JobContext>, incoming: Incoming) -> Handled {
+pub async fn run_job(
+    ctx: &Arc<JobContext>,
+    incoming: Incoming,
+    decoded: Result<Message, String>,
+) -> Outcome {
     let token = uuid::Uuid::new_v4().to_string();
     let incoming = Arc::new(incoming);
+    let decoded = Arc::new(decoded);
     let task = {
         let ctx = ctx.clone();
-        let incoming = incoming.clone();
+        let (incoming, decoded) = (incoming.clone(), decoded.clone());
         let token = token.clone();
-        tokio::spawn(async move { job::handle(&ctx, &incoming, &token).await }.in_current_span())
+        tokio::spawn(
+            async move { message::handle(&ctx, &decoded, &incoming, &token).await }
+                .in_current_span(),
+        )
     };
     match task.await {
-        Ok(handled) => handled,
+        Ok(outcome) => outcome,
         Err(error) => {
-            tracing::error!(%error, "the job panicked");
-            Box::pin(job::after_panic(ctx, &incoming, &token)).await
+            tracing::error!(%error, "the message panicked");
+            Box::pin(message::after_panic(ctx, &decoded, &incoming, &token)).await
         }
     }
 }
@@ -290,12 +259,12 @@ async fn join_all(jobs: &mut JoinSet<()>) {
     while jobs.join_next().await.is_some() {}
 }
 
-/// Acks or hands back the message as the job path decided. A handed-back message is
-/// redelivered; the consumer pauses while Redis is away, so this is no requeue loop.
-async fn settle(delivery: &Delivery, settle: Settle) {
-    let done = match settle {
-        Settle::Ack => delivery.ack(BasicAckOptions::default()).await,
-        Settle::Requeue => {
+/// Acks or gives back the message as the worker decided. A message given back is redelivered;
+/// the consumer pauses while Redis is away, so this is no requeue loop.
+async fn dispose(delivery: &Delivery, disposition: Disposition) {
+    let done = match disposition {
+        Disposition::Ack => delivery.ack(BasicAckOptions::default()).await,
+        Disposition::Requeue | Disposition::HandBack => {
             delivery
                 .nack(BasicNackOptions {
                     requeue: true,

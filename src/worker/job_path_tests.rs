@@ -10,19 +10,32 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 
-use super::job::{after_panic, handle};
 use super::memory::{
     MemoryQueue, MemoryStore, MemoryStripe, QueueDelays, QueuedJob, Trace, VirtualClock,
 };
-use super::ports::{CreateSent, Incoming, JobStart, JobStore, Settle, StripeApi};
+use super::message::{self, Message};
+use super::ports::{
+    CreateSent, Disposition, Incoming, JobStart, JobStore, Outcome, StripeApi, forward,
+};
 use super::{JobContext, JobPorts, JobSettings, RetryPolicy};
 use crate::config::{PlanSettings, Settings};
 use crate::domain::job::JOB_MESSAGE_TYPE;
+use crate::domain::renewal::{Applied, RenewalChange, RenewalUpdate};
 use crate::domain::{FailureCode, FinalResult, Job, PayKey};
 use crate::store::StoreError;
 use crate::stripe::{
-    Attached, CreatedCustomer, NewCustomer, NewSubscription, PriceSpec, StripeFailure, Subscribed,
+    Attached, CreatedCustomer, FoundSubscription, NewCustomer, NewSubscription, PaymentError,
+    PriceSpec, StripeFailure, Subscribed, SubscriptionState,
 };
+
+/// Decodes and handles a message as the consumer does.
+async fn handle(ctx: &JobContext, incoming: &Incoming, token: &str) -> Outcome {
+    message::handle(ctx, &Message::decode(incoming), incoming, token).await
+}
+
+async fn after_panic(ctx: &JobContext, incoming: &Incoming, token: &str) -> Outcome {
+    message::after_panic(ctx, &Message::decode(incoming), incoming, token).await
+}
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 const DELIVERY_LIMIT: u32 = 5;
@@ -129,6 +142,16 @@ impl StripeApi for Scripted {
         }
         .boxed()
     }
+
+    #[rustfmt::skip]
+    forward! { via inner;
+        cancel_at_period_end<'a>(subscription: &'a str, key: &'a str) -> Result<SubscriptionState, StripeFailure>;
+        cancel_now<'a>(subscription: &'a str, key: &'a str) -> Result<SubscriptionState, StripeFailure>;
+        subscription_state<'a>(subscription: &'a str) -> Result<SubscriptionState, StripeFailure>;
+        subscription_metadata<'a>(subscription: &'a str) -> Result<std::collections::HashMap<String, String>, StripeFailure>;
+        search_subscription<'a>(partner_code: &'a str, pay_id: &'a str) -> Result<Option<FoundSubscription>, StripeFailure>;
+        invoice_payment_error<'a>(invoice: &'a str, payment_intent: Option<&'a str>) -> Result<Option<PaymentError>, StripeFailure>;
+    }
 }
 
 /// After a store call: the call, whether the payId was locked, whether a result was stored.
@@ -148,7 +171,7 @@ impl Watched {
             .held_locks()
             .iter()
             .any(|(id, _)| *id == pay_id.to_string());
-        let stored = self.inner.result(pay_id).is_some();
+        let stored = self.inner.stored_result(pay_id).is_some();
         if let Ok(mut states) = self.states.lock() {
             states.push((call, locked, stored));
         }
@@ -265,6 +288,15 @@ impl JobStore for Watched {
         result: &'a FinalResult,
     ) -> BoxFuture<'a, Result<Option<FinalResult>, StoreError>> {
         self.watch("finish", pay_id, self.inner.finish(pay_id, token, result))
+    }
+
+    #[rustfmt::skip]
+    forward! { via inner;
+        result<'a>(pay_key: &'a PayKey) -> Result<Option<FinalResult>, StoreError>;
+        has_record<'a>(pay_key: &'a PayKey) -> Result<bool, StoreError>;
+        lock<'a>(pay_key: &'a PayKey, token: &'a str, ttl: Duration) -> Result<bool, StoreError>;
+        apply_renewal<'a>(pay_key: &'a PayKey, update: &'a RenewalUpdate) -> Result<Applied, StoreError>;
+        restore<'a>(pay_key: &'a PayKey, result: &'a FinalResult, state: RenewalChange, version: u64) -> Result<FinalResult, StoreError>;
     }
 }
 
@@ -465,7 +497,7 @@ async fn a_copy_that_takes_the_lock_after_the_first_copy_finds_its_result_not_a_
     assert_eq!(gap, None, "the lock was free before the result was stored");
     assert_eq!(copy.label, "settled");
     assert_eq!(subscriptions_of(&bench).len(), 1, "no second subscription");
-    let stored = bench.store.result(&job.pay_key()).expect("a result");
+    let stored = bench.store.stored_result(&job.pay_key()).expect("a result");
     assert_eq!(stored.sub_id, subscriptions_of(&bench)[0]);
 }
 
@@ -483,7 +515,7 @@ async fn a_replay_a_day_after_a_create_under_g1_looks_up_first_and_makes_no_seco
     assert_eq!(replayed.label, "succeeded");
     let subs = subscriptions_of(&bench);
     assert_eq!(subs.len(), 1, "a second subscription: {subs:?}");
-    let stored = bench.store.result(&job.pay_key()).expect("a result");
+    let stored = bench.store.stored_result(&job.pay_key()).expect("a result");
     assert_eq!(stored.sub_id, subs[0]);
 }
 
@@ -506,7 +538,11 @@ async fn retries_spent_with_the_create_unknown_park_the_job_until_a_lookup_settl
     let spent = handle(&bench.ctx, &last_attempt, "last").await;
 
     assert_eq!(spent.label, "parked");
-    assert_eq!(bench.store.result(&job.pay_key()), None, "still processing");
+    assert_eq!(
+        bench.store.stored_result(&job.pay_key()),
+        None,
+        "still processing"
+    );
     assert!(bench.queue.events().is_empty(), "nothing announced yet");
     assert_eq!(
         subscriptions_of(&bench).len(),
@@ -526,7 +562,7 @@ async fn retries_spent_with_the_create_unknown_park_the_job_until_a_lookup_settl
     let settled = handle(&bench.ctx, &parked.incoming, "reconcile").await;
 
     assert_eq!(settled.label, "succeeded");
-    let stored = bench.store.result(&job.pay_key()).expect("a result");
+    let stored = bench.store.stored_result(&job.pay_key()).expect("a result");
     assert_eq!(stored.sub_id, subscriptions_of(&bench)[0]);
 }
 
@@ -546,20 +582,24 @@ async fn an_outage_past_the_retries_keeps_the_job_processing_until_give_up_after
     let spent = handle(&bench.ctx, &last_attempt, "last").await;
 
     assert_eq!(spent.label, "parked");
-    assert_eq!(bench.store.result(&job.pay_key()), None, "still processing");
+    assert_eq!(
+        bench.store.stored_result(&job.pay_key()),
+        None,
+        "still processing"
+    );
     assert!(bench.queue.events().is_empty(), "nothing announced");
     tokio::time::advance(Duration::from_secs(31)).await;
     let parked = bench.queue.try_receive("test").expect("the parked copy");
     let again = handle(&bench.ctx, &parked.incoming, "again").await;
     assert_eq!(again.label, "parked", "tried again, still processing");
-    assert_eq!(bench.store.result(&job.pay_key()), None);
+    assert_eq!(bench.store.stored_result(&job.pay_key()), None);
 
     tokio::time::advance(GIVE_UP_AFTER).await;
     let parked = bench.queue.try_receive("test").expect("the parked copy");
     let ended = handle(&bench.ctx, &parked.incoming, "late").await;
 
     assert_eq!(ended.label, "failed");
-    let stored = bench.store.result(&job.pay_key()).expect("a result");
+    let stored = bench.store.stored_result(&job.pay_key()).expect("a result");
     assert_eq!(
         stored.error.map(|e| e.code),
         Some(FailureCode::StripeUnavailable)
@@ -593,7 +633,7 @@ fn the_configuration_refuses_a_key_switch_sooner_than_twice_the_stripe_timeout()
 
 /// Runs a job the way the consumer does (`run_job`): in a task of its own, `after_panic` if
 /// it panics.
-async fn run_like_the_consumer(bench: &Bench, incoming: Incoming) -> super::Handled {
+async fn run_like_the_consumer(bench: &Bench, incoming: Incoming) -> Outcome {
     let task = {
         let (ctx, incoming) = (bench.ctx.clone(), incoming.clone());
         tokio::spawn(async move { handle(&ctx, &incoming, "panicky").await })
@@ -622,12 +662,12 @@ async fn a_job_that_panics_releases_its_lock_and_ends_internal_error() {
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     assert_eq!(handled.label, "failed");
-    assert_eq!(handled.settle, Settle::Ack);
+    assert_eq!(handled.disposition, Disposition::Ack);
     assert!(
         bench.store.held_locks().is_empty(),
         "the lock is still held"
     );
-    let stored = bench.store.result(&job.pay_key()).expect("a result");
+    let stored = bench.store.stored_result(&job.pay_key()).expect("a result");
     assert_eq!(
         stored.error.map(|e| e.code),
         Some(FailureCode::InternalError)
@@ -649,7 +689,7 @@ async fn a_job_that_panics_after_recording_a_create_is_parked_not_failed() {
         bench.store.held_locks().is_empty(),
         "the lock is still held"
     );
-    assert_eq!(bench.store.result(&job.pay_key()), None);
+    assert_eq!(bench.store.stored_result(&job.pay_key()), None);
 }
 
 /// Hole 6: handed out up to the broker's delivery limit, the job still ends with a stored
@@ -667,7 +707,7 @@ async fn a_job_at_the_delivery_limit_ends_with_a_stored_result_and_an_event() {
     let handled = handle(&bench.ctx, &worn, "worn").await;
 
     assert_eq!(handled.label, "failed");
-    let stored = bench.store.result(&job.pay_key()).expect("a result");
+    let stored = bench.store.stored_result(&job.pay_key()).expect("a result");
     assert_eq!(
         stored.error.map(|e| e.code),
         Some(FailureCode::InternalError)
@@ -734,8 +774,8 @@ async fn a_job_that_lost_its_lock_does_not_store_its_failure() {
     let handled = after_panic(&bench.ctx, &incoming, "first").await;
 
     assert_eq!(handled.label, "lock_lost");
-    assert_eq!(handled.settle, Settle::Requeue);
-    assert_eq!(bench.store.result(&job.pay_key()), None);
+    assert_eq!(handled.disposition, Disposition::Requeue);
+    assert_eq!(bench.store.stored_result(&job.pay_key()), None);
     assert!(bench.queue.events().is_empty(), "nothing announced");
 }
 
@@ -753,7 +793,11 @@ async fn a_refusal_while_an_earlier_create_may_still_land_parks_the_job_instead_
     let refused = handle(&bench.ctx, &first_delivery(&job), "second").await;
 
     assert_eq!(refused.label, "parked", "{refused:?}");
-    assert_eq!(bench.store.result(&job.pay_key()), None, "still processing");
+    assert_eq!(
+        bench.store.stored_result(&job.pay_key()),
+        None,
+        "still processing"
+    );
     assert!(bench.queue.events().is_empty(), "no `failed` announced");
 }
 
@@ -794,7 +838,7 @@ async fn an_authorized_payid_whose_card_is_on_the_customer_makes_only_the_subscr
         2,
         "the configured price's product (once a process) and the subscription"
     );
-    let stored = bench.store.result(&job.pay_key()).expect("a result");
+    let stored = bench.store.stored_result(&job.pay_key()).expect("a result");
     assert_eq!(stored.customer_id, customer);
     assert_eq!(stored.pay_method, "card");
     assert_eq!(subscriptions_of(&bench).len(), 1);
@@ -811,7 +855,7 @@ async fn an_authorized_payid_whose_card_is_not_on_the_customer_attaches_it_under
     let handled = handle(&bench.ctx, &first_delivery(&job), "first").await;
 
     assert_eq!(handled.label, "succeeded");
-    let stored = bench.store.result(&job.pay_key()).expect("a result");
+    let stored = bench.store.stored_result(&job.pay_key()).expect("a result");
     assert_eq!(stored.customer_id, customer, "the authorization's customer");
     assert_eq!(subscriptions_of(&bench).len(), 1, "one subscription");
     let sent = bench
@@ -835,7 +879,7 @@ async fn an_authorization_for_another_email_is_not_used() {
     let handled = handle(&bench.ctx, &first_delivery(&job), "first").await;
 
     assert_eq!(handled.label, "succeeded");
-    let stored = bench.store.result(&job.pay_key()).expect("a result");
+    let stored = bench.store.stored_result(&job.pay_key()).expect("a result");
     assert_ne!(stored.customer_id, "cus_other");
     assert_eq!(subscriptions_of(&bench).len(), 1);
 }

@@ -5,11 +5,14 @@ mod adapters;
 mod budget;
 mod cancel;
 mod consumer;
+mod creation;
 mod health;
-pub mod job;
 #[cfg(test)]
 mod job_path_tests;
+/// The in-memory twins of the ports, for tests and the simulation only: not in the binary.
+#[cfg(any(test, feature = "testing"))]
 pub mod memory;
+pub mod message;
 pub mod ports;
 mod steps;
 mod stripe_event;
@@ -25,14 +28,13 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 pub use adapters::{BrokerQueue, SystemClock};
 pub use consumer::{Worker, run_job};
-pub use job::{Handled, JobContext, JobPorts};
+pub use creation::{JobContext, JobPorts};
 pub use steps::{JobSettings, RetryPolicy};
 
 use crate::broker::{Broker, JOB_DELIVERY_LIMIT, Topology};
 use crate::config::Settings;
 use crate::store::Store;
 use crate::stripe::{ClientOptions, Gateway};
-use cancel::LifecycleContext;
 
 /// How long a confirm of the worker's own publishes may take.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -101,12 +103,6 @@ impl Application {
             broker: broker.clone(),
             timeout: PUBLISH_TIMEOUT,
         };
-        let lifecycle = LifecycleContext {
-            store: store.clone(),
-            gateway: gateway.clone(),
-            queue: queue.clone(),
-            lock_ttl: Duration::from_millis(settings.worker.lock_ttl_ms),
-        };
         let ports = JobPorts {
             queue: Arc::new(queue),
             store: Arc::new(store.clone()),
@@ -121,7 +117,6 @@ impl Application {
             broker,
             store,
             ctx: Arc::new(ctx),
-            lifecycle,
             concurrency: settings.worker.concurrency,
             drain_timeout: Duration::from_secs(settings.worker.drain_timeout_secs),
             give_up,

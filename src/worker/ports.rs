@@ -10,14 +10,41 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
+use std::collections::HashMap;
+
 use crate::broker::BrokerError;
+use crate::domain::event::LifecycleEvent;
 pub use crate::domain::job::CreateSent;
+use crate::domain::renewal::{Applied, RenewalChange, RenewalUpdate};
 use crate::domain::{FinalResult, PayKey, ResultEvent};
 pub use crate::store::JobStart;
 use crate::store::StoreError;
 use crate::stripe::{
-    Attached, CreatedCustomer, NewCustomer, NewSubscription, PriceSpec, StripeFailure, Subscribed,
+    Attached, CreatedCustomer, FoundSubscription, NewCustomer, NewSubscription, PaymentError,
+    PriceSpec, StripeFailure, Subscribed, SubscriptionState,
 };
+
+/// Implements a port's methods by calling another type's own, one line a method, so the
+/// signatures are read once, in the port: `=> Type::method` calls the real type's inherent
+/// method (an async fn) and boxes its future; `via field;` forwards every method to the port
+/// of the same name on `self.field` (a wrapper in a test).
+macro_rules! forward {
+    ($($name:ident <$a:lifetime> ($($arg:ident : $ty:ty),*) -> $ret:ty => $target:path;)*) => {
+        $(
+            fn $name<$a>(&$a self, $($arg: $ty),*) -> BoxFuture<$a, $ret> {
+                futures_util::FutureExt::boxed($target(self, $($arg),*))
+            }
+        )*
+    };
+    (via $field:ident; $($name:ident <$a:lifetime> ($($arg:ident : $ty:ty),*) -> $ret:ty;)*) => {
+        $(
+            fn $name<$a>(&$a self, $($arg: $ty),*) -> BoxFuture<$a, $ret> {
+                self.$field.$name($($arg),*)
+            }
+        )*
+    };
+}
+pub(crate) use forward;
 
 /// The store's part of the job path (Redis in production).
 pub trait JobStore: Send + Sync {
@@ -112,6 +139,43 @@ pub trait JobStore: Send + Sync {
         token: &'a str,
         result: &'a FinalResult,
     ) -> BoxFuture<'a, Result<Option<FinalResult>, StoreError>>;
+
+    /// The payId's final result, if its creation has ended (a cancel waits for it).
+    fn result<'a>(
+        &'a self,
+        pay_key: &'a PayKey,
+    ) -> BoxFuture<'a, Result<Option<FinalResult>, StoreError>>;
+
+    /// Whether the intake holds a record of the payId: its creation was accepted and has not
+    /// ended yet, or its records were lost (then Stripe is asked).
+    fn has_record<'a>(&'a self, pay_key: &'a PayKey) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// Takes the payId's lock whatever is stored (a cancel works on a finished payId); false
+    /// when another worker holds it.
+    fn lock<'a>(
+        &'a self,
+        pay_key: &'a PayKey,
+        token: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// Applies a change to the payId's renewal state unless that part is newer already: the
+    /// stored state never goes back, whatever order the changes come in.
+    fn apply_renewal<'a>(
+        &'a self,
+        pay_key: &'a PayKey,
+        update: &'a RenewalUpdate,
+    ) -> BoxFuture<'a, Result<Applied, StoreError>>;
+
+    /// Puts back a result rebuilt from Stripe where none is, and the subscription's state as of
+    /// `version`; returns the result that stands (an earlier one wins).
+    fn restore<'a>(
+        &'a self,
+        pay_key: &'a PayKey,
+        result: &'a FinalResult,
+        state: RenewalChange,
+        version: u64,
+    ) -> BoxFuture<'a, Result<FinalResult, StoreError>>;
 }
 
 /// Where a job waits before it comes back to the jobs queue.
@@ -165,20 +229,61 @@ pub trait JobQueue: Send + Sync {
         reason: &'a str,
     ) -> BoxFuture<'a, Result<(), BrokerError>>;
 
-    /// Publishes a result event.
+    /// Publishes a creation's result event.
     fn announce<'a>(&'a self, event: &'a ResultEvent) -> BoxFuture<'a, Result<(), BrokerError>>;
+
+    /// Publishes a change of a subscription's life (a cancel, a renewal, …).
+    fn announce_change<'a>(
+        &'a self,
+        event: &'a LifecycleEvent,
+    ) -> BoxFuture<'a, Result<(), BrokerError>>;
 
     /// The `source` of the events this queue announces.
     fn event_source(&self) -> String;
 }
 
-/// What the broker should do with the delivered message once the job path is done with it.
+/// What the broker should do with the delivered message once the worker is done with it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Settle {
-    /// Everything the job needed is stored or on another queue: remove it.
+pub enum Disposition {
+    /// Everything the message needed is stored or on another queue: remove it.
     Ack,
-    /// The worker could not work on it now: give it back (it is redelivered).
+    /// Give it back to be redelivered (the copy that holds the payId decides).
     Requeue,
+    /// Give it back, and stop taking messages for a while: Redis or RabbitMQ is away, or the
+    /// worker is stopping, so a redelivery to this worker would only come back again.
+    HandBack,
+}
+
+/// How one message ended: what the broker does with it, and the metric label it is counted
+/// under. Nothing branches on the label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub disposition: Disposition,
+    pub label: &'static str,
+}
+
+impl Outcome {
+    pub fn ack(label: &'static str) -> Self {
+        Outcome {
+            disposition: Disposition::Ack,
+            label,
+        }
+    }
+
+    pub fn requeue(label: &'static str) -> Self {
+        Outcome {
+            disposition: Disposition::Requeue,
+            label,
+        }
+    }
+
+    /// Redis or RabbitMQ went away mid-message, or the worker is stopping.
+    pub fn hand_back() -> Self {
+        Outcome {
+            disposition: Disposition::HandBack,
+            label: "handed_back",
+        }
+    }
 }
 
 /// The calls a job makes to Stripe (the gateway in production). Every write carries the fixed
@@ -231,6 +336,47 @@ pub trait StripeApi: Send + Sync {
         new: &'a NewSubscription<'a>,
         key: &'a str,
     ) -> BoxFuture<'a, Result<Subscribed, StripeFailure>>;
+
+    /// No more renewals: the paid period runs out, then Stripe cancels the subscription.
+    fn cancel_at_period_end<'a>(
+        &'a self,
+        subscription: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<SubscriptionState, StripeFailure>>;
+
+    /// Cancels the subscription now.
+    fn cancel_now<'a>(
+        &'a self,
+        subscription: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<SubscriptionState, StripeFailure>>;
+
+    /// The subscription as it stands.
+    fn subscription_state<'a>(
+        &'a self,
+        subscription: &'a str,
+    ) -> BoxFuture<'a, Result<SubscriptionState, StripeFailure>>;
+
+    /// A subscription's metadata (`payId`, `partnerCode`), for an event that does not carry it.
+    fn subscription_metadata<'a>(
+        &'a self,
+        subscription: &'a str,
+    ) -> BoxFuture<'a, Result<HashMap<String, String>, StripeFailure>>;
+
+    /// The subscription that carries this partner's payId in its metadata, found without any
+    /// local record (search: a subscription of the last minute may not show yet).
+    fn search_subscription<'a>(
+        &'a self,
+        partner_code: &'a str,
+        pay_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<FoundSubscription>, StripeFailure>>;
+
+    /// The error of an invoice's failed payment, if a payment carries one.
+    fn invoice_payment_error<'a>(
+        &'a self,
+        invoice: &'a str,
+        payment_intent: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Option<PaymentError>, StripeFailure>>;
 }
 
 /// The worker's clock: wall time for records and results. Sleeps use tokio's clock, which the

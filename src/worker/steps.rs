@@ -23,7 +23,7 @@ use time::format_description::well_known::Rfc3339;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
-use super::job::{JobContext, Verdict};
+use super::creation::{Decision, JobContext};
 use super::ports::{CreateSent, Incoming};
 use crate::config::PlanSettings;
 use crate::domain::authorization::{customer_key, short_hash};
@@ -120,7 +120,7 @@ pub(super) async fn run(
     incoming: &Incoming,
     token: &str,
     created: Option<CreateSent>,
-) -> Verdict {
+) -> Decision {
     let pay_id = job.pay_id.as_str();
     // Past `give_up_after`, nothing new is sent: a stale copy (a dead letter replayed weeks
     // later) only looks up, and ends `failed` once that shows nothing was made.
@@ -143,7 +143,7 @@ pub(super) async fn run(
                 } else {
                     subscription.pay_method.clone()
                 };
-                return Verdict::Made(Made {
+                return Decision::Made(Made {
                     customer: sent.customer.clone(),
                     pay_method,
                     subscription,
@@ -153,12 +153,12 @@ pub(super) async fn run(
                 in_flight = ctx.ports.clock.now_ms().saturating_sub(sent.sent_at_ms)
                     < millis(ctx.settings.key_switch_after);
                 if in_flight && (incoming.parked || given_up) {
-                    return Verdict::Park("the last create may still be in flight".into());
+                    return Decision::Park("the last create may still be in flight".into());
                 }
                 if given_up {
                     // Absent, with no earlier request still in flight: no subscription was
                     // made, and none will be.
-                    return Verdict::Failed(unavailable("no subscription was made"));
+                    return Decision::Failed(unavailable("no subscription was made"));
                 }
                 // A parked job whose create is proved absent runs again, under a new key.
                 generation = if in_flight {
@@ -171,7 +171,7 @@ pub(super) async fn run(
         }
     } else if given_up {
         // Nothing was ever sent for this payId, and now nothing will be.
-        return Verdict::Failed(unavailable("no subscription was made"));
+        return Decision::Failed(unavailable("no subscription was made"));
     }
     let mut recorded = created.is_some();
     match create(
@@ -185,28 +185,28 @@ pub(super) async fn run(
     )
     .await
     {
-        Ok(made) => Verdict::Made(made),
+        Ok(made) => Decision::Made(made),
         Err(stop) => stopped(stop, recorded, in_flight),
     }
 }
 
 /// What a stop means for the job. `create_sent`: a create was recorded, so a subscription may
 /// exist; `in_flight`: an earlier create may still land at Stripe.
-fn stopped(stop: Stop, create_sent: bool, in_flight: bool) -> Verdict {
+fn stopped(stop: Stop, create_sent: bool, in_flight: bool) -> Decision {
     match stop {
         // Stripe's answer to the create itself: under this key nothing was made, and no other
         // key can still be in flight (a new generation waits until none can).
-        Stop::Refused(detail) => Verdict::Failed(detail),
+        Stop::Refused(detail) => Decision::Failed(detail),
         // A refusal of an earlier step is final unless an earlier create may still land.
         Stop::Stripe(StripeFailure::Permanent(detail)) if in_flight => {
-            Verdict::Park(detail.message)
+            Decision::Park(detail.message)
         }
-        Stop::Stripe(StripeFailure::Permanent(detail)) => Verdict::Failed(detail),
+        Stop::Stripe(StripeFailure::Permanent(detail)) => Decision::Failed(detail),
         // Not Stripe's fault: no attempt is spent, and the consumer pauses until Redis is back.
         Stop::Stripe(StripeFailure::BudgetUnavailable(reason)) | Stop::Store(reason) => {
-            Verdict::HandBack(reason)
+            Decision::HandBack(reason)
         }
-        Stop::Stripe(failure) => Verdict::Retry {
+        Stop::Stripe(failure) => Decision::Retry {
             reason: failure.to_string(),
             create_sent,
         },

@@ -27,9 +27,10 @@ use stripe_types::Expandable;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::cancel::{LifecycleContext, announce, dead_letter, rfc3339};
-use super::job::Handled;
-use super::ports::{Incoming, JobQueue};
+use super::cancel::rfc3339;
+use super::creation::JobContext;
+use super::message::dead_letter;
+use super::ports::{Incoming, Outcome};
 use crate::domain::PartnerCode;
 use crate::domain::event::{LifecycleEvent, LifecycleKind, change_id};
 use crate::domain::money::{Currency, decimal_string};
@@ -49,13 +50,7 @@ struct Meaning {
     data: Map<String, Value>,
 }
 
-pub async fn handle(ctx: &LifecycleContext, incoming: &Incoming) -> Handled {
-    let Some(event) = std::str::from_utf8(&incoming.body)
-        .ok()
-        .and_then(|text| miniserde::json::from_str::<Event>(text).ok())
-    else {
-        return dead_letter(ctx, incoming, "not a Stripe event", "poison").await;
-    };
+pub(super) async fn handle(ctx: &JobContext, event: &Event, incoming: &Incoming) -> Outcome {
     let kind = event.type_.to_string();
     let object = miniserde::json::to_string(&event.data.object);
     let changed_fields: Vec<String> = match &event.data.previous_attributes {
@@ -105,7 +100,7 @@ pub async fn handle(ctx: &LifecycleContext, incoming: &Incoming) -> Handled {
     let (owner, meaning) = match tie {
         Ok(Some(tied)) => tied,
         Ok(None) => return counted(&kind, "not_ours"),
-        Err(StripeFailure::BudgetUnavailable(_)) => return Handled::requeue("handed_back"),
+        Err(StripeFailure::BudgetUnavailable(_)) => return Outcome::hand_back(),
         // Stripe says the subscription is not in this account (a 404, an id it refuses): it
         // cannot be one autorenew made, and asking again would loop for ever.
         Err(StripeFailure::Permanent(detail)) => {
@@ -118,12 +113,13 @@ pub async fn handle(ctx: &LifecycleContext, incoming: &Incoming) -> Handled {
         // The subscription could not be retrieved now: the event waits and comes back.
         Err(_) => {
             return match ctx
+                .ports
                 .queue
                 .delay(super::ports::Wait::Lock, incoming, incoming.attempt)
                 .await
             {
-                Ok(()) => Handled::ack("retry"),
-                Err(_) => Handled::requeue("handed_back"),
+                Ok(()) => Outcome::ack("retry"),
+                Err(_) => Outcome::hand_back(),
             };
         }
     };
@@ -134,6 +130,7 @@ pub async fn handle(ctx: &LifecycleContext, incoming: &Incoming) -> Handled {
         change: meaning.change,
     };
     if ctx
+        .ports
         .store
         .apply_renewal(
             &PayKey::new(owner.partner.clone(), owner.pay_id.clone()),
@@ -142,7 +139,7 @@ pub async fn handle(ctx: &LifecycleContext, incoming: &Incoming) -> Handled {
         .await
         .is_err()
     {
-        return Handled::requeue("handed_back");
+        return Outcome::hand_back();
     }
     if !announce_it {
         return counted(&kind, "stored");
@@ -154,15 +151,18 @@ pub async fn handle(ctx: &LifecycleContext, incoming: &Incoming) -> Handled {
     let announced = LifecycleEvent::new(
         meaning.kind,
         meaning.id,
-        &ctx.queue.event_source(),
+        &ctx.ports.queue.event_source(),
         owner.pay_id.as_str(),
         owner.partner.as_str(),
         time,
         meaning.data,
     );
-    match announce(ctx, &announced).await {
+    match ctx.ports.queue.announce_change(&announced).await {
         Ok(()) => counted(&kind, meaning.kind.as_str()),
-        Err(()) => Handled::requeue("handed_back"),
+        Err(error) => {
+            tracing::warn!(event = %event.id, %error, "event not announced; handing it back");
+            Outcome::hand_back()
+        }
     }
 }
 
@@ -179,7 +179,7 @@ fn owner_of(metadata: &HashMap<String, String>) -> Option<Owner> {
 }
 
 async fn invoice_meaning(
-    ctx: &LifecycleContext,
+    ctx: &JobContext,
     kind: &str,
     invoice: &Invoice,
     object: &JsonValue,
@@ -207,7 +207,8 @@ async fn invoice_meaning(
         Some(owner) => owner,
         None => {
             let metadata = ctx
-                .gateway
+                .ports
+                .stripe
                 .subscription_metadata(subscription.id().as_str())
                 .await?;
             match owner_of(&metadata) {
@@ -262,7 +263,8 @@ async fn invoice_meaning(
             Carried::Error(error) => error,
             Carried::LookUp(_) if invoice_id.is_empty() => None,
             Carried::LookUp(intent) => match ctx
-                .gateway
+                .ports
+                .stripe
                 .invoice_payment_error(&invoice_id, intent.as_deref())
                 .await
             {
@@ -441,10 +443,10 @@ fn subscription_meaning(subscription: &Subscription, deleted: bool) -> Option<(O
     ))
 }
 
-fn counted(kind: &str, outcome: &'static str) -> Handled {
+fn counted(kind: &str, outcome: &'static str) -> Outcome {
     metrics::counter!(STRIPE_EVENTS_TOTAL, "type" => kind.to_owned(), "outcome" => outcome)
         .increment(1);
-    Handled::ack(if matches!(outcome, "not_ours" | "ignored" | "stored") {
+    Outcome::ack(if matches!(outcome, "not_ours" | "ignored" | "stored") {
         "stripe_event_ignored"
     } else {
         "stripe_event"

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use autorenew::config::RedisSettings;
+use autorenew::domain::renewal::{RenewalChange, RenewalUpdate};
 use autorenew::domain::{FailureCode, FinalResult, PartnerCode, PayId, PayKey};
 use autorenew::store::Store;
 use autorenew::stripe::{ClientOptions, Gateway, NewCustomer, StripeFailure, Unlimited};
@@ -36,7 +37,8 @@ async fn store_rules(store: &dyn JobStore) -> Vec<String> {
     let ttl = Duration::from_secs(30);
     let partner = PartnerCode::parse("P1").expect("a partner code");
     let pay_id = PayKey::new(partner.clone(), PayId::parse("twin-1").expect("a payId"));
-    let short = PayKey::new(partner, PayId::parse("twin-2").expect("a payId"));
+    let short = PayKey::new(partner.clone(), PayId::parse("twin-2").expect("a payId"));
+    let life = PayKey::new(partner.clone(), PayId::parse("twin-3").expect("a payId"));
     let sent = CreateSent {
         generation: 1,
         sent_at_ms: 1_800_000_000_000,
@@ -84,6 +86,40 @@ async fn store_rules(store: &dyn JobStore) -> Vec<String> {
     failed.status = "failed".into();
     say(format!("{:?}", store.finish(&short, "e", &failed).await));
     say(format!("{:?}", store.begin(&short, "g", brief).await));
+    // A cancel's lock is taken whatever is stored, once.
+    say(format!("{:?}", store.lock(&pay_id, "h", ttl).await));
+    say(format!("{:?}", store.lock(&pay_id, "i", ttl).await));
+    say(format!("{:?}", store.result(&pay_id).await));
+    // The renewal state never goes back; an invoice is counted once.
+    let state = |status: &str, version: u64| RenewalUpdate {
+        partner_code: partner.clone(),
+        version,
+        change: RenewalChange::Subscription {
+            sub_id: "sub_9".into(),
+            status: status.into(),
+            current_period_end: Some(1_800_000_000),
+            cancel_at_period_end: false,
+            canceled_at: None,
+        },
+    };
+    let renewed = RenewalUpdate {
+        partner_code: partner.clone(),
+        version: 5,
+        change: RenewalChange::Renewed {
+            invoice_id: "in_1".into(),
+            paid_at: 1_800_000_000,
+        },
+    };
+    say(format!(
+        "{:?}",
+        store.apply_renewal(&life, &state("canceled", 2)).await
+    ));
+    say(format!(
+        "{:?}",
+        store.apply_renewal(&life, &state("active", 1)).await
+    ));
+    say(format!("{:?}", store.apply_renewal(&life, &renewed).await));
+    say(format!("{:?}", store.apply_renewal(&life, &renewed).await));
     said
 }
 
@@ -121,6 +157,17 @@ async fn the_memory_store_answers_the_job_path_like_redis() {
         "a failure without the lock is not stored"
     );
     assert!(real[19].contains("Busy"), "{real:?}");
+    assert_eq!(real[20], "Ok(true)", "a cancel locks a finished payId");
+    assert_eq!(real[21], "Ok(false)", "once");
+    assert!(real[22].contains("sub_1"), "{real:?}");
+    assert!(
+        real[24].contains("newer: false"),
+        "older state after newer: {real:?}"
+    );
+    assert!(
+        real[26].contains("counted: false"),
+        "an invoice twice: {real:?}"
+    );
 }
 
 /// What Stripe answers to the same calls, in words that do not depend on its ids; between

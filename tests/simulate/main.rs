@@ -101,7 +101,7 @@ fn main() -> ExitCode {
 
 /// Paths of the job path a schedule may reach, by a trace line that shows it: printed as how
 /// many schedules reached each, so a change that makes the simulation blind shows.
-const COVERAGE: [(&str, &str); 10] = [
+const COVERAGE: [(&str, &str); 18] = [
     ("lock busy", "Lock attempt"),
     ("settled copy", ": settled "),
     ("parked", "handled: parked"),
@@ -112,6 +112,17 @@ const COVERAGE: [(&str, &str); 10] = [
     ("delivery limit", "delivery limit"),
     ("replay cleared", "clear result"),
     ("lock lost", "locks dropped"),
+    ("cancel now", "cancel_now sub_"),
+    ("cancel at period end", "cancel_at_period_end sub_"),
+    ("cancel waited for its creation", "handled: cancel_waiting"),
+    (
+        "cancel of a canceled subscription",
+        "This subscription is canceled",
+    ),
+    ("publish nacked", ": nacked"),
+    ("confirm lost after routing", "confirm timed out (routed)"),
+    ("Stripe event announced", "handled: stripe_event Ack"),
+    ("Stripe event stored only", "handled: stripe_event_ignored"),
 ];
 
 /// Refusals of an earlier step that a single trace line does not show: (an attach was refused

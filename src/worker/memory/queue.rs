@@ -7,7 +7,9 @@
 //! - a delayed queue (retry stages, lock retry, reconciliation) gives the message back to the
 //!   jobs queue when its TTL has passed, as a fresh delivery;
 //! - publishes are confirmed; while the broker is away they fail, and a lost connection
-//!   returns every unacked delivery.
+//!   returns every unacked delivery;
+//! - while the broker is up, a worker's publish may still be nacked (not routed), or its
+//!   confirm may time out after the message was in fact routed (`set_publish_faults`).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -21,11 +23,14 @@ use tokio::time::Instant;
 use super::Trace;
 use crate::broker::BrokerError;
 use crate::domain::ResultEvent;
+use crate::domain::event::LifecycleEvent;
 use crate::domain::job::JOB_MESSAGE_TYPE;
 use crate::worker::ports::{Incoming, JobQueue, Wait};
 
 /// How long a publish takes to reach the broker, and its confirm to come back.
 const HOP: Duration = Duration::from_millis(1);
+/// How long the worker waits for a confirm (`worker::PUBLISH_TIMEOUT`).
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The delays of the topology's delayed queues.
 #[derive(Debug, Clone)]
@@ -38,6 +43,8 @@ pub struct QueueDelays {
 /// A job message as the broker holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueuedJob {
+    /// The AMQP `type`: a creation job, a cancel, a Stripe event.
+    pub kind: String,
     pub body: Vec<u8>,
     pub message_id: String,
     pub attempt: u32,
@@ -47,9 +54,15 @@ pub struct QueuedJob {
 }
 
 impl QueuedJob {
-    /// A first publish (the intake's, or a replay's).
+    /// A creation job's first publish (the intake's, or a replay's).
     pub fn fresh(body: Vec<u8>, message_id: &str, attempt: u32) -> Self {
+        QueuedJob::of_kind(JOB_MESSAGE_TYPE, body, message_id, attempt)
+    }
+
+    /// A first publish of a message of this `kind`.
+    pub fn of_kind(kind: &str, body: Vec<u8>, message_id: &str, attempt: u32) -> Self {
         QueuedJob {
+            kind: kind.to_owned(),
             body,
             message_id: message_id.to_owned(),
             attempt,
@@ -61,6 +74,7 @@ impl QueuedJob {
 
     fn copy_of(job: &Incoming, attempt: u32, parked: bool) -> Self {
         QueuedJob {
+            kind: job.kind.clone(),
             body: job.body.clone(),
             message_id: job.message_id.clone(),
             attempt,
@@ -72,7 +86,7 @@ impl QueuedJob {
 
     fn incoming(&self) -> Incoming {
         Incoming {
-            kind: JOB_MESSAGE_TYPE.to_owned(),
+            kind: self.kind.clone(),
             body: self.body.clone(),
             message_id: self.message_id.clone(),
             attempt: self.attempt,
@@ -99,8 +113,18 @@ struct State {
     unacked: BTreeMap<u64, (String, QueuedJob)>,
     dead: Vec<(QueuedJob, String)>,
     events: Vec<(Instant, ResultEvent)>,
+    changes: Vec<(Instant, LifecycleEvent)>,
     next: u64,
     down: bool,
+    /// The worker's publishes that meet a fault while the broker is up: half nacked, half
+    /// routed with their confirm timing out.
+    publish_faults: Option<(fastrand::Rng, f64)>,
+}
+
+/// What becomes of one publish while the broker is up.
+enum PublishFault {
+    Nacked,
+    ConfirmLost,
 }
 
 /// The broker: one per simulated world, one named handle per worker.
@@ -344,6 +368,11 @@ impl MemoryQueue {
         self.state().events.clone()
     }
 
+    /// Every change of a subscription's life announced, in order, with when it was confirmed.
+    pub fn changes(&self) -> Vec<(Instant, LifecycleEvent)> {
+        self.state().changes.clone()
+    }
+
     /// Nothing ready, delayed or unacked.
     pub fn is_idle(&self) -> bool {
         let state = self.state();
@@ -353,18 +382,43 @@ impl MemoryQueue {
             && state.unacked.is_empty()
     }
 
-    /// Waits one hop, then applies `publish` unless the broker is away.
+    /// From now on this share of the worker's publishes meets a fault while the broker is up
+    /// (drawn from `seed`): a nack, or a confirm that times out after the message was routed.
+    pub fn set_publish_faults(&self, seed: u64, rate: f64) {
+        self.state().publish_faults = Some((fastrand::Rng::with_seed(seed), rate));
+    }
+
+    /// Waits one hop, then applies `publish` unless the broker is away or nacks it; a confirm
+    /// that is lost leaves the message applied and fails after the client's timeout.
     async fn confirmed(&self, publish: impl FnOnce(&mut State)) -> Result<(), BrokerError> {
         tokio::time::sleep(HOP).await;
-        {
+        let fault = {
             let mut state = self.state();
             if state.down {
                 return Err(BrokerError::Unavailable);
             }
+            let fault = state.publish_faults.as_mut().and_then(|(rng, rate)| {
+                let draw = rng.f64();
+                if draw < *rate / 2.0 {
+                    Some(PublishFault::Nacked)
+                } else if draw < *rate {
+                    Some(PublishFault::ConfirmLost)
+                } else {
+                    None
+                }
+            });
+            if matches!(fault, Some(PublishFault::Nacked)) {
+                return Err(BrokerError::Nacked);
+            }
             publish(&mut state);
-        }
+            fault
+        };
         // A consumer waiting with nothing due wakes up to see the new due time.
         self.arrived.notify_waiters();
+        if matches!(fault, Some(PublishFault::ConfirmLost)) {
+            tokio::time::sleep(CONFIRM_TIMEOUT).await;
+            return Err(BrokerError::Timeout(CONFIRM_TIMEOUT));
+        }
         tokio::time::sleep(HOP).await;
         Ok(())
     }
@@ -453,11 +507,30 @@ impl JobQueue for MemoryQueue {
         .boxed()
     }
 
+    fn announce_change<'a>(
+        &'a self,
+        event: &'a LifecycleEvent,
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        async move {
+            let done = self
+                .confirmed(|state| state.changes.push((Instant::now(), event.clone())))
+                .await;
+            self.note(|| format!("announce {} {}: {}", event.kind, event.id, outcome(&done)));
+            done
+        }
+        .boxed()
+    }
+
     fn event_source(&self) -> String {
         "urn:autorenew:memory".into()
     }
 }
 
 fn outcome(done: &Result<(), BrokerError>) -> &'static str {
-    if done.is_ok() { "ok" } else { "broker away" }
+    match done {
+        Ok(()) => "ok",
+        Err(BrokerError::Nacked) => "nacked",
+        Err(BrokerError::Timeout(_)) => "confirm timed out (routed)",
+        Err(_) => "broker away",
+    }
 }

@@ -15,6 +15,7 @@ use futures_util::future::BoxFuture;
 use tokio::time::Instant;
 
 use super::Trace;
+use crate::domain::renewal::{Applied, RenewalChange, RenewalUpdate};
 use crate::domain::{FinalResult, PayKey};
 use crate::store::StoreError;
 use crate::worker::ports::{CreateSent, JobStart, JobStore};
@@ -27,6 +28,47 @@ struct Keys {
     result: Option<FinalResult>,
     lock: Option<(String, Instant)>,
     created: Option<CreateSent>,
+    /// The intake's record of the payId (its creation was accepted).
+    record: bool,
+    /// The renewal hash: each part (subscription, renewal, error) with the version of the
+    /// change that last wrote it, and the invoices counted (src/store/renewal.rs).
+    renewal: BTreeMap<&'static str, (u64, RenewalChange)>,
+    paid: std::collections::BTreeSet<String>,
+    /// Every subscription state written, in order (for the check that it never goes back).
+    history: Vec<RenewalChange>,
+}
+
+/// The part of the renewal hash a change writes, as the `APPLY` script names it.
+fn part_of(change: &RenewalChange) -> &'static str {
+    match change {
+        RenewalChange::Subscription { .. } => "sub",
+        RenewalChange::Renewed { .. } => "renewal",
+        RenewalChange::RenewalFailed { .. } => "error",
+    }
+}
+
+/// `APPLY` (src/store/renewal.rs): a part is written only by a newer version; an invoice is
+/// counted once.
+fn apply(keys: &mut Keys, update: &RenewalUpdate) -> Applied {
+    let part = part_of(&update.change);
+    let newer = keys
+        .renewal
+        .get(part)
+        .is_none_or(|(version, _)| update.version > *version);
+    if newer {
+        keys.renewal
+            .insert(part, (update.version, update.change.clone()));
+        if part == "sub" {
+            keys.history.push(update.change.clone());
+        }
+    }
+    let counted = match &update.change {
+        RenewalChange::Renewed { invoice_id, .. } if !invoice_id.is_empty() => {
+            keys.paid.insert(invoice_id.clone())
+        }
+        _ => false,
+    };
+    Applied { newer, counted }
 }
 
 impl Keys {
@@ -117,6 +159,18 @@ impl MemoryStore {
         self.state().lose_answers = calls;
     }
 
+    /// Redis loses everything now (a FLUSHALL, or a failover to an empty replica without
+    /// persistence): results, records, locks, create records, renewal states, customers.
+    pub fn lose_everything(&self) {
+        let mut state = self.state();
+        state.keys.clear();
+        state.customers.clear();
+        state.authorizations.clear();
+        state.price_locks.clear();
+        drop(state);
+        self.trace.note(&self.who, || "all data lost".into());
+    }
+
     /// Every lock is dropped now, as a failover to a replica that had not seen them would.
     pub fn drop_locks(&self) {
         for keys in self.state().keys.values_mut() {
@@ -126,11 +180,37 @@ impl MemoryStore {
     }
 
     /// The stored result (as `autorenew dlq replay` reads it).
-    pub fn result(&self, pay_key: &PayKey) -> Option<FinalResult> {
+    pub fn stored_result(&self, pay_key: &PayKey) -> Option<FinalResult> {
         self.state()
             .keys
             .get(&pay_key.to_string())
             .and_then(|k| k.result.clone())
+    }
+
+    /// Keeps the intake's record of an accepted payId, as its claim does.
+    pub fn keep_record(&self, pay_key: &PayKey) {
+        self.state()
+            .keys
+            .entry(pay_key.to_string())
+            .or_default()
+            .record = true;
+    }
+
+    /// The subscription part of the payId's renewal state, with its version.
+    pub fn renewal(&self, pay_key: &PayKey) -> Option<(u64, RenewalChange)> {
+        self.state()
+            .keys
+            .get(&pay_key.to_string())
+            .and_then(|keys| keys.renewal.get("sub").cloned())
+    }
+
+    /// Every subscription state the payId's renewal hash held, in the order written.
+    pub fn renewal_history(&self, pay_key: &PayKey) -> Vec<RenewalChange> {
+        self.state()
+            .keys
+            .get(&pay_key.to_string())
+            .map(|keys| keys.history.clone())
+            .unwrap_or_default()
     }
 
     /// Keeps an authorization of (`partner`, `pay_id`) for `email`, as the intake does when it
@@ -477,6 +557,89 @@ impl JobStore for MemoryStore {
                 Some(stored) => format!("{token} stored {} {}", stored.status, stored.sub_id),
                 None => format!("{token} lost the lock: failure not stored"),
             },
+        )
+        .boxed()
+    }
+
+    fn result<'a>(
+        &'a self,
+        pay_key: &'a PayKey,
+    ) -> BoxFuture<'a, Result<Option<FinalResult>, StoreError>> {
+        self.call(
+            pay_key,
+            "result",
+            |keys, _| keys.result.clone(),
+            |result| format!("{:?}", result.as_ref().map(|r| &r.status)),
+        )
+        .boxed()
+    }
+
+    fn has_record<'a>(&'a self, pay_key: &'a PayKey) -> BoxFuture<'a, Result<bool, StoreError>> {
+        self.call(
+            pay_key,
+            "record",
+            |keys, _| keys.record,
+            |kept| format!("{kept}"),
+        )
+        .boxed()
+    }
+
+    fn lock<'a>(
+        &'a self,
+        pay_key: &'a PayKey,
+        token: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        self.call(
+            pay_key,
+            "lock",
+            move |keys, now| {
+                let free = keys.holder(now).is_none();
+                if free {
+                    keys.lock = Some((token.to_owned(), now + ttl));
+                }
+                free
+            },
+            move |locked| format!("{token} {locked}"),
+        )
+        .boxed()
+    }
+
+    fn apply_renewal<'a>(
+        &'a self,
+        pay_key: &'a PayKey,
+        update: &'a RenewalUpdate,
+    ) -> BoxFuture<'a, Result<Applied, StoreError>> {
+        self.call(
+            pay_key,
+            "apply_renewal",
+            move |keys, _| apply(keys, update),
+            move |applied| format!("v{} {:?}: {applied:?}", update.version, update.change),
+        )
+        .boxed()
+    }
+
+    fn restore<'a>(
+        &'a self,
+        pay_key: &'a PayKey,
+        result: &'a FinalResult,
+        state: RenewalChange,
+        version: u64,
+    ) -> BoxFuture<'a, Result<FinalResult, StoreError>> {
+        let update = RenewalUpdate {
+            partner_code: pay_key.partner().clone(),
+            version,
+            change: state,
+        };
+        self.call(
+            pay_key,
+            "restore",
+            move |keys, _| {
+                let stands = keys.result.get_or_insert_with(|| result.clone()).clone();
+                apply(keys, &update);
+                stands
+            },
+            |stands| format!("{} {}", stands.status, stands.sub_id),
         )
         .boxed()
     }

@@ -22,7 +22,7 @@
 //! creates are left alone: a decline there ends a job before any create, as `chargeDeclined`
 //! cards already do.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -32,16 +32,23 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::Trace;
+use crate::domain::renewal::STATUS_CANCELED;
 use crate::domain::{FailureCode, FailureDetail};
 use crate::stripe::{
-    Attached, CreatedCustomer, NewCustomer, NewSubscription, PriceSpec, StripeFailure, Subscribed,
+    Attached, CreatedCustomer, FoundSubscription, NewCustomer, NewSubscription, PaymentError,
+    PriceSpec, StripeFailure, Subscribed, SubscriptionState,
 };
 use crate::worker::ports::StripeApi;
+use stripe::StripeError;
 
 /// How long Stripe remembers an idempotency key.
 pub const KEY_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// One way across the network.
 const HOP: Duration = Duration::from_millis(5);
+/// Stripe's clock when the world starts (unix seconds), as the simulation's `VirtualClock`.
+const EPOCH_SECONDS: i64 = 1_800_000_000;
+/// A subscription's period (a month).
+const PERIOD_SECONDS: i64 = 30 * 24 * 3600;
 
 /// What goes wrong, and how often. Set by the simulation as the schedule unfolds.
 #[derive(Debug, Clone, PartialEq)]
@@ -101,6 +108,7 @@ enum Reply {
     Attached(Attached),
     Price(String, String),
     Sub(Subscribed),
+    State(SubscriptionState),
     Refused(FailureDetail),
     ServerError,
     Conflict,
@@ -129,8 +137,39 @@ struct Subscription {
     id: String,
     customer: String,
     pay_id: String,
+    partner: String,
     product: String,
     created: Instant,
+    /// Unix seconds, on Stripe's clock.
+    created_at: i64,
+    status: String,
+    cancel_at_period_end: bool,
+    current_period_end: i64,
+    canceled_at: Option<i64>,
+}
+
+impl Subscription {
+    fn state(&self) -> SubscriptionState {
+        SubscriptionState {
+            id: self.id.clone(),
+            status: self.status.clone(),
+            cancel_at_period_end: self.cancel_at_period_end,
+            current_period_end: Some(self.current_period_end),
+            canceled_at: self.canceled_at,
+            cancellation_reason: self
+                .canceled_at
+                .map(|_| "cancellation_requested".to_owned()),
+        }
+    }
+
+    fn subscribed(&self) -> Subscribed {
+        Subscribed {
+            id: self.id.clone(),
+            status: self.status.clone(),
+            product_id: self.product.clone(),
+            pay_method: "card".into(),
+        }
+    }
 }
 
 /// What the fake counted, for the report.
@@ -157,9 +196,44 @@ struct World {
     counts: StripeCounts,
     /// Faults for the next calls, before any drawn at random.
     script: std::collections::VecDeque<Fault>,
+    /// When the world started, for Stripe's clock.
+    epoch: Instant,
+    /// Events not yet handed to the webhook courier: (id, the Event's JSON).
+    events: Vec<(String, Vec<u8>)>,
 }
 
 impl World {
+    /// Stripe's clock (unix seconds).
+    fn now_seconds(&self) -> i64 {
+        EPOCH_SECONDS
+            + i64::try_from(Instant::now().duration_since(self.epoch).as_secs()).unwrap_or(0)
+    }
+
+    fn subscription(&self, id: &str) -> Option<&Subscription> {
+        self.subscriptions.iter().find(|sub| sub.id == id)
+    }
+
+    fn subscription_mut(&mut self, id: &str) -> Option<&mut Subscription> {
+        self.subscriptions.iter_mut().find(|sub| sub.id == id)
+    }
+
+    /// Records an event about `sub` as Stripe would send it to a webhook endpoint.
+    fn emit(&mut self, kind: &str, sub: &Subscription, previous: Option<serde_json::Value>) {
+        let id = self.id("evt");
+        let created = self.now_seconds();
+        let mut data = serde_json::json!({ "object": subscription_json(sub) });
+        if let Some(previous) = previous {
+            data["previous_attributes"] = previous;
+        }
+        let event = serde_json::json!({
+            "id": id, "object": "event", "api_version": "2026-09-30.endive",
+            "created": created, "data": data, "livemode": false, "pending_webhooks": 1,
+            "request": {"id": null, "idempotency_key": null}, "type": kind,
+        });
+        self.events
+            .push((id, serde_json::to_vec(&event).unwrap_or_default()));
+    }
+
     fn id(&mut self, prefix: &str) -> String {
         self.next_id += 1;
         // Zero-padded so that id order is creation order.
@@ -217,6 +291,8 @@ impl World {
 #[derive(Clone)]
 pub struct MemoryStripe {
     world: Arc<Mutex<World>>,
+    /// Woken when a write ran (it may have recorded events).
+    wrote: Arc<tokio::sync::Notify>,
     who: Arc<str>,
     trace: Trace,
 }
@@ -238,7 +314,10 @@ impl MemoryStripe {
                 in_flight: 0,
                 counts: StripeCounts::default(),
                 script: std::collections::VecDeque::new(),
+                epoch: Instant::now(),
+                events: Vec::new(),
             })),
+            wrote: Arc::new(tokio::sync::Notify::new()),
             who: "stripe".into(),
             trace,
         }
@@ -286,6 +365,36 @@ impl MemoryStripe {
         by_pay_id
     }
 
+    /// Every subscription's state as it stands, by id, with its payId.
+    pub fn states(&self) -> BTreeMap<String, (String, SubscriptionState)> {
+        self.world()
+            .subscriptions
+            .iter()
+            .map(|sub| (sub.id.clone(), (sub.pay_id.clone(), sub.state())))
+            .collect()
+    }
+
+    /// The events recorded since the last call, waiting until there is one.
+    pub async fn next_events(&self) -> Vec<(String, Vec<u8>)> {
+        loop {
+            let events = self.take_events();
+            if !events.is_empty() {
+                return events;
+            }
+            self.wrote.notified().await;
+        }
+    }
+
+    /// Whether events wait for the courier.
+    pub fn has_events(&self) -> bool {
+        !self.world().events.is_empty()
+    }
+
+    /// The events recorded since the last call, for the simulation's webhook courier.
+    pub fn take_events(&self) -> Vec<(String, Vec<u8>)> {
+        std::mem::take(&mut self.world().events)
+    }
+
     /// Requests still being processed server-side.
     pub fn in_flight(&self) -> u32 {
         self.world().in_flight
@@ -316,7 +425,7 @@ impl MemoryStripe {
         tokio::time::sleep(HOP).await;
         let answer = match fault {
             None | Some(Fault::KeyInUse) => answer(&self.world()),
-            Some(fault) => Err(StripeFailure::Transient(format!("{fault:?}"))),
+            Some(fault) => Err(failed_read(fault)),
         };
         tokio::time::sleep(HOP).await;
         self.note(|| format!("{what}: {answer:?}"));
@@ -344,7 +453,12 @@ impl MemoryStripe {
             // Refused at the door: nothing is stored for the key.
             tokio::time::sleep(HOP * 2).await;
             self.note(|| format!("{what} [{key}]: {fault:?}"));
-            return Err(StripeFailure::Transient(format!("{fault:?}")));
+            let status = if fault == Fault::RateLimited {
+                429
+            } else {
+                409
+            };
+            return Err(classified(status, "invalid_request_error", true));
         }
         let (answer, answered) = oneshot::channel();
         self.world().in_flight += 1;
@@ -362,16 +476,16 @@ impl MemoryStripe {
             }
         });
         let reply = match tokio::time::timeout(timeout, answered).await {
-            Err(_) => Err(StripeFailure::Unknown("timed out".into())),
-            Ok(Err(_)) => Err(StripeFailure::Unknown("connection dropped".into())),
-            Ok(Ok(Reply::ServerError)) => Err(StripeFailure::Unknown("500".into())),
-            Ok(Ok(Reply::Conflict)) => Err(StripeFailure::Transient(
-                "409: a request with this key is in progress".into(),
+            Err(_) => Err(StripeFailure::classify(StripeError::Timeout, None, true)),
+            Ok(Err(_)) => Err(StripeFailure::classify(
+                StripeError::ClientError("connection dropped".into()),
+                None,
+                true,
             )),
+            Ok(Ok(Reply::ServerError)) => Err(classified(500, "api_error", true)),
+            Ok(Ok(Reply::Conflict)) => Err(classified(409, "idempotency_error", true)),
             Ok(Ok(Reply::Refused(detail))) => Err(StripeFailure::Permanent(detail)),
-            Ok(Ok(Reply::OtherParameters)) => Err(StripeFailure::Unknown(
-                "400 idempotency_error: the key was used with other parameters".into(),
-            )),
+            Ok(Ok(Reply::OtherParameters)) => Err(classified(400, "idempotency_error", true)),
             Ok(Ok(reply)) => Ok(reply),
         };
         self.note(|| format!("{what} [{key}] client: {reply:?}"));
@@ -435,6 +549,8 @@ impl MemoryStripe {
             }
             reply
         };
+        // A permit is kept if the courier is not waiting yet: no event is missed.
+        self.wrote.notify_one();
         self.note(|| format!("{what} [{key}] server: {reply:?} ({fault:?})"));
         match fault {
             Some(Fault::ServerErrorAfter) => Some(Reply::ServerError),
@@ -461,6 +577,31 @@ fn declined(decline_code: &str) -> Reply {
         stripe_code: Some("card_declined".into()),
         decline_code: Some(decline_code.to_owned()),
     })
+}
+
+/// An error answer of Stripe's, classified by the real gateway's rules
+/// ([`StripeFailure::classify`]), so that the classification runs in the simulation too.
+fn classified(status: u16, kind: &str, write: bool) -> StripeFailure {
+    let json = format!(r#"{{"type":"{kind}","message":"{status} from the twin"}}"#);
+    match miniserde::json::from_str::<stripe::ApiErrors>(&json) {
+        Ok(api) => StripeFailure::classify(StripeError::Stripe(Box::new(api), status), None, write),
+        Err(_) => StripeFailure::Unknown(format!("{status} {kind}: not an ApiErrors")),
+    }
+}
+
+/// A read that met a fault, as the gateway classifies what reached it.
+fn failed_read(fault: Fault) -> StripeFailure {
+    match fault {
+        Fault::ServerErrorBefore | Fault::ServerErrorAfter => classified(500, "api_error", false),
+        Fault::RateLimited => classified(429, "invalid_request_error", false),
+        Fault::KeyInUse => classified(409, "idempotency_error", false),
+        Fault::DropBefore | Fault::DropAfter => StripeFailure::classify(
+            StripeError::ClientError("connection dropped".into()),
+            None,
+            false,
+        ),
+        Fault::Slow => StripeFailure::classify(StripeError::Timeout, None, false),
+    }
 }
 
 fn unexpected(reply: Reply) -> StripeFailure {
@@ -699,12 +840,7 @@ impl StripeApi for MemoryStripe {
                     .iter()
                     .rev()
                     .find(|sub| sub.customer == customer && sub.pay_id == pay_id)
-                    .map(|sub| Subscribed {
-                        id: sub.id.clone(),
-                        status: "active".into(),
-                        product_id: sub.product.clone(),
-                        pay_method: "card".into(),
-                    }))
+                    .map(Subscription::subscribed))
             },
         )
         .boxed()
@@ -719,6 +855,7 @@ impl StripeApi for MemoryStripe {
         let price = new.price.to_owned();
         let method = new.payment_method.to_owned();
         let pay_id = new.metadata.get("payId").cloned().unwrap_or_default();
+        let partner = new.metadata.get("partnerCode").cloned().unwrap_or_default();
         async move {
             let effect: Effect = Box::new(move |world| {
                 if !world.customers.contains_key(&customer) {
@@ -743,19 +880,23 @@ impl StripeApi for MemoryStripe {
                     );
                 };
                 let id = world.id("sub");
-                world.subscriptions.push(Subscription {
-                    id: id.clone(),
+                let now = world.now_seconds();
+                let sub = Subscription {
+                    id,
                     customer,
                     pay_id,
-                    product: product.clone(),
+                    partner,
+                    product,
                     created: Instant::now(),
-                });
-                Reply::Sub(Subscribed {
-                    id,
+                    created_at: now,
                     status: "active".into(),
-                    product_id: product,
-                    pay_method: "card".into(),
-                })
+                    cancel_at_period_end: false,
+                    current_period_end: now + PERIOD_SECONDS,
+                    canceled_at: None,
+                };
+                let reply = Reply::Sub(sub.subscribed());
+                world.subscriptions.push(sub);
+                reply
             });
             let mut params = params(&[
                 ("customer", new.customer),
@@ -777,5 +918,272 @@ impl StripeApi for MemoryStripe {
             }
         }
         .boxed()
+    }
+
+    fn cancel_at_period_end<'a>(
+        &'a self,
+        subscription: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<SubscriptionState, StripeFailure>> {
+        self.cancel(subscription, key, false).boxed()
+    }
+
+    fn cancel_now<'a>(
+        &'a self,
+        subscription: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<SubscriptionState, StripeFailure>> {
+        self.cancel(subscription, key, true).boxed()
+    }
+
+    fn subscription_state<'a>(
+        &'a self,
+        subscription: &'a str,
+    ) -> BoxFuture<'a, Result<SubscriptionState, StripeFailure>> {
+        self.read(format!("retrieve {subscription}"), move |world| {
+            world
+                .subscription(subscription)
+                .map(Subscription::state)
+                .ok_or_else(|| no_such_subscription(subscription))
+        })
+        .boxed()
+    }
+
+    fn subscription_metadata<'a>(
+        &'a self,
+        subscription: &'a str,
+    ) -> BoxFuture<'a, Result<HashMap<String, String>, StripeFailure>> {
+        self.read(format!("metadata of {subscription}"), move |world| {
+            world
+                .subscription(subscription)
+                .map(|sub| {
+                    HashMap::from([
+                        ("payId".to_owned(), sub.pay_id.clone()),
+                        ("partnerCode".to_owned(), sub.partner.clone()),
+                    ])
+                })
+                .ok_or_else(|| no_such_subscription(subscription))
+        })
+        .boxed()
+    }
+
+    fn search_subscription<'a>(
+        &'a self,
+        partner_code: &'a str,
+        pay_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<FoundSubscription>, StripeFailure>> {
+        self.read(format!("search {partner_code}/{pay_id}"), move |world| {
+            // The oldest, as the gateway picks.
+            Ok(world
+                .subscriptions
+                .iter()
+                .filter(|sub| sub.pay_id == pay_id && sub.partner == partner_code)
+                .min_by_key(|sub| sub.created_at)
+                .map(|sub| FoundSubscription {
+                    customer: sub.customer.clone(),
+                    created: sub.created_at,
+                    subscribed: sub.subscribed(),
+                    state: sub.state(),
+                }))
+        })
+        .boxed()
+    }
+
+    fn invoice_payment_error<'a>(
+        &'a self,
+        invoice: &'a str,
+        _payment_intent: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Option<PaymentError>, StripeFailure>> {
+        // The twin makes no renewal invoices yet: no payment carries an error.
+        self.read(format!("invoice payments of {invoice}"), |_| Ok(None))
+            .boxed()
+    }
+}
+
+impl MemoryStripe {
+    /// A cancel under its idempotency key: now (`DELETE /v1/subscriptions/:id`) or at the
+    /// period's end (`cancel_at_period_end=true`). Either on a canceled subscription is refused,
+    /// as Stripe refuses it.
+    async fn cancel(
+        &self,
+        subscription: &str,
+        key: &str,
+        now: bool,
+    ) -> Result<SubscriptionState, StripeFailure> {
+        let id = subscription.to_owned();
+        let effect: Effect = Box::new(move |world| {
+            let at = world.now_seconds();
+            let Some(sub) = world.subscription_mut(&id) else {
+                return refused(
+                    FailureCode::StripeRejected,
+                    "No such subscription",
+                    Some("resource_missing"),
+                );
+            };
+            if sub.status == STATUS_CANCELED {
+                return refused(
+                    FailureCode::StripeRejected,
+                    "This subscription is canceled",
+                    None,
+                );
+            }
+            let was_ending = sub.cancel_at_period_end;
+            if now {
+                sub.status = STATUS_CANCELED.into();
+                sub.canceled_at = Some(at);
+            } else {
+                sub.cancel_at_period_end = true;
+            }
+            let reply = Reply::State(sub.state());
+            let sub = sub.clone();
+            if now {
+                world.emit("customer.subscription.deleted", &sub, None);
+            } else if !was_ending {
+                world.emit(
+                    "customer.subscription.updated",
+                    &sub,
+                    Some(serde_json::json!({ "cancel_at_period_end": false })),
+                );
+            }
+            reply
+        });
+        let (what, params) = if now {
+            (format!("cancel_now {subscription}"), Params::new())
+        } else {
+            (
+                format!("cancel_at_period_end {subscription}"),
+                params(&[("cancel_at_period_end", "true")]),
+            )
+        };
+        match self.write(what, key, params, effect).await? {
+            Reply::State(state) => Ok(state),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+/// A subscription as Stripe renders it (API version basil and later: the period on its item),
+/// with every field async-stripe's `Subscription` reads.
+fn subscription_json(sub: &Subscription) -> serde_json::Value {
+    let start = sub.current_period_end - PERIOD_SECONDS;
+    let price = serde_json::json!({
+        "id": "price_basic", "object": "price", "active": true, "billing_scheme": "per_unit",
+        "created": sub.created_at, "currency": "usd", "custom_unit_amount": null,
+        "livemode": false, "lookup_key": null, "metadata": {}, "nickname": null,
+        "product": sub.product,
+        "recurring": {"interval": "month", "interval_count": 1, "meter": null,
+                      "usage_type": "licensed"},
+        "tax_behavior": "unspecified", "tiers_mode": null, "transform_quantity": null,
+        "type": "recurring", "unit_amount": 999, "unit_amount_decimal": "999",
+    });
+    let plan = serde_json::json!({
+        "id": "price_basic", "object": "plan", "active": true, "amount": 999,
+        "amount_decimal": "999", "billing_scheme": "per_unit", "created": sub.created_at,
+        "currency": "usd", "interval": "month", "interval_count": 1, "livemode": false,
+        "metadata": {}, "meter": null, "nickname": null, "product": sub.product,
+        "tiers_mode": null, "transform_usage": null, "trial_period_days": null,
+        "usage_type": "licensed",
+    });
+    let item = serde_json::json!({
+        "id": format!("si_{}", sub.id), "object": "subscription_item", "billing_thresholds": null,
+        "created": sub.created_at, "current_period_end": sub.current_period_end,
+        "current_period_start": start, "discounts": [], "metadata": {}, "plan": plan,
+        "price": price, "quantity": 1, "subscription": sub.id, "tax_rates": [],
+    });
+    let mut value = serde_json::json!({
+        "id": sub.id, "object": "subscription", "application": null,
+        "application_fee_percent": null,
+        "automatic_tax": {"disabled_reason": null, "enabled": false, "liability": null},
+        "billing_cycle_anchor": start, "billing_cycle_anchor_config": null,
+        "billing_mode": {"type": "classic", "updated_at": null}, "billing_schedules": [],
+        "billing_thresholds": null, "cancel_at": null,
+        "cancel_at_period_end": sub.cancel_at_period_end, "canceled_at": sub.canceled_at,
+        "cancellation_details": {"comment": null, "feedback": null,
+            "reason": sub.canceled_at.map(|_| "cancellation_requested")},
+        "collection_method": "charge_automatically", "created": sub.created_at,
+        "currency": "usd", "customer": sub.customer, "days_until_due": null,
+        "default_payment_method": null, "default_source": null, "default_tax_rates": [],
+        "description": null, "discounts": [],
+        "ended_at": sub.canceled_at,
+    });
+    let more = serde_json::json!({
+        "invoice_settings": {"account_tax_ids": null, "issuer": {"type": "self"}},
+        "items": {"object": "list", "data": [item], "has_more": false, "total_count": 1,
+                  "url": format!("/v1/subscription_items?subscription={}", sub.id)},
+        "latest_invoice": null, "livemode": false,
+        "metadata": {"payId": sub.pay_id, "partnerCode": sub.partner},
+        "next_pending_invoice_item_invoice": null, "on_behalf_of": null,
+        "pause_collection": null,
+        "payment_settings": {"payment_method_options": null, "payment_method_types": null,
+                             "save_default_payment_method": "off"},
+        "pending_invoice_item_interval": null, "pending_setup_intent": null,
+        "pending_update": null, "schedule": null, "start_date": sub.created_at,
+        "status": sub.status, "test_clock": null, "transfer_data": null, "trial_end": null,
+        "trial_settings": {"end_behavior": {"missing_payment_method": "create_invoice"}},
+        "trial_start": null,
+    });
+    if let (serde_json::Value::Object(value), serde_json::Value::Object(more)) = (&mut value, more)
+    {
+        value.extend(more);
+    }
+    value
+}
+
+fn no_such_subscription(id: &str) -> StripeFailure {
+    StripeFailure::Permanent(FailureDetail {
+        code: FailureCode::StripeRejected,
+        message: format!("No such subscription: '{id}'"),
+        stripe_code: Some("resource_missing".into()),
+        decline_code: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subscription() -> Subscription {
+        Subscription {
+            id: "sub_000001".into(),
+            customer: "cus_000001".into(),
+            pay_id: "pay-1".into(),
+            partner: "partner1".into(),
+            product: "prod_basic".into(),
+            created: Instant::now(),
+            created_at: EPOCH_SECONDS,
+            status: STATUS_CANCELED.into(),
+            cancel_at_period_end: true,
+            current_period_end: EPOCH_SECONDS + PERIOD_SECONDS,
+            canceled_at: Some(EPOCH_SECONDS + 5),
+        }
+    }
+
+    #[test]
+    fn the_twin_s_subscription_reads_as_stripe_s_own_type() {
+        let text = subscription_json(&subscription()).to_string();
+        let parsed = miniserde::json::from_str::<stripe_shared::Subscription>(&text);
+        let parsed = parsed.expect("a Subscription async-stripe reads");
+        assert_eq!(
+            parsed.metadata.get("payId").map(String::as_str),
+            Some("pay-1")
+        );
+        assert!(parsed.cancel_at_period_end);
+    }
+
+    #[test]
+    fn the_twin_s_events_read_as_stripe_s_own_type() {
+        let mut world = MemoryStripe::new(1, Duration::from_secs(2), Trace::default());
+        let sub = subscription();
+        {
+            let mut state = world.world();
+            state.emit("customer.subscription.deleted", &sub, None);
+        }
+        let events = world.take_events();
+        assert_eq!(events.len(), 1);
+        let text = String::from_utf8(events[0].1.clone()).expect("UTF-8");
+        let event = miniserde::json::from_str::<stripe_shared::Event>(&text);
+        assert!(event.is_ok(), "{text}");
+        world = world.named("again");
+        assert!(world.take_events().is_empty());
     }
 }

@@ -1,12 +1,13 @@
-//! One job message, start to end, against the ports: decode, take the payId's lock, run the
-//! Stripe steps, and route by the verdict, in an order that survives a crash at any await:
+//! One creation job, start to end, against the ports: take the payId's lock, run the Stripe
+//! steps, and route by their decision, in an order that survives a crash at any await:
 //!
 //! - a final result is stored *and* the lock released in one atomic step, before the event is
 //!   announced and the message acked: a copy that takes the lock next finds the result;
 //! - every copy put on another queue is confirmed before the message is acked;
 //! - a result the partner was promised is announced at least once, with a stable event id.
 //!
-//! The consumer loop (RabbitMQ) and the deterministic simulation both drive [`handle`].
+//! The consumer loop (RabbitMQ) and the deterministic simulation both reach [`handle`] through
+//! [`super::message::handle`].
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::ports::{Clock, Incoming, JobQueue, JobStart, JobStore, Settle, StripeApi, Wait};
+use super::ports::{Clock, Incoming, JobQueue, JobStart, JobStore, Outcome, StripeApi, Wait};
 use super::steps::{self, JobSettings, Made};
 use crate::domain::outcome::STATUS_FAILED;
 use crate::domain::{FailureCode, FailureDetail, FinalResult, Job, PayKey, ResultEvent};
@@ -41,7 +42,7 @@ impl std::fmt::Debug for JobContext {
 }
 
 /// What the steps decided, before any of it is stored or routed.
-pub(super) enum Verdict {
+pub(super) enum Decision {
     /// A subscription exists for the payId.
     Made(Made),
     /// The job ends `failed`: no subscription exists, and none can appear.
@@ -54,59 +55,26 @@ pub(super) enum Verdict {
     HandBack(String),
 }
 
-/// How one message ended, for the consumer's ack and its metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Handled {
-    pub settle: Settle,
-    pub label: &'static str,
-}
-
-impl Handled {
-    pub fn ack(label: &'static str) -> Self {
-        Handled {
-            settle: Settle::Ack,
-            label,
-        }
-    }
-
-    pub fn requeue(label: &'static str) -> Self {
-        Handled {
-            settle: Settle::Requeue,
-            label,
-        }
-    }
-}
-
-/// Handles one message; `token` is this attempt's lock token, unique across workers.
-pub async fn handle(ctx: &JobContext, incoming: &Incoming, token: &str) -> Handled {
-    crate::stripe::calls::counted(handle_counted(ctx, incoming, token)).await
-}
-
-async fn handle_counted(ctx: &JobContext, incoming: &Incoming, token: &str) -> Handled {
-    let job = match Job::decode(&incoming.body) {
-        Ok(job) => job,
-        Err(error) => {
-            tracing::warn!(%error, message_id = incoming.message_id, "a message that is not a job goes to the dead letters");
-            let reason = format!("unparseable: {error}");
-            return match ctx.ports.queue.dead_letter(incoming, &reason).await {
-                Ok(()) => Handled::ack("poison"),
-                Err(_) => Handled::requeue("handed_back"),
-            };
-        }
-    };
+/// Handles one creation job; `token` is this attempt's lock token, unique across workers.
+pub(super) async fn handle(
+    ctx: &JobContext,
+    job: &Job,
+    incoming: &Incoming,
+    token: &str,
+) -> Outcome {
     let store = &ctx.ports.store;
     let pay_key = job.pay_key();
     let created = match store.begin(&pay_key, token, ctx.settings.lock_ttl).await {
         Err(error) => {
             tracing::warn!(pay_id = %job.pay_id, %error, "job handed back");
-            return Handled::requeue("handed_back");
+            return Outcome::hand_back();
         }
         Ok(JobStart::Settled(result)) => {
             // A copy of a finished job (redelivered, republished, replayed): announce again, so
             // a crash between the store and the announcement loses no event.
-            return match announce(ctx, &job, &result).await {
-                Ok(()) => Handled::ack("settled"),
-                Err(()) => Handled::requeue("handed_back"),
+            return match announce(ctx, job, &result).await {
+                Ok(()) => Outcome::ack("settled"),
+                Err(()) => Outcome::hand_back(),
             };
         }
         Ok(JobStart::Busy) => {
@@ -116,8 +84,8 @@ async fn handle_counted(ctx: &JobContext, incoming: &Incoming, token: &str) -> H
                 .delay(Wait::Lock, incoming, incoming.attempt)
                 .await
             {
-                Ok(()) => Handled::ack("locked"),
-                Err(_) => Handled::requeue("handed_back"),
+                Ok(()) => Outcome::ack("locked"),
+                Err(_) => Outcome::hand_back(),
             };
         }
         Ok(JobStart::Locked { created }) => created,
@@ -125,40 +93,34 @@ async fn handle_counted(ctx: &JobContext, incoming: &Incoming, token: &str) -> H
     let locked = async {
         // Handed out this often, the job ends here rather than be dead-lettered by the broker
         // with no result; it runs no step, since the steps are what kept failing.
-        let verdict = if incoming.delivery_count + 1 >= ctx.settings.delivery_limit {
+        let decision = if incoming.delivery_count + 1 >= ctx.settings.delivery_limit {
             if created.is_some() {
-                Verdict::Park("the delivery limit was reached".into())
+                Decision::Park("the delivery limit was reached".into())
             } else {
-                Verdict::Failed(internal("the job reached the broker's delivery limit"))
+                Decision::Failed(internal("the job reached the broker's delivery limit"))
             }
         } else {
-            steps::run(ctx, &job, incoming, token, created).await
+            steps::run(ctx, job, incoming, token, created).await
         };
-        settle(ctx, &job, incoming, token, verdict).await
+        conclude(ctx, job, incoming, token, decision).await
     };
     keep_lock(ctx, &pay_key, token, locked).await
 }
 
 /// What a job whose task panicked ends as: the lock released, and the job `failed` with its own
 /// code, unless a create was sent (then it is parked, and a lookup settles it).
-pub async fn after_panic(ctx: &JobContext, incoming: &Incoming, token: &str) -> Handled {
-    let Ok(job) = Job::decode(&incoming.body) else {
-        return match ctx
-            .ports
-            .queue
-            .dead_letter(incoming, "the job panicked")
-            .await
-        {
-            Ok(()) => Handled::ack("poison"),
-            Err(_) => Handled::requeue("handed_back"),
-        };
+pub(super) async fn after_panic(
+    ctx: &JobContext,
+    job: &Job,
+    incoming: &Incoming,
+    token: &str,
+) -> Outcome {
+    let decision = match ctx.ports.store.created(&job.pay_key()).await {
+        Ok(Some(_)) => Decision::Park("the job panicked after a create was sent".into()),
+        Ok(None) => Decision::Failed(internal("the job panicked")),
+        Err(error) => Decision::HandBack(error.to_string()),
     };
-    let verdict = match ctx.ports.store.created(&job.pay_key()).await {
-        Ok(Some(_)) => Verdict::Park("the job panicked after a create was sent".into()),
-        Ok(None) => Verdict::Failed(internal("the job panicked")),
-        Err(error) => Verdict::HandBack(error.to_string()),
-    };
-    settle(ctx, &job, incoming, token, verdict).await
+    conclude(ctx, job, incoming, token, decision).await
 }
 
 /// Runs `work` while keeping the payId's lock alive (every third of its TTL). In the same task,
@@ -167,14 +129,14 @@ async fn keep_lock(
     ctx: &JobContext,
     pay_key: &PayKey,
     token: &str,
-    work: impl Future<Output = Handled>,
-) -> Handled {
+    work: impl Future<Output = Outcome>,
+) -> Outcome {
     let extend = extend_forever(ctx, pay_key, token);
     tokio::pin!(work);
     tokio::pin!(extend);
     tokio::select! {
         biased;
-        handled = &mut work => handled,
+        outcome = &mut work => outcome,
         never = &mut extend => match never {},
     }
 }
@@ -194,21 +156,21 @@ async fn extend_forever(ctx: &JobContext, pay_key: &PayKey, token: &str) -> Infa
 }
 
 /// Stores, routes and announces what the steps decided, holding the lock until the end.
-async fn settle(
+async fn conclude(
     ctx: &JobContext,
     job: &Job,
     incoming: &Incoming,
     token: &str,
-    verdict: Verdict,
-) -> Handled {
+    decision: Decision,
+) -> Outcome {
     let queue = &ctx.ports.queue;
     let pay_id = job.pay_id.as_str();
-    match verdict {
-        Verdict::Made(made) => {
+    match decision {
+        Decision::Made(made) => {
             let result = succeeded(ctx, job, incoming, made);
             finish(ctx, job, token, &result).await
         }
-        Verdict::Failed(detail) => {
+        Decision::Failed(detail) => {
             // Copy to the dead letters first, for `autorenew dlq replay` once the cause is
             // fixed; a crash after it leaves the job on the queue to be finished again.
             if matches!(
@@ -216,12 +178,13 @@ async fn settle(
                 FailureCode::StripeUnavailable | FailureCode::InternalError
             ) && queue.dead_letter(incoming, &detail.message).await.is_err()
             {
-                return release(ctx, job, token, "handed_back").await;
+                release(ctx, job, token).await;
+                return Outcome::hand_back();
             }
             let result = failed(ctx, job, incoming.attempt, detail);
             finish(ctx, job, token, &result).await
         }
-        Verdict::Retry {
+        Decision::Retry {
             reason,
             create_sent,
         } => {
@@ -261,10 +224,17 @@ async fn settle(
             } else {
                 tracing::warn!(pay_id, reason, "retries spent: the job fails");
                 let detail = unavailable_after(incoming.attempt, &reason);
-                Box::pin(settle(ctx, job, incoming, token, Verdict::Failed(detail))).await
+                Box::pin(conclude(
+                    ctx,
+                    job,
+                    incoming,
+                    token,
+                    Decision::Failed(detail),
+                ))
+                .await
             }
         }
-        Verdict::Park(reason) => {
+        Decision::Park(reason) => {
             tracing::warn!(pay_id, reason, "outcome unknown: parked for reconciliation");
             route(
                 ctx,
@@ -277,26 +247,27 @@ async fn settle(
             )
             .await
         }
-        Verdict::HandBack(reason) => {
+        Decision::HandBack(reason) => {
             tracing::warn!(pay_id, reason, "job handed back");
-            release(ctx, job, token, "handed_back").await
+            release(ctx, job, token).await;
+            Outcome::hand_back()
         }
     }
 }
 
 /// Stores the result and releases the lock in one step, then announces it.
-async fn finish(ctx: &JobContext, job: &Job, token: &str, result: &FinalResult) -> Handled {
+async fn finish(ctx: &JobContext, job: &Job, token: &str, result: &FinalResult) -> Outcome {
     let stored = match ctx.ports.store.finish(&job.pay_key(), token, result).await {
         Ok(Some(stored)) => stored,
         Ok(None) => {
             // The lock was lost: a copy holding it may be creating the subscription, so this
             // failure is not the job's ending. The copy redelivered decides under the lock.
             tracing::warn!(pay_id = %job.pay_id, "lock lost before a failure was stored; handing the job back");
-            return Handled::requeue("lock_lost");
+            return Outcome::requeue("lock_lost");
         }
         Err(error) => {
             tracing::warn!(pay_id = %job.pay_id, %error, "result not stored; handing the job back");
-            return Handled::requeue("handed_back");
+            return Outcome::hand_back();
         }
     };
     let label = if stored.is_failed() {
@@ -313,8 +284,8 @@ async fn finish(ctx: &JobContext, job: &Job, token: &str, result: &FinalResult) 
     );
     // Not announced: the result is stored, so the redelivered copy finds it and announces it.
     match announce(ctx, job, &stored).await {
-        Ok(()) => Handled::ack(label),
-        Err(()) => Handled::requeue("handed_back"),
+        Ok(()) => Outcome::ack(label),
+        Err(()) => Outcome::hand_back(),
     }
 }
 
@@ -327,30 +298,22 @@ async fn route(
     incoming: &Incoming,
     attempt: u32,
     label: &'static str,
-) -> Handled {
-    match ctx.ports.queue.delay(wait, incoming, attempt).await {
-        Ok(()) => release(ctx, job, token, label).await.acked(),
+) -> Outcome {
+    let routed = ctx.ports.queue.delay(wait, incoming, attempt).await;
+    release(ctx, job, token).await;
+    match routed {
+        Ok(()) => Outcome::ack(label),
         Err(error) => {
             tracing::warn!(pay_id = %job.pay_id, %error, "could not route the job; handing it back");
-            release(ctx, job, token, "handed_back").await
+            Outcome::hand_back()
         }
     }
 }
 
-/// Releases the lock (it expires by itself if Redis is away) and hands the message back.
-async fn release(ctx: &JobContext, job: &Job, token: &str, label: &'static str) -> Handled {
+/// Releases the lock; it expires by itself if Redis is away.
+async fn release(ctx: &JobContext, job: &Job, token: &str) {
     if let Err(error) = ctx.ports.store.unlock(&job.pay_key(), token).await {
         tracing::warn!(pay_id = %job.pay_id, %error, "lock not released; it expires by itself");
-    }
-    Handled::requeue(label)
-}
-
-impl Handled {
-    fn acked(self) -> Self {
-        Handled {
-            settle: Settle::Ack,
-            ..self
-        }
     }
 }
 
