@@ -13,6 +13,7 @@ const SERVICE: &[&str] = &[
     "broker",
     "store",
     "stripe",
+    "ports",
     "rebuild",
     "intake",
     "worker",
@@ -27,7 +28,8 @@ fn allowed(part: &str) -> &'static [&'static str] {
         "telemetry" => &["config"],
         "broker" | "store" => &["domain", "config", "telemetry"],
         "stripe" => &["domain", "config", "telemetry", "http_client"],
-        "rebuild" => &["domain", "config", "telemetry", "store", "stripe"],
+        "ports" => &["domain", "config", "telemetry", "broker", "store", "stripe"],
+        "rebuild" => &["domain", "config", "telemetry", "store", "stripe", "ports"],
         "intake" => &[
             "domain",
             "config",
@@ -36,6 +38,7 @@ fn allowed(part: &str) -> &'static [&'static str] {
             "broker",
             "store",
             "stripe",
+            "ports",
             "rebuild",
         ],
         "worker" => &[
@@ -46,6 +49,7 @@ fn allowed(part: &str) -> &'static [&'static str] {
             "broker",
             "store",
             "stripe",
+            "ports",
             "rebuild",
         ],
         "push" => &[

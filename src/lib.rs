@@ -20,6 +20,9 @@
 //!   family), results, locks, rate budgets, each auto-renewal's state.
 //! - [`stripe`]: the Stripe gateway over async-stripe: the calls of a job and of an
 //!   authorization, errors classified.
+//! - [`ports`]: what a job, a cancel and a Stripe event need of the queue, the store, Stripe and
+//!   the clock, one trait each; the adapters above implement them, the worker's in-memory twins
+//!   (`testing`) too.
 //!
 //! The service:
 //! - [`intake`]: the HTTP front door (axum): checks a request (or a Stripe webhook) and takes it
@@ -48,7 +51,7 @@
 //!   (`telemetry` reads `config`, `config` reads `domain`);
 //! - `broker` and `store` use the ground floor; `stripe` uses the ground floor and knows
 //!   nothing of RabbitMQ or Redis;
-//! - `rebuild` uses `store` and `stripe`; `intake` and `worker` use the adapters and `rebuild`,
+//! - `ports` names the adapters' types; `rebuild` uses `ports`, `store` and `stripe`; `intake` and `worker` use the adapters and `rebuild`,
 //!   and never each other; `push` uses `broker` and `store`, never Stripe;
 //! - the commands and tools use whatever they drive; nothing of the service uses them. `run`
 //!   composes intake + worker + the simulator the binary hands it, without either knowing of
@@ -77,6 +80,7 @@ pub mod domain;
 pub mod events;
 pub mod http_client;
 pub mod intake;
+pub mod ports;
 pub mod probe;
 pub mod push;
 pub mod rebuild;

@@ -6,9 +6,9 @@
 use crate::domain::clock::rfc3339;
 use crate::domain::renewal::RenewalChange;
 use crate::domain::{FinalResult, PayKey};
+use crate::ports::{JobStore, StripeApi};
 use crate::store::StoreError;
 use crate::stripe::StripeFailure;
-use crate::worker::ports::{JobStore, StripeApi};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RebuildError {

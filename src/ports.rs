@@ -1,7 +1,8 @@
 //! The ports of the job path: what a job needs of the queue, the store, Stripe and the clock,
 //! one small trait each, named for what the worker does with it. The real adapters
-//! ([`super::adapters`]) sit on lapin, Redis and the Stripe gateway; the in-memory ones
-//! ([`super::memory`]) keep the same rules and drive the deterministic simulation.
+//! (`worker::adapters`) sit on lapin, Redis and the Stripe gateway; the in-memory ones
+//! (`worker::memory`, the `testing` feature) keep the same rules and drive the deterministic
+//! simulation. Below the worker, so that `rebuild`, which the intake uses too, runs on them.
 //!
 //! Trait objects with boxed futures, not generics: the job path is written once, reads like
 //! plain async code, and a boxed call costs nothing next to a network round trip.
