@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# p50/p99 of POST /stripeSubAuthorization (CONTRACT §12) against a running `autorenew run`,
+# p50/p99 of POST /stripeSubAuthorization (docs/partners.md#before-the-request-stripesubauthorization) against a running `autorenew run`,
 # with its simulator's latency set to LATENCY_MS a call, and the Stripe calls it cost (counted
 # by the simulator). Run it with `autorenew run` up (its own prefixes if others share the broker):
 #

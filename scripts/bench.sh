@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The performance figures of docs/performance.md (issue 5), all in one run on this machine, each as a
+# The performance figures of docs/performance.md, all in one run on this machine, each as a
 # ratio against a baseline measured in the same run. Needs RabbitMQ and Redis on localhost (as
 # .ci/run leaves them). Writes the table to stdout and to bench-results.md; a CPU profile of the
 # worker (when `perf` works here) to bench-profile.txt.
@@ -167,7 +167,7 @@ PY
 fi
 
 if [ "$only" = all ] || [ "$only" = calls ] || [ "$only" = calls-count ]; then
-  # 5. Stripe calls per job (issue 13): the simulator's own request counts. A price is made once
+  # 5. Stripe calls per job: the simulator's own request counts. A price is made once
   #    per plan and process start, so each figure is given with and without the price's calls.
   calls_row() { # label target stats.json jobs [extra python]
     python3 - "$@" <<'PY'

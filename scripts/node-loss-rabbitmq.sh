@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Losing a RabbitMQ node under load (issue 12), on a private three-node cluster on this machine
+# Losing a RabbitMQ node under load, on a private three-node cluster on this machine
 # (recipe: ../shared/SERVICES.md; the shared node on 5672 is never touched). The intake and two
 # workers get all three nodes in `amqp.url`; the jobs and retry queues are quorum queues with a
 # member on each node. Under a steady open-loop load:

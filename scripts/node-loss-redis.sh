@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Losing a Redis master under load (issue 12), on a private Redis Cluster of 3 masters and 3
+# Losing a Redis master under load, on a private Redis Cluster of 3 masters and 3
 # replicas on this machine (the shared Redis on 6379 is never touched). The intake and two workers
 # get the masters in `redis.url`; under a steady open-loop load the master that holds the shared
 # Stripe budget key (every job's every call asks it) is killed with kill -9; its replica takes

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The partner push end to end under load (issue 21), one partner: `autorenew run` (intake, worker,
+# The partner push end to end under load, one partner: `autorenew run` (intake, worker,
 # simulator, notifier) pushing to `autorenew receiver`, driven by `autorenew loadgen`. Prints
 # loadgen's report, what the receiver verified, and the notifier's delivery latency (event `time`
 # to 2xx) read from its histogram. Not yet the issue's figures (no baseline, no isolation run):

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A rolling restart under load (issue 12), as Kubernetes does on every deploy: three worker
+# A rolling restart under load, as Kubernetes does on every deploy: three worker
 # processes, the simulator at 200 ms a call, a steady open-loop load; each worker in turn gets
 # SIGTERM, is waited for, and is replaced by a new one. Afterwards every promise is checked and
 # printed: 0 lost, 0 duplicate subscriptions, every job final, the simulator's subscription

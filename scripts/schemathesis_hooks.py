@@ -3,7 +3,7 @@ most generated Stripe webhook deliveries.
 
 The intake refuses an unsigned request before it looks at the payId, so without a sign the
 generated cases would never get past `401 SIGN_INVALID`. This hook gives each request body a
-fresh `tradeTime` and a valid `sign` (CONTRACT §3) for the configured partner, where the
+fresh `tradeTime` and a valid `sign` (docs/partners.md#the-sign) for the configured partner, where the
 generated body has well-formed values for them; a case that breaks those fields on purpose
 (missing, empty, wrong type or format) is sent as generated.
 """
@@ -63,7 +63,7 @@ def is_string(value):
 
 
 def sign_webhook(case, kwargs):
-    """Three deliveries in four get Stripe's signature (CONTRACT §9.1) over the exact bytes sent,
+    """Three deliveries in four get Stripe's signature (docs/partners.md#stripes-webhooks) over the exact bytes sent,
     so the generated events reach the intake's event parsing and enqueueing; the fourth goes
     unsigned, for the 400."""
     if next(COUNTER) % 4 == 0:

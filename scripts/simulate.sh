@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The deterministic simulation of the job path (issue 11): SCHEDULES schedules (default 500),
+# The deterministic simulation of the job path: SCHEDULES schedules (default 500),
 # schedule i with seed SEED+i (default: the binary's base seed). The last line is
 # `simulation: N schedules, V violations`; a violation prints its seed and trace, and
 # `scripts/simulate.sh 1 SEED` replays that schedule exactly.

@@ -1,4 +1,4 @@
-//! The command line: one binary, one subcommand per job (CONTRACT §1). A module of the binary,
+//! The command line: one binary, one subcommand per job (docs/design.md). A module of the binary,
 //! not of the library: `stripe-sim` and `loadgen` take their flags from crates the library cannot
 //! name (docs/design.md, "Crates").
 

@@ -1,4 +1,4 @@
-//! Settings: `config.toml` layered under `AUTORENEW__SECTION__KEY` environment variables (CONTRACT §7).
+//! Settings: `config.toml` layered under `AUTORENEW__SECTION__KEY` environment variables (docs/operations.md#configuration).
 //!
 //! Loading checks every value once, at start-up, and names the offending key, so a bad
 //! deployment stops before it takes a request instead of failing on the first one.
@@ -69,7 +69,7 @@ pub struct Settings {
     pub plans: BTreeMap<String, PlanSettings>,
     #[serde(default)]
     pub log: LogSettings,
-    /// The partner push (CONTRACT §10.2).
+    /// The partner push (docs/operations.md#the-partner-push).
     #[serde(default)]
     pub push: PushSettings,
 }
@@ -256,7 +256,7 @@ pub struct StripeSettings {
     /// Empty: Stripe's own API.
     pub api_base: String,
     /// The publishable key (`pk_…`) that `/stripeSubAuthorization` hands the partner's app,
-    /// for Stripe's SDK to confirm the SetupIntent with (CONTRACT §12). Not a secret.
+    /// for Stripe's SDK to confirm the SetupIntent with (docs/partners.md#before-the-request-stripesubauthorization). Not a secret.
     pub publishable_key: String,
     pub max_requests_per_second: u32,
     /// Speak HTTP/2 to a plain `http://` `api_base` straight away (h2c with prior knowledge),
@@ -315,7 +315,7 @@ pub struct PartnerSettings {
     /// This partner's intake rate (requests/s); unset: `intake.partner_rate_limit_per_second`.
     #[serde(default)]
     pub rate_limit_per_second: Option<u32>,
-    /// Where and how this partner's results are pushed (CONTRACT §10); none: no push.
+    /// Where and how this partner's results are pushed (docs/partners.md#the-push-signed-notifications-to-your-url); none: no push.
     #[serde(default)]
     pub push: Option<PartnerPush>,
 }

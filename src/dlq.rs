@@ -358,7 +358,7 @@ fn describe(delivery: &Delivery) -> DeadLetter {
 }
 
 /// The payId and partner in the metadata of a Stripe event's subscription: on the object for
-/// a subscription's events, under the invoice's parent for an invoice's (CONTRACT §9.2).
+/// a subscription's events, under the invoice's parent for an invoice's (docs/partners.md#the-rest-of-an-auto-renewals-life).
 fn stripe_event_ids(body: &[u8]) -> Option<(String, String)> {
     let event: serde_json::Value = serde_json::from_slice(body).ok()?;
     let object = &event["data"]["object"];

@@ -102,7 +102,7 @@ pub trait JobStore: Send + Sync {
         customer: &'a str,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 
-    /// The customer that `/stripeSubAuthorization` (CONTRACT §12) made for this partner's payId,
+    /// The customer that `/stripeSubAuthorization` (docs/partners.md#before-the-request-stripesubauthorization) made for this partner's payId,
     /// if it was made for this `email`. None by default: a store that keeps no authorizations
     /// sends every job through the customer steps.
     fn authorized_customer<'a>(

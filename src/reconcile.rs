@@ -1,5 +1,5 @@
 //! `autorenew reconcile --since DURATION`: feeds the Stripe events the intake missed (it was down
-//! longer than Stripe retries a delivery) through the same path as a webhook (CONTRACT §9).
+//! longer than Stripe retries a delivery) through the same path as a webhook (docs/partners.md#the-rest-of-an-auto-renewals-life).
 //!
 //! It lists Stripe's events over the window, skips those the store records as taken, and
 //! POSTs each other one, signed with the first configured webhook secret, to the intake's
@@ -25,7 +25,7 @@ use crate::domain::webhook::{SIGNATURE_HEADER, sign};
 use crate::store::Store;
 use crate::stripe::{ClientOptions, StripeHttp};
 
-/// The event types the worker acts on (CONTRACT §9.2); the others are not worth feeding.
+/// The event types the worker acts on (docs/partners.md#the-rest-of-an-auto-renewals-life); the others are not worth feeding.
 pub const EVENT_TYPES: [&str; 4] = [
     "invoice.paid",
     "invoice.payment_failed",

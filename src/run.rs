@@ -117,7 +117,7 @@ pub async fn start(
             listen: args.sim_listen,
             webhook_url: format!("http://{}/stripe/webhook", intake.local_addr()),
             webhook_secret,
-            // The four the worker acts on (CONTRACT §9.2), as one would ask of Stripe.
+            // The four the worker acts on (docs/partners.md#the-rest-of-an-auto-renewals-life), as one would ask of Stripe.
             webhook_events: crate::domain::webhook::ACTED_ON
                 .iter()
                 .map(|kind| (*kind).to_owned())
@@ -140,7 +140,7 @@ pub async fn start(
         None
     };
     let worker = worker::Application::build(&settings).await?;
-    // The push's notifier, when a partner has a push (CONTRACT §10.5).
+    // The push's notifier, when a partner has a push (docs/operations.md#the-partner-push).
     let notifier = if settings.partners.iter().any(|p| p.push.is_some()) {
         Some(push::Application::build(&settings).await?)
     } else {

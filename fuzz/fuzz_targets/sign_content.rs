@@ -1,4 +1,4 @@
-//! `signContent` (CONTRACT §3) for arbitrary key/value pairs: never panics, and is compact JSON
+//! `signContent` (docs/partners.md#the-sign) for arbitrary key/value pairs: never panics, and is compact JSON
 //! that reads back as exactly the pairs without `sign` and empty values, keys in byte order,
 //! non-ASCII raw; a sign made over it verifies, in either hex case, and only for its secret.
 

@@ -1,4 +1,4 @@
-//! The push's queues (CONTRACT §10, docs/design.md "The partner push"): one quorum queue per
+//! The push's queues (docs/partners.md#the-push-signed-notifications-to-your-url, docs/design.md "The partner push"): one quorum queue per
 //! pushing partner, bound to the results exchange for that partner's events, and shared wait
 //! queues for the delayed retries, which dead-letter each message back to its partner's queue.
 //!

@@ -1,4 +1,4 @@
-//! The RabbitMQ topology of CONTRACT §5, under a configurable prefix, declared idempotently.
+//! The RabbitMQ topology of docs/partners.md#events-and-the-broker, under a configurable prefix, declared idempotently.
 
 use std::time::Duration;
 
@@ -47,7 +47,7 @@ impl Topology {
         }
     }
 
-    /// This topology with the push's queues (CONTRACT §10).
+    /// This topology with the push's queues (docs/partners.md#the-push-signed-notifications-to-your-url).
     pub fn with_push(mut self, push: super::push::PushTopology) -> Self {
         self.push = push;
         self

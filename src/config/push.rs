@@ -1,4 +1,4 @@
-//! The push's settings (CONTRACT §10.2): global `[push]` and each partner's `[partners.push]`,
+//! The push's settings (docs/operations.md#the-partner-push): global `[push]` and each partner's `[partners.push]`,
 //! checked at start-up with errors that name the key.
 
 use std::net::{IpAddr, SocketAddr};

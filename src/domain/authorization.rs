@@ -1,4 +1,4 @@
-//! `POST /stripeSubAuthorization` (CONTRACT §12): the request that comes before
+//! `POST /stripeSubAuthorization` (docs/partners.md#before-the-request-stripesubauthorization): the request that comes before
 //! `stripeSubDirectly`, the record the store keeps of the SetupIntent it answered, and the
 //! fixed Stripe idempotency keys it shares with the worker.
 

@@ -1,4 +1,4 @@
-//! `POST /cancelAutoRenewalRecord` (CONTRACT §9.3): the request, parsed, and the cancel job the
+//! `POST /cancelAutoRenewalRecord` (docs/partners.md#post-cancelautorenewalrecord): the request, parsed, and the cancel job the
 //! intake puts on the jobs exchange for a worker.
 
 use std::fmt;

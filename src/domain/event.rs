@@ -1,5 +1,5 @@
 //! The result event: a CloudEvents 1.0 envelope (structured mode) around a job's final result
-//! (CONTRACT §5).
+//! (docs/partners.md#events-and-the-broker).
 
 use serde::{Deserialize, Serialize};
 
@@ -10,7 +10,7 @@ pub const CLOUDEVENTS_CONTENT_TYPE: &str = "application/cloudevents+json";
 pub const TYPE_SUCCEEDED: &str = "autorenew.subscription.succeeded";
 pub const TYPE_FAILED: &str = "autorenew.subscription.failed";
 
-/// What happened later in an auto-renewal's life (CONTRACT §9.2): the middle word of the routing
+/// What happened later in an auto-renewal's life (docs/partners.md#the-rest-of-an-auto-renewals-life): the middle word of the routing
 /// key `subscription.<kind>.<partnerCode>` and the end of the type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LifecycleKind {
@@ -64,7 +64,7 @@ pub mod change_id {
 }
 
 /// A CloudEvent about an auto-renewal after its creation: `data` carries `payId`,
-/// `partnerCode`, `sub_id` and what the kind adds (CONTRACT §9.2).
+/// `partnerCode`, `sub_id` and what the kind adds (docs/partners.md#the-rest-of-an-auto-renewals-life).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LifecycleEvent {
     pub specversion: String,

@@ -91,12 +91,12 @@ impl SignedFields {
         self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
-    /// `signContent` of these fields (CONTRACT §3).
+    /// `signContent` of these fields (docs/partners.md#the-sign).
     pub fn sign_content(&self) -> String {
         sign::sign_content(self.iter())
     }
 
-    /// What makes two requests "the same request" (CONTRACT §4): every non-empty field but `sign`
+    /// What makes two requests "the same request" (docs/partners.md#what-to-do-with-each-answer): every non-empty field but `sign`
     /// and `tradeTime`, which a partner's retry renews. MD5 is enough here: the request is already
     /// signed by the partner, so this only tells a retry from a different request.
     pub fn fingerprint(&self) -> String {

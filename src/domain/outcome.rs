@@ -1,4 +1,4 @@
-//! Where a payId stands: processing, or the final result a worker stored (CONTRACT §4).
+//! Where a payId stands: processing, or the final result a worker stored (docs/partners.md#what-to-do-with-each-answer).
 
 use serde::{Deserialize, Serialize};
 

@@ -1,4 +1,4 @@
-//! The partner push (CONTRACT §10.1): Standard Webhooks 1.0 signing of a result event, the
+//! The partner push (docs/partners.md#what-arrives): Standard Webhooks 1.0 signing of a result event, the
 //! `webhook-id` derived from the CloudEvent `id`, the push secrets, and the event patterns a
 //! partner subscribes with. Pure: the notifier sends, the receiver and the tests verify.
 //!
@@ -17,7 +17,7 @@ pub use signatures::push::{
     webhook_id,
 };
 
-/// The routing-key patterns a partner gets when it names none: every event of §5 and §9.2.
+/// The routing-key patterns a partner gets when it names none: every result and lifecycle event.
 pub const ALL_EVENTS: &str = "subscription.*";
 /// The type of the event `autorenew push test` sends.
 pub const PING_TYPE: &str = "autorenew.ping";
@@ -128,7 +128,7 @@ impl EventHead {
     }
 }
 
-/// Where one event stands with its partner (CONTRACT §10.4).
+/// Where one event stands with its partner (docs/partners.md#your-calls-about-your-pushes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeliveryStatus {
@@ -188,7 +188,7 @@ impl Trigger {
     }
 }
 
-/// One attempt of the log (CONTRACT §10.4).
+/// One attempt of the log (docs/partners.md#your-calls-about-your-pushes).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AttemptRecord {
     /// RFC 3339, when it was sent.

@@ -1,4 +1,4 @@
-//! The partner's calls about its pushes (CONTRACT §10.4): `/queryNotifications`,
+//! The partner's calls about its pushes (docs/partners.md#your-calls-about-your-pushes): `/queryNotifications`,
 //! `/resendNotification`, `/recoverNotifications`. Signed like every call; `tradeType` is any
 //! non-empty string (the endpoint's name by convention), as for `/stripeSubDirectly`.
 

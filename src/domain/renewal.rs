@@ -1,4 +1,4 @@
-//! An auto-renewal's life after its creation (CONTRACT §9): the state the store keeps of it, the
+//! An auto-renewal's life after its creation (docs/partners.md#the-rest-of-an-auto-renewals-life): the state the store keeps of it, the
 //! changes a worker applies to that state, and `POST /queryAutoRenewalRecord`, which reads it.
 
 use serde::{Deserialize, Serialize};

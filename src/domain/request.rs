@@ -1,5 +1,5 @@
 //! The two partner requests, parsed: once a body is a [`SubscriptionRequest`] or a
-//! [`ResultQuery`], every field in it is valid (CONTRACT §2, §4).
+//! [`ResultQuery`], every field in it is valid (docs/partners.md#the-api).
 
 use std::fmt;
 
@@ -254,7 +254,7 @@ pub(crate) fn check_version(fields: &SignedFields) -> Result<(), FieldError> {
     }
 }
 
-/// For the endpoints whose `tradeType` is their own name (§9.3, §9.4).
+/// For the endpoints whose `tradeType` is their own name (the cancel and the query of docs/partners.md).
 pub(crate) fn check_trade_type(fields: &SignedFields, expected: &str) -> Result<(), FieldError> {
     if fields.get("tradeType") == expected {
         Ok(())

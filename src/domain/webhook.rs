@@ -1,4 +1,4 @@
-//! Stripe's webhooks (CONTRACT §9.1): the `Stripe-Signature` check, the few fields of an event
+//! Stripe's webhooks (docs/partners.md#stripes-webhooks): the `Stripe-Signature` check, the few fields of an event
 //! the intake needs, and the message that carries an event to the worker.
 //!
 //! The signature scheme is Stripe's own: the header `t=<unix>,v1=<hex>[,v1=<hex>…]` (other
@@ -17,7 +17,7 @@ use sha2::Sha256;
 /// unix seconds), `stripe_livemode` (bool), `received_at` (RFC 3339, when the intake took it).
 pub const STRIPE_EVENT_MESSAGE_TYPE: &str = "autorenew.stripe_event.v1";
 
-/// The Stripe event types the worker acts on (CONTRACT §9.2): a webhook endpoint needs no others.
+/// The Stripe event types the worker acts on (docs/partners.md#the-rest-of-an-auto-renewals-life): a webhook endpoint needs no others.
 pub const ACTED_ON: &[&str] = &[
     "invoice.paid",
     "invoice.payment_failed",

@@ -1,4 +1,4 @@
-//! `POST /stripeSubAuthorization` (CONTRACT §12): the one route the intake answers from Stripe
+//! `POST /stripeSubAuthorization` (docs/partners.md#before-the-request-stripesubauthorization): the one route the intake answers from Stripe
 //! itself. It finds or creates the customer of (`partnerCode`, `email`) as a job does, creates a
 //! SetupIntent for off-session charges, and answers its client secret, so the partner's app can
 //! collect a card with Stripe's SDK and send the `pm_id` it gets to `/stripeSubDirectly`.
@@ -86,7 +86,7 @@ impl Authorizer {
     }
 }
 
-/// The Stripe budget in Redis that the workers share (CONTRACT §6): an authorization's calls
+/// The Stripe budget in Redis that the workers share (docs/design.md#how-a-request-becomes-a-subscription): an authorization's calls
 /// count against the same rate as the jobs'.
 struct SharedBudget {
     store: Store,
@@ -104,7 +104,7 @@ impl Budget for SharedBudget {
     }
 }
 
-/// The answer: §4's flat fields, and what Stripe's SDK needs to confirm the SetupIntent.
+/// The answer: the flat fields every answer has, and what Stripe's SDK needs to confirm the SetupIntent.
 #[derive(Debug, Serialize)]
 pub struct AuthorizationResponse {
     #[serde(flatten)]

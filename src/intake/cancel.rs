@@ -1,4 +1,4 @@
-//! `POST /cancelAutoRenewalRecord` (CONTRACT §9.3): a cancel becomes a job of its own kind on
+//! `POST /cancelAutoRenewalRecord` (docs/partners.md#post-cancelautorenewalrecord): a cancel becomes a job of its own kind on
 //! the broker, once per payId and `when`; a worker runs it after the creation has ended.
 
 use std::sync::Arc;

@@ -1,5 +1,5 @@
 //! Every way the intake refuses a request, mapped once to an HTTP status, a stable `errorCode`
-//! and a log line (CONTRACT §4).
+//! and a log line (docs/partners.md#what-to-do-with-each-answer).
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};

@@ -1,4 +1,4 @@
-//! The partner's calls about its pushes (CONTRACT §10.4): the attempt log of a payId, one
+//! The partner's calls about its pushes (docs/partners.md#your-calls-about-your-pushes): the attempt log of a payId, one
 //! resend, and the recovery of a window. A resend or a recovery is a message on the partner's
 //! push queue, confirmed by the broker before the answer; the notifier attempts it once.
 
@@ -18,7 +18,7 @@ use crate::domain::FieldError;
 use crate::domain::push::{Notification, Trigger};
 use crate::domain::push_calls::{NotificationQuery, RecoverRequest, ResendRequest};
 
-/// The flat fields of §4 and what the call answers.
+/// The flat fields every answer has, and what the call answers.
 #[derive(Debug, Serialize)]
 pub struct PushCallResponse {
     #[serde(flatten)]

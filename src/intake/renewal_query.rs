@@ -1,4 +1,4 @@
-//! `POST /queryAutoRenewalRecord` (CONTRACT §9.4): where one of the partner's own auto-renewals
+//! `POST /queryAutoRenewalRecord` (docs/partners.md#post-queryautorenewalrecord): where one of the partner's own auto-renewals
 //! stands, kept current by Stripe's webhooks.
 
 use std::sync::Arc;

@@ -102,7 +102,7 @@ impl RenewalRecord {
             .filter(|status| !status.is_empty())
     }
 
-    /// The flat fields of §4 with the payId's current status: the creation's result, with the
+    /// The flat fields every answer has, with the payId's current status: the creation's result, with the
     /// status (and subscription id) the webhooks reported since.
     pub fn current(&self) -> ApiResponse {
         let mut answer = ApiResponse::for_job(self.pay_id.as_str(), self.result.as_ref());
@@ -118,7 +118,7 @@ impl RenewalRecord {
     }
 }
 
-/// The answer of `/queryAutoRenewalRecord`: §4's flat fields and the auto-renewal's own. Every
+/// The answer of `/queryAutoRenewalRecord`: the flat fields every answer has and the auto-renewal's own. Every
 /// field is always present (empty, `false`, `0` or `null` when not known yet).
 #[derive(Debug, Clone, Serialize)]
 pub struct RenewalResponse {

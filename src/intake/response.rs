@@ -1,5 +1,5 @@
 //! The body of every intake answer: the partner documentation's flat fields at top level
-//! (CONTRACT §4), always all present so strict partner parsers never miss one.
+//! (docs/partners.md#what-to-do-with-each-answer), always all present so strict partner parsers never miss one.
 
 use axum::Json;
 use axum::response::{IntoResponse, Response};

@@ -75,7 +75,7 @@ impl SignedBody for RenewalQuery {
     }
 }
 
-/// The push's calls (CONTRACT §10.4).
+/// The push's calls (docs/partners.md#your-calls-about-your-pushes).
 macro_rules! signed_push_call {
     ($($kind:ty),*) => {$(
         impl SignedBody for $kind {

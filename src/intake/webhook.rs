@@ -1,4 +1,4 @@
-//! `POST /stripe/webhook` (CONTRACT §9.1): Stripe's signed event deliveries become messages on
+//! `POST /stripe/webhook` (docs/partners.md#stripes-webhooks): Stripe's signed event deliveries become messages on
 //! the jobs exchange, each event once, and Stripe hears `2xx` only for what the broker confirmed.
 
 use std::sync::Arc;

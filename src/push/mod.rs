@@ -1,4 +1,4 @@
-//! The partner push (CONTRACT §10): `autorenew notifier` delivers every result event of a
+//! The partner push (docs/partners.md#the-push-signed-notifications-to-your-url): `autorenew notifier` delivers every result event of a
 //! partner with a push to its URL, signed (Standard Webhooks), at least once, each partner in
 //! a lane of its own; `autorenew push` and `autorenew receiver` are its tools. Uses the domain,
 //! the broker and the store; never the intake or Stripe. The design: docs/design.md.
@@ -90,7 +90,7 @@ impl Notifier {
     }
 }
 
-/// Refuses a push URL whose host resolves to an address a push may not reach (CONTRACT §10.2:
+/// Refuses a push URL whose host resolves to an address a push may not reach (docs/operations.md#the-partner-push:
 /// at start-up as at each attempt). A name that does not resolve now only warns: the
 /// attempts will tell.
 pub async fn check_destinations(settings: &Settings) -> anyhow::Result<()> {

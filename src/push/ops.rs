@@ -1,4 +1,4 @@
-//! `autorenew push status|enable|test` (CONTRACT §10.5): what an operator needs of the push.
+//! `autorenew push status|enable|test` (docs/operations.md#the-partner-push): what an operator needs of the push.
 
 use anyhow::Context;
 use bytes::Bytes;

@@ -1,4 +1,4 @@
-//! `autorenew receiver` (CONTRACT §10.5): a partner's endpoint for the laptop, the tests and
+//! `autorenew receiver` (docs/operations.md#the-partner-push): a partner's endpoint for the laptop, the tests and
 //! the load generator. `POST /<partner>` checks the signature and the timestamp, counts and
 //! prints what arrives, and answers as that path was told: `PUT /_receiver/behaviour/<partner>`
 //! with `{"status": 503, "delay_ms": 2000, "never": false, "retry_after": "5"}`.

@@ -1,4 +1,4 @@
-//! When a failed attempt is tried again (CONTRACT §10.3): the schedule, ±20 % of jitter, and
+//! When a failed attempt is tried again (docs/design.md#one-delivery): the schedule, ±20 % of jitter, and
 //! a `Retry-After` that asks for longer, capped at the longest delay of the schedule.
 
 use std::time::Duration;

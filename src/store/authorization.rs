@@ -1,4 +1,4 @@
-//! The record of a payId's authorization (CONTRACT §12): the SetupIntent it was answered, so a
+//! The record of a payId's authorization (docs/partners.md#before-the-request-stripesubauthorization): the SetupIntent it was answered, so a
 //! repeat gets the same one and the worker of the creation that follows knows the customer.
 
 use super::{Store, StoreError, with_timeout};

@@ -87,7 +87,7 @@ impl Keys {
         format!("{}:rate:{{{}}}", self.prefix, partner)
     }
 
-    /// A key of a partner's push (CONTRACT §10): its notifications, their attempts and indexes,
+    /// A key of a partner's push (docs/partners.md#the-push-signed-notifications-to-your-url): its notifications, their attempts and indexes,
     /// its breaker. The partner is the hash tag, so a script sees all of them on a cluster.
     pub fn push(&self, partner: &str, rest: &str) -> String {
         format!("{}:push:{{{}}}:{}", self.prefix, partner, rest)

@@ -1,4 +1,4 @@
-//! Redis: the intake's record of every payId (idempotency), its authorization (§12), final results, the workers' payId
+//! Redis: the intake's record of every payId (idempotency), its authorization (`/stripeSubAuthorization`), final results, the workers' payId
 //! locks, the shared rate budgets (Stripe's, and each partner's intake rate), the Stripe events
 //! and cancels taken, and each auto-renewal's state, on one Redis or a Redis Cluster. Knows the domain, never HTTP or Stripe.
 //!

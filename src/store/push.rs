@@ -1,4 +1,4 @@
-//! The push's records (CONTRACT §10.3, §10.4): each event a partner is owed, its attempt log,
+//! The push's records (docs/design.md#one-delivery): each event a partner is owed, its attempt log,
 //! and the partner's breaker and disable switch; every key under the partner's hash tag.
 //!
 //! Per partner, `<prefix>:push:{P}:`…

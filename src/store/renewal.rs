@@ -1,4 +1,4 @@
-//! The state of a payId's auto-renewal (CONTRACT §9.2, §9.4): one hash,
+//! The state of a payId's auto-renewal (docs/partners.md#the-rest-of-an-auto-renewals-life): one hash,
 //! `<prefix>:renewal:{payId}`, written by the workers from Stripe's events, read by
 //! `/queryAutoRenewalRecord`.
 //!

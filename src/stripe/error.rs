@@ -65,7 +65,7 @@ impl StripeFailure {
                     // A bad key or missing permission is the operator's to fix; the job waits.
                     401 | 403 => StripeFailure::Transient(format!("{status}: {message}")),
                     // Stripe says a retry may succeed where the status alone would not: it
-                    // knows (CONTRACT §6).
+                    // knows (docs/design.md#how-a-request-becomes-a-subscription).
                     _ if should_retry == Some(true) => StripeFailure::Transient(format!(
                         "{status} (Stripe-Should-Retry): {message}"
                     )),

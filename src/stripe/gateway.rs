@@ -361,7 +361,7 @@ impl Gateway {
     }
 }
 
-/// A SetupIntent the partner's app confirms with Stripe's SDK (CONTRACT §12).
+/// A SetupIntent the partner's app confirms with Stripe's SDK (docs/partners.md#before-the-request-stripesubauthorization).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SetupIntent {
     pub id: String,

@@ -1,4 +1,4 @@
-//! The Stripe gateway: the calls a job (and an authorization, CONTRACT §12) makes, over async-stripe, each classified into a
+//! The Stripe gateway: the calls a job (and an authorization, docs/partners.md#before-the-request-stripesubauthorization) makes, over async-stripe, each classified into a
 //! [`StripeFailure`] the retry policy can read. Knows nothing of RabbitMQ or Redis: the shared
 //! rate budget comes in as a [`Budget`].
 

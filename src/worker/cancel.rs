@@ -1,4 +1,4 @@
-//! A partner's cancel (CONTRACT §9.3), as the worker carries it out: after the payId's creation
+//! A partner's cancel (docs/partners.md#post-cancelautorenewalrecord), as the worker carries it out: after the payId's creation
 //! has ended, under the payId's lock, with an idempotency key of its own per try; the
 //! new state is stored (never taking it back) and announced as `subscription.updated` or
 //! `subscription.canceled`.

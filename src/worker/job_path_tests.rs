@@ -1,4 +1,5 @@
-//! The job path against the in-memory adapters, one scenario per hole of issue 11; each one
+//! The job path against the in-memory adapters, one scenario per way the exactly-once promise was once found broken
+//! (docs/design.md, the deterministic simulation); each one
 //! fails on the behaviour the issue describes. Paused tokio time: every delay is virtual.
 
 use std::collections::BTreeMap;
@@ -821,7 +822,7 @@ async fn authorized_customer(bench: &Bench, job: &Job, card: &str) -> String {
     customer
 }
 
-/// CONTRACT §12: the authorization made the customer and the app's confirm put the card on
+/// docs/partners.md#before-the-request-stripesubauthorization: the authorization made the customer and the app's confirm put the card on
 /// it, so the job skips the customer steps.
 #[tokio::test(start_paused = true)]
 async fn an_authorized_payid_whose_card_is_on_the_customer_makes_only_the_subscription() {

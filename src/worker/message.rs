@@ -1,6 +1,6 @@
 //! Every message the worker takes, decoded once into one [`Message`] and carried out on the same
-//! ports, ending in one [`Outcome`]: a creation job (CONTRACT §5, [`super::creation`]), a
-//! partner's cancel (§9.3, [`super::cancel`]) or a Stripe event (§9.2,
+//! ports, ending in one [`Outcome`]: a creation job (docs/partners.md#events-and-the-broker, [`super::creation`]), a
+//! partner's cancel ([`super::cancel`]) or a Stripe event (
 //! [`super::stripe_event`]). The AMQP `type` picks the decoder here and nowhere else.
 //!
 //! The consumer loop (RabbitMQ) and the deterministic simulation both drive [`handle`] and

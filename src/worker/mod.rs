@@ -1,4 +1,4 @@
-//! The worker: jobs become Stripe subscriptions and result events (CONTRACT §5, §6). Uses the
+//! The worker: jobs become Stripe subscriptions and result events (docs/partners.md#events-and-the-broker). Uses the
 //! domain, the broker, the store and the Stripe gateway; never the intake.
 
 mod adapters;

@@ -8,7 +8,7 @@
 //! - an outcome that is still unknown when the attempts run out is never reported `failed`: the
 //!   job is parked for reconciliation, where it is only ever looked up.
 //!
-//! A payId authorized before (`/stripeSubAuthorization`, CONTRACT §12) skips the customer
+//! A payId authorized before (`/stripeSubAuthorization`, docs/partners.md#before-the-request-stripesubauthorization) skips the customer
 //! steps on its first create: the authorization made the customer and the partner's app put
 //! the method on it. If Stripe refuses that create because the method is not on the
 //! customer, nothing was made under its key, and the job attaches the method and creates
@@ -244,7 +244,7 @@ async fn create(
     // Customer and price keys move on with the attempts (Stripe replays a stored 500 for a
     // key): a second customer or price is harmless, and both are found by lookup first.
     let suffix = format!("g{}", incoming.attempt.saturating_sub(2));
-    // A payId authorized before (CONTRACT §12) has its customer, and the method the app
+    // A payId authorized before (docs/partners.md#before-the-request-stripesubauthorization) has its customer, and the method the app
     // confirmed is on it: the subscription is the only call. Only for a payId that never had
     // a create sent, so a copy of a job that fell back below never takes this way again.
     let authorized = match created {

@@ -1,5 +1,5 @@
 //! Stripe's events, as the worker makes them into the auto-renewal's state and result events
-//! (CONTRACT §9.2):
+//! (docs/partners.md#the-rest-of-an-auto-renewals-life):
 //!
 //! | Stripe event | announced as |
 //! |---|---|

@@ -1,4 +1,4 @@
-//! The chaos run (issue 6, CONTRACT §6): a private RabbitMQ and Redis, a faulty simulator, the
+//! The chaos run (docs/design.md, "Against the real services"): a private RabbitMQ and Redis, a faulty simulator, the
 //! intake and two worker processes, loadgen driving 2,000 jobs; meanwhile a worker is killed
 //! twice, RabbitMQ restarts once and Redis restarts once. Afterwards every promise is checked
 //! and printed as a table:

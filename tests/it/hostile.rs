@@ -1,5 +1,5 @@
-//! Hostile input against a running intake (issue 6): hundreds of generated malformed, oversized,
-//! mis-encoded, look-alike and mis-signed requests, each with the CONTRACT §4 answer it
+//! Hostile input against a running intake: hundreds of generated malformed, oversized,
+//! mis-encoded, look-alike and mis-signed requests, each with the docs/partners.md#what-to-do-with-each-answer answer it
 //! deserves, sent concurrently in bounded batches with valid requests interleaved. Never a 5xx,
 //! never a non-JSON answer, never a hang; valid traffic is accepted throughout.
 //! `slow` covers what needs raw TCP: slow bodies, slow and oversized headers.

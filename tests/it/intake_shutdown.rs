@@ -1,4 +1,4 @@
-//! The intake's shutdown (issue 12): it stops accepting, answers the requests in hand with their
+//! The intake's shutdown: it stops accepting, answers the requests in hand with their
 //! answers (a `Prefer: wait` ends at once), then closes.
 
 use std::time::{Duration, Instant};

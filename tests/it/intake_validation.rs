@@ -1,4 +1,4 @@
-//! Every validation rule and error code of the intake, over real HTTP (CONTRACT §2-§4).
+//! Every validation rule and error code of the intake, over real HTTP (docs/partners.md#refusals).
 
 use serde_json::{Value, json};
 

@@ -194,7 +194,7 @@ async fn following_counts_results_redeliveries_second_outcomes_and_lost_jobs() {
     app.teardown().await;
 }
 
-/// Consumes jobs and publishes CloudEvents to the results exchange as CONTRACT §5 says.
+/// Consumes jobs and publishes CloudEvents to the results exchange as docs/partners.md#events-and-the-broker says.
 async fn stand_in_worker(prefix: String, stop: CancellationToken) {
     let connection = crate::helpers::shared_amqp().await;
     let channel = connection.create_channel().await.expect("channel");

@@ -1,4 +1,4 @@
-//! `/cancelAutoRenewalRecord` and `/queryAutoRenewalRecord` (CONTRACT §9.3, §9.4), and the
+//! `/cancelAutoRenewalRecord` and `/queryAutoRenewalRecord` (docs/partners.md#post-cancelautorenewalrecord), and the
 //! store's auto-renewal state they read, against the real RabbitMQ and Redis.
 
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! `POST /stripe/webhook` (CONTRACT §9.1) against the real RabbitMQ and Redis: Stripe-signed
+//! `POST /stripe/webhook` (docs/partners.md#stripes-webhooks) against the real RabbitMQ and Redis: Stripe-signed
 //! events in, each event once on the jobs queue, and nothing in for a bad signature.
 
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! The invariants of CONTRACT §6, checked once a schedule has settled.
+//! The invariants of docs/design.md#how-a-request-becomes-a-subscription, checked once a schedule has settled.
 
 use std::collections::BTreeMap;
 

@@ -1,8 +1,8 @@
-//! The deterministic simulation of the job path (issue 11), in the style of FoundationDB's
+//! The deterministic simulation of the job path, in the style of FoundationDB's
 //! simulator: every schedule runs several workers, the intake's republish path and
 //! `dlq replay` against the in-memory queue, store and Stripe, on a paused tokio clock, with
 //! crashes and faults drawn from one seeded random source; then it checks the invariants of
-//! CONTRACT §6. A seed replays its schedule exactly.
+//! docs/design.md#how-a-request-becomes-a-subscription. A seed replays its schedule exactly.
 //!
 //! `SIM_SCHEDULES` (default 500) schedules, schedule i with seed `SIM_SEED` + i (without
 //! `SIM_SEED`, the regression seeds too); `SIM_TRACE=1`

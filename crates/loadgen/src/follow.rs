@@ -1,4 +1,4 @@
-//! Following jobs to their result events, as any subscriber of the service would (CONTRACT §5):
+//! Following jobs to their result events, as any subscriber of the service would (docs/partners.md#events-and-the-broker):
 //! a private queue bound to the results exchange before the first request, CloudEvents matched
 //! to this run's payIds by `subject`.
 
@@ -45,7 +45,7 @@ pub(super) struct Event {
     pub(super) id: String,
     /// `active`, `failed CARD_DECLINED`, …; for a renewal event, its type's last word.
     pub(super) outcome: String,
-    /// An event of the auto-renewal's later life (CONTRACT §9.2), not a job's result.
+    /// An event of the auto-renewal's later life (docs/partners.md#the-rest-of-an-auto-renewals-life), not a job's result.
     pub(super) lifecycle: bool,
 }
 

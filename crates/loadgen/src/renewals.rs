@@ -1,6 +1,6 @@
 //! `loadgen --renewals N`: after the creations, the simulator's clock moves N periods, and every
 //! active subscription of the run must be announced renewed N times (or `renewal_failed`, for a
-//! card that fails its charges) on the results exchange (CONTRACT §9.2, §9.5).
+//! card that fails its charges) on the results exchange (docs/partners.md#the-rest-of-an-auto-renewals-life).
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;

@@ -1,6 +1,6 @@
 //! The signatures the service checks and its clients make: the partner sign ([`partner`],
-//! CONTRACT §3), Stripe's webhook signature ([`stripe`], CONTRACT §9.1) and the partner push's
-//! Standard Webhooks signature ([`push`], CONTRACT §10.1).
+//! docs/partners.md#the-sign), Stripe's webhook signature ([`stripe`], docs/partners.md#stripes-webhooks) and the partner push's
+//! Standard Webhooks signature ([`push`], docs/partners.md#what-arrives).
 //!
 //! A crate of its own so that loadgen, a client of the service, signs as the service checks
 //! without depending on the service crate (docs/design.md, "Crates"). The service re-exports

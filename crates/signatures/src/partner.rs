@@ -1,4 +1,4 @@
-//! The partner sign (CONTRACT §3): `signContent`, its MD5 with the partner's secret, and a
+//! The partner sign (docs/partners.md#the-sign): `signContent`, its MD5 with the partner's secret, and a
 //! constant-time check.
 
 use std::collections::BTreeMap;

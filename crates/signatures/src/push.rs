@@ -1,4 +1,4 @@
-//! The partner push's signature, Standard Webhooks 1.0 (CONTRACT §10.1), as the notifier makes
+//! The partner push's signature, Standard Webhooks 1.0 (docs/partners.md#what-arrives), as the notifier makes
 //! it and a partner checks it: the signed content is `"<webhook-id>.<webhook-timestamp>.<body>"`;
 //! each `v1` signature is the base64 HMAC-SHA256 of it, keyed with the bytes a secret (`whsec_` +
 //! base64) encodes, one per secret, space-separated, so a partner rolls its secret without a
@@ -16,7 +16,7 @@ pub const TIMESTAMP_HEADER: &str = "webhook-timestamp";
 pub const SIGNATURE_HEADER: &str = "webhook-signature";
 /// What every push secret starts with.
 pub const SECRET_PREFIX: &str = "whsec_";
-/// The key bytes a secret may hold (CONTRACT §10.1).
+/// The key bytes a secret may hold (docs/partners.md#what-arrives).
 pub const KEY_BYTES: std::ops::RangeInclusive<usize> = 24..=64;
 
 /// The key of one push secret; it cannot be printed.

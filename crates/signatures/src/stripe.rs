@@ -1,4 +1,4 @@
-//! Stripe's webhook signature as a sender makes it (CONTRACT §9.1): the header
+//! Stripe's webhook signature as a sender makes it (docs/partners.md#stripes-webhooks): the header
 //! `t=<unix>,v1=<hex>`, where `v1` is the hex HMAC-SHA256, keyed with the whole endpoint secret
 //! (`whsec_…`, prefix included), of `"<t>.<raw body>"`. The intake's check of it is
 //! `autorenew::domain::webhook::verify_signature`.

@@ -59,7 +59,7 @@ pub struct FaultConfig {
     /// What a well-formed `pm_…` id that the simulator never saw is: a good card
     /// (`good_card`, so real partner payloads run in the demo) or `missing` (404).
     pub unknown_payment_methods: UnknownPaymentMethods,
-    /// How invoices name their subscription (CONTRACT §9.2: the worker reads both).
+    /// How invoices name their subscription (docs/partners.md#the-rest-of-an-auto-renewals-life: the worker reads both).
     pub invoice_shape: InvoiceShape,
 }
 

@@ -1,5 +1,5 @@
 //! `autorenew stripe-sim`: a stateful Stripe stand-in with Stripe's limits and faults
-//! (CONTRACT §8). The embedded default for `autorenew run`, the tests, the benchmarks and the
+//! (docs/design.md#the-stripe-simulator-autorenew-stripe-sim). The embedded default for `autorenew run`, the tests, the benchmarks and the
 //! fault drills. It shares no code with the Stripe gateway, so a misreading of Stripe in one
 //! cannot hide in the other: this crate does not depend on the service crate (`autorenew`), and
 //! the service library cannot name this one (docs/design.md, "Crates").

@@ -130,7 +130,7 @@ pub struct Invoice {
     pub period_end: i64,
 }
 
-/// A SetupIntent (CONTRACT §12): made for a customer, confirmed by the partner's app with a
+/// A SetupIntent (docs/partners.md#before-the-request-stripesubauthorization): made for a customer, confirmed by the partner's app with a
 /// card, which it then attaches to the customer.
 #[derive(Debug, Clone)]
 pub struct SetupIntent {

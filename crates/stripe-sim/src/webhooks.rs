@@ -1,5 +1,5 @@
 //! Webhook endpoints and the deliveries to them: each event POSTed to every endpoint whose
-//! `enabled_events` names it (or `*`), signed as Stripe signs (CONTRACT §9.1), retried on a
+//! `enabled_events` names it (or `*`), signed as Stripe signs (docs/partners.md#stripes-webhooks), retried on a
 //! non-`2xx` answer or a failed connection on a compressed copy of Stripe's schedule.
 //!
 //! Deliveries run in their own tasks and never hold up an API answer. Like Stripe's, they are

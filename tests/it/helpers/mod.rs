@@ -25,7 +25,7 @@ pub const OTHER_SECRET: &str = "other-secret";
 pub const SHARED_AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const SHARED_REDIS: &str = "redis://127.0.0.1:6379";
 
-/// The fields every answer carries at top level (CONTRACT §4).
+/// The fields every answer carries at top level (docs/partners.md#what-to-do-with-each-answer).
 pub const FLAT_FIELDS: &[&str] = &[
     "operateCode",
     "message",

@@ -1,4 +1,4 @@
-//! The partner's calls about its pushes (CONTRACT §10.4), over HTTP against an intake, with a
+//! The partner's calls about its pushes (docs/partners.md#your-calls-about-your-pushes), over HTTP against an intake, with a
 //! notifier pushing to the test receiver.
 
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! The push's configuration (CONTRACT §10.2): defaults, and a bad value names its key.
+//! The push's configuration (docs/operations.md#the-partner-push): defaults, and a bad value names its key.
 
 use std::collections::HashMap;
 

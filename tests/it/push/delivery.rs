@@ -1,4 +1,4 @@
-//! The notifier against real RabbitMQ, Redis and a receiver over HTTP (CONTRACT §10.1, §10.3).
+//! The notifier against real RabbitMQ, Redis and a receiver over HTTP (docs/partners.md#what-arrives).
 
 use std::collections::HashSet;
 use std::time::Duration;

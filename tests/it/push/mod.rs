@@ -1,4 +1,4 @@
-//! The partner push (CONTRACT §10): configuration, signing, delivery, the partner calls.
+//! The partner push (docs/partners.md#the-push-signed-notifications-to-your-url): configuration, signing, delivery, the partner calls.
 
 pub mod bed;
 mod calls;

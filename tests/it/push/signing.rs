@@ -1,4 +1,4 @@
-//! Our push signature, checked by the Standard Webhooks reference library (CONTRACT §10.1): a
+//! Our push signature, checked by the Standard Webhooks reference library (docs/partners.md#what-arrives): a
 //! receiver that is not ours verifies it unchanged, with each of a partner's secrets.
 
 use autorenew::domain::push::{self, PushSecret};

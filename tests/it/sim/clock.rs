@@ -1,4 +1,4 @@
-//! The simulator's clock (`POST /_sim/advance`, CONTRACT §9.5): renewals charged to the
+//! The simulator's clock (`POST /_sim/advance`, docs/design.md#the-simulators-clock-events-and-webhooks): renewals charged to the
 //! default payment method, failed charges retried and at last canceled, cancellations at
 //! period end and at once, the two invoice shapes, and the events that tell of each — every
 //! Stripe object parsed with async-stripe's own types.

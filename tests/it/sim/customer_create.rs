@@ -1,4 +1,4 @@
-//! Issue 13's Stripe behaviours: a customer created with its payment method (attached there,
+//! The Stripe behaviours the worker's calls per job rest on: a customer created with its payment method (attached there,
 //! declined there), HTTP Basic auth, and the per-route counts the benchmarks read.
 
 use serde_json::json;

@@ -1,4 +1,4 @@
-//! SetupIntents (CONTRACT §12): created under the secret key, confirmed under the publishable
+//! SetupIntents (docs/partners.md#before-the-request-stripesubauthorization): created under the secret key, confirmed under the publishable
 //! key with the client secret as Stripe.js sends it; every answer parses with async-stripe's
 //! own types.
 

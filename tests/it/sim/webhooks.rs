@@ -1,4 +1,4 @@
-//! Webhook endpoints and deliveries (CONTRACT §9.5): made over the API or at start, each
+//! Webhook endpoints and deliveries (docs/design.md#the-simulators-clock-events-and-webhooks): made over the API or at start, each
 //! event POSTed to the endpoints that want it, signed as Stripe signs, retried on a non-2xx
 //! answer, given up after the configured tries.
 

@@ -1,4 +1,4 @@
-//! `POST /stripeSubAuthorization` (CONTRACT §12) end to end: the intake calls the simulator
+//! `POST /stripeSubAuthorization` (docs/partners.md#before-the-request-stripesubauthorization) end to end: the intake calls the simulator
 //! through the real gateway, the app's confirm goes to the simulator under the publishable
 //! key, and the creation that follows costs one Stripe call. Calls are counted by the
 //! simulator itself.

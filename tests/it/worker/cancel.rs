@@ -1,4 +1,4 @@
-//! A partner's cancel (CONTRACT §9.3), carried out by the worker: Stripe told, the state
+//! A partner's cancel (docs/partners.md#post-cancelautorenewalrecord), carried out by the worker: Stripe told, the state
 //! stored, the change announced.
 
 use std::time::Duration;

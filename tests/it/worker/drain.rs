@@ -1,4 +1,4 @@
-//! A worker told to stop (issue 12): unready at once, then it finishes its jobs in hand itself.
+//! A worker told to stop: unready at once, then it finishes its jobs in hand itself.
 
 use std::time::Duration;
 

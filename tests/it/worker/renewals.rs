@@ -1,4 +1,4 @@
-//! An auto-renewal's whole life (CONTRACT §9): created, renewed by the simulator's clock, a
+//! An auto-renewal's whole life (docs/partners.md#the-rest-of-an-auto-renewals-life): created, renewed by the simulator's clock, a
 //! failed charge, canceled; Stripe's events come in signed through the intake's webhook, and
 //! the worker announces each and keeps the state the query answers.
 

@@ -1,4 +1,4 @@
-//! SetupIntents (CONTRACT §12): create and retrieve under the secret key; retrieve and
+//! SetupIntents (docs/partners.md#before-the-request-stripesubauthorization): create and retrieve under the secret key; retrieve and
 //! confirm also under the publishable key with the client secret, as Stripe.js and the
 //! mobile SDKs call them (`api.rs` lets a publishable key reach these two only, and only with
 //! a `client_secret`).

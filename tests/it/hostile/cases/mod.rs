@@ -1,5 +1,5 @@
-//! The hostile cases, generated: each is a request as bytes on the wire and the answer CONTRACT
-//! §4 says it deserves. Built programmatically (every field × bad values, every truncation
+//! The hostile cases, generated: each is a request as bytes on the wire and the answer
+//! docs/partners.md#refusals says it deserves. Built programmatically (every field × bad values, every truncation
 //! point, nesting depths, sizes around the limit, each control character, look-alike keys, …)
 //! so that a new field or rule is covered by adding it to one list.
 
@@ -251,7 +251,7 @@ pub fn all(limit: usize, skew_ms: u64, ours: &str, theirs: &str) -> Vec<Case> {
 }
 
 /// The second round, over requests the first accepted (`accepted` = their exact bodies):
-/// replays, retries and conflicts (CONTRACT §4's idempotency).
+/// replays, retries and conflicts (docs/partners.md#what-to-do-with-each-answer's idempotency).
 pub fn replays(accepted: &[Vec<u8>]) -> Vec<Case> {
     let mut out = Vec::new();
     for (index, body) in accepted.iter().enumerate() {
