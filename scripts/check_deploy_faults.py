@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import check_deploy  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-COPIED = ["deploy", "src", "benches", "Cargo.toml", "Cargo.lock", "config.toml"]
+COPIED = ["deploy", "src", "crates", "benches", "Cargo.toml", "Cargo.lock", "config.toml"]
 
 WORKER = "deploy/k8s/base/worker.yaml"
 INTAKE = "deploy/k8s/base/intake.yaml"
