@@ -54,6 +54,35 @@ KUSTOMIZATIONS = [K8S / "base", K8S / "overlays" / "example"]
 QUIET = False
 
 
+def check_jobs_trigger(label, metadata, prefix):
+    """The worker scales on every queue jobs are worked from, summed: the shared jobs queue,
+    each partner's lane and the expired jobs; never on the dead letters or the delay queues
+    (jobs there are not ready to work)."""
+    work = [f"{prefix}.jobs", f"{prefix}.jobs.partner.P000818", f"{prefix}.jobs.expired"]
+    idle = [f"{prefix}.dead", f"{prefix}.delay.10s", f"{prefix}.jobsx", f"x{prefix}.jobs"]
+    name = metadata.get("queueName", "")
+    if metadata.get("useRegex") != "true":
+        fail(f"{label} ScaledObject: watches {name} alone, the jobs wait in {prefix}.jobs and the partners' lanes "
+             f"{prefix}.jobs.partner.<code> (useRegex \"true\" with operation sum)")
+        return
+    if metadata.get("protocol") != "http":
+        fail(f"{label} ScaledObject: useRegex needs protocol http (the management API); it has {metadata.get('protocol')}")
+    if metadata.get("operation") != "sum":
+        fail(f"{label} ScaledObject: operation {metadata.get('operation')}: the lanes' depths must be summed (sum)")
+    try:
+        pattern = re.compile(name)
+    except re.error as error:
+        fail(f"{label} ScaledObject: queueName {name} is not a regular expression: {error}")
+        return
+    missed = [q for q in work if not pattern.fullmatch(q)]
+    extra = [q for q in idle if pattern.fullmatch(q)]
+    if missed or extra:
+        fail(f"{label} ScaledObject: queueName {name} misses {missed} or takes {extra}; the jobs queues are "
+             f"{prefix}.jobs, {prefix}.jobs.partner.<code> and {prefix}.jobs.expired")
+    else:
+        ok(f"{label} ScaledObject scales on the sum of {prefix}.jobs and its lanes (amqp.prefix)")
+
+
 def set_root(root: Path) -> None:
     """Checks another copy of the repository (the planted-fault test runs on copies)."""
     global ROOT, DEPLOY, K8S, KUSTOMIZATIONS
@@ -382,11 +411,7 @@ def check_references(label: str, docs: list[dict]) -> None:
                 if not ({"host", "hostFromEnv"} & set(metadata)) and "host" not in provided:
                     fail(f"{so_name}: the rabbitmq trigger has no broker address: no metadata host/hostFromEnv and no authenticationRef giving `host`")
             if trigger["type"] == "rabbitmq":
-                expected = f"{config['amqp']['prefix']}.jobs"
-                if trigger["metadata"].get("queueName") != expected:
-                    fail(f"{label} ScaledObject: watches {trigger['metadata'].get('queueName')}, the jobs queue is {expected}")
-                else:
-                    ok(f"{label} ScaledObject scales on {expected} (amqp.prefix)")
+                check_jobs_trigger(label, trigger["metadata"], config["amqp"]["prefix"])
 
     drain = config.get("worker", {}).get("drain_timeout_secs", 20)
     stripe_call = config.get("stripe", {}).get("request_timeout_ms", 10000) / 1000

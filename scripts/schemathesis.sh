@@ -65,10 +65,11 @@ prefix = os.environ["PREFIX"]
 try:
     connection = pika.BlockingConnection(pika.URLParameters(os.environ["AMQP_URL"]))
     channel = connection.channel()
-    queues = ["jobs", "dead", "retry.locked", "retry.10s", "retry.1m", "retry.10m", "retry.1h"]
+    queues = ["jobs", "jobs.expired", "dead", "delay.locked", "delay.reconcile", "delay.10s", "delay.1m",
+              "delay.10m", "delay.1h", "jobs.partner.P000818"]
     for name in queues:
         channel.queue_delete(f"{prefix}.{name}")
-    for name in ["jobs", "dead", "results"]:
+    for name in ["jobs.partners", "jobs", "dead", "results"]:
         channel.exchange_delete(f"{prefix}.{name}")
     connection.close()
 except Exception as error:  # cleanup is best effort; say what was left behind

@@ -318,6 +318,15 @@ pub struct PartnerSettings {
     /// Where and how this partner's results are pushed (docs/partners.md#the-push-signed-notifications-to-your-url); none: no push.
     #[serde(default)]
     pub push: Option<PartnerPush>,
+    /// This partner's share of Stripe's rate while other partners' jobs wait too (1 to
+    /// 1000, default 1): partners with jobs waiting share the calls in proportion to their
+    /// weights; a partner alone takes them all (docs/design.md, "Partners served in turn").
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
 }
 
 impl PartnerSettings {
@@ -331,6 +340,7 @@ impl PartnerSettings {
             allow_empty_secret: false,
             rate_limit_per_second: None,
             push: None,
+            weight: default_weight(),
         }
     }
 
@@ -606,6 +616,19 @@ impl Settings {
             let key = format!("partners[{index}]");
             if partner.code.trim().is_empty() {
                 return Err(invalid(format!("{key}.code"), "must not be empty"));
+            }
+            // The code names the partner's queue, and a request can only carry such a code.
+            if crate::domain::request::PartnerCode::parse(&partner.code).is_err() {
+                return Err(invalid(
+                    format!("{key}.code"),
+                    "must be at most 64 of A-Z a-z 0-9 _ -",
+                ));
+            }
+            if !(1..=1000).contains(&partner.weight) {
+                return Err(invalid(
+                    format!("{key}.weight"),
+                    "must be between 1 and 1000",
+                ));
             }
             if !seen.insert(partner.code.as_str()) {
                 return Err(invalid(

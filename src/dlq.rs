@@ -224,13 +224,17 @@ pub async fn replay(
         if !select.matches(&letter) {
             continue;
         }
-        let kind = JobHeaders(&delivery.properties).kind();
+        let headers = JobHeaders(&delivery.properties);
+        let (kind, partner) = (headers.kind(), headers.partner());
         let message = JobMessage {
             kind: &kind,
             body: &delivery.data,
             message_id: &letter.message_id,
             attempt: 1,
             parked: false,
+            // Back into the partner's lane; a letter from before the lanes has none and goes
+            // to the shared queue, as it would have then.
+            partner: partner.as_deref(),
         };
         broker
             .publish_job(message, Destination::Jobs, Duration::from_secs(5))

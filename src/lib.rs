@@ -20,6 +20,8 @@
 //!   family), results, locks, rate budgets, each auto-renewal's state.
 //! - [`stripe`]: the Stripe gateway over async-stripe: the calls of a job and of an
 //!   authorization, errors classified.
+//! - [`budget`]: Stripe's request rate for the whole deployment, kept in Redis, shared between
+//!   the partners by weight: the gateway's budget, for workers and intake alike.
 //! - [`ports`]: what a job, a cancel and a Stripe event need of the queue, the store, Stripe and
 //!   the clock, one trait each; the adapters above implement them, the worker's in-memory twins
 //!   (`testing`) too.
@@ -51,7 +53,7 @@
 //!   (`telemetry` reads `config`, `config` reads `domain`);
 //! - `broker` and `store` use the ground floor; `stripe` uses the ground floor and knows
 //!   nothing of RabbitMQ or Redis;
-//! - `ports` names the adapters' types; `rebuild` uses `ports`, `store` and `stripe`; `intake` and `worker` use the adapters and `rebuild`,
+//! - `budget` joins `store` to `stripe`'s budget; `ports` names the adapters' types; `rebuild` uses `ports`, `store` and `stripe`; `intake` and `worker` use the adapters and `rebuild`,
 //!   and never each other; `push` uses `broker` and `store`, never Stripe;
 //! - the commands and tools use whatever they drive; nothing of the service uses them. `run`
 //!   composes intake + worker + the simulator the binary hands it, without either knowing of
@@ -74,6 +76,7 @@ extern crate self as stripe_sim;
 pub use accept;
 
 pub mod broker;
+pub mod budget;
 pub mod config;
 pub mod dlq;
 pub mod domain;

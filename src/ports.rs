@@ -207,6 +207,9 @@ pub struct Incoming {
     /// How often the broker has handed this message out and had it returned
     /// (`x-delivery-count` of quorum queues; 0 on the first delivery).
     pub delivery_count: u32,
+    /// The partner whose lane it travels in, kept on every copy; none for a Stripe event and a
+    /// job published before the lanes.
+    pub partner: Option<String>,
 }
 
 /// The queue's part of the job path (RabbitMQ in production). Every call returns once the

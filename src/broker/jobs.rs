@@ -8,6 +8,7 @@ use std::time::Duration;
 use lapin::BasicProperties;
 use lapin::types::AMQPValue;
 
+use super::topology::PARTNER_HEADER;
 use super::{Broker, BrokerError, JOB_ROUTING_KEY, Message};
 use crate::domain::job::JOB_MESSAGE_TYPE;
 use crate::domain::webhook::EventSummary;
@@ -24,7 +25,7 @@ const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 /// Where a job message goes.
 #[derive(Debug, Clone, Copy)]
 pub enum Destination<'a> {
-    /// The jobs exchange, to be worked on now.
+    /// The partner's lane (the shared jobs queue for a job of no partner), to be worked on now.
     Jobs,
     /// A queue of the topology (a delayed-retry, lock-retry or reconciliation queue), straight
     /// through the default exchange.
@@ -43,6 +44,9 @@ pub struct JobMessage<'a> {
     pub message_id: &'a str,
     pub attempt: u32,
     pub parked: bool,
+    /// The partner whose lane the job travels in; none for a Stripe event, which has no
+    /// partner until the worker finds its subscription.
+    pub partner: Option<&'a str>,
 }
 
 impl Broker {
@@ -70,10 +74,18 @@ impl Broker {
         if job.parked {
             headers.push((PARKED_HEADER, AMQPValue::Boolean(true)));
         }
-        let jobs = self.topology().jobs();
+        // Every copy carries its partner: a delayed one comes back into the lane through it,
+        // and a dead letter replayed goes back to it.
+        if let Some(partner) = job.partner {
+            headers.push((
+                PARTNER_HEADER,
+                AMQPValue::LongString(partner.as_bytes().to_vec().into()),
+            ));
+        }
+        let lanes = self.topology().lanes_exchange();
         let dead = self.topology().dead();
         let (exchange, routing_key) = match destination {
-            Destination::Jobs => (jobs.as_str(), JOB_ROUTING_KEY),
+            Destination::Jobs => (lanes.as_str(), JOB_ROUTING_KEY),
             Destination::Queue(queue) => ("", queue),
             Destination::Dead { reason } => {
                 let reason = AMQPValue::LongString(reason.as_bytes().to_vec().into());
@@ -155,6 +167,17 @@ impl JobHeaders<'_> {
             .map_or_else(|| JOB_MESSAGE_TYPE.to_owned(), |kind| kind.to_string())
     }
 
+    /// The partner whose lane the job travels in; none on a Stripe event and on a job
+    /// published before the lanes.
+    pub fn partner(&self) -> Option<String> {
+        match self.value(PARTNER_HEADER)? {
+            AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+            AMQPValue::ShortString(s) => Some(s.to_string()),
+            _ => None,
+        }
+        .filter(|partner| !partner.is_empty())
+    }
+
     pub fn message_id(&self) -> String {
         self.0
             .message_id()
@@ -202,6 +225,7 @@ mod tests {
         assert_eq!(headers.delivery_count(), 0);
         assert!(!headers.parked());
         assert_eq!(headers.death_reason(), None);
+        assert_eq!(headers.partner(), None);
     }
 
     #[test]
@@ -210,8 +234,10 @@ mod tests {
             (ATTEMPT_HEADER, AMQPValue::LongLongInt(3)),
             (DELIVERY_COUNT_HEADER, AMQPValue::LongInt(7)),
             (PARKED_HEADER, AMQPValue::Boolean(true)),
+            (PARTNER_HEADER, AMQPValue::ShortString("P000818".into())),
         ]);
         let headers = JobHeaders(&properties);
+        assert_eq!(headers.partner().as_deref(), Some("P000818"));
 
         assert_eq!(headers.attempt(), 3);
         assert_eq!(headers.delivery_count(), 7);

@@ -1,4 +1,14 @@
 //! The RabbitMQ topology of docs/partners.md#events-and-the-broker, under a configurable prefix, declared idempotently.
+//!
+//! Jobs travel in lanes: a quorum queue per configured partner, and the shared jobs queue for
+//! what has no partner of its own (Stripe's events, a partner the workers do not know yet, and
+//! jobs published by a release before the lanes). Every worker consumes every lane, each under
+//! its own prefetch, so one partner's backlog never stands in front of another's job
+//! (docs/design.md, "Partners served in turn"). A job enters its lane through the headers
+//! exchange `<prefix>.jobs.partners`, which routes on [`PARTNER_HEADER`]; what matches no
+//! partner's queue falls through its alternate exchange, the jobs exchange, into the shared
+//! queue, so no job is refused or lost for want of a lane. The delay queues dead-letter into
+//! the same headers exchange: a retry or lock-wait comes back to its own partner's lane.
 
 use std::time::Duration;
 
@@ -8,8 +18,13 @@ use lapin::{Channel, ExchangeKind};
 
 use crate::config::Settings;
 
-/// The routing key jobs travel under, on the jobs exchange and back from the retry queues.
+/// The routing key jobs travel under: the shared queue's binding on the jobs exchange, and so
+/// the key a job falls through to it with when no partner's lane takes it.
 pub const JOB_ROUTING_KEY: &str = "job";
+
+/// Names a job's partner; the lanes exchange routes on it. Not `x-`: a headers exchange
+/// ignores `x-` headers when it matches. Absent on a job of no partner (a Stripe event).
+pub const PARTNER_HEADER: &str = "autorenew-job-partner";
 
 /// The routing key under which the jobs queue dead-letters a job past its delivery limit, into
 /// the expired-jobs queue, where a worker still ends it with a result.
@@ -27,6 +42,8 @@ pub struct Topology {
     retry_delays: Vec<Duration>,
     lock_delay: Duration,
     reconcile_delay: Duration,
+    /// The partners with a lane of their own: the configuration's partners.
+    partners: Vec<String>,
     /// The partner push's queues (see `push.rs`).
     push: super::push::PushTopology,
 }
@@ -43,8 +60,20 @@ impl Topology {
             retry_delays,
             lock_delay,
             reconcile_delay,
+            partners: Vec::new(),
             push: super::push::PushTopology::default(),
         }
+    }
+
+    /// This topology with a lane for each of `partners`.
+    pub fn with_partners(mut self, partners: impl IntoIterator<Item = String>) -> Self {
+        self.partners = partners.into_iter().collect();
+        self
+    }
+
+    /// The partners with a lane of their own.
+    pub fn partners(&self) -> &[String] {
+        &self.partners
     }
 
     /// This topology with the push's queues (docs/partners.md#the-push-signed-notifications-to-your-url).
@@ -71,6 +100,7 @@ impl Topology {
             millis(settings.worker.lock_retry_delay_ms),
             millis(settings.amqp.reconcile_delay_ms),
         )
+        .with_partners(settings.partners.iter().map(|p| p.code.clone()))
         // Every process declares the push queues: an event published before any notifier ran
         // still waits for its partner.
         .with_push(super::push::PushTopology::from_settings(settings))
@@ -85,14 +115,39 @@ impl Topology {
             self.lock_retry_queue(),
             self.reconcile_queue(),
         ];
+        queues.extend(self.lanes());
         queues.extend(self.retry_queues().into_iter().map(|(_, name)| name));
         queues.extend(self.push_queues());
         queues
     }
 
+    /// Every queue a job may wait in to be worked on: the shared jobs queue, the partners'
+    /// lanes and the expired jobs. Autoscaling and alerts read their depth together.
+    pub fn work_queues(&self) -> Vec<String> {
+        let mut queues = vec![self.jobs()];
+        queues.extend(self.lanes());
+        queues.push(self.expired());
+        queues
+    }
+
+    /// The partners' lanes.
+    pub fn lanes(&self) -> Vec<String> {
+        self.partners.iter().map(|p| self.lane(p)).collect()
+    }
+
+    /// A partner's lane, e.g. `autorenew.jobs.partner.P000818`.
+    pub fn lane(&self, partner: &str) -> String {
+        format!("{}.jobs.partner.{partner}", self.prefix)
+    }
+
+    /// The headers exchange that puts a job into its partner's lane.
+    pub fn lanes_exchange(&self) -> String {
+        format!("{}.jobs.partners", self.prefix)
+    }
+
     /// Where a job parked for reconciliation waits before it is looked up again.
     pub fn reconcile_queue(&self) -> String {
-        format!("{}.retry.reconcile", self.prefix)
+        format!("{}.delay.reconcile", self.prefix)
     }
 
     /// Where the broker puts jobs past their delivery limit; workers consume it too.
@@ -106,7 +161,7 @@ impl Topology {
 
     /// Where a job waits while another worker holds its payId's lock; it spends no attempt.
     pub fn lock_retry_queue(&self) -> String {
-        format!("{}.retry.locked", self.prefix)
+        format!("{}.delay.locked", self.prefix)
     }
 
     /// The delays of the delayed-retry queues, shortest first.
@@ -137,9 +192,14 @@ impl Topology {
             .collect()
     }
 
-    /// The retry queue for `delay`, e.g. `autorenew.retry.10s`.
+    /// The retry queue for `delay`, e.g. `autorenew.delay.10s`.
+    ///
+    /// Not `retry.…`: the queues of that name, from a release before the lanes, dead-letter
+    /// every job into the shared queue, and a queue's arguments cannot change once declared.
+    /// They are no longer declared; what is left in them still comes back, to the shared queue
+    /// (docs/operations.md, "Upgrading to partner lanes").
     pub fn retry_queue(&self, delay: Duration) -> String {
-        format!("{}.retry.{}", self.prefix, humanize(delay))
+        format!("{}.delay.{}", self.prefix, humanize(delay))
     }
 
     /// Declares everything; safe to run at every start-up and from every process.
@@ -183,28 +243,8 @@ impl Topology {
                 FieldTable::default(),
             )
             .await?;
-        let mut jobs_args = quorum();
-        // A job past its delivery limit goes, at least once (a confirmed move, not a
-        // fire-and-forget one), to the expired-jobs queue, where a worker still stores and
-        // announces its ending; never silently to the dead letters.
-        jobs_args.insert("x-dead-letter-exchange".into(), long_string(&self.jobs()));
-        jobs_args.insert(
-            "x-dead-letter-routing-key".into(),
-            long_string(EXPIRED_ROUTING_KEY),
-        );
-        jobs_args.insert(
-            "x-dead-letter-strategy".into(),
-            long_string("at-least-once"),
-        );
-        // At-least-once dead-lettering needs publishers refused, not messages dropped, when
-        // the queue is full.
-        jobs_args.insert("x-overflow".into(), long_string("reject-publish"));
-        jobs_args.insert(
-            "x-delivery-limit".into(),
-            AMQPValue::LongLongInt(i64::from(JOB_DELIVERY_LIMIT)),
-        );
         channel
-            .queue_declare(self.jobs().into(), durable_queue, jobs_args)
+            .queue_declare(self.jobs().into(), durable_queue, self.work_queue_args())
             .await?;
         channel
             .queue_bind(
@@ -230,18 +270,54 @@ impl Topology {
             )
             .await?;
 
+        // The lanes: a headers exchange routing on the partner, falling through to the jobs
+        // exchange (and so the shared queue, under the job routing key) when no lane matches.
+        let mut lanes_args = FieldTable::default();
+        lanes_args.insert("alternate-exchange".into(), long_string(&self.jobs()));
+        channel
+            .exchange_declare(
+                self.lanes_exchange().into(),
+                ExchangeKind::Headers,
+                durable,
+                lanes_args,
+            )
+            .await?;
+        for partner in &self.partners {
+            let lane = self.lane(partner);
+            channel
+                .queue_declare(lane.as_str().into(), durable_queue, self.work_queue_args())
+                .await?;
+            let mut matching = FieldTable::default();
+            matching.insert("x-match".into(), long_string("all"));
+            matching.insert(PARTNER_HEADER.into(), long_string(partner));
+            channel
+                .queue_bind(
+                    lane.as_str().into(),
+                    self.lanes_exchange().into(),
+                    "".into(),
+                    QueueBindOptions::default(),
+                    matching,
+                )
+                .await?;
+        }
+
         let mut delayed = self.retry_queues();
         delayed.push((self.lock_delay, self.lock_retry_queue()));
         delayed.push((self.reconcile_delay, self.reconcile_queue()));
         for (delay, queue) in delayed {
             let mut args = quorum();
-            // Nobody consumes a retry queue: each message waits out the TTL, then RabbitMQ
-            // dead-letters it back to the jobs exchange under the job routing key.
+            // Nobody consumes a delay queue: each message waits out the TTL, then RabbitMQ
+            // dead-letters it back into its partner's lane (the shared queue when it has none).
             args.insert(
                 "x-message-ttl".into(),
                 AMQPValue::LongLongInt(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
             );
-            args.insert("x-dead-letter-exchange".into(), long_string(&self.jobs()));
+            args.insert(
+                "x-dead-letter-exchange".into(),
+                long_string(&self.lanes_exchange()),
+            );
+            // The headers exchange ignores the key; its alternate exchange routes on it, and
+            // this one takes a job of no lane to the shared queue.
             args.insert(
                 "x-dead-letter-routing-key".into(),
                 long_string(JOB_ROUTING_KEY),
@@ -268,6 +344,33 @@ impl Topology {
             )
             .await?;
         self.declare_push(channel).await
+    }
+}
+
+impl Topology {
+    /// The arguments of every queue jobs are worked from (the shared queue and the lanes).
+    fn work_queue_args(&self) -> FieldTable {
+        let mut args = quorum();
+        // A job past its delivery limit goes, at least once (a confirmed move, not a
+        // fire-and-forget one), to the expired-jobs queue, where a worker still stores and
+        // announces its ending; never silently to the dead letters.
+        args.insert("x-dead-letter-exchange".into(), long_string(&self.jobs()));
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            long_string(EXPIRED_ROUTING_KEY),
+        );
+        args.insert(
+            "x-dead-letter-strategy".into(),
+            long_string("at-least-once"),
+        );
+        // At-least-once dead-lettering needs publishers refused, not messages dropped, when
+        // the queue is full.
+        args.insert("x-overflow".into(), long_string("reject-publish"));
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(i64::from(JOB_DELIVERY_LIMIT)),
+        );
+        args
     }
 }
 
@@ -326,15 +429,27 @@ mod tests {
             .into_iter()
             .map(|(_, n)| n)
             .collect();
-        assert_eq!(topology.lock_retry_queue(), "autorenew.retry.locked");
-        assert_eq!(topology.reconcile_queue(), "autorenew.retry.reconcile");
+        assert_eq!(topology.lock_retry_queue(), "autorenew.delay.locked");
+        assert_eq!(topology.reconcile_queue(), "autorenew.delay.reconcile");
         assert_eq!(topology.expired(), "autorenew.jobs.expired");
         assert_eq!(
             names,
             [
-                "autorenew.retry.10s",
-                "autorenew.retry.1m",
-                "autorenew.retry.1500ms"
+                "autorenew.delay.10s",
+                "autorenew.delay.1m",
+                "autorenew.delay.1500ms"
+            ]
+        );
+        let topology = topology.with_partners(["P000818".to_owned(), "expired".to_owned()]);
+        assert_eq!(topology.lanes_exchange(), "autorenew.jobs.partners");
+        // A partner called `expired` cannot take the expired-jobs queue's name.
+        assert_eq!(
+            topology.work_queues(),
+            [
+                "autorenew.jobs",
+                "autorenew.jobs.partner.P000818",
+                "autorenew.jobs.partner.expired",
+                "autorenew.jobs.expired"
             ]
         );
     }

@@ -9,8 +9,6 @@
 //! held connection; the other routes and `/readyz` do not depend on Stripe.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -22,12 +20,13 @@ use super::error::{IntakeError, Refusal};
 use super::response::ApiResponse;
 use super::signed::SignedRequest;
 use super::state::AppState;
-use crate::config::StripeSettings;
+use crate::budget::SharedBudget;
+use crate::config::Settings;
 use crate::domain::authorization::{
     Authorization, AuthorizationRequest, customer_key, setup_intent_key,
 };
 use crate::store::Store;
-use crate::stripe::{Budget, ClientOptions, Gateway, StripeFailure};
+use crate::stripe::{ClientOptions, Gateway, StripeFailure, on_behalf_of};
 
 /// Quick retries of one call that failed for now (a 429, a lock, a dropped connection): a
 /// partner's app is waiting, so a Stripe that stays away is answered 503 at once rather
@@ -50,14 +49,17 @@ struct Connected {
 impl Authorizer {
     /// Connects to the Stripe of `settings` (a no-op without a secret key, or when connected
     /// already), behind the budget all workers share.
-    pub fn connect(&self, settings: &StripeSettings, store: &Store) -> anyhow::Result<()> {
+    pub fn connect(&self, all: &Settings, store: &Store) -> anyhow::Result<()> {
+        let settings = &all.stripe;
         if secrecy::ExposeSecret::expose_secret(&settings.secret_key).is_empty() {
             return Ok(());
         }
-        let budget = Arc::new(SharedBudget {
-            store: store.clone(),
-            per_second: settings.max_requests_per_second,
-        });
+        // The intake's calls are never cut short by a drain: its own deadline bounds them.
+        let budget = Arc::new(SharedBudget::new(
+            all,
+            store.clone(),
+            tokio_util::sync::CancellationToken::new(),
+        ));
         let options = ClientOptions {
             secret_key: &settings.secret_key,
             api_base: &settings.api_base,
@@ -83,24 +85,6 @@ impl Authorizer {
     /// The gateway, once connected: also how the intake rebuilds from Stripe what Redis lost.
     pub fn gateway(&self) -> Option<&Gateway> {
         self.stripe.get().map(|connected| &connected.gateway)
-    }
-}
-
-/// The Stripe budget in Redis that the workers share (docs/design.md#how-a-request-becomes-a-subscription): an authorization's calls
-/// count against the same rate as the jobs'.
-struct SharedBudget {
-    store: Store,
-    per_second: u32,
-}
-
-impl Budget for SharedBudget {
-    fn take(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
-        Box::pin(async move {
-            self.store
-                .take_stripe_budget(self.per_second)
-                .await
-                .map_err(|e| e.to_string())
-        })
     }
 }
 
@@ -149,7 +133,10 @@ async fn authorize(
         Some(kept) => kept,
         None => {
             let wait = state.limits.max_wait;
-            let made = tokio::time::timeout(wait, make(store, &stripe.gateway, request))
+            // Its calls share Stripe's rate as the partner's jobs do.
+            let calls = make(store, &stripe.gateway, request);
+            let partner = Some(request.partner_code.as_str());
+            let made = tokio::time::timeout(wait, on_behalf_of(partner, calls))
                 .await
                 .map_err(|_| {
                     IntakeError::StripeUnavailable(format!(

@@ -73,6 +73,7 @@ async fn take(
                 message_id: &message_id,
                 attempt: 1,
                 parked: false,
+                partner: Some(request.partner_code.as_str()),
             },
             headers: Vec::new(),
             busy: IntakeError::PayIdBusy,

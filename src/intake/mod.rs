@@ -76,7 +76,7 @@ impl Application {
         );
         let store = Store::new(&settings.redis)?;
         let authorizer = Arc::new(Authorizer::default());
-        authorizer.connect(&settings.stripe, &store)?;
+        authorizer.connect(settings, &store)?;
         let state = Arc::new(AppState {
             authorizer: authorizer.clone(),
             limits: Limits::from_settings(settings),
@@ -132,7 +132,7 @@ impl Application {
     /// `autorenew run`, whose simulator listens only after the intake is built.
     pub fn use_stripe(&self, settings: &Settings) -> anyhow::Result<()> {
         self.authorizer
-            .connect(&settings.stripe, &Store::new(&settings.redis)?)
+            .connect(settings, &Store::new(&settings.redis)?)
     }
 
     /// Serves until `shutdown`: then stops accepting, answers the requests in hand (with their

@@ -67,6 +67,9 @@ pub async fn stripe_webhook(
                 message_id: &event.id,
                 attempt: 1,
                 parked: false,
+                // Which partner's subscription the event is about is known only once the
+                // worker has found it: the shared queue takes Stripe's events.
+                partner: None,
             },
             headers: stripe_event_headers(&event, &now_rfc3339()),
             busy: IntakeError::WebhookEventBusy,

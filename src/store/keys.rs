@@ -97,4 +97,10 @@ impl Keys {
     pub fn stripe_budget(&self) -> String {
         format!("{}:stripe-budget", self.prefix)
     }
+
+    /// The partners' shares of the Stripe budget (a hash). Its hash tag is the budget key's
+    /// whole name, so on Redis Cluster both sit in one slot and one script reads both.
+    pub fn stripe_budget_shares(&self) -> String {
+        format!("{{{}}}:shares", self.stripe_budget())
+    }
 }

@@ -108,12 +108,14 @@ impl Gateway {
     /// this also counts the calls.
     async fn take_budget(&self, operation: &'static str) -> Result<(), StripeFailure> {
         let started = std::time::Instant::now();
+        let partner = super::current_partner();
         self.budget
-            .take()
+            .take(&partner)
             .await
             .map_err(StripeFailure::BudgetUnavailable)?;
         metrics::histogram!(BUDGET_WAIT_SECONDS).record(started.elapsed().as_secs_f64());
-        metrics::counter!(CALLS_TOTAL, "operation" => operation).increment(1);
+        metrics::counter!(CALLS_TOTAL, "operation" => operation, "partner" => partner.to_string())
+            .increment(1);
         super::calls::count();
         Ok(())
     }

@@ -6,6 +6,7 @@ pub mod calls;
 mod client;
 mod error;
 mod gateway;
+mod on_behalf;
 
 pub use client::{CallError, ClientOptions, StripeHttp};
 pub use error::StripeFailure;
@@ -13,14 +14,19 @@ pub use gateway::{
     Attached, CreatedCustomer, FoundSubscription, Gateway, NewCustomer, NewSubscription,
     PaymentError, PriceSpec, SetupIntent, Subscribed, SubscriptionState, charged_intent,
 };
+pub use on_behalf::{current_partner, on_behalf_of};
 
 use std::future::Future;
 use std::pin::Pin;
 
 /// The request budget every call takes one unit of before it goes out.
 pub trait Budget: Send + Sync {
-    /// Waits for one request's worth of budget; an error means the budget could not be asked.
-    fn take(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>>;
+    /// Waits for one request's worth of budget for a call made on behalf of `partner` (empty:
+    /// of no partner); an error means the budget could not be asked.
+    fn take<'a>(
+        &'a self,
+        partner: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
 }
 
 /// No budget: every call goes at once (tests, tools).
@@ -28,7 +34,10 @@ pub trait Budget: Send + Sync {
 pub struct Unlimited;
 
 impl Budget for Unlimited {
-    fn take(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+    fn take<'a>(
+        &'a self,
+        _partner: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
         Box::pin(async { Ok(()) })
     }
 }

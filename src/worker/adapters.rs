@@ -123,6 +123,7 @@ impl JobQueue for BrokerQueue {
                 message_id: &job.message_id,
                 attempt,
                 parked: wait == Wait::Reconcile,
+                partner: job.partner.as_deref(),
             };
             self.broker
                 .publish_job(message, Destination::Queue(&queue), self.timeout)
@@ -142,6 +143,7 @@ impl JobQueue for BrokerQueue {
             message_id: &job.message_id,
             attempt: job.attempt,
             parked: false,
+            partner: job.partner.as_deref(),
         };
         self.broker
             .publish_job(message, Destination::Dead { reason }, self.timeout)

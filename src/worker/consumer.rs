@@ -1,6 +1,12 @@
 //! The consumer loop: receive, run each job under a semaphore sized like the prefetch, route
 //! by the outcome, ack. It stops taking jobs while Redis or RabbitMQ is away and resumes by
 //! itself; on shutdown it stops consuming and lets the jobs in hand finish, within a bound.
+//!
+//! It consumes every lane (the shared jobs queue, each partner's, the expired jobs), each as a
+//! consumer of its own with its own prefetch: a partner's backlog fills only its own
+//! consumer's window, so another partner's job is delivered at once, and waits at most for
+//! one of the jobs in hand to finish before it gets a slot (docs/design.md, "Partners served
+//! in turn").
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,6 +30,7 @@ use super::ports::{Disposition, Incoming, Outcome};
 use crate::broker::topology::EXPIRED_ROUTING_KEY;
 use crate::broker::{Broker, JOB_DELIVERY_LIMIT, JobHeaders};
 use crate::store::Store;
+use crate::stripe::on_behalf_of;
 use crate::telemetry::names::worker::{JOB_SECONDS, JOBS_TOTAL};
 /// How often the loop checks that Redis still answers.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
@@ -99,27 +106,29 @@ impl Worker {
             std::process::id(),
             uuid::Uuid::new_v4().simple()
         );
-        let jobs_consumer = channel
-            .basic_consume(
-                self.broker.topology().jobs().into(),
-                tag.as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        // Jobs the broker moved past their delivery limit: each still gets its ending here.
-        let expired_tag = format!("{tag}-expired");
-        let expired_consumer = channel
-            .basic_consume(
-                self.broker.topology().expired().into(),
-                expired_tag.as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        let mut consumer = futures_util::stream::select(jobs_consumer, expired_consumer);
+        // The prefetch is per consumer (not `global`: quorum queues refuse a channel-wide
+        // one), so each lane has its own window. The expired jobs are among the lanes: each
+        // still gets its ending here.
+        let queues = self.broker.topology().work_queues();
+        let mut tags = Vec::with_capacity(queues.len());
+        let mut consumers = Vec::with_capacity(queues.len());
+        for (index, queue) in queues.iter().enumerate() {
+            let lane_tag = format!("{tag}-{index}");
+            consumers.push(
+                channel
+                    .basic_consume(
+                        queue.as_str().into(),
+                        lane_tag.as_str().into(),
+                        BasicConsumeOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await?,
+            );
+            tags.push(lane_tag);
+        }
+        let mut consumer = futures_util::stream::select_all(consumers);
         self.consuming.store(true, Ordering::SeqCst);
-        tracing::info!(queue = %self.broker.topology().jobs(), "consuming jobs");
+        tracing::info!(queues = %queues.join(","), "consuming jobs");
         let mut health = tokio::time::interval(HEALTH_INTERVAL);
         loop {
             tokio::select! {
@@ -153,7 +162,7 @@ impl Worker {
         }
         // Stop the deliveries; jobs in hand keep their channel and may still ack.
         self.consuming.store(false, Ordering::SeqCst);
-        for tag in [&tag, &expired_tag] {
+        for tag in &tags {
             let _ = channel
                 .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
                 .await;
@@ -208,6 +217,7 @@ impl Worker {
             } else {
                 headers.delivery_count()
             },
+            partner: headers.partner(),
         };
         let decoded = Message::decode(&incoming);
         let span = Message::span(&decoded, &incoming);
@@ -242,8 +252,13 @@ pub async fn run_job(
         let (incoming, decoded) = (incoming.clone(), decoded.clone());
         let token = token.clone();
         tokio::spawn(
-            async move { message::handle(&ctx, &decoded, &incoming, &token).await }
-                .in_current_span(),
+            async move {
+                // Its Stripe calls draw on its partner's share of the budget.
+                let partner = incoming.partner.clone();
+                let work = message::handle(&ctx, &decoded, &incoming, &token);
+                on_behalf_of(partner.as_deref(), work).await
+            }
+            .in_current_span(),
         )
     };
     match task.await {

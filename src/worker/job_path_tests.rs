@@ -405,6 +405,7 @@ fn first_delivery(job: &Job) -> Incoming {
         redelivered: false,
         parked: false,
         delivery_count: 0,
+        partner: None,
     }
 }
 

@@ -2,7 +2,6 @@
 //! domain, the broker, the store and the Stripe gateway; never the intake.
 
 mod adapters;
-mod budget;
 mod cancel;
 mod consumer;
 mod creation;
@@ -34,6 +33,7 @@ pub use creation::{JobContext, JobPorts};
 pub use steps::{JobSettings, RetryPolicy};
 
 use crate::broker::{Broker, JOB_DELIVERY_LIMIT, Topology};
+use crate::budget::SharedBudget;
 use crate::config::Settings;
 use crate::store::Store;
 use crate::stripe::{ClientOptions, Gateway};
@@ -89,11 +89,7 @@ impl Application {
         );
         let store = Store::new(&settings.redis)?;
         let give_up = CancellationToken::new();
-        let budget = Arc::new(budget::RedisBudget {
-            store: store.clone(),
-            per_second: settings.stripe.max_requests_per_second,
-            give_up: give_up.clone(),
-        });
+        let budget = Arc::new(SharedBudget::new(settings, store.clone(), give_up.clone()));
         let options = ClientOptions {
             secret_key: &settings.stripe.secret_key,
             api_base: &settings.stripe.api_base,

@@ -80,6 +80,41 @@ fn a_partner_with_an_empty_secret_needs_allow_empty_secret() {
 }
 
 #[test]
+fn a_partner_weight_defaults_to_one_and_a_bad_weight_or_code_is_refused_by_name() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("config.toml");
+    let load = |text: &str| {
+        std::fs::write(&path, text).expect("write");
+        Settings::load_with_env(Some(&path), Some(HashMap::new()))
+    };
+    let settings = load(
+        "[[partners]]\ncode = \"P1\"\nsecret = \"s\"\n[[partners]]\ncode = \"P2\"\nsecret = \"s\"\nweight = 3\n",
+    )
+    .expect("two partners");
+    let weights: Vec<u32> = settings.partners.iter().map(|p| p.weight).collect();
+    assert_eq!(weights, [1, 3]);
+
+    for (text, named) in [
+        (
+            "[[partners]]\ncode = \"P1\"\nsecret = \"s\"\nweight = 0\n",
+            "partners[0].weight",
+        ),
+        (
+            "[[partners]]\ncode = \"P1\"\nsecret = \"s\"\nweight = 1001\n",
+            "partners[0].weight",
+        ),
+        // The code names the partner's queue: no dots, spaces or wildcards.
+        (
+            "[[partners]]\ncode = \"P.1\"\nsecret = \"s\"\n",
+            "partners[0].code",
+        ),
+    ] {
+        let error = load(text).expect_err(text).to_string();
+        assert!(error.contains(named), "{text}: {error}");
+    }
+}
+
+#[test]
 fn the_binary_refuses_to_start_on_a_bad_configuration() {
     let output = Command::new(env!("CARGO_BIN_EXE_autorenew"))
         .arg("--config")

@@ -51,6 +51,8 @@ pub struct QueuedJob {
     pub parked: bool,
     pub redelivered: bool,
     pub delivery_count: u32,
+    /// The partner whose lane it travels in (none: the shared queue).
+    pub partner: Option<String>,
 }
 
 impl QueuedJob {
@@ -69,7 +71,14 @@ impl QueuedJob {
             parked: false,
             redelivered: false,
             delivery_count: 0,
+            partner: None,
         }
+    }
+
+    /// This message in `partner`'s lane.
+    pub fn for_partner(mut self, partner: &str) -> Self {
+        self.partner = Some(partner.to_owned());
+        self
     }
 
     fn copy_of(job: &Incoming, attempt: u32, parked: bool) -> Self {
@@ -81,6 +90,7 @@ impl QueuedJob {
             parked,
             redelivered: false,
             delivery_count: 0,
+            partner: job.partner.clone(),
         }
     }
 
@@ -93,6 +103,7 @@ impl QueuedJob {
             redelivered: self.redelivered,
             parked: self.parked,
             delivery_count: self.delivery_count,
+            partner: self.partner.clone(),
         }
     }
 }

@@ -310,6 +310,7 @@ pub async fn read_queue(queue: &str, count: usize, limit: Duration) -> Vec<Recei
 pub async fn delete_topology(topology: &autorenew::broker::Topology) {
     let queues = topology.queues();
     let exchanges = [
+        topology.lanes_exchange(),
         topology.jobs(),
         topology.dead(),
         topology.results(),
@@ -343,14 +344,27 @@ pub async fn delete_keys(redis_url: &str, key_prefix: &str) {
     }
 }
 
-/// Deletes the queues of a test prefix with the default retry delays.
+/// Deletes the queues of a test prefix with the default retry delays and the test partners'
+/// lanes.
 pub async fn delete_queues(prefix: &str) {
-    let mut names = vec![format!("{prefix}.jobs"), format!("{prefix}.dead")];
-    for delay in ["10s", "1m", "10m", "1h", "locked"] {
-        names.push(format!("{prefix}.retry.{delay}"));
+    let mut names = vec![
+        format!("{prefix}.jobs"),
+        format!("{prefix}.jobs.expired"),
+        format!("{prefix}.dead"),
+    ];
+    for delay in ["10s", "1m", "10m", "1h", "locked", "reconcile"] {
+        names.push(format!("{prefix}.delay.{delay}"));
     }
-    let exchanges = ["jobs", "dead", "results"].map(|e| format!("{prefix}.{e}"));
+    for partner in ["P000818", OTHER_PARTNER] {
+        names.push(format!("{prefix}.jobs.partner.{partner}"));
+    }
+    let exchanges = ["jobs.partners", "jobs", "dead", "results"].map(|e| format!("{prefix}.{e}"));
     delete_names(&names, &exchanges).await;
+}
+
+/// Deletes these queues on the shared broker (a test's own, outside its topology).
+pub async fn delete_names_for_test(queues: &[String]) {
+    delete_names(queues, &[]).await;
 }
 
 async fn delete_names(queues: &[String], exchanges: &[String]) {

@@ -8,6 +8,7 @@ mod dead_letters;
 mod drain;
 mod end_to_end;
 mod faults;
+mod lanes;
 mod lifetime;
 mod outages;
 mod processes;
