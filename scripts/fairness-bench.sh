@@ -107,12 +107,17 @@ start_stack() { # scenario
   "$BIN" --config "$CONFIG" intake >"$dir/intake.log" 2>&1 & pids+=($!)
   wait_http "$INTAKE/readyz"
   METRICS=""
+  local workers=()
   for n in $(seq 1 "$WORKERS"); do
     port=$(free_port)
     AUTORENEW__WORKER__LISTEN="127.0.0.1:$port" "$BIN" --config "$CONFIG" worker \
       >"$dir/worker-$n.log" 2>&1 & pids+=($!)
-    wait_http "http://127.0.0.1:$port/readyz"
-    METRICS="${METRICS:+$METRICS,}http://127.0.0.1:$port"
+    workers+=("http://127.0.0.1:$port")
+  done
+  # Started together, then each waited for: every worker consumes before the first request.
+  for url in "${workers[@]}"; do
+    wait_http "$url/readyz"
+    METRICS="${METRICS:+$METRICS,}$url"
   done
 }
 
