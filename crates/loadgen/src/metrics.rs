@@ -44,7 +44,7 @@ pub enum MetricsError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {
     pub name: String,
-    pub labels: Vec<(String, String)>,
+    pub labels: Labels,
     pub value: f64,
 }
 
@@ -102,8 +102,11 @@ fn parse_line(line: &str) -> Result<Sample, &'static str> {
     })
 }
 
+/// A sample's labels, as (name, value) in the order given.
+type Labels = Vec<(String, String)>;
+
 /// `key="value",…}` up to and including the closing brace; returns the labels and what follows.
-fn parse_labels(mut text: &str) -> Result<(Vec<(String, String)>, &str), &'static str> {
+fn parse_labels(mut text: &str) -> Result<(Labels, &str), &'static str> {
     let mut labels = Vec::new();
     loop {
         text = text.trim_start();
