@@ -8,10 +8,12 @@
 #   scripts/bench.sh intake     # one of: intake e2e budget latency calls (= calls-count + calls-rate)
 #                               #   webhooks renewals
 #   PROFILE=debug scripts/bench.sh calls   # the debug build (the Stripe-bound figures hold in it)
+#   scripts/bench.sh fairness [solo|burst|both|ci]   # partners A and B at once: scripts/fairness-bench.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 only="${1:-all}"
+if [ "$only" = fairness ]; then exec scripts/fairness-bench.sh "${@:2}"; fi
 PROFILE="${PROFILE:-release}"
 if [ "$PROFILE" = release ]; then cargo build --release --quiet; else cargo build --quiet; fi
 BIN=$PWD/target/$PROFILE/autorenew

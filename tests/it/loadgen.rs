@@ -1,6 +1,8 @@
 //! `autorenew loadgen` in-process against a real intake (and, for following, a stand-in worker
 //! that publishes result events by the contract). Tests count; they never time anything.
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Parser;
@@ -14,7 +16,9 @@ use loadgen::{LoadgenArgs, Plan, Report};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{SHARED_AMQP, SHARED_REDIS, TestApp, read_queue, test_settings};
+use crate::helpers::{
+    OTHER_PARTNER, SHARED_AMQP, SHARED_REDIS, TestApp, read_queue, test_settings,
+};
 use crate::wiring::loadgen_defaults;
 
 /// `autorenew loadgen`'s flags, as its subcommand parses them.
@@ -155,7 +159,12 @@ async fn following_counts_results_redeliveries_second_outcomes_and_lost_jobs() {
     // outcome, and the third gets none.
     let app = TestApp::spawn().await;
     let stop = CancellationToken::new();
-    let worker = tokio::spawn(stand_in_worker(app.prefix().to_owned(), stop.clone()));
+    let worker = tokio::spawn(stand_in_worker(
+        app.prefix().to_owned(),
+        stop.clone(),
+        Quirks::FirstThree,
+        StripeCalls::default(),
+    ));
 
     // Act
     let report = run(
@@ -194,8 +203,29 @@ async fn following_counts_results_redeliveries_second_outcomes_and_lost_jobs() {
     app.teardown().await;
 }
 
+/// What the stand-in worker does wrong on purpose.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Quirks {
+    /// Nothing: one result event a job.
+    None,
+    /// The first job's event twice (same id), a second outcome for the second job, no event
+    /// for the third.
+    FirstThree,
+}
+
+/// The Stripe calls the stand-in worker counts by partner, as a worker's `/metrics` shows them.
+type StripeCalls = Arc<Mutex<BTreeMap<String, u64>>>;
+
+/// Calls the stand-in worker counts for each job (a new customer's three).
+const CALLS_A_JOB: u64 = 3;
+
 /// Consumes jobs and publishes CloudEvents to the results exchange as docs/partners.md#events-and-the-broker says.
-async fn stand_in_worker(prefix: String, stop: CancellationToken) {
+async fn stand_in_worker(
+    prefix: String,
+    stop: CancellationToken,
+    quirks: Quirks,
+    calls: StripeCalls,
+) {
     let connection = crate::helpers::shared_amqp().await;
     let channel = connection.create_channel().await.expect("channel");
     let mut jobs = channel
@@ -220,10 +250,16 @@ async fn stand_in_worker(prefix: String, stop: CancellationToken) {
         let job: Value = serde_json::from_slice(&delivery.data).expect("a JSON job");
         let pay_id = job["payId"].as_str().expect("payId").to_owned();
         let partner = job["partnerCode"].as_str().expect("partnerCode").to_owned();
-        let events = match seen {
-            0 => vec![event(&pay_id, "e-1"), event(&pay_id, "e-1")],
-            1 => vec![event(&pay_id, "e-1"), event(&pay_id, "e-2")],
-            2 => vec![],
+        *calls
+            .lock()
+            .expect("the counts")
+            .entry(partner.clone())
+            .or_insert(0) += CALLS_A_JOB;
+        let events = match (quirks, seen) {
+            (Quirks::None, _) => vec![event(&pay_id, "e-1")],
+            (_, 0) => vec![event(&pay_id, "e-1"), event(&pay_id, "e-1")],
+            (_, 1) => vec![event(&pay_id, "e-1"), event(&pay_id, "e-2")],
+            (_, 2) => vec![],
             _ => vec![event(&pay_id, "e-1")],
         };
         seen += 1;
@@ -329,4 +365,104 @@ async fn webhook_load_is_taken_event_by_event() {
     assert_eq!(answers(&report, "200 S"), 30, "{:?}", report.answers);
     assert!(report.results.is_none());
     assert!(report.failures.is_empty(), "{:?}", report.failures);
+}
+
+/// `--pace`: two partners at once, a burst and a steady rate that lasts until the burst has all
+/// its results; each followed by its own routing key and reported apart, with the Stripe calls
+/// by partner read from a worker's `/metrics`.
+#[tokio::test]
+async fn several_partners_are_paced_followed_and_reported_each_on_their_own() {
+    // Arrange
+    let app = TestApp::spawn().await;
+    let stop = CancellationToken::new();
+    let calls = StripeCalls::default();
+    let worker = tokio::spawn(stand_in_worker(
+        app.prefix().to_owned(),
+        stop.clone(),
+        Quirks::None,
+        calls.clone(),
+    ));
+    let metrics = serve_metrics(calls, stop.clone()).await;
+    let burst = "P000818";
+
+    // Act
+    let flags = [
+        "--target",
+        &app.address,
+        "--pace",
+        &format!("{burst}:burst:30"),
+        "--pace",
+        &format!("{OTHER_PARTNER}:20"),
+        "--concurrency",
+        "4",
+        "--result-timeout",
+        "10s",
+        "--worker-metrics",
+        &metrics,
+    ];
+    let plan =
+        loadgen::partners::PartnersPlan::new(&loadgen_defaults(&app.settings), &args(&flags))
+            .expect("a valid plan");
+    let report = loadgen::partners::execute(&plan, &CancellationToken::new())
+        .await
+        .expect("the run completes");
+    stop.cancel();
+    let _ = worker.await;
+
+    // Assert
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    let [a, b] = &report.partners[..] else {
+        panic!("two partners: {:?}", report.partners);
+    };
+    assert_eq!(
+        (a.partner.as_str(), b.partner.as_str()),
+        (burst, OTHER_PARTNER)
+    );
+    assert_eq!(
+        (a.sent, a.accepted, a.succeeded, a.no_result),
+        (30, 30, 30, 0)
+    );
+    assert!(
+        b.sent > 0,
+        "the steady partner sent while the burst was served"
+    );
+    assert_eq!((b.accepted, b.succeeded, b.no_result), (b.sent, b.sent, 0));
+    assert_eq!(a.result_ms.map(|p| p.count), Some(30));
+    assert_eq!(a.stripe_calls, Some(30 * CALLS_A_JOB));
+    assert_eq!(b.stripe_calls, Some(b.sent * CALLS_A_JOB));
+    let whole = report
+        .stripe_calls
+        .as_ref()
+        .expect("--worker-metrics was given");
+    assert_eq!(whole.total, (30 + b.sent) * CALLS_A_JOB);
+    assert!(report.shared_window.is_none(), "one partner with a count");
+    app.teardown().await;
+}
+
+/// A worker's `/metrics` page with `autorenew_stripe_requests_total` by partner; its URL.
+async fn serve_metrics(calls: StripeCalls, stop: CancellationToken) -> String {
+    let page = move || {
+        let calls = calls.clone();
+        async move {
+            let counts = calls.lock().expect("the counts").clone();
+            let mut text = "# TYPE autorenew_stripe_requests_total counter\n".to_owned();
+            for (partner, n) in counts {
+                text.push_str(&format!(
+                    "autorenew_stripe_requests_total{{operation=\"customers.create\",partner=\"{partner}\"}} {n}\n"
+                ));
+            }
+            text
+        }
+    };
+    let router = axum::Router::new().route("/metrics", axum::routing::get(page));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port");
+    let address = listener.local_addr().expect("its address");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+    });
+    format!("http://{address}")
 }

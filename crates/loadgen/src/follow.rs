@@ -93,6 +93,10 @@ pub struct FollowOutcome {
     pub connection_lost: bool,
     /// With `--renewals N`: the renewal events that followed the simulator's advances.
     pub renewals: Option<super::renewals::RenewalOutcome>,
+    /// When each followed job's first result arrived: what `--pace` counts per partner up to a
+    /// moment of the run.
+    #[serde(skip)]
+    pub result_times: Vec<Instant>,
 }
 
 /// Result events beyond the first for one payId.
@@ -459,6 +463,7 @@ fn summarize(seen: Seen, expected: &HashMap<String, Instant>, started: Instant) 
         outcome.received += 1;
         *outcome.outcomes.entry(first.outcome.clone()).or_insert(0) += 1;
         completions.push(first.received.saturating_duration_since(*due));
+        outcome.result_times.push(first.received);
         last = Some(last.map_or(first.received, |l| l.max(first.received)));
         let mut different = false;
         for later in &events[1..] {

@@ -15,11 +15,15 @@
 //! - [`follow`]: the result-event subscriber.
 //! - [`baseline`]: publishing with confirms to a scratch quorum queue.
 //! - [`report`]: samples and their verdicts, the table and the JSON; [`percentiles`] the figures.
+//! - [`partners`]: `--pace`, several partners at once, each paced and reported on its own;
+//!   [`metrics`] reads the workers' Stripe calls for it.
 
 mod baseline;
 mod drive;
 mod follow;
 mod http;
+mod metrics;
+pub mod partners;
 mod payload;
 mod percentiles;
 mod progress;
@@ -43,7 +47,7 @@ pub use report::{Percentiles, Report};
 
 /// Requests sent when neither `--requests` nor `--duration` is given.
 const DEFAULT_REQUESTS: u64 = 1000;
-/// Senders of the closed loop when neither `--rate` nor `--concurrency` is given.
+/// Senders of the closed loop (and of each `--pace` burst) when `--concurrency` is not given.
 const DEFAULT_CONCURRENCY: usize = 32;
 
 /// Flags of `autorenew loadgen`.
@@ -119,6 +123,26 @@ pub struct LoadgenArgs {
         requires = "push"
     )]
     pub receiver: String,
+
+    /// Several partners at once, each paced on its own; repeat for each partner (configured
+    /// in `[[partners]]`). `CODE:RATE`: RATE requests/s, for --duration or, without it, until
+    /// every partner with a COUNT has all its results; `CODE:RATE:COUNT`: COUNT requests at
+    /// RATE/s; `CODE:burst:COUNT`: COUNT requests as fast as the intake takes them
+    /// (--concurrency senders). Each partner signs with its configured secret. Reports each
+    /// partner's requests, results and request-to-result latency.
+    #[arg(
+        long,
+        value_name = "CODE:RATE[:COUNT]|CODE:burst:COUNT",
+        value_parser = partners::parse_pace,
+        conflicts_with_all = ["rate", "requests", "baseline", "push", "webhooks", "renewals", "no_follow", "record", "partner"]
+    )]
+    pub pace: Vec<partners::PaceArg>,
+    /// `--pace`: the workers' metrics endpoints (comma-separated, e.g.
+    /// http://127.0.0.1:9090), read before, during and after the run for the Stripe calls made
+    /// for each partner (`autorenew_stripe_requests_total` by its `partner` label; n/a without
+    /// it).
+    #[arg(long, value_name = "URL,URL", value_delimiter = ',', requires = "pace")]
+    pub worker_metrics: Vec<String>,
 
     /// Measure the intake only; do not wait for result events.
     #[arg(long)]
@@ -549,6 +573,22 @@ pub async fn run(
                 report.missing,
                 report.failed_sends
             );
+        }
+        return Ok(());
+    }
+    if !args.pace.is_empty() {
+        let plan = partners::PartnersPlan::new(&defaults, &args)?;
+        let report = partners::execute(&plan, &shutdown).await?;
+        if args.json {
+            println!("{}", report.to_json());
+        } else {
+            print!("{}", report.to_table());
+        }
+        if !report.failures.is_empty() {
+            bail!("the run failed {} of its checks", report.failures.len());
+        }
+        if shutdown.is_cancelled() {
+            bail!("interrupted: the figures are partial");
         }
         return Ok(());
     }
