@@ -8,7 +8,7 @@ mod error;
 mod gateway;
 
 pub use client::{CallError, ClientOptions, StripeHttp};
-pub use error::StripeFailure;
+pub use error::{StripeFailure, WriteFailure};
 pub use gateway::{
     Attached, CreatedCustomer, FoundSubscription, Gateway, NewCustomer, NewSubscription,
     PaymentError, PriceSpec, SetupIntent, Subscribed, SubscriptionState, charged_intent,

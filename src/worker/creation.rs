@@ -91,6 +91,15 @@ pub(super) async fn handle(
         Ok(JobStart::Locked { created }) => created,
     };
     let locked = async {
+        if created.is_none() {
+            // No create on record: nothing was sent, unless Redis lost the records. Then Stripe
+            // is asked before anything is created again or a failure is stored.
+            match steps::found_at_stripe(ctx, job).await {
+                Ok(None) => {}
+                Ok(Some(result)) => return finish(ctx, job, token, &result).await,
+                Err(decision) => return conclude(ctx, job, incoming, token, decision).await,
+            }
+        }
         // Handed out this often, the job ends here rather than be dead-lettered by the broker
         // with no result; it runs no step, since the steps are what kept failing.
         let decision = if incoming.delivery_count + 1 >= ctx.settings.delivery_limit {
@@ -115,9 +124,20 @@ pub(super) async fn after_panic(
     incoming: &Incoming,
     token: &str,
 ) -> Outcome {
-    let decision = match ctx.ports.store.created(&job.pay_key()).await {
+    let pay_key = job.pay_key();
+    let decision = match ctx.ports.store.created(&pay_key).await {
         Ok(Some(_)) => Decision::Park("the job panicked after a create was sent".into()),
-        Ok(None) => Decision::Failed(internal("the job panicked")),
+        // No create on record and no intake record either: Redis lost them, and a create may
+        // have been sent before. A copy asks Stripe first; this task, which just panicked,
+        // stores no failure.
+        Ok(None) => match ctx.ports.store.has_record(&pay_key).await {
+            Ok(true) => Decision::Failed(internal("the job panicked")),
+            Ok(false) => Decision::Retry {
+                reason: "the job panicked, and the store has lost its records".into(),
+                create_sent: true,
+            },
+            Err(error) => Decision::HandBack(error.to_string()),
+        },
         Err(error) => Decision::HandBack(error.to_string()),
     };
     conclude(ctx, job, incoming, token, decision).await

@@ -24,8 +24,6 @@ use crate::checks;
 
 /// The client's timeout to Stripe (`stripe.request_timeout_ms`).
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Twice the client's timeout, the least the configuration allows.
-const KEY_SWITCH_AFTER: Duration = Duration::from_secs(4);
 const LOCK_TTL: Duration = Duration::from_secs(3);
 /// `worker.give_up_after`: within the settle cap, so an outage that outlasts it ends jobs
 /// `STRIPE_UNAVAILABLE`, and the replay a day later meets jobs past it.
@@ -579,7 +577,6 @@ fn job_settings() -> JobSettings {
             stop: tokio_util::sync::CancellationToken::new(),
         },
         lock_ttl: LOCK_TTL,
-        key_switch_after: KEY_SWITCH_AFTER,
         give_up_after: GIVE_UP_AFTER,
         delivery_limit: DELIVERY_LIMIT,
         prices: Mutex::default(),
