@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::ports::{Clock, Incoming, JobQueue, JobStart, JobStore, Outcome, StripeApi, Wait};
-use super::steps::{self, JobSettings, Made};
+use super::steps::{self, JobSettings, Made, Records};
 use crate::domain::outcome::STATUS_FAILED;
 use crate::domain::{FailureCode, FailureDetail, FinalResult, Job, PayKey, ResultEvent};
 
@@ -91,25 +91,27 @@ pub(super) async fn handle(
         Ok(JobStart::Locked { created }) => created,
     };
     let locked = async {
-        if created.is_none() {
-            // No create on record: nothing was sent, unless Redis lost the records. Then Stripe
-            // is asked before anything is created again or a failure is stored.
+        // No create on record: nothing was sent, unless Redis lost the records. Then Stripe is
+        // asked before anything is created again or a failure is stored.
+        let records = if created.is_none() {
             match steps::found_at_stripe(ctx, job).await {
-                Ok(None) => {}
-                Ok(Some(result)) => return finish(ctx, job, token, &result).await,
+                Ok(Records::Found(result)) => return finish(ctx, job, token, &result).await,
+                Ok(records) => records,
                 Err(decision) => return conclude(ctx, job, incoming, token, decision).await,
             }
-        }
+        } else {
+            Records::Kept
+        };
         // Handed out this often, the job ends here rather than be dead-lettered by the broker
         // with no result; it runs no step, since the steps are what kept failing.
         let decision = if incoming.delivery_count + 1 >= ctx.settings.delivery_limit {
-            if created.is_some() {
+            if created.is_some() || records == Records::Lost {
                 Decision::Park("the delivery limit was reached".into())
             } else {
                 Decision::Failed(internal("the job reached the broker's delivery limit"))
             }
         } else {
-            steps::run(ctx, job, incoming, token, created).await
+            steps::run(ctx, job, incoming, token, created, records).await
         };
         conclude(ctx, job, incoming, token, decision).await
     };

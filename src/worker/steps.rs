@@ -129,6 +129,7 @@ pub(super) async fn run(
     incoming: &Incoming,
     token: &str,
     created: Option<CreateSent>,
+    records: Records,
 ) -> Decision {
     let pay_id = job.pay_id.as_str();
     // Past `give_up_after`, nothing new is sent: a stale copy (a dead letter replayed weeks
@@ -137,8 +138,8 @@ pub(super) async fn run(
     // A create was sent before (by this job or a copy of it): settle by lookup first.
     let mut generation = 0;
     // Whether a create sent earlier may still be executing at Stripe: then no refusal of an
-    // earlier step is final yet.
-    let mut unsettled = false;
+    // earlier step is final yet. With the records lost, the store cannot say none was sent.
+    let mut unsettled = records == Records::Lost;
     if let Some(sent) = &created {
         let lookup = with_retries(&ctx.settings.retry, || {
             ctx.ports.stripe.find_subscription(&sent.customer, pay_id)
@@ -213,31 +214,41 @@ pub(super) async fn run(
     }
 }
 
-/// The payId's subscription at Stripe, when the store has lost the payId's records: no create
+/// What the store knows of a payId that has no create on record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Records {
+    /// The intake's record is there: no create was ever sent.
+    Kept,
+    /// Redis lost the records, and Stripe has no subscription for the payId (yet): a create
+    /// sent under a lost record may still be executing, so no refusal before a create is final
+    /// until `give_up_after`.
+    Lost,
+    /// Redis lost the records, and Stripe has the subscription: its result, put back.
+    Found(FinalResult),
+}
+
+/// What the store knows, and when it has lost the payId's records, what Stripe has: no create
 /// on record and no intake record means Redis lost them (a failover to an empty replica, a
 /// flush) or the message is older than their retention, so "nothing was sent" cannot be read
 /// off the store. Stripe, the system of record, is searched by the payId's metadata, and what
 /// it has is put back (docs/design.md#redis-data-loss-in-the-simulation-what-it-shows).
-/// `Ok(None)`: the records are there, or Stripe has no subscription for the payId.
 ///
 /// Stripe's search lags a new subscription by up to a minute; a create sent under a lost record
 /// within that minute is still held to one subscription by its idempotency key when it is the
 /// same generation, which it is unless a replayed answer had moved it on.
-pub(super) async fn found_at_stripe(
-    ctx: &JobContext,
-    job: &Job,
-) -> Result<Option<FinalResult>, Decision> {
+pub(super) async fn found_at_stripe(ctx: &JobContext, job: &Job) -> Result<Records, Decision> {
     let pay_key = job.pay_key();
     let store = ctx.ports.store.as_ref();
     match store.has_record(&pay_key).await {
-        Ok(true) => return Ok(None),
+        Ok(true) => return Ok(Records::Kept),
         Ok(false) => {}
         Err(error) => return Err(Decision::HandBack(error.to_string())),
     }
     let mut delays = ctx.settings.retry.delays();
     loop {
         let failure = match rebuild::from_stripe(ctx.ports.stripe.as_ref(), store, &pay_key).await {
-            Ok(found) => return Ok(found),
+            Ok(Some(found)) => return Ok(Records::Found(found)),
+            Ok(None) => return Ok(Records::Lost),
             Err(RebuildError::Store(error)) => return Err(Decision::HandBack(error.to_string())),
             Err(RebuildError::Stripe(
                 failure @ (StripeFailure::Transient(_) | StripeFailure::Unknown(_)),
