@@ -169,11 +169,6 @@ pub(super) async fn run(
                         return Decision::Failed(unavailable("no subscription was made"));
                     }
                     generation = sent.generation + 1;
-                } else if since_sent >= 4_000 && !given_up {
-                    // PUT BACK ON PURPOSE (scratch, reverted): the old rule, a new key once the
-                    // last send is older than a window of twice the client's timeout (4 s in the
-                    // simulation).
-                    generation = sent.generation + 1;
                 } else if given_up {
                     // Only the key's own answer could settle it now, and a given-up job sends
                     // nothing: it waits, `processing`, for the key's retention to pass.
