@@ -224,7 +224,7 @@ pub(super) enum Records {
     /// until `give_up_after`.
     Lost,
     /// Redis lost the records, and Stripe has the subscription: its result, put back.
-    Found(FinalResult),
+    Found(Box<FinalResult>),
 }
 
 /// What the store knows, and when it has lost the payId's records, what Stripe has: no create
@@ -247,7 +247,7 @@ pub(super) async fn found_at_stripe(ctx: &JobContext, job: &Job) -> Result<Recor
     let mut delays = ctx.settings.retry.delays();
     loop {
         let failure = match rebuild::from_stripe(ctx.ports.stripe.as_ref(), store, &pay_key).await {
-            Ok(Some(found)) => return Ok(Records::Found(found)),
+            Ok(Some(found)) => return Ok(Records::Found(Box::new(found))),
             Ok(None) => return Ok(Records::Lost),
             Err(RebuildError::Store(error)) => return Err(Decision::HandBack(error.to_string())),
             Err(RebuildError::Stripe(
