@@ -174,11 +174,12 @@ pub struct WorkerSettings {
     pub lock_retry_delay_ms: u64,
     /// On SIGTERM, how long jobs in hand may take to finish before they are handed back.
     pub drain_timeout_secs: u64,
-    /// How old a payId's last subscription create must be before a new idempotency key may be
-    /// used for it (after a lookup found nothing): longer than any request can stay in flight
-    /// at Stripe, or the old request could still land and make a second subscription. At least
-    /// twice `stripe.request_timeout_ms`.
-    pub key_switch_after_ms: u64,
+    /// Deprecated, accepted and ignored (start-up logs a warning). It once set how old a
+    /// payId's last create had to be before a new idempotency key was used; no such window is
+    /// safe, since Stripe may still be executing a request long after any client timeout. A
+    /// new key now needs Stripe's own definitive answer under the old one, or its 24 h key
+    /// retention to have passed (docs/operations.md).
+    pub key_switch_after_ms: Option<u64>,
     /// How long a job may go on while Stripe cannot answer before it ends `STRIPE_UNAVAILABLE`
     /// (once a lookup has shown nothing was made). Until then it stays `processing`: parked and
     /// tried again, never answered `F` for an outage that may still pass. Seconds, or a number
@@ -242,7 +243,7 @@ impl Default for WorkerSettings {
             lock_ttl_ms: 30_000,
             lock_retry_delay_ms: 2_000,
             drain_timeout_secs: 20,
-            key_switch_after_ms: 600_000,
+            key_switch_after_ms: None,
             give_up_after: HumanDuration(Duration::from_secs(86_400)),
         }
     }
@@ -448,6 +449,20 @@ impl Settings {
         push::resolve_env(&mut self.partners, read)
     }
 
+    /// Settings that are accepted but no longer do anything, each with what to do instead: for
+    /// start-up to log once logging runs.
+    pub fn deprecations(&self) -> Vec<String> {
+        let mut deprecated = Vec::new();
+        if let Some(ms) = self.worker.key_switch_after_ms {
+            deprecated.push(format!(
+                "worker.key_switch_after_ms ({ms}) is deprecated and ignored: a new idempotency \
+                 key is used only after Stripe's definitive answer under the old one, or once \
+                 its 24 h key retention has passed (docs/operations.md); remove the setting"
+            ));
+        }
+        deprecated
+    }
+
     /// Checks what serde cannot: addresses, ranges, partner secrets, plan intervals.
     pub fn check(&self) -> Result<(), ConfigError> {
         parse_addr("intake.listen", &self.intake.listen)?;
@@ -529,18 +544,6 @@ impl Settings {
         }
         if self.amqp.reconcile_delay_ms == 0 {
             return Err(invalid("amqp.reconcile_delay_ms", "must be above 0"));
-        }
-        // A request the client gave up on may still be processed by Stripe: allow it as long
-        // again before a new key could make a second subscription beside it.
-        if self.worker.key_switch_after_ms < self.stripe.request_timeout_ms.saturating_mul(2) {
-            return Err(invalid(
-                "worker.key_switch_after_ms",
-                format!(
-                    "must be at least twice stripe.request_timeout_ms ({} ms): a create still in \
-                     flight under the old key would make a second subscription",
-                    self.stripe.request_timeout_ms.saturating_mul(2)
-                ),
-            ));
         }
         if !matches!(
             self.stripe.payment_behavior.as_str(),

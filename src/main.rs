@@ -33,6 +33,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let mut settings = Settings::load(cli.config.as_deref())?;
         settings.log.json |= cli.log_json;
         telemetry::init_logging(&settings.log);
+        for deprecated in settings.deprecations() {
+            tracing::warn!("{deprecated}");
+        }
         telemetry::configure_metrics(&settings);
         Ok(settings)
     };

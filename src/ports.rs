@@ -22,7 +22,7 @@ pub use crate::store::JobStart;
 use crate::store::StoreError;
 use crate::stripe::{
     Attached, CreatedCustomer, FoundSubscription, NewCustomer, NewSubscription, PaymentError,
-    PriceSpec, StripeFailure, Subscribed, SubscriptionState,
+    PriceSpec, StripeFailure, Subscribed, SubscriptionState, WriteFailure,
 };
 
 /// Implements a port's methods by calling another type's own, one line a method, so the
@@ -335,11 +335,13 @@ pub trait StripeApi: Send + Sync {
         pay_id: &'a str,
     ) -> BoxFuture<'a, Result<Option<Subscribed>, StripeFailure>>;
 
+    /// A failure says whether Stripe replayed it from the key's record (`Idempotent-Replayed`):
+    /// only such a definitive answer lets the job path give the key up for a new one.
     fn create_subscription<'a>(
         &'a self,
         new: &'a NewSubscription<'a>,
         key: &'a str,
-    ) -> BoxFuture<'a, Result<Subscribed, StripeFailure>>;
+    ) -> BoxFuture<'a, Result<Subscribed, WriteFailure>>;
 
     /// No more renewals: the paid period runs out, then Stripe cancels the subscription.
     fn cancel_at_period_end<'a>(

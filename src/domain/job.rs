@@ -56,6 +56,11 @@ pub struct CreateSent {
     /// and a create still in flight under one must be resent under the same key.
     #[serde(default)]
     pub scoped: bool,
+    /// The payment method id the create was sent with: sending it again under the same key
+    /// needs the same parameters, or Stripe answers 400 `idempotency_error`. Empty in a record
+    /// written before it was kept: such a create is sent again after the customer steps.
+    #[serde(default)]
+    pub payment_method: String,
 }
 
 /// The idempotency key of a payId's subscription create under `generation`; `scoped` is false

@@ -33,19 +33,26 @@ const USER_AGENT_VALUE: &str = concat!("Stripe/v1 autorenew/", env!("CARGO_PKG_V
 const STRIPE_VERSION: HeaderName = HeaderName::from_static("stripe-version");
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 const SHOULD_RETRY: HeaderName = HeaderName::from_static("stripe-should-retry");
+/// Set on an answer Stripe replayed from an idempotency key's record rather than executed.
+const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 const STRIPE_ACCOUNT: HeaderName = HeaderName::from_static("stripe-account");
 /// Idle HTTP/1.1 connections kept per host. Over HTTP/2 there is one connection anyway; over
 /// HTTP/1.1 a burst's extra connections are closed once it is over rather than kept.
 const MAX_IDLE_PER_HOST: usize = 256;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A failed call: async-stripe's error, and Stripe's own advice on retrying it
-/// (`Stripe-Should-Retry`), which async-stripe's error type has no room for.
+/// A failed call: async-stripe's error, and what Stripe's headers said of it, which
+/// async-stripe's error type has no room for.
 #[derive(Debug, thiserror::Error)]
 #[error("{error}")]
 pub struct CallError {
     pub error: StripeError,
+    /// Stripe's own advice on retrying it (`Stripe-Should-Retry`).
     pub should_retry: Option<bool>,
+    /// The answer was replayed from the idempotency key's record (`Idempotent-Replayed: true`):
+    /// the first request under the key ran to its end, and this is how it ended. An answer
+    /// that was executed now, or no answer at all, is false.
+    pub replayed: bool,
 }
 
 impl From<StripeError> for CallError {
@@ -53,6 +60,26 @@ impl From<StripeError> for CallError {
         CallError {
             error,
             should_retry: None,
+            replayed: false,
+        }
+    }
+}
+
+/// What one attempt got back: the status, Stripe's retry advice, whether the answer was
+/// replayed, and the body.
+struct Answer {
+    status: StatusCode,
+    should_retry: Option<bool>,
+    replayed: bool,
+    body: Bytes,
+}
+
+impl Answer {
+    fn into_error(self) -> CallError {
+        CallError {
+            error: stripe_error(self.status, &self.body),
+            should_retry: self.should_retry,
+            replayed: self.replayed,
         }
     }
 }
@@ -176,12 +203,12 @@ impl StripeHttp {
             .map_err(|e| StripeError::ClientError(e.to_string()))
     }
 
-    /// One attempt: the status, Stripe's retry advice, and the body.
+    /// One attempt, and what came back.
     async fn attempt(
         &self,
         request: Request<Full<Bytes>>,
         timeout: Duration,
-    ) -> Result<(StatusCode, Option<bool>, Bytes), StripeError> {
+    ) -> Result<Answer, StripeError> {
         let exchange = async {
             let response = self
                 .client
@@ -194,13 +221,23 @@ impl StripeHttp {
                 .get(SHOULD_RETRY)
                 .and_then(|value| value.to_str().ok())
                 .and_then(|value| value.parse().ok());
+            let replayed = response
+                .headers()
+                .get(IDEMPOTENT_REPLAYED)
+                .and_then(|value| value.to_str().ok())
+                .is_some_and(|value| value.trim().eq_ignore_ascii_case("true"));
             let body = response
                 .into_body()
                 .collect()
                 .await
                 .map_err(|e| StripeError::ClientError(e.to_string()))?
                 .to_bytes();
-            Ok((status, should_retry, body))
+            Ok(Answer {
+                status,
+                should_retry,
+                replayed,
+                body,
+            })
         };
         tokio::time::timeout(timeout, exchange)
             .await
@@ -213,12 +250,11 @@ impl StripeHttp {
     /// event's JSON on to the intake, so it needs the bytes rather than async-stripe's types.
     pub async fn get_raw(&self, path: &str, query: &str) -> Result<Bytes, CallError> {
         let request = self.request(StripeMethod::Get, path, Some(query), None, None, None)?;
-        match self.attempt(request, self.timeout).await? {
-            (status, _, body) if status.is_success() => Ok(body),
-            (status, advice, body) => Err(CallError {
-                error: stripe_error(status, &body),
-                should_retry: advice,
-            }),
+        let answer = self.attempt(request, self.timeout).await?;
+        if answer.status.is_success() {
+            Ok(answer.body)
+        } else {
+            Err(answer.into_error())
         }
     }
 }
@@ -261,13 +297,10 @@ impl StripeClient for StripeHttp {
             tries += 1;
             match self.attempt(prepared.clone(), timeout).await {
                 Err(error) => last_error = error.into(),
-                Ok((status, _, body)) if status.is_success() => return Ok(body),
-                Ok((status, advice, body)) => {
-                    last_error = CallError {
-                        error: stripe_error(status, &body),
-                        should_retry: advice,
-                    };
-                    last = Some((status, advice));
+                Ok(answer) if answer.status.is_success() => return Ok(answer.body),
+                Ok(answer) => {
+                    last = Some((answer.status, answer.should_retry));
+                    last_error = answer.into_error();
                 }
             }
         }

@@ -82,6 +82,32 @@ impl StripeFailure {
     }
 }
 
+/// A failed write under an idempotency key, as the key switch reads it: what it means for the
+/// job, and whether Stripe answered from the key's record (`Idempotent-Replayed: true`).
+///
+/// A replayed answer is definitive for its key: the first request under it ran to its end, so
+/// nothing under that key can still be executing. Stripe saves an answer once the endpoint
+/// began executing, a 500 included; a 409 (the key's first request still running), a 429 or a
+/// request that failed validation is not saved, so it is never replayed
+/// (docs/design.md#how-a-request-becomes-a-subscription).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{failure}{}", if *.replayed { " (replayed by Stripe)" } else { "" })]
+pub struct WriteFailure {
+    pub failure: StripeFailure,
+    pub replayed: bool,
+}
+
+impl From<StripeFailure> for WriteFailure {
+    /// A failure that is not an answer Stripe replayed (it was executed now, or never reached
+    /// Stripe's idempotency layer).
+    fn from(failure: StripeFailure) -> Self {
+        WriteFailure {
+            failure,
+            replayed: false,
+        }
+    }
+}
+
 fn permanent_detail(
     api: &stripe::ApiErrors,
     message: String,

@@ -22,7 +22,7 @@ use stripe_product::price::{
 use stripe_types::Expandable;
 
 use super::client::{CallError, ClientOptions, StripeHttp};
-use super::{Budget, StripeFailure};
+use super::{Budget, StripeFailure, WriteFailure};
 use crate::telemetry::names::stripe::{BUDGET_WAIT_SECONDS, CALLS_TOTAL, ERRORS_TOTAL};
 
 /// A payment method attached to the customer.
@@ -330,11 +330,13 @@ impl Gateway {
         }
     }
 
+    /// Creates the subscription under `key`. A failure says whether Stripe replayed it from the
+    /// key's record: the job path moves to a new key only on such a definitive answer.
     pub async fn create_subscription(
         &self,
         new: &NewSubscription<'_>,
         key: &str,
-    ) -> Result<Subscribed, StripeFailure> {
+    ) -> Result<Subscribed, WriteFailure> {
         self.take_budget("subscriptions.create").await?;
         let behavior = match new.payment_behavior {
             "allow_incomplete" => CreateSubscriptionPaymentBehavior::AllowIncomplete,
@@ -358,7 +360,7 @@ impl Gateway {
             .request_strategy(idempotent(key)?)
             .send(&self.client)
             .await
-            .map_err(|e| failed("subscriptions.create", e, true))?;
+            .map_err(|e| failed_write("subscriptions.create", e))?;
         Ok(subscribed(&subscription))
     }
 }
@@ -665,6 +667,15 @@ fn failed(operation: &'static str, error: CallError, write: bool) -> StripeFailu
     };
     metrics::counter!(ERRORS_TOTAL, "operation" => operation, "error" => kind).increment(1);
     StripeFailure::classify(error.error, error.should_retry, write)
+}
+
+/// [`failed`] for a write, keeping whether Stripe replayed the answer from the key's record.
+fn failed_write(operation: &'static str, error: CallError) -> WriteFailure {
+    let replayed = error.replayed;
+    WriteFailure {
+        failure: failed(operation, error, true),
+        replayed,
+    }
 }
 
 fn idempotent(key: &str) -> Result<RequestStrategy, StripeFailure> {

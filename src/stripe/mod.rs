@@ -9,7 +9,7 @@ mod gateway;
 mod on_behalf;
 
 pub use client::{CallError, ClientOptions, StripeHttp};
-pub use error::StripeFailure;
+pub use error::{StripeFailure, WriteFailure};
 pub use gateway::{
     Attached, CreatedCustomer, FoundSubscription, Gateway, NewCustomer, NewSubscription,
     PaymentError, PriceSpec, SetupIntent, Subscribed, SubscriptionState, charged_intent,

@@ -17,7 +17,7 @@ use crate::domain::{FinalResult, PayKey, ResultEvent};
 use crate::store::{Store, StoreError};
 use crate::stripe::{
     Attached, CreatedCustomer, FoundSubscription, Gateway, NewCustomer, NewSubscription,
-    PaymentError, PriceSpec, StripeFailure, Subscribed, SubscriptionState,
+    PaymentError, PriceSpec, StripeFailure, Subscribed, SubscriptionState, WriteFailure,
 };
 
 #[rustfmt::skip]
@@ -180,7 +180,7 @@ impl StripeApi for Gateway {
         find_price<'a>(lookup_key: &'a str) -> Result<Option<(String, String)>, StripeFailure> => Gateway::find_price;
         create_price<'a>(spec: &'a PriceSpec<'a>, key: &'a str) -> Result<(String, String), StripeFailure> => Gateway::create_price;
         find_subscription<'a>(customer: &'a str, pay_id: &'a str) -> Result<Option<Subscribed>, StripeFailure> => Gateway::find_subscription;
-        create_subscription<'a>(new: &'a NewSubscription<'a>, key: &'a str) -> Result<Subscribed, StripeFailure> => Gateway::create_subscription;
+        create_subscription<'a>(new: &'a NewSubscription<'a>, key: &'a str) -> Result<Subscribed, WriteFailure> => Gateway::create_subscription;
         cancel_at_period_end<'a>(subscription: &'a str, key: &'a str) -> Result<SubscriptionState, StripeFailure> => Gateway::cancel_at_period_end;
         cancel_now<'a>(subscription: &'a str, key: &'a str) -> Result<SubscriptionState, StripeFailure> => Gateway::cancel_now;
         subscription_state<'a>(subscription: &'a str) -> Result<SubscriptionState, StripeFailure> => Gateway::subscription_state;

@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::ports::{Clock, Incoming, JobQueue, JobStart, JobStore, Outcome, StripeApi, Wait};
-use super::steps::{self, JobSettings, Made};
+use super::steps::{self, JobSettings, Made, Records};
 use crate::domain::outcome::STATUS_FAILED;
 use crate::domain::{FailureCode, FailureDetail, FinalResult, Job, PayKey, ResultEvent};
 
@@ -91,16 +91,27 @@ pub(super) async fn handle(
         Ok(JobStart::Locked { created }) => created,
     };
     let locked = async {
+        // No create on record: nothing was sent, unless Redis lost the records. Then Stripe is
+        // asked before anything is created again or a failure is stored.
+        let records = if created.is_none() {
+            match steps::found_at_stripe(ctx, job).await {
+                Ok(Records::Found(result)) => return finish(ctx, job, token, &result).await,
+                Ok(records) => records,
+                Err(decision) => return conclude(ctx, job, incoming, token, decision).await,
+            }
+        } else {
+            Records::Kept
+        };
         // Handed out this often, the job ends here rather than be dead-lettered by the broker
         // with no result; it runs no step, since the steps are what kept failing.
         let decision = if incoming.delivery_count + 1 >= ctx.settings.delivery_limit {
-            if created.is_some() {
+            if created.is_some() || records == Records::Lost {
                 Decision::Park("the delivery limit was reached".into())
             } else {
                 Decision::Failed(internal("the job reached the broker's delivery limit"))
             }
         } else {
-            steps::run(ctx, job, incoming, token, created).await
+            steps::run(ctx, job, incoming, token, created, records).await
         };
         conclude(ctx, job, incoming, token, decision).await
     };
@@ -115,9 +126,20 @@ pub(super) async fn after_panic(
     incoming: &Incoming,
     token: &str,
 ) -> Outcome {
-    let decision = match ctx.ports.store.created(&job.pay_key()).await {
+    let pay_key = job.pay_key();
+    let decision = match ctx.ports.store.created(&pay_key).await {
         Ok(Some(_)) => Decision::Park("the job panicked after a create was sent".into()),
-        Ok(None) => Decision::Failed(internal("the job panicked")),
+        // No create on record and no intake record either: Redis lost them, and a create may
+        // have been sent before. A copy asks Stripe first; this task, which just panicked,
+        // stores no failure.
+        Ok(None) => match ctx.ports.store.has_record(&pay_key).await {
+            Ok(true) => Decision::Failed(internal("the job panicked")),
+            Ok(false) => Decision::Retry {
+                reason: "the job panicked, and the store has lost its records".into(),
+                create_sent: true,
+            },
+            Err(error) => Decision::HandBack(error.to_string()),
+        },
         Err(error) => Decision::HandBack(error.to_string()),
     };
     conclude(ctx, job, incoming, token, decision).await

@@ -12,7 +12,8 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 
 use super::memory::{
-    MemoryQueue, MemoryStore, MemoryStripe, QueueDelays, QueuedJob, Trace, VirtualClock,
+    MemoryQueue, MemoryStore, MemoryStripe, QueueDelays, QueuedJob, StripeFault as Fault, Trace,
+    VirtualClock,
 };
 use super::message::{self, Message};
 use super::ports::{
@@ -26,7 +27,7 @@ use crate::domain::{FailureCode, FinalResult, Job, PayKey};
 use crate::store::StoreError;
 use crate::stripe::{
     Attached, CreatedCustomer, FoundSubscription, NewCustomer, NewSubscription, PaymentError,
-    PriceSpec, StripeFailure, Subscribed, SubscriptionState,
+    PriceSpec, StripeFailure, Subscribed, SubscriptionState, WriteFailure,
 };
 
 /// Decodes and handles a message as the consumer does.
@@ -59,6 +60,8 @@ struct Scripted {
     customers_fail: Arc<AtomicBool>,
     /// The subscription create panics before it is sent.
     panic_on_create: Arc<AtomicBool>,
+    /// Faults the next subscription creates meet at the fake, one each, in order.
+    create_faults: Arc<Mutex<std::collections::VecDeque<Fault>>>,
 }
 
 impl StripeApi for Scripted {
@@ -129,15 +132,24 @@ impl StripeApi for Scripted {
         &'a self,
         new: &'a NewSubscription<'a>,
         key: &'a str,
-    ) -> BoxFuture<'a, Result<Subscribed, StripeFailure>> {
+    ) -> BoxFuture<'a, Result<Subscribed, WriteFailure>> {
         assert!(
             !self.panic_on_create.load(Ordering::SeqCst),
             "a bug just before the create"
         );
+        let fault = self
+            .create_faults
+            .lock()
+            .ok()
+            .and_then(|mut f| f.pop_front());
+        if let Some(fault) = fault {
+            // The create is the fake's next call: the scripted fault is its.
+            self.inner.script(&[fault]);
+        }
         async move {
             let made = self.inner.create_subscription(new, key).await;
             if self.lose_create_answers.load(Ordering::SeqCst) {
-                return Err(StripeFailure::Unknown("500 after the write".into()));
+                return Err(StripeFailure::Unknown("500 after the write".into()).into());
             }
             made
         }
@@ -323,6 +335,8 @@ fn bench() -> Bench {
         trace.clone(),
     );
     let store = MemoryStore::new(1, Duration::from_millis(1), trace.clone());
+    // The intake's claim keeps the payId's record before it publishes the job.
+    store.keep_record(&job().pay_key());
     let stripe = MemoryStripe::new(1, TIMEOUT, trace);
     stripe.add_price("price_basic", "prod_basic");
     let scripted = Scripted {
@@ -332,6 +346,7 @@ fn bench() -> Bench {
         panic_on_customer: Arc::default(),
         customers_fail: Arc::default(),
         panic_on_create: Arc::default(),
+        create_faults: Arc::default(),
     };
     let watched = Watched {
         inner: store.clone(),
@@ -354,7 +369,6 @@ fn bench() -> Bench {
             jitter: false,
         },
         lock_ttl: Duration::from_secs(3),
-        key_switch_after: TIMEOUT * 2,
         give_up_after: GIVE_UP_AFTER,
         delivery_limit: DELIVERY_LIMIT,
         prices: Mutex::default(),
@@ -429,6 +443,7 @@ async fn earlier_run(bench: &Bench, job: &Job, generation: u32, subscribed: bool
         customer: customer.clone(),
         pay_method: "card".into(),
         scoped: true,
+        payment_method: "pm_1".into(),
     };
     let ttl = Duration::from_secs(3);
     let earlier = bench.store.begin(&job.pay_key(), "earlier", ttl).await;
@@ -462,6 +477,23 @@ async fn earlier_run(bench: &Bench, job: &Job, generation: u32, subscribed: bool
             .expect("subscribed");
     }
     sent
+}
+
+/// Records `sent` as the payId's last create, as a job holding the lock would.
+async fn rerecord(bench: &Bench, job: &Job, sent: &CreateSent) {
+    let ttl = Duration::from_secs(3);
+    let begun = bench.store.begin(&job.pay_key(), "rerecord", ttl).await;
+    assert!(matches!(begun, Ok(JobStart::Locked { .. })));
+    let recorded = bench
+        .store
+        .record_create(&job.pay_key(), "rerecord", sent)
+        .await;
+    assert_eq!(recorded.ok(), Some(true));
+    bench
+        .store
+        .unlock(&job.pay_key(), "rerecord")
+        .await
+        .expect("unlocked");
 }
 
 fn subscriptions_of(bench: &Bench) -> Vec<String> {
@@ -609,28 +641,144 @@ async fn an_outage_past_the_retries_keeps_the_job_processing_until_give_up_after
     assert!(subscriptions_of(&bench).is_empty());
 }
 
-/// Hole 4: a generation switch is safe only when no earlier create can still be in flight.
+/// Hole 4: no window makes a new key safe, so the setting that named one is accepted (an old
+/// configuration still starts) and reported as deprecated, not obeyed.
 #[test]
-fn the_configuration_refuses_a_key_switch_sooner_than_twice_the_stripe_timeout() {
+fn the_old_key_switch_setting_is_accepted_and_reported_deprecated() {
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
-    let load = |switch_ms: &str| {
-        let env = std::collections::HashMap::from([
-            (
-                "AUTORENEW__STRIPE__REQUEST_TIMEOUT_MS".to_owned(),
-                "2000".to_owned(),
-            ),
-            (
-                "AUTORENEW__WORKER__KEY_SWITCH_AFTER_MS".to_owned(),
-                switch_ms.to_owned(),
-            ),
-        ]);
+    let load = |switch_ms: Option<&str>| {
+        let env = switch_ms
+            .map(|ms| {
+                std::collections::HashMap::from([(
+                    "AUTORENEW__WORKER__KEY_SWITCH_AFTER_MS".to_owned(),
+                    ms.to_owned(),
+                )])
+            })
+            .unwrap_or_default();
         Settings::load_with_env(Some(&config), Some(env))
     };
 
-    let refused = load("3999").expect_err("too soon").to_string();
+    let old = load(Some("1")).expect("an old configuration still loads");
+    let current = load(None).expect("the shipped configuration loads");
 
-    assert!(refused.contains("worker.key_switch_after_ms"), "{refused}");
-    assert!(load("4000").is_ok());
+    let warned = old.deprecations();
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert!(
+        warned[0].contains("worker.key_switch_after_ms"),
+        "{warned:?}"
+    );
+    assert!(warned[0].contains("ignored"), "{warned:?}");
+    assert!(current.deprecations().is_empty());
+}
+
+/// The created record of the payId, as a copy would read it.
+async fn recorded(bench: &Bench, job: &Job) -> CreateSent {
+    bench
+        .store
+        .created(&job.pay_key())
+        .await
+        .expect("the store answers")
+        .expect("a create was recorded")
+}
+
+/// A create sent long ago (past any multiple of the client's timeout) that a lookup cannot find
+/// goes again under the same key: Stripe executes it now, and a new key is never needed.
+#[tokio::test(start_paused = true)]
+async fn an_empty_lookup_sends_the_create_again_under_the_same_key_however_old_the_send() {
+    let bench = bench();
+    let job = job();
+    // The first create never reached Stripe; half an hour on (within `give_up_after`).
+    earlier_run(&bench, &job, 0, false).await;
+    tokio::time::advance(Duration::from_secs(1800)).await;
+
+    let handled = handle(&bench.ctx, &first_delivery(&job), "copy").await;
+
+    assert_eq!(handled.label, "succeeded");
+    assert_eq!(subscriptions_of(&bench).len(), 1);
+    assert_eq!(recorded(&bench, &job).await.generation, 0, "the same key");
+}
+
+/// Stripe may still be executing a create minutes after the client gave up on it. Its key is
+/// sent again and answered 409 meanwhile; no new key goes out beside it, however long it runs.
+#[tokio::test(start_paused = true)]
+async fn a_create_still_executing_at_stripe_gets_its_key_again_never_a_new_one() {
+    let bench = bench();
+    let job = job();
+    if let Ok(mut faults) = bench.scripted.create_faults.lock() {
+        faults.push_back(Fault::Stalled);
+    }
+
+    let first = handle(&bench.ctx, &first_delivery(&job), "first").await;
+    assert_eq!(first.label, "retry", "timed out, then 409s: tried later");
+    // Far past twice the client's timeout, while the first create still runs at Stripe.
+    tokio::time::advance(Duration::from_secs(60)).await;
+    let copy = bench.queue.try_receive("test").expect("the retry");
+    let again = handle(&bench.ctx, &copy.incoming, "again").await;
+
+    assert_eq!(again.label, "retry", "{again:?}");
+    assert!(subscriptions_of(&bench).is_empty(), "still executing");
+    assert_eq!(
+        recorded(&bench, &job).await.generation,
+        0,
+        "never a new key"
+    );
+
+    // The first create ends; the next copy's lookup finds what it made.
+    tokio::time::advance(Duration::from_secs(300)).await;
+    let copy = bench.queue.try_receive("test").expect("the retry");
+    let settled = handle(&bench.ctx, &copy.incoming, "settled").await;
+
+    assert_eq!(settled.label, "succeeded");
+    let subs = subscriptions_of(&bench);
+    assert_eq!(subs.len(), 1, "{subs:?}");
+    let stored = bench.store.stored_result(&job.pay_key()).expect("a result");
+    assert_eq!(stored.sub_id, subs[0]);
+}
+
+/// Stripe saved a 500 for the create's key and replays it to every retry: that replayed
+/// answer, with a lookup showing nothing, is Stripe's word that nothing under the key made a
+/// subscription, and the next key goes out at once.
+#[tokio::test(start_paused = true)]
+async fn a_500_stripe_replays_for_the_create_s_key_moves_to_the_next_key_and_makes_one_subscription()
+ {
+    let bench = bench();
+    let job = job();
+    if let Ok(mut faults) = bench.scripted.create_faults.lock() {
+        faults.push_back(Fault::ServerErrorBefore);
+    }
+
+    let handled = handle(&bench.ctx, &first_delivery(&job), "first").await;
+
+    assert_eq!(handled.label, "succeeded", "{handled:?}");
+    assert_eq!(subscriptions_of(&bench).len(), 1);
+    assert_eq!(recorded(&bench, &job).await.generation, 1, "the next key");
+}
+
+/// Past `give_up_after`, a job sends nothing; with a create sent an hour ago that a lookup
+/// cannot find, only Stripe's 24 h key retention makes "absent" final. Until then it stays
+/// `processing`; after it, it ends `STRIPE_UNAVAILABLE`.
+#[tokio::test(start_paused = true)]
+async fn a_given_up_job_with_a_recent_create_waits_for_stripe_s_key_retention_before_failing() {
+    let bench = bench();
+    let job = job();
+    earlier_run(&bench, &job, 0, false).await;
+    tokio::time::advance(GIVE_UP_AFTER).await;
+
+    let waiting = handle(&bench.ctx, &first_delivery(&job), "late").await;
+
+    assert_eq!(waiting.label, "parked");
+    assert_eq!(bench.store.stored_result(&job.pay_key()), None);
+    tokio::time::advance(Duration::from_secs(24 * 3600)).await;
+    let parked = bench.queue.try_receive("test").expect("the parked copy");
+    let ended = handle(&bench.ctx, &parked.incoming, "later").await;
+
+    assert_eq!(ended.label, "failed");
+    let stored = bench.store.stored_result(&job.pay_key()).expect("a result");
+    assert_eq!(
+        stored.error.map(|e| e.code),
+        Some(FailureCode::StripeUnavailable)
+    );
+    assert!(subscriptions_of(&bench).is_empty());
 }
 
 /// Runs a job the way the consumer does (`run_job`): in a task of its own, `after_panic` if
@@ -789,8 +937,11 @@ async fn a_refusal_while_an_earlier_create_may_still_land_parks_the_job_instead_
     let mut fields = serde_json::to_value(job()).expect("a job as JSON");
     fields["pm_id"] = serde_json::json!("pm_card_chargeDeclined");
     let job: Job = serde_json::from_value(fields).expect("a valid job");
-    // A create went out a moment ago, and its outcome is not known yet.
-    earlier_run(&bench, &job, 0, false).await;
+    // A create went out a moment ago, and its outcome is not known yet; its record is of the
+    // older shape, without the method's id, so the customer steps run again before it is sent.
+    let mut sent = earlier_run(&bench, &job, 0, false).await;
+    sent.payment_method.clear();
+    rerecord(&bench, &job, &sent).await;
 
     let refused = handle(&bench.ctx, &first_delivery(&job), "second").await;
 

@@ -56,7 +56,6 @@ pub fn job_settings(settings: &Settings, stop: CancellationToken) -> JobSettings
             stop,
         },
         lock_ttl: Duration::from_millis(worker.lock_ttl_ms),
-        key_switch_after: Duration::from_millis(worker.key_switch_after_ms),
         give_up_after: worker.give_up_after.0,
         delivery_limit: JOB_DELIVERY_LIMIT,
         prices: Mutex::new(HashMap::new()),

@@ -2,11 +2,17 @@
 //!
 //! - a create is recorded in the store ([`CreateSent`]) before it is sent;
 //! - no create goes out without a lookup first, unless this payId has never had one sent;
-//! - the idempotency key moves to a new generation only when a lookup has shown the
-//!   subscription absent *and* the last create is older than `key_switch_after`, so no earlier
-//!   request can still be in flight at Stripe (it would create a second subscription);
+//! - after a lookup that finds nothing, the create is sent again under the *same* idempotency
+//!   key. Stripe then executes it (the first never arrived), answers 409 (the first is still
+//!   executing: try again later), or replays the first one's stored answer;
+//! - the key moves to a new generation only on Stripe's definitive word that nothing under the
+//!   old one made a subscription: a replayed answer (`Idempotent-Replayed`) that is not one,
+//!   confirmed by a lookup, or Stripe's 24 h key retention passed since the last send with a
+//!   lookup showing nothing. Never because some time has passed: Stripe may still be executing
+//!   a request long after any client timeout, and a new key beside it makes a second
+//!   subscription;
 //! - an outcome that is still unknown when the attempts run out is never reported `failed`: the
-//!   job is parked for reconciliation, where it is only ever looked up.
+//!   job is parked for reconciliation, where it is looked up and sent again under the same key.
 //!
 //! A payId authorized before (`/stripeSubAuthorization`, docs/partners.md#before-the-request-stripesubauthorization) skips the customer
 //! steps on its first create: the authorization made the customer and the partner's app put
@@ -27,9 +33,11 @@ use super::creation::{Decision, JobContext};
 use super::ports::{CreateSent, Incoming};
 use crate::config::PlanSettings;
 use crate::domain::authorization::{customer_key, short_hash};
-use crate::domain::{FailureCode, FailureDetail, Job};
+use crate::domain::{FailureCode, FailureDetail, FinalResult, Job};
+use crate::rebuild::{self, RebuildError};
 use crate::stripe::{
     Attached, CreatedCustomer, NewCustomer, NewSubscription, PriceSpec, StripeFailure, Subscribed,
+    WriteFailure,
 };
 
 /// Quick retries of one Stripe step, inside one attempt.
@@ -74,9 +82,6 @@ pub struct JobSettings {
     pub payment_behavior: String,
     pub retry: RetryPolicy,
     pub lock_ttl: Duration,
-    /// How old the last create must be before a new key generation may be used: longer than a
-    /// request can stay in flight at Stripe (checked against `stripe.request_timeout_ms`).
-    pub key_switch_after: Duration,
     /// How long after its acceptance a job may still end `STRIPE_UNAVAILABLE`-free: until then
     /// an outage parks it and it is tried again; after it, nothing new is sent for it.
     pub give_up_after: Duration,
@@ -113,6 +118,10 @@ pub(super) struct Made {
     pub subscription: Subscribed,
 }
 
+/// How long Stripe keeps an idempotency key: past it, a key's requests have all ended, and a
+/// lookup that finds nothing is final (docs/design.md#how-a-request-becomes-a-subscription).
+pub const KEY_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
 /// Runs the job's Stripe steps under the payId's lock; `created` is what the store remembers.
 pub(super) async fn run(
     ctx: &JobContext,
@@ -120,6 +129,7 @@ pub(super) async fn run(
     incoming: &Incoming,
     token: &str,
     created: Option<CreateSent>,
+    records: Records,
 ) -> Decision {
     let pay_id = job.pay_id.as_str();
     // Past `give_up_after`, nothing new is sent: a stale copy (a dead letter replayed weeks
@@ -127,8 +137,9 @@ pub(super) async fn run(
     let given_up = given_up(ctx, job);
     // A create was sent before (by this job or a copy of it): settle by lookup first.
     let mut generation = 0;
-    // Whether a create sent earlier may still land at Stripe: then no refusal is final yet.
-    let mut in_flight = false;
+    // Whether a create sent earlier may still be executing at Stripe: then no refusal of an
+    // earlier step is final yet. With the records lost, the store cannot say none was sent.
+    let mut unsettled = records == Records::Lost;
     if let Some(sent) = &created {
         let lookup = with_retries(&ctx.settings.retry, || {
             ctx.ports.stripe.find_subscription(&sent.customer, pay_id)
@@ -150,22 +161,35 @@ pub(super) async fn run(
                 });
             }
             Ok(None) => {
-                in_flight = ctx.ports.clock.now_ms().saturating_sub(sent.sent_at_ms)
-                    < millis(ctx.settings.key_switch_after);
-                if in_flight && (incoming.parked || given_up) {
-                    return Decision::Park("the last create may still be in flight".into());
-                }
-                if given_up {
-                    // Absent, with no earlier request still in flight: no subscription was
-                    // made, and none will be.
-                    return Decision::Failed(unavailable("no subscription was made"));
-                }
-                // A parked job whose create is proved absent runs again, under a new key.
-                generation = if in_flight {
-                    sent.generation
+                let since_sent = ctx.ports.clock.now_ms().saturating_sub(sent.sent_at_ms);
+                if since_sent >= millis(KEY_RETENTION) {
+                    // Stripe has forgotten the key, and every request sent under it has ended:
+                    // the lookup's "absent" is final.
+                    if given_up {
+                        return Decision::Failed(unavailable("no subscription was made"));
+                    }
+                    generation = sent.generation + 1;
+                } else if given_up {
+                    // Only the key's own answer could settle it now, and a given-up job sends
+                    // nothing: it waits, `processing`, for the key's retention to pass.
+                    return Decision::Park(
+                        "the last create may still be executing at Stripe".into(),
+                    );
+                } else if !sent.payment_method.is_empty() {
+                    // The same create again, under the same key: Stripe executes it, answers
+                    // 409 while the first is still executing, or replays how the first ended.
+                    // It cannot make a second. The customer steps were done before the first
+                    // was sent, and are not run again: a refusal there would say nothing of
+                    // the create still in question.
+                    return match resend(ctx, job, token, sent).await {
+                        Ok(made) => Decision::Made(made),
+                        Err(stop) => stopped(stop, true, true),
+                    };
                 } else {
-                    sent.generation + 1
-                };
+                    // A record without the method's id: the customer steps give it again.
+                    generation = sent.generation;
+                    unsettled = true;
+                }
             }
             Err(failure) => return stopped(Stop::Stripe(failure), true, true),
         }
@@ -186,19 +210,71 @@ pub(super) async fn run(
     .await
     {
         Ok(made) => Decision::Made(made),
-        Err(stop) => stopped(stop, recorded, in_flight),
+        Err(stop) => stopped(stop, recorded, unsettled),
+    }
+}
+
+/// What the store knows of a payId that has no create on record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Records {
+    /// The intake's record is there: no create was ever sent.
+    Kept,
+    /// Redis lost the records, and Stripe has no subscription for the payId (yet): a create
+    /// sent under a lost record may still be executing, so no refusal before a create is final
+    /// until `give_up_after`.
+    Lost,
+    /// Redis lost the records, and Stripe has the subscription: its result, put back.
+    Found(Box<FinalResult>),
+}
+
+/// What the store knows, and when it has lost the payId's records, what Stripe has: no create
+/// on record and no intake record means Redis lost them (a failover to an empty replica, a
+/// flush) or the message is older than their retention, so "nothing was sent" cannot be read
+/// off the store. Stripe, the system of record, is searched by the payId's metadata, and what
+/// it has is put back (docs/design.md#redis-data-loss-in-the-simulation-what-it-shows).
+///
+/// Stripe's search lags a new subscription by up to a minute; a create sent under a lost record
+/// within that minute is still held to one subscription by its idempotency key when it is the
+/// same generation, which it is unless a replayed answer had moved it on.
+pub(super) async fn found_at_stripe(ctx: &JobContext, job: &Job) -> Result<Records, Decision> {
+    let pay_key = job.pay_key();
+    let store = ctx.ports.store.as_ref();
+    match store.has_record(&pay_key).await {
+        Ok(true) => return Ok(Records::Kept),
+        Ok(false) => {}
+        Err(error) => return Err(Decision::HandBack(error.to_string())),
+    }
+    let mut delays = ctx.settings.retry.delays();
+    loop {
+        let failure = match rebuild::from_stripe(ctx.ports.stripe.as_ref(), store, &pay_key).await {
+            Ok(Some(found)) => return Ok(Records::Found(Box::new(found))),
+            Ok(None) => return Ok(Records::Lost),
+            Err(RebuildError::Store(error)) => return Err(Decision::HandBack(error.to_string())),
+            Err(RebuildError::Stripe(
+                failure @ (StripeFailure::Transient(_) | StripeFailure::Unknown(_)),
+            )) => failure,
+            Err(RebuildError::Stripe(other)) => {
+                return Err(stopped(Stop::Stripe(other), true, true));
+            }
+        };
+        match delays.next() {
+            Some(delay) if ctx.settings.retry.pause(delay).await => {}
+            // Not known yet whether a subscription exists: as after a create sent.
+            _ => return Err(stopped(Stop::Stripe(failure), true, true)),
+        }
     }
 }
 
 /// What a stop means for the job. `create_sent`: a create was recorded, so a subscription may
-/// exist; `in_flight`: an earlier create may still land at Stripe.
-fn stopped(stop: Stop, create_sent: bool, in_flight: bool) -> Decision {
+/// exist; `unsettled`: an earlier create may still be executing at Stripe.
+fn stopped(stop: Stop, create_sent: bool, unsettled: bool) -> Decision {
     match stop {
-        // Stripe's answer to the create itself: under this key nothing was made, and no other
-        // key can still be in flight (a new generation waits until none can).
+        // Stripe's answer to the create itself (executed now, or replayed): under this key
+        // nothing was made, and no older key can still be executing (a new generation is used
+        // only once the older one's requests have ended).
         Stop::Refused(detail) => Decision::Failed(detail),
         // A refusal of an earlier step is final unless an earlier create may still land.
-        Stop::Stripe(StripeFailure::Permanent(detail)) if in_flight => {
+        Stop::Stripe(StripeFailure::Permanent(detail)) if unsettled => {
             Decision::Park(detail.message)
         }
         Stop::Stripe(StripeFailure::Permanent(detail)) => Decision::Failed(detail),
@@ -259,10 +335,9 @@ async fn create(
     let (price, _product) = price_step(ctx, job, &suffix).await?;
     // A payId whose creates began before payIds were scoped by partner keeps its old keys.
     let scoped = created.is_none_or(|sent| sent.scoped);
-    let mut generation = generation;
+    let mut choice = KeyChoice { generation, scoped };
     loop {
-        let choice = KeyChoice { generation, scoped };
-        match subscribe(ctx, job, token, &payer, &price, choice, recorded).await {
+        match subscribe(ctx, job, token, &payer, &price, &mut choice, recorded).await {
             // The method is not on the authorized customer after all (the app confirmed
             // another SetupIntent, or none): Stripe's answer made nothing, and no other key
             // is in flight, so the next generation is free. Attach as for any job, then
@@ -272,7 +347,7 @@ async fn create(
             {
                 tracing::info!(pay_id = %job.pay_id, "the authorized customer lacks the method; attaching it");
                 shortcut = false;
-                generation += 1;
+                choice.generation += 1;
                 payer = payer_step(ctx, job, None, &suffix).await?;
             }
             Err(stop) => return Err(stop),
@@ -290,6 +365,34 @@ async fn create(
             }
         }
     }
+}
+
+/// Sends the recorded create again, with the same parameters under the same key.
+async fn resend(ctx: &JobContext, job: &Job, token: &str, sent: &CreateSent) -> Result<Made, Stop> {
+    let suffix = format!("g{}", sent.generation);
+    let (price, _product) = price_step(ctx, job, &suffix).await?;
+    let payer = Payer {
+        customer: sent.customer.clone(),
+        method: sent.payment_method.clone(),
+        kind: sent.pay_method.clone(),
+    };
+    let mut choice = KeyChoice {
+        generation: sent.generation,
+        scoped: sent.scoped,
+    };
+    let mut recorded = true;
+    let subscription =
+        subscribe(ctx, job, token, &payer, &price, &mut choice, &mut recorded).await?;
+    let pay_method = if subscription.pay_method.is_empty() {
+        payer.kind
+    } else {
+        subscription.pay_method.clone()
+    };
+    Ok(Made {
+        customer: payer.customer,
+        pay_method,
+        subscription,
+    })
 }
 
 /// The payer of an authorized payId: the authorization's customer, if it was made for this
@@ -320,49 +423,54 @@ struct KeyChoice {
     scoped: bool,
 }
 
-/// Creates the subscription under `choice`'s key, each send recorded before it goes.
+/// Creates the subscription under `choice`'s key, each send recorded before it goes. The key
+/// moves on (and `choice` with it) only when Stripe replayed an answer for it that made no
+/// subscription and a lookup agrees.
 async fn subscribe(
     ctx: &JobContext,
     job: &Job,
     token: &str,
     payer: &Payer,
     price: &str,
-    choice: KeyChoice,
+    choice: &mut KeyChoice,
     recorded: &mut bool,
 ) -> Result<Subscribed, Stop> {
-    let KeyChoice { generation, scoped } = choice;
     let pay_id = job.pay_id.as_str();
     let pay_key = job.pay_key();
     let stripe = &ctx.ports.stripe;
-    // Every send of the create is recorded before it goes, the quick retries below included:
-    // a copy measures `key_switch_after` from the last send, and a retry sent seconds after
-    // the first can land a whole timeout later (found by the simulation, seed 20262893).
-    let record = || async {
+    let retry = &ctx.settings.retry;
+    // Every send of the create is recorded before it goes, the quick retries below included: a
+    // copy reads the key's generation from it, and dates the last send by it (Stripe's key
+    // retention runs from there).
+    let scoped = choice.scoped;
+    let record = |generation: u32| {
         let sent = CreateSent {
             generation,
             sent_at_ms: ctx.ports.clock.now_ms(),
             customer: payer.customer.clone(),
             pay_method: payer.kind.clone(),
             scoped,
+            payment_method: payer.method.clone(),
         };
-        let held = ctx
-            .ports
-            .store
-            .record_create(&pay_key, token, &sent)
-            .await
-            .map_err(|e| Stop::Store(e.to_string()))?;
-        if held {
-            Ok(())
-        } else {
-            // The lock was lost: the copy holding it may have found no record and be ending
-            // the job `failed`; creating now would make that a lie. Nothing was sent.
-            Err(Stop::Store(
-                "the payId's lock was lost before the create".into(),
-            ))
+        let pay_key = &pay_key;
+        async move {
+            let held = ctx
+                .ports
+                .store
+                .record_create(pay_key, token, &sent)
+                .await
+                .map_err(|e| Stop::Store(e.to_string()))?;
+            if held {
+                Ok(())
+            } else {
+                // The lock was lost: the copy holding it may have found no record and be
+                // ending the job `failed`; creating now would make that a lie. Nothing was sent.
+                Err(Stop::Store(
+                    "the payId's lock was lost before the create".into(),
+                ))
+            }
         }
     };
-    record().await?;
-    *recorded = true;
 
     let metadata = HashMap::from([
         ("payId".to_owned(), pay_id.to_owned()),
@@ -378,18 +486,73 @@ async fn subscribe(
         payment_behavior: &ctx.settings.payment_behavior,
         metadata,
     };
-    let key = crate::domain::job::subscription_key(&pay_key, generation, scoped);
-    create_or_settle_recorded(
-        &ctx.settings.retry,
-        record,
-        || stripe.create_subscription(&new, &key),
-        || stripe.find_subscription(&payer.customer, pay_id),
-    )
-    .await
-    .map_err(|stop| match stop {
-        Stop::Stripe(StripeFailure::Permanent(detail)) => Stop::Refused(detail),
-        other => other,
-    })
+    let lookup = || stripe.find_subscription(&payer.customer, pay_id);
+    let mut delays = retry.delays();
+    loop {
+        record(choice.generation).await?;
+        *recorded = true;
+        let key = crate::domain::job::subscription_key(&pay_key, choice.generation, scoped);
+        let failure = match stripe.create_subscription(&new, &key).await {
+            Ok(made) => return Ok(made),
+            Err(WriteFailure {
+                failure: budget @ StripeFailure::BudgetUnavailable(_),
+                ..
+            }) => return Err(budget.into()),
+            // Stripe's answer to the create itself, executed now or replayed: nothing was made
+            // under this key, and nothing under it is still executing.
+            Err(WriteFailure {
+                failure: StripeFailure::Permanent(detail),
+                ..
+            }) => return Err(Stop::Refused(detail)),
+            // The key's stored answer (a saved 500): its first request ran to its end. Once a
+            // (consistent) lookup shows no subscription, nothing under this key made one or
+            // ever will, and the next generation is free.
+            Err(WriteFailure {
+                failure,
+                replayed: true,
+            }) => match lookup().await {
+                Ok(Some(found)) => return Ok(found),
+                Ok(None) => {
+                    // A new key executes afresh; it goes out at once, but counts as a try, so
+                    // a run of stored 500s still ends in a delayed retry.
+                    if delays.next().is_none() {
+                        return Err(Stop::Stripe(failure));
+                    }
+                    tracing::info!(
+                        pay_id,
+                        generation = choice.generation + 1,
+                        "Stripe replayed a stored failure for the create's key; using the next key"
+                    );
+                    choice.generation += 1;
+                    continue;
+                }
+                Err(budget @ StripeFailure::BudgetUnavailable(_)) => return Err(budget.into()),
+                // The lookup says nothing: the same key again replays the same answer, and the
+                // next lookup decides.
+                Err(_) => failure,
+            },
+            // Timed out, a 5xx executed now, a lost answer: look it up before sending again.
+            Err(WriteFailure {
+                failure: StripeFailure::Unknown(reason),
+                replayed: false,
+            }) => match lookup().await {
+                Ok(Some(found)) => return Ok(found),
+                Err(budget @ StripeFailure::BudgetUnavailable(_)) => return Err(budget.into()),
+                // A lookup that fails, even for good, says nothing of the create: still unknown.
+                Ok(None) | Err(_) => StripeFailure::Unknown(reason),
+            },
+            // A 429, or Stripe's 409 while the key's first request is still executing: nothing
+            // was saved, and the same key is sent again after a pause. Never a new key.
+            Err(WriteFailure {
+                failure: transient @ StripeFailure::Transient(_),
+                replayed: false,
+            }) => transient,
+        };
+        match delays.next() {
+            Some(delay) if retry.pause(delay).await => {}
+            _ => return Err(Stop::Stripe(failure)),
+        }
+    }
 }
 
 /// Who pays: the customer, and the id of the payment method attached to it.
@@ -620,8 +783,8 @@ where
 /// on the strength of a lost answer.
 async fn create_or_settle<T, C, CF, L, LF>(
     policy: &RetryPolicy,
-    create: C,
-    lookup: L,
+    mut create: C,
+    mut lookup: L,
 ) -> Result<T, StripeFailure>
 where
     C: FnMut() -> CF,
@@ -629,49 +792,23 @@ where
     L: FnMut() -> LF,
     LF: Future<Output = Result<Option<T>, StripeFailure>>,
 {
-    create_or_settle_recorded(policy, || async { Ok(()) }, create, lookup).await
-}
-
-/// [`create_or_settle`], with `before_retry` run before every try but the first: a try that
-/// must be recorded before it goes (the subscription's create) records itself there, and an
-/// error from it ends the tries with nothing sent.
-async fn create_or_settle_recorded<T, E, B, BF, C, CF, L, LF>(
-    policy: &RetryPolicy,
-    mut before_retry: B,
-    mut create: C,
-    mut lookup: L,
-) -> Result<T, E>
-where
-    E: From<StripeFailure>,
-    B: FnMut() -> BF,
-    BF: Future<Output = Result<(), E>>,
-    C: FnMut() -> CF,
-    CF: Future<Output = Result<T, StripeFailure>>,
-    L: FnMut() -> LF,
-    LF: Future<Output = Result<Option<T>, StripeFailure>>,
-{
     let mut delays = policy.delays();
-    let mut first = true;
     loop {
-        if !first {
-            before_retry().await?;
-        }
-        first = false;
         let failure = match create().await {
             Ok(created) => return Ok(created),
             Err(StripeFailure::Unknown(reason)) => match lookup().await {
                 Ok(Some(found)) => return Ok(found),
                 Ok(None) => StripeFailure::Unknown(reason),
-                Err(budget @ StripeFailure::BudgetUnavailable(_)) => return Err(budget.into()),
+                Err(budget @ StripeFailure::BudgetUnavailable(_)) => return Err(budget),
                 // A lookup that fails, even for good, says nothing of the create: still unknown.
                 Err(_) => StripeFailure::Unknown(reason),
             },
             Err(StripeFailure::Transient(reason)) => StripeFailure::Transient(reason),
-            Err(permanent) => return Err(permanent.into()),
+            Err(permanent) => return Err(permanent),
         };
         match delays.next() {
             Some(delay) if policy.pause(delay).await => {}
-            _ => return Err(failure.into()),
+            _ => return Err(failure),
         }
     }
 }

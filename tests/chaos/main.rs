@@ -134,7 +134,6 @@ retry_max_delay_ms = 300
 lock_ttl_ms = 5000
 lock_retry_delay_ms = 500
 drain_timeout_secs = 10
-key_switch_after_ms = 3000
 
 [stripe]
 secret_key = "sk_test_chaos"

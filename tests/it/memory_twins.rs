@@ -45,6 +45,7 @@ async fn store_rules(store: &dyn JobStore) -> Vec<String> {
         customer: "cus_1".into(),
         pay_method: "card".into(),
         scoped: true,
+        payment_method: "pm_1".into(),
     };
     let mut said = Vec::new();
     let mut say = |what: String| said.push(what);

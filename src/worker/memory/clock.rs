@@ -21,6 +21,16 @@ impl VirtualClock {
     }
 }
 
+impl VirtualClock {
+    /// The same clock, off by `offset_ms` (a worker whose host clock runs ahead or behind).
+    pub fn skewed(self, offset_ms: i64) -> Self {
+        VirtualClock {
+            epoch_ms: self.epoch_ms.saturating_add_signed(offset_ms),
+            start: self.start,
+        }
+    }
+}
+
 impl Clock for VirtualClock {
     fn now_ms(&self) -> u64 {
         let elapsed = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);

@@ -3,7 +3,8 @@
 //! - an idempotency key remembers its request's parameters (compared as parameters) and its
 //!   answer for 24 h; the same key with other parameters is a 400; a key whose first request
 //!   is still being processed answers 409; a finished key replays its answer, a stored 500
-//!   included (Stripe stores the result once the endpoint started executing);
+//!   included (Stripe stores the result once the endpoint started executing), and says so, as
+//!   Stripe's `Idempotent-Replayed: true` does; the 400, the 409 and a 429 are saved nowhere;
 //! - a request is a server-side task: its effect happens when it arrives, whatever became of
 //!   the client (it gave up on a timeout, or its worker crashed);
 //! - failures reach the job as the gateway classifies them (src/stripe/error.rs): a read that
@@ -12,7 +13,7 @@
 //! Faults are drawn per call from the seeded random source: a 500 before the write (stored for
 //! the key), a 500 after it (the write happened; the answer is lost), a dropped connection
 //! before or after arrival, a 429, a 409 for a key in use, and answers slower than the client's
-//! timeout. A payment method whose id contains `chargeDeclined` is declined when attached.
+//! timeout, by any amount up to minutes (no multiple of the timeout bounds them). A payment method whose id contains `chargeDeclined` is declined when attached.
 //!
 //! Attaches also decline now and then (`Faults::decline_rate`): the issuer declines the card
 //! check of an attach that executes (a replayed key answers what it stored). That includes an
@@ -36,13 +37,15 @@ use crate::domain::renewal::STATUS_CANCELED;
 use crate::domain::{FailureCode, FailureDetail};
 use crate::stripe::{
     Attached, CreatedCustomer, FoundSubscription, NewCustomer, NewSubscription, PaymentError,
-    PriceSpec, StripeFailure, Subscribed, SubscriptionState,
+    PriceSpec, StripeFailure, Subscribed, SubscriptionState, WriteFailure,
 };
 use crate::worker::ports::StripeApi;
 use stripe::StripeError;
 
 /// How long Stripe remembers an idempotency key.
 pub const KEY_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// The longest a slow request runs at the server (long after the client gave up on it).
+const SLOWEST: Duration = Duration::from_secs(5 * 60);
 /// One way across the network.
 const HOP: Duration = Duration::from_millis(5);
 /// Stripe's clock when the world starts (unix seconds), as the simulation's `VirtualClock`.
@@ -89,6 +92,9 @@ pub enum Fault {
     RateLimited,
     KeyInUse,
     Slow,
+    /// Runs at the server for the longest a slow request may ([`SLOWEST`]): only scripted, for
+    /// a test that needs a request still executing long after the client gave up.
+    Stalled,
 }
 
 const FAULTS: [Fault; 7] = [
@@ -274,13 +280,18 @@ impl World {
         panics
     }
 
-    /// How long the server works on a request: usually quick, much longer than the client
-    /// waits when the fault says so (but never longer than twice the client's timeout, which
-    /// is what `worker.key_switch_after_ms` is checked against).
+    /// How long the server works on a request: usually quick; when the fault says so, longer
+    /// than the client waits, by any amount up to minutes. Log-uniform from the client's
+    /// timeout to [`SLOWEST`]: as many slow requests end within 2x the timeout as between 10x
+    /// and 20x, so no multiple of the timeout is a safe bet on a request having ended. Real
+    /// Stripe gives no bound at all; a request ends when it ends.
     fn processing(&mut self, fault: Option<Fault>) -> Duration {
         let timeout = self.faults.client_timeout;
-        if fault == Some(Fault::Slow) {
-            timeout + timeout.mul_f64(self.rng.f64() * 0.8)
+        if fault == Some(Fault::Stalled) {
+            SLOWEST
+        } else if fault == Some(Fault::Slow) {
+            let widest = (SLOWEST.as_secs_f64() / timeout.as_secs_f64().max(0.001)).max(1.0);
+            timeout.mul_f64(widest.powf(self.rng.f64()))
         } else {
             Duration::from_millis(self.rng.u64(5..200))
         }
@@ -432,8 +443,8 @@ impl MemoryStripe {
         answer
     }
 
-    /// A write under an idempotency key: a server-side task applies it when it arrives; the
-    /// client waits for its answer up to its timeout.
+    /// A write under an idempotency key, for a caller that does not ask whether the answer was
+    /// replayed.
     async fn write(
         &self,
         what: String,
@@ -441,6 +452,21 @@ impl MemoryStripe {
         params: Params,
         effect: Effect,
     ) -> Result<Reply, StripeFailure> {
+        self.keyed_write(what, key, params, effect)
+            .await
+            .map_err(|failure| failure.failure)
+    }
+
+    /// A write under an idempotency key: a server-side task applies it when it arrives; the
+    /// client waits for its answer up to its timeout. A failure says whether the server
+    /// replayed it from the key's record, as Stripe's `Idempotent-Replayed` header does.
+    async fn keyed_write(
+        &self,
+        what: String,
+        key: &str,
+        params: Params,
+        effect: Effect,
+    ) -> Result<Reply, WriteFailure> {
         let (fault, panics, timeout) = {
             let mut world = self.world();
             (world.draw(), world.panics(), world.faults.client_timeout)
@@ -458,7 +484,7 @@ impl MemoryStripe {
             } else {
                 409
             };
-            return Err(classified(status, "invalid_request_error", true));
+            return Err(classified(status, "invalid_request_error", true).into());
         }
         let (answer, answered) = oneshot::channel();
         self.world().in_flight += 1;
@@ -475,24 +501,42 @@ impl MemoryStripe {
                 let _ = answer.send(reply);
             }
         });
+        let failed =
+            |failure: StripeFailure, replayed: bool| Err(WriteFailure { failure, replayed });
         let reply = match tokio::time::timeout(timeout, answered).await {
-            Err(_) => Err(StripeFailure::classify(StripeError::Timeout, None, true)),
-            Ok(Err(_)) => Err(StripeFailure::classify(
-                StripeError::ClientError("connection dropped".into()),
-                None,
-                true,
-            )),
-            Ok(Ok(Reply::ServerError)) => Err(classified(500, "api_error", true)),
-            Ok(Ok(Reply::Conflict)) => Err(classified(409, "idempotency_error", true)),
-            Ok(Ok(Reply::Refused(detail))) => Err(StripeFailure::Permanent(detail)),
-            Ok(Ok(Reply::OtherParameters)) => Err(classified(400, "idempotency_error", true)),
-            Ok(Ok(reply)) => Ok(reply),
+            Err(_) => failed(
+                StripeFailure::classify(StripeError::Timeout, None, true),
+                false,
+            ),
+            Ok(Err(_)) => failed(
+                StripeFailure::classify(
+                    StripeError::ClientError("connection dropped".into()),
+                    None,
+                    true,
+                ),
+                false,
+            ),
+            Ok(Ok((Reply::ServerError, replayed))) => {
+                failed(classified(500, "api_error", true), replayed)
+            }
+            // Stripe's 409 for a key whose first request is still running: nothing saved.
+            Ok(Ok((Reply::Conflict, _))) => {
+                failed(classified(409, "invalid_request_error", true), false)
+            }
+            Ok(Ok((Reply::Refused(detail), replayed))) => {
+                failed(StripeFailure::Permanent(detail), replayed)
+            }
+            Ok(Ok((Reply::OtherParameters, _))) => {
+                failed(classified(400, "idempotency_error", true), false)
+            }
+            Ok(Ok((reply, _))) => Ok(reply),
         };
         self.note(|| format!("{what} [{key}] client: {reply:?}"));
         reply
     }
 
-    /// The server's side of a write; None when the connection drops (no answer).
+    /// The server's side of a write: its answer, and whether it was replayed from the key's
+    /// record; None when the connection drops (no answer).
     async fn serve(
         &self,
         what: &str,
@@ -500,7 +544,7 @@ impl MemoryStripe {
         params: Params,
         effect: Effect,
         fault: Option<Fault>,
-    ) -> Option<Reply> {
+    ) -> Option<(Reply, bool)> {
         if fault == Some(Fault::DropBefore) {
             self.note(|| format!("{what} [{key}] server: dropped before arrival"));
             return None;
@@ -514,16 +558,18 @@ impl MemoryStripe {
                 .filter(|record| now.duration_since(record.at) < KEY_LIFETIME)
                 .cloned();
             if let Some(record) = remembered {
+                // Only a stored answer is a replay; the 400 and the 409 are refusals at the
+                // door, saved nowhere.
                 let reply = if record.params != params {
-                    Reply::OtherParameters
+                    (Reply::OtherParameters, false)
                 } else {
                     match record.state {
-                        KeyState::InFlight => Reply::Conflict,
-                        KeyState::Done(stored) => stored,
+                        KeyState::InFlight => (Reply::Conflict, false),
+                        KeyState::Done(stored) => (stored, true),
                     }
                 };
                 drop(world);
-                self.note(|| format!("{what} [{key}] server: key known, {reply:?}"));
+                self.note(|| format!("{what} [{key}] server: key known, {:?}", reply.0));
                 return Some(reply);
             }
             world.keys.insert(
@@ -553,9 +599,9 @@ impl MemoryStripe {
         self.wrote.notify_one();
         self.note(|| format!("{what} [{key}] server: {reply:?} ({fault:?})"));
         match fault {
-            Some(Fault::ServerErrorAfter) => Some(Reply::ServerError),
+            Some(Fault::ServerErrorAfter) => Some((Reply::ServerError, false)),
             Some(Fault::DropAfter) => None,
-            _ => Some(reply),
+            _ => Some((reply, false)),
         }
     }
 }
@@ -600,7 +646,7 @@ fn failed_read(fault: Fault) -> StripeFailure {
             None,
             false,
         ),
-        Fault::Slow => StripeFailure::classify(StripeError::Timeout, None, false),
+        Fault::Slow | Fault::Stalled => StripeFailure::classify(StripeError::Timeout, None, false),
     }
 }
 
@@ -850,7 +896,7 @@ impl StripeApi for MemoryStripe {
         &'a self,
         new: &'a NewSubscription<'a>,
         key: &'a str,
-    ) -> BoxFuture<'a, Result<Subscribed, StripeFailure>> {
+    ) -> BoxFuture<'a, Result<Subscribed, WriteFailure>> {
         let customer = new.customer.to_owned();
         let price = new.price.to_owned();
         let method = new.payment_method.to_owned();
@@ -910,11 +956,11 @@ impl StripeApi for MemoryStripe {
             }
             let pay_id = new.metadata.get("payId").cloned().unwrap_or_default();
             match self
-                .write(format!("create_subscription {pay_id}"), key, params, effect)
+                .keyed_write(format!("create_subscription {pay_id}"), key, params, effect)
                 .await?
             {
                 Reply::Sub(subscribed) => Ok(subscribed),
-                other => Err(unexpected(other)),
+                other => Err(unexpected(other).into()),
             }
         }
         .boxed()

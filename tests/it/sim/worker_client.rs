@@ -81,12 +81,56 @@ async fn stripe_s_retry_advice_reaches_the_caller_with_the_error() {
     let Err(CallError {
         error: StripeError::Stripe(_, status),
         should_retry,
+        replayed,
     }) = result
     else {
         panic!("expected a Stripe error, got {result:?}");
     };
     assert!((500..600).contains(&status), "status {status}");
     assert_eq!(should_retry, Some(true), "Stripe-Should-Retry: true");
+    assert!(!replayed, "a fresh 500 is not a replay");
+}
+
+/// The key switch rests on this: a 500 Stripe saved for a key comes back to the next request
+/// under that key marked `Idempotent-Replayed: true`, and the caller sees the mark; the first
+/// answer, executed, carries none.
+#[tokio::test]
+async fn a_saved_500_replayed_for_its_key_reaches_the_caller_marked_replayed() {
+    let sim = spawn().await;
+    let scripted = sim
+        .http
+        .post(format!("{}/_sim/script", sim.base))
+        .json(&serde_json::json!({
+            "route": "POST /v1/customers",
+            "answers": [{"kind": "saved_error"}],
+        }))
+        .send()
+        .await
+        .expect("script");
+    assert!(scripted.status().is_success());
+    let client = client(&sim, true);
+    let create = || {
+        CreateCustomer::new()
+            .email("replayed@example.com")
+            .customize()
+            .request_strategy(RequestStrategy::Idempotent(
+                IdempotencyKey::new("ar-cus-replayed").expect("a key"),
+            ))
+    };
+
+    let first = create().send(&client).await;
+    let again = create().send(&client).await;
+
+    let replayed = |result: &Result<_, CallError>| match result {
+        Err(CallError {
+            error: StripeError::Stripe(_, 500),
+            replayed,
+            ..
+        }) => Some(*replayed),
+        _ => None,
+    };
+    assert_eq!(replayed(&first), Some(false), "{first:?}");
+    assert_eq!(replayed(&again), Some(true), "{again:?}");
 }
 
 #[tokio::test]
