@@ -105,11 +105,12 @@ for w in 1 2; do
   wait_http "http://127.0.0.1:$port/readyz"
 done
 
-# The queues' members and the jobs queue's leader.
+# The queues' members and the leader of the queue the jobs travel in.
 ctl -n "${NODE[1]}" -q list_queues --no-table-headers name type leader members |
   grep "^$RUN" | tee "$BASE/queues.txt" | awk '{print "  queue " $1 " (" $2 "): leader " $3 ", " NF - 3 " members"}'
 members_ok=$(awk '$2 == "quorum" && NF - 3 < 3 {bad++} END {print bad + 0 == 0 ? "yes" : "NO"}' "$BASE/queues.txt")
-leader=$(awk -v q="$RUN.jobs" '$1 == q {print $3}' "$BASE/queues.txt")
+# The jobs travel in the demo partner's lane (docs/design.md, "Partners served in turn").
+leader=$(awk -v q="$RUN.jobs.partner.P000818" '$1 == q {print $3}' "$BASE/queues.txt")
 for i in 1 2 3; do [ "${NODE[$i]}" = "$leader" ] && L=$i; done
 G=$(( L % 3 + 1 )); S=$(( G % 3 + 1 ))
 echo "jobs queue leader: node $L (killed); node $G is stopped gracefully later; node $S stays"

@@ -99,7 +99,7 @@ wait "$LOADGEN" || true
 sleep 2
 curl -fs "$SIM/_sim/stats" >"$OUT/stats.json"
 queued=$(rabbitmqctl -q list_queues --no-table-headers name messages </dev/null 2>/dev/null |
-  awk -v run="$RUN" '$1 ~ "^"run"\\.(jobs|retry)" {n += $2} END {print n + 0}')
+  awk -v run="$RUN" '$1 ~ "^"run"\\.(jobs|delay|retry)" {n += $2} END {print n + 0}')
 handed_back=$(cat "$OUT"/worker-*.log | grep -c "handing it back\|not connected\|ack/nack" || true)
 
 python3 - "$OUT/report.json" "$OUT/stats.json" "$queued" "$handed_back" "$RATE" \

@@ -375,7 +375,9 @@ async fn chaos_keeps_every_promise() {
     // through the workers: wait for the queues to empty before stopping them.
     let settings = Settings::load(Some(&config)).expect("settings");
     let topology = Topology::from_settings(&settings);
-    let mut queues = vec![topology.jobs(), topology.lock_retry_queue()];
+    // The shared queue, every partner's lane, the expired jobs, and the delays.
+    let mut queues = topology.work_queues();
+    queues.push(topology.lock_retry_queue());
     queues.extend(topology.retry_queues().into_iter().map(|(_, q)| q));
     let drained = poll_until(Duration::from_secs(60), || async {
         let mut total = 0;

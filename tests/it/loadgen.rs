@@ -96,7 +96,7 @@ async fn intake_only_load_gets_the_answer_each_request_kind_expects() {
 
     // One job per distinct valid payId: duplicates and conflicts made none.
     let jobs = read_queue(
-        &format!("{}.jobs", app.prefix()),
+        &crate::helpers::lane(app.prefix(), crate::helpers::PARTNER),
         200,
         Duration::from_secs(3),
     )
@@ -228,15 +228,29 @@ async fn stand_in_worker(
 ) {
     let connection = crate::helpers::shared_amqp().await;
     let channel = connection.create_channel().await.expect("channel");
-    let mut jobs = channel
-        .basic_consume(
-            format!("{prefix}.jobs").into(),
-            "stand-in-worker".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("consume the jobs");
+    // Every queue the intake puts jobs in: each test partner's lane and the shared queue.
+    let mut lanes = Vec::new();
+    for (index, queue) in [
+        crate::helpers::lane(&prefix, crate::helpers::PARTNER),
+        crate::helpers::lane(&prefix, crate::helpers::OTHER_PARTNER),
+        format!("{prefix}.jobs"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        lanes.push(
+            channel
+                .basic_consume(
+                    queue.as_str().into(),
+                    format!("stand-in-worker-{index}").as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .expect("consume the jobs"),
+        );
+    }
+    let mut jobs = futures_util::stream::select_all(lanes);
     let results = format!("{prefix}.results");
     let mut seen = 0;
     loop {

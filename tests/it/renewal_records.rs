@@ -49,7 +49,7 @@ async fn accepted_pay_id(app: &TestApp) -> String {
 }
 
 fn jobs(app: &TestApp) -> String {
-    format!("{}.jobs", app.prefix())
+    crate::helpers::lane(app.prefix(), crate::helpers::PARTNER)
 }
 
 fn store(app: &TestApp) -> Store {

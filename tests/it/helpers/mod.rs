@@ -362,6 +362,12 @@ pub async fn delete_queues(prefix: &str) {
     delete_names(&names, &exchanges).await;
 }
 
+/// A partner's lane under a test prefix: where the intake puts that partner's creations and
+/// cancels (docs/design.md, "Partners served in turn").
+pub fn lane(prefix: &str, partner: &str) -> String {
+    format!("{prefix}.jobs.partner.{partner}")
+}
+
 /// Deletes these queues on the shared broker (a test's own, outside its topology).
 pub async fn delete_names_for_test(queues: &[String]) {
     delete_names(queues, &[]).await;

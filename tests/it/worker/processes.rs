@@ -47,7 +47,7 @@ async fn one_pay_id_sent_to_two_worker_processes_at_once_makes_one_subscription(
     // second intake would put them there.
     let pay_id = stack.send(|_| {}).await;
     let copy = crate::helpers::read_queue(
-        &format!("{}.jobs", stack.settings.amqp.prefix),
+        &crate::helpers::lane(&stack.settings.amqp.prefix, crate::helpers::PARTNER),
         1,
         Duration::from_secs(5),
     )
