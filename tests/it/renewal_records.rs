@@ -206,8 +206,12 @@ async fn unknown_and_other_partners_pay_ids_are_404() {
             );
         }
     }
-    let messages = read_queue(&jobs(&app), 2, Duration::from_secs(2)).await;
-    assert_eq!(messages.len(), 1, "only their creation job, no cancel");
+    // Their creation waits in their lane; no cancel went anywhere.
+    let theirs = crate::helpers::lane(app.prefix(), OTHER_PARTNER);
+    let messages = read_queue(&theirs, 2, Duration::from_secs(2)).await;
+    assert_eq!(messages.len(), 1, "only their creation job");
+    let ours = read_queue(&jobs(&app), 1, Duration::from_secs(1)).await;
+    assert!(ours.is_empty(), "no cancel: {:?}", ours.len());
     app.teardown().await;
 }
 
