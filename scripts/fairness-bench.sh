@@ -10,36 +10,40 @@
 #   scripts/fairness-bench.sh solo       # B alone at 2 jobs/s for 60 s
 #   scripts/fairness-bench.sh burst      # A: 3000 jobs at once; B: 2 jobs/s until A has all its results
 #   scripts/fairness-bench.sh both       # A and B: 1500 jobs at once each; the split of Stripe calls
+#   scripts/fairness-bench.sh many       # B…J at 1 job/s each for 60 s; then the same while A sends
+#                                        # 3000 jobs at once: each of the nine against its solo p99
 #   scripts/fairness-bench.sh ci         # the debug build, a short slice of each (under 2 minutes)
 #   scripts/bench.sh fairness [mode]     # the same
 #
-# Environment: PROFILE (release; ci: debug), B_RATE (2), SOLO_SECS (60), BURST (3000),
+# Environment: PROFILE (release; ci: debug), B_RATE (2), MANY_RATE (1), SOLO_SECS (60), BURST (3000),
 # BOTH (1500), WORKERS (4), WORKER_CONCURRENCY (the configuration's), BUDGET (100),
 # WEIGHT_A / WEIGHT_B (written to each partner's `weight` when set; the service must know the
-# key), SCENARIO_TIMEOUT (900 s a scenario), BUILD_NICE (0: the build's niceness), OUT (the
+# key), BIN (a binary to bench instead of building this tree's), SCENARIO_TIMEOUT (900 s a scenario), BUILD_NICE (0: the build's niceness), OUT (the
 # directory for logs, reports and the summary; default target/fairness-<run>).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 mode="${1:-all}"
 case "$mode" in
-  all | solo | burst | both) PROFILE="${PROFILE:-release}" ;;
+  all | solo | burst | both | many) PROFILE="${PROFILE:-release}" ;;
   ci)
     PROFILE="${PROFILE:-debug}"
     SOLO_SECS="${SOLO_SECS:-10}" BURST="${BURST:-300}" BOTH="${BOTH:-150}"
     SCENARIO_TIMEOUT="${SCENARIO_TIMEOUT:-100}"
     ;;
-  *) echo "usage: $0 [all|solo|burst|both|ci]" >&2; exit 2 ;;
+  *) echo "usage: $0 [all|solo|burst|both|many|ci]" >&2; exit 2 ;;
 esac
-B_RATE="${B_RATE:-2}" SOLO_SECS="${SOLO_SECS:-60}" BURST="${BURST:-3000}" BOTH="${BOTH:-1500}"
+B_RATE="${B_RATE:-2}" MANY_RATE="${MANY_RATE:-1}" SOLO_SECS="${SOLO_SECS:-60}" BURST="${BURST:-3000}" BOTH="${BOTH:-1500}"
 WORKERS="${WORKERS:-4}" BUDGET="${BUDGET:-100}" SCENARIO_TIMEOUT="${SCENARIO_TIMEOUT:-900}"
 
-if [ "$PROFILE" = release ]; then
+if [ -n "${BIN:-}" ]; then
+  : # a binary given: another build to compare against (an earlier commit's, say)
+elif [ "$PROFILE" = release ]; then
   nice -n "${BUILD_NICE:-0}" cargo build --release --quiet
 else
   nice -n "${BUILD_NICE:-0}" cargo build --quiet
 fi
-BIN=$PWD/target/$PROFILE/autorenew
+BIN="${BIN:-$PWD/target/$PROFILE/autorenew}"
 RUN=fair$$
 OUT="${OUT:-$PWD/target/fairness-$RUN}"
 mkdir -p "$OUT"
@@ -71,11 +75,12 @@ wait_http() { # url
   echo "not ready: $1" >&2; return 1
 }
 
-# Partners A and B, and nothing else: the file replaces config.toml (the environment still
-# overrides it). `weight` only when asked for: the service refuses keys it does not know.
+# Partners A to J, and nothing else: the file replaces config.toml (the environment still
+# overrides it). `weight` only when asked for (WEIGHT_A, WEIGHT_B, …).
 CONFIG="$OUT/config.toml"
+NINE=(B C D E F G H I J)
 {
-  for p in A B; do
+  for p in A "${NINE[@]}"; do
     echo "[[partners]]"
     echo "code = \"$p\""
     echo "secret = \"fairness-bench-secret-$p\""
@@ -121,6 +126,12 @@ start_stack() { # scenario
   done
 }
 
+# Lua script runs Redis has done (EVAL and EVALSHA), from INFO commandstats.
+redis_scripts() {
+  redis-cli info commandstats 2>/dev/null | tr -d '\r' |
+    awk -F'[=,:]' '/^cmdstat_eval(sha)?:/ { n += $3 } END { print n + 0 }'
+}
+
 stop_stack() {
   for pid in "${pids[@]:-}"; do [ -n "$pid" ] && kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
@@ -134,19 +145,24 @@ scenario() { # name, loadgen flags…
   echo "== $name: $*" >&2
   start_stack "$name"
   local began; began=$(date +%s.%N)
+  # Redis's scripts run while the scenario does: what the budget's turns cost Redis (the
+  # shared Redis: other users count too, so this is an upper bound).
+  local scripts_before; scripts_before=$(redis_scripts)
   timeout --signal=INT --kill-after=30 "$SCENARIO_TIMEOUT" \
     "$BIN" --config "$CONFIG" loadgen --quiet --json --target "$INTAKE" \
       --worker-metrics "$METRICS" --result-timeout 600s "$@" \
       >"$OUT/$name.json" 2>"$OUT/$name/loadgen.log" || status=$?
   curl -fs "$SIM/_sim/stats" >"$OUT/$name/stripe-sim-stats.json" || echo '{}' >"$OUT/$name/stripe-sim-stats.json"
+  echo $(( $(redis_scripts) - scripts_before )) >"$OUT/$name/redis-scripts"
   stop_stack
   if [ "$status" != 0 ]; then
     echo "!! $name: loadgen exited $status (124/130: timed out after ${SCENARIO_TIMEOUT}s); see $OUT/$name/loadgen.log" >&2
     FAILED=1
   fi
-  python3 - "$name" "$OUT/$name.json" "$OUT/$name/stripe-sim-stats.json" "$began" <<'PY' | tee -a "$OUT/summary.md"
+  python3 - "$name" "$OUT/$name.json" "$OUT/$name/stripe-sim-stats.json" "$began" "$OUT/$name/redis-scripts" <<'PY' | tee -a "$OUT/summary.md"
 import json, sys
 name, report_path, stats_path = sys.argv[1:4]
+scripts = int(open(sys.argv[5]).read().strip() or 0)
 try:
     r = json.load(open(report_path))
 except Exception as e:
@@ -165,7 +181,8 @@ limited = faults.get("rate_limited", 0) + faults.get("spurious_429", 0)
 elapsed = r.get("elapsed_s") or 0
 rate = f"{calls/elapsed:.1f} calls/s" if elapsed else "-"
 share = f"{limited/calls:.2%}" if calls else "-"
-line = f"| {name} | all | simulator: {calls} calls in {elapsed:.1f} s = {rate}; 429s {limited} ({share}) |"
+redis = f"{scripts/elapsed:.0f}/s" if elapsed else "-"
+line = f"| {name} | all | simulator: {calls} calls in {elapsed:.1f} s = {rate}; 429s {limited} ({share}); Redis scripts {redis} |"
 w = r.get("shared_window")
 if w:
     tot = sum(w["results"].values()) or 1
@@ -198,5 +215,30 @@ fi
 if [ "$mode" = all ] || [ "$mode" = both ] || [ "$mode" = ci ]; then
   scenario both --pace "A:burst:$BOTH" --pace "B:burst:$BOTH"
 fi
+if [ "$mode" = all ] || [ "$mode" = many ] || [ "$mode" = ci ]; then
+  paces=()
+  for p in "${NINE[@]}"; do paces+=(--pace "$p:$MANY_RATE"); done
+  scenario many-solo "${paces[@]}" --duration "${SOLO_SECS}s"
+  scenario many --pace "A:burst:$BURST" "${paces[@]}"
+fi
+
+# Each partner's p99 behind the flood against its p99 alone, the figure the targets name.
+python3 - "$OUT" <<'PY' | tee -a "$OUT/summary.md"
+import json, os, sys
+out = sys.argv[1]
+def p99s(name):
+    try:
+        report = json.load(open(os.path.join(out, name + ".json")))
+    except Exception:
+        return {}
+    return {p["partner"]: p["result_ms"]["p99"] / 1000 for p in report["partners"] if p["result_ms"]}
+for flood, solo in (("burst", "solo"), ("many", "many-solo")):
+    behind, alone = p99s(flood), p99s(solo)
+    pairs = [(p, behind[p] - alone[p]) for p in alone if p in behind]
+    if pairs:
+        worst = max(pairs, key=lambda pair: pair[1])
+        each = ", ".join(f"{p} {d:+.2f}" for p, d in sorted(pairs))
+        print(f"\n{flood} vs {solo}: p99 over solo, s: {each}; worst {worst[0]} {worst[1]:+.2f} s")
+PY
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/summary.md"
 exit "$FAILED"

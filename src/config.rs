@@ -159,7 +159,8 @@ impl Default for RedisSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WorkerSettings {
-    /// Jobs one worker process works on at once; also its prefetch.
+    /// Jobs one worker process works on at once. One partner's lane may hold three quarters of
+    /// them, so the rest stay free for the other partners' jobs.
     pub concurrency: u16,
     /// The worker's probes and metrics.
     pub listen: String,

@@ -33,31 +33,34 @@ return 0
     )
 });
 
-/// The GCRA of [`TAKE`], with the partners served in turn: start-time fair queueing.
+/// The GCRA of [`TAKE`], with the partners served in turn: start-time fair queueing, asked
+/// by one process for every partner with calls waiting in it.
 ///
 /// Every partner has a finish tag `f:<partner>`; the budget keeps the virtual time `v`, the
-/// start tag of the last call let through. A call of partner p would start at
-/// `max(v, f:p)`; it goes when the rate allows and no other partner that is waiting (refused
-/// within the last `window` µs, `w:<partner>`) would start earlier. Going moves `v` to its
-/// start and `f:p` on by 1/weight. So partners that all wait share the calls by weight, a
-/// partner that comes back after a pause starts at `v` (no credit saved up while idle, no debt
-/// either), and a partner alone takes every call the rate allows: the share only decides whose
-/// turn it is, never leaves a call unused while nobody else waits.
+/// start tag of the last call let through. A call of partner p would start at `max(v, f:p)`.
+/// A partner counts as waiting while some process asked for it within the last `window` µs
+/// (`w:<partner>`). When the rate allows a call, it goes to the partner, among those the asking
+/// process lists, that would start first, unless a partner waiting elsewhere would start
+/// earlier still: then the asking process comes back half an interval later, and if the call
+/// is still untaken by then, takes it (the partner whose turn it was has stopped asking).
+/// Going moves `v` to its start and `f:p` on by 1/weight. So partners that all wait share the
+/// calls by weight, a partner that comes back after a pause starts at `v` (no credit saved up
+/// while idle, no debt either), and no call the rate allows is left unused while anyone waits:
+/// TAT moves on from where it was, not from when the call was taken.
 ///
-/// KEYS: budget (TAT), shares (hash). ARGV: interval (µs), burst (µs), partner, weight,
-/// window (µs). Returns 0 when the call may go, else the µs to wait before asking again.
-static TAKE_SHARE: LazyLock<Script> = LazyLock::new(|| {
+/// KEYS: budget (TAT), shares (hash). ARGV: interval (µs), burst (µs), window (µs), then for
+/// each partner waiting in the asking process: its name, weight and calls waiting. Returns
+/// {index of the partner granted (1-based), 0} or {0, µs to wait before asking again}.
+static TAKE_TURN: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
-local partner = ARGV[3]
-local weight = tonumber(ARGV[4])
-local window = tonumber(ARGV[5])
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat < now then tat = now end
+local window = tonumber(ARGV[3])
+local stored = tonumber(redis.call('GET', KEYS[1]) or '0')
+local tat = math.max(stored, now)
 
 local fields = redis.call('HGETALL', KEYS[2])
 local v = 0
@@ -73,84 +76,119 @@ for i = 1, #fields, 2 do
     waiting[string.sub(name, 3)] = tonumber(value)
   end
 end
-local start = math.max(v, finish[partner] or 0)
-local my_turn = true
-for other, since in pairs(waiting) do
-  if other ~= partner then
-    if now - since > window then
-      redis.call('HDEL', KEYS[2], 'w:' .. other)
-    elseif math.max(v, finish[other] or 0) < start then
-      my_turn = false
-    end
+local function start_of(partner)
+  return math.max(v, finish[partner] or 0)
+end
+
+-- The partners waiting here: each is waiting as of now.
+local here = {}
+for i = 4, #ARGV, 3 do
+  local partner = ARGV[i]
+  here[#here + 1] = { partner = partner, weight = tonumber(ARGV[i + 1]), count = tonumber(ARGV[i + 2]) }
+  waiting[partner] = now
+  redis.call('HSET', KEYS[2], 'w:' .. partner, string.format('%d', now))
+end
+redis.call('PEXPIRE', KEYS[2], 60000)
+if #here == 0 then
+  return {0, interval}
+end
+
+-- Whose turn it is: the earliest start among the partners waiting anywhere.
+local turn = nil
+for partner, since in pairs(waiting) do
+  if now - since > window then
+    redis.call('HDEL', KEYS[2], 'w:' .. partner)
+  else
+    local start = start_of(partner)
+    if turn == nil or start < turn then turn = start end
   end
 end
 
-local wait = 0
-if tat - burst > now then
-  wait = tat - burst - now
-elseif not my_turn then
-  -- The next call is another partner's, which is waiting: ask again after it.
-  wait = interval
+local opens = tat - burst
+if opens > now then
+  return {0, opens - now}
 end
-if wait > 0 then
-  redis.call('HSET', KEYS[2], 'w:' .. partner, string.format('%d', now))
-  redis.call('PEXPIRE', KEYS[2], 60000)
-  return wait
+local best, best_start = 1, start_of(here[1].partner)
+for i = 2, #here do
+  local start = start_of(here[i].partner)
+  if start < best_start then best, best_start = i, start end
 end
+-- The turn is elsewhere: leave this call to it, unless it has stood open half an interval.
+local opened = stored - burst
+if best_start > turn and now - opened < interval / 2 then
+  return {0, math.max(1000, math.floor(opened + interval / 2 - now))}
+end
+
 local next_tat = tat + interval
 redis.call('SET', KEYS[1], string.format('%d', next_tat), 'PX', math.ceil((next_tat - now) / 1000) + 1000)
-redis.call('HSET', KEYS[2], 'v', string.format('%.17g', start), 'f:' .. partner, string.format('%.17g', start + 1 / weight))
-redis.call('HDEL', KEYS[2], 'w:' .. partner)
-redis.call('PEXPIRE', KEYS[2], 60000)
-return 0
+local chosen = here[best]
+redis.call('HSET', KEYS[2], 'v', string.format('%.17g', best_start), 'f:' .. chosen.partner, string.format('%.17g', best_start + 1 / chosen.weight))
+if chosen.count <= 1 then
+  redis.call('HDEL', KEYS[2], 'w:' .. chosen.partner)
+end
+return {best, 0}
 "#,
     )
 });
 
-/// Whose call it is: the partner it is made for, and that partner's weight.
+/// A partner with calls waiting in this process for the budget.
 #[derive(Debug, Clone, Copy)]
-pub struct BudgetShare<'a> {
+pub struct BudgetWaiter<'a> {
     /// Empty for calls of no partner (Stripe's events, reconciliation): they share as one.
     pub partner: &'a str,
     pub weight: u32,
+    /// How many of its calls wait here.
+    pub calls: usize,
+}
+
+/// The budget's answer to a process asking for its waiting partners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Turn {
+    /// One call may go now: for the waiter at this index.
+    Granted(usize),
+    /// Nobody here may go yet; ask again after this.
+    Wait(Duration),
 }
 
 impl Store {
-    /// Takes one request from the shared budget of `per_second` for `share`, waiting as long
-    /// as needed: until the rate allows it and it is this partner's turn.
-    pub async fn take_stripe_budget(
+    /// Asks the shared budget of `per_second` for one call, on behalf of every partner with
+    /// calls waiting in this process: which of them may go now, or how long to wait. One round
+    /// trip, whatever the number of partners or calls waiting.
+    pub async fn take_stripe_turn(
         &self,
         per_second: u32,
-        share: BudgetShare<'_>,
-    ) -> Result<(), StoreError> {
+        waiting: &[BudgetWaiter<'_>],
+    ) -> Result<Turn, StoreError> {
         let interval_us = 1_000_000 / u64::from(per_second.max(1));
-        // A small tolerance lets workers that asked at almost the same instant both go, without
-        // ever exceeding the rate over any second.
+        // A small tolerance lets two processes that asked at almost the same instant both go,
+        // without ever exceeding the rate over any second.
         let burst_us = interval_us;
-        // A partner counts as waiting while it asks again within this: a refused call asks
-        // again within about one interval, plus a timer's and a round trip's slack.
-        let window_us = 3 * interval_us + 20_000;
-        let (budget, shares) = (self.keys.stripe_budget(), self.keys.stripe_budget_shares());
-        loop {
-            let mut connection = self.connection().await?;
-            let wait_us: i64 = with_timeout(async {
-                TAKE_SHARE
-                    .key(&budget)
-                    .key(&shares)
-                    .arg(interval_us)
-                    .arg(burst_us)
-                    .arg(share.partner)
-                    .arg(share.weight.max(1))
-                    .arg(window_us)
-                    .invoke_async(&mut connection)
-                    .await
-            })
-            .await?;
-            match u64::try_from(wait_us) {
-                Ok(0) | Err(_) => return Ok(()),
-                Ok(wait) => tokio::time::sleep(Duration::from_micros(wait)).await,
-            }
+        // A partner counts as waiting while its process asks again within this: a process
+        // with calls waiting asks at least once an interval, plus a timer's and a round trip's
+        // slack.
+        let window_us = 2 * interval_us + 20_000;
+        let mut script = TAKE_TURN.prepare_invoke();
+        script
+            .key(self.keys.stripe_budget())
+            .key(self.keys.stripe_budget_shares())
+            .arg(interval_us)
+            .arg(burst_us)
+            .arg(window_us);
+        for waiter in waiting {
+            script
+                .arg(waiter.partner)
+                .arg(waiter.weight.max(1))
+                .arg(waiter.calls);
         }
+        let mut connection = self.connection().await?;
+        let (granted, wait_us): (usize, i64) =
+            with_timeout(script.invoke_async(&mut connection)).await?;
+        Ok(match granted.checked_sub(1) {
+            Some(index) if index < waiting.len() => Turn::Granted(index),
+            _ => Turn::Wait(Duration::from_micros(
+                u64::try_from(wait_us).unwrap_or(0).max(1_000),
+            )),
+        })
     }
 
     /// One request of a partner against its intake rate; false when it is over. A second's

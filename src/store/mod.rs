@@ -24,7 +24,7 @@ use crate::config::RedisSettings;
 use crate::domain::FinalResult;
 use crate::domain::request::PayKey;
 
-pub use budget::BudgetShare;
+pub use budget::{BudgetWaiter, Turn};
 pub use intake_record::{Claim, ClaimOutcome, IntakeRecord, RecordView};
 pub use job::JobStart;
 pub use keys::Keys;

@@ -3,10 +3,9 @@
 //! itself; on shutdown it stops consuming and lets the jobs in hand finish, within a bound.
 //!
 //! It consumes every lane (the shared jobs queue, each partner's, the expired jobs), each as a
-//! consumer of its own with its own prefetch: a partner's backlog fills only its own
-//! consumer's window, so another partner's job is delivered at once, and waits at most for
-//! one of the jobs in hand to finish before it gets a slot (docs/design.md, "Partners served
-//! in turn").
+//! consumer of its own with its own prefetch, smaller than the worker's slots: a partner's
+//! backlog fills only its own consumer's window and never every slot, so another partner's job
+//! is delivered and started at once (docs/design.md, "Partners served in turn").
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -98,8 +97,9 @@ impl Worker {
             Ok(channel) => channel,
             Err(_) => return Ok(()),
         };
+        // Set before the consumers are created, it is each one's own window.
         channel
-            .basic_qos(self.concurrency, BasicQosOptions::default())
+            .basic_qos(lane_prefetch(self.concurrency), BasicQosOptions::default())
             .await?;
         let tag = format!(
             "autorenew-worker-{}-{}",
@@ -233,6 +233,16 @@ impl Worker {
     }
 }
 
+/// How many unacked jobs one lane may hold: three quarters of the worker's slots, and always
+/// at least one fewer than all of them (one is the least: a worker of one slot still works). However
+/// deep one partner's backlog, a quarter of the slots stay free for the other lanes, so another
+/// partner's job starts as soon as it is delivered instead of waiting for one of the flood's
+/// jobs to finish (and those finish only as fast as Stripe's budget lets them). Three quarters
+/// is still enough for one partner alone to keep the whole budget busy.
+pub fn lane_prefetch(concurrency: u16) -> u16 {
+    concurrency.saturating_sub((concurrency / 4).max(1)).max(1)
+}
+
 /// Runs a message as a task of its own, so a panic inside it cannot take the consumer along; a
 /// panicked message still ends (see [`message::after_panic`]).
 ///
@@ -294,5 +304,26 @@ async fn dispose(delivery: &Delivery, disposition: Disposition) {
         Ok(false) => tracing::warn!("ack/nack not sent: the channel is closed; redelivered"),
         // The channel is gone: RabbitMQ redelivers the message to another consumer.
         Err(error) => tracing::warn!(%error, "ack/nack failed; the message will be redelivered"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lane_prefetch;
+
+    #[test]
+    fn one_lane_never_fills_every_slot_but_keeps_most_of_them_busy() {
+        assert_eq!(lane_prefetch(1), 1, "a worker of one slot still takes jobs");
+        for concurrency in 2..=1000u16 {
+            let prefetch = lane_prefetch(concurrency);
+            assert!(
+                prefetch < concurrency,
+                "{concurrency} slots: a lane takes {prefetch}, leaving one for another partner"
+            );
+            assert!(
+                prefetch * 2 >= concurrency,
+                "{concurrency} slots: a lane alone keeps at least half of them busy ({prefetch})"
+            );
+        }
     }
 }

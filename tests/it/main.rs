@@ -4,23 +4,17 @@ mod addresses;
 mod events_command;
 mod helpers;
 mod hostile;
-mod intake_enqueue;
-mod intake_outages;
-mod intake_partners;
-mod intake_shutdown;
-mod intake_validation;
+mod intake;
 mod loadgen;
 mod logs;
 mod memory_twins;
 mod openapi;
 mod probe;
 mod push;
-mod renewal_records;
 mod run_command;
 mod settings;
 mod sign_vectors;
 mod sim;
-mod webhook;
 mod worker;
 
 /// The binary's wiring of the simulator and loadgen to the service (`run`'s simulator, loadgen's

@@ -9,7 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use autorenew::broker::{Broker, Destination, JobMessage, Topology};
-use autorenew::store::{BudgetShare, Store};
+use autorenew::budget::SharedBudget;
+use autorenew::config::PartnerSettings;
+use autorenew::store::Store;
+use autorenew::stripe::Budget;
 use secrecy::SecretString;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -111,45 +114,60 @@ async fn a_delayed_copy_comes_back_to_its_partners_lane() {
     delete_topology(&topology).await;
 }
 
-/// Takes from a budget of `per_second` until `total` calls went, with `callers` tasks for each
-/// partner (each asking again as soon as it got one, so every partner always waits); returns
-/// the calls each partner got.
+/// A partner's callers in one process: the partner, its weight, how many tasks ask for it.
+type Callers = (&'static str, u32, usize);
+
+/// Takes from a budget of `per_second` until `total` calls went, through one budget per
+/// process given (each standing for a worker process), with the callers listed for it (each
+/// asking again as soon as it got one, so every partner always waits); returns the calls each
+/// partner got.
 async fn share_out(
     per_second: u32,
     total: usize,
-    partners: &[(&'static str, u32, usize)],
+    processes: &[&[Callers]],
 ) -> HashMap<&'static str, usize> {
-    let settings = test_settings(SHARED_AMQP, SHARED_REDIS);
+    let mut settings = test_settings(SHARED_AMQP, SHARED_REDIS);
+    settings.stripe.max_requests_per_second = per_second;
+    for &(partner, weight, _) in processes.iter().copied().flatten() {
+        if settings.partners.iter().all(|p| p.code != partner) {
+            let mut configured = PartnerSettings::new(partner, "a-secret");
+            configured.weight = weight;
+            settings.partners.push(configured);
+        }
+    }
     let prefix = settings.redis.key_prefix.clone();
     let store = Store::new(&settings.redis).expect("a store");
     let taken = Arc::new(std::sync::Mutex::new(Vec::<&'static str>::new()));
     let done = Arc::new(AtomicBool::new(false));
     let mut tasks = tokio::task::JoinSet::new();
-    for &(partner, weight, callers) in partners {
-        for _ in 0..callers {
-            let (store, taken, done) = (store.clone(), taken.clone(), done.clone());
-            tasks.spawn(async move {
-                while !done.load(Ordering::SeqCst) {
-                    let share = BudgetShare { partner, weight };
-                    store
-                        .take_stripe_budget(per_second, share)
-                        .await
-                        .expect("Redis answers");
-                    let mut taken = taken.lock().expect("not poisoned");
-                    if taken.len() < total {
-                        taken.push(partner);
-                    } else {
-                        done.store(true, Ordering::SeqCst);
+    for &partners in processes {
+        let budget = Arc::new(SharedBudget::new(
+            &settings,
+            store.clone(),
+            CancellationToken::new(),
+        ));
+        for &(partner, _, callers) in partners {
+            for _ in 0..callers {
+                let (budget, taken, done) = (budget.clone(), taken.clone(), done.clone());
+                tasks.spawn(async move {
+                    while !done.load(Ordering::SeqCst) {
+                        budget.take(partner).await.expect("Redis answers");
+                        let mut taken = taken.lock().expect("not poisoned");
+                        if taken.len() < total {
+                            taken.push(partner);
+                        } else {
+                            done.store(true, Ordering::SeqCst);
+                        }
                     }
-                }
-            });
+                });
+            }
         }
     }
     while tasks.join_next().await.is_some() {}
     delete_keys(SHARED_REDIS, &prefix).await;
     let taken = taken.lock().expect("not poisoned");
     let mut counts = HashMap::new();
-    // The first second is the GCRA's start: count the calls after it, when both wait.
+    // The first tenth of a second is the GCRA's start: count the calls after it, when all wait.
     for partner in taken
         .iter()
         .skip(usize::try_from(per_second).unwrap_or(0) / 10)
@@ -168,7 +186,8 @@ fn share_of(counts: &HashMap<&str, usize>, partner: &str) -> f64 {
 async fn a_partner_with_one_job_gets_its_equal_share_while_another_floods_with_eight() {
     // Without the turns, calls go to whoever asks first: B's one caller against A's eight
     // would get about one call in nine.
-    let counts = share_out(200, 500, &[(A, 1, 8), (B, 1, 1)]).await;
+    let process = [(A, 1, 8), (B, 1, 1)];
+    let counts = share_out(200, 500, &[&process, &process]).await;
     let b = share_of(&counts, B);
     assert!(
         (0.40..=0.60).contains(&b),
@@ -178,11 +197,25 @@ async fn a_partner_with_one_job_gets_its_equal_share_while_another_floods_with_e
 
 #[tokio::test]
 async fn partners_that_all_wait_share_the_calls_by_weight() {
-    let counts = share_out(200, 500, &[(A, 3, 4), (B, 1, 4)]).await;
+    let process = [(A, 3, 4), (B, 1, 4)];
+    let counts = share_out(200, 500, &[&process, &process, &process]).await;
     let a = share_of(&counts, A);
     assert!(
         (0.675..=0.825).contains(&a),
         "A's share {a:.2} of {counts:?}: weights 3:1 give A three calls in four (±10 %)"
+    );
+}
+
+#[tokio::test]
+async fn a_partner_waiting_in_one_process_gets_its_share_from_a_flood_in_others() {
+    // Each process asks Redis only for the partners waiting in it: the turns must hold across
+    // processes, not only among the calls one process sees.
+    let (flood, one): (&[Callers], &[Callers]) = (&[(A, 1, 16)], &[(B, 1, 1)]);
+    let counts = share_out(200, 500, &[flood, flood, one]).await;
+    let b = share_of(&counts, B);
+    assert!(
+        (0.40..=0.60).contains(&b),
+        "B's share {b:.2} of {counts:?}: B asks from a process of its own and still gets its turn"
     );
 }
 
