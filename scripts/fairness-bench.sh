@@ -9,6 +9,7 @@
 #   scripts/fairness-bench.sh            # solo, burst and both (about 6 minutes)
 #   scripts/fairness-bench.sh solo       # B alone at 2 jobs/s for 60 s
 #   scripts/fairness-bench.sh burst      # A: 3000 jobs at once; B: 2 jobs/s until A has all its results
+#   scripts/fairness-bench.sh alone      # A: 3000 jobs at once, nobody else: A's use of the budget
 #   scripts/fairness-bench.sh both       # A and B: 1500 jobs at once each; the split of Stripe calls
 #   scripts/fairness-bench.sh many       # B…J at 1 job/s each for 60 s; then the same while A sends
 #                                        # 3000 jobs at once: each of the nine against its solo p99
@@ -25,13 +26,13 @@ cd "$(dirname "$0")/.."
 
 mode="${1:-all}"
 case "$mode" in
-  all | solo | burst | both | many) PROFILE="${PROFILE:-release}" ;;
+  all | solo | burst | alone | both | many) PROFILE="${PROFILE:-release}" ;;
   ci)
     PROFILE="${PROFILE:-debug}"
     SOLO_SECS="${SOLO_SECS:-10}" BURST="${BURST:-300}" BOTH="${BOTH:-150}"
     SCENARIO_TIMEOUT="${SCENARIO_TIMEOUT:-100}"
     ;;
-  *) echo "usage: $0 [all|solo|burst|both|many|ci]" >&2; exit 2 ;;
+  *) echo "usage: $0 [all|solo|burst|alone|both|many|ci]" >&2; exit 2 ;;
 esac
 B_RATE="${B_RATE:-2}" MANY_RATE="${MANY_RATE:-1}" SOLO_SECS="${SOLO_SECS:-60}" BURST="${BURST:-3000}" BOTH="${BOTH:-1500}"
 WORKERS="${WORKERS:-4}" BUDGET="${BUDGET:-100}" SCENARIO_TIMEOUT="${SCENARIO_TIMEOUT:-900}"
@@ -211,6 +212,9 @@ fi
 if [ "$mode" = all ] || [ "$mode" = burst ] || [ "$mode" = ci ]; then
   # B's rate has no count: it sends until A has all its results.
   scenario burst --pace "A:burst:$BURST" --pace "B:$B_RATE"
+fi
+if [ "$mode" = all ] || [ "$mode" = alone ]; then
+  scenario alone --pace "A:burst:$BURST"
 fi
 if [ "$mode" = all ] || [ "$mode" = both ] || [ "$mode" = ci ]; then
   scenario both --pace "A:burst:$BOTH" --pace "B:burst:$BOTH"
