@@ -61,7 +61,7 @@ for slot in 1 2 3; do start_worker "$slot"; done
 
 "$BIN" loadgen --quiet --json --target "$INTAKE" --rate "$RATE" --duration "${SECONDS_OF_LOAD}s" \
   --record "$OUT/record.jsonl" --result-timeout 120s >"$OUT/report.json" 2>"$OUT/loadgen.log" &
-LOADGEN=$!
+LOADGEN=$!; pids+=("$LOADGEN")
 
 # Restart the three in turn at a quarter, half and three quarters of the load (counted from its
 # start, so slow drains do not push the last restart past its end): SIGTERM, wait for the exit,

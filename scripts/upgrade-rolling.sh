@@ -158,7 +158,7 @@ half=$(python3 -c "print($RATE / 2)")
 "$NEW_BIN" --config "$CONFIG" loadgen --quiet --json --target "$INTAKE" \
   --pace "P000818:$half" --pace "P000819:$half" --duration "${SECONDS_OF_LOAD}s" \
   --result-timeout 120s >"$OUT/report.json" 2>"$OUT/loadgen.log" &
-LOADGEN=$!
+LOADGEN=$!; pids+=("$LOADGEN")
 
 # The workers in turn, then the intake (docs/operations.md: workers first, so a lane never
 # waits for a worker), evenly over the load: with 3 workers at 1/5, 2/5 and 3/5 of it, the
