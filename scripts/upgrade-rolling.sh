@@ -164,18 +164,25 @@ LOADGEN=$!; pids+=("$LOADGEN")
 # waits for a worker), evenly over the load: with 3 workers at 1/5, 2/5 and 3/5 of it, the
 # intake at 4/5; counted from the load's start, so slow drains do not push the last past its end.
 load_start=$(date +%s.%N)
+into_load() { python3 -c "import time; print(f'{time.time() - $load_start:.1f}')"; }
 steps=$((WORKERS + 2))
-drains=()
+drains=() signals=()
 for slot in $(seq 1 "$WORKERS"); do
   drill_sleep_until "$load_start" "$SECONDS_OF_LOAD" "$slot / $steps"
+  signals+=("$(into_load)")
   drill_stop "${WORKER[$slot]}"
   start_worker "$slot" new
 done
 drill_sleep_until "$load_start" "$SECONDS_OF_LOAD" "$((WORKERS + 1)) / $steps"
 swap_began=$(date +%s.%N)
+signals+=("$(into_load)")
 drill_stop "$INTAKE_PID"
 start_intake new
 swap=$(python3 -c "import time; print(f'{time.time() - $swap_began:.1f}')")
+# A swap after the load's end would test nothing under load (seen at a load average of 15, with
+# 10 s drains): the new intake must have taken requests.
+intake_ready=$(into_load)
+under_load=$(python3 -c "print('yes' if $intake_ready < $SECONDS_OF_LOAD else 'no')")
 
 status=0; wait "$LOADGEN" || status=$?
 [ "$status" -eq 0 ] || echo "loadgen exited $status (its report says why; the checks below decide)" >&2
@@ -196,7 +203,8 @@ lanes=$(rabbitmqctl -q list_queues --no-table-headers name </dev/null 2>/dev/nul
 retried() { cat "$OUT"/worker-"$1"-*.log | grep -c "job will be retried" || true; }
 drill_checks --report "$OUT/report.json" --stats "$OUT/stats.json" --faults \
   --queued "$left" --handed-back "$(drill_handed_back "$OUT"/worker-*.log)" \
+  --check "the new intake ready while the load ran" "at $intake_ready s of $SECONDS_OF_LOAD s" "$under_load" \
   --title "Upgrade from ${UPGRADE_FROM} as a rolling restart: $WORKERS workers and the intake, $RATE/s (two partners) for $SECONDS_OF_LOAD s, simulator at 200 ms a call, $ERROR_RATE 500s" \
   --line "old binary: $OLD_BUILD; drill: $((SECONDS - began)) s from the first request to the checks" \
-  --line "drains (old workers, then the old intake): ${drains[*]}; intake swap (SIGTERM to the new one ready): $swap s" \
+  --line "SIGTERMs at ${signals[*]} s of the load; drains (old workers, then the old intake): ${drains[*]}; intake swap (SIGTERM to the new one ready): $swap s" \
   --line "delayed retries: by old workers $(retried old) (retry.*), by new workers $(retried new) (delay.* and lanes); lanes declared $lanes; old retry.* queues deleted empty: $deleted of $(echo "$retry_queues" | grep -c . || true)"

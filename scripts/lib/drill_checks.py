@@ -26,6 +26,9 @@ def main():
     parser.add_argument("--handed-back", type=int, required=True)
     parser.add_argument("--title", required=True, help="the first line")
     parser.add_argument("--line", action="append", default=[], help="a line under it (repeat)")
+    parser.add_argument("--check", nargs=3, action="append", default=[],
+                        metavar=("NAME", "MEASURED", "OK"),
+                        help="one more row of the drill's own; OK is yes or no (repeat)")
     parser.add_argument("--faults", action="store_true",
                         help="the simulator injected 500s: count only the creates it answered 200")
     args = parser.parse_args()
@@ -70,6 +73,7 @@ def main():
         ("jobs handed back by a stopping worker", args.handed_back, args.handed_back == 0),
         ("messages left in jobs/lanes/delay/retry queues", args.queued, args.queued == 0),
     ]
+    checks += [(name, value, ok == "yes") for name, value, ok in args.check]
     print(args.title)
     for line in args.line:
         print(f"  {line}")
