@@ -15,9 +15,11 @@
 #
 # The old binary: the commit UPGRADE_FROM (default 654ebe5^, the release before the lanes) is
 # exported to target/upgrade-old/<commit>/src and built there with this checkout's target
-# directory, so the third-party crates already built for this checkout are reused and only the
-# workspace's own crates compile; the binary is kept as target/upgrade-old/<commit>/<profile>/
-# autorenew, and a second run builds nothing.
+# directory, so the third-party crates already built for this checkout with the same features
+# are reused (after `cargo test`, a debug build still compiles the workspace's crates and the
+# few dozen that the tests' dev-dependencies built with other features: about a minute); the
+# binary is kept as target/upgrade-old/<commit>/<profile>/autorenew, and a second run builds
+# nothing.
 #
 # Environment: PROFILE (release; debug is quicker to build, slower to run), NO_BUILD=1 (run this
 # checkout's binary as it is; the old one is still built if not kept), BUILD_NICE (0),
