@@ -233,6 +233,15 @@ impl Worker {
     }
 }
 
+/// How many unacked jobs one lane may hold: three quarters of the worker's slots. However
+/// deep one partner's backlog, a quarter of the slots stay free for the other lanes, so another
+/// partner's job starts as soon as it is delivered instead of waiting for one of the flood's
+/// jobs to finish (and those finish only as fast as Stripe's budget lets them). Three quarters
+/// is still enough for one partner alone to keep the whole budget busy.
+pub fn lane_prefetch(concurrency: u16) -> u16 {
+    concurrency.saturating_sub(concurrency / 4).max(1)
+}
+
 /// Runs a message as a task of its own, so a panic inside it cannot take the consumer along; a
 /// panicked message still ends (see [`message::after_panic`]).
 ///
