@@ -233,13 +233,17 @@ impl Worker {
     }
 }
 
-/// How many unacked jobs one lane may hold: three quarters of the worker's slots. However
-/// deep one partner's backlog, a quarter of the slots stay free for the other lanes, so another
+/// How many unacked jobs one lane may hold: three quarters of the worker's slots, and always
+/// at least one slot fewer than the worker has (below four slots a quarter rounds down to none).
+/// However deep one partner's backlog, a slot stays free for the other lanes, so another
 /// partner's job starts as soon as it is delivered instead of waiting for one of the flood's
 /// jobs to finish (and those finish only as fast as Stripe's budget lets them). Three quarters
-/// is still enough for one partner alone to keep the whole budget busy.
+/// is still enough for one partner alone to keep the whole budget busy. A worker of one slot
+/// has nothing to keep free: its lanes take one each.
 pub fn lane_prefetch(concurrency: u16) -> u16 {
-    concurrency.saturating_sub(concurrency / 4).max(1)
+    concurrency
+        .saturating_sub((concurrency / 4).max(1))
+        .max(1)
 }
 
 /// Runs a message as a task of its own, so a panic inside it cannot take the consumer along; a
@@ -303,5 +307,26 @@ async fn dispose(delivery: &Delivery, disposition: Disposition) {
         Ok(false) => tracing::warn!("ack/nack not sent: the channel is closed; redelivered"),
         // The channel is gone: RabbitMQ redelivers the message to another consumer.
         Err(error) => tracing::warn!(%error, "ack/nack failed; the message will be redelivered"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lane_prefetch;
+
+    #[test]
+    fn one_lane_never_fills_every_slot_but_keeps_most_of_them_busy() {
+        assert_eq!(lane_prefetch(1), 1, "a worker of one slot still takes jobs");
+        for concurrency in 2..=1000u16 {
+            let prefetch = lane_prefetch(concurrency);
+            assert!(
+                prefetch < concurrency,
+                "{concurrency} slots: a lane takes {prefetch}, leaving one for another partner"
+            );
+            assert!(
+                prefetch * 2 >= concurrency,
+                "{concurrency} slots: a lane alone keeps at least half of them busy ({prefetch})"
+            );
+        }
     }
 }
