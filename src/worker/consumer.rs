@@ -241,9 +241,7 @@ impl Worker {
 /// is still enough for one partner alone to keep the whole budget busy. A worker of one slot
 /// has nothing to keep free: its lanes take one each.
 pub fn lane_prefetch(concurrency: u16) -> u16 {
-    concurrency
-        .saturating_sub((concurrency / 4).max(1))
-        .max(1)
+    concurrency.saturating_sub((concurrency / 4).max(1)).max(1)
 }
 
 /// Runs a message as a task of its own, so a panic inside it cannot take the consumer along; a

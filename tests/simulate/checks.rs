@@ -1,4 +1,5 @@
-//! The invariants of docs/design.md#how-a-request-becomes-a-subscription, checked once a schedule has settled.
+//! The invariants of docs/design.md#how-a-request-becomes-a-subscription, checked once a schedule has settled,
+//! and invariant 11, partners served in turn (docs/design.md#partners-in-the-simulation).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -316,7 +317,9 @@ pub fn served_in_turn(log: &[LaneEvent], books: &Books) -> Vec<String> {
     if violations.len() > SHOWN_TURNS {
         let more = violations.len() - SHOWN_TURNS;
         violations.truncate(SHOWN_TURNS);
-        violations.push(format!("... and {more} more jobs that waited behind another lane"));
+        violations.push(format!(
+            "... and {more} more jobs that waited behind another lane"
+        ));
     }
     violations
 }

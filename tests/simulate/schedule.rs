@@ -729,8 +729,7 @@ async fn replay(world: &World, books: &Mutex<Books>) {
             continue;
         }
         // The tool keeps the partner's header: the copy goes back to its lane.
-        let mut copy =
-            QueuedJob::of_kind(&letter.kind, letter.body.clone(), &letter.message_id, 1);
+        let mut copy = QueuedJob::of_kind(&letter.kind, letter.body.clone(), &letter.message_id, 1);
         copy.partner = letter.partner.clone();
         if replayer.publish(copy).await.is_err() {
             world.queue.return_dead_letter(letter, reason);

@@ -59,7 +59,11 @@ pub enum LaneChange {
         expired: bool,
     },
     /// The broker pushed it to a consumer: unacked from now on.
-    Delivered { seq: u64, tag: u64, consumer: String },
+    Delivered {
+        seq: u64,
+        tag: u64,
+        consumer: String,
+    },
     /// The worker gave it one of its slots.
     Started { tag: u64 },
     /// Acked, handed back, or returned with its consumer's connection: no longer unacked.
