@@ -9,7 +9,7 @@
 //! Which lane's push goes first when several lanes have a message and a consumer with room, and
 //! which consumer gets it, is not FIFO in RabbitMQ (every queue pushes on its own): it is drawn
 //! from a seed, in one of two ways per world, uniformly at random at each push, or by a fixed
-//! seeded ranking of the lanes (the lowest-ranked lane always last).
+//! seeded ranking of the lanes (of the lanes that can push, the same one always first).
 //!
 //! Every change is logged ([`LaneEvent`]) for the simulation's check that no job waits behind
 //! another lane (tests/simulate/checks.rs).
