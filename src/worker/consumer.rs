@@ -234,11 +234,12 @@ impl Worker {
 }
 
 /// How many unacked jobs one lane may hold: three quarters of the worker's slots, and always
-/// at least one fewer than all of them (one is the least: a worker of one slot still works). However
-/// deep one partner's backlog, a quarter of the slots stay free for the other lanes, so another
+/// at least one slot fewer than the worker has (below four slots a quarter rounds down to none).
+/// However deep one partner's backlog, a slot stays free for the other lanes, so another
 /// partner's job starts as soon as it is delivered instead of waiting for one of the flood's
 /// jobs to finish (and those finish only as fast as Stripe's budget lets them). Three quarters
-/// is still enough for one partner alone to keep the whole budget busy.
+/// is still enough for one partner alone to keep the whole budget busy. A worker of one slot
+/// has nothing to keep free: its lanes take one each.
 pub fn lane_prefetch(concurrency: u16) -> u16 {
     concurrency.saturating_sub((concurrency / 4).max(1)).max(1)
 }

@@ -28,7 +28,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 pub use adapters::{BrokerQueue, SystemClock};
-pub use consumer::{Worker, run_job};
+pub use consumer::{Worker, lane_prefetch, run_job};
 pub use creation::{JobContext, JobPorts};
 pub use steps::{JobSettings, RetryPolicy};
 

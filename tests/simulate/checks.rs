@@ -1,10 +1,12 @@
-//! The invariants of docs/design.md#how-a-request-becomes-a-subscription, checked once a schedule has settled.
+//! The invariants of docs/design.md#how-a-request-becomes-a-subscription, checked once a schedule has settled,
+//! and invariant 11, partners served in turn (docs/design.md#partners-in-the-simulation).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use autorenew::domain::cancel::CancelWhen;
 use autorenew::domain::renewal::{RenewalChange, STATUS_CANCELED};
 use autorenew::domain::{PartnerCode, PayId, PayKey, ResultEvent};
+use autorenew::worker::memory::{LaneChange, LaneEvent};
 
 use crate::schedule::{Books, World};
 
@@ -12,8 +14,8 @@ use crate::schedule::{Books, World};
 pub fn invariants(world: &World, books: &Books) -> Vec<String> {
     let mut violations = Vec::new();
     let subscriptions = world.stripe.subscriptions();
-    // The store keys a payId by its partner (`partner1:ID`); the schedules run one partner, and
-    // Stripe's subscriptions and the books name the payId alone.
+    // The store keys a payId by its partner (`partner1:ID`); the schedules' payIds are unique
+    // across their partners, and Stripe's subscriptions and the books name the payId alone.
     let results: Results = world
         .store
         .results()
@@ -152,10 +154,10 @@ fn event_checks(
     violations
 }
 
-/// The payId's key in the schedules' one partner.
-fn pay_key(pay_id: &str) -> Option<PayKey> {
+/// The payId's key, under the partner that sent it.
+fn pay_key(books: &Books, pay_id: &str) -> Option<PayKey> {
     Some(PayKey::new(
-        PartnerCode::parse("partner1").ok()?,
+        PartnerCode::parse(books.partner_of.get(pay_id)?).ok()?,
         PayId::parse(pay_id).ok()?,
     ))
 }
@@ -167,7 +169,7 @@ fn life_checks(world: &World, books: &Books, results: &Results) -> Vec<String> {
     let states = world.stripe.states();
     let subscriptions = world.stripe.subscriptions();
     for pay_id in &books.accepted {
-        let Some(key) = pay_key(pay_id) else {
+        let Some(key) = pay_key(books, pay_id) else {
             continue;
         };
         // The result, or what the query rebuilds from Stripe when Redis lost it.
@@ -261,4 +263,287 @@ fn life_checks(world: &World, books: &Books, results: &Results) -> Vec<String> {
         }
     }
     violations
+}
+
+/// Invariant 11, partners served in turn (docs/design.md, "Partners served in turn"): **no job
+/// waits behind another lane's backlog**. A job's lane is its partner's if the workers have one
+/// for the partner, else the shared queue; the expired-jobs queue once past the delivery limit.
+/// It is worked out here from the books (which partner sent each message), not from where the
+/// twin put the message, so a routing that mixes lanes shows. For every stay of a message on a
+/// queue (published, handed back, back from a delay):
+///
+/// - **(a) in its queue**: once it is the oldest message of its lane still waiting, and some
+///   worker is up (its broker connection too) with fewer than its prefetch `P` of that lane's
+///   messages unacked, it has been delivered by the end of that instant: **0 s** of simulated
+///   time, and so never after a later delivery of another lane's message. RabbitMQ pushes a
+///   queue's head to a consumer with room within a round trip, whatever the other queues hold;
+///   the twin pushes on every change. Only its own lane's earlier messages, or its lane's
+///   prefetch being used up at every worker, may hold it.
+/// - **(b) at its worker**: with `C` slots and `P = lane_prefetch(C)` at that worker, the jobs
+///   of any one other lane that it waits behind there (those holding a slot when it was
+///   delivered, plus those that start there before it) are at most **`B = min(P, C - 1)`**
+///   (`P` for `C = 1`). Derivation: a lane has at most `P` unacked deliveries at a worker,
+///   started or not; the worker starts deliveries in the order they reached it (lapin's merged
+///   stream takes each consumer's deliveries in order and the loop takes one at a time), so a
+///   delivery of that lane that reached the worker after this job starts after it. Hence at most
+///   `P` of that lane's jobs were in hand or ahead of it when it came, and `P < C` for `C >= 2`
+///   (`C - max(1, C / 4)`): one partner's backlog never holds every slot, and another partner's
+///   job waits for at most `P` of its jobs, however deep the backlog.
+///
+/// The order in which the broker pushes several lanes' messages is drawn from the seed (see the
+/// twin's `lanes`), and neither bound rests on it.
+pub fn served_in_turn(log: &[LaneEvent], books: &Books) -> Vec<String> {
+    let mut turns = Turns {
+        books,
+        start: log.first().map(|event| event.at),
+        now: None,
+        broker_up: true,
+        stays: BTreeMap::new(),
+        waiting: BTreeMap::new(),
+        consumers: BTreeMap::new(),
+        tags: BTreeMap::new(),
+        flagged: BTreeSet::new(),
+        violations: Vec::new(),
+    };
+    for event in log {
+        if turns.now != Some(event.at) {
+            turns.end_of_instant();
+            turns.now = Some(event.at);
+        }
+        turns.apply(&event.what);
+    }
+    turns.end_of_instant();
+    let mut violations = turns.violations;
+    if violations.len() > SHOWN_TURNS {
+        let more = violations.len() - SHOWN_TURNS;
+        violations.truncate(SHOWN_TURNS);
+        violations.push(format!(
+            "... and {more} more jobs that waited behind another lane"
+        ));
+    }
+    violations
+}
+
+/// How many fairness violations of one schedule are told one by one.
+const SHOWN_TURNS: usize = 5;
+
+/// A queue as the check sees it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Queue {
+    Expired,
+    Shared,
+    Partner(String),
+}
+
+impl std::fmt::Display for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Queue::Expired => f.write_str("the expired queue"),
+            Queue::Shared => f.write_str("the shared queue"),
+            Queue::Partner(code) => write!(f, "{code}'s lane"),
+        }
+    }
+}
+
+struct Consumer {
+    slots: u32,
+    prefetch: u32,
+}
+
+/// An unacked delivery.
+struct Tag {
+    consumer: String,
+    queue: Queue,
+    message_id: String,
+    started: bool,
+    /// The jobs of each other lane it waits behind at its worker.
+    behind: BTreeMap<Queue, u32>,
+}
+
+struct Turns<'a> {
+    books: &'a Books,
+    start: Option<tokio::time::Instant>,
+    now: Option<tokio::time::Instant>,
+    broker_up: bool,
+    /// Each stay on a queue: its lane and message.
+    stays: BTreeMap<u64, (Queue, String)>,
+    /// Per lane, the stays not delivered yet, oldest first.
+    waiting: BTreeMap<Queue, BTreeSet<u64>>,
+    /// The consumers that are up.
+    consumers: BTreeMap<String, Consumer>,
+    tags: BTreeMap<u64, Tag>,
+    /// Stays and tags already reported.
+    flagged: BTreeSet<(bool, u64)>,
+    violations: Vec<String>,
+}
+
+impl Turns<'_> {
+    fn lane(&self, message_id: &str, expired: bool) -> Queue {
+        if expired {
+            return Queue::Expired;
+        }
+        match self.books.partner_of.get(message_id) {
+            Some(partner) if self.books.lanes.contains(partner) => Queue::Partner(partner.clone()),
+            _ => Queue::Shared,
+        }
+    }
+
+    fn at(&self) -> String {
+        match (self.start, self.now) {
+            (Some(start), Some(now)) => format!("{:.3} s", (now - start).as_secs_f64()),
+            _ => "?".into(),
+        }
+    }
+
+    fn apply(&mut self, what: &LaneChange) {
+        match what {
+            LaneChange::Ready {
+                seq,
+                message_id,
+                expired,
+                ..
+            } => {
+                let queue = self.lane(message_id, *expired);
+                self.waiting.entry(queue.clone()).or_default().insert(*seq);
+                self.stays.insert(*seq, (queue, message_id.clone()));
+            }
+            LaneChange::Delivered { seq, tag, consumer } => {
+                let Some((queue, message_id)) = self.stays.remove(seq) else {
+                    return;
+                };
+                if let Some(waiting) = self.waiting.get_mut(&queue) {
+                    waiting.remove(seq);
+                }
+                let mut behind = BTreeMap::new();
+                for other in self.tags.values() {
+                    if other.consumer == *consumer && other.started && other.queue != queue {
+                        *behind.entry(other.queue.clone()).or_default() += 1;
+                    }
+                }
+                self.tags.insert(
+                    *tag,
+                    Tag {
+                        consumer: consumer.clone(),
+                        queue,
+                        message_id,
+                        started: false,
+                        behind,
+                    },
+                );
+                self.check_behind(*tag);
+            }
+            LaneChange::Started { tag } => {
+                let Some(started) = self.tags.get_mut(tag) else {
+                    return;
+                };
+                started.started = true;
+                let (consumer, queue) = (started.consumer.clone(), started.queue.clone());
+                let overtaken: Vec<u64> = self
+                    .tags
+                    .iter_mut()
+                    .filter(|(_, t)| t.consumer == consumer && !t.started && t.queue != queue)
+                    .map(|(waiting, t)| {
+                        *t.behind.entry(queue.clone()).or_default() += 1;
+                        *waiting
+                    })
+                    .collect();
+                for waiting in overtaken {
+                    self.check_behind(waiting);
+                }
+            }
+            LaneChange::Ended { tag } => {
+                self.tags.remove(tag);
+            }
+            LaneChange::ConsumerUp {
+                consumer,
+                slots,
+                prefetch,
+            } => {
+                self.consumers.insert(
+                    consumer.clone(),
+                    Consumer {
+                        slots: *slots,
+                        prefetch: *prefetch,
+                    },
+                );
+            }
+            LaneChange::ConsumerDown { consumer } => {
+                self.consumers.remove(consumer);
+            }
+            LaneChange::Broker { up } => self.broker_up = *up,
+        }
+    }
+
+    /// (b): the jobs of one other lane that `tag` waits behind at its worker.
+    fn check_behind(&mut self, tag: u64) {
+        let Some(waiting) = self.tags.get(&tag) else {
+            return;
+        };
+        let Some(consumer) = self.consumers.get(&waiting.consumer) else {
+            return;
+        };
+        let bound = if consumer.slots >= 2 {
+            consumer.prefetch.min(consumer.slots - 1)
+        } else {
+            consumer.prefetch
+        };
+        let Some((queue, count)) = waiting.behind.iter().find(|(_, count)| **count > bound) else {
+            return;
+        };
+        if !self.flagged.insert((true, tag)) {
+            return;
+        }
+        let message = format!(
+            "{}: at {} it waited at {} (delivery #{tag}, in {}) behind {count} jobs of {queue}, \
+             more than the bound {bound} ({} slots, {} a lane)",
+            waiting.message_id,
+            self.at(),
+            waiting.consumer,
+            waiting.queue,
+            consumer.slots,
+            consumer.prefetch
+        );
+        self.violations.push(message);
+    }
+
+    /// (a): after every instant, no lane's oldest waiting message is left while a worker that
+    /// is up has room for it.
+    fn end_of_instant(&mut self) {
+        if !self.broker_up {
+            return;
+        }
+        let mut found = Vec::new();
+        for (queue, seqs) in &self.waiting {
+            let Some(head) = seqs.first() else {
+                continue;
+            };
+            let room = self.consumers.iter().find(|(name, consumer)| {
+                let held = self
+                    .tags
+                    .values()
+                    .filter(|t| t.consumer == **name && t.queue == *queue)
+                    .count();
+                held < consumer.prefetch as usize
+            });
+            if let Some((name, consumer)) = room {
+                found.push((*head, queue.clone(), name.clone(), consumer.prefetch));
+            }
+        }
+        for (head, queue, name, prefetch) in found {
+            if !self.flagged.insert((false, head)) {
+                continue;
+            }
+            let message_id = self
+                .stays
+                .get(&head)
+                .map(|(_, id)| id.clone())
+                .unwrap_or_default();
+            let message = format!(
+                "{message_id}: at {} it waited, first in {queue}, while {name} had room for it \
+                 (prefetch {prefetch}): behind another lane's messages",
+                self.at()
+            );
+            self.violations.push(message);
+        }
+    }
 }

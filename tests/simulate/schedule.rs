@@ -15,7 +15,7 @@ use autorenew::worker::memory::{
 };
 use autorenew::worker::message::{Message, after_panic, handle};
 use autorenew::worker::ports::Disposition;
-use autorenew::worker::{JobContext, JobPorts, JobSettings, RetryPolicy};
+use autorenew::worker::{JobContext, JobPorts, JobSettings, RetryPolicy, lane_prefetch};
 use tokio::sync::Semaphore;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -76,6 +76,19 @@ const DATA_LOSS_SHARE: f64 = 0.0;
 const PUBLISH_FAULT_SEED: u64 = 0x0B0C_FA17;
 const PUBLISH_FAULT_SCHEDULES: f64 = 0.5;
 const MAX_PUBLISH_FAULT_RATE: f64 = 0.2;
+/// Mixed into the seed for the partners' draws: how many partners, whose each job is, which one
+/// floods and when, whether one is unknown to the workers, and the broker's interleaving of
+/// lanes.
+const LANES_SEED: u64 = 0x1A7E_5EED;
+/// The most partners a schedule has.
+const MAX_PARTNERS: usize = 4;
+/// The share of schedules where one partner floods, and the size of its burst (all published at
+/// one moment, on top of the schedule's jobs).
+const FLOOD_SCHEDULES: f64 = 0.4;
+const FLOOD_JOBS: std::ops::RangeInclusive<usize> = 8..=24;
+/// The share of schedules with two partners or more where the last one has no lane (not in the
+/// workers' configuration yet): its jobs travel in the shared queue.
+const UNKNOWN_PARTNER_SCHEDULES: f64 = 0.2;
 
 /// The share of schedules whose Redis loses everything once (`SIM_DATA_LOSS`, default
 /// [`DATA_LOSS_SHARE`]).
@@ -151,6 +164,50 @@ pub struct Books {
     /// Redis lost everything at some point: a result may be gone, and is rebuilt from Stripe
     /// when a query or a cancel needs it.
     pub data_lost: bool,
+    /// The partner of every message published for one (by message id): a creation's payId, a
+    /// cancel's id. A Stripe event has none.
+    pub partner_of: BTreeMap<String, String>,
+    /// The partners the workers have a lane for.
+    pub lanes: BTreeSet<String>,
+}
+
+/// The partners of a schedule, from draws of their own.
+struct Partners {
+    /// Every partner that sends jobs.
+    codes: Vec<String>,
+    /// Those with a lane (all but, in some schedules, the last).
+    lanes: Vec<String>,
+    /// The flooding partner, its burst's size and moment.
+    flood: Option<(String, usize, Duration)>,
+    rng: fastrand::Rng,
+}
+
+impl Partners {
+    fn draw(seed: u64) -> Self {
+        let mut rng = fastrand::Rng::with_seed(seed ^ LANES_SEED);
+        let count = rng.usize(1..=MAX_PARTNERS);
+        let codes: Vec<String> = (1..=count).map(|n| format!("partner{n}")).collect();
+        let mut lanes = codes.clone();
+        if count > 1 && rng.f64() < UNKNOWN_PARTNER_SCHEDULES {
+            lanes.pop();
+        }
+        let flood = (rng.f64() < FLOOD_SCHEDULES).then(|| {
+            let who = codes[rng.usize(..count)].clone();
+            let size = rng.usize(FLOOD_JOBS);
+            (who, size, Duration::from_millis(rng.u64(..3_000)))
+        });
+        Partners {
+            codes,
+            lanes,
+            flood,
+            rng,
+        }
+    }
+
+    /// The partner of the schedule's next job.
+    fn next(&mut self) -> String {
+        self.codes[self.rng.usize(..self.codes.len())].clone()
+    }
 }
 
 async fn schedule(seed: u64) -> Report {
@@ -167,8 +224,9 @@ async fn schedule(seed: u64) -> Report {
         lock: Duration::from_micros((5_000.0 * 100_f64.powf(rng.f64())) as u64),
         reconcile: Duration::from_secs(15),
     };
+    let mut partners = Partners::draw(seed);
     let world = World {
-        queue: MemoryQueue::new(delays, DELIVERY_LIMIT, trace.clone()),
+        queue: MemoryQueue::new(delays, DELIVERY_LIMIT, trace.clone()).with_lanes(&partners.lanes),
         // Redis is sometimes slow: wider windows between two calls of one job.
         store: MemoryStore::new(
             rng.u64(..),
@@ -180,6 +238,12 @@ async fn schedule(seed: u64) -> Report {
         trace: trace.clone(),
     };
     world.stripe.add_price(PRICE, "prod_basic");
+    world.queue.set_interleave(partners.rng.u64(..));
+    {
+        // The delayed queues' TTLs run whoever waits, as the broker's do.
+        let queue = world.queue.clone();
+        tokio::spawn(async move { queue.run_timers().await });
+    }
     {
         // Nacks and lost confirms while the broker is up, from draws of their own.
         let mut draws = fastrand::Rng::with_seed(seed ^ PUBLISH_FAULT_SEED);
@@ -209,7 +273,7 @@ async fn schedule(seed: u64) -> Report {
     let jobs: Vec<Job> = (0..job_count)
         .map(|n| {
             let declined = rng.f64() < 0.1;
-            sample_job(n, rng.usize(..job_count), declined)
+            sample_job(n, rng.usize(..job_count), declined, &partners.next())
         })
         .collect();
     let mut timeline: Vec<(Duration, Chaos)> = Vec::new();
@@ -250,7 +314,18 @@ async fn schedule(seed: u64) -> Report {
     timeline.sort_by_key(|(when, _)| *when);
     let late_replay = rng.f64() < 0.2;
 
-    let books = Arc::new(Mutex::new(Books::default()));
+    let books = Arc::new(Mutex::new(Books {
+        lanes: partners.lanes.iter().cloned().collect(),
+        ..Books::default()
+    }));
+    {
+        let mut books = lock(&books);
+        for job in &jobs {
+            books
+                .partner_of
+                .insert(job.pay_id.to_string(), job.partner_code.to_string());
+        }
+    }
     // Each worker's clock is off by its own amount in some schedules, from draws of their own:
     // the records one writes (a create's send time) are read by another.
     let mut skews = fastrand::Rng::with_seed(seed ^ SKEW_SEED);
@@ -281,22 +356,21 @@ async fn schedule(seed: u64) -> Report {
             .collect();
         publishing.fetch_add(1, Ordering::SeqCst);
         let (world, books, publishing) = (world.clone(), books.clone(), publishing.clone());
-        let body = job.encode();
-        let pay_id = job.pay_id.to_string();
-        let pay_key = job.pay_key();
+        let job = job.clone();
         tokio::spawn(async move {
             tokio::time::sleep(first).await;
-            // The intake's claim keeps the payId's record before the publish.
-            world.store.keep_record(&pay_key);
-            intake_publish(&world, &body, &pay_id).await;
-            lock(&books).accepted.insert(pay_id.clone());
+            accept(&world, &books, &job).await;
+            let pay_id = job.pay_id.to_string();
             for again in copies {
                 tokio::time::sleep(again).await;
                 world.trace.note("intake", || format!("republish {pay_id}"));
-                intake_publish(&world, &body, &pay_id).await;
+                intake_publish(&world, &job).await;
             }
             publishing.fetch_sub(1, Ordering::SeqCst);
         });
+    }
+    if let Some((partner, size, at)) = partners.flood.clone() {
+        flood(&world, &books, &publishing, &partner, size, at);
     }
     schedule_cancels(seed, &jobs, &world, &books, &publishing);
     tokio::spawn(courier(seed, world.clone(), publishing.clone()));
@@ -429,10 +503,18 @@ async fn schedule(seed: u64) -> Report {
     }
     let books = lock(&books);
     violations.extend(checks::invariants(&world, &books));
+    violations.extend(checks::served_in_turn(&world.queue.lane_log(), &books));
     let counts = world.stripe.counts();
+    let flood = match &partners.flood {
+        Some((who, size, _)) => format!(", {who} floods {size}"),
+        None => String::new(),
+    };
     let summary = format!(
-        "{job_count} jobs, {workers} workers x {concurrency}, fault rate {:.2}, decline rate \
-         {:.2}, {} Stripe calls ({} faults, {} panics), {} crashes, {} replays",
+        "{job_count} jobs, {} partners ({} with a lane{flood}), {workers} workers x \
+         {concurrency}, fault rate {:.2}, decline rate {:.2}, {} Stripe calls ({} faults, {} \
+         panics), {} crashes, {} replays",
+        partners.codes.len(),
+        partners.lanes.len(),
         faults.rate,
         faults.decline_rate,
         counts.calls,
@@ -459,16 +541,21 @@ fn decline_rate(seed: u64) -> f64 {
     }
 }
 
-fn sample_job(n: usize, person: usize, declined: bool) -> Job {
+fn sample_job(n: usize, person: usize, declined: bool, partner: &str) -> Job {
     let pm = if declined {
         format!("pm_chargeDeclined_{n}")
     } else {
         format!("pm_{n}")
     };
+    let email = format!("person{person}@example.com");
+    job(&format!("pay-{n}"), &email, &pm, partner)
+}
+
+fn job(pay_id: &str, email: &str, pm: &str, partner: &str) -> Job {
     let json = serde_json::json!({
-        "payId": format!("pay-{n}"),
-        "partnerCode": "partner1",
-        "email": format!("person{person}@example.com"),
+        "payId": pay_id,
+        "partnerCode": partner,
+        "email": email,
         "plan_id": "basic",
         "pm_id": pm,
         "payAmount": "9.99",
@@ -476,7 +563,7 @@ fn sample_job(n: usize, person: usize, declined: bool) -> Job {
         "payCurrency": "usd",
         "tradeType": "subscription",
         "acceptedAt": "2027-01-15T08:00:00Z",
-        "requestId": format!("req-{n}"),
+        "requestId": format!("req-{pay_id}"),
     });
     serde_json::from_value(json).expect("a valid job")
 }
@@ -485,9 +572,59 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Publishes until the broker confirms, as a partner retries a 503.
-async fn intake_publish(world: &World, body: &[u8], pay_id: &str) {
-    publish_until_confirmed(world, QueuedJob::fresh(body.to_vec(), pay_id, 1)).await;
+/// The intake takes a creation: its claim keeps the payId's record, then it publishes until
+/// the broker confirms (the partner retries a 503), and the request is accepted.
+async fn accept(world: &World, books: &Mutex<Books>, job: &Job) {
+    world.store.keep_record(&job.pay_key());
+    intake_publish(world, job).await;
+    lock(books).accepted.insert(job.pay_id.to_string());
+}
+
+/// Publishes a creation into its partner's lane until the broker confirms.
+async fn intake_publish(world: &World, job: &Job) {
+    let message = QueuedJob::fresh(job.encode(), job.pay_id.as_str(), 1)
+        .for_partner(job.partner_code.as_str());
+    publish_until_confirmed(world, message).await;
+}
+
+/// One partner's burst: `size` creations taken by the intake at one moment, so that its lane
+/// holds a backlog while the other partners' jobs come.
+fn flood(
+    world: &World,
+    books: &Arc<Mutex<Books>>,
+    publishing: &Arc<AtomicUsize>,
+    partner: &str,
+    size: usize,
+    at: Duration,
+) {
+    let jobs: Vec<Job> = (0..size)
+        .map(|n| {
+            let name = format!("flood-{n}");
+            let email = format!("{name}@example.com");
+            let pm = format!("pm_flood_{n}");
+            job(&name, &email, &pm, partner)
+        })
+        .collect();
+    {
+        let mut books = lock(books);
+        for job in &jobs {
+            books
+                .partner_of
+                .insert(job.pay_id.to_string(), partner.to_owned());
+        }
+    }
+    world
+        .trace
+        .note("intake", || format!("{partner} floods: {size} jobs"));
+    for job in jobs {
+        publishing.fetch_add(1, Ordering::SeqCst);
+        let (world, books, publishing) = (world.clone(), books.clone(), publishing.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(at).await;
+            accept(&world, &books, &job).await;
+            publishing.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
 }
 
 async fn publish_until_confirmed(world: &World, message: QueuedJob) {
@@ -552,6 +689,10 @@ fn schedule_cancels(
                 request_id: format!("cancel-{}-{n}", job.pay_id),
             };
             let pay_id = job.pay_id.to_string();
+            let partner = job.partner_code.to_string();
+            lock(books)
+                .partner_of
+                .insert(cancel.message_id(), partner.clone());
             let (world, books, publishing) = (world.clone(), books.clone(), publishing.clone());
             publishing.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
@@ -567,7 +708,8 @@ fn schedule_cancels(
                     cancel.encode(),
                     &cancel.message_id(),
                     1,
-                );
+                )
+                .for_partner(&partner);
                 publish_until_confirmed(&world, message).await;
                 lock(&books).cancels.push((pay_id, when));
                 publishing.fetch_sub(1, Ordering::SeqCst);
@@ -586,7 +728,9 @@ async fn replay(world: &World, books: &Mutex<Books>) {
             world.queue.return_dead_letter(letter, reason);
             continue;
         }
-        let copy = QueuedJob::of_kind(&letter.kind, letter.body.clone(), &letter.message_id, 1);
+        // The tool keeps the partner's header: the copy goes back to its lane.
+        let mut copy = QueuedJob::of_kind(&letter.kind, letter.body.clone(), &letter.message_id, 1);
+        copy.partner = letter.partner.clone();
         if replayer.publish(copy).await.is_err() {
             world.queue.return_dead_letter(letter, reason);
         }
@@ -617,8 +761,9 @@ fn job_settings() -> JobSettings {
     }
 }
 
-/// Starts a worker process's incarnation: its consumer loop, under a fresh name (the broker
-/// tracks unacked deliveries by consumer) and a fresh price cache.
+/// Starts a worker process's incarnation: its consumers of every lane (the real rule's prefetch
+/// a lane) and its loop, under a fresh name (the broker tracks unacked deliveries by consumer)
+/// and a fresh price cache.
 fn start(
     world: &World,
     process: &Arc<Mutex<Process>>,
@@ -640,6 +785,8 @@ fn start(
         },
         settings: job_settings(),
     });
+    let slots = u16::try_from(concurrency).unwrap_or(u16::MAX);
+    world.queue.consume(&name, slots, lane_prefetch(slots));
     let consumer = tokio::spawn(consume(
         world.clone(),
         process.clone(),
@@ -654,7 +801,8 @@ fn start(
     process.running.clear();
 }
 
-/// The consumer loop: a job task per delivery, at most `concurrency` at once; after a job
+/// The consumer loop, as `worker::Worker`'s: it takes the next delivery the broker pushed, then
+/// waits for one of its `concurrency` slots, and runs the job in a task of its own; after a job
 /// found Redis away it pauses until Redis answers, as the real consumer does.
 async fn consume(
     world: World,
@@ -667,6 +815,7 @@ async fn consume(
     let trouble = Arc::new(AtomicBool::new(false));
     let mut count = 0_u32;
     loop {
+        let delivery = world.queue.receive(&name).await;
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
@@ -676,7 +825,7 @@ async fn consume(
                 trouble.store(false, Ordering::SeqCst);
             }
         }
-        let delivery = world.queue.receive(&name).await;
+        world.queue.started(delivery.tag);
         count += 1;
         let token = format!("{name}/{count}");
         let (world, process_ref, ctx, trouble) =

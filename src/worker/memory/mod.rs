@@ -9,12 +9,14 @@
 //! one worker its own handle, so the trace says who made each call.
 
 mod clock;
+mod lanes;
 mod queue;
 mod store;
 mod stripe;
 mod trace;
 
 pub use clock::VirtualClock;
+pub use lanes::{Lane, LaneChange, LaneEvent};
 pub use queue::{Delivery, MemoryQueue, QueueDelays, QueuedJob};
 pub use store::MemoryStore;
 pub use stripe::{Fault as StripeFault, Faults, MemoryStripe, StripeCounts};

@@ -2,16 +2,19 @@
 //!
 //! - a delivery stays unacked until acked or handed back; a nack with requeue, or a consumer
 //!   that dies holding it, puts it back with the redelivered flag and one more delivery count;
+//! - a message travels in its partner's lane if the workers know the partner, else in the
+//!   shared jobs queue; each worker consumes every lane with a prefetch of its own, and the
+//!   broker pushes deliveries to it (see `lanes`);
 //! - past the delivery limit the broker moves it to the expired-jobs queue (at-least-once
-//!   dead-lettering), which the workers consume like the jobs queue;
-//! - a delayed queue (retry stages, lock retry, reconciliation) gives the message back to the
-//!   jobs queue when its TTL has passed, as a fresh delivery;
+//!   dead-lettering), which the workers consume like the lanes;
+//! - a delayed queue (retry stages, lock retry, reconciliation) gives the message back to its
+//!   lane when its TTL has passed, as a fresh delivery;
 //! - publishes are confirmed; while the broker is away they fail, and a lost connection
 //!   returns every unacked delivery;
 //! - while the broker is up, a worker's publish may still be nacked (not routed), or its
 //!   confirm may time out after the message was in fact routed (`set_publish_faults`).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -21,6 +24,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::Trace;
+use super::lanes::{Lane, LaneEvent, Lanes};
 use crate::broker::BrokerError;
 use crate::domain::ResultEvent;
 use crate::domain::event::LifecycleEvent;
@@ -117,11 +121,10 @@ pub struct Delivery {
 
 #[derive(Debug, Default)]
 struct State {
-    jobs: VecDeque<QueuedJob>,
-    expired: VecDeque<QueuedJob>,
+    /// The lanes, the shared and the expired-jobs queues, their consumers and unacked.
+    lanes: Lanes,
     /// Due time and a sequence number (FIFO among equal times) → the message.
     delayed: BTreeMap<(Instant, u64), QueuedJob>,
-    unacked: BTreeMap<u64, (String, QueuedJob)>,
     dead: Vec<(QueuedJob, String)>,
     events: Vec<(Instant, ResultEvent)>,
     changes: Vec<(Instant, LifecycleEvent)>,
@@ -179,10 +182,22 @@ impl MemoryQueue {
         self.trace.note(&self.who, what);
     }
 
-    /// Publishes a job message to the jobs queue, as the intake and `dlq replay` do.
+    /// The partners whose lanes the workers consume; every other partner's messages go to
+    /// the shared jobs queue (as a partner not in the workers' configuration yet).
+    pub fn with_lanes(self, partners: &[String]) -> Self {
+        self.state().lanes.set_partners(partners);
+        self
+    }
+
+    /// Draws the order of the broker's pushes across lanes and consumers from `seed`.
+    pub fn set_interleave(&self, seed: u64) {
+        self.state().lanes.set_interleave(seed);
+    }
+
+    /// Publishes a job message to its lane, as the intake and `dlq replay` do.
     pub async fn publish(&self, job: QueuedJob) -> Result<(), BrokerError> {
         tokio::time::sleep(HOP).await;
-        {
+        let pushed = {
             let mut state = self.state();
             if state.down {
                 drop(state);
@@ -190,52 +205,107 @@ impl MemoryQueue {
                 return Err(BrokerError::Unavailable);
             }
             self.note(|| format!("publish {} attempt {}", job.message_id, job.attempt));
-            state.jobs.push_back(job);
-        }
+            let lane = state.lanes.route(&job);
+            state.lanes.enqueue(lane, job);
+            state.lanes.dispatch()
+        };
+        self.pushed(pushed);
         self.arrived.notify_waiters();
         tokio::time::sleep(HOP).await;
         Ok(())
     }
 
-    /// The next message for `consumer`, moving due delayed messages first; None while the
-    /// broker is away or nothing is ready.
+    /// A worker incarnation starts consuming every lane: `slots` jobs at once, `prefetch`
+    /// unacked deliveries a lane.
+    pub fn consume(&self, consumer: &str, slots: u16, prefetch: u16) {
+        let pushed = {
+            let mut state = self.state();
+            state
+                .lanes
+                .consume(consumer, u32::from(slots), u32::from(prefetch));
+            if state.down {
+                Vec::new()
+            } else {
+                state.lanes.dispatch()
+            }
+        };
+        self.pushed(pushed);
+    }
+
+    /// The worker gave delivery `tag` one of its slots (for the lanes' log).
+    pub fn started(&self, tag: u64) {
+        self.state().lanes.started(tag);
+    }
+
+    /// Every change of the lanes, in order (for the simulation's fairness check).
+    pub fn lane_log(&self) -> Vec<LaneEvent> {
+        self.state().lanes.log_entries()
+    }
+
+    /// Traces the broker's pushes and wakes the consumers.
+    fn pushed(&self, pushed: Vec<(String, Lane, u64, QueuedJob)>) {
+        if pushed.is_empty() {
+            return;
+        }
+        for (consumer, lane, tag, job) in &pushed {
+            self.trace.note(consumer, || {
+                format!(
+                    "deliver #{tag} {} attempt {}{}{} count {} ({lane})",
+                    job.message_id,
+                    job.attempt,
+                    if job.redelivered { " redelivered" } else { "" },
+                    if job.parked { " parked" } else { "" },
+                    job.delivery_count
+                )
+            });
+        }
+        self.arrived.notify_waiters();
+    }
+
+    /// Moves the delayed messages that are due into their lanes, and pushes what it can.
+    fn move_due(&self) {
+        let pushed = {
+            let mut state = self.state();
+            if state.down {
+                return;
+            }
+            let now = Instant::now();
+            while let Some(entry) = state.delayed.first_entry() {
+                if entry.key().0 > now {
+                    break;
+                }
+                let job = entry.remove();
+                let lane = state.lanes.route(&job);
+                state.lanes.enqueue(lane, job);
+            }
+            state.lanes.dispatch()
+        };
+        self.pushed(pushed);
+    }
+
+    /// The next message for `consumer`: for a registered consumer, the next the broker pushed
+    /// to it; for any other (the job path's tests), the head of the first queue that has one.
+    /// None while the broker is away or nothing is there.
     pub fn try_receive(&self, consumer: &str) -> Option<Delivery> {
+        self.move_due();
         let mut state = self.state();
         if state.down {
             return None;
         }
-        let now = Instant::now();
-        while let Some(entry) = state.delayed.first_entry() {
-            if entry.key().0 > now {
-                break;
-            }
-            let job = entry.remove();
-            state.jobs.push_back(job);
+        if state.lanes.is_consumer(consumer) {
+            let (tag, job) = state.lanes.take_pushed(consumer)?;
+            return Some(Delivery {
+                tag,
+                incoming: job.incoming(),
+            });
         }
-        let job = state
-            .expired
-            .pop_front()
-            .or_else(|| state.jobs.pop_front())?;
-        state.next += 1;
-        let tag = state.next;
-        let incoming = job.incoming();
-        state.unacked.insert(tag, (consumer.to_owned(), job));
+        let (tag, lane, job) = state.lanes.pull(consumer)?;
         drop(state);
-        self.trace.note(consumer, || {
-            format!(
-                "deliver #{tag} {} attempt {}{}{} count {}",
-                incoming.message_id,
-                incoming.attempt,
-                if incoming.redelivered {
-                    " redelivered"
-                } else {
-                    ""
-                },
-                if incoming.parked { " parked" } else { "" },
-                incoming.delivery_count
-            )
-        });
-        Some(Delivery { tag, incoming })
+        self.pushed(vec![(consumer.to_owned(), lane, tag, job.clone())]);
+        Some(Delivery {
+            tag,
+            incoming: job.incoming(),
+        })
     }
 
     /// Waits for the next message for `consumer`.
@@ -247,23 +317,45 @@ impl MemoryQueue {
             if let Some(delivery) = self.try_receive(consumer) {
                 return delivery;
             }
-            // While the broker is away nothing is delivered: wait for it to come back (a
-            // delayed message already due would otherwise wake this loop forever).
-            let due = if self.state().down {
-                None
-            } else {
-                self.next_due()
-            };
-            match due {
-                Some(due) => {
-                    tokio::select! {
-                        biased;
-                        () = &mut arrived => {}
-                        () = tokio::time::sleep_until(due) => {}
-                    }
+            if let Some(due) = self.due_while_up() {
+                tokio::select! {
+                    biased;
+                    () = &mut arrived => {}
+                    () = tokio::time::sleep_until(due) => {}
                 }
-                None => arrived.await,
+            } else {
+                arrived.await;
             }
+        }
+    }
+
+    /// The delayed queues' clock: moves each delayed message into its lane when its TTL has
+    /// passed, whoever is waiting, as the broker does. Runs until dropped.
+    pub async fn run_timers(&self) {
+        loop {
+            let arrived = self.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            self.move_due();
+            if let Some(due) = self.due_while_up() {
+                tokio::select! {
+                    biased;
+                    () = &mut arrived => {}
+                    () = tokio::time::sleep_until(due) => {}
+                }
+            } else {
+                arrived.await;
+            }
+        }
+    }
+
+    /// When the first delayed message is due; none while the broker is away (nothing moves
+    /// then: wait for it to come back, or a message already due would wake a loop forever).
+    fn due_while_up(&self) -> Option<Instant> {
+        if self.state().down {
+            None
+        } else {
+            self.next_due()
         }
     }
 
@@ -275,87 +367,101 @@ impl MemoryQueue {
     /// Removes an acked delivery; a tag the broker no longer knows (its connection was lost)
     /// changes nothing: the message is back on the queue.
     pub fn ack(&self, tag: u64) {
-        let acked = self.state().unacked.remove(&tag);
-        self.note(|| {
-            format!(
-                "ack #{tag}{}",
-                if acked.is_some() { "" } else { " (stale)" }
-            )
-        });
+        let (acked, pushed) = {
+            let mut state = self.state();
+            let acked = state.lanes.end(tag).is_some();
+            let pushed = if acked && !state.down {
+                state.lanes.dispatch()
+            } else {
+                Vec::new()
+            };
+            (acked, pushed)
+        };
+        self.note(|| format!("ack #{tag}{}", if acked { "" } else { " (stale)" }));
+        self.pushed(pushed);
     }
 
     /// Hands a delivery back: it is redelivered, one delivery count up.
     pub fn nack(&self, tag: u64) {
-        let back = self.state().unacked.remove(&tag);
+        let back = self.state().lanes.end(tag);
         self.note(|| {
             format!(
                 "nack #{tag}{}",
                 if back.is_some() { "" } else { " (stale)" }
             )
         });
-        if let Some((_, job)) = back {
-            self.give_back(job);
+        if let Some(held) = back {
+            self.give_back(vec![(held.lane, held.job)]);
         }
     }
 
-    /// A consumer died: every delivery it held comes back.
+    /// A worker incarnation died: it consumes nothing more, and every delivery it held comes
+    /// back.
     pub fn consumer_lost(&self, consumer: &str) {
-        let mut back = Vec::new();
-        {
+        self.state().lanes.cancel(consumer);
+        self.connection_lost(consumer);
+    }
+
+    /// A consumer's connection is gone: every delivery it held comes back.
+    fn connection_lost(&self, consumer: &str) {
+        let back: Vec<(Lane, QueuedJob)> = {
             let mut state = self.state();
-            let tags: Vec<u64> = state
-                .unacked
-                .iter()
-                .filter(|(_, (holder, _))| holder == consumer)
-                .map(|(tag, _)| *tag)
-                .collect();
-            for tag in tags {
-                if let Some((_, job)) = state.unacked.remove(&tag) {
-                    back.push(job);
-                }
-            }
-        }
+            let tags = state.lanes.held_by(consumer);
+            tags.into_iter()
+                .filter_map(|tag| state.lanes.end(tag))
+                .map(|held| (held.lane, held.job))
+                .collect()
+        };
         self.trace.note(consumer, || {
             format!("connection lost: {} unacked back", back.len())
         });
-        for job in back {
-            self.give_back(job);
-        }
+        self.give_back(back);
     }
 
-    fn give_back(&self, mut job: QueuedJob) {
-        job.redelivered = true;
-        job.delivery_count += 1;
-        {
+    fn give_back(&self, back: Vec<(Lane, QueuedJob)>) {
+        let pushed = {
             let mut state = self.state();
-            if job.delivery_count > self.delivery_limit {
-                // x-dead-letter-strategy at-least-once into the expired-jobs queue.
-                state.expired.push_back(job);
-            } else {
-                state.jobs.push_back(job);
+            for (lane, mut job) in back {
+                job.redelivered = true;
+                job.delivery_count += 1;
+                if job.delivery_count > self.delivery_limit {
+                    // x-dead-letter-strategy at-least-once into the expired-jobs queue.
+                    state.lanes.enqueue(Lane::Expired, job);
+                } else {
+                    state.lanes.enqueue(lane, job);
+                }
             }
-        }
+            if state.down {
+                Vec::new()
+            } else {
+                state.lanes.dispatch()
+            }
+        };
+        self.pushed(pushed);
         self.arrived.notify_waiters();
     }
 
     /// The broker goes away (every connection with it, every unacked delivery back) or
-    /// comes back.
+    /// comes back (the workers' consumers with it).
     pub fn set_down(&self, down: bool) {
-        let consumers: Vec<String> = {
+        let consumers: BTreeSet<String> = {
             let mut state = self.state();
             state.down = down;
+            state.lanes.broker(!down);
             state
+                .lanes
                 .unacked
                 .values()
-                .map(|(consumer, _)| consumer.clone())
+                .map(|held| held.consumer.clone())
                 .collect()
         };
         self.note(|| format!("broker {}", if down { "away" } else { "back" }));
         if down {
             for consumer in consumers {
-                self.consumer_lost(&consumer);
+                self.connection_lost(&consumer);
             }
         } else {
+            self.move_due();
             self.arrived.notify_waiters();
         }
     }
@@ -387,10 +493,7 @@ impl MemoryQueue {
     /// Nothing ready, delayed or unacked.
     pub fn is_idle(&self) -> bool {
         let state = self.state();
-        state.jobs.is_empty()
-            && state.expired.is_empty()
-            && state.delayed.is_empty()
-            && state.unacked.is_empty()
+        state.lanes.is_empty() && state.delayed.is_empty()
     }
 
     /// From now on this share of the worker's publishes meets a fault while the broker is up
