@@ -164,16 +164,30 @@ LOADGEN=$!; pids+=("$LOADGEN")
 
 # The workers in turn, then the intake (docs/operations.md: workers first, so a lane never
 # waits for a worker), evenly over the load: with 3 workers at 1/5, 2/5 and 3/5 of it, the
-# intake at 4/5; counted from the load's start, so slow drains do not push the last past its end.
+# intake at 4/5; counted from the load's start. A worker is replaced as a Deployment with
+# maxSurge 1 replaces it: the new one is ready before the old one gets SIGTERM, and the old one
+# drains beside the rest, so a slow drain (10 s and more on a loaded machine) never pushes the
+# next step, and the intake's swap, past the load's end.
 load_start=$(date +%s.%N)
 into_load() { python3 -c "import time; print(f'{time.time() - $load_start:.1f}')"; }
 steps=$((WORKERS + 2))
-drains=() signals=()
+drains=() signals=() retiring=() watchers=()
+retire() { # pid: SIGTERM, and its drain timed in the background
+  local pid=$1 began; began=$(date +%s.%N)
+  kill -TERM "$pid"
+  (
+    # A child that exited stays a zombie until waited for: that is the end of its drain.
+    while state=$(ps -o stat= -p "$pid" 2>/dev/null) && [ "${state:0:1}" != Z ]; do sleep 0.1; done
+    python3 -c "import time; print(f'{time.time() - $began:.1f}')" >"$OUT/drain-$pid"
+  ) &
+  watchers+=($!) retiring+=("$pid")
+}
 for slot in $(seq 1 "$WORKERS"); do
   drill_sleep_until "$load_start" "$SECONDS_OF_LOAD" "$slot / $steps"
   signals+=("$(into_load)")
-  drill_stop "${WORKER[$slot]}"
+  old=${WORKER[$slot]}
   start_worker "$slot" new
+  retire "$old"
 done
 drill_sleep_until "$load_start" "$SECONDS_OF_LOAD" "$((WORKERS + 1)) / $steps"
 swap_began=$(date +%s.%N)
@@ -187,6 +201,11 @@ intake_ready=$(into_load)
 under_load=$(python3 -c "print('yes' if $intake_ready < $SECONDS_OF_LOAD else 'no')")
 
 status=0; wait "$LOADGEN" || status=$?
+for watcher in "${watchers[@]}"; do wait "$watcher" || true; done
+for pid in "${retiring[@]}"; do
+  exit_status=0; wait "$pid" || exit_status=$?
+  drains+=("$(cat "$OUT/drain-$pid" 2>/dev/null || echo '?') s (exit $exit_status)")
+done
 [ "$status" -eq 0 ] || echo "loadgen exited $status (its report says why; the checks below decide)" >&2
 # Everything a job can wait in, the old retry.* included (their longest delay is 16 s).
 left=$(drill_wait_drained 60)
@@ -208,5 +227,5 @@ drill_checks --report "$OUT/report.json" --stats "$OUT/stats.json" --faults \
   --check "the new intake ready while the load ran" "at $intake_ready s of $SECONDS_OF_LOAD s" "$under_load" \
   --title "Upgrade from ${UPGRADE_FROM} as a rolling restart: $WORKERS workers and the intake, $RATE/s (two partners) for $SECONDS_OF_LOAD s, simulator at 200 ms a call, $ERROR_RATE 500s" \
   --line "old binary: $OLD_BUILD; drill: $((SECONDS - began)) s from the first request to the checks" \
-  --line "SIGTERMs at ${signals[*]} s of the load; drains (old workers, then the old intake): ${drains[*]}; intake swap (SIGTERM to the new one ready): $swap s" \
+  --line "SIGTERMs at ${signals[*]} s of the load; drains (the old intake, then the old workers): ${drains[*]}; intake swap (SIGTERM to the new one ready): $swap s" \
   --line "delayed retries: by old workers $(retried old) (retry.*), by new workers $(retried new) (delay.* and lanes); lanes declared $lanes; old retry.* queues deleted empty: $deleted of $(echo "$retry_queues" | grep -c . || true)"
