@@ -151,6 +151,15 @@ fn event_checks(
             }
         }
     }
+    // An answer given stays given: a payId announced `failed` is never announced `succeeded`,
+    // nor the other way round (whatever Redis lost in between).
+    for (pay_id, outcome) in ids.keys() {
+        if outcome == "failed" && ids.contains_key(&(pay_id.clone(), "succeeded".to_owned())) {
+            violations.push(format!(
+                "{pay_id}: announced `failed` and `succeeded`: a final answer changed"
+            ));
+        }
+    }
     violations
 }
 
