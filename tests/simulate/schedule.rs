@@ -126,6 +126,8 @@ pub struct World {
     pub stripe: MemoryStripe,
     pub clock: VirtualClock,
     pub trace: Trace,
+    /// The tokens of jobs that panicked: a cancel's lock is left to expire by its TTL.
+    pub panicked: Arc<Mutex<BTreeSet<String>>>,
 }
 
 /// What the chaos does, and when (from the start of the schedule).
@@ -239,6 +241,7 @@ async fn schedule(seed: u64) -> Report {
         stripe: MemoryStripe::new(rng.u64(..), CLIENT_TIMEOUT, trace.clone()),
         clock: VirtualClock::new(1_800_000_000_000),
         trace: trace.clone(),
+        panicked: Arc::default(),
     };
     world.stripe.add_price(PRICE, "prod_basic");
     world.queue.set_interleave(partners.rng.u64(..));
@@ -849,6 +852,7 @@ async fn consume(
                 Ok(handled) => handled,
                 Err(error) if error.is_panic() => {
                     world.trace.note(&token, || "job panicked".into());
+                    lock(&world.panicked).insert(token.clone());
                     after_panic(&ctx, &decoded, &incoming, &token).await
                 }
                 Err(_) => return,
