@@ -21,8 +21,8 @@ use crate::domain::{FinalResult, PayKey, ResultEvent};
 pub use crate::store::JobStart;
 use crate::store::StoreError;
 use crate::stripe::{
-    Attached, CreatedCustomer, FoundSubscription, NewCustomer, NewSubscription, PaymentError,
-    PriceSpec, StripeFailure, Subscribed, SubscriptionState, WriteFailure,
+    Attached, CreatedCustomer, CustomerMark, FoundSubscription, NewCustomer, NewSubscription,
+    PaymentError, PriceSpec, StripeFailure, Subscribed, SubscriptionState, WriteFailure,
 };
 
 /// Implements a port's methods by calling another type's own, one line a method, so the
@@ -376,6 +376,23 @@ pub trait StripeApi: Send + Sync {
         partner_code: &'a str,
         pay_id: &'a str,
     ) -> BoxFuture<'a, Result<Option<FoundSubscription>, StripeFailure>>;
+
+    /// The value of metadata `name` on a customer of (`partner_code`, `email`), if one has it:
+    /// a final failure recorded at Stripe (`domain::failure_mark`). A consistent list.
+    fn customer_mark<'a>(
+        &'a self,
+        partner_code: &'a str,
+        email: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, StripeFailure>>;
+
+    /// Sets the mark on the newest customer of (`partner_code`, `email`), or creates the
+    /// customer (without a payment method) carrying it when there is none.
+    fn mark_customer<'a>(
+        &'a self,
+        mark: &'a CustomerMark<'a>,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<(), StripeFailure>>;
 
     /// The error of an invoice's failed payment, if a payment carries one.
     fn invoice_payment_error<'a>(

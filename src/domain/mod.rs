@@ -6,6 +6,7 @@ pub mod authorization;
 pub mod cancel;
 pub mod clock;
 pub mod event;
+pub mod failure_mark;
 pub mod fields;
 pub mod job;
 pub mod money;

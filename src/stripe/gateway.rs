@@ -12,7 +12,9 @@ use stripe_billing::subscription::{
     CreateSubscriptionPaymentBehavior, ListSubscription, ListSubscriptionStatus,
     RetrieveSubscription, SearchSubscription, UpdateSubscription,
 };
-use stripe_core::customer::{CreateCustomer, CreateCustomerInvoiceSettings, ListCustomer};
+use stripe_core::customer::{
+    CreateCustomer, CreateCustomerInvoiceSettings, ListCustomer, UpdateCustomer,
+};
 use stripe_core::setup_intent::{CreateSetupIntent, CreateSetupIntentUsage};
 use stripe_payment::payment_method::{AttachPaymentMethod, RetrievePaymentMethod};
 use stripe_product::price::{
@@ -72,6 +74,16 @@ pub struct NewCustomer<'a> {
     pub payment_method: &'a str,
 }
 
+/// A note on the customer of (`partner_code`, `email`): metadata `name` = `value` (a final
+/// failure recorded at Stripe, `domain::failure_mark`).
+#[derive(Debug, Clone)]
+pub struct CustomerMark<'a> {
+    pub partner_code: &'a str,
+    pub email: &'a str,
+    pub name: &'a str,
+    pub value: &'a str,
+}
+
 /// A customer just created: its id, and the id of the payment method attached to it (Stripe
 /// makes a new one for a test method such as `pm_card_visa`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,6 +139,20 @@ impl Gateway {
         partner_code: &str,
         email: &str,
     ) -> Result<Option<String>, StripeFailure> {
+        Ok(self
+            .partner_customers(partner_code, email)
+            .await?
+            .into_iter()
+            .next()
+            .map(|customer| customer.id.to_string()))
+    }
+
+    /// The customers of `email` that carry `partnerCode` in their metadata, newest first.
+    async fn partner_customers(
+        &self,
+        partner_code: &str,
+        email: &str,
+    ) -> Result<Vec<stripe_shared::Customer>, StripeFailure> {
         self.take_budget("customers.list").await?;
         let list = ListCustomer::new()
             .email(email)
@@ -137,14 +163,70 @@ impl Gateway {
         Ok(list
             .data
             .into_iter()
-            .find(|customer| {
+            .filter(|customer| {
                 customer
                     .metadata
                     .as_ref()
                     .and_then(|m| m.get("partnerCode"))
                     .is_some_and(|code| code == partner_code)
             })
-            .map(|customer| customer.id.to_string()))
+            .collect())
+    }
+
+    /// The value of metadata `name` on a customer of (`partnerCode`, `email`), if one has it.
+    /// A list, not a search: it sees a mark written a moment ago.
+    pub async fn customer_mark(
+        &self,
+        partner_code: &str,
+        email: &str,
+        name: &str,
+    ) -> Result<Option<String>, StripeFailure> {
+        Ok(self
+            .partner_customers(partner_code, email)
+            .await?
+            .into_iter()
+            .find_map(|customer| customer.metadata.and_then(|mut m| m.remove(name))))
+    }
+
+    /// Sets the mark on the newest customer of (`partnerCode`, `email`), or, when there is
+    /// none, creates the customer (without a payment method) carrying it: the customer a later
+    /// job of this person finds and uses.
+    pub async fn mark_customer(
+        &self,
+        mark: &CustomerMark<'_>,
+        key: &str,
+    ) -> Result<(), StripeFailure> {
+        let newest = self
+            .partner_customers(mark.partner_code, mark.email)
+            .await?
+            .into_iter()
+            .next();
+        let mut metadata = HashMap::from([(mark.name.to_owned(), mark.value.to_owned())]);
+        match newest {
+            Some(customer) => {
+                self.take_budget("customers.update").await?;
+                UpdateCustomer::new(customer.id)
+                    .metadata(metadata)
+                    .customize()
+                    .request_strategy(idempotent(key)?)
+                    .send(&self.client)
+                    .await
+                    .map_err(|e| failed("customers.update", e, true))?;
+            }
+            None => {
+                self.take_budget("customers.create").await?;
+                metadata.insert("partnerCode".to_owned(), mark.partner_code.to_owned());
+                CreateCustomer::new()
+                    .email(mark.email)
+                    .metadata(metadata)
+                    .customize()
+                    .request_strategy(idempotent(&format!("{key}-cus"))?)
+                    .send(&self.client)
+                    .await
+                    .map_err(|e| failed("customers.create", e, true))?;
+            }
+        }
+        Ok(())
     }
 
     /// Creates the customer with the payment method attached and made its default for invoices.
@@ -429,6 +511,9 @@ pub struct SubscriptionState {
     pub id: String,
     pub status: String,
     pub cancel_at_period_end: bool,
+    /// The start of the paid period (unix seconds, Stripe's clock), from its first item: a
+    /// time Stripe had reached before any change the state shows.
+    pub current_period_start: Option<i64>,
     /// The end of the paid period (unix seconds), from its first item.
     pub current_period_end: Option<i64>,
     pub canceled_at: Option<i64>,
@@ -620,6 +705,11 @@ fn state_of(subscription: &stripe_billing::Subscription) -> SubscriptionState {
         id: subscription.id.to_string(),
         status: subscription.status.to_string(),
         cancel_at_period_end: subscription.cancel_at_period_end,
+        current_period_start: subscription
+            .items
+            .data
+            .first()
+            .map(|item| item.current_period_start),
         current_period_end: subscription
             .items
             .data

@@ -11,8 +11,9 @@ mod on_behalf;
 pub use client::{CallError, ClientOptions, StripeHttp};
 pub use error::{StripeFailure, WriteFailure};
 pub use gateway::{
-    Attached, CreatedCustomer, FoundSubscription, Gateway, NewCustomer, NewSubscription,
-    PaymentError, PriceSpec, SetupIntent, Subscribed, SubscriptionState, charged_intent,
+    Attached, CreatedCustomer, CustomerMark, FoundSubscription, Gateway, NewCustomer,
+    NewSubscription, PaymentError, PriceSpec, SetupIntent, Subscribed, SubscriptionState,
+    charged_intent,
 };
 pub use on_behalf::{current_partner, on_behalf_of};
 

@@ -16,8 +16,9 @@ use crate::domain::renewal::{Applied, RenewalChange, RenewalUpdate};
 use crate::domain::{FinalResult, PayKey, ResultEvent};
 use crate::store::{Store, StoreError};
 use crate::stripe::{
-    Attached, CreatedCustomer, FoundSubscription, Gateway, NewCustomer, NewSubscription,
-    PaymentError, PriceSpec, StripeFailure, Subscribed, SubscriptionState, WriteFailure,
+    Attached, CreatedCustomer, CustomerMark, FoundSubscription, Gateway, NewCustomer,
+    NewSubscription, PaymentError, PriceSpec, StripeFailure, Subscribed, SubscriptionState,
+    WriteFailure,
 };
 
 #[rustfmt::skip]
@@ -187,6 +188,8 @@ impl StripeApi for Gateway {
         subscription_metadata<'a>(subscription: &'a str) -> Result<HashMap<String, String>, StripeFailure> => Gateway::subscription_metadata;
         search_subscription<'a>(partner_code: &'a str, pay_id: &'a str) -> Result<Option<FoundSubscription>, StripeFailure> => Gateway::search_subscription;
         invoice_payment_error<'a>(invoice: &'a str, payment_intent: Option<&'a str>) -> Result<Option<PaymentError>, StripeFailure> => Gateway::invoice_payment_error;
+        customer_mark<'a>(partner_code: &'a str, email: &'a str, name: &'a str) -> Result<Option<String>, StripeFailure> => Gateway::customer_mark;
+        mark_customer<'a>(mark: &'a CustomerMark<'a>, key: &'a str) -> Result<(), StripeFailure> => Gateway::mark_customer;
     }
 }
 

@@ -136,13 +136,9 @@ async fn cancel_locked(
     let now_ms = ctx.ports.clock.now_ms();
     let now = OffsetDateTime::from_unix_timestamp_nanos(i128::from(now_ms) * 1_000_000)
         .unwrap_or(OffsetDateTime::UNIX_EPOCH);
-    // Stripe's later events about the same change carry later or equal times: this write is
-    // ranked below a `deleted` event of the same second, so it never takes that back.
-    let rank = if canceled { 2 } else { 1 };
-    let seconds = u64::try_from(now.unix_timestamp()).unwrap_or(0);
     let update = RenewalUpdate {
         partner_code: cancel.partner_code.clone(),
-        version: (seconds << 16) | rank,
+        version: version_of(&state),
         change: RenewalChange::Subscription {
             sub_id: state.id.clone(),
             status: state.status.clone(),
@@ -171,6 +167,27 @@ async fn cancel_locked(
             Outcome::hand_back()
         }
     }
+}
+
+/// The version the state a cancel left is stored under: a time on Stripe's clock, never the
+/// worker's (whose clock may run ahead of Stripe's and outrank Stripe's later events), ranked as
+/// Stripe's events are (`created << 16 | rank`, src/worker/stripe_event.rs).
+///
+/// - Canceled: `canceled_at`, when Stripe ended it; ranked 2, below the `deleted` event of the
+///   same second (3), above any update of that second (1).
+/// - Live (`cancel_at_period_end` set): Stripe gives no time of the update, so the start of
+///   the paid period, a time Stripe had passed before it: ranked 1. It may be too early, never
+///   too late: too early, an older event delivered later can overwrite it until Stripe's own
+///   `customer.subscription.updated` about this cancel (created when it ran) puts it back;
+///   too late, it would hide every event Stripe sends after it, for good.
+fn version_of(state: &SubscriptionState) -> u64 {
+    let (seconds, rank) = if state.status == STATUS_CANCELED {
+        (state.canceled_at.or(state.current_period_start), 2)
+    } else {
+        (state.current_period_start, 1)
+    };
+    let seconds = seconds.and_then(|s| u64::try_from(s).ok()).unwrap_or(0);
+    (seconds << 16) | rank
 }
 
 /// Sends the cancel; a cancel of a subscription canceled already is done, not refused.

@@ -14,11 +14,13 @@ use std::sync::Arc;
 
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use tracing::Instrument;
 
 use super::ports::{Clock, Incoming, JobQueue, JobStart, JobStore, Outcome, StripeApi, Wait};
 use super::steps::{self, JobSettings, Made, Records};
 use crate::domain::outcome::STATUS_FAILED;
 use crate::domain::{FailureCode, FailureDetail, FinalResult, Job, PayKey, ResultEvent};
+use crate::stripe::StripeFailure;
 
 /// The adapters a job runs against.
 #[derive(Clone)]
@@ -96,6 +98,12 @@ pub(super) async fn handle(
         let records = if created.is_none() {
             match steps::found_at_stripe(ctx, job).await {
                 Ok(Records::Found(result)) => return finish(ctx, job, token, &result).await,
+                // A copy ended `F` and recorded it at Stripe before Redis lost it: the same
+                // answer again, never a subscription for a payId answered `F`.
+                Ok(Records::Failed(detail)) => {
+                    let result = failed(ctx, job, incoming.attempt, detail);
+                    return finish(ctx, job, token, &result).await;
+                }
                 Ok(records) => records,
                 Err(decision) => return conclude(ctx, job, incoming, token, decision).await,
             }
@@ -193,6 +201,60 @@ async fn conclude(
             finish(ctx, job, token, &result).await
         }
         Decision::Failed(detail) => {
+            // Only the lock's holder may end the job `failed` (a copy holding it may be
+            // creating the subscription), so only it marks the failure at Stripe.
+            match ctx
+                .ports
+                .store
+                .extend_lock(&job.pay_key(), token, ctx.settings.lock_ttl)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(
+                        pay_id,
+                        "lock lost before a failure was recorded; handing the job back"
+                    );
+                    return Outcome::requeue("lock_lost");
+                }
+                Err(error) => {
+                    return Box::pin(conclude(
+                        ctx,
+                        job,
+                        incoming,
+                        token,
+                        Decision::HandBack(error.to_string()),
+                    ))
+                    .await;
+                }
+            }
+            // Recorded at Stripe before it is stored: Redis may lose the stored failure, and a
+            // copy that then finds nothing there must find this rather than create.
+            if let Err(failure) = record_at_stripe(ctx, job, &detail).await {
+                let next = match failure {
+                    // Stripe refuses the mark itself: the failure rests on Redis alone.
+                    StripeFailure::Permanent(refusal) => {
+                        tracing::error!(pay_id, error = %refusal.message, "Stripe refused the failure's mark; it is stored in Redis only");
+                        None
+                    }
+                    // Stripe has not answered for `give_up_after`: a later copy is past it too
+                    // (its acceptance time travels with it), sends nothing, and fails alike.
+                    _ if detail.code == FailureCode::StripeUnavailable => {
+                        tracing::warn!(pay_id, %failure, "failure not marked at Stripe (unavailable)");
+                        None
+                    }
+                    StripeFailure::BudgetUnavailable(reason) => Some(Decision::HandBack(reason)),
+                    // Not final until it is recorded: the job runs again, and ends as it then
+                    // does (nothing was announced).
+                    other => Some(Decision::Retry {
+                        reason: format!("the failure could not be recorded at Stripe: {other}"),
+                        create_sent: false,
+                    }),
+                };
+                if let Some(next) = next {
+                    return Box::pin(conclude(ctx, job, incoming, token, next)).await;
+                }
+            }
             // Copy to the dead letters first, for `autorenew dlq replay` once the cause is
             // fixed; a crash after it leaves the job on the queue to be finished again.
             if matches!(
@@ -274,6 +336,32 @@ async fn conclude(
             release(ctx, job, token).await;
             Outcome::hand_back()
         }
+    }
+}
+
+/// Records the job's final failure at Stripe (`steps::record_failure`), in a task of its own:
+/// the job may be ending after a panic in the Stripe client, and a second one here must not
+/// take the ending down with it.
+async fn record_at_stripe(
+    ctx: &JobContext,
+    job: &Job,
+    detail: &FailureDetail,
+) -> Result<(), StripeFailure> {
+    let stripe = ctx.ports.stripe.clone();
+    let retry = ctx.settings.retry.clone();
+    let (job, detail) = (job.clone(), detail.clone());
+    let partner = crate::stripe::current_partner();
+    let work = async move {
+        crate::stripe::on_behalf_of(Some(&partner), async {
+            steps::record_failure(stripe.as_ref(), &retry, &job, &detail).await
+        })
+        .await
+    };
+    match tokio::spawn(work.in_current_span()).await {
+        Ok(recorded) => recorded,
+        Err(error) => Err(StripeFailure::Transient(format!(
+            "recording the failure at Stripe failed: {error}"
+        ))),
     }
 }
 

@@ -164,6 +164,8 @@ impl StripeApi for Scripted {
         subscription_metadata<'a>(subscription: &'a str) -> Result<std::collections::HashMap<String, String>, StripeFailure>;
         search_subscription<'a>(partner_code: &'a str, pay_id: &'a str) -> Result<Option<FoundSubscription>, StripeFailure>;
         invoice_payment_error<'a>(invoice: &'a str, payment_intent: Option<&'a str>) -> Result<Option<PaymentError>, StripeFailure>;
+        customer_mark<'a>(partner_code: &'a str, email: &'a str, name: &'a str) -> Result<Option<String>, StripeFailure>;
+        mark_customer<'a>(mark: &'a crate::stripe::CustomerMark<'a>, key: &'a str) -> Result<(), StripeFailure>;
     }
 }
 
@@ -824,6 +826,44 @@ async fn a_job_that_panics_releases_its_lock_and_ends_internal_error() {
     );
     assert_eq!(bench.queue.dead_letters().len(), 1, "kept for a replay");
     assert_eq!(bench.queue.events().len(), 1, "announced");
+}
+
+/// A final failure outlives Redis: recorded at Stripe before it was stored, it is what a copy
+/// finds once Redis has lost everything, and the copy announces the same `F` and creates
+/// nothing (docs/design.md#a-final-failure-outlives-redis).
+#[tokio::test(start_paused = true)]
+async fn a_failure_redis_lost_is_announced_again_from_its_mark_at_stripe_never_made_a_subscription()
+{
+    let bench = bench();
+    let job = job();
+    bench
+        .scripted
+        .panic_on_customer
+        .store(true, Ordering::SeqCst);
+    let first = run_like_the_consumer(&bench, first_delivery(&job)).await;
+    assert_eq!(first.label, "failed");
+    bench
+        .scripted
+        .panic_on_customer
+        .store(false, Ordering::SeqCst);
+    bench.store.lose_everything();
+
+    // The intake's copy (as after a claim's lease), on a store that has nothing of the payId.
+    let again = run_like_the_consumer(&bench, first_delivery(&job)).await;
+
+    assert_eq!(again.label, "failed");
+    assert!(subscriptions_of(&bench).is_empty(), "an F became an S");
+    let stored = bench.store.stored_result(&job.pay_key()).expect("a result");
+    assert_eq!(
+        stored.error.map(|e| e.code),
+        Some(FailureCode::InternalError)
+    );
+    let events = bench.queue.events();
+    assert_eq!(events.len(), 2, "announced, then announced again");
+    assert_eq!(
+        events[0].1.id, events[1].1.id,
+        "one event id for one outcome"
+    );
 }
 
 #[tokio::test(start_paused = true)]

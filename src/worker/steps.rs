@@ -30,14 +30,14 @@ use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
 use super::creation::{Decision, JobContext};
-use super::ports::{CreateSent, Incoming};
+use super::ports::{CreateSent, Incoming, StripeApi};
 use crate::config::PlanSettings;
 use crate::domain::authorization::{customer_key, short_hash};
-use crate::domain::{FailureCode, FailureDetail, FinalResult, Job};
+use crate::domain::{FailureCode, FailureDetail, FinalResult, Job, failure_mark};
 use crate::rebuild::{self, RebuildError};
 use crate::stripe::{
-    Attached, CreatedCustomer, NewCustomer, NewSubscription, PriceSpec, StripeFailure, Subscribed,
-    WriteFailure,
+    Attached, CreatedCustomer, CustomerMark, NewCustomer, NewSubscription, PriceSpec,
+    StripeFailure, Subscribed, WriteFailure,
 };
 
 /// Quick retries of one Stripe step, inside one attempt.
@@ -225,13 +225,18 @@ pub(super) enum Records {
     Lost,
     /// Redis lost the records, and Stripe has the subscription: its result, put back.
     Found(Box<FinalResult>),
+    /// Redis lost the records, and Stripe has the job's final failure recorded on the
+    /// customer (`domain::failure_mark`): the job ended `F`, and that answer stands.
+    Failed(FailureDetail),
 }
 
 /// What the store knows, and when it has lost the payId's records, what Stripe has: no create
 /// on record and no intake record means Redis lost them (a failover to an empty replica, a
 /// flush) or the message is older than their retention, so "nothing was sent" cannot be read
 /// off the store. Stripe, the system of record, is searched by the payId's metadata, and what
-/// it has is put back (docs/design.md#redis-data-loss-in-the-simulation-what-it-shows).
+/// it has is put back (docs/design.md#redis-data-loss-in-the-simulation-what-it-shows). With
+/// no subscription there, the person's customers are listed for the mark of a final failure
+/// (docs/design.md#a-final-failure-outlives-redis): an `F` stays `F`.
 ///
 /// Stripe's search lags a new subscription by up to a minute; a create sent under a lost record
 /// within that minute is still held to one subscription by its idempotency key when it is the
@@ -248,7 +253,12 @@ pub(super) async fn found_at_stripe(ctx: &JobContext, job: &Job) -> Result<Recor
     loop {
         let failure = match rebuild::from_stripe(ctx.ports.stripe.as_ref(), store, &pay_key).await {
             Ok(Some(found)) => return Ok(Records::Found(Box::new(found))),
-            Ok(None) => return Ok(Records::Lost),
+            Ok(None) => match failure_recorded(ctx, job).await {
+                Ok(Some(detail)) => return Ok(Records::Failed(detail)),
+                Ok(None) => return Ok(Records::Lost),
+                Err(failure @ (StripeFailure::Transient(_) | StripeFailure::Unknown(_))) => failure,
+                Err(other) => return Err(stopped(Stop::Stripe(other), true, true)),
+            },
             Err(RebuildError::Store(error)) => return Err(Decision::HandBack(error.to_string())),
             Err(RebuildError::Stripe(
                 failure @ (StripeFailure::Transient(_) | StripeFailure::Unknown(_)),
@@ -263,6 +273,43 @@ pub(super) async fn found_at_stripe(ctx: &JobContext, job: &Job) -> Result<Recor
             _ => return Err(stopped(Stop::Stripe(failure), true, true)),
         }
     }
+}
+
+/// The final failure recorded at Stripe for this job's payId, if a copy of it ended `F`.
+async fn failure_recorded(
+    ctx: &JobContext,
+    job: &Job,
+) -> Result<Option<FailureDetail>, StripeFailure> {
+    let pay_key = job.pay_key();
+    let name = failure_mark::key(&pay_key);
+    let value = ctx
+        .ports
+        .stripe
+        .customer_mark(job.partner_code.as_str(), job.email.as_str(), &name)
+        .await?;
+    Ok(value.and_then(|value| failure_mark::read(&pay_key, &value)))
+}
+
+/// Records the job's final failure at Stripe, before it is stored and announced: on the
+/// customer of (`partnerCode`, `email`), made for it when there is none. Its own quick retries;
+/// a failure that remains says why the mark could not be written.
+pub(super) async fn record_failure(
+    stripe: &dyn StripeApi,
+    retry: &RetryPolicy,
+    job: &Job,
+    detail: &FailureDetail,
+) -> Result<(), StripeFailure> {
+    let pay_key = job.pay_key();
+    let name = failure_mark::key(&pay_key);
+    let value = failure_mark::value(&pay_key, detail);
+    let key = failure_mark::write_key(&pay_key, &value);
+    let mark = CustomerMark {
+        partner_code: job.partner_code.as_str(),
+        email: job.email.as_str(),
+        name: &name,
+        value: &value,
+    };
+    with_retries(retry, || stripe.mark_customer(&mark, &key)).await
 }
 
 /// What a stop means for the job. `create_sent`: a create was recorded, so a subscription may

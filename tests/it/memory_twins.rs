@@ -7,9 +7,13 @@ use std::time::Duration;
 
 use autorenew::config::RedisSettings;
 use autorenew::domain::renewal::{RenewalChange, RenewalUpdate};
-use autorenew::domain::{FailureCode, FinalResult, PartnerCode, PayId, PayKey};
+use autorenew::domain::{
+    FailureCode, FailureDetail, FinalResult, PartnerCode, PayId, PayKey, failure_mark,
+};
 use autorenew::store::Store;
-use autorenew::stripe::{ClientOptions, Gateway, NewCustomer, StripeFailure, Unlimited};
+use autorenew::stripe::{
+    ClientOptions, CustomerMark, Gateway, NewCustomer, StripeFailure, Unlimited,
+};
 use autorenew::worker::memory::{MemoryStore, MemoryStripe, StripeFault, Trace};
 use autorenew::worker::ports::{CreateSent, JobStore, StripeApi};
 use secrecy::SecretString;
@@ -304,4 +308,114 @@ async fn the_memory_stripe_keeps_the_idempotency_rules_of_the_simulator() {
             "a new key runs: ok".to_owned(),
         ]
     );
+}
+
+/// The mark of a final failure (docs/design.md#a-final-failure-outlives-redis): on a customer
+/// made for it when the person has none, on the person's customer when there is one, read back
+/// at once by the list, and only for its own payId.
+async fn mark_rules(stripe: &dyn StripeApi) -> Vec<String> {
+    let mut said = Vec::new();
+    let detail = FailureDetail {
+        code: FailureCode::CardDeclined,
+        message: "Your card was declined.".into(),
+        stripe_code: Some("card_declined".into()),
+        decline_code: Some("do_not_honor".into()),
+    };
+    let pay_key = |pay_id: &str| {
+        PayKey::new(
+            PartnerCode::parse("P1").expect("a partner"),
+            PayId::parse(pay_id).expect("a payId"),
+        )
+    };
+    for (email, pay_id) in [
+        ("marked@example.com", "MARK1"),
+        ("payer@example.com", "MARK2"),
+    ] {
+        let (pay_key, other) = (pay_key(pay_id), pay_key("MARK9"));
+        let name = failure_mark::key(&pay_key);
+        let value = failure_mark::value(&pay_key, &detail);
+        let key = failure_mark::write_key(&pay_key, &value);
+        let before = stripe.customer_mark("P1", email, &name).await;
+        said.push(format!("{email} before: {:?}", before.map(|v| v.is_some())));
+        let mark = CustomerMark {
+            partner_code: "P1",
+            email,
+            name: &name,
+            value: &value,
+        };
+        said.push(format!(
+            "marked: {}",
+            kind(&stripe.mark_customer(&mark, &key).await)
+        ));
+        said.push(format!(
+            "again: {}",
+            kind(&stripe.mark_customer(&mark, &key).await)
+        ));
+        let read = stripe.customer_mark("P1", email, &name).await;
+        let code = read
+            .ok()
+            .flatten()
+            .and_then(|value| failure_mark::read(&pay_key, &value))
+            .map(|detail| detail.code);
+        said.push(format!("read back: {code:?}"));
+        let others = stripe
+            .customer_mark("P1", email, &failure_mark::key(&other))
+            .await;
+        said.push(format!(
+            "another payId's: {:?}",
+            others.map(|v| v.is_some())
+        ));
+        let customer = stripe.find_customer("P1", email).await;
+        said.push(format!(
+            "a customer: {}",
+            customer.is_ok_and(|c| c.is_some())
+        ));
+        if pay_id == "MARK1" {
+            // The next person has a customer already: the mark goes on it.
+            let payer = new_customer("payer@example.com", "pm_twin_payer");
+            let made = stripe.create_customer(&payer, "twin-payer").await;
+            said.push(format!("payer's customer: {}", kind(&made)));
+        }
+    }
+    said
+}
+
+#[tokio::test]
+async fn the_memory_stripe_keeps_a_failure_s_mark_on_the_customer_as_the_simulator_does() {
+    let sim = spawn().await;
+    let key = SecretString::from(KEY);
+    let gateway = Gateway::new(
+        &ClientOptions {
+            secret_key: &key,
+            api_base: &sim.base,
+            timeout: Duration::from_secs(5),
+            http2_prior_knowledge: false,
+        },
+        Arc::new(Unlimited),
+    )
+    .expect("a gateway");
+    let memory = MemoryStripe::new(1, Duration::from_secs(5), Trace::default());
+
+    let real = mark_rules(&gateway).await;
+    let fake = mark_rules(&memory).await;
+
+    assert_eq!(fake, real);
+    let expected: Vec<String> = [
+        "marked@example.com before: Ok(false)",
+        "marked: ok",
+        "again: ok",
+        "read back: Some(CardDeclined)",
+        "another payId's: Ok(false)",
+        "a customer: true",
+        "payer's customer: ok",
+        "payer@example.com before: Ok(false)",
+        "marked: ok",
+        "again: ok",
+        "read back: Some(CardDeclined)",
+        "another payId's: Ok(false)",
+        "a customer: true",
+    ]
+    .map(String::from)
+    .to_vec();
+    assert_eq!(real, expected);
 }

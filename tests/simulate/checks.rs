@@ -92,7 +92,9 @@ pub fn invariants(world: &World, books: &Books) -> Vec<String> {
 
     // No lock is left held, but by a job that died with its worker (it expires by TTL).
     for (pay_id, token) in world.store.held_locks() {
-        if !books.crashed_tokens.contains(&token) {
+        // A job that panicked leaves its lock to expire too (a cancel's, by design).
+        let panicked = world.panicked.lock().is_ok_and(|p| p.contains(&token));
+        if !books.crashed_tokens.contains(&token) && !panicked {
             violations.push(format!(
                 "{pay_id}: lock still held by {token}, a job that is not running"
             ));
@@ -149,6 +151,15 @@ fn event_checks(
                     stored.map(|r| (r.status, r.sub_id))
                 ));
             }
+        }
+    }
+    // An answer given stays given: a payId announced `failed` is never announced `succeeded`,
+    // nor the other way round (whatever Redis lost in between).
+    for (pay_id, outcome) in ids.keys() {
+        if outcome == "failed" && ids.contains_key(&(pay_id.clone(), "succeeded".to_owned())) {
+            violations.push(format!(
+                "{pay_id}: announced `failed` and `succeeded`: a final answer changed"
+            ));
         }
     }
     violations

@@ -10,6 +10,11 @@ use serde::Serialize;
 
 use super::errors::ApiError;
 
+/// Stripe's limits on metadata: keys per request, characters in a key and in a value.
+const METADATA_KEYS: usize = 50;
+const METADATA_KEY_CHARS: usize = 40;
+const METADATA_VALUE_CHARS: usize = 500;
+
 /// One decoded parameter value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
@@ -123,13 +128,26 @@ impl Params {
     }
 
     /// `metadata[k]=v` as a flat string map; `metadata=` (empty) clears it, as in Stripe.
+    /// A metadata map as Stripe takes it, within Stripe's limits on one request.
     pub fn metadata(&self, name: &str) -> Result<Option<BTreeMap<String, String>>, ApiError> {
         match self.0.get(name) {
             None => Ok(None),
             Some(Value::Str(s)) if s.is_empty() => Ok(Some(BTreeMap::new())),
+            // Stripe's limits: 50 keys, a key of at most 40 characters, a value of at most 500.
+            Some(Value::Map(map)) if map.len() > METADATA_KEYS => Err(ApiError::invalid_param(
+                name,
+                "an object of at most 50 keys",
+            )),
             Some(Value::Map(map)) => map
                 .iter()
                 .map(|(k, v)| match v {
+                    _ if k.chars().count() > METADATA_KEY_CHARS => Err(ApiError::invalid_param(
+                        &format!("{name}[{k}]"),
+                        "a key of at most 40 characters",
+                    )),
+                    Value::Str(s) if s.chars().count() > METADATA_VALUE_CHARS => Err(
+                        ApiError::invalid_param(&format!("{name}[{k}]"), "at most 500 characters"),
+                    ),
                     Value::Str(s) => Ok((k.clone(), s.clone())),
                     _ => Err(ApiError::invalid_param(&format!("{name}[{k}]"), "a string")),
                 })
@@ -267,6 +285,18 @@ mod tests {
 
     fn parse(s: &str) -> Params {
         Params::parse(s.as_bytes()).expect("parses")
+    }
+
+    #[test]
+    fn metadata_past_stripe_s_limits_is_refused() {
+        let long_key = format!("metadata[{}]=v", "k".repeat(41));
+        assert!(parse(&long_key).metadata("metadata").is_err());
+        let long_value = format!("metadata[k]={}", "v".repeat(501));
+        assert!(parse(&long_value).metadata("metadata").is_err());
+        let many: Vec<String> = (0..51).map(|i| format!("metadata[k{i}]=v")).collect();
+        assert!(parse(&many.join("&")).metadata("metadata").is_err());
+        let fits = format!("metadata[{}]={}", "k".repeat(40), "v".repeat(500));
+        assert!(parse(&fits).metadata("metadata").is_ok());
     }
 
     #[test]

@@ -36,8 +36,8 @@ use super::Trace;
 use crate::domain::renewal::STATUS_CANCELED;
 use crate::domain::{FailureCode, FailureDetail};
 use crate::stripe::{
-    Attached, CreatedCustomer, FoundSubscription, NewCustomer, NewSubscription, PaymentError,
-    PriceSpec, StripeFailure, Subscribed, SubscriptionState, WriteFailure,
+    Attached, CreatedCustomer, CustomerMark, FoundSubscription, NewCustomer, NewSubscription,
+    PaymentError, PriceSpec, StripeFailure, Subscribed, SubscriptionState, WriteFailure,
 };
 use crate::worker::ports::StripeApi;
 use stripe::StripeError;
@@ -115,6 +115,8 @@ enum Reply {
     Price(String, String),
     Sub(Subscribed),
     State(SubscriptionState),
+    /// A customer's metadata set (or the customer made to carry it).
+    Marked,
     Refused(FailureDetail),
     ServerError,
     Conflict,
@@ -160,6 +162,7 @@ impl Subscription {
             id: self.id.clone(),
             status: self.status.clone(),
             cancel_at_period_end: self.cancel_at_period_end,
+            current_period_start: Some(self.current_period_end - PERIOD_SECONDS),
             current_period_end: Some(self.current_period_end),
             canceled_at: self.canceled_at,
             cancellation_reason: self
@@ -192,6 +195,8 @@ struct World {
     keys: BTreeMap<String, KeyRecord>,
     /// id → (partnerCode, email)
     customers: BTreeMap<String, (String, String)>,
+    /// id → the customer's metadata besides `partnerCode` (the failure marks)
+    customer_metadata: BTreeMap<String, BTreeMap<String, String>>,
     /// payment method → customer it is attached to
     methods: BTreeMap<String, String>,
     /// price id → (lookup key, product)
@@ -213,6 +218,19 @@ impl World {
     fn now_seconds(&self) -> i64 {
         EPOCH_SECONDS
             + i64::try_from(Instant::now().duration_since(self.epoch).as_secs()).unwrap_or(0)
+    }
+
+    /// The ids of the customers of (`partner`, `email`), newest first, as Stripe lists.
+    fn partner_customers<'a>(
+        &'a self,
+        partner: &'a str,
+        email: &'a str,
+    ) -> impl Iterator<Item = String> + 'a {
+        self.customers
+            .iter()
+            .rev()
+            .filter(move |(_, (p, mail))| p == partner && mail == email)
+            .map(|(id, _)| id.clone())
     }
 
     fn subscription(&self, id: &str) -> Option<&Subscription> {
@@ -318,6 +336,7 @@ impl MemoryStripe {
                 faults: Faults::none(client_timeout),
                 keys: BTreeMap::new(),
                 customers: BTreeMap::new(),
+                customer_metadata: BTreeMap::new(),
                 methods: BTreeMap::new(),
                 prices: BTreeMap::new(),
                 subscriptions: Vec::new(),
@@ -1032,6 +1051,95 @@ impl StripeApi for MemoryStripe {
                     state: sub.state(),
                 }))
         })
+        .boxed()
+    }
+
+    fn customer_mark<'a>(
+        &'a self,
+        partner_code: &'a str,
+        email: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, StripeFailure>> {
+        self.read(format!("customer_mark {email} {name}"), move |world| {
+            Ok(world.partner_customers(partner_code, email).find_map(|id| {
+                world
+                    .customer_metadata
+                    .get(&id)
+                    .and_then(|metadata| metadata.get(name).cloned())
+            }))
+        })
+        .boxed()
+    }
+
+    fn mark_customer<'a>(
+        &'a self,
+        mark: &'a CustomerMark<'a>,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<(), StripeFailure>> {
+        async move {
+            // As the gateway: list the person's customers, then update the newest or create one.
+            let newest = self
+                .read(format!("find_customer {}", mark.email), |world| {
+                    Ok(world
+                        .partner_customers(mark.partner_code, mark.email)
+                        .next())
+                })
+                .await?;
+            let (name, value) = (mark.name.to_owned(), mark.value.to_owned());
+            let (what, key, params, effect): (String, String, Params, Effect) = match newest {
+                Some(id) => {
+                    let params = params(&[
+                        ("customer", id.as_str()),
+                        (format!("metadata[{name}]").as_str(), mark.value),
+                    ]);
+                    let effect: Effect = Box::new(move |world| {
+                        if !world.customers.contains_key(&id) {
+                            return refused(
+                                FailureCode::StripeRejected,
+                                "No such customer",
+                                Some("resource_missing"),
+                            );
+                        }
+                        world
+                            .customer_metadata
+                            .entry(id)
+                            .or_default()
+                            .insert(name, value);
+                        Reply::Marked
+                    });
+                    (
+                        format!("mark {}", mark.email),
+                        key.to_owned(),
+                        params,
+                        effect,
+                    )
+                }
+                None => {
+                    let params = params(&[
+                        ("email", mark.email),
+                        ("metadata[partnerCode]", mark.partner_code),
+                        (format!("metadata[{name}]").as_str(), mark.value),
+                    ]);
+                    let (partner, mail) = (mark.partner_code.to_owned(), mark.email.to_owned());
+                    let effect: Effect = Box::new(move |world| {
+                        let id = world.id("cus");
+                        world.customers.insert(id.clone(), (partner, mail));
+                        world
+                            .customer_metadata
+                            .entry(id)
+                            .or_default()
+                            .insert(name, value);
+                        Reply::Marked
+                    });
+                    let what = format!("create_customer {} with a mark", mark.email);
+                    (what, format!("{key}-cus"), params, effect)
+                }
+            };
+            match self.write(what, &key, params, effect).await? {
+                Reply::Marked => Ok(()),
+                other => Err(unexpected(other)),
+            }
+        }
         .boxed()
     }
 
