@@ -230,9 +230,10 @@ impl Deliverer {
         }
     }
 
+    /// A failure counts against the breaker; a 2xx closed it already, with its attempt's log.
     async fn feed_breaker(&self, lane: &Lane, attempted: &Attempted) -> Result<(), StoreError> {
         if attempted.delivered() {
-            return self.log.success(&lane.partner).await;
+            return Ok(());
         }
         let step = self.log.failure(&lane.partner, self.breaker).await?;
         if step.opened || step.disabled {

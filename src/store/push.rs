@@ -50,11 +50,15 @@ return redis.call('HGET', KEYS[1], 'status')
     )
 });
 
-/// KEYS: record, attempts, pending, failed. ARGV: webhook-id, attempt (JSON), new status (or ''
-/// to keep it), ttl (s), now (ms). A delivered event stays delivered. Returns the status.
+/// KEYS: record, attempts, pending, failed, state. ARGV: webhook-id, attempt (JSON), new status
+/// (or '' to keep it), ttl (s), now (ms). A delivered event stays delivered. A 2xx (new status
+/// `delivered`) also closes the partner's breaker, in the same round trip. Returns the status.
 static ATTEMPT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
+if ARGV[3] == 'delivered' then
+  redis.call('HDEL', KEYS[5], 'failures', 'failing_since', 'open_until', 'cooldown')
+end
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then
   return ''
@@ -194,7 +198,9 @@ impl Store {
     }
 
     /// Logs an attempt and moves the event to `status` (None: keeps it; a delivered event stays
-    /// delivered). Answers the status after it, None if the record has expired.
+    /// delivered); `Some(Delivered)`, a 2xx, also closes the partner's breaker and starts its
+    /// cool-down again from the first. Answers the status after it, None if the record has
+    /// expired.
     pub async fn push_attempt(
         &self,
         partner: &str,
@@ -211,6 +217,7 @@ impl Store {
             .key(key(format!("a:{webhook_id}")))
             .key(key("pending".into()))
             .key(key("failed".into()))
+            .key(key("state".into()))
             .arg(webhook_id)
             .arg(json)
             .arg(status.map_or("", |s| s.as_str()))
@@ -245,17 +252,6 @@ impl Store {
             opened: opened == 1,
             disabled: disabled == 1,
         })
-    }
-
-    /// A 2xx: the breaker closes and its cool-down starts again from the first.
-    pub async fn push_success(&self, partner: &str) -> Result<(), StoreError> {
-        self.push_state_command(
-            redis::cmd("HDEL")
-                .arg(self.push_key(partner, "state"))
-                .arg(&["failures", "failing_since", "open_until", "cooldown"])
-                .clone(),
-        )
-        .await
     }
 
     /// Disables the partner's push (a 410, or an operator).
