@@ -5,6 +5,8 @@
 #
 #   - the CPU time of the notifier, the receiver, Redis and RabbitMQ (from /proc: a shared Redis
 #     or RabbitMQ also counts what others do meanwhile, so read those two on a quiet machine);
+#   - the Raft commands RabbitMQ wrote to the partners' quorum queues (their log index): an
+#     enqueue per event, a settle per ack frame, the consumers' credit;
 #   - with MONITOR=1, the Redis commands under the run's prefix, from MONITOR: round trips (what
 #     the notifier sends) and the commands its scripts run inside Redis (MONITOR slows Redis
 #     down: read the CPU figures from a run without it);
@@ -79,6 +81,14 @@ sleep 2
 cpu_ms() { awk -v hz="$(getconf CLK_TCK)" '{ print ($14 + $15) * 1000 / hz }' "/proc/$1/stat"; }
 redis_pid=$(pgrep -x redis-server | head -1 || true)
 beam_pid=$(pgrep -f beam.smp | head -1 || true)
+# The Raft log index of the partners' quorum queues: every command RabbitMQ wrote for them
+# (an enqueue per publish, a settle per ack frame, a return per nack, the consumers' credit).
+raft_index() {
+  for n in $(seq -f '%02g' 1 "$PARTNERS"); do
+    timeout 60 rabbitmq-queues quorum_status "$RUN.push.P$n" --formatter json </dev/null 2>/dev/null |
+      python3 -c 'import json,sys; print(sum(int(r["Log Index"]) for r in json.load(sys.stdin)))' 2>/dev/null || echo 0
+  done | paste -sd+ | bc
+}
 snapshot() {
   for pid in "$notifier_pid" "$receiver_pid" "$redis_pid" "$beam_pid"; do
     if [ -n "$pid" ] && [ -r "/proc/$pid/stat" ]; then cpu_ms "$pid"; else echo 0; fi
@@ -96,6 +106,7 @@ if [ "${PERF:-0}" = 1 ]; then
   perf record -g --call-graph dwarf,16384 -F 499 -p "$notifier_pid" -o "$OUT/perf.data" >/dev/null 2>&1 &
   perf_pid=$!
 fi
+raft_before=$(raft_index)
 before=$(snapshot)
 partners=$(seq -f 'P%02g' 1 "$PARTNERS" | paste -sd,)
 ar loadgen --push --quiet --receiver "$RECEIVER" --push-partners "$partners" --rate "$RATE" \
@@ -103,19 +114,22 @@ ar loadgen --push --quiet --receiver "$RECEIVER" --push-partners "$partners" --r
 # The last acks and attempt logs follow the last 2xx by a moment.
 sleep 1
 after=$(snapshot)
+raft_after=$(raft_index)
 [ -n "$perf_pid" ] && { kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true; }
 [ "${CALLGRIND:-0}" = 1 ] && callgrind_control -d "$notifier_pid" >/dev/null
 [ -n "$monitor_pid" ] && { sleep 0.5; kill "$monitor_pid" 2>/dev/null || true; }
 
-python3 - "$OUT" "$before" "$after" <<'EOF'
+python3 - "$OUT" "$before" "$after" "$raft_before" "$raft_after" <<'EOF'
 import glob, json, os, re, sys
 out, before, after = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
+raft = int(sys.argv[5]) - int(sys.argv[4])
 r = json.load(open(f"{out}/loadgen.json"))
 n = r["delivered"]
 print(f"{n} of {r['published']} delivered, {r['deliveries_per_second']:.0f}/s, "
       f"{sum(p['repeats'] for p in r['partners'])} repeats")
 for name, b, a in zip(["notifier", "receiver", "redis", "rabbitmq"], before, after):
     print(f"  CPU {name:9} {(float(a) - float(b)) * 1000 / max(n, 1):8.1f} µs/delivery")
+print(f"  RabbitMQ Raft commands on the partners' queues: {raft / max(n, 1):.2f}/delivery")
 path = f"{out}/monitor.txt"
 if os.path.exists(path):
     top, inside = {}, {}
