@@ -19,6 +19,7 @@
 #   scripts/push-bench.sh                    # all three, release build
 #   scripts/push-bench.sh latency            # one of them: latency|throughput|isolation|recovery|crash
 #   PROFILE=debug DURATION=10 scripts/push-bench.sh isolation
+#   BIN=/tmp/autorenew-5032762 scripts/push-bench.sh throughput   # another build, not built here
 #
 # Needs RabbitMQ and Redis (AUTORENEW__AMQP__URL and AUTORENEW__REDIS__URL override the local
 # ones); everything it declares or writes is under a run prefix and removed at the end.
@@ -33,8 +34,10 @@ THROUGHPUT_PARTNERS="${THROUGHPUT_PARTNERS:-4}"
 THROUGHPUT_RATE="${THROUGHPUT_RATE:-600}"
 RECOVER_EVENTS="${RECOVER_EVENTS:-10000}"
 CRASH_RATE="${CRASH_RATE:-300}"
-if [ "$PROFILE" = release ]; then cargo build --release --quiet; else cargo build --quiet; fi
-BIN=$PWD/target/$PROFILE/autorenew
+if [ -z "${BIN:-}" ]; then
+  if [ "$PROFILE" = release ]; then cargo build --release --quiet; else cargo build --quiet; fi
+fi
+BIN="${BIN:-$PWD/target/$PROFILE/autorenew}"
 RUN=pushbench$$
 dir=$(mktemp -d)
 pids=()
