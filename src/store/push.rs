@@ -175,13 +175,13 @@ impl Store {
         retention: Duration,
     ) -> Result<DeliveryStatus, StoreError> {
         let mut connection = self.connection().await?;
-        let key = |rest: String| self.push_key(partner, &rest);
+        let key = |rest: &[&str]| self.keys.push_of(partner, rest);
         let cutoff = now_ms() - i64::try_from(retention.as_millis()).unwrap_or(i64::MAX / 2);
-        let mut invocation = RECORD.key(key(format!("n:{}", event.webhook_id)));
+        let mut invocation = RECORD.key(key(&["n:", event.webhook_id]));
         invocation
-            .key(key(format!("pay:{}", event.pay_id)))
-            .key(key("pending".into()))
-            .key(key("failed".into()))
+            .key(key(&["pay:", event.pay_id]))
+            .key(key(&["pending"]))
+            .key(key(&["failed"]))
             .arg(event.webhook_id)
             .arg(event.event_id)
             .arg(event.kind)
@@ -210,14 +210,14 @@ impl Store {
         retention: Duration,
     ) -> Result<Option<DeliveryStatus>, StoreError> {
         let mut connection = self.connection().await?;
-        let key = |rest: String| self.push_key(partner, &rest);
+        let key = |rest: &[&str]| self.keys.push_of(partner, rest);
         let json = serde_json::to_string(attempt).unwrap_or_default();
-        let mut invocation = ATTEMPT.key(key(format!("n:{webhook_id}")));
+        let mut invocation = ATTEMPT.key(key(&["n:", webhook_id]));
         invocation
-            .key(key(format!("a:{webhook_id}")))
-            .key(key("pending".into()))
-            .key(key("failed".into()))
-            .key(key("state".into()))
+            .key(key(&["a:", webhook_id]))
+            .key(key(&["pending"]))
+            .key(key(&["failed"]))
+            .key(key(&["state"]))
             .arg(webhook_id)
             .arg(json)
             .arg(status.map_or("", |s| s.as_str()))
