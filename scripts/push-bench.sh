@@ -89,7 +89,9 @@ export AUTORENEW__PUSH__LISTEN=127.0.0.1:$notifier_port AUTORENEW__LOG__FILTER=w
 export AUTORENEW__INTAKE__LISTEN=127.0.0.1:$intake_port
 ar() { "$BIN" --config "$dir/config.toml" "$@"; }
 
-ar receiver --quiet --listen "127.0.0.1:$receiver_port" --secret "$SECRET" >"$dir/receiver.log" 2>&1 &
+# The binary itself in the background, not through `ar`: the pid kept must be the process's,
+# or the cleanup kills only a subshell and leaves the process running.
+"$BIN" --config "$dir/config.toml" receiver --quiet --listen "127.0.0.1:$receiver_port" --secret "$SECRET" >"$dir/receiver.log" 2>&1 &
 pids+=($!)
 notifier_pid=
 # Starts a notifier with the configuration $1 (default: the run's) and waits until it is ready.
@@ -219,7 +221,7 @@ recovery() {
   echo "== recovery: $RECOVER_EVENTS events fail at P01 (503), then one /recoverNotifications"
   stop_notifier
   start_notifier "$dir/recovery.toml"
-  ar intake >"$dir/intake.log" 2>&1 &
+  "$BIN" --config "$dir/config.toml" intake >"$dir/intake.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$intake_port/readyz" >/dev/null && break; sleep 0.2; done
   behave P01 '{"status": 503}'
