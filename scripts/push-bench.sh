@@ -19,6 +19,7 @@
 #   scripts/push-bench.sh                    # all three, release build
 #   scripts/push-bench.sh latency            # one of them: latency|throughput|isolation|recovery|crash
 #   PROFILE=debug DURATION=10 scripts/push-bench.sh isolation
+#   BIN=/tmp/autorenew-5032762 scripts/push-bench.sh throughput   # another build, not built here
 #
 # Needs RabbitMQ and Redis (AUTORENEW__AMQP__URL and AUTORENEW__REDIS__URL override the local
 # ones); everything it declares or writes is under a run prefix and removed at the end.
@@ -33,8 +34,10 @@ THROUGHPUT_PARTNERS="${THROUGHPUT_PARTNERS:-4}"
 THROUGHPUT_RATE="${THROUGHPUT_RATE:-600}"
 RECOVER_EVENTS="${RECOVER_EVENTS:-10000}"
 CRASH_RATE="${CRASH_RATE:-300}"
-if [ "$PROFILE" = release ]; then cargo build --release --quiet; else cargo build --quiet; fi
-BIN=$PWD/target/$PROFILE/autorenew
+if [ -z "${BIN:-}" ]; then
+  if [ "$PROFILE" = release ]; then cargo build --release --quiet; else cargo build --quiet; fi
+fi
+BIN="${BIN:-$PWD/target/$PROFILE/autorenew}"
 RUN=pushbench$$
 dir=$(mktemp -d)
 pids=()
@@ -86,7 +89,9 @@ export AUTORENEW__PUSH__LISTEN=127.0.0.1:$notifier_port AUTORENEW__LOG__FILTER=w
 export AUTORENEW__INTAKE__LISTEN=127.0.0.1:$intake_port
 ar() { "$BIN" --config "$dir/config.toml" "$@"; }
 
-ar receiver --quiet --listen "127.0.0.1:$receiver_port" --secret "$SECRET" >"$dir/receiver.log" 2>&1 &
+# The binary itself in the background, not through `ar`: the pid kept must be the process's,
+# or the cleanup kills only a subshell and leaves the process running.
+"$BIN" --config "$dir/config.toml" receiver --quiet --listen "127.0.0.1:$receiver_port" --secret "$SECRET" >"$dir/receiver.log" 2>&1 &
 pids+=($!)
 notifier_pid=
 # Starts a notifier with the configuration $1 (default: the run's) and waits until it is ready.
@@ -216,7 +221,7 @@ recovery() {
   echo "== recovery: $RECOVER_EVENTS events fail at P01 (503), then one /recoverNotifications"
   stop_notifier
   start_notifier "$dir/recovery.toml"
-  ar intake >"$dir/intake.log" 2>&1 &
+  "$BIN" --config "$dir/config.toml" intake >"$dir/intake.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$intake_port/readyz" >/dev/null && break; sleep 0.2; done
   behave P01 '{"status": 503}'

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
 
 use super::Notifier;
+use super::acks::Acks;
 use super::client::Attempted;
 use super::lane::Lane;
 use super::ports::{BreakerRule, PushClock, PushLog, PushRetries, PushSender};
@@ -44,29 +44,22 @@ enum Then {
 }
 
 impl Notifier {
-    pub(super) async fn handle(self: Arc<Self>, lane: Arc<Lane>, delivery: Delivery) {
+    /// Delivers one message and tells the channel's [`Acks`] how it ended; they send the ack
+    /// or the nack.
+    pub(super) async fn handle(
+        self: Arc<Self>,
+        lane: Arc<Lane>,
+        mut delivery: Delivery,
+        acks: Acks,
+    ) {
         let headers = PushHeaders::read(&delivery.properties);
         let trigger = Trigger::parse(headers.trigger.as_deref());
-        let body = Bytes::from(delivery.data.clone());
+        let body = Bytes::from(std::mem::take(&mut delivery.data));
         let end = self
             .deliverer
             .deliver(&lane, &body, headers.attempts, trigger)
             .await;
-        let done = match end {
-            DeliveryEnd::Ack => delivery.ack(BasicAckOptions::default()).await,
-            DeliveryEnd::HandBack => {
-                delivery
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..BasicNackOptions::default()
-                    })
-                    .await
-            }
-        };
-        if let Err(error) = done {
-            // The channel is gone: RabbitMQ delivers the message again.
-            tracing::warn!(%error, partner = %lane.partner, "push ack/nack failed; redelivered");
-        }
+        acks.ended(delivery.delivery_tag, end);
     }
 }
 
@@ -230,9 +223,10 @@ impl Deliverer {
         }
     }
 
+    /// A failure counts against the breaker; a 2xx closed it already, with its attempt's log.
     async fn feed_breaker(&self, lane: &Lane, attempted: &Attempted) -> Result<(), StoreError> {
         if attempted.delivered() {
-            return self.log.success(&lane.partner).await;
+            return Ok(());
         }
         let step = self.log.failure(&lane.partner, self.breaker).await?;
         if step.opened || step.disabled {

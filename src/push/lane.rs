@@ -19,6 +19,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::Notifier;
+use super::acks::Acks;
 use crate::domain::clock::now_millis;
 use crate::domain::push::PushSecret;
 use crate::telemetry::names::push::{BREAKER_STATE, DISABLED, FAILED, PENDING};
@@ -180,6 +181,11 @@ impl Notifier {
             )
             .await?;
         lane.consuming.store(true, Ordering::SeqCst);
+        // The acks task holds the channel until the last delivery taken on it is acked or
+        // nacked: its ack must go out on it. It runs among the lane's tasks, so a drain waits
+        // for it.
+        let (acks, sending) = Acks::new(channel.clone(), lane.partner.clone());
+        tasks.spawn(sending);
         let slots = Arc::new(Semaphore::new(usize::from(prefetch)));
         let mut poll = tokio::time::interval(POLL);
         poll.tick().await;
@@ -208,15 +214,15 @@ impl Notifier {
                 }
                 delivery = consumer.next() => match delivery {
                     Some(Ok(delivery)) => {
+                        acks.taken(delivery.delivery_tag);
                         while tasks.try_join_next().is_some() {}
                         let Ok(permit) = slots.clone().acquire_owned().await else { break };
                         let notifier = self.clone();
                         let lane = lane.clone();
-                        // The task holds the channel: its ack must go out on it.
-                        let held = channel.clone();
+                        let acks = acks.clone();
                         tasks.spawn(async move {
-                            notifier.handle(lane, delivery).await;
-                            drop((permit, held));
+                            notifier.handle(lane, delivery, acks).await;
+                            drop(permit);
                         });
                         if probe {
                             break;
@@ -234,6 +240,8 @@ impl Notifier {
         let _ = channel
             .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
             .await;
+        // The acks task ends once the deliveries in hand have ended.
+        drop(acks);
         if probe {
             // The probe's outcome decides the next mode.
             while tasks.join_next().await.is_some() {}

@@ -3,6 +3,7 @@
 //! a lane of its own; `autorenew push` and `autorenew receiver` are its tools. Uses the domain,
 //! the broker and the store; never the intake or Stripe. The design: docs/design.md.
 
+mod acks;
 mod client;
 mod deliver;
 mod health;

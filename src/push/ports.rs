@@ -37,7 +37,8 @@ pub trait PushLog: Send + Sync {
     ) -> BoxFuture<'a, Result<DeliveryStatus, StoreError>>;
 
     /// Logs an attempt and moves the event to `status` (None: as it was); a delivered event
-    /// stays delivered.
+    /// stays delivered. `Some(Delivered)` (a 2xx) also closes the partner's breaker, at once:
+    /// the log and the breaker never disagree about the last attempt.
     fn attempt<'a>(
         &'a self,
         partner: &'a str,
@@ -53,9 +54,6 @@ pub trait PushLog: Send + Sync {
         partner: &'a str,
         rule: BreakerRule,
     ) -> BoxFuture<'a, Result<BreakerStep, StoreError>>;
-
-    /// A 2xx: the breaker closes.
-    fn success<'a>(&'a self, partner: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// Disables the partner's push (a 410).
     fn disable<'a>(
@@ -128,10 +126,6 @@ impl PushLog for Store {
             rule.disable_after,
         )
         .boxed()
-    }
-
-    fn success<'a>(&'a self, partner: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
-        self.push_success(partner).boxed()
     }
 
     fn disable<'a>(

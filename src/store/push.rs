@@ -50,11 +50,15 @@ return redis.call('HGET', KEYS[1], 'status')
     )
 });
 
-/// KEYS: record, attempts, pending, failed. ARGV: webhook-id, attempt (JSON), new status (or ''
-/// to keep it), ttl (s), now (ms). A delivered event stays delivered. Returns the status.
+/// KEYS: record, attempts, pending, failed, state. ARGV: webhook-id, attempt (JSON), new status
+/// (or '' to keep it), ttl (s), now (ms). A delivered event stays delivered. A 2xx (new status
+/// `delivered`) also closes the partner's breaker, in the same round trip. Returns the status.
 static ATTEMPT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
+if ARGV[3] == 'delivered' then
+  redis.call('HDEL', KEYS[5], 'failures', 'failing_since', 'open_until', 'cooldown')
+end
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then
   return ''
@@ -171,13 +175,13 @@ impl Store {
         retention: Duration,
     ) -> Result<DeliveryStatus, StoreError> {
         let mut connection = self.connection().await?;
-        let key = |rest: String| self.push_key(partner, &rest);
+        let key = |rest: &[&str]| self.keys.push_of(partner, rest);
         let cutoff = now_ms() - i64::try_from(retention.as_millis()).unwrap_or(i64::MAX / 2);
-        let mut invocation = RECORD.key(key(format!("n:{}", event.webhook_id)));
+        let mut invocation = RECORD.key(key(&["n:", event.webhook_id]));
         invocation
-            .key(key(format!("pay:{}", event.pay_id)))
-            .key(key("pending".into()))
-            .key(key("failed".into()))
+            .key(key(&["pay:", event.pay_id]))
+            .key(key(&["pending"]))
+            .key(key(&["failed"]))
             .arg(event.webhook_id)
             .arg(event.event_id)
             .arg(event.kind)
@@ -194,7 +198,9 @@ impl Store {
     }
 
     /// Logs an attempt and moves the event to `status` (None: keeps it; a delivered event stays
-    /// delivered). Answers the status after it, None if the record has expired.
+    /// delivered); `Some(Delivered)`, a 2xx, also closes the partner's breaker and starts its
+    /// cool-down again from the first. Answers the status after it, None if the record has
+    /// expired.
     pub async fn push_attempt(
         &self,
         partner: &str,
@@ -204,13 +210,14 @@ impl Store {
         retention: Duration,
     ) -> Result<Option<DeliveryStatus>, StoreError> {
         let mut connection = self.connection().await?;
-        let key = |rest: String| self.push_key(partner, &rest);
+        let key = |rest: &[&str]| self.keys.push_of(partner, rest);
         let json = serde_json::to_string(attempt).unwrap_or_default();
-        let mut invocation = ATTEMPT.key(key(format!("n:{webhook_id}")));
+        let mut invocation = ATTEMPT.key(key(&["n:", webhook_id]));
         invocation
-            .key(key(format!("a:{webhook_id}")))
-            .key(key("pending".into()))
-            .key(key("failed".into()))
+            .key(key(&["a:", webhook_id]))
+            .key(key(&["pending"]))
+            .key(key(&["failed"]))
+            .key(key(&["state"]))
             .arg(webhook_id)
             .arg(json)
             .arg(status.map_or("", |s| s.as_str()))
@@ -245,17 +252,6 @@ impl Store {
             opened: opened == 1,
             disabled: disabled == 1,
         })
-    }
-
-    /// A 2xx: the breaker closes and its cool-down starts again from the first.
-    pub async fn push_success(&self, partner: &str) -> Result<(), StoreError> {
-        self.push_state_command(
-            redis::cmd("HDEL")
-                .arg(self.push_key(partner, "state"))
-                .arg(&["failures", "failing_since", "open_until", "cooldown"])
-                .clone(),
-        )
-        .await
     }
 
     /// Disables the partner's push (a 410, or an operator).

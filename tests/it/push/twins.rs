@@ -127,7 +127,21 @@ async fn run(log: &dyn PushLog, partner: &str) -> Vec<String> {
             format!("{:?}", log.failure(partner, rule).await),
         );
     }
-    note("success", format!("{:?}", log.success(partner).await));
+    // A 2xx's attempt closes the breaker in its own script.
+    note(
+        "success: b delivered",
+        format!(
+            "{:?}",
+            log.attempt(
+                partner,
+                "msg_b",
+                &attempt(Some(200)),
+                Some(Delivered),
+                RETENTION
+            )
+            .await
+        ),
+    );
     for n in 1..=3 {
         note(
             &format!("failure {n} after the success"),
@@ -150,7 +164,7 @@ async fn the_attempt_log_twin_answers_as_the_redis_scripts_do() {
     delete_keys(SHARED_REDIS, &settings.redis.key_prefix).await;
     assert_eq!(real, memory);
     // The sequence means something: the record stays delivered, the breaker opens at the
-    // third failure and once more after a success.
+    // third failure and, closed by a delivered attempt, at the third failure after it.
     assert!(
         real.contains(&"a late failure of a copy: Ok(Some(Delivered))".to_owned()),
         "{real:#?}"
@@ -161,6 +175,13 @@ async fn the_attempt_log_twin_answers_as_the_redis_scripts_do() {
     );
     assert!(
         real.contains(&"failure 4: Ok(BreakerStep { opened: false, disabled: false })".to_owned()),
+        "{real:#?}"
+    );
+    assert!(
+        real.contains(
+            &"failure 3 after the success: Ok(BreakerStep { opened: true, disabled: false })"
+                .to_owned()
+        ),
         "{real:#?}"
     );
 }

@@ -165,6 +165,16 @@ impl PushLog for MemoryPushLog {
         async move {
             round_trip().await;
             self.script(|state| {
+                if status == Some(DeliveryStatus::Delivered) {
+                    // A 2xx closes the breaker in the same script.
+                    if let Some(breaker) = state.breakers.get_mut(partner) {
+                        let disabled = breaker.disabled;
+                        *breaker = Breaker {
+                            disabled,
+                            ..Breaker::default()
+                        };
+                    }
+                }
                 let key = (partner.to_owned(), webhook_id.to_owned());
                 let record = state.records.get_mut(&key)?;
                 record.attempts.push(attempt.clone());
@@ -206,22 +216,6 @@ impl PushLog for MemoryPushLog {
                     disabled = true;
                 }
                 BreakerStep { opened, disabled }
-            })
-        }
-        .boxed()
-    }
-
-    fn success<'a>(&'a self, partner: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
-        async move {
-            round_trip().await;
-            self.script(|state| {
-                if let Some(breaker) = state.breakers.get_mut(partner) {
-                    let disabled = breaker.disabled;
-                    *breaker = Breaker {
-                        disabled,
-                        ..Breaker::default()
-                    };
-                }
             })
         }
         .boxed()
