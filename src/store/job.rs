@@ -17,9 +17,7 @@ use crate::domain::request::PayKey;
 /// A job's start in one round trip: its result if one is stored, else the payId's lock and
 /// what was sent for it. KEYS: result, lock, created. ARGV: token, TTL (ms).
 /// Returns {'settled', result} | {'locked', created or ''} | {'busy'}.
-static BEGIN: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
+pub(crate) const BEGIN_LUA: &str = r#"
 local result = redis.call('GET', KEYS[1])
 if result then
   return {'settled', result}
@@ -28,9 +26,8 @@ if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return {'locked', redis.call('GET', KEYS[3]) or ''}
 end
 return {'busy'}
-"#,
-    )
-});
+"#;
+static BEGIN: LazyLock<Script> = LazyLock::new(|| Script::new(BEGIN_LUA));
 
 /// How a job may start.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,27 +40,21 @@ pub enum JobStart {
     Busy,
 }
 
-static EXTEND: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
+pub(crate) const EXTEND_LUA: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
-"#,
-    )
-});
+"#;
+static EXTEND: LazyLock<Script> = LazyLock::new(|| Script::new(EXTEND_LUA));
 
-static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
+pub(crate) const RELEASE_LUA: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
-"#,
-    )
-});
+"#;
+static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LUA));
 
 /// Stores the result if none is, and releases the lock if the token holds it, atomically: no
 /// other copy of the job can take the lock and find no result. A failure (ARGV[4] = '1') is
@@ -75,9 +66,7 @@ return 0
 /// KEYS: result, lock, intake record, create record.
 /// ARGV: result JSON, retention (s), token, failed, lives. Returns the result stored (the
 /// earlier one, if any), or '' when a failure was not stored because the lock was lost.
-static FINISH: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
+pub(crate) const FINISH_LUA: &str = r#"
 local stored = redis.call('GET', KEYS[1])
 local holds = redis.call('GET', KEYS[2]) == ARGV[3]
 if not stored then
@@ -99,24 +88,20 @@ if holds then
   redis.call('DEL', KEYS[2])
 end
 return stored
-"#,
-    )
-});
+"#;
+static FINISH: LazyLock<Script> = LazyLock::new(|| Script::new(FINISH_LUA));
 
 /// Records a create about to be sent, only while `token` holds the lock: a job that lost its
 /// lock must not create, since the copy holding it may have found no record and be ending the
 /// job `failed`. KEYS: lock, created. ARGV: token, record JSON, TTL (s). Returns 1 if recorded.
-static RECORD_CREATE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
+pub(crate) const RECORD_CREATE_LUA: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
   return 1
 end
 return 0
-"#,
-    )
-});
+"#;
+static RECORD_CREATE: LazyLock<Script> = LazyLock::new(|| Script::new(RECORD_CREATE_LUA));
 
 impl Store {
     /// The settled result of a payId, or its lock for `ttl` with what was sent for it, in one
@@ -253,11 +238,11 @@ impl Store {
     }
 }
 
-fn parse_result(json: &str) -> Result<FinalResult, StoreError> {
+pub(crate) fn parse_result(json: &str) -> Result<FinalResult, StoreError> {
     serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("result: {e}")))
 }
 
-fn parse_created(json: &str) -> Result<Option<CreateSent>, StoreError> {
+pub(crate) fn parse_created(json: &str) -> Result<Option<CreateSent>, StoreError> {
     if json.is_empty() {
         return Ok(None);
     }
@@ -266,7 +251,7 @@ fn parse_created(json: &str) -> Result<Option<CreateSent>, StoreError> {
         .map_err(|e| StoreError::Corrupt(format!("create record: {e}")))
 }
 
-fn millis(duration: Duration) -> u64 {
+pub(crate) fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 

@@ -25,6 +25,16 @@ use crate::domain::FinalResult;
 use crate::domain::request::PayKey;
 
 pub use budget::{BudgetWaiter, Turn};
+/// The job path's scripts as the production store sends them, with what it builds their
+/// arguments and reads their replies with: the store twin (`worker::memory`) runs the same text.
+#[cfg(feature = "testing")]
+pub(crate) mod scripts {
+    pub(crate) use super::job::{
+        BEGIN_LUA, EXTEND_LUA, FINISH_LUA, RECORD_CREATE_LUA, RELEASE_LUA, millis, parse_created,
+        parse_result,
+    };
+    pub(crate) use super::renewal::{APPLY_LUA, apply_args, apply_keys};
+}
 pub use intake_record::{Claim, ClaimOutcome, IntakeRecord, RecordView};
 pub use job::JobStart;
 pub use keys::Keys;

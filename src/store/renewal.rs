@@ -29,9 +29,7 @@ use crate::domain::request::PayKey;
 /// compare as numbers, beyond Lua's 2^53), retention after the end (s), partner, now (ms),
 /// invoice to count (or ''), then field/value pairs.
 /// Returns {newer, counted}.
-static APPLY: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
+pub(crate) const APPLY_LUA: &str = r#"
 local version_field = ARGV[1] .. '_version'
 local stored = redis.call('HGET', KEYS[1], version_field) or ''
 local newer = 0
@@ -62,9 +60,8 @@ else
   end
 end
 return {newer, counted}
-"#,
-    )
-});
+"#;
+static APPLY: LazyLock<Script> = LazyLock::new(|| Script::new(APPLY_LUA));
 
 fn optional(value: Option<i64>) -> String {
     value.map(|v| v.to_string()).unwrap_or_default()
@@ -113,6 +110,36 @@ fn fields_of(change: &RenewalChange) -> (&'static str, &str, Vec<(&'static str, 
     }
 }
 
+/// APPLY's KEYS for a payId: its renewal hash, then the keys whose expiry follows the
+/// subscription's life. The store twin runs the script with the same keys.
+pub(crate) fn apply_keys(keys: &super::Keys, pay_key: &PayKey) -> [String; 5] {
+    [
+        keys.renewal(pay_key),
+        keys.result(pay_key),
+        keys.intake(pay_key),
+        keys.created(pay_key),
+        keys.cancel(pay_key),
+    ]
+}
+
+/// APPLY's ARGV for one change, `retention_secs` after the end, written at `now_ms`.
+pub(crate) fn apply_args(update: &RenewalUpdate, retention_secs: u64, now_ms: u64) -> Vec<String> {
+    let (part, invoice, fields) = fields_of(&update.change);
+    let mut args = vec![
+        part.to_owned(),
+        format!("{:020}", update.version),
+        retention_secs.to_string(),
+        update.partner_code.as_str().to_owned(),
+        now_ms.to_string(),
+        invoice.to_owned(),
+    ];
+    for (name, value) in fields {
+        args.push(name.to_owned());
+        args.push(value);
+    }
+    args
+}
+
 impl Store {
     /// Applies a worker's change to a payId's state, unless the state is newer already.
     pub async fn apply_renewal(
@@ -120,24 +147,13 @@ impl Store {
         pay_key: &PayKey,
         update: &RenewalUpdate,
     ) -> Result<Applied, StoreError> {
-        let (part, invoice, fields) = fields_of(&update.change);
-        let now_ms = now_millis();
         let mut connection = self.connection().await?;
-        let mut invocation = APPLY.key(self.keys.renewal(pay_key));
-        invocation
-            .key(self.keys.result(pay_key))
-            .key(self.keys.intake(pay_key))
-            .key(self.keys.created(pay_key))
-            .key(self.keys.cancel(pay_key));
-        invocation
-            .arg(part)
-            .arg(format!("{:020}", update.version))
-            .arg(self.record_ttl.as_secs().max(1))
-            .arg(update.partner_code.as_str())
-            .arg(now_ms.to_string())
-            .arg(invoice);
-        for (name, value) in &fields {
-            invocation.arg(*name).arg(value);
+        let mut invocation = APPLY.prepare_invoke();
+        for key in apply_keys(&self.keys, pay_key) {
+            invocation.key(key);
+        }
+        for arg in apply_args(update, self.record_ttl.as_secs().max(1), now_millis()) {
+            invocation.arg(arg);
         }
         let (newer, counted): (i64, i64) =
             with_timeout(async { invocation.invoke_async(&mut connection).await }).await?;

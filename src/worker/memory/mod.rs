@@ -9,6 +9,7 @@
 //! one worker its own handle, so the trace says who made each call.
 
 mod clock;
+mod keyspace;
 mod lanes;
 mod queue;
 mod store;

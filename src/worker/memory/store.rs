@@ -15,81 +15,79 @@ use futures_util::future::BoxFuture;
 use tokio::time::Instant;
 
 use super::Trace;
+use super::keyspace::{Keyspace, Reply};
 use crate::domain::renewal::{Applied, RenewalChange, RenewalUpdate};
 use crate::domain::{FinalResult, PayKey};
 use crate::store::StoreError;
+use crate::store::scripts::{
+    APPLY_LUA, BEGIN_LUA, EXTEND_LUA, FINISH_LUA, RECORD_CREATE_LUA, RELEASE_LUA, apply_args,
+    apply_keys, millis, parse_created, parse_result,
+};
 use crate::worker::ports::{CreateSent, JobStart, JobStore};
 
 /// How long a call waits for a Redis that does not answer.
 const TIMEOUT: Duration = Duration::from_millis(500);
+/// `redis.record_ttl_secs`'s default: how long a payId's records stay once it has ended.
+const RECORD_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The key prefix, as the production store's (`redis.key_prefix`) would be.
+const PREFIX: &str = "sim";
 
+/// The production store's key names: the scripts run on the same keys as in Redis.
+fn names() -> crate::store::Keys {
+    crate::store::Keys::new(PREFIX)
+}
+
+/// What the twin keeps beside Redis's keys, for the checks: none of it is read by a call.
 #[derive(Debug, Default, Clone)]
-struct Keys {
-    result: Option<FinalResult>,
-    lock: Option<(String, Instant)>,
-    created: Option<CreateSent>,
-    /// The intake's record of the payId (its creation was accepted).
-    record: bool,
-    /// The renewal hash: each part (subscription, renewal, error) with the version of the
-    /// change that last wrote it, and the invoices counted (src/store/renewal.rs).
-    renewal: BTreeMap<&'static str, (u64, RenewalChange)>,
-    paid: std::collections::BTreeSet<String>,
+struct Tracked {
     /// Every subscription state written, in order (for the check that it never goes back).
     history: Vec<RenewalChange>,
 }
 
-/// The part of the renewal hash a change writes, as the `APPLY` script names it.
-fn part_of(change: &RenewalChange) -> &'static str {
-    match change {
-        RenewalChange::Subscription { .. } => "sub",
-        RenewalChange::Renewed { .. } => "renewal",
-        RenewalChange::RenewalFailed { .. } => "error",
+/// A script's or command's reply as the production store reads it: an error reply is an error.
+fn checked(reply: Reply) -> Result<Reply, StoreError> {
+    match reply {
+        Reply::Error(message) => Err(StoreError::Corrupt(format!("redis: {message}"))),
+        reply => Ok(reply),
     }
 }
 
-/// `APPLY` (src/store/renewal.rs): a part is written only by a newer version; an invoice is
-/// counted once.
-fn apply(keys: &mut Keys, update: &RenewalUpdate) -> Applied {
-    let part = part_of(&update.change);
-    let newer = keys
-        .renewal
-        .get(part)
-        .is_none_or(|(version, _)| update.version > *version);
-    if newer {
-        keys.renewal
-            .insert(part, (update.version, update.change.clone()));
-        if part == "sub" {
-            keys.history.push(update.change.clone());
-        }
+fn integer_reply(reply: Reply) -> Result<i64, StoreError> {
+    match checked(reply)? {
+        Reply::Integer(n) => Ok(n),
+        other => Err(StoreError::Corrupt(format!(
+            "expected an integer: {other:?}"
+        ))),
     }
-    let counted = match &update.change {
-        RenewalChange::Renewed { invoice_id, .. } if !invoice_id.is_empty() => {
-            keys.paid.insert(invoice_id.clone())
-        }
-        _ => false,
-    };
-    Applied { newer, counted }
 }
 
-impl Keys {
-    /// The lock's token, if it is held and its TTL has not passed.
-    fn holder(&self, now: Instant) -> Option<&str> {
-        self.lock
-            .as_ref()
-            .filter(|(_, expires)| *expires > now)
-            .map(|(token, _)| token.as_str())
+fn optional_text(reply: Reply) -> Result<Option<String>, StoreError> {
+    match checked(reply)? {
+        Reply::Nil => Ok(None),
+        Reply::Bulk(text) => Ok(Some(text)),
+        other => Err(StoreError::Corrupt(format!("expected a string: {other:?}"))),
+    }
+}
+
+/// `SET … NX`'s reply: true when it set the key.
+fn set_nx(reply: Reply) -> Result<bool, StoreError> {
+    match checked(reply)? {
+        Reply::Status(_) => Ok(true),
+        Reply::Nil => Ok(false),
+        other => Err(StoreError::Corrupt(format!("set: {other:?}"))),
     }
 }
 
 #[derive(Debug, Default)]
 struct State {
-    keys: BTreeMap<String, Keys>,
+    /// Redis's keys: results, locks, create records, intake records, renewal hashes, price locks.
+    redis: Keyspace,
+    /// Every payId a call named, with what the checks track of it.
+    tracked: BTreeMap<String, Tracked>,
     /// (partner, email) → the Stripe customer remembered for them.
     customers: BTreeMap<(String, String), String>,
     /// (partner, payId) → (email, customer) of its authorization (`/stripeSubAuthorization`).
     authorizations: BTreeMap<(String, String), (String, String)>,
-    /// lookup key → the price lock's token and expiry.
-    price_locks: BTreeMap<String, (String, Instant)>,
     away: bool,
     /// Calls left whose answer is lost after they ran.
     lose_answers: u32,
@@ -97,6 +95,43 @@ struct State {
     round_trip_max_ms: u64,
     /// The share of calls that stall 100 ms to 1 s (a latency spike of Redis or the network).
     stall_rate: f64,
+}
+
+impl State {
+    /// Runs one of the store's scripts on Redis's keys, atomically.
+    fn eval(&mut self, now: Instant, source: &str, keys: &[String], args: &[String]) -> Reply {
+        self.redis.eval(now, source, keys, args)
+    }
+
+    fn get(&mut self, now: Instant, key: &str) -> Result<Option<String>, StoreError> {
+        optional_text(self.redis.command(now, &["GET", key]))
+    }
+
+    /// `APPLY` (src/store/renewal.rs), as the production store calls it, then the history.
+    fn apply(
+        &mut self,
+        pay_key: &PayKey,
+        update: &RenewalUpdate,
+        now: Instant,
+    ) -> Result<Applied, StoreError> {
+        let keys = apply_keys(&names(), pay_key);
+        let args = apply_args(update, RECORD_TTL.as_secs(), self.redis.now_ms(now));
+        let reply = checked(self.eval(now, APPLY_LUA, &keys, &args))?;
+        let (newer, counted) = match &reply {
+            Reply::Array(items) if items.len() == 2 => {
+                (items[0].integer() == 1, items[1].integer() == 1)
+            }
+            other => return Err(StoreError::Corrupt(format!("apply: {other:?}"))),
+        };
+        if newer && matches!(update.change, RenewalChange::Subscription { .. }) {
+            self.tracked
+                .entry(pay_key.to_string())
+                .or_default()
+                .history
+                .push(update.change.clone());
+        }
+        Ok(Applied { newer, counted })
+    }
 }
 
 /// Redis: one per simulated world, one named handle per worker.
@@ -163,53 +198,79 @@ impl MemoryStore {
     /// persistence): results, records, locks, create records, renewal states, customers.
     pub fn lose_everything(&self) {
         let mut state = self.state();
-        state.keys.clear();
+        state.redis.clear();
+        state.tracked.clear();
         state.customers.clear();
         state.authorizations.clear();
-        state.price_locks.clear();
         drop(state);
         self.trace.note(&self.who, || "all data lost".into());
     }
 
-    /// Every lock is dropped now, as a failover to a replica that had not seen them would.
+    /// Every payId's lock is dropped now, as a failover to a replica that had not seen them would.
     pub fn drop_locks(&self) {
-        for keys in self.state().keys.values_mut() {
-            keys.lock = None;
-        }
+        let locks = format!("{PREFIX}:lock:");
+        self.state()
+            .redis
+            .delete_where(|key| key.starts_with(&locks));
         self.trace.note(&self.who, || "locks dropped".into());
     }
 
     /// The stored result (as `autorenew dlq replay` reads it).
     pub fn stored_result(&self, pay_key: &PayKey) -> Option<FinalResult> {
-        self.state()
-            .keys
-            .get(&pay_key.to_string())
-            .and_then(|k| k.result.clone())
+        let mut state = self.state();
+        let json = state.get(Instant::now(), &names().result(pay_key)).ok()??;
+        parse_result(&json).ok()
     }
 
     /// Keeps the intake's record of an accepted payId, as its claim does.
     pub fn keep_record(&self, pay_key: &PayKey) {
-        self.state()
-            .keys
-            .entry(pay_key.to_string())
-            .or_default()
-            .record = true;
+        let mut state = self.state();
+        state.tracked.entry(pay_key.to_string()).or_default();
+        let key = names().intake(pay_key);
+        state
+            .redis
+            .command(Instant::now(), &["HSET", &key, "state", "enqueued"]);
     }
 
-    /// The subscription part of the payId's renewal state, with its version.
+    /// The subscription part of the payId's renewal state, with its version, as the renewal
+    /// hash holds it.
     pub fn renewal(&self, pay_key: &PayKey) -> Option<(u64, RenewalChange)> {
-        self.state()
-            .keys
-            .get(&pay_key.to_string())
-            .and_then(|keys| keys.renewal.get("sub").cloned())
+        let key = names().renewal(pay_key);
+        let reply = self
+            .state()
+            .redis
+            .command(Instant::now(), &["HGETALL", &key]);
+        let Reply::Array(items) = reply else {
+            return None;
+        };
+        let hash: BTreeMap<&str, &str> = items
+            .chunks(2)
+            .filter_map(|pair| match pair {
+                [field, value] => Some((field.text(), value.text())),
+                _ => None,
+            })
+            .collect();
+        let version = hash.get("sub_version")?.parse().ok()?;
+        let text = |name: &str| hash.get(name).copied().unwrap_or_default().to_owned();
+        let time = |name: &str| hash.get(name).and_then(|value| value.parse().ok());
+        Some((
+            version,
+            RenewalChange::Subscription {
+                sub_id: text("sub_id"),
+                status: text("status"),
+                current_period_end: time("current_period_end"),
+                cancel_at_period_end: text("cancel_at_period_end") == "true",
+                canceled_at: time("canceled_at"),
+            },
+        ))
     }
 
     /// Every subscription state the payId's renewal hash held, in the order written.
     pub fn renewal_history(&self, pay_key: &PayKey) -> Vec<RenewalChange> {
         self.state()
-            .keys
+            .tracked
             .get(&pay_key.to_string())
-            .map(|keys| keys.history.clone())
+            .map(|tracked| tracked.history.clone())
             .unwrap_or_default()
     }
 
@@ -222,45 +283,68 @@ impl MemoryStore {
         );
     }
 
-    /// Every payId with its result, for the invariant checks.
+    /// Every payId a call named, with its result, for the invariant checks.
     pub fn results(&self) -> BTreeMap<String, Option<FinalResult>> {
-        self.state()
-            .keys
-            .iter()
-            .map(|(pay_id, keys)| (pay_id.clone(), keys.result.clone()))
+        let mut state = self.state();
+        let now = Instant::now();
+        let pay_ids: Vec<String> = state.tracked.keys().cloned().collect();
+        pay_ids
+            .into_iter()
+            .map(|pay_id| {
+                let key = format!("{PREFIX}:result:{{{pay_id}}}");
+                let result = state
+                    .get(now, &key)
+                    .ok()
+                    .flatten()
+                    .and_then(|json| parse_result(&json).ok());
+                (pay_id, result)
+            })
             .collect()
     }
 
     /// The payIds whose lock is held now, with the holder's token.
     pub fn held_locks(&self) -> Vec<(String, String)> {
         let now = Instant::now();
-        self.state()
-            .keys
-            .iter()
-            .filter_map(|(pay_id, keys)| {
-                keys.holder(now)
-                    .map(|token| (pay_id.clone(), token.to_owned()))
+        let locks = format!("{PREFIX}:lock:{{");
+        let mut state = self.state();
+        let keys: Vec<String> = state
+            .redis
+            .live_keys(now)
+            .filter(|key| key.starts_with(&locks))
+            .map(str::to_owned)
+            .collect();
+        keys.into_iter()
+            .filter_map(|key| {
+                let token = state.get(now, &key).ok()??;
+                let pay_id = key.strip_prefix(&locks)?.strip_suffix('}')?.to_owned();
+                Some((pay_id, token))
             })
             .collect()
     }
 
-    /// One call: a round trip, then `op` on the payId's keys in one step (Redis runs a script
-    /// atomically), unless Redis is away.
+    /// One call: a round trip, then `op` in one step (Redis runs a script atomically), unless
+    /// Redis is away. An error reply is the call's error, as the production store's.
     async fn call<T>(
         &self,
         pay_key: &PayKey,
         name: &str,
-        op: impl FnOnce(&mut Keys, Instant) -> T,
+        op: impl FnOnce(&mut State, Instant) -> Result<T, StoreError>,
         show: impl FnOnce(&T) -> String,
     ) -> Result<T, StoreError> {
         let key = pay_key.to_string();
         self.call_on(
             &key.clone(),
             name,
-            move |state, now| op(state.keys.entry(key).or_default(), now),
-            show,
+            move |state, now| {
+                state.tracked.entry(key).or_default();
+                op(state, now)
+            },
+            |answer| match answer {
+                Ok(answer) => show(answer),
+                Err(error) => format!("error: {error}"),
+            },
         )
-        .await
+        .await?
     }
 
     /// One call on the whole state (keys other than a payId's), with the same round trip and
@@ -377,23 +461,22 @@ impl JobStore for MemoryStore {
         token: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        self.call_on(
-            lookup_key,
-            "lock_price",
-            move |state, now| {
-                let held = state
-                    .price_locks
-                    .get(lookup_key)
-                    .is_some_and(|(_, expires)| *expires > now);
-                if !held {
-                    state
-                        .price_locks
-                        .insert(lookup_key.to_owned(), (token.to_owned(), now + ttl));
-                }
-                !held
-            },
-            move |locked| format!("{token} {locked}"),
-        )
+        async move {
+            self.call_on(
+                lookup_key,
+                "lock_price",
+                move |state, now| {
+                    let key = names().price_lock(lookup_key);
+                    let ttl = millis(ttl).to_string();
+                    let set = state
+                        .redis
+                        .command(now, &["SET", &key, token, "NX", "PX", &ttl]);
+                    set_nx(set)
+                },
+                move |locked| format!("{token} {locked:?}"),
+            )
+            .await?
+        }
         .boxed()
     }
 
@@ -402,20 +485,19 @@ impl JobStore for MemoryStore {
         lookup_key: &'a str,
         token: &'a str,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        self.call_on(
-            lookup_key,
-            "unlock_price",
-            move |state, _| {
-                if state
-                    .price_locks
-                    .get(lookup_key)
-                    .is_some_and(|(holder, _)| holder == token)
-                {
-                    state.price_locks.remove(lookup_key);
-                }
-            },
-            move |()| token.to_owned(),
-        )
+        async move {
+            self.call_on(
+                lookup_key,
+                "unlock_price",
+                move |state, now| {
+                    let keys = [names().price_lock(lookup_key)];
+                    integer_reply(state.eval(now, RELEASE_LUA, &keys, &[token.to_owned()]))
+                        .map(drop)
+                },
+                move |_| token.to_owned(),
+            )
+            .await?
+        }
         .boxed()
     }
 
@@ -428,16 +510,27 @@ impl JobStore for MemoryStore {
         self.call(
             pay_key,
             "begin",
-            move |keys, now| {
-                if let Some(result) = &keys.result {
-                    return JobStart::Settled(Box::new(result.clone()));
-                }
-                if keys.holder(now).is_some() {
-                    return JobStart::Busy;
-                }
-                keys.lock = Some((token.to_owned(), now + ttl));
-                JobStart::Locked {
-                    created: keys.created.clone(),
+            move |state, now| {
+                let names = names();
+                let keys = [
+                    names.result(pay_key),
+                    names.lock(pay_key),
+                    names.created(pay_key),
+                ];
+                let args = [token.to_owned(), millis(ttl).to_string()];
+                // As `Store::begin_job` reads the reply.
+                let answer = match checked(state.eval(now, BEGIN_LUA, &keys, &args))? {
+                    Reply::Array(items) => items,
+                    other => return Err(StoreError::Corrupt(format!("job start {other:?}"))),
+                };
+                let second = answer.get(1).map(Reply::text).unwrap_or_default();
+                match answer.first().map(Reply::text) {
+                    Some("settled") => Ok(JobStart::Settled(Box::new(parse_result(second)?))),
+                    Some("locked") => Ok(JobStart::Locked {
+                        created: parse_created(second)?,
+                    }),
+                    Some("busy") => Ok(JobStart::Busy),
+                    other => Err(StoreError::Corrupt(format!("job start `{other:?}`"))),
                 }
             },
             move |start| match start {
@@ -461,13 +554,10 @@ impl JobStore for MemoryStore {
         self.call(
             pay_key,
             "extend",
-            move |keys, now| {
-                if keys.holder(now) == Some(token) {
-                    keys.lock = Some((token.to_owned(), now + ttl));
-                    true
-                } else {
-                    false
-                }
+            move |state, now| {
+                let keys = [names().lock(pay_key)];
+                let args = [token.to_owned(), millis(ttl).to_string()];
+                integer_reply(state.eval(now, EXTEND_LUA, &keys, &args)).map(|n| n == 1)
             },
             move |extended| format!("{token} {extended}"),
         )
@@ -482,10 +572,9 @@ impl JobStore for MemoryStore {
         self.call(
             pay_key,
             "unlock",
-            move |keys, now| {
-                if keys.holder(now) == Some(token) {
-                    keys.lock = None;
-                }
+            move |state, now| {
+                let keys = [names().lock(pay_key)];
+                integer_reply(state.eval(now, RELEASE_LUA, &keys, &[token.to_owned()])).map(drop)
             },
             move |()| token.to_owned(),
         )
@@ -501,12 +590,13 @@ impl JobStore for MemoryStore {
         self.call(
             pay_key,
             "record_create",
-            move |keys, now| {
-                let holds = keys.holder(now) == Some(token);
-                if holds {
-                    keys.created = Some(sent.clone());
-                }
-                holds
+            move |state, now| {
+                let json = serde_json::to_string(sent)
+                    .map_err(|e| StoreError::Corrupt(format!("create record: {e}")))?;
+                let names = names();
+                let keys = [names.lock(pay_key), names.created(pay_key)];
+                let args = [token.to_owned(), json, RECORD_TTL.as_secs().to_string()];
+                integer_reply(state.eval(now, RECORD_CREATE_LUA, &keys, &args)).map(|n| n == 1)
             },
             move |recorded| {
                 format!(
@@ -527,7 +617,10 @@ impl JobStore for MemoryStore {
         self.call(
             pay_key,
             "created",
-            |keys, _| keys.created.clone(),
+            |state, now| {
+                let json = state.get(now, &names().created(pay_key))?;
+                parse_created(json.as_deref().unwrap_or_default())
+            },
             |created| format!("{:?}", created.as_ref().map(|c| c.generation)),
         )
         .boxed()
@@ -542,16 +635,33 @@ impl JobStore for MemoryStore {
         self.call(
             pay_key,
             "finish",
-            move |keys, now| {
-                let holds = keys.holder(now) == Some(token);
-                if keys.result.is_none() && result.is_failed() && !holds {
-                    return None;
+            move |state, now| {
+                let json = serde_json::to_string(result)
+                    .map_err(|e| StoreError::Corrupt(format!("result: {e}")))?;
+                let names = names();
+                let keys = [
+                    names.result(pay_key),
+                    names.lock(pay_key),
+                    names.intake(pay_key),
+                    names.created(pay_key),
+                ];
+                let flag = |on: bool| if on { "1" } else { "0" }.to_owned();
+                let args = [
+                    json,
+                    RECORD_TTL.as_secs().to_string(),
+                    token.to_owned(),
+                    flag(result.is_failed()),
+                    flag(result.subscription_lives()),
+                ];
+                // As `Store::finish_job` reads the reply.
+                let stored = match checked(state.eval(now, FINISH_LUA, &keys, &args))? {
+                    Reply::Bulk(stored) => stored,
+                    other => return Err(StoreError::Corrupt(format!("finish {other:?}"))),
+                };
+                if stored.is_empty() {
+                    return Ok(None);
                 }
-                let stored = keys.result.get_or_insert_with(|| result.clone()).clone();
-                if holds {
-                    keys.lock = None;
-                }
-                Some(stored)
+                parse_result(&stored).map(Some)
             },
             move |stored| match stored {
                 Some(stored) => format!("{token} stored {} {}", stored.status, stored.sub_id),
@@ -568,7 +678,12 @@ impl JobStore for MemoryStore {
         self.call(
             pay_key,
             "result",
-            |keys, _| keys.result.clone(),
+            |state, now| {
+                state
+                    .get(now, &names().result(pay_key))?
+                    .map(|json| parse_result(&json))
+                    .transpose()
+            },
             |result| format!("{:?}", result.as_ref().map(|r| &r.status)),
         )
         .boxed()
@@ -578,7 +693,10 @@ impl JobStore for MemoryStore {
         self.call(
             pay_key,
             "record",
-            |keys, _| keys.record,
+            |state, now| {
+                let key = names().intake(pay_key);
+                integer_reply(state.redis.command(now, &["EXISTS", &key])).map(|n| n == 1)
+            },
             |kept| format!("{kept}"),
         )
         .boxed()
@@ -593,12 +711,13 @@ impl JobStore for MemoryStore {
         self.call(
             pay_key,
             "lock",
-            move |keys, now| {
-                let free = keys.holder(now).is_none();
-                if free {
-                    keys.lock = Some((token.to_owned(), now + ttl));
-                }
-                free
+            move |state, now| {
+                let key = names().lock(pay_key);
+                let ttl = millis(ttl).to_string();
+                let set = state
+                    .redis
+                    .command(now, &["SET", &key, token, "NX", "PX", &ttl]);
+                set_nx(set)
             },
             move |locked| format!("{token} {locked}"),
         )
@@ -613,7 +732,7 @@ impl JobStore for MemoryStore {
         self.call(
             pay_key,
             "apply_renewal",
-            move |keys, _| apply(keys, update),
+            move |state, now| state.apply(pay_key, update, now),
             move |applied| format!("v{} {:?}: {applied:?}", update.version, update.change),
         )
         .boxed()
@@ -623,21 +742,34 @@ impl JobStore for MemoryStore {
         &'a self,
         pay_key: &'a PayKey,
         result: &'a FinalResult,
-        state: RenewalChange,
+        change: RenewalChange,
         version: u64,
     ) -> BoxFuture<'a, Result<FinalResult, StoreError>> {
         let update = RenewalUpdate {
             partner_code: pay_key.partner().clone(),
             version,
-            change: state,
+            change,
         };
         self.call(
             pay_key,
             "restore",
-            move |keys, _| {
-                let stands = keys.result.get_or_insert_with(|| result.clone()).clone();
-                apply(keys, &update);
-                stands
+            move |state, now| {
+                // As `Store::restore`: the result only where none is, then the versioned write.
+                let json = serde_json::to_string(result)
+                    .map_err(|e| StoreError::Corrupt(format!("result: {e}")))?;
+                let key = names().result(pay_key);
+                let ttl = RECORD_TTL.as_secs().to_string();
+                let mut set = vec!["SET", &key, &json, "NX"];
+                if !result.subscription_lives() {
+                    set.extend(["EX", &ttl]);
+                }
+                checked(state.redis.command(now, &set))?;
+                state.apply(pay_key, &update, now)?;
+                Ok(state
+                    .get(now, &key)?
+                    .map(|json| parse_result(&json))
+                    .transpose()?
+                    .unwrap_or_else(|| result.clone()))
             },
             |stands| format!("{} {}", stands.status, stands.sub_id),
         )
