@@ -120,8 +120,16 @@ impl Keyspace {
         let space = std::mem::take(self);
         let (space, reply) = SCRIPTING.with(|cell| {
             let mut scripting = cell.borrow_mut();
-            let scripting = scripting.get_or_insert_with(Scripting::new);
-            scripting.run(Running { space, now }, source, keys, args)
+            if scripting.is_none() {
+                match Scripting::new() {
+                    Ok(made) => *scripting = Some(made),
+                    Err(error) => return (space, Reply::Error(error.to_string())),
+                }
+            }
+            match scripting.as_mut() {
+                Some(scripting) => scripting.run(Running { space, now }, source, keys, args),
+                None => (space, Reply::Error("no Lua state".to_owned())),
+            }
         });
         *self = space;
         reply
@@ -463,34 +471,32 @@ thread_local! {
 }
 
 impl Scripting {
-    fn new() -> Self {
+    /// A Lua state with `redis.call` and `redis.pcall` bound to the keyspace. Fails only when
+    /// Lua cannot allocate; the caller answers that as a script error.
+    fn new() -> mlua::Result<Self> {
         let lua = Lua::new();
-        let redis = lua.create_table().expect("a Lua table");
-        let call = lua
-            .create_function(|lua, args: MultiValue| {
-                let reply = command_from_lua(lua, args)?;
-                if let Reply::Error(message) = reply {
-                    return Err(mlua::Error::RuntimeError(message));
-                }
-                to_lua(lua, reply)
-            })
-            .expect("redis.call");
-        let pcall = lua
-            .create_function(|lua, args: MultiValue| {
-                let reply = match command_from_lua(lua, args) {
-                    Ok(reply) => reply,
-                    Err(error) => Reply::Error(error.to_string()),
-                };
-                to_lua(lua, reply)
-            })
-            .expect("redis.pcall");
-        redis.set("call", call).expect("redis.call");
-        redis.set("pcall", pcall).expect("redis.pcall");
-        lua.globals().set("redis", redis).expect("the redis table");
-        Scripting {
+        let redis = lua.create_table()?;
+        let call = lua.create_function(|lua, args: MultiValue| {
+            let reply = command_from_lua(lua, args)?;
+            if let Reply::Error(message) = reply {
+                return Err(mlua::Error::RuntimeError(message));
+            }
+            to_lua(lua, reply)
+        })?;
+        let pcall = lua.create_function(|lua, args: MultiValue| {
+            let reply = match command_from_lua(lua, args) {
+                Ok(reply) => reply,
+                Err(error) => Reply::Error(error.to_string()),
+            };
+            to_lua(lua, reply)
+        })?;
+        redis.set("call", call)?;
+        redis.set("pcall", pcall)?;
+        lua.globals().set("redis", redis)?;
+        Ok(Scripting {
             lua,
             compiled: HashMap::new(),
-        }
+        })
     }
 
     fn run(
@@ -507,6 +513,7 @@ impl Scripting {
                 other => other.to_string(),
             })
         });
+        // Lent just above and only borrowed by the commands, never taken: it is still there.
         let running = self
             .lua
             .remove_app_data::<Running>()
