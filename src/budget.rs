@@ -13,12 +13,36 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
-use crate::store::{BudgetWaiter, Store, Turn};
+use crate::store::{BudgetWaiter, Store, StoreError, Turn};
 use crate::stripe::Budget;
+
+/// Where a gate asks for turns: Redis's turn script ([`Store::take_stripe_turn`]), or, in the
+/// simulation, the same script on the twin's keyspace.
+pub trait TurnSource: Send + Sync {
+    /// One call's turn for one of `waiting` under a budget of `per_second`, or how long to
+    /// wait before asking again.
+    fn take_turn<'a>(
+        &'a self,
+        per_second: u32,
+        waiting: &'a [BudgetWaiter<'a>],
+    ) -> BoxFuture<'a, Result<Turn, StoreError>>;
+}
+
+impl TurnSource for Store {
+    fn take_turn<'a>(
+        &'a self,
+        per_second: u32,
+        waiting: &'a [BudgetWaiter<'a>],
+    ) -> BoxFuture<'a, Result<Turn, StoreError>> {
+        self.take_stripe_turn(per_second, waiting).boxed()
+    }
+}
 
 /// The answer a waiting call gets: it may go, or the budget could not be asked.
 type Answer = Result<(), String>;
@@ -33,7 +57,7 @@ pub struct SharedBudget {
 
 /// What the process's calls wait in, and what the task asking for them reads.
 struct Gate {
-    store: Store,
+    turns: Arc<dyn TurnSource>,
     per_second: u32,
     /// Each configured partner's weight; a partner not configured (and calls of no partner)
     /// weighs 1.
@@ -54,14 +78,31 @@ impl SharedBudget {
     /// The budget `settings` describe (`stripe.max_requests_per_second`, each partner's
     /// `weight`), in `store`; waits end when `give_up` is cancelled.
     pub fn new(settings: &Settings, store: Store, give_up: CancellationToken) -> Self {
+        let weights = settings
+            .partners
+            .iter()
+            .map(|p| (p.code.clone(), p.weight))
+            .collect();
+        Self::asking(
+            Arc::new(store),
+            settings.stripe.max_requests_per_second,
+            weights,
+            give_up,
+        )
+    }
+
+    /// A budget of `per_second`, shared by `weights` (a partner not listed weighs 1), asked of
+    /// `turns`; waits end when `give_up` is cancelled.
+    pub fn asking(
+        turns: Arc<dyn TurnSource>,
+        per_second: u32,
+        weights: HashMap<String, u32>,
+        give_up: CancellationToken,
+    ) -> Self {
         let gate = Gate {
-            store,
-            per_second: settings.stripe.max_requests_per_second,
-            weights: settings
-                .partners
-                .iter()
-                .map(|p| (p.code.clone(), p.weight))
-                .collect(),
+            turns,
+            per_second,
+            weights,
             waiting: Mutex::default(),
         };
         SharedBudget {
@@ -136,7 +177,7 @@ impl Gate {
                     calls: *calls,
                 })
                 .collect();
-            match self.store.take_stripe_turn(self.per_second, &waiters).await {
+            match self.turns.take_turn(self.per_second, &waiters).await {
                 Ok(Turn::Granted(index)) => self.let_one_go(&listed[index].0),
                 Ok(Turn::Wait(wait)) => tokio::time::sleep(wait).await,
                 Err(error) => self.fail_all(&error.to_string()),

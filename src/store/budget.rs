@@ -15,12 +15,9 @@ use super::{Store, StoreError, with_timeout};
 /// go, else the µs to wait before asking again.
 /// KEYS: budget. ARGV: interval (µs), burst tolerance (µs).
 static TAKE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
+        "{GCRA_HEAD}{}",
         r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local interval = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
 if tat - burst > now then
@@ -29,9 +26,17 @@ end
 local next_tat = tat + interval
 redis.call('SET', KEYS[1], string.format('%d', next_tat), 'PX', math.ceil((next_tat - now) / 1000) + 1000)
 return 0
-"#,
-    )
+"#
+    ))
 });
+
+/// The first lines of both GCRA scripts: now on Redis's clock (µs), and the rate's interval and
+/// burst tolerance from ARGV[1] and ARGV[2].
+const GCRA_HEAD: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])"#;
 
 /// The GCRA of [`TAKE`], with the partners served in turn: start-time fair queueing, asked
 /// by one process for every partner with calls waiting in it.
@@ -51,13 +56,10 @@ return 0
 /// KEYS: budget (TAT), shares (hash). ARGV: interval (µs), burst (µs), window (µs), then for
 /// each partner waiting in the asking process: its name, weight and calls waiting. Returns
 /// {index of the partner granted (1-based), 0} or {0, µs to wait before asking again}.
-static TAKE_TURN: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+pub(crate) static TAKE_TURN_LUA: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{GCRA_HEAD}{}",
         r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local interval = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
 local window = tonumber(ARGV[3])
 local stored = tonumber(redis.call('GET', KEYS[1]) or '0')
 local tat = math.max(stored, now)
@@ -127,9 +129,44 @@ if chosen.count <= 1 then
   redis.call('HDEL', KEYS[2], 'w:' .. chosen.partner)
 end
 return {best, 0}
-"#,
+"#
     )
 });
+static TAKE_TURN: LazyLock<Script> = LazyLock::new(|| Script::new(&TAKE_TURN_LUA));
+
+/// [`TAKE_TURN_LUA`]'s ARGV for a budget of `per_second` and the partners `waiting`.
+pub(crate) fn take_turn_args(per_second: u32, waiting: &[BudgetWaiter<'_>]) -> Vec<String> {
+    let interval_us = 1_000_000 / u64::from(per_second.max(1));
+    // A small tolerance lets two processes that asked at almost the same instant both go,
+    // without ever exceeding the rate over any second.
+    let burst_us = interval_us;
+    // A partner counts as waiting while its process asks again within this: a process with
+    // calls waiting asks at least once an interval, plus a timer's and a round trip's slack.
+    let window_us = 2 * interval_us + 20_000;
+    let mut args = vec![
+        interval_us.to_string(),
+        burst_us.to_string(),
+        window_us.to_string(),
+    ];
+    for waiter in waiting {
+        args.push(waiter.partner.to_owned());
+        args.push(waiter.weight.max(1).to_string());
+        args.push(waiter.calls.to_string());
+    }
+    args
+}
+
+/// [`TAKE_TURN_LUA`]'s reply {granted (1-based, 0 for none), µs to wait} as a [`Turn`] for
+/// `waiting` partners.
+pub(crate) fn read_turn(granted: i64, wait_us: i64, waiting: usize) -> Turn {
+    let index = usize::try_from(granted).ok().and_then(|g| g.checked_sub(1));
+    match index {
+        Some(index) if index < waiting => Turn::Granted(index),
+        _ => Turn::Wait(Duration::from_micros(
+            u64::try_from(wait_us).unwrap_or(0).max(1_000),
+        )),
+    }
+}
 
 /// A partner with calls waiting in this process for the budget.
 #[derive(Debug, Clone, Copy)]
@@ -159,36 +196,17 @@ impl Store {
         per_second: u32,
         waiting: &[BudgetWaiter<'_>],
     ) -> Result<Turn, StoreError> {
-        let interval_us = 1_000_000 / u64::from(per_second.max(1));
-        // A small tolerance lets two processes that asked at almost the same instant both go,
-        // without ever exceeding the rate over any second.
-        let burst_us = interval_us;
-        // A partner counts as waiting while its process asks again within this: a process
-        // with calls waiting asks at least once an interval, plus a timer's and a round trip's
-        // slack.
-        let window_us = 2 * interval_us + 20_000;
         let mut script = TAKE_TURN.prepare_invoke();
         script
             .key(self.keys.stripe_budget())
-            .key(self.keys.stripe_budget_shares())
-            .arg(interval_us)
-            .arg(burst_us)
-            .arg(window_us);
-        for waiter in waiting {
-            script
-                .arg(waiter.partner)
-                .arg(waiter.weight.max(1))
-                .arg(waiter.calls);
+            .key(self.keys.stripe_budget_shares());
+        for arg in take_turn_args(per_second, waiting) {
+            script.arg(arg);
         }
         let mut connection = self.connection().await?;
-        let (granted, wait_us): (usize, i64) =
+        let (granted, wait_us): (i64, i64) =
             with_timeout(script.invoke_async(&mut connection)).await?;
-        Ok(match granted.checked_sub(1) {
-            Some(index) if index < waiting.len() => Turn::Granted(index),
-            _ => Turn::Wait(Duration::from_micros(
-                u64::try_from(wait_us).unwrap_or(0).max(1_000),
-            )),
-        })
+        Ok(read_turn(granted, wait_us, waiting.len()))
     }
 
     /// One request of a partner against its intake rate; false when it is over. A second's

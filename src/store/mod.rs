@@ -29,6 +29,7 @@ pub use budget::{BudgetWaiter, Turn};
 /// arguments and reads their replies with: the store twin (`worker::memory`) runs the same text.
 #[cfg(feature = "testing")]
 pub(crate) mod scripts {
+    pub(crate) use super::budget::{TAKE_TURN_LUA, read_turn, take_turn_args};
     pub(crate) use super::job::{
         BEGIN_LUA, EXTEND_LUA, FINISH_LUA, RECORD_CREATE_LUA, RELEASE_LUA, millis, parse_created,
         parse_result,

@@ -5,12 +5,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use autorenew::budget::TurnSource;
 use autorenew::config::RedisSettings;
 use autorenew::domain::renewal::{RenewalChange, RenewalUpdate};
 use autorenew::domain::{
     FailureCode, FailureDetail, FinalResult, PartnerCode, PayId, PayKey, failure_mark,
 };
-use autorenew::store::Store;
+use autorenew::store::{BudgetWaiter, Store, Turn};
 use autorenew::stripe::{
     ClientOptions, CustomerMark, Gateway, NewCustomer, StripeFailure, Unlimited,
 };
@@ -172,6 +173,62 @@ async fn the_memory_store_answers_the_job_path_like_redis() {
     assert!(
         real[26].contains("counted: false"),
         "an invoice twice: {real:?}"
+    );
+}
+
+/// What the budget's turn script answers to a run of asks at one moment, in words: which
+/// waiter is granted, or that the caller must wait (its length depends on the clock, so only
+/// whether it is within the interval is said).
+async fn turn_rules(turns: &dyn TurnSource) -> Vec<String> {
+    let waiter = |partner, calls| BudgetWaiter {
+        partner,
+        weight: 1,
+        calls,
+    };
+    // One call a second: asks a few milliseconds apart all fall within one interval.
+    let asks: [&[BudgetWaiter<'_>]; 5] = [
+        &[waiter("A", 2), waiter("B", 1)],
+        &[waiter("A", 1), waiter("B", 1)],
+        &[waiter("B", 1)],
+        &[],
+        &[waiter("A", 1)],
+    ];
+    let mut said = Vec::new();
+    for waiting in asks {
+        said.push(match turns.take_turn(1, waiting).await {
+            Ok(Turn::Granted(index)) => format!("granted {}", waiting[index].partner),
+            Ok(Turn::Wait(wait)) if wait <= Duration::from_secs(1) => "wait".to_owned(),
+            other => format!("{other:?}"),
+        });
+    }
+    said
+}
+
+#[tokio::test]
+async fn the_memory_store_takes_budget_turns_like_redis() {
+    let prefix = format!("twin-{}", uuid::Uuid::new_v4().simple());
+    let redis = Store::new(&RedisSettings {
+        url: SecretString::from(SHARED_REDIS),
+        key_prefix: prefix.clone(),
+        ..RedisSettings::default()
+    })
+    .expect("a store");
+
+    let real = turn_rules(&redis).await;
+    let memory = turn_rules(&MemoryStore::new(
+        1,
+        Duration::from_millis(1),
+        Trace::default(),
+    ))
+    .await;
+    delete_keys(SHARED_REDIS, &prefix).await;
+
+    assert_eq!(memory, real);
+    assert_eq!(
+        real,
+        ["granted A", "granted B", "wait", "wait", "wait"],
+        "two calls within the tolerance (A first, by name; then B, whose turn it is), then \
+         nobody until the interval has passed"
     );
 }
 

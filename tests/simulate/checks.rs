@@ -558,3 +558,34 @@ impl Turns<'_> {
         }
     }
 }
+
+/// Invariant 13, the shared budget holds: the calls every worker sent to Stripe through its
+/// gate, over any one second, are at most the rate plus the GCRA's tolerance. The turn script
+/// lets a call go while the theoretical arrival time is at most one interval ahead, so any
+/// window of one second holds at most `per_second + 2` calls (one for the tolerance, one for
+/// the window's two ends). Redis losing everything resets the budget, so one more call may go
+/// then.
+pub fn within_budget(
+    sent: &[tokio::time::Instant],
+    per_second: u32,
+    data_lost: bool,
+) -> Vec<String> {
+    let bound = per_second as usize + 2 + usize::from(data_lost);
+    let second = std::time::Duration::from_secs(1);
+    let mut first = 0;
+    for (last, at) in sent.iter().enumerate() {
+        while *at - sent[first] >= second {
+            first += 1;
+        }
+        let in_window = last - first + 1;
+        if in_window > bound {
+            let start = sent.first().copied().unwrap_or(*at);
+            return vec![format!(
+                "stripe budget: {in_window} calls within one second up to {:.3} s, more than \
+                 {per_second}/s allows ({bound})",
+                (*at - start).as_secs_f64()
+            )];
+        }
+    }
+    Vec::new()
+}

@@ -106,7 +106,7 @@ fn main() -> ExitCode {
 
 /// Paths of the job path a schedule may reach, by a trace line that shows it: printed as how
 /// many schedules reached each, so a change that makes the simulation blind shows.
-const COVERAGE: [(&str, &str); 18] = [
+const COVERAGE: [(&str, &str); 21] = [
     ("lock busy", "Lock attempt"),
     ("settled copy", ": settled "),
     ("parked", "handled: parked"),
@@ -128,6 +128,9 @@ const COVERAGE: [(&str, &str); 18] = [
     ("confirm lost after routing", "confirm timed out (routed)"),
     ("Stripe event announced", "handled: stripe_event Ack"),
     ("Stripe event stored only", "handled: stripe_event_ignored"),
+    ("worker paused", "pauses for"),
+    ("paused past its lock", "lost the lock: failure not stored"),
+    ("budget wait", "take_turn budget: wait"),
 ];
 
 /// Refusals of an earlier step that a single trace line does not show: (an attach was refused

@@ -1,17 +1,19 @@
 //! One schedule: the world (broker, Redis, Stripe, a clock), the actors (intake, workers,
 //! `dlq replay`, the chaos), and what they did, drawn from one seed.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use autorenew::budget::SharedBudget;
 use autorenew::config::PlanSettings;
 use autorenew::domain::Job;
 use autorenew::domain::cancel::{CANCEL_MESSAGE_TYPE, CancelJob, CancelWhen};
 use autorenew::domain::webhook::STRIPE_EVENT_MESSAGE_TYPE;
 use autorenew::worker::memory::{
-    Faults, MemoryQueue, MemoryStore, MemoryStripe, QueueDelays, QueuedJob, Trace, VirtualClock,
+    Faults, MemoryQueue, MemoryStore, MemoryStripe, Pauses, QueueDelays, QueuedJob, Trace,
+    VirtualClock,
 };
 use autorenew::worker::message::{Message, after_panic, handle};
 use autorenew::worker::ports::Disposition;
@@ -102,6 +104,22 @@ fn data_loss_share() -> f64 {
         .unwrap_or(DATA_LOSS_SHARE)
 }
 
+/// Mixed into the seed for the pause draws: the share of schedules whose workers pause (a
+/// stop-the-world collection, a throttled VM), how likely a call of theirs starts a pause, and
+/// how long one lasts: from half the lock's TTL to three times it, so most outlive the lock.
+const PAUSE_SEED: u64 = 0x0A05_E5ED;
+const PAUSE_SCHEDULES: f64 = 0.3;
+const MAX_PAUSE_RATE: f64 = 0.03;
+/// The chance that a job's last steps (storing its result, marking a failure at Stripe) start
+/// a pause, in those schedules.
+const HOT_PAUSE_RATE: f64 = 0.3;
+/// Mixed into the seed for the budget draws: the share of schedules whose Stripe calls wait
+/// for the shared budget (the real gate, `budget::SharedBudget`, asking the real turn script on
+/// the twin's keyspace), and its rate, low enough that calls queue for it.
+const BUDGET_SEED: u64 = 0x0B0D_6E75;
+const BUDGET_SCHEDULES: f64 = 0.3;
+const BUDGET_RATES: std::ops::RangeInclusive<u32> = 5..=25;
+
 /// What a schedule did and what it broke.
 pub struct Report {
     pub violations: Vec<String>,
@@ -126,6 +144,10 @@ pub struct World {
     pub stripe: MemoryStripe,
     pub clock: VirtualClock,
     pub trace: Trace,
+    /// Which worker processes are paused, and the draws that pause them.
+    pub pauses: Pauses,
+    /// The Stripe budget every worker's calls wait for, per second, in schedules that have one.
+    pub budget: Option<u32>,
     /// The tokens of jobs that panicked: a cancel's lock is left to expire by its TTL.
     pub panicked: Arc<Mutex<BTreeSet<String>>>,
 }
@@ -230,17 +252,23 @@ async fn schedule(seed: u64) -> Report {
         reconcile: Duration::from_secs(15),
     };
     let mut partners = Partners::draw(seed);
+    let pauses = Pauses::new(trace.clone());
     let world = World {
-        queue: MemoryQueue::new(delays, DELIVERY_LIMIT, trace.clone()).with_lanes(&partners.lanes),
+        queue: MemoryQueue::new(delays, DELIVERY_LIMIT, trace.clone())
+            .with_lanes(&partners.lanes)
+            .pausing(&pauses),
         // Redis is sometimes slow: wider windows between two calls of one job.
         store: MemoryStore::new(
             rng.u64(..),
             Duration::from_millis(rng.u64(1..=40)),
             trace.clone(),
-        ),
-        stripe: MemoryStripe::new(rng.u64(..), CLIENT_TIMEOUT, trace.clone()),
+        )
+        .pausing(&pauses),
+        stripe: MemoryStripe::new(rng.u64(..), CLIENT_TIMEOUT, trace.clone()).pausing(&pauses),
         clock: VirtualClock::new(1_800_000_000_000),
         trace: trace.clone(),
+        pauses,
+        budget: draw_budget(seed),
         panicked: Arc::default(),
     };
     world.stripe.add_price(PRICE, "prod_basic");
@@ -266,6 +294,7 @@ async fn schedule(seed: u64) -> Report {
     // The schedule's shape.
     let job_count = rng.usize(2..=8);
     let workers = rng.usize(1..=3);
+    draw_pauses(seed, &world, workers);
     let concurrency = rng.usize(1..=3);
     let chaos_window = Duration::from_secs(rng.u64(10..=40));
     let faults = Faults {
@@ -455,6 +484,7 @@ async fn schedule(seed: u64) -> Report {
     world.store.set_away(false);
     world.queue.set_down(false);
     world.queue.set_publish_faults(0, 0.0);
+    world.pauses.stop_drawing();
     // A crashed worker that had not come back yet does now.
     for (index, process) in processes.iter().enumerate() {
         if !lock(process).alive {
@@ -510,15 +540,26 @@ async fn schedule(seed: u64) -> Report {
     let books = lock(&books);
     violations.extend(checks::invariants(&world, &books));
     violations.extend(checks::served_in_turn(&world.queue.lane_log(), &books));
+    if let Some(per_second) = world.budget {
+        violations.extend(checks::within_budget(
+            &world.stripe.budgeted_sends(),
+            per_second,
+            books.data_lost,
+        ));
+    }
     let counts = world.stripe.counts();
     let flood = match &partners.flood {
         Some((who, size, _)) => format!(", {who} floods {size}"),
         None => String::new(),
     };
+    let budget = match world.budget {
+        Some(per_second) => format!(", budget {per_second}/s"),
+        None => String::new(),
+    };
     let summary = format!(
         "{job_count} jobs, {} partners ({} with a lane{flood}), {workers} workers x \
          {concurrency}, fault rate {:.2}, decline rate {:.2}, {} Stripe calls ({} faults, {} \
-         panics), {} crashes, {} replays",
+         panics{budget}), {} crashes, {} pauses, {} replays",
         partners.codes.len(),
         partners.lanes.len(),
         faults.rate,
@@ -527,6 +568,7 @@ async fn schedule(seed: u64) -> Report {
         counts.faults,
         counts.panics,
         books.crashes,
+        world.pauses.count(),
         books.replays
     );
     Report {
@@ -534,6 +576,38 @@ async fn schedule(seed: u64) -> Report {
         trace: trace.lines(),
         summary,
     }
+}
+
+/// In some schedules (from draws of their own), every worker's calls may start a pause of the
+/// whole process, so that its locks expire under it while it still believes it holds them.
+fn draw_pauses(seed: u64, world: &World, workers: usize) {
+    let mut draws = fastrand::Rng::with_seed(seed ^ PAUSE_SEED);
+    if draws.f64() >= share("SIM_PAUSES", PAUSE_SCHEDULES) {
+        return;
+    }
+    let rate = draws.f64() * MAX_PAUSE_RATE;
+    let who = (0..workers).map(|index| format!("w{index}.")).collect();
+    world.pauses.set_prone(
+        draws.u64(..),
+        who,
+        rate,
+        &[("finish", HOT_PAUSE_RATE), ("mark", HOT_PAUSE_RATE)],
+        LOCK_TTL / 2..LOCK_TTL * 3,
+    );
+}
+
+/// The budget's rate in the schedules that have one (from draws of their own).
+fn draw_budget(seed: u64) -> Option<u32> {
+    let mut draws = fastrand::Rng::with_seed(seed ^ BUDGET_SEED);
+    (draws.f64() < share("SIM_BUDGET", BUDGET_SCHEDULES)).then(|| draws.u32(BUDGET_RATES))
+}
+
+/// A share of schedules: `variable` if it is set to a number, else `default`.
+fn share(variable: &str, default: f64) -> f64 {
+    std::env::var(variable)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// The share of card checks the issuer declines: in some schedules only, drawn from a source of
@@ -782,11 +856,22 @@ fn start(
     world
         .trace
         .note(&name, || format!("starts (clock off by {skew_ms} ms)"));
+    let mut stripe = world.stripe.named(&name);
+    if let Some(per_second) = world.budget {
+        // Each process has its own gate, asking the one budget all of them share.
+        let gate = SharedBudget::asking(
+            Arc::new(world.store.named(&name)),
+            per_second,
+            HashMap::new(),
+            tokio_util::sync::CancellationToken::new(),
+        );
+        stripe = stripe.with_budget(Arc::new(gate));
+    }
     let ctx = Arc::new(JobContext {
         ports: JobPorts {
             queue: Arc::new(world.queue.named(&name)),
             store: Arc::new(world.store.named(&name)),
-            stripe: Arc::new(world.stripe.named(&name)),
+            stripe: Arc::new(stripe),
             clock: Arc::new(world.clock.skewed(skew_ms)),
         },
         settings: job_settings(),

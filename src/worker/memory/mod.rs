@@ -11,6 +11,7 @@
 mod clock;
 mod keyspace;
 mod lanes;
+mod pause;
 mod queue;
 mod store;
 mod stripe;
@@ -18,6 +19,7 @@ mod trace;
 
 pub use clock::VirtualClock;
 pub use lanes::{Lane, LaneChange, LaneEvent};
+pub use pause::Pauses;
 pub use queue::{Delivery, MemoryQueue, QueueDelays, QueuedJob};
 pub use store::MemoryStore;
 pub use stripe::{Fault as StripeFault, Faults, MemoryStripe, StripeCounts};

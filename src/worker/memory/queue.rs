@@ -21,10 +21,11 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
 use tokio::time::Instant;
 
-use super::Trace;
 use super::lanes::{Lane, LaneEvent, Lanes};
+use super::{Pauses, Trace};
 use crate::broker::BrokerError;
 use crate::domain::ResultEvent;
 use crate::domain::event::LifecycleEvent;
@@ -150,6 +151,7 @@ pub struct MemoryQueue {
     delivery_limit: u32,
     who: Arc<str>,
     trace: Trace,
+    pauses: Pauses,
 }
 
 impl MemoryQueue {
@@ -161,6 +163,16 @@ impl MemoryQueue {
             delivery_limit,
             who: "broker".into(),
             trace,
+            pauses: Pauses::default(),
+        }
+    }
+
+    /// The same broker, whose clients stop while `pauses` says they are paused: a paused
+    /// consumer takes nothing new, and its publishes neither leave nor are confirmed.
+    pub fn pausing(self, pauses: &Pauses) -> Self {
+        MemoryQueue {
+            pauses: pauses.clone(),
+            ..self
         }
     }
 
@@ -311,21 +323,14 @@ impl MemoryQueue {
     /// Waits for the next message for `consumer`.
     pub async fn receive(&self, consumer: &str) -> Delivery {
         loop {
+            self.pauses.wait(consumer).await;
             let arrived = self.arrived.notified();
             tokio::pin!(arrived);
             arrived.as_mut().enable();
             if let Some(delivery) = self.try_receive(consumer) {
                 return delivery;
             }
-            if let Some(due) = self.due_while_up() {
-                tokio::select! {
-                    biased;
-                    () = &mut arrived => {}
-                    () = tokio::time::sleep_until(due) => {}
-                }
-            } else {
-                arrived.await;
-            }
+            self.until_arrived_or_due(arrived).await;
         }
     }
 
@@ -337,15 +342,22 @@ impl MemoryQueue {
             tokio::pin!(arrived);
             arrived.as_mut().enable();
             self.move_due();
-            if let Some(due) = self.due_while_up() {
+            self.until_arrived_or_due(arrived).await;
+        }
+    }
+
+    /// Waits until something arrives (`arrived`, enabled before the state was last read, so
+    /// nothing slips between the read and the wait) or the first delayed message is due.
+    async fn until_arrived_or_due(&self, arrived: std::pin::Pin<&mut Notified<'_>>) {
+        match self.due_while_up() {
+            Some(due) => {
                 tokio::select! {
                     biased;
-                    () = &mut arrived => {}
+                    () = arrived => {}
                     () = tokio::time::sleep_until(due) => {}
                 }
-            } else {
-                arrived.await;
             }
+            None => arrived.await,
         }
     }
 
@@ -505,6 +517,14 @@ impl MemoryQueue {
     /// Waits one hop, then applies `publish` unless the broker is away or nacks it; a confirm
     /// that is lost leaves the message applied and fails after the client's timeout.
     async fn confirmed(&self, publish: impl FnOnce(&mut State)) -> Result<(), BrokerError> {
+        self.pauses.hold(&self.who, "publish").await;
+        let done = self.confirm(publish).await;
+        self.pauses.wait(&self.who).await;
+        done
+    }
+
+    /// The publish and its confirm, between the caller's pauses.
+    async fn confirm(&self, publish: impl FnOnce(&mut State)) -> Result<(), BrokerError> {
         tokio::time::sleep(HOP).await;
         let fault = {
             let mut state = self.state();

@@ -14,15 +14,16 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use tokio::time::Instant;
 
-use super::Trace;
 use super::keyspace::{Keyspace, Reply};
+use super::{Pauses, Trace};
+use crate::budget::TurnSource;
 use crate::domain::renewal::{Applied, RenewalChange, RenewalUpdate};
 use crate::domain::{FinalResult, PayKey};
-use crate::store::StoreError;
 use crate::store::scripts::{
-    APPLY_LUA, BEGIN_LUA, EXTEND_LUA, FINISH_LUA, RECORD_CREATE_LUA, RELEASE_LUA, apply_args,
-    apply_keys, millis, parse_created, parse_result,
+    APPLY_LUA, BEGIN_LUA, EXTEND_LUA, FINISH_LUA, RECORD_CREATE_LUA, RELEASE_LUA, TAKE_TURN_LUA,
+    apply_args, apply_keys, millis, parse_created, parse_result, read_turn, take_turn_args,
 };
+use crate::store::{BudgetWaiter, StoreError, Turn};
 use crate::worker::ports::{CreateSent, JobStart, JobStore};
 
 /// How long a call waits for a Redis that does not answer.
@@ -140,6 +141,7 @@ pub struct MemoryStore {
     state: Arc<Mutex<State>>,
     who: Arc<str>,
     trace: Trace,
+    pauses: Pauses,
 }
 
 impl MemoryStore {
@@ -156,6 +158,15 @@ impl MemoryStore {
             state: Arc::new(Mutex::new(state)),
             who: "redis".into(),
             trace,
+            pauses: Pauses::default(),
+        }
+    }
+
+    /// The same store, whose callers stop while `pauses` says they are paused.
+    pub fn pausing(self, pauses: &Pauses) -> Self {
+        MemoryStore {
+            pauses: pauses.clone(),
+            ..self
         }
     }
 
@@ -357,6 +368,20 @@ impl MemoryStore {
         show: impl FnOnce(&T) -> String,
     ) -> Result<T, StoreError> {
         let pay_id = label;
+        self.pauses.hold(&self.who, name).await;
+        let answer = self.round_trip(pay_id, name, op, show).await;
+        self.pauses.wait(&self.who).await;
+        answer
+    }
+
+    /// The call itself, between the caller's pauses.
+    async fn round_trip<T>(
+        &self,
+        pay_id: &str,
+        name: &str,
+        op: impl FnOnce(&mut State, Instant) -> T,
+        show: impl FnOnce(&T) -> String,
+    ) -> Result<T, StoreError> {
         let round_trip = {
             let mut state = self.state();
             let (max, stall_rate) = (state.round_trip_max_ms, state.stall_rate);
@@ -397,6 +422,45 @@ impl MemoryStore {
             return Err(StoreError::Timeout(TIMEOUT));
         }
         Ok(answer)
+    }
+}
+
+/// The budget's turns, from the production turn script on the twin's keyspace (on tokio's
+/// clock, so the rate is in virtual time): the real gate (`budget::SharedBudget`) asks it in
+/// the simulation as it asks Redis in production.
+impl TurnSource for MemoryStore {
+    fn take_turn<'a>(
+        &'a self,
+        per_second: u32,
+        waiting: &'a [BudgetWaiter<'a>],
+    ) -> BoxFuture<'a, Result<Turn, StoreError>> {
+        async move {
+            let keys = [names().stripe_budget(), names().stripe_budget_shares()];
+            let args = take_turn_args(per_second, waiting);
+            let reply = self
+                .call_on(
+                    "budget",
+                    "take_turn",
+                    move |state, now| checked(state.eval(now, &TAKE_TURN_LUA, &keys, &args)),
+                    |reply| match reply {
+                        Ok(Reply::Array(items)) if items.len() == 2 => match items[0].integer() {
+                            0 => format!("wait {} µs", items[1].integer()),
+                            granted => format!("granted to waiter {granted}"),
+                        },
+                        other => format!("{other:?}"),
+                    },
+                )
+                .await??;
+            match reply {
+                Reply::Array(items) if items.len() == 2 => Ok(read_turn(
+                    items[0].integer(),
+                    items[1].integer(),
+                    waiting.len(),
+                )),
+                other => Err(StoreError::Corrupt(format!("take_turn: {other:?}"))),
+            }
+        }
+        .boxed()
     }
 }
 

@@ -32,12 +32,13 @@ use futures_util::future::BoxFuture;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::Trace;
+use super::{Pauses, Trace};
 use crate::domain::renewal::STATUS_CANCELED;
 use crate::domain::{FailureCode, FailureDetail};
 use crate::stripe::{
-    Attached, CreatedCustomer, CustomerMark, FoundSubscription, NewCustomer, NewSubscription,
-    PaymentError, PriceSpec, StripeFailure, Subscribed, SubscriptionState, WriteFailure,
+    Attached, Budget, CreatedCustomer, CustomerMark, FoundSubscription, NewCustomer,
+    NewSubscription, PaymentError, PriceSpec, StripeFailure, Subscribed, SubscriptionState,
+    WriteFailure,
 };
 use crate::worker::ports::StripeApi;
 use stripe::StripeError;
@@ -192,6 +193,8 @@ pub struct StripeCounts {
 struct World {
     rng: fastrand::Rng,
     faults: Faults,
+    /// When each call that waited for a budget left for Stripe, in order.
+    sent: Vec<Instant>,
     keys: BTreeMap<String, KeyRecord>,
     /// id → (partnerCode, email)
     customers: BTreeMap<String, (String, String)>,
@@ -324,6 +327,9 @@ pub struct MemoryStripe {
     wrote: Arc<tokio::sync::Notify>,
     who: Arc<str>,
     trace: Trace,
+    pauses: Pauses,
+    /// The budget this handle's calls wait for before they go, as the gateway's do.
+    budget: Option<Arc<dyn Budget>>,
 }
 
 type Effect = Box<dyn FnOnce(&mut World) -> Reply + Send>;
@@ -334,6 +340,7 @@ impl MemoryStripe {
             world: Arc::new(Mutex::new(World {
                 rng: fastrand::Rng::with_seed(seed),
                 faults: Faults::none(client_timeout),
+                sent: Vec::new(),
                 keys: BTreeMap::new(),
                 customers: BTreeMap::new(),
                 customer_metadata: BTreeMap::new(),
@@ -350,6 +357,25 @@ impl MemoryStripe {
             wrote: Arc::new(tokio::sync::Notify::new()),
             who: "stripe".into(),
             trace,
+            pauses: Pauses::default(),
+            budget: None,
+        }
+    }
+
+    /// The same Stripe, whose callers stop while `pauses` says they are paused.
+    pub fn pausing(self, pauses: &Pauses) -> Self {
+        MemoryStripe {
+            pauses: pauses.clone(),
+            ..self
+        }
+    }
+
+    /// The same handle, whose calls each wait for `budget` first, as the gateway's do: a
+    /// budget that cannot be asked fails the call before it is sent.
+    pub fn with_budget(&self, budget: Arc<dyn Budget>) -> Self {
+        MemoryStripe {
+            budget: Some(budget),
+            ..self.clone()
         }
     }
 
@@ -434,6 +460,12 @@ impl MemoryStripe {
         self.world().counts
     }
 
+    /// When each call that waited for a budget left for Stripe, in order (for the check that
+    /// the shared budget held).
+    pub fn budgeted_sends(&self) -> Vec<Instant> {
+        self.world().sent.clone()
+    }
+
     fn note(&self, what: impl FnOnce() -> String) {
         self.trace.note(&self.who, what);
     }
@@ -444,6 +476,7 @@ impl MemoryStripe {
         what: String,
         answer: impl FnOnce(&World) -> Result<T, StripeFailure>,
     ) -> Result<T, StripeFailure> {
+        self.leave(&what).await?;
         let (fault, panics) = {
             let mut world = self.world();
             (world.draw(), world.panics())
@@ -458,8 +491,25 @@ impl MemoryStripe {
             Some(fault) => Err(failed_read(fault)),
         };
         tokio::time::sleep(HOP).await;
+        self.pauses.wait(&self.who).await;
         self.note(|| format!("{what}: {answer:?}"));
         answer
+    }
+
+    /// What a call goes through before it leaves the worker: the caller's pause, then the
+    /// budget (`Gateway::take_budget`).
+    async fn leave(&self, what: &str) -> Result<(), StripeFailure> {
+        self.pauses.hold(&self.who, what).await;
+        let Some(budget) = &self.budget else {
+            return Ok(());
+        };
+        let partner = crate::stripe::current_partner();
+        if let Err(reason) = budget.take(&partner).await {
+            self.note(|| format!("{what}: no budget ({reason})"));
+            return Err(StripeFailure::BudgetUnavailable(reason));
+        }
+        self.world().sent.push(Instant::now());
+        Ok(())
     }
 
     /// A write under an idempotency key, for a caller that does not ask whether the answer was
@@ -486,6 +536,10 @@ impl MemoryStripe {
         params: Params,
         effect: Effect,
     ) -> Result<Reply, WriteFailure> {
+        self.leave(&what).await.map_err(|failure| WriteFailure {
+            failure,
+            replayed: false,
+        })?;
         let (fault, panics, timeout) = {
             let mut world = self.world();
             (world.draw(), world.panics(), world.faults.client_timeout)
@@ -497,6 +551,7 @@ impl MemoryStripe {
         if let Some(fault @ (Fault::RateLimited | Fault::KeyInUse)) = fault {
             // Refused at the door: nothing is stored for the key.
             tokio::time::sleep(HOP * 2).await;
+            self.pauses.wait(&self.who).await;
             self.note(|| format!("{what} [{key}]: {fault:?}"));
             let status = if fault == Fault::RateLimited {
                 429
@@ -550,6 +605,7 @@ impl MemoryStripe {
             }
             Ok(Ok((reply, _))) => Ok(reply),
         };
+        self.pauses.wait(&self.who).await;
         self.note(|| format!("{what} [{key}] client: {reply:?}"));
         reply
     }
