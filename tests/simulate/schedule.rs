@@ -120,6 +120,12 @@ const BUDGET_SEED: u64 = 0x0B0D_6E75;
 const BUDGET_SCHEDULES: f64 = 0.3;
 const BUDGET_RATES: std::ops::RangeInclusive<u32> = 5..=25;
 
+/// Mixed into the seed for the search-lag draw: the share of schedules whose Stripe search
+/// shows a new subscription only after a lag, and the longest lag (Stripe: up to a minute).
+const SEARCH_LAG_SEED: u64 = 0x05EA_4C11;
+const SEARCH_LAG_SCHEDULES: f64 = 0.3;
+const MAX_SEARCH_LAG_MS: u64 = 60_000;
+
 /// What a schedule did and what it broke.
 pub struct Report {
     pub violations: Vec<String>,
@@ -272,6 +278,10 @@ async fn schedule(seed: u64) -> Report {
         panicked: Arc::default(),
     };
     world.stripe.add_price(PRICE, "prod_basic");
+    let search_lag = draw_search_lag(seed);
+    if let Some(lag) = search_lag {
+        world.stripe.set_search_lag(lag);
+    }
     world.queue.set_interleave(partners.rng.u64(..));
     {
         // The delayed queues' TTLs run whoever waits, as the broker's do.
@@ -552,10 +562,13 @@ async fn schedule(seed: u64) -> Report {
         Some((who, size, _)) => format!(", {who} floods {size}"),
         None => String::new(),
     };
-    let budget = match world.budget {
+    let mut budget = match world.budget {
         Some(per_second) => format!(", budget {per_second}/s"),
         None => String::new(),
     };
+    if let Some(lag) = search_lag {
+        budget.push_str(&format!(", search lag {:.1} s", lag.as_secs_f64()));
+    }
     let summary = format!(
         "{job_count} jobs, {} partners ({} with a lane{flood}), {workers} workers x \
          {concurrency}, fault rate {:.2}, decline rate {:.2}, {} Stripe calls ({} faults, {} \
@@ -594,6 +607,14 @@ fn draw_pauses(seed: u64, world: &World, workers: usize) {
         &[("finish", HOT_PAUSE_RATE), ("mark", HOT_PAUSE_RATE)],
         LOCK_TTL / 2..LOCK_TTL * 3,
     );
+}
+
+/// How long Stripe's search lags a new subscription, in the schedules where it does (from
+/// draws of their own).
+fn draw_search_lag(seed: u64) -> Option<Duration> {
+    let mut draws = fastrand::Rng::with_seed(seed ^ SEARCH_LAG_SEED);
+    (draws.f64() < share("SIM_SEARCH_LAG", SEARCH_LAG_SCHEDULES))
+        .then(|| Duration::from_millis(draws.u64(1_000..=MAX_SEARCH_LAG_MS)))
 }
 
 /// The budget's rate in the schedules that have one (from draws of their own).

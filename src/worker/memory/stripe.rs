@@ -195,6 +195,9 @@ struct World {
     faults: Faults,
     /// When each call that waited for a budget left for Stripe, in order.
     sent: Vec<Instant>,
+    /// How long a new subscription stays out of search's results (Stripe's search index lags
+    /// its writes by up to a minute; a list sees them at once).
+    search_lag: Duration,
     keys: BTreeMap<String, KeyRecord>,
     /// id → (partnerCode, email)
     customers: BTreeMap<String, (String, String)>,
@@ -341,6 +344,7 @@ impl MemoryStripe {
                 rng: fastrand::Rng::with_seed(seed),
                 faults: Faults::none(client_timeout),
                 sent: Vec::new(),
+                search_lag: Duration::ZERO,
                 keys: BTreeMap::new(),
                 customers: BTreeMap::new(),
                 customer_metadata: BTreeMap::new(),
@@ -395,6 +399,11 @@ impl MemoryStripe {
         self.trace
             .note(&self.who, || format!("stripe faults {faults:?}"));
         self.world().faults = faults;
+    }
+
+    /// From now on a subscription shows in search only `lag` after it was made.
+    pub fn set_search_lag(&self, lag: Duration) {
+        self.world().search_lag = lag;
     }
 
     /// The next calls meet these faults, in order (then faults are drawn again).
@@ -1094,11 +1103,13 @@ impl StripeApi for MemoryStripe {
         pay_id: &'a str,
     ) -> BoxFuture<'a, Result<Option<FoundSubscription>, StripeFailure>> {
         self.read(format!("search {partner_code}/{pay_id}"), move |world| {
-            // The oldest, as the gateway picks.
+            let indexed = Instant::now().checked_sub(world.search_lag);
+            // The oldest, as the gateway picks, among those the index has caught up with.
             Ok(world
                 .subscriptions
                 .iter()
                 .filter(|sub| sub.pay_id == pay_id && sub.partner == partner_code)
+                .filter(|sub| indexed.is_none_or(|indexed| sub.created <= indexed))
                 .min_by_key(|sub| sub.created_at)
                 .map(|sub| FoundSubscription {
                     customer: sub.customer.clone(),
