@@ -106,7 +106,7 @@ fn main() -> ExitCode {
 
 /// Paths of the job path a schedule may reach, by a trace line that shows it: printed as how
 /// many schedules reached each, so a change that makes the simulation blind shows.
-const COVERAGE: [(&str, &str); 21] = [
+const COVERAGE: [(&str, &str); 23] = [
     ("lock busy", "Lock attempt"),
     ("settled copy", ": settled "),
     ("parked", "handled: parked"),
@@ -131,6 +131,8 @@ const COVERAGE: [(&str, &str); 21] = [
     ("worker paused", "pauses for"),
     ("paused past its lock", "lost the lock: failure not stored"),
     ("budget wait", "take_turn budget: wait"),
+    ("webhook missed", "missed evt_"),
+    ("reconcile fed an event", "feed evt_"),
 ];
 
 /// Refusals of an earlier step that a single trace line does not show: (an attach was refused

@@ -126,6 +126,13 @@ const SEARCH_LAG_SEED: u64 = 0x05EA_4C11;
 const SEARCH_LAG_SCHEDULES: f64 = 0.3;
 const MAX_SEARCH_LAG_MS: u64 = 60_000;
 
+/// Mixed into the seed for the reconcile draws: the share of schedules whose webhook intake
+/// misses deliveries (down longer than Stripe retries one), the most it misses, and the
+/// `autorenew reconcile` runs that feed them again.
+const RECONCILE_SEED: u64 = 0x2EC0_9C11;
+const RECONCILE_SCHEDULES: f64 = 0.3;
+const MAX_MISSED_SHARE: f64 = 0.6;
+
 /// What a schedule did and what it broke.
 pub struct Report {
     pub violations: Vec<String>,
@@ -170,6 +177,8 @@ enum Chaos {
     BrokerAway(Duration),
     StripeOutage(Duration),
     Replay,
+    /// `autorenew reconcile`: Stripe's events fed again through the webhook's path.
+    Reconcile,
 }
 
 /// A simulated worker process: its incarnations come and go with the crashes.
@@ -194,6 +203,9 @@ pub struct Books {
     pub crashed_tokens: BTreeSet<String>,
     pub crashes: u32,
     pub replays: u32,
+    pub reconciles: u32,
+    /// The Stripe events the webhook intake took (its claim records them as taken).
+    pub events_taken: BTreeSet<String>,
     /// Redis lost everything at some point: a result may be gone, and is rebuilt from Stripe
     /// when a query or a cancel needs it.
     pub data_lost: bool,
@@ -356,6 +368,20 @@ async fn schedule(seed: u64) -> Report {
             timeline.push((when, Chaos::LoseEverything));
         }
     }
+    let missed_share = {
+        // Draws of their own: the webhook intake misses a share of Stripe's deliveries, and
+        // reconcile runs feed them again, once or twice in the window and once after it.
+        let mut draws = fastrand::Rng::with_seed(seed ^ RECONCILE_SEED);
+        if draws.f64() < share("SIM_RECONCILE", RECONCILE_SCHEDULES) {
+            for _ in 0..draws.usize(1..=2) {
+                let when = Duration::from_millis(draws.u64(..chaos_window.as_millis() as u64));
+                timeline.push((when, Chaos::Reconcile));
+            }
+            Some(draws.f64() * MAX_MISSED_SHARE)
+        } else {
+            None
+        }
+    };
     timeline.sort_by_key(|(when, _)| *when);
     let late_replay = rng.f64() < 0.2;
 
@@ -418,7 +444,13 @@ async fn schedule(seed: u64) -> Report {
         flood(&world, &books, &publishing, &partner, size, at);
     }
     schedule_cancels(seed, &jobs, &world, &books, &publishing);
-    tokio::spawn(courier(seed, world.clone(), publishing.clone()));
+    tokio::spawn(courier(
+        seed,
+        world.clone(),
+        books.clone(),
+        publishing.clone(),
+        missed_share.unwrap_or(0.0),
+    ));
     for (index, process) in processes.iter().enumerate() {
         start(&world, process, index, 0, concurrency);
     }
@@ -483,6 +515,7 @@ async fn schedule(seed: u64) -> Report {
                 });
             }
             Chaos::Replay => replay(&world, &books).await,
+            Chaos::Reconcile => reconcile(&world, &books).await,
         }
     }
     tokio::time::sleep_until(started + chaos_window).await;
@@ -501,6 +534,13 @@ async fn schedule(seed: u64) -> Report {
             incarnations[index] += 1;
             start(&world, process, index, incarnations[index], concurrency);
         }
+    }
+    if missed_share.is_some() {
+        // The operator's run after the incident: what the intake missed is fed again.
+        world
+            .trace
+            .note("chaos", || "Reconcile (after the incident)".into());
+        reconcile(&world, &books).await;
     }
     let mut violations = Vec::new();
     let settled = settle(&world, &processes, &publishing).await;
@@ -572,7 +612,7 @@ async fn schedule(seed: u64) -> Report {
     let summary = format!(
         "{job_count} jobs, {} partners ({} with a lane{flood}), {workers} workers x \
          {concurrency}, fault rate {:.2}, decline rate {:.2}, {} Stripe calls ({} faults, {} \
-         panics{budget}), {} crashes, {} pauses, {} replays",
+         panics{budget}), {} crashes, {} pauses, {} replays, {} reconciles",
         partners.codes.len(),
         partners.lanes.len(),
         faults.rate,
@@ -582,7 +622,8 @@ async fn schedule(seed: u64) -> Report {
         counts.panics,
         books.crashes,
         world.pauses.count(),
-        books.replays
+        books.replays,
+        books.reconciles
     );
     Report {
         violations,
@@ -736,25 +777,61 @@ async fn publish_until_confirmed(world: &World, message: QueuedJob) {
 }
 
 /// Stripe's webhook deliveries: each event the twin Stripe records reaches the jobs queue, as
-/// the webhook intake publishes it, 0–20 s late (so out of order), and 30 % of them twice.
-async fn courier(seed: u64, world: World, publishing: Arc<AtomicUsize>) {
+/// the webhook intake publishes it, 0–20 s late (so out of order), and 30 % of them twice;
+/// a share `missed` of them never (the intake was down longer than Stripe retries).
+async fn courier(
+    seed: u64,
+    world: World,
+    books: Arc<Mutex<Books>>,
+    publishing: Arc<AtomicUsize>,
+    missed: f64,
+) {
     let mut rng = fastrand::Rng::with_seed(seed ^ EVENTS_SEED);
+    let mut misses = fastrand::Rng::with_seed(seed ^ RECONCILE_SEED ^ EVENTS_SEED);
     loop {
         for (id, body) in world.stripe.next_events().await {
             let copies = if rng.f64() < TWICE_SHARE { 2 } else { 1 };
+            if missed > 0.0 && misses.f64() < missed {
+                world.trace.note("webhook", || format!("missed {id}"));
+                continue;
+            }
             for _ in 0..copies {
                 let late = Duration::from_millis(rng.u64(..MAX_EVENT_DELAY_MS));
-                let (world, publishing) = (world.clone(), publishing.clone());
+                let (world, books, publishing) = (world.clone(), books.clone(), publishing.clone());
                 let (id, body) = (id.clone(), body.clone());
                 publishing.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     tokio::time::sleep(late).await;
                     world.trace.note("webhook", || format!("deliver {id}"));
-                    let message = QueuedJob::of_kind(STRIPE_EVENT_MESSAGE_TYPE, body, &id, 1);
-                    publish_until_confirmed(&world, message).await;
+                    publish_event(&world, &books, &id, body).await;
                     publishing.fetch_sub(1, Ordering::SeqCst);
                 });
             }
+        }
+    }
+}
+
+/// The webhook intake takes one of Stripe's events: it publishes it to the jobs queue until
+/// the broker confirms, and records it as taken.
+async fn publish_event(world: &World, books: &Mutex<Books>, id: &str, body: Vec<u8>) {
+    let message = QueuedJob::of_kind(STRIPE_EVENT_MESSAGE_TYPE, body, id, 1);
+    publish_until_confirmed(world, message).await;
+    lock(books).events_taken.insert(id.to_owned());
+}
+
+/// `autorenew reconcile --since 30d`: every event Stripe lists that the store does not record
+/// as taken goes through the webhook's path again. After Redis lost everything the taken
+/// records went with it, and every event is fed again (the worker must take each once).
+async fn reconcile(world: &World, books: &Mutex<Books>) {
+    let (taken, lost) = {
+        let mut books = lock(books);
+        books.reconciles += 1;
+        (books.events_taken.clone(), books.data_lost)
+    };
+    for (id, body) in world.stripe.listed_events() {
+        if lost || !taken.contains(&id) {
+            world.trace.note("reconcile", || format!("feed {id}"));
+            publish_event(world, books, &id, body).await;
         }
     }
 }

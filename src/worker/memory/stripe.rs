@@ -217,6 +217,8 @@ struct World {
     epoch: Instant,
     /// Events not yet handed to the webhook courier: (id, the Event's JSON).
     events: Vec<(String, Vec<u8>)>,
+    /// Every event recorded, in order: what `GET /v1/events` lists (Stripe keeps 30 days).
+    listed: Vec<(String, Vec<u8>)>,
 }
 
 impl World {
@@ -260,8 +262,9 @@ impl World {
             "created": created, "data": data, "livemode": false, "pending_webhooks": 1,
             "request": {"id": null, "idempotency_key": null}, "type": kind,
         });
-        self.events
-            .push((id, serde_json::to_vec(&event).unwrap_or_default()));
+        let body = serde_json::to_vec(&event).unwrap_or_default();
+        self.listed.push((id.clone(), body.clone()));
+        self.events.push((id, body));
     }
 
     fn id(&mut self, prefix: &str) -> String {
@@ -357,6 +360,7 @@ impl MemoryStripe {
                 script: std::collections::VecDeque::new(),
                 epoch: Instant::now(),
                 events: Vec::new(),
+                listed: Vec::new(),
             })),
             wrote: Arc::new(tokio::sync::Notify::new()),
             who: "stripe".into(),
@@ -448,6 +452,11 @@ impl MemoryStripe {
             }
             self.wrote.notified().await;
         }
+    }
+
+    /// Every event recorded so far, in order, as `autorenew reconcile` lists them.
+    pub fn listed_events(&self) -> Vec<(String, Vec<u8>)> {
+        self.world().listed.clone()
     }
 
     /// Whether events wait for the courier.
