@@ -13,6 +13,7 @@ use super::creation::JobContext;
 use super::message::dead_letter;
 use super::ports::{Incoming, Outcome, Wait};
 use crate::domain::cancel::{CancelJob, CancelWhen};
+use crate::domain::clock::parse_rfc3339_ms;
 use crate::domain::event::{LifecycleEvent, LifecycleKind, change_id};
 use crate::domain::renewal::{RenewalChange, RenewalUpdate, STATUS_CANCELED};
 use crate::rebuild::{self, RebuildError};
@@ -20,6 +21,9 @@ use crate::stripe::{StripeFailure, SubscriptionState};
 
 /// Quick tries of the Stripe call before the cancel waits in a delayed-retry queue.
 const TRIES: u32 = 3;
+/// How long Stripe's search may take to show a new subscription (Stripe: "up to a minute"),
+/// with a margin.
+const SEARCH_LAG: Duration = Duration::from_secs(90);
 const PAUSE: Duration = Duration::from_millis(500);
 
 pub(super) async fn handle(
@@ -55,9 +59,24 @@ pub(super) async fn handle(
                 match rebuild::from_stripe(ctx.ports.stripe.as_ref(), store, &pay_key).await {
                     Ok(Some(result)) => result,
                     Ok(None) | Err(RebuildError::Stripe(_)) => {
-                        // Not found yet (search lags a new subscription by up to a minute), or not
-                        // asked: try again later, and leave it to an operator once the delayed
-                        // retries are spent, never acked as done.
+                        // Not found yet, or not asked: search lags a new subscription by up to
+                        // a minute, and the creation the intake took before this cancel may
+                        // still be running. Try again later; once the delayed retries are spent,
+                        // park and look again until both have surely passed, then leave it to
+                        // an operator: never acked as done.
+                        let stage = incoming.attempt.saturating_sub(1) as usize;
+                        if stage >= ctx.ports.queue.retry_stages()
+                            && !searched_long_enough(ctx, cancel)
+                        {
+                            return wait(
+                                ctx,
+                                incoming,
+                                Wait::Reconcile,
+                                incoming.attempt,
+                                "cancel_parked",
+                            )
+                            .await;
+                        }
                         return retry_or_dead_letter(
                             ctx,
                             incoming,
@@ -92,6 +111,19 @@ pub(super) async fn handle(
 }
 
 /// The next delayed retry, or the dead letters (for `autorenew dlq`) once they are spent.
+/// Whether a search that finds nothing for the cancel's payId now means no subscription: the
+/// creation, accepted before the cancel was, has ended (`worker.give_up_after` after it at the
+/// latest), and search has had its lag ([`SEARCH_LAG`]) to show what it made. A request time
+/// that does not read cannot date the cancel: it has waited long enough.
+fn searched_long_enough(ctx: &JobContext, cancel: &CancelJob) -> bool {
+    let Some(requested_ms) = parse_rfc3339_ms(&cancel.requested_at) else {
+        return true;
+    };
+    let waited = ctx.settings.give_up_after + SEARCH_LAG;
+    let due = requested_ms.saturating_add(i64::try_from(waited.as_millis()).unwrap_or(i64::MAX));
+    i64::try_from(ctx.ports.clock.now_ms()).unwrap_or(i64::MAX) >= due
+}
+
 async fn retry_or_dead_letter(ctx: &JobContext, incoming: &Incoming, reason: &str) -> Outcome {
     let stage = incoming.attempt.saturating_sub(1) as usize;
     if stage < ctx.ports.queue.retry_stages() {

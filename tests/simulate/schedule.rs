@@ -16,7 +16,7 @@ use autorenew::worker::memory::{
     VirtualClock,
 };
 use autorenew::worker::message::{Message, after_panic, handle};
-use autorenew::worker::ports::Disposition;
+use autorenew::worker::ports::{Clock, Disposition};
 use autorenew::worker::{JobContext, JobPorts, JobSettings, RetryPolicy, lane_prefetch};
 use tokio::sync::Semaphore;
 use tokio::task::AbortHandle;
@@ -859,11 +859,11 @@ fn schedule_cancels(
                 CancelWhen::PeriodEnd
             };
             let after = Duration::from_millis(rng.u64(..30_000));
-            let cancel = CancelJob {
+            let mut cancel = CancelJob {
                 pay_id: job.pay_id.clone(),
                 partner_code: job.partner_code.clone(),
                 when,
-                requested_at: "2027-01-16T08:00:00Z".into(),
+                requested_at: String::new(),
                 request_id: format!("cancel-{}-{n}", job.pay_id),
             };
             let pay_id = job.pay_id.to_string();
@@ -881,6 +881,9 @@ fn schedule_cancels(
                 world
                     .trace
                     .note("intake", || format!("cancel {pay_id} {when}"));
+                // The intake's clock when it takes the cancel.
+                let now_ms = i64::try_from(world.clock.now_ms()).unwrap_or(i64::MAX);
+                cancel.requested_at = autorenew::domain::clock::rfc3339_ms(now_ms);
                 let message = QueuedJob::of_kind(
                     CANCEL_MESSAGE_TYPE,
                     cancel.encode(),
