@@ -7,12 +7,10 @@ use autorenew::config::PartnerPush;
 use autorenew::domain::push::{self, PushSecret};
 use autorenew::push::receiver::{self, Receiver};
 use secrecy::SecretString;
-use stripe_sim::faults::FaultConfig;
 use tokio_util::sync::CancellationToken;
 
 use super::delivery::headers_of;
-use crate::helpers::{PARTNER, poll_until};
-use crate::worker::stack::Stack;
+use crate::helpers::{PARTNER, TestStack, poll_until};
 
 #[tokio::test]
 async fn a_subscription_created_by_a_worker_is_pushed_to_the_partner_and_verifies() {
@@ -28,22 +26,24 @@ async fn a_subscription_created_by_a_worker_is_pushed_to_the_partner_and_verifie
     let inbox = app.receiver();
     let stop = CancellationToken::new();
     tokio::spawn(app.run_until_stopped(stop.clone()));
-    let mut stack = Stack::start_with(FaultConfig::default(), |settings| {
-        settings.push.allow_http = true;
-        settings.push.allow_private_networks = true;
-        settings.push.listen = "127.0.0.1:0".into();
-        for partner in settings.partners.iter_mut().filter(|p| p.code == PARTNER) {
-            partner.push = Some(PartnerPush {
-                url: url.clone(),
-                secrets: vec![SecretString::from(secret.clone())],
-                secrets_env: Vec::new(),
-                events: vec!["subscription.*".into()],
-                max_in_flight: 4,
-            });
-        }
-    })
-    .await;
-    stack.spawn_worker().await;
+    let stack = TestStack::deployment()
+        .settings(|settings| {
+            settings.push.allow_http = true;
+            settings.push.allow_private_networks = true;
+            settings.push.listen = "127.0.0.1:0".into();
+            for partner in settings.partners.iter_mut().filter(|p| p.code == PARTNER) {
+                partner.push = Some(PartnerPush {
+                    url: url.clone(),
+                    secrets: vec![SecretString::from(secret.clone())],
+                    secrets_env: Vec::new(),
+                    events: vec!["subscription.*".into()],
+                    max_in_flight: 4,
+                });
+            }
+        })
+        .workers(1)
+        .start()
+        .await;
     let notifier = autorenew::push::Application::build(&stack.settings)
         .await
         .expect("the notifier builds");
