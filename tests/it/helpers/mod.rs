@@ -13,7 +13,9 @@ pub use intake::TestApp;
 pub use stack::TestStack;
 
 use std::collections::BTreeMap;
+use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;
+use std::process::Child;
 use std::time::Duration;
 
 use autorenew::config::{PartnerSettings, Settings};
@@ -66,6 +68,31 @@ pub fn test_settings(amqp_url: &str, redis_url: &str) -> Settings {
         .partners
         .push(PartnerSettings::new(OTHER_PARTNER, OTHER_SECRET));
     settings
+}
+
+/// A child process, killed (SIGKILL) when dropped, so a failed test leaves none behind to
+/// consume its queues and load the machine; it is the `Child` itself otherwise.
+pub struct ChildGuard(pub Child);
+
+impl Deref for ChildGuard {
+    type Target = Child;
+
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl DerefMut for ChildGuard {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// A parsed answer: status and JSON body.

@@ -3,7 +3,7 @@
 //! child processes), and result events published straight onto the results exchange, as a
 //! worker publishes them.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::stack::TestStack;
-use super::{PARTNER, poll_until, shared_amqp};
+use super::{ChildGuard, PARTNER, poll_until, shared_amqp};
 
 /// The receiver the partners push to, and the secret they sign with.
 pub(super) struct PushReceiver {
@@ -122,12 +122,8 @@ impl TestStack {
     /// Starts `autorenew notifier` as a child process with this stack's configuration and waits
     /// until it has declared the push queues; the process is killed when the guard drops.
     pub async fn notifier_process(&self) -> ChildGuard {
-        let child = Command::new(env!("CARGO_BIN_EXE_autorenew"))
-            .arg("--config")
-            .arg(&self.config_path)
-            .arg("notifier")
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
+        let child = self
+            .autorenew(&["notifier"])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -218,15 +214,5 @@ impl TestStack {
             .ok();
         let _ = connection.close(200, "done".into()).await;
         declared.map(|d| d.message_count())
-    }
-}
-
-/// A child process, killed (SIGKILL) when dropped, so a failed test leaves none behind.
-pub struct ChildGuard(pub Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }

@@ -9,7 +9,12 @@
 //!   `worker_process` starts the real binary as a child process);
 //! - `.tap()`: a queue of the test's own on the results exchange, collecting every event;
 //! - `.push_receiver()`: a receiver that both test partners push to (see `push.rs`);
-//! - `.settings(|s| …)`: changes to the settings, made after the parts have set theirs.
+//! - `.settings(|s| …)`: changes to the settings, made after the parts have set theirs;
+//! - `.amqp_url(…)`, `.redis_url(…)`: a private broker or Redis instead of the shared ones.
+//!
+//! Two shorthands name the usual sets: `TestStack::simulator_only()` (the simulator's own tests)
+//! and `TestStack::deployment()` (simulator, intake and tap: the worker's tests, which add
+//! `.workers(1)`, `.webhooks()`, faults or settings to it).
 //!
 //! A stack has its own queue prefix and Redis key prefix, and writes its settings to a config
 //! file for the child processes it starts. An accessor on a part that was not asked for panics
@@ -19,7 +24,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -45,12 +50,12 @@ use super::private::free_port;
 use super::push::PushReceiver;
 use super::sim::TestSim;
 use super::{
-    Answer, PARTNER, SECRET, SHARED_AMQP, SHARED_REDIS, delete_keys, delete_topology, poll_until,
-    shared_amqp, test_settings, valid_request,
+    Answer, ChildGuard, PARTNER, SECRET, SHARED_AMQP, SHARED_REDIS, delete_keys, delete_topology,
+    poll_until, shared_amqp, test_settings, valid_request,
 };
 
 /// The Stripe key the stack's workers and intake use with the simulator.
-pub const STRIPE_KEY: &str = "sk_test_worker_tests";
+const STRIPE_KEY: &str = "sk_test_worker_tests";
 
 /// The secret the simulator signs its webhooks with when `.webhooks()` is asked for.
 const WEBHOOK_SECRET: &str = "whsec_stack_test";
@@ -299,35 +304,47 @@ impl TestStack {
         stop_and_wait(self.workers.drain(..)).await;
     }
 
-    /// Starts `autorenew worker` as a child process with this stack's configuration.
-    pub fn worker_process(&self) -> Child {
+    /// Starts `autorenew worker` as a child process with this stack's configuration (killed
+    /// when dropped).
+    pub fn worker_process(&self) -> ChildGuard {
         self.worker_command(Stdio::null(), Stdio::inherit())
     }
 
     /// As `worker_process`, with its stdout (where it prints its probe address) piped.
-    pub fn worker_process_with_stdout(&self) -> Child {
+    pub fn worker_process_with_stdout(&self) -> ChildGuard {
         self.worker_command(Stdio::piped(), Stdio::inherit())
     }
 
     /// As `worker_process`, with its stderr (its warnings, the log) piped.
-    pub fn worker_process_with_log(&self) -> Child {
+    pub fn worker_process_with_log(&self) -> ChildGuard {
         self.worker_command(Stdio::null(), Stdio::piped())
     }
 
-    fn worker_command(&self, stdout: Stdio, stderr: Stdio) -> Child {
-        Command::new(env!("CARGO_BIN_EXE_autorenew"))
-            .arg("--config")
-            .arg(&self.config_path)
-            .arg("worker")
+    fn worker_command(&self, stdout: Stdio, stderr: Stdio) -> ChildGuard {
+        let child = self
+            .autorenew(&["worker"])
             .env(
                 "RUST_LOG",
                 std::env::var("WORKER_LOG").unwrap_or("warn".into()),
             )
-            .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
             .spawn()
-            .expect("autorenew worker starts")
+            .expect("autorenew worker starts");
+        ChildGuard(child)
+    }
+
+    /// `autorenew --config <this stack's config file> ARGS`, logging warnings only, with no
+    /// stdin: the real binary, as an operator runs it against this stack.
+    pub fn autorenew(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_autorenew"));
+        command
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null());
+        command
     }
 
     /// Sends a valid request (changed by `change`) and expects it accepted. Its card is

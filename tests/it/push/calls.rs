@@ -266,15 +266,7 @@ async fn failing_without_a_2xx_for_disable_after_hours_disables_the_push() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_test_sends_a_signed_ping_and_push_status_reports_the_partner() {
     let stack = TestStack::builder().push_receiver().start().await;
-    let binary = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_autorenew"))
-            .arg("--config")
-            .arg(&stack.config_path)
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("autorenew runs")
-    };
+    let binary = |args: &[&str]| stack.autorenew(args).output().expect("autorenew runs");
 
     let tested = binary(&["push", "test", PARTNER]);
     let printed = String::from_utf8_lossy(&tested.stdout).into_owned();

@@ -131,12 +131,9 @@ async fn a_job_answered_failed_after_give_up_stays_failed_through_a_dlq_replay()
 
 /// Runs `autorenew dlq ARGS` with the stack's configuration; its stdout.
 fn dlq(stack: &TestStack, args: &[&str]) -> String {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_autorenew"))
-        .arg("--config")
-        .arg(&stack.config_path)
-        .arg("dlq")
+    let output = stack
+        .autorenew(&["dlq"])
         .args(args)
-        .env("RUST_LOG", "warn")
         .output()
         .expect("autorenew dlq runs");
     assert!(output.status.success(), "dlq {args:?}: {output:?}");
