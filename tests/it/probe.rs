@@ -39,6 +39,7 @@ async fn probe_exits_0_on_a_ready_intake_and_1_on_a_404_or_a_closed_port() {
     let port = closed.local_addr().expect("addr").port();
     drop(closed);
     assert_eq!(probe(format!("http://127.0.0.1:{port}/readyz")).await.0, 1);
+    stack.teardown().await;
 }
 
 #[test]
