@@ -49,7 +49,8 @@ pub fn repo_path(relative: &str) -> PathBuf {
 }
 
 /// Settings from the repo's config.toml, with a fresh prefix so each test has its own queues
-/// and keys, listening on a random port, and a second partner.
+/// and keys, listening on a random port, and a second partner: what every `TestStack` starts
+/// from, and what a test that starts nothing but needs settings (a loader, a client) uses.
 pub fn test_settings(amqp_url: &str, redis_url: &str) -> Settings {
     let prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
     let env = [
