@@ -7,8 +7,9 @@
 //! - nothing is stuck in the jobs or retry queues; each dead letter is explained;
 //! - requests made while the broker was down got a 503, never an `S` that was then lost.
 
+// The integration tests' helpers: this run uses a few of them, not their `TestStack`.
 #[path = "../it/helpers/mod.rs"]
-#[allow(dead_code)]
+#[allow(dead_code, unused_imports)]
 mod helpers;
 
 use std::collections::{BTreeMap, HashMap, HashSet};

@@ -1,14 +1,13 @@
 //! `autorenew events`: the result events, one JSON object a line, as they are published.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::Duration;
 
 use serde_json::Value;
-use stripe_sim::faults::FaultConfig;
 
-use crate::worker::stack::Stack;
+use crate::helpers::TestStack;
 
 /// The lines a child writes to one of its pipes, as they come.
 fn lines_of(pipe: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
@@ -25,14 +24,9 @@ fn lines_of(pipe: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String>
 
 #[tokio::test]
 async fn autorenew_events_prints_each_result_event_as_one_json_line() {
-    let mut stack = Stack::start(FaultConfig::default()).await;
-    stack.spawn_worker().await;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_autorenew"))
-        .arg("--config")
-        .arg(&stack.config_path)
-        .args(["events", "--count", "1"])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
+    let stack = TestStack::deployment().workers(1).start().await;
+    let mut child = stack
+        .autorenew(&["events", "--count", "1"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

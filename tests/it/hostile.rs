@@ -14,7 +14,9 @@ use reqwest::header::{CONTENT_TYPE, HeaderValue};
 use serde_json::Value;
 
 use self::cases::{Body, Case, Expect};
-use crate::helpers::{FLAT_FIELDS, OTHER_PARTNER, OTHER_SECRET, PARTNER, SECRET, TestApp};
+use crate::helpers::{
+    FLAT_FIELDS, OTHER_PARTNER, OTHER_SECRET, PARTNER, SECRET, TestApp, TestStack,
+};
 
 /// Requests in flight at once: enough to interleave, few enough for two shared cores.
 const BATCH: usize = 16;
@@ -129,7 +131,8 @@ async fn run(app: &TestApp, cases: &[Case]) -> (Vec<String>, Vec<Vec<u8>>) {
 
 #[tokio::test]
 async fn hostile_requests_get_their_codes_and_valid_traffic_keeps_flowing() {
-    let app = TestApp::spawn().await;
+    let stack = TestStack::builder().intake().start().await;
+    let app = stack.intake();
     let limit = app.settings.intake.max_body_bytes;
     let skew_ms = app.settings.intake.max_clock_skew_ms;
 
@@ -147,10 +150,10 @@ async fn hostile_requests_get_their_codes_and_valid_traffic_keeps_flowing() {
     }
 
     let first = cases::all(limit, skew_ms, &seeds[0], &seeds[1]);
-    let (mut failures, accepted) = run(&app, &first).await;
+    let (mut failures, accepted) = run(app, &first).await;
     // Replays and conflicts over requests the first round accepted.
     let second = cases::replays(&accepted[..accepted.len().min(4)]);
-    let (more, _) = run(&app, &second).await;
+    let (more, _) = run(app, &second).await;
     failures.extend(more);
 
     let mut per_category: BTreeMap<&str, usize> = BTreeMap::new();
@@ -171,5 +174,5 @@ async fn hostile_requests_get_their_codes_and_valid_traffic_keeps_flowing() {
     assert_eq!(app.get("/healthz").await.status(), 200);
     let answer = app.subscribe(crate::helpers::valid_request()).await;
     assert_eq!(answer.body["operateCode"], "S", "{:?}", answer.body);
-    app.teardown().await;
+    stack.teardown().await;
 }

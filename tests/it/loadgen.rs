@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{
-    OTHER_PARTNER, SHARED_AMQP, SHARED_REDIS, TestApp, read_queue, test_settings,
+    OTHER_PARTNER, SHARED_AMQP, SHARED_REDIS, TestStack, read_queue, test_settings,
 };
 use crate::wiring::loadgen_defaults;
 
@@ -51,7 +51,8 @@ fn answers(report: &Report, key: &str) -> u64 {
 #[tokio::test]
 async fn intake_only_load_gets_the_answer_each_request_kind_expects() {
     // Arrange
-    let app = TestApp::spawn().await;
+    let stack = TestStack::builder().intake().start().await;
+    let app = stack.intake();
 
     // Act
     let report = run(
@@ -102,12 +103,13 @@ async fn intake_only_load_gets_the_answer_each_request_kind_expects() {
     )
     .await;
     assert_eq!(jobs.len() as u64, sent.fresh);
-    app.teardown().await;
+    stack.teardown().await;
 }
 
 #[tokio::test]
 async fn an_open_loop_run_sends_its_count() {
-    let app = TestApp::spawn().await;
+    let stack = TestStack::builder().intake().start().await;
+    let app = stack.intake();
 
     let report = run(
         &app.settings,
@@ -126,7 +128,7 @@ async fn an_open_loop_run_sends_its_count() {
     assert_eq!(report.sent.total, 100);
     assert_eq!(answers(&report, "200 S"), 100);
     assert!(report.failures.is_empty(), "{:?}", report.failures);
-    app.teardown().await;
+    stack.teardown().await;
 }
 
 #[tokio::test]
@@ -157,7 +159,8 @@ async fn following_counts_results_redeliveries_second_outcomes_and_lost_jobs() {
     // Arrange: a stand-in worker that answers every job with a result event, except that the
     // first job's event is delivered twice (same id), the second gets a second, different
     // outcome, and the third gets none.
-    let app = TestApp::spawn().await;
+    let stack = TestStack::builder().intake().start().await;
+    let app = stack.intake();
     let stop = CancellationToken::new();
     let worker = tokio::spawn(stand_in_worker(
         app.prefix().to_owned(),
@@ -200,7 +203,7 @@ async fn following_counts_results_redeliveries_second_outcomes_and_lost_jobs() {
     );
     assert_eq!(report.failures.len(), 2, "{:?}", report.failures);
     assert!(report.failures.iter().any(|f| f.contains("DUPLICATES")));
-    app.teardown().await;
+    stack.teardown().await;
 }
 
 /// What the stand-in worker does wrong on purpose.
@@ -330,14 +333,12 @@ async fn queue_exists(queue: &str) -> bool {
 /// and the jobs whose card declined are not expected to renew.
 #[tokio::test]
 async fn renewals_are_followed_for_every_active_subscription() {
-    use stripe_sim::faults::FaultConfig;
-    let mut stack = crate::worker::stack::Stack::start_with_webhooks(FaultConfig::default()).await;
-    stack.spawn_worker().await;
+    let stack = TestStack::deployment().webhooks().workers(1).start().await;
     let report = run(
         &stack.settings,
         &[
             "--target",
-            &stack.intake.address,
+            &stack.intake().address,
             "--requests",
             "20",
             "--concurrency",
@@ -368,17 +369,29 @@ async fn renewals_are_followed_for_every_active_subscription() {
 /// `--webhooks`: signed Stripe events, each of its own id, all taken by the intake.
 #[tokio::test]
 async fn webhook_load_is_taken_event_by_event() {
-    let mut settings = test_settings(SHARED_AMQP, SHARED_REDIS);
-    settings.stripe.webhook_secrets = vec![secrecy::SecretString::from("whsec_loadgen_test")];
-    let app = TestApp::spawn_with(settings.clone()).await;
+    let stack = TestStack::builder()
+        .settings(|settings| {
+            settings.stripe.webhook_secrets =
+                vec![secrecy::SecretString::from("whsec_loadgen_test")];
+        })
+        .intake()
+        .start()
+        .await;
     let report = run(
-        &settings,
-        &["--target", &app.address, "--webhooks", "--requests", "30"],
+        &stack.settings,
+        &[
+            "--target",
+            &stack.intake().address,
+            "--webhooks",
+            "--requests",
+            "30",
+        ],
     )
     .await;
     assert_eq!(answers(&report, "200 S"), 30, "{:?}", report.answers);
     assert!(report.results.is_none());
     assert!(report.failures.is_empty(), "{:?}", report.failures);
+    stack.teardown().await;
 }
 
 /// `--pace`: two partners at once, a burst and a steady rate that lasts until the burst has all
@@ -387,7 +400,8 @@ async fn webhook_load_is_taken_event_by_event() {
 #[tokio::test]
 async fn several_partners_are_paced_followed_and_reported_each_on_their_own() {
     // Arrange
-    let app = TestApp::spawn().await;
+    let stack = TestStack::builder().intake().start().await;
+    let app = stack.intake();
     let stop = CancellationToken::new();
     let calls = StripeCalls::default();
     let worker = tokio::spawn(stand_in_worker(
@@ -450,7 +464,7 @@ async fn several_partners_are_paced_followed_and_reported_each_on_their_own() {
         .expect("--worker-metrics was given");
     assert_eq!(whole.total, (30 + b.sent) * CALLS_A_JOB);
     assert!(report.shared_window.is_none(), "one partner with a count");
-    app.teardown().await;
+    stack.teardown().await;
 }
 
 /// A worker's `/metrics` page with `autorenew_stripe_requests_total` by partner; its URL.

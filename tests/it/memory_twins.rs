@@ -20,8 +20,8 @@ use autorenew::worker::ports::{CreateSent, JobStore, StripeApi};
 use secrecy::SecretString;
 use serde_json::json;
 
-use crate::helpers::{SHARED_REDIS, delete_keys};
-use crate::sim::helpers::{KEY, spawn};
+use crate::helpers::sim::KEY;
+use crate::helpers::{SHARED_REDIS, TestStack, delete_keys};
 
 fn result(sub: &str) -> FinalResult {
     FinalResult {
@@ -313,7 +313,8 @@ fn kind<T>(answer: &Result<T, StripeFailure>) -> String {
 
 #[tokio::test]
 async fn the_memory_stripe_keeps_the_idempotency_rules_of_the_simulator() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
     let key = SecretString::from(KEY);
     let gateway = Gateway::new(
         &ClientOptions {
@@ -439,7 +440,8 @@ async fn mark_rules(stripe: &dyn StripeApi) -> Vec<String> {
 
 #[tokio::test]
 async fn the_memory_stripe_keeps_a_failure_s_mark_on_the_customer_as_the_simulator_does() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
     let key = SecretString::from(KEY);
     let gateway = Gateway::new(
         &ClientOptions {

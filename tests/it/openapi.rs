@@ -17,7 +17,7 @@ use autorenew::intake::IntakeError;
 use autorenew::store::StoreError;
 use serde_json::Value;
 
-use crate::helpers::{FLAT_FIELDS, TestApp};
+use crate::helpers::{FLAT_FIELDS, TestStack};
 
 const DOCUMENT: &str = include_str!("../../src/intake/openapi.json");
 
@@ -367,7 +367,8 @@ fn operations(doc: &Value) -> Vec<(String, String, BTreeMap<String, Value>)> {
 
 #[tokio::test]
 async fn the_intake_serves_the_document_and_every_documented_route() {
-    let app = TestApp::spawn().await;
+    let stack = TestStack::builder().intake().start().await;
+    let app = stack.intake();
 
     let response = app.get("/openapi.json").await;
     assert_eq!(response.status(), 200);
@@ -402,5 +403,5 @@ async fn the_intake_serves_the_document_and_every_documented_route() {
             assert_eq!(body["errorCode"], "PARAM_MISSING", "{path}: {body}");
         }
     }
-    app.teardown().await;
+    stack.teardown().await;
 }

@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use crate::helpers::TestApp;
+use crate::helpers::TestStack;
 
 /// Runs the binary off the runtime's threads, so the intake under test keeps serving.
 async fn probe(url: String) -> (i32, String) {
@@ -26,7 +26,8 @@ fn probe_blocking(url: &str) -> (i32, String) {
 
 #[tokio::test]
 async fn probe_exits_0_on_a_ready_intake_and_1_on_a_404_or_a_closed_port() {
-    let intake = TestApp::spawn().await;
+    let stack = TestStack::builder().intake().start().await;
+    let intake = stack.intake();
     let base = &intake.address;
     assert_eq!(probe(format!("{base}/healthz")).await.0, 0);
     assert_eq!(probe(format!("{base}/readyz")).await.0, 0);
@@ -38,6 +39,7 @@ async fn probe_exits_0_on_a_ready_intake_and_1_on_a_404_or_a_closed_port() {
     let port = closed.local_addr().expect("addr").port();
     drop(closed);
     assert_eq!(probe(format!("http://127.0.0.1:{port}/readyz")).await.0, 1);
+    stack.teardown().await;
 }
 
 #[test]

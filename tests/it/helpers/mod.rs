@@ -1,22 +1,29 @@
-//! Test helpers: a `TestApp` on a random port with its own queue and key prefixes, a signed
-//! client, a jobs-queue reader, bounded polling, and private RabbitMQ / Redis instances.
+//! Test helpers: [`TestStack`], the one way a test starts the parts of a deployment it needs
+//! (`stack.rs`, with its parts in `intake.rs`, `sim.rs` and `push.rs`); signed requests, a
+//! jobs-queue reader, bounded polling, clean-up on the shared broker and Redis, and private
+//! RabbitMQ / Redis instances.
 
+pub mod intake;
 pub mod private;
+pub mod push;
+pub mod sim;
+pub mod stack;
+
+pub use intake::TestApp;
+pub use stack::TestStack;
 
 use std::collections::BTreeMap;
+use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;
+use std::process::Child;
 use std::time::Duration;
 
-use autorenew::broker::Topology;
 use autorenew::config::{PartnerSettings, Settings};
 use autorenew::domain::sign;
-use autorenew::intake::Application;
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
-use secrecy::ExposeSecret;
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
 pub const PARTNER: &str = "P000818";
 pub const SECRET: &str = "s3cr3t-P000818";
@@ -42,7 +49,8 @@ pub fn repo_path(relative: &str) -> PathBuf {
 }
 
 /// Settings from the repo's config.toml, with a fresh prefix so each test has its own queues
-/// and keys, listening on a random port, and a second partner.
+/// and keys, listening on a random port, and a second partner: what every `TestStack` starts
+/// from, and what a test that starts nothing but needs settings (a loader, a client) uses.
 pub fn test_settings(amqp_url: &str, redis_url: &str) -> Settings {
     let prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
     let env = [
@@ -63,104 +71,28 @@ pub fn test_settings(amqp_url: &str, redis_url: &str) -> Settings {
     settings
 }
 
-pub struct TestApp {
-    pub address: String,
-    pub settings: Settings,
-    pub client: reqwest::Client,
-    shutdown: CancellationToken,
+/// A child process, killed (SIGKILL) when dropped, so a failed test leaves none behind to
+/// consume its queues and load the machine; it is the `Child` itself otherwise.
+pub struct ChildGuard(pub Child);
+
+impl Deref for ChildGuard {
+    type Target = Child;
+
+    fn deref(&self) -> &Child {
+        &self.0
+    }
 }
 
-impl TestApp {
-    pub async fn spawn() -> TestApp {
-        Self::spawn_with(test_settings(SHARED_AMQP, SHARED_REDIS)).await
+impl DerefMut for ChildGuard {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
     }
+}
 
-    /// Starts the intake and waits (bounded) until it is ready.
-    pub async fn spawn_with(settings: Settings) -> TestApp {
-        let app = Self::spawn_unready(settings).await;
-        let ready = poll_until(Duration::from_secs(20), || async {
-            app.get("/readyz").await.status() == 200
-        })
-        .await;
-        assert!(ready, "the intake did not become ready");
-        app
-    }
-
-    pub async fn spawn_unready(settings: Settings) -> TestApp {
-        let shutdown = CancellationToken::new();
-        let app = Application::build(&settings, shutdown.clone())
-            .await
-            .expect("the intake builds");
-        let address = format!("http://127.0.0.1:{}", app.port());
-        tokio::spawn(app.run_until_stopped(shutdown.clone()));
-        TestApp {
-            address,
-            settings,
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(15))
-                .build()
-                .expect("client"),
-            shutdown,
-        }
-    }
-
-    pub fn prefix(&self) -> &str {
-        &self.settings.amqp.prefix
-    }
-
-    pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.client
-            .get(format!("{}{}", self.address, path))
-            .send()
-            .await
-            .expect("GET")
-    }
-
-    /// POSTs raw bytes with the given content type (None: no Content-Type header).
-    pub async fn post_raw(
-        &self,
-        path: &str,
-        body: impl Into<reqwest::Body>,
-        content_type: Option<&str>,
-    ) -> reqwest::Response {
-        let mut request = self
-            .client
-            .post(format!("{}{}", self.address, path))
-            .body(body);
-        if let Some(content_type) = content_type {
-            request = request.header("content-type", content_type);
-        }
-        request.send().await.expect("POST")
-    }
-
-    /// Signs `params` with `secret` (fresh tradeTime unless given) and POSTs them as JSON.
-    pub async fn post_signed(&self, path: &str, params: Value, secret: &str) -> Answer {
-        let body = signed(params, secret);
-        Answer::from(
-            self.post_raw(path, body.to_string(), Some("application/json"))
-                .await,
-        )
-        .await
-    }
-
-    pub async fn subscribe(&self, params: Value) -> Answer {
-        self.post_signed("/stripeSubDirectly", params, SECRET).await
-    }
-
-    /// Starts the intake's shutdown, as SIGTERM does; `teardown` still cleans up after.
-    pub fn stop(&self) {
-        self.shutdown.cancel();
-    }
-
-    /// Stops the intake and deletes the test's queues and keys.
-    pub async fn teardown(self) {
-        self.shutdown.cancel();
-        delete_topology(&Topology::from_settings(&self.settings)).await;
-        delete_keys(
-            self.settings.redis.url.expose_secret(),
-            &self.settings.redis.key_prefix,
-        )
-        .await;
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 
-use crate::helpers::{SECRET, SHARED_AMQP, SHARED_REDIS, TestApp, signed, test_settings};
+use crate::helpers::{SECRET, TestApp, TestStack, signed};
 
 /// The intake's deadline for a request's head and for its body, in these tests.
 const REQUEST_TIMEOUT_MS: u64 = 1000;
@@ -20,10 +20,13 @@ const BOUND: Duration = Duration::from_secs(10);
 /// The pace of a slow client: one piece at a time, this far apart.
 const DRIBBLE: Duration = Duration::from_millis(150);
 
-async fn spawn() -> TestApp {
-    let mut settings = test_settings(SHARED_AMQP, SHARED_REDIS);
-    settings.intake.request_timeout_ms = REQUEST_TIMEOUT_MS;
-    TestApp::spawn_with(settings).await
+/// A stack of an intake with the short request deadline of these tests.
+async fn spawn() -> TestStack {
+    TestStack::builder()
+        .settings(|settings| settings.intake.request_timeout_ms = REQUEST_TIMEOUT_MS)
+        .intake()
+        .start()
+        .await
 }
 
 async fn connect(app: &TestApp) -> TcpStream {
@@ -155,11 +158,12 @@ fn assert_request_timeout(end: End, what: &str) {
 
 #[tokio::test]
 async fn slow_bodies_get_408_request_timeout() {
-    let app = spawn().await;
+    let stack = spawn().await;
+    let app = stack.intake();
     let body = valid_body();
 
     // Content-Length declared, the body trickled a byte at a time: far slower than 1 s allows.
-    let mut stream = connect(&app).await;
+    let mut stream = connect(app).await;
     let bytes: Vec<Vec<u8>> = body.iter().map(|b| vec![*b]).collect();
     let end = dribble(
         &mut stream,
@@ -171,7 +175,7 @@ async fn slow_bodies_get_408_request_timeout() {
     assert_request_timeout(end, "a trickled body");
 
     // Chunked, one tiny chunk at a time.
-    let mut stream = connect(&app).await;
+    let mut stream = connect(app).await;
     let chunks: Vec<Vec<u8>> = body
         .iter()
         .map(|b| {
@@ -185,29 +189,30 @@ async fn slow_bodies_get_408_request_timeout() {
     assert_request_timeout(end, "a trickled chunked body");
 
     // A body announced and never sent.
-    let mut stream = connect(&app).await;
+    let mut stream = connect(app).await;
     let end = dribble(&mut stream, &post_head(Some(100), false), &[], false).await;
     assert_request_timeout(end, "a body that never comes");
 
     // Half a body, then silence.
-    let mut stream = connect(&app).await;
+    let mut stream = connect(app).await;
     let mut head = post_head(Some(body.len()), false);
     head.extend_from_slice(&body[..body.len() / 2]);
     let end = dribble(&mut stream, &head, &[], false).await;
     assert_request_timeout(end, "half a body");
 
-    still_serving(&app).await;
-    app.teardown().await;
+    still_serving(app).await;
+    stack.teardown().await;
 }
 
 #[tokio::test]
 async fn slow_or_silent_heads_are_cut_off_and_others_are_still_served() {
-    let app = spawn().await;
+    let stack = spawn().await;
+    let app = stack.intake();
 
     // Many slowloris connections at once, each trickling header lines forever.
     let mut stalled = Vec::new();
     for _ in 0..40 {
-        let mut stream = connect(&app).await;
+        let mut stream = connect(app).await;
         stream
             .write_all(b"POST /stripeSubDirectly HTTP/1.1\r\nHost: intake\r\n")
             .await
@@ -215,10 +220,10 @@ async fn slow_or_silent_heads_are_cut_off_and_others_are_still_served() {
         stalled.push(stream);
     }
     // While they hang on, valid requests are served.
-    still_serving(&app).await;
+    still_serving(app).await;
 
     // One of them keeps trickling: it is dropped (closed, or a 4xx) within the bound.
-    let mut stream = connect(&app).await;
+    let mut stream = connect(app).await;
     let end = dribble(
         &mut stream,
         b"POST /stripeSubDirectly HTTP/1.1\r\nHost: intake\r\n",
@@ -229,12 +234,12 @@ async fn slow_or_silent_heads_are_cut_off_and_others_are_still_served() {
     assert_cut_off(end, "headers trickled forever");
 
     // A client that connects and sends nothing.
-    let mut stream = connect(&app).await;
+    let mut stream = connect(app).await;
     let end = dribble(&mut stream, b"", &[], false).await;
     assert_cut_off(end, "a silent connection");
 
     // A keep-alive connection left idle after a complete request.
-    let mut stream = connect(&app).await;
+    let mut stream = connect(app).await;
     let body = valid_body();
     let mut request = post_head(Some(body.len()), false);
     request.extend_from_slice(&body);
@@ -258,8 +263,8 @@ async fn slow_or_silent_heads_are_cut_off_and_others_are_still_served() {
         let end = dribble(&mut stream, b"", &[], false).await;
         assert_cut_off(end, &format!("stalled connection {index}"));
     }
-    still_serving(&app).await;
-    app.teardown().await;
+    still_serving(app).await;
+    stack.teardown().await;
 }
 
 fn assert_cut_off(end: End, what: &str) {
@@ -278,7 +283,8 @@ fn assert_cut_off(end: End, what: &str) {
 /// goes on serving.
 #[tokio::test]
 async fn oversized_and_broken_heads_are_refused_with_a_4xx() {
-    let app = spawn().await;
+    let stack = spawn().await;
+    let app = stack.intake();
     let body = valid_body();
     let with_body = |head: String| {
         let mut bytes = head.into_bytes();
@@ -347,7 +353,7 @@ async fn oversized_and_broken_heads_are_refused_with_a_4xx() {
         ),
     ];
     for (name, request) in cases {
-        let mut stream = connect(&app).await;
+        let mut stream = connect(app).await;
         let end = dribble(&mut stream, &request, &[], false).await;
         match end {
             End::Answered(bytes) => {
@@ -362,15 +368,16 @@ async fn oversized_and_broken_heads_are_refused_with_a_4xx() {
             End::Closed => {}
         }
     }
-    still_serving(&app).await;
-    app.teardown().await;
+    still_serving(app).await;
+    stack.teardown().await;
 }
 
 /// The head deadline is for reading a request, not for answering it: a `Prefer: wait` answer
 /// held longer than `request_timeout_ms` still arrives on its connection.
 #[tokio::test]
 async fn a_held_answer_outlives_the_head_deadline() {
-    let app = spawn().await;
+    let stack = spawn().await;
+    let app = stack.intake();
     let body = signed(crate::helpers::valid_request(), SECRET).to_string();
     let wait_secs = 2 * REQUEST_TIMEOUT_MS / 1000 + 1;
     let response = app
@@ -386,18 +393,23 @@ async fn a_held_answer_outlives_the_head_deadline() {
     // No worker runs here: after the wait the job is still processing.
     assert_eq!(answer.status, 200, "{:?}", answer.body);
     assert_eq!(answer.body["status"], "processing", "{:?}", answer.body);
-    app.teardown().await;
+    stack.teardown().await;
 }
 
 #[tokio::test]
 async fn connections_beyond_intake_max_connections_wait_for_a_free_one() {
-    let mut settings = test_settings(SHARED_AMQP, SHARED_REDIS);
-    settings.intake.request_timeout_ms = REQUEST_TIMEOUT_MS;
-    settings.intake.max_connections = 2;
-    let app = TestApp::spawn_with(settings).await;
+    let stack = TestStack::builder()
+        .settings(|settings| {
+            settings.intake.request_timeout_ms = REQUEST_TIMEOUT_MS;
+            settings.intake.max_connections = 2;
+        })
+        .intake()
+        .start()
+        .await;
+    let app = stack.intake();
     // Two clients that say nothing hold both connections until the head deadline drops them.
-    let _first = connect(&app).await;
-    let _second = connect(&app).await;
+    let _first = connect(app).await;
+    let _second = connect(app).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     let started = Instant::now();
@@ -412,5 +424,5 @@ async fn connections_beyond_intake_max_connections_wait_for_a_free_one() {
         waited >= Duration::from_millis(REQUEST_TIMEOUT_MS) - Duration::from_millis(300),
         "a third connection was served at once ({waited:?}), beyond intake.max_connections = 2"
     );
-    app.teardown().await;
+    stack.teardown().await;
 }

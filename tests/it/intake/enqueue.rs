@@ -5,12 +5,13 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::helpers::{
-    OTHER_PARTNER, OTHER_SECRET, PARTNER, SECRET, TestApp, read_queue, valid_request,
+    OTHER_PARTNER, OTHER_SECRET, PARTNER, SECRET, TestStack, read_queue, valid_request,
 };
 
 #[tokio::test]
 async fn a_valid_request_lands_on_the_jobs_queue_as_a_persistent_job() {
-    let app = TestApp::spawn().await;
+    let stack = TestStack::builder().intake().start().await;
+    let app = stack.intake();
     let mut request = valid_request();
     request["memo"] = json!("kept with the job");
     let pay_id = request["payId"].as_str().expect("payId").to_owned();
@@ -48,12 +49,13 @@ async fn a_valid_request_lands_on_the_jobs_queue_as_a_persistent_job() {
     assert_eq!(job.body["payCurrency"], "usd");
     assert_eq!(job.body["pm_id"], "pm_1GnMUDLnVNBddzslXw7xuoe6");
     assert_eq!(job.body["extras"]["memo"], "kept with the job");
-    app.teardown().await;
+    stack.teardown().await;
 }
 
 #[tokio::test]
 async fn the_same_request_again_answers_the_same_and_enqueues_nothing_more() {
-    let app = TestApp::spawn().await;
+    let stack = TestStack::builder().intake().start().await;
+    let app = stack.intake();
     let request = valid_request();
 
     let first = app.subscribe(request.clone()).await;
@@ -72,12 +74,13 @@ async fn the_same_request_again_answers_the_same_and_enqueues_nothing_more() {
     )
     .await;
     assert_eq!(jobs.len(), 1, "one job for one payId");
-    app.teardown().await;
+    stack.teardown().await;
 }
 
 #[tokio::test]
 async fn concurrent_copies_of_one_request_make_one_job() {
-    let app = TestApp::spawn().await;
+    let stack = TestStack::builder().intake().start().await;
+    let app = stack.intake();
     let request = valid_request();
 
     let answers =
@@ -94,12 +97,13 @@ async fn concurrent_copies_of_one_request_make_one_job() {
     )
     .await;
     assert_eq!(jobs.len(), 1, "one job for one payId");
-    app.teardown().await;
+    stack.teardown().await;
 }
 
 #[tokio::test]
 async fn the_same_pay_id_with_other_content_is_a_conflict() {
-    let app = TestApp::spawn().await;
+    let stack = TestStack::builder().intake().start().await;
+    let app = stack.intake();
     let request = valid_request();
     assert_eq!(app.subscribe(request.clone()).await.status, 200);
 
@@ -129,12 +133,13 @@ async fn the_same_pay_id_with_other_content_is_a_conflict() {
         (answer.status, answer.body["status"].as_str()),
         (200, Some("processing"))
     );
-    app.teardown().await;
+    stack.teardown().await;
 }
 
 #[tokio::test]
 async fn result_query_shows_a_partner_only_its_own_pay_ids() {
-    let app = TestApp::spawn().await;
+    let stack = TestStack::builder().intake().start().await;
+    let app = stack.intake();
     let request = valid_request();
     let pay_id = request["payId"].clone();
     assert_eq!(app.subscribe(request).await.status, 200);
@@ -154,12 +159,13 @@ async fn result_query_shows_a_partner_only_its_own_pay_ids() {
     assert_eq!(own.body["status"], "processing");
     assert_eq!((other.status, other.code()), (404, "PAY_ID_UNKNOWN"));
     assert_eq!((unknown.status, unknown.code()), (404, "PAY_ID_UNKNOWN"));
-    app.teardown().await;
+    stack.teardown().await;
 }
 
 #[tokio::test]
 async fn metrics_count_requests_by_route_and_code() {
-    let app = TestApp::spawn().await;
+    let stack = TestStack::builder().intake().start().await;
+    let app = stack.intake();
     app.subscribe(valid_request()).await;
     let mut bad = valid_request();
     bad["version"] = json!("1.0");
@@ -178,13 +184,14 @@ async fn metrics_count_requests_by_route_and_code() {
         text.contains("autorenew_intake_enqueue_duration_seconds_bucket"),
         "{text}"
     );
-    app.teardown().await;
+    stack.teardown().await;
 }
 
 #[tokio::test]
 async fn an_f_answer_is_counted_under_its_code_and_a_bad_sign_under_its_partner() {
     use autorenew::domain::{FailureCode, FailureDetail, FinalResult, PartnerCode, PayId, PayKey};
-    let app = TestApp::spawn().await;
+    let stack = TestStack::builder().intake().start().await;
+    let app = stack.intake();
     let request = valid_request();
     let pay_id = request["payId"].as_str().expect("payId").to_owned();
     assert_eq!(app.subscribe(request.clone()).await.status, 200);
@@ -237,12 +244,13 @@ async fn an_f_answer_is_counted_under_its_code_and_a_bad_sign_under_its_partner(
         )),
         "{text}"
     );
-    app.teardown().await;
+    stack.teardown().await;
 }
 
 #[tokio::test]
 async fn a_retry_takes_over_a_claim_whose_holder_died_and_publishes_the_first_requests_job() {
-    let app = TestApp::spawn().await;
+    let stack = TestStack::builder().intake().start().await;
+    let app = stack.intake();
     let request = crate::helpers::signed(valid_request(), SECRET);
     let bytes = serde_json::to_vec(&request).expect("JSON");
     let (parsed, fields) =
@@ -300,5 +308,5 @@ async fn a_retry_takes_over_a_claim_whose_holder_died_and_publishes_the_first_re
         jobs[0].body["requestId"], "the-first-request",
         "the job stored by the first request, not the retry's own"
     );
-    app.teardown().await;
+    stack.teardown().await;
 }

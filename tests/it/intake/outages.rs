@@ -4,16 +4,19 @@
 use std::time::{Duration, Instant};
 
 use crate::helpers::private::{PrivateRabbit, PrivateRedis};
-use crate::helpers::{
-    SHARED_AMQP, SHARED_REDIS, TestApp, poll_until, test_settings, valid_request,
-};
+use crate::helpers::{SHARED_AMQP, TestStack, poll_until, valid_request};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_broker_down_requests_get_a_fast_503_and_are_accepted_once_it_is_back() {
     let mut rabbit = tokio::task::spawn_blocking(PrivateRabbit::start)
         .await
         .expect("rabbit");
-    let app = TestApp::spawn_with(test_settings(&rabbit.url(), SHARED_REDIS)).await;
+    let stack = TestStack::builder()
+        .amqp_url(&rabbit.url())
+        .intake()
+        .start()
+        .await;
+    let app = stack.intake();
     assert_eq!(app.subscribe(valid_request()).await.status, 200);
 
     rabbit = tokio::task::spawn_blocking(move || {
@@ -61,7 +64,7 @@ async fn with_the_broker_down_requests_get_a_fast_503_and_are_accepted_once_it_i
     assert_eq!(answer.status, 200, "{:?}", answer.body);
     assert_eq!(answer.body["operateCode"], "S");
 
-    app.teardown().await;
+    stack.teardown().await;
     tokio::task::spawn_blocking(move || drop(rabbit))
         .await
         .expect("stop");
@@ -70,7 +73,12 @@ async fn with_the_broker_down_requests_get_a_fast_503_and_are_accepted_once_it_i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_down_requests_get_a_fast_503_and_are_accepted_once_it_is_back() {
     let mut redis = PrivateRedis::start();
-    let app = TestApp::spawn_with(test_settings(SHARED_AMQP, &redis.url())).await;
+    let stack = TestStack::builder()
+        .redis_url(&redis.url())
+        .intake()
+        .start()
+        .await;
+    let app = stack.intake();
     assert_eq!(app.subscribe(valid_request()).await.status, 200);
 
     redis.stop();
@@ -97,7 +105,7 @@ async fn with_redis_down_requests_get_a_fast_503_and_are_accepted_once_it_is_bac
     })
     .await;
     assert!(back, "the intake reconnects to Redis by itself");
-    app.teardown().await;
+    stack.teardown().await;
 }
 
 #[tokio::test]
@@ -105,10 +113,11 @@ async fn an_amqp_url_naming_several_nodes_connects_to_one_that_answers() {
     // The first node has nothing listening; the second is the shared broker.
     let dead = crate::helpers::private::free_port();
     let url = format!("amqp://guest:guest@127.0.0.1:{dead}/%2f, {SHARED_AMQP}");
-    let app = TestApp::spawn_with(test_settings(&url, SHARED_REDIS)).await;
+    let stack = TestStack::builder().amqp_url(&url).intake().start().await;
+    let app = stack.intake();
 
     let answer = app.subscribe(valid_request()).await;
 
     assert_eq!(answer.status, 200, "{:?}", answer.body);
-    app.teardown().await;
+    stack.teardown().await;
 }

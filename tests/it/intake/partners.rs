@@ -8,21 +8,25 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
 use crate::helpers::{
-    OTHER_PARTNER, OTHER_SECRET, PARTNER, SECRET, SHARED_AMQP, SHARED_REDIS, TestApp, repo_path,
-    test_settings, valid_request,
+    OTHER_PARTNER, OTHER_SECRET, PARTNER, SECRET, TestStack, repo_path, valid_request,
 };
 
 #[tokio::test]
 async fn during_a_rotation_the_old_and_the_new_secret_both_verify() {
-    let mut settings = test_settings(SHARED_AMQP, SHARED_REDIS);
-    let partner = settings
-        .partners
-        .iter_mut()
-        .find(|p| p.code == PARTNER)
-        .expect("the demo partner");
-    partner.secret = SecretString::from("the-new-secret");
-    partner.secrets = vec![SecretString::from(SECRET)];
-    let app = TestApp::spawn_with(settings).await;
+    let stack = TestStack::builder()
+        .settings(|settings| {
+            let partner = settings
+                .partners
+                .iter_mut()
+                .find(|p| p.code == PARTNER)
+                .expect("the demo partner");
+            partner.secret = SecretString::from("the-new-secret");
+            partner.secrets = vec![SecretString::from(SECRET)];
+        })
+        .intake()
+        .start()
+        .await;
+    let app = stack.intake();
 
     let with_old = app
         .post_signed("/stripeSubDirectly", valid_request(), SECRET)
@@ -40,7 +44,7 @@ async fn during_a_rotation_the_old_and_the_new_secret_both_verify() {
         (with_neither.status, with_neither.code()),
         (401, "SIGN_INVALID")
     );
-    app.teardown().await;
+    stack.teardown().await;
 }
 
 #[test]
@@ -74,13 +78,18 @@ fn a_partner_secret_can_come_from_the_environment() {
 
 #[tokio::test]
 async fn a_partner_over_its_rate_gets_429_and_others_are_not_slowed() {
-    let mut settings = test_settings(SHARED_AMQP, SHARED_REDIS);
-    for partner in &mut settings.partners {
-        if partner.code == PARTNER {
-            partner.rate_limit_per_second = Some(5);
-        }
-    }
-    let app = TestApp::spawn_with(settings).await;
+    let stack = TestStack::builder()
+        .settings(|settings| {
+            for partner in &mut settings.partners {
+                if partner.code == PARTNER {
+                    partner.rate_limit_per_second = Some(5);
+                }
+            }
+        })
+        .intake()
+        .start()
+        .await;
+    let app = stack.intake();
 
     let flood =
         futures_util::future::join_all((0..30).map(|_| app.subscribe(valid_request()))).await;
@@ -102,5 +111,5 @@ async fn a_partner_over_its_rate_gets_429_and_others_are_not_slowed() {
         assert!(answer.retry_after.is_some());
     }
     assert_eq!(neighbour.status, 200, "{:?}", neighbour.body);
-    app.teardown().await;
+    stack.teardown().await;
 }

@@ -10,7 +10,8 @@ use autorenew::store::Store;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Answer, OTHER_PARTNER, OTHER_SECRET, PARTNER, SECRET, TestApp, read_queue, valid_request,
+    Answer, OTHER_PARTNER, OTHER_SECRET, PARTNER, SECRET, TestApp, TestStack, read_queue,
+    valid_request,
 };
 
 const CANCEL: &str = "/cancelAutoRenewalRecord";
@@ -113,16 +114,17 @@ async fn cancel(app: &TestApp, pay_id: &str, when: Option<&str>) -> Answer {
 
 #[tokio::test]
 async fn a_cancel_of_a_processing_pay_id_is_accepted_and_enqueued_as_a_cancel_job() {
-    let app = TestApp::spawn().await;
-    let pay_id = accepted_pay_id(&app).await;
+    let stack = TestStack::builder().intake().start().await;
+    let app = stack.intake();
+    let pay_id = accepted_pay_id(app).await;
 
-    let answer = cancel(&app, &pay_id, None).await;
+    let answer = cancel(app, &pay_id, None).await;
 
     assert_eq!(answer.status, 200, "{:?}", answer.body);
     assert_eq!(answer.body["operateCode"], "S");
     assert_eq!(answer.body["status"], "processing");
     assert_eq!(answer.body["payId"], pay_id.as_str());
-    let messages = read_queue(&jobs(&app), 2, Duration::from_secs(3)).await;
+    let messages = read_queue(&jobs(app), 2, Duration::from_secs(3)).await;
     assert_eq!(messages.len(), 1, "one cancel job");
     let message = &messages[0];
     assert_eq!(
@@ -137,54 +139,56 @@ async fn a_cancel_of_a_processing_pay_id_is_accepted_and_enqueued_as_a_cancel_jo
     assert_eq!(message.body["payId"], pay_id.as_str());
     assert_eq!(message.body["partnerCode"], PARTNER);
     assert_eq!(message.body["when"], "period_end");
-    app.teardown().await;
+    stack.teardown().await;
 }
 
 #[tokio::test]
 async fn a_repeated_cancel_answers_like_the_first_and_enqueues_nothing_more() {
-    let app = TestApp::spawn().await;
-    let pay_id = accepted_pay_id(&app).await;
+    let stack = TestStack::builder().intake().start().await;
+    let app = stack.intake();
+    let pay_id = accepted_pay_id(app).await;
 
-    let first = cancel(&app, &pay_id, Some("now")).await;
-    let second = cancel(&app, &pay_id, Some("now")).await;
+    let first = cancel(app, &pay_id, Some("now")).await;
+    let second = cancel(app, &pay_id, Some("now")).await;
     // Even once the subscription is canceled, a repeat of the cancel answers like the first.
-    store(&app)
+    store(app)
         .apply_renewal(
             &pay(&pay_id),
             &update(5, subscription("canceled", 9, false)),
         )
         .await
         .expect("apply");
-    let third = cancel(&app, &pay_id, Some("now")).await;
+    let third = cancel(app, &pay_id, Some("now")).await;
 
     assert_eq!(first.status, 200, "{:?}", first.body);
     assert_eq!(first.body, second.body);
     assert_eq!(third.status, 200, "{:?}", third.body);
     assert_eq!(third.body["operateCode"], "S");
-    let messages = read_queue(&jobs(&app), 2, Duration::from_secs(2)).await;
+    let messages = read_queue(&jobs(app), 2, Duration::from_secs(2)).await;
     assert_eq!(messages.len(), 1, "one cancel job");
-    app.teardown().await;
+    stack.teardown().await;
 }
 
 #[tokio::test]
 async fn concurrent_copies_of_one_cancel_make_one_job() {
-    let app = TestApp::spawn().await;
-    let pay_id = accepted_pay_id(&app).await;
+    let stack = TestStack::builder().intake().start().await;
+    let app = stack.intake();
+    let pay_id = accepted_pay_id(app).await;
 
-    let answers =
-        futures_util::future::join_all((0..10).map(|_| cancel(&app, &pay_id, None))).await;
+    let answers = futures_util::future::join_all((0..10).map(|_| cancel(app, &pay_id, None))).await;
 
     for answer in &answers {
         assert_eq!(answer.status, 200, "{:?}", answer.body);
     }
-    let messages = read_queue(&jobs(&app), 2, Duration::from_secs(2)).await;
+    let messages = read_queue(&jobs(app), 2, Duration::from_secs(2)).await;
     assert_eq!(messages.len(), 1, "one cancel job");
-    app.teardown().await;
+    stack.teardown().await;
 }
 
 #[tokio::test]
 async fn unknown_and_other_partners_pay_ids_are_404() {
-    let app = TestApp::spawn().await;
+    let stack = TestStack::builder().intake().start().await;
+    let app = stack.intake();
     let theirs = valid_request();
     let their_pay_id = theirs["payId"].as_str().expect("payId").to_owned();
     let mut theirs = theirs;
@@ -195,7 +199,7 @@ async fn unknown_and_other_partners_pay_ids_are_404() {
     assert_eq!(answer.status, 200);
 
     for pay_id in ["never-sent", their_pay_id.as_str()] {
-        let cancelled = cancel(&app, pay_id, None).await;
+        let cancelled = cancel(app, pay_id, None).await;
         let queried = app.post_signed(QUERY, query_request(pay_id), SECRET).await;
         for answer in [cancelled, queried] {
             assert_eq!(
@@ -210,17 +214,18 @@ async fn unknown_and_other_partners_pay_ids_are_404() {
     let theirs = crate::helpers::lane(app.prefix(), OTHER_PARTNER);
     let messages = read_queue(&theirs, 2, Duration::from_secs(2)).await;
     assert_eq!(messages.len(), 1, "only their creation job");
-    let ours = read_queue(&jobs(&app), 1, Duration::from_secs(1)).await;
+    let ours = read_queue(&jobs(app), 1, Duration::from_secs(1)).await;
     assert!(ours.is_empty(), "no cancel: {:?}", ours.len());
-    app.teardown().await;
+    stack.teardown().await;
 }
 
 #[tokio::test]
 async fn a_pay_id_whose_creation_failed_or_that_is_canceled_is_not_cancelable() {
-    let app = TestApp::spawn().await;
-    let failed = accepted_pay_id(&app).await;
-    let canceled = accepted_pay_id(&app).await;
-    let store = store(&app);
+    let stack = TestStack::builder().intake().start().await;
+    let app = stack.intake();
+    let failed = accepted_pay_id(app).await;
+    let canceled = accepted_pay_id(app).await;
+    let store = store(app);
     // A worker stores a failure only while it holds the payId's lock.
     let lock_ttl = std::time::Duration::from_secs(5);
     let locked = store
@@ -245,7 +250,7 @@ async fn a_pay_id_whose_creation_failed_or_that_is_canceled_is_not_cancelable() 
         .expect("apply");
 
     for pay_id in [&failed, &canceled] {
-        let answer = cancel(&app, pay_id, None).await;
+        let answer = cancel(app, pay_id, None).await;
         assert_eq!(
             (answer.status, answer.code(), answer.field()),
             (409, "PAY_ID_NOT_CANCELABLE", "payId"),
@@ -254,17 +259,18 @@ async fn a_pay_id_whose_creation_failed_or_that_is_canceled_is_not_cancelable() 
         );
         assert_eq!(answer.body["payId"], pay_id.as_str());
     }
-    let messages = read_queue(&jobs(&app), 1, Duration::from_secs(1)).await;
+    let messages = read_queue(&jobs(app), 1, Duration::from_secs(1)).await;
     assert!(messages.is_empty(), "no cancel job");
-    app.teardown().await;
+    stack.teardown().await;
 }
 
 #[tokio::test]
 async fn cancel_and_query_check_their_fields_like_every_call() {
-    let app = TestApp::spawn().await;
-    let pay_id = accepted_pay_id(&app).await;
+    let stack = TestStack::builder().intake().start().await;
+    let app = stack.intake();
+    let pay_id = accepted_pay_id(app).await;
 
-    let bad_when = cancel(&app, &pay_id, Some("tomorrow")).await;
+    let bad_when = cancel(app, &pay_id, Some("tomorrow")).await;
     let mut wrong_type = cancel_request(&pay_id, None);
     wrong_type["tradeType"] = json!("queryAutoRenewalRecord");
     let wrong_type = app.post_signed(CANCEL, wrong_type, SECRET).await;
@@ -292,13 +298,14 @@ async fn cancel_and_query_check_their_fields_like_every_call() {
         (400, "PARAM_INVALID", "version")
     );
     assert_eq!((unsigned.status, unsigned.code()), (401, "SIGN_INVALID"));
-    app.teardown().await;
+    stack.teardown().await;
 }
 
 #[tokio::test]
 async fn a_query_answers_the_flat_fields_and_the_renewal_state() {
-    let app = TestApp::spawn().await;
-    let pay_id = accepted_pay_id(&app).await;
+    let stack = TestStack::builder().intake().start().await;
+    let app = stack.intake();
+    let pay_id = accepted_pay_id(app).await;
 
     let processing = app.post_signed(QUERY, query_request(&pay_id), SECRET).await;
 
@@ -312,7 +319,7 @@ async fn a_query_answers_the_flat_fields_and_the_renewal_state() {
     assert_eq!(processing.body["last_invoice_id"], "");
     assert_eq!(processing.body["last_error"], Value::Null);
 
-    let store = store(&app);
+    let store = store(app);
     let id = pay(&pay_id);
     store
         .finish_job(&id, "no-lock", &result("active", false))
@@ -362,13 +369,14 @@ async fn a_query_answers_the_flat_fields_and_the_renewal_state() {
     assert_eq!(body["last_invoice_id"], "in_2");
     assert_eq!(body["last_error"]["decline_code"], "insufficient_funds");
     assert_eq!(body["last_error"]["invoice_id"], "in_3");
-    app.teardown().await;
+    stack.teardown().await;
 }
 
 #[tokio::test]
 async fn the_renewal_state_never_goes_back_and_counts_each_invoice_once() {
-    let app = TestApp::spawn().await;
-    let store = store(&app);
+    let stack = TestStack::builder().intake().start().await;
+    let app = stack.intake();
+    let store = store(app);
     let id = pay(&format!("R{}", uuid::Uuid::new_v4().simple()));
 
     let newer = store
@@ -468,14 +476,15 @@ async fn the_renewal_state_never_goes_back_and_counts_each_invoice_once() {
     assert_eq!(state.last_renewal_at, Some(300));
     assert_eq!(state.last_error, None);
     assert_eq!(store.renewal(&pay("never")).await.expect("read"), None);
-    app.teardown().await;
+    stack.teardown().await;
 }
 
 #[tokio::test]
 async fn an_auto_renewal_stays_known_after_its_intake_record_expired() {
-    let app = TestApp::spawn().await;
+    let stack = TestStack::builder().intake().start().await;
+    let app = stack.intake();
     let id = pay(&format!("R{}", uuid::Uuid::new_v4().simple()));
-    store(&app)
+    store(app)
         .apply_renewal(&id, &update(1, subscription("active", 100, false)))
         .await
         .expect("apply");
@@ -491,7 +500,7 @@ async fn an_auto_renewal_stays_known_after_its_intake_record_expired() {
     assert_eq!(mine.body["status"], "active");
     assert_eq!(mine.body["sub_id"], "sub_1");
     assert_eq!((theirs.status, theirs.code()), (404, "PAY_ID_UNKNOWN"));
-    app.teardown().await;
+    stack.teardown().await;
 }
 
 /// Writes a payId's keys as the version before payIds were scoped by partner did.
@@ -551,9 +560,10 @@ fn migrate_keys(app: &TestApp) -> String {
 
 #[tokio::test]
 async fn a_pay_id_stored_before_payids_were_scoped_answers_again_after_migrate_keys() {
-    let app = TestApp::spawn().await;
+    let stack = TestStack::builder().intake().start().await;
+    let app = stack.intake();
     let pay_id = format!("L{}", uuid::Uuid::new_v4().simple());
-    write_legacy_keys(&app, &pay_id).await;
+    write_legacy_keys(app, &pay_id).await;
     let query = || app.post_signed(QUERY, query_request(&pay_id), SECRET);
     assert_eq!(
         query().await.status,
@@ -561,7 +571,7 @@ async fn a_pay_id_stored_before_payids_were_scoped_answers_again_after_migrate_k
         "the new version does not read the old names"
     );
 
-    let said = migrate_keys(&app);
+    let said = migrate_keys(app);
 
     assert!(
         said.contains("moved the keys of 1 payIds (3 keys)"),
@@ -579,23 +589,24 @@ async fn a_pay_id_stored_before_payids_were_scoped_answers_again_after_migrate_k
         app.post_signed(QUERY, theirs, OTHER_SECRET).await.status,
         404
     );
-    assert_eq!(cancel(&app, &pay_id, Some("now")).await.status, 200);
-    let store = store(&app);
+    assert_eq!(cancel(app, &pay_id, Some("now")).await.status, 200);
+    let store = store(app);
     assert!(store.result(&pay(&pay_id)).await.expect("read").is_some());
     assert!(
-        migrate_keys(&app).contains("moved the keys of 0 payIds"),
+        migrate_keys(app).contains("moved the keys of 0 payIds"),
         "a second run moves nothing"
     );
-    app.teardown().await;
+    stack.teardown().await;
 }
 
 /// A mark is batched and can arrive after a worker finished the job with a live subscription:
 /// it must not give back the record an expiry the finish took away.
 #[tokio::test]
 async fn a_late_enqueued_mark_leaves_a_live_subscription_s_record_without_expiry() {
-    let app = TestApp::spawn().await;
-    let pay_id = accepted_pay_id(&app).await;
-    let store = store(&app);
+    let stack = TestStack::builder().intake().start().await;
+    let app = stack.intake();
+    let pay_id = accepted_pay_id(app).await;
+    let store = store(app);
     let key = pay(&pay_id);
     assert!(
         store
@@ -624,5 +635,5 @@ async fn a_late_enqueued_mark_leaves_a_live_subscription_s_record_without_expiry
         .await
         .expect("PTTL");
     assert_eq!(pttl, -1, "a live subscription's record has no expiry");
-    app.teardown().await;
+    stack.teardown().await;
 }

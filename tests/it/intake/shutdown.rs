@@ -5,11 +5,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::helpers::{SECRET, TestApp, poll_until, signed, valid_request};
+use crate::helpers::{SECRET, TestStack, poll_until, signed, valid_request};
 
 #[tokio::test]
 async fn a_request_held_by_prefer_wait_is_answered_at_once_on_shutdown() {
-    let app = TestApp::spawn().await;
+    let stack = TestStack::builder().intake().start().await;
+    let app = stack.intake();
     let body = signed(valid_request(), SECRET).to_string();
     // No worker runs: without the shutdown the answer would wait the full 20 s.
     let held = app
@@ -43,5 +44,5 @@ async fn a_request_held_by_prefer_wait_is_answered_at_once_on_shutdown() {
     assert_eq!(answer["operateCode"], "S", "{answer}");
     assert_eq!(answer["status"], "processing", "{answer}");
     assert!(refused, "the stopped intake still accepts connections");
-    app.teardown().await;
+    stack.teardown().await;
 }

@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{OTHER_SECRET, SECRET, TestApp, signed, valid_request};
+use crate::helpers::{OTHER_SECRET, SECRET, TestStack, signed, valid_request};
 
 /// One case: what to change in a valid request, and the answer it must get.
 struct Case {
@@ -244,7 +244,8 @@ const CASES: &[Case] = &[
 
 #[tokio::test]
 async fn every_validation_rule_answers_its_code_and_names_its_field() {
-    let app = TestApp::spawn().await;
+    let stack = TestStack::builder().intake().start().await;
+    let app = stack.intake();
     for case in CASES {
         let mut request = valid_request();
         (case.change)(&mut request);
@@ -264,12 +265,13 @@ async fn every_validation_rule_answers_its_code_and_names_its_field() {
         );
         assert_eq!(answer.body["operateCode"], "F", "{}", case.name);
     }
-    app.teardown().await;
+    stack.teardown().await;
 }
 
 #[tokio::test]
 async fn valid_variants_are_accepted() {
-    let app = TestApp::spawn().await;
+    let stack = TestStack::builder().intake().start().await;
+    let app = stack.intake();
     let variants: [fn(&mut Value); 5] = [
         |r| set(r, "payCurrency", json!("USD")),
         |r| {
@@ -296,12 +298,13 @@ async fn valid_variants_are_accepted() {
         assert_eq!(answer.status, 200, "variant {index}: {:?}", answer.body);
         assert_eq!(answer.body["operateCode"], "S", "variant {index}");
     }
-    app.teardown().await;
+    stack.teardown().await;
 }
 
 #[tokio::test]
 async fn a_wrong_sign_is_refused_in_every_form() {
-    let app = TestApp::spawn().await;
+    let stack = TestStack::builder().intake().start().await;
+    let app = stack.intake();
     let good = signed(valid_request(), SECRET);
     let sign = good["sign"].as_str().expect("sign").to_owned();
     let mut variants = vec![
@@ -361,12 +364,13 @@ async fn a_wrong_sign_is_refused_in_every_form() {
     )
     .await;
     assert_eq!(answer.status, 200, "{:?}", answer.body);
-    app.teardown().await;
+    stack.teardown().await;
 }
 
 #[tokio::test]
 async fn bodies_that_are_not_a_json_object_are_body_invalid() {
-    let app = TestApp::spawn().await;
+    let stack = TestStack::builder().intake().start().await;
+    let app = stack.intake();
     let duplicate = r#"{"payId":"a","payId":"b"}"#;
     let deep = "[".repeat(10_000);
     let bodies: Vec<(&str, Vec<u8>)> = vec![
@@ -388,12 +392,13 @@ async fn bodies_that_are_not_a_json_object_are_body_invalid() {
         assert_eq!(answer.status, 400, "{name}: {:?}", answer.body);
         assert_eq!(answer.code(), "BODY_INVALID", "{name}: {:?}", answer.body);
     }
-    app.teardown().await;
+    stack.teardown().await;
 }
 
 #[tokio::test]
 async fn an_oversized_body_is_413_and_a_non_json_content_type_is_415() {
-    let app = TestApp::spawn().await;
+    let stack = TestStack::builder().intake().start().await;
+    let app = stack.intake();
     let mut big = valid_request();
     big["memo"] = json!("x".repeat(20_000));
     let big = signed(big, SECRET).to_string();
@@ -454,15 +459,16 @@ async fn an_oversized_body_is_413_and_a_non_json_content_type_is_415() {
     )
     .await;
     assert_eq!(answer.status, 200, "{:?}", answer.body);
-    app.teardown().await;
+    stack.teardown().await;
 }
 
 #[tokio::test]
 async fn unknown_routes_and_methods_answer_json() {
-    let app = TestApp::spawn().await;
+    let stack = TestStack::builder().intake().start().await;
+    let app = stack.intake();
     let answer = crate::helpers::Answer::from(app.get("/nope").await).await;
     assert_eq!((answer.status, answer.code()), (404, "NOT_FOUND"));
     let answer = crate::helpers::Answer::from(app.get("/stripeSubDirectly").await).await;
     assert_eq!((answer.status, answer.code()), (405, "METHOD_NOT_ALLOWED"));
-    app.teardown().await;
+    stack.teardown().await;
 }

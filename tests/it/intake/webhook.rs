@@ -8,7 +8,7 @@ use lapin::types::AMQPValue;
 use secrecy::SecretString;
 use serde_json::Value;
 
-use crate::helpers::{Answer, SHARED_AMQP, SHARED_REDIS, TestApp, read_queue, test_settings};
+use crate::helpers::{Answer, SHARED_REDIS, TestApp, TestStack, read_queue};
 
 const SECRET: &str = "whsec_test_secret";
 const ROLLED: &str = "whsec_rolled_secret";
@@ -35,10 +35,16 @@ fn signature(body: &str, secret: &str, t: i64) -> String {
     format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-async fn app_with(secrets: &[&str]) -> TestApp {
-    let mut settings = test_settings(SHARED_AMQP, SHARED_REDIS);
-    settings.stripe.webhook_secrets = secrets.iter().map(|s| SecretString::from(*s)).collect();
-    TestApp::spawn_with(settings).await
+/// A stack of an intake that takes Stripe's webhooks signed with one of `secrets`.
+async fn app_with(secrets: &[&str]) -> TestStack {
+    TestStack::builder()
+        .settings(|settings| {
+            settings.stripe.webhook_secrets =
+                secrets.iter().map(|s| SecretString::from(*s)).collect();
+        })
+        .intake()
+        .start()
+        .await
 }
 
 async fn deliver(app: &TestApp, body: &str, header: Option<&str>) -> Answer {
@@ -70,14 +76,15 @@ fn jobs(app: &TestApp) -> String {
 
 #[tokio::test]
 async fn a_signed_event_lands_on_the_jobs_queue_once_as_a_persistent_stripe_event() {
-    let app = app_with(&[SECRET]).await;
+    let stack = app_with(&[SECRET]).await;
+    let app = stack.intake();
     let (id, body) = stripe_event();
 
-    let answer = deliver(&app, &body, Some(&signature(&body, SECRET, now()))).await;
+    let answer = deliver(app, &body, Some(&signature(&body, SECRET, now()))).await;
 
     assert_eq!(answer.status, 200, "{:?}", answer.body);
     assert_eq!(answer.body["operateCode"], "S");
-    let messages = read_queue(&jobs(&app), 2, Duration::from_secs(3)).await;
+    let messages = read_queue(&jobs(app), 2, Duration::from_secs(3)).await;
     assert_eq!(messages.len(), 1, "one message");
     let message = &messages[0];
     assert_eq!(message.properties.delivery_mode(), &Some(2), "persistent");
@@ -99,21 +106,22 @@ async fn a_signed_event_lands_on_the_jobs_queue_once_as_a_persistent_stripe_even
         headers.inner().get("stripe_event_type"),
         Some(&AMQPValue::LongString("invoice.paid".into()))
     );
-    app.teardown().await;
+    stack.teardown().await;
 }
 
 #[tokio::test]
 async fn a_second_delivery_of_an_event_answers_200_and_enqueues_nothing_more() {
-    let app = app_with(&[SECRET]).await;
+    let stack = app_with(&[SECRET]).await;
+    let app = stack.intake();
     let (_, body) = stripe_event();
 
-    let first = deliver(&app, &body, Some(&signature(&body, SECRET, now()))).await;
+    let first = deliver(app, &body, Some(&signature(&body, SECRET, now()))).await;
     // Stripe's retry: the same event, signed again later.
-    let second = deliver(&app, &body, Some(&signature(&body, SECRET, now() + 1))).await;
+    let second = deliver(app, &body, Some(&signature(&body, SECRET, now() + 1))).await;
     // And many at once.
     let concurrent = futures_util::future::join_all((0..10).map(|_| async {
         let header = signature(&body, SECRET, now());
-        deliver(&app, &body, Some(&header)).await
+        deliver(app, &body, Some(&header)).await
     }))
     .await;
 
@@ -122,33 +130,35 @@ async fn a_second_delivery_of_an_event_answers_200_and_enqueues_nothing_more() {
     for answer in &concurrent {
         assert_eq!(answer.status, 200, "{:?}", answer.body);
     }
-    let messages = read_queue(&jobs(&app), 3, Duration::from_secs(2)).await;
+    let messages = read_queue(&jobs(app), 3, Duration::from_secs(2)).await;
     assert_eq!(messages.len(), 1, "one message for one event id");
-    app.teardown().await;
+    stack.teardown().await;
 }
 
 #[tokio::test]
 async fn concurrent_first_deliveries_of_one_event_make_one_message() {
-    let app = app_with(&[SECRET]).await;
+    let stack = app_with(&[SECRET]).await;
+    let app = stack.intake();
     let (_, body) = stripe_event();
 
     let answers = futures_util::future::join_all((0..20).map(|_| async {
         let header = signature(&body, SECRET, now());
-        deliver(&app, &body, Some(&header)).await
+        deliver(app, &body, Some(&header)).await
     }))
     .await;
 
     for answer in &answers {
         assert_eq!(answer.status, 200, "{:?}", answer.body);
     }
-    let messages = read_queue(&jobs(&app), 3, Duration::from_secs(2)).await;
+    let messages = read_queue(&jobs(app), 3, Duration::from_secs(2)).await;
     assert_eq!(messages.len(), 1, "one message for one event id");
-    app.teardown().await;
+    stack.teardown().await;
 }
 
 #[tokio::test]
 async fn bad_signatures_are_refused_and_enqueue_nothing() {
-    let app = app_with(&[SECRET]).await;
+    let stack = app_with(&[SECRET]).await;
+    let app = stack.intake();
     let (_, body) = stripe_event();
     let other_body = body.replace("1999", "1");
     let cases = [
@@ -174,7 +184,7 @@ async fn bad_signatures_are_refused_and_enqueue_nothing() {
     ];
 
     for (name, header) in cases {
-        let answer = deliver(&app, &body, header.as_deref()).await;
+        let answer = deliver(app, &body, header.as_deref()).await;
         assert_eq!(
             (answer.status, answer.code()),
             (400, "WEBHOOK_SIGNATURE_INVALID"),
@@ -183,65 +193,69 @@ async fn bad_signatures_are_refused_and_enqueue_nothing() {
         );
         assert_eq!(answer.body["operateCode"], "F", "{name}");
     }
-    let messages = read_queue(&jobs(&app), 1, Duration::from_secs(1)).await;
+    let messages = read_queue(&jobs(app), 1, Duration::from_secs(1)).await;
     assert!(messages.is_empty(), "nothing enqueued");
-    app.teardown().await;
+    stack.teardown().await;
 }
 
 #[tokio::test]
 async fn during_a_secret_roll_either_secret_verifies() {
-    let app = app_with(&[SECRET, ROLLED]).await;
+    let stack = app_with(&[SECRET, ROLLED]).await;
+    let app = stack.intake();
     let (_, old) = stripe_event();
     let (_, new) = stripe_event();
 
-    let by_old = deliver(&app, &old, Some(&signature(&old, SECRET, now()))).await;
-    let by_new = deliver(&app, &new, Some(&signature(&new, ROLLED, now()))).await;
+    let by_old = deliver(app, &old, Some(&signature(&old, SECRET, now()))).await;
+    let by_new = deliver(app, &new, Some(&signature(&new, ROLLED, now()))).await;
 
     assert_eq!(by_old.status, 200, "{:?}", by_old.body);
     assert_eq!(by_new.status, 200, "{:?}", by_new.body);
-    let messages = read_queue(&jobs(&app), 3, Duration::from_secs(2)).await;
+    let messages = read_queue(&jobs(app), 3, Duration::from_secs(2)).await;
     assert_eq!(messages.len(), 2);
-    app.teardown().await;
+    stack.teardown().await;
 }
 
 #[tokio::test]
 async fn without_a_configured_secret_the_route_is_404() {
-    let app = app_with(&[]).await;
+    let stack = app_with(&[]).await;
+    let app = stack.intake();
     let (_, body) = stripe_event();
 
-    let answer = deliver(&app, &body, Some(&signature(&body, SECRET, now()))).await;
+    let answer = deliver(app, &body, Some(&signature(&body, SECRET, now()))).await;
 
     assert_eq!((answer.status, answer.code()), (404, "NOT_FOUND"));
-    let messages = read_queue(&jobs(&app), 1, Duration::from_secs(1)).await;
+    let messages = read_queue(&jobs(app), 1, Duration::from_secs(1)).await;
     assert!(messages.is_empty());
-    app.teardown().await;
+    stack.teardown().await;
 }
 
 #[tokio::test]
 async fn a_signed_body_that_is_not_a_stripe_event_is_400() {
-    let app = app_with(&[SECRET]).await;
+    let stack = app_with(&[SECRET]).await;
+    let app = stack.intake();
     let body = r#"{"id":"evt_1","type":"invoice.paid"}"#;
 
-    let answer = deliver(&app, body, Some(&signature(body, SECRET, now()))).await;
+    let answer = deliver(app, body, Some(&signature(body, SECRET, now()))).await;
 
     assert_eq!((answer.status, answer.code()), (400, "BODY_INVALID"));
-    app.teardown().await;
+    stack.teardown().await;
 }
 
 #[tokio::test]
 async fn an_event_the_broker_did_not_take_is_503_and_free_for_stripes_retry() {
-    let app = app_with(&[SECRET]).await;
+    let stack = app_with(&[SECRET]).await;
+    let app = stack.intake();
     let (id, body) = stripe_event();
     // No queue behind the jobs exchange: the broker returns the message (unroutable).
     let connection = crate::helpers::shared_amqp().await;
     let channel = connection.create_channel().await.expect("channel");
     channel
-        .queue_delete(jobs(&app).as_str().into(), Default::default())
+        .queue_delete(jobs(app).as_str().into(), Default::default())
         .await
         .expect("delete the jobs queue");
 
-    let refused = deliver(&app, &body, Some(&signature(&body, SECRET, now()))).await;
-    let retried = deliver(&app, &body, Some(&signature(&body, SECRET, now()))).await;
+    let refused = deliver(app, &body, Some(&signature(&body, SECRET, now()))).await;
+    let retried = deliver(app, &body, Some(&signature(&body, SECRET, now()))).await;
 
     assert_eq!(
         (refused.status, refused.code()),
@@ -250,7 +264,7 @@ async fn an_event_the_broker_did_not_take_is_503_and_free_for_stripes_retry() {
         refused.body
     );
     assert_eq!(retried.status, 503, "a retry is not taken for a repeat");
-    let (mut redis, key) = event_key(&app, &id).await;
+    let (mut redis, key) = event_key(app, &id).await;
     let exists: bool = redis::cmd("EXISTS")
         .arg(&key)
         .query_async(&mut redis)
@@ -261,7 +275,7 @@ async fn an_event_the_broker_did_not_take_is_503_and_free_for_stripes_retry() {
     // The queue is back: Stripe's next retry is taken.
     channel
         .queue_declare(
-            jobs(&app).as_str().into(),
+            jobs(app).as_str().into(),
             lapin::options::QueueDeclareOptions {
                 durable: true,
                 ..Default::default()
@@ -272,30 +286,31 @@ async fn an_event_the_broker_did_not_take_is_503_and_free_for_stripes_retry() {
         .expect("declare");
     channel
         .queue_bind(
-            jobs(&app).as_str().into(),
-            jobs(&app).as_str().into(),
+            jobs(app).as_str().into(),
+            jobs(app).as_str().into(),
             autorenew::broker::JOB_ROUTING_KEY.into(),
             Default::default(),
             Default::default(),
         )
         .await
         .expect("bind");
-    let taken = deliver(&app, &body, Some(&signature(&body, SECRET, now()))).await;
+    let taken = deliver(app, &body, Some(&signature(&body, SECRET, now()))).await;
     assert_eq!(taken.status, 200, "{:?}", taken.body);
-    let messages = read_queue(&jobs(&app), 2, Duration::from_secs(2)).await;
+    let messages = read_queue(&jobs(app), 2, Duration::from_secs(2)).await;
     assert_eq!(messages.len(), 1);
     let _ = connection.close(200, "done".into()).await;
-    app.teardown().await;
+    stack.teardown().await;
 }
 
 #[tokio::test]
 async fn metrics_count_webhook_events_by_type_and_outcome() {
-    let app = app_with(&[SECRET]).await;
+    let stack = app_with(&[SECRET]).await;
+    let app = stack.intake();
     let (_, body) = stripe_event();
     let header = signature(&body, SECRET, now());
-    deliver(&app, &body, Some(&header)).await;
-    deliver(&app, &body, Some(&header)).await;
-    deliver(&app, &body, None).await;
+    deliver(app, &body, Some(&header)).await;
+    deliver(app, &body, Some(&header)).await;
+    deliver(app, &body, None).await;
 
     let text = app.get("/metrics").await.text().await.expect("metrics");
 
@@ -306,15 +321,16 @@ async fn metrics_count_webhook_events_by_type_and_outcome() {
     ] {
         assert!(text.contains(series), "{series} missing: {text}");
     }
-    app.teardown().await;
+    stack.teardown().await;
 }
 
 #[tokio::test]
 async fn an_event_taken_before_event_records_were_hashes_is_still_a_repeat() {
-    let app = app_with(&[SECRET]).await;
+    let stack = app_with(&[SECRET]).await;
+    let app = stack.intake();
     let (id, body) = stripe_event();
     // What an intake of the version before wrote for an event it had put on the broker.
-    let (mut redis, key) = event_key(&app, &id).await;
+    let (mut redis, key) = event_key(app, &id).await;
     let _: () = redis::cmd("SET")
         .arg(&key)
         .arg("taken")
@@ -324,7 +340,7 @@ async fn an_event_taken_before_event_records_were_hashes_is_still_a_repeat() {
         .await
         .expect("SET");
 
-    let answer = deliver(&app, &body, Some(&signature(&body, SECRET, now()))).await;
+    let answer = deliver(app, &body, Some(&signature(&body, SECRET, now()))).await;
 
     assert_eq!(answer.status, 200, "{:?}", answer.body);
     assert_eq!(
@@ -332,9 +348,9 @@ async fn an_event_taken_before_event_records_were_hashes_is_still_a_repeat() {
         "{:?}",
         answer.body
     );
-    let messages = read_queue(&jobs(&app), 1, Duration::from_millis(500)).await;
+    let messages = read_queue(&jobs(app), 1, Duration::from_millis(500)).await;
     assert!(messages.is_empty(), "a repeat enqueues nothing");
-    app.teardown().await;
+    stack.teardown().await;
 }
 
 /// Writes the claim a delivery makes before it publishes, as if its holder were still at it
@@ -357,32 +373,34 @@ async fn claim_event(app: &TestApp, id: &str, age_ms: u64) {
 
 #[tokio::test]
 async fn a_delivery_takes_over_an_event_claim_whose_holder_died() {
-    let app = app_with(&[SECRET]).await;
+    let stack = app_with(&[SECRET]).await;
+    let app = stack.intake();
     let (id, body) = stripe_event();
     // Far older than the claim's lease (twice the publish timeout): its holder is gone.
-    claim_event(&app, &id, 60_000).await;
+    claim_event(app, &id, 60_000).await;
 
-    let answer = deliver(&app, &body, Some(&signature(&body, SECRET, now()))).await;
+    let answer = deliver(app, &body, Some(&signature(&body, SECRET, now()))).await;
 
     assert_eq!(answer.status, 200, "{:?}", answer.body);
     assert_eq!(answer.body["message"], "event taken", "{:?}", answer.body);
-    let messages = read_queue(&jobs(&app), 2, Duration::from_secs(2)).await;
+    let messages = read_queue(&jobs(app), 2, Duration::from_secs(2)).await;
     assert_eq!(
         messages.len(),
         1,
         "the event is published once, by the taker"
     );
-    app.teardown().await;
+    stack.teardown().await;
 }
 
 #[tokio::test]
 async fn a_delivery_of_an_event_another_delivery_is_publishing_waits_then_answers_503() {
-    let app = app_with(&[SECRET]).await;
+    let stack = app_with(&[SECRET]).await;
+    let app = stack.intake();
     let (id, body) = stripe_event();
     // Claimed just now by a delivery that never finishes within this one's publish timeout.
-    claim_event(&app, &id, 0).await;
+    claim_event(app, &id, 0).await;
 
-    let answer = deliver(&app, &body, Some(&signature(&body, SECRET, now()))).await;
+    let answer = deliver(app, &body, Some(&signature(&body, SECRET, now()))).await;
 
     assert_eq!(
         (answer.status, answer.code()),
@@ -390,10 +408,10 @@ async fn a_delivery_of_an_event_another_delivery_is_publishing_waits_then_answer
         "{:?}",
         answer.body
     );
-    let messages = read_queue(&jobs(&app), 1, Duration::from_millis(500)).await;
+    let messages = read_queue(&jobs(app), 1, Duration::from_millis(500)).await;
     assert!(
         messages.is_empty(),
         "the holder publishes, not this delivery"
     );
-    app.teardown().await;
+    stack.teardown().await;
 }

@@ -7,8 +7,7 @@ use autorenew::domain::push::{self, DeliveryStatus};
 use autorenew::push::receiver::Behaviour;
 use serde_json::{Value, json};
 
-use super::bed::Bed;
-use crate::helpers::{OTHER_PARTNER, OTHER_SECRET, PARTNER, SECRET, TestApp, poll_until};
+use crate::helpers::{OTHER_PARTNER, OTHER_SECRET, PARTNER, SECRET, TestStack, poll_until};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -30,21 +29,22 @@ fn rfc3339(offset: time::Duration) -> String {
 #[tokio::test]
 async fn the_partner_queries_recovers_and_resends_its_pushes() {
     // Arrange: every attempt answered 503 until the schedule is spent.
-    let mut bed = Bed::start(|_| {}).await;
-    bed.behave(
+    let mut stack = TestStack::builder().push_receiver().intake().start().await;
+    stack.behave(
         PARTNER,
         Behaviour {
             status: Some(503),
             ..Behaviour::default()
         },
     );
-    bed.spawn_notifier().await;
-    let intake = TestApp::spawn_with(bed.settings.clone()).await;
-    let (event_id, _) = bed.publish(PARTNER).await;
+    stack.spawn_notifier().await;
+    let intake = stack.intake();
+    let (event_id, _) = stack.publish(PARTNER).await;
     let pay_id = event_id.split(':').next().expect("payId").to_owned();
     let webhook_id = push::webhook_id(&event_id);
     let failed = poll_until(LIMIT, || async {
-        bed.store
+        stack
+            .store()
             .push_notifications(PARTNER, &pay_id)
             .await
             .unwrap_or_default()
@@ -77,7 +77,7 @@ async fn the_partner_queries_recovers_and_resends_its_pushes() {
     let attempts = notification["attempts"].as_array().expect("attempts");
     assert_eq!(
         attempts.len(),
-        1 + bed.settings.push.retry_schedule_secs.len()
+        1 + stack.settings.push.retry_schedule_secs.len()
     );
     for attempt in attempts {
         assert_eq!(attempt["http_status"], 503);
@@ -88,8 +88,8 @@ async fn the_partner_queries_recovers_and_resends_its_pushes() {
     }
 
     // Recovery of the window attempts the failed event again, with its webhook-id.
-    let before = bed.receiver.counts(PARTNER).verified;
-    bed.behave(PARTNER, Behaviour::default());
+    let before = stack.receiver().counts(PARTNER).verified;
+    stack.behave(PARTNER, Behaviour::default());
     let answer = intake
         .post_signed(
             "/recoverNotifications",
@@ -100,12 +100,13 @@ async fn the_partner_queries_recovers_and_resends_its_pushes() {
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert_eq!(answer.body["count"], 1);
     let recovered = poll_until(LIMIT, || async {
-        bed.receiver.counts(PARTNER).verified > before
+        stack.receiver().counts(PARTNER).verified > before
     })
     .await;
     assert!(recovered, "the recovery was not attempted");
     let delivered = poll_until(LIMIT, || async {
-        bed.store
+        stack
+            .store()
             .push_notifications(PARTNER, &pay_id)
             .await
             .unwrap_or_default()
@@ -135,19 +136,20 @@ async fn the_partner_queries_recovers_and_resends_its_pushes() {
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert_eq!(answer.body["webhook_id"], webhook_id.as_str());
     let resent = poll_until(LIMIT, || async {
-        bed.receiver.counts(PARTNER).verified == before + 2
+        stack.receiver().counts(PARTNER).verified == before + 2
     })
     .await;
     assert!(resent, "the resend did not arrive");
     assert!(
-        bed.receiver
+        stack
+            .receiver()
             .arrivals(PARTNER)
             .iter()
             .all(|a| a.webhook_id == webhook_id)
     );
     let logged = poll_until(LIMIT, || async {
-        let log = bed
-            .store
+        let log = stack
+            .store()
             .push_notifications(PARTNER, &pay_id)
             .await
             .unwrap_or_default();
@@ -159,14 +161,13 @@ async fn the_partner_queries_recovers_and_resends_its_pushes() {
     })
     .await;
     assert!(logged, "the recover and resend attempts are not logged");
-    bed.teardown().await;
-    intake.teardown().await;
+    stack.teardown().await;
 }
 
 #[tokio::test]
 async fn the_partner_calls_refuse_what_is_not_the_partners_own_or_not_valid() {
-    let bed = Bed::start(|_| {}).await;
-    let intake = TestApp::spawn_with(bed.settings.clone()).await;
+    let stack = TestStack::builder().push_receiver().intake().start().await;
+    let intake = stack.intake();
 
     let unknown = intake
         .post_signed(
@@ -225,14 +226,13 @@ async fn the_partner_calls_refuse_what_is_not_the_partners_own_or_not_valid() {
         )
         .await;
     assert_eq!(unsigned.status(), 401);
-    bed.teardown().await;
-    intake.teardown().await;
+    stack.teardown().await;
 }
 
 #[tokio::test]
 async fn failing_without_a_2xx_for_disable_after_hours_disables_the_push() {
-    let bed = Bed::start(|_| {}).await;
-    let store = &bed.store;
+    let stack = TestStack::builder().push_receiver().start().await;
+    let store = stack.store();
     let (cooldown, longest) = (Duration::from_secs(30), Duration::from_secs(600));
 
     // Long failing: the first failure starts the clock; with a zero allowance it disables.
@@ -259,22 +259,14 @@ async fn failing_without_a_2xx_for_disable_after_hours_disables_the_push() {
     // `push enable` clears it; a 2xx clears the failing clock.
     store.push_enable(PARTNER).await.expect("enable");
     assert!(!store.push_state(PARTNER).await.expect("state").disabled);
-    bed.teardown().await;
+    stack.teardown().await;
 }
 
 // Multi-threaded: the receiver serves while the test waits on the child process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_test_sends_a_signed_ping_and_push_status_reports_the_partner() {
-    let bed = Bed::start(|_| {}).await;
-    let binary = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_autorenew"))
-            .arg("--config")
-            .arg(&bed.config_path)
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("autorenew runs")
-    };
+    let stack = TestStack::builder().push_receiver().start().await;
+    let binary = |args: &[&str]| stack.autorenew(args).output().expect("autorenew runs");
 
     let tested = binary(&["push", "test", PARTNER]);
     let printed = String::from_utf8_lossy(&tested.stdout).into_owned();
@@ -284,12 +276,13 @@ async fn push_test_sends_a_signed_ping_and_push_status_reports_the_partner() {
         String::from_utf8_lossy(&tested.stderr)
     );
     assert!(printed.contains("HTTP 200"), "{printed}");
-    let arrival = bed.receiver.arrivals(PARTNER).remove(0);
+    let arrival = stack.receiver().arrivals(PARTNER).remove(0);
     assert!(arrival.verified);
     let ping: Value = serde_json::from_slice(&arrival.body).expect("a CloudEvent");
     assert_eq!(ping["type"], push::PING_TYPE);
 
-    bed.store
+    stack
+        .store()
         .push_disable(PARTNER, "410 Gone")
         .await
         .expect("disable");
@@ -302,5 +295,5 @@ async fn push_test_sends_a_signed_ping_and_push_status_reports_the_partner() {
     );
     assert!(printed.contains("pending 0, failed 0"), "{printed}");
     assert!(!binary(&["push", "status", "NOBODY"]).status.success());
-    bed.teardown().await;
+    stack.teardown().await;
 }

@@ -8,8 +8,7 @@ use autorenew::push::ops::{PushArgs, PushCommand};
 use autorenew::push::receiver::Behaviour;
 use reqwest::header::{HeaderMap, HeaderValue};
 
-use super::bed::Bed;
-use crate::helpers::{OTHER_PARTNER, PARTNER, poll_until};
+use crate::helpers::{OTHER_PARTNER, PARTNER, TestStack, poll_until};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -24,21 +23,21 @@ pub fn headers_of(arrival: &autorenew::push::receiver::Arrival) -> HeaderMap {
 
 #[tokio::test]
 async fn a_result_event_arrives_signed_as_published_and_the_reference_library_verifies_it() {
-    let mut bed = Bed::start(|_| {}).await;
-    bed.spawn_notifier().await;
+    let mut stack = TestStack::builder().push_receiver().start().await;
+    stack.spawn_notifier().await;
 
-    let (event_id, body) = bed.publish(PARTNER).await;
+    let (event_id, body) = stack.publish(PARTNER).await;
 
     let arrived = poll_until(LIMIT, || async {
-        bed.receiver.counts(PARTNER).verified == 1
+        stack.receiver().counts(PARTNER).verified == 1
     })
     .await;
     assert!(
         arrived,
         "the push did not arrive: {:?}",
-        bed.receiver.counts(PARTNER)
+        stack.receiver().counts(PARTNER)
     );
-    let arrival = bed.receiver.arrivals(PARTNER).remove(0);
+    let arrival = stack.receiver().arrivals(PARTNER).remove(0);
     assert_eq!(
         arrival.body.as_ref(),
         body.as_slice(),
@@ -50,14 +49,14 @@ async fn a_result_event_arrives_signed_as_published_and_the_reference_library_ve
         arrival.user_agent,
         format!("autorenew/{}", env!("CARGO_PKG_VERSION"))
     );
-    let reference = standardwebhooks::Webhook::new(&bed.secret).expect("secret");
+    let reference = standardwebhooks::Webhook::new(stack.push_secret()).expect("secret");
     reference
         .verify(&arrival.body, &headers_of(&arrival))
         .expect("the Standard Webhooks library verifies the push");
 
     let delivered = poll_until(LIMIT, || async {
-        let found = bed
-            .store
+        let found = stack
+            .store()
             .push_notifications(PARTNER, event_id.split(':').next().unwrap_or(""))
             .await
             .unwrap_or_default();
@@ -66,35 +65,40 @@ async fn a_result_event_arrives_signed_as_published_and_the_reference_library_ve
     .await;
     assert!(delivered, "the attempt log does not say delivered");
     assert_eq!(
-        bed.receiver.counts(OTHER_PARTNER).received,
+        stack.receiver().counts(OTHER_PARTNER).received,
         0,
         "pushed to another partner"
     );
-    bed.teardown().await;
+    stack.teardown().await;
 }
 
 #[tokio::test]
 async fn retries_after_500s_carry_the_same_webhook_id_and_the_same_body() {
-    let mut bed = Bed::start(|_| {}).await;
-    bed.behave(
+    let mut stack = TestStack::builder().push_receiver().start().await;
+    stack.behave(
         PARTNER,
         Behaviour {
             status: Some(500),
             ..Behaviour::default()
         },
     );
-    bed.spawn_notifier().await;
+    stack.spawn_notifier().await;
 
-    let (event_id, body) = bed.publish(PARTNER).await;
+    let (event_id, body) = stack.publish(PARTNER).await;
     let retried = poll_until(LIMIT, || async {
-        bed.receiver.counts(PARTNER).received >= 3
+        stack.receiver().counts(PARTNER).received >= 3
     })
     .await;
-    assert!(retried, "not retried: {:?}", bed.receiver.counts(PARTNER));
-    bed.behave(PARTNER, Behaviour::default());
+    assert!(
+        retried,
+        "not retried: {:?}",
+        stack.receiver().counts(PARTNER)
+    );
+    stack.behave(PARTNER, Behaviour::default());
     let pay_id = event_id.split(':').next().unwrap_or("").to_owned();
     let delivered = poll_until(LIMIT, || async {
-        bed.store
+        stack
+            .store()
             .push_notifications(PARTNER, &pay_id)
             .await
             .unwrap_or_default()
@@ -104,12 +108,12 @@ async fn retries_after_500s_carry_the_same_webhook_id_and_the_same_body() {
     .await;
     assert!(delivered, "not delivered once the endpoint recovered");
 
-    let arrivals = bed.receiver.arrivals(PARTNER);
+    let arrivals = stack.receiver().arrivals(PARTNER);
     let ids: HashSet<&str> = arrivals.iter().map(|a| a.webhook_id.as_str()).collect();
     assert_eq!(ids, HashSet::from([push::webhook_id(&event_id).as_str()]));
     assert!(arrivals.iter().all(|a| a.body.as_ref() == body.as_slice()));
-    let log = bed
-        .store
+    let log = stack
+        .store()
         .push_notifications(PARTNER, &pay_id)
         .await
         .expect("log");
@@ -121,25 +125,26 @@ async fn retries_after_500s_carry_the_same_webhook_id_and_the_same_body() {
             .iter()
             .all(|s| *s == Some(500))
     );
-    bed.teardown().await;
+    stack.teardown().await;
 }
 
 #[tokio::test]
 async fn the_schedule_spent_leaves_the_event_failed() {
-    let mut bed = Bed::start(|_| {}).await;
-    bed.behave(
+    let mut stack = TestStack::builder().push_receiver().start().await;
+    stack.behave(
         PARTNER,
         Behaviour {
             status: Some(503),
             ..Behaviour::default()
         },
     );
-    bed.spawn_notifier().await;
+    stack.spawn_notifier().await;
 
-    let (event_id, _) = bed.publish(PARTNER).await;
+    let (event_id, _) = stack.publish(PARTNER).await;
     let pay_id = event_id.split(':').next().unwrap_or("").to_owned();
     let failed = poll_until(LIMIT, || async {
-        bed.store
+        stack
+            .store()
             .push_notifications(PARTNER, &pay_id)
             .await
             .unwrap_or_default()
@@ -149,54 +154,55 @@ async fn the_schedule_spent_leaves_the_event_failed() {
     .await;
     assert!(failed, "the event did not end failed");
     // The first attempt and one per delay of the schedule.
-    let log = bed
-        .store
+    let log = stack
+        .store()
         .push_notifications(PARTNER, &pay_id)
         .await
         .expect("log");
     assert_eq!(
         log[0].attempts.len(),
-        1 + bed.settings.push.retry_schedule_secs.len()
+        1 + stack.settings.push.retry_schedule_secs.len()
     );
-    let counts = bed.store.push_counts(PARTNER).await.expect("counts");
+    let counts = stack.store().push_counts(PARTNER).await.expect("counts");
     assert_eq!((counts.pending, counts.failed), (0, 1));
-    bed.teardown().await;
+    stack.teardown().await;
 }
 
 #[tokio::test]
 async fn a_410_disables_the_push_and_push_enable_resumes_it() {
-    let mut bed = Bed::start(|_| {}).await;
-    bed.behave(
+    let mut stack = TestStack::builder().push_receiver().start().await;
+    stack.behave(
         PARTNER,
         Behaviour {
             status: Some(410),
             ..Behaviour::default()
         },
     );
-    bed.spawn_notifier().await;
+    stack.spawn_notifier().await;
 
-    let (first, _) = bed.publish(PARTNER).await;
+    let (first, _) = stack.publish(PARTNER).await;
     let disabled = poll_until(LIMIT, || async {
-        bed.store
+        stack
+            .store()
             .push_state(PARTNER)
             .await
             .is_ok_and(|s| s.disabled)
     })
     .await;
     assert!(disabled, "a 410 did not disable the push");
-    let (second, _) = bed.publish(PARTNER).await;
+    let (second, _) = stack.publish(PARTNER).await;
     // Both wait in the partner's queue, the one answered 410 included; nothing is attempted.
-    let kept = poll_until(LIMIT, || async { bed.queued(PARTNER).await == 2 }).await;
+    let kept = poll_until(LIMIT, || async { stack.queued(PARTNER).await == 2 }).await;
     assert!(
         kept,
         "the events are not kept: {} queued",
-        bed.queued(PARTNER).await
+        stack.queued(PARTNER).await
     );
-    assert_eq!(bed.receiver.counts(PARTNER).received, 1);
+    assert_eq!(stack.receiver().counts(PARTNER).received, 1);
 
-    bed.behave(PARTNER, Behaviour::default());
+    stack.behave(PARTNER, Behaviour::default());
     autorenew::push::ops::run(
-        bed.settings.clone(),
+        stack.settings.clone(),
         PushArgs {
             command: PushCommand::Enable {
                 partner: PARTNER.to_owned(),
@@ -206,12 +212,16 @@ async fn a_410_disables_the_push_and_push_enable_resumes_it() {
     .await
     .expect("push enable");
     let resumed = poll_until(LIMIT, || async {
-        bed.receiver.counts(PARTNER).distinct == 2
+        stack.receiver().counts(PARTNER).distinct == 2
     })
     .await;
-    assert!(resumed, "not resumed: {:?}", bed.receiver.counts(PARTNER));
-    let ids: HashSet<String> = bed
-        .receiver
+    assert!(
+        resumed,
+        "not resumed: {:?}",
+        stack.receiver().counts(PARTNER)
+    );
+    let ids: HashSet<String> = stack
+        .receiver()
         .arrivals(PARTNER)
         .iter()
         .map(|a| a.webhook_id.clone())
@@ -220,97 +230,105 @@ async fn a_410_disables_the_push_and_push_enable_resumes_it() {
         ids,
         HashSet::from([push::webhook_id(&first), push::webhook_id(&second)])
     );
-    bed.teardown().await;
+    stack.teardown().await;
 }
 
 #[tokio::test]
 async fn a_partner_whose_endpoint_never_answers_does_not_delay_another() {
-    let mut bed = Bed::start(|settings| {
-        // Long enough that the dead endpoint's attempts hang for the whole test.
-        settings.push.timeout_secs = 60.0;
-    })
-    .await;
-    bed.behave(
+    let mut stack = TestStack::builder()
+        .push_receiver()
+        .settings(|settings| {
+            // Long enough that the dead endpoint's attempts hang for the whole test.
+            settings.push.timeout_secs = 60.0;
+        })
+        .start()
+        .await;
+    stack.behave(
         OTHER_PARTNER,
         Behaviour {
             never: true,
             ..Behaviour::default()
         },
     );
-    bed.spawn_notifier().await;
+    stack.spawn_notifier().await;
 
-    bed.publish_many(OTHER_PARTNER, 10).await;
+    stack.publish_many(OTHER_PARTNER, 10).await;
     let hanging = poll_until(LIMIT, || async {
-        bed.receiver.counts(OTHER_PARTNER).received == 4
+        stack.receiver().counts(OTHER_PARTNER).received == 4
     })
     .await;
     assert!(
         hanging,
         "the dead endpoint did not take its in-flight attempts"
     );
-    bed.publish_many(PARTNER, 30).await;
+    stack.publish_many(PARTNER, 30).await;
 
     let delivered = poll_until(LIMIT, || async {
-        bed.receiver.counts(PARTNER).distinct == 30
+        stack.receiver().counts(PARTNER).distinct == 30
     })
     .await;
     assert!(
         delivered,
         "the healthy partner waits: {:?}",
-        bed.receiver.counts(PARTNER)
+        stack.receiver().counts(PARTNER)
     );
     // Every delivery verifies with the Standard Webhooks reference library.
-    let reference = standardwebhooks::Webhook::new(&bed.secret).expect("secret");
-    for arrival in bed.receiver.arrivals(PARTNER) {
+    let reference = standardwebhooks::Webhook::new(stack.push_secret()).expect("secret");
+    for arrival in stack.receiver().arrivals(PARTNER) {
         reference
             .verify(&arrival.body, &headers_of(&arrival))
             .expect("the reference library verifies every push");
     }
     // Meanwhile the dead endpoint still holds its four, capped by max_in_flight.
-    assert_eq!(bed.receiver.counts(OTHER_PARTNER).received, 4);
-    bed.teardown().await;
+    assert_eq!(stack.receiver().counts(OTHER_PARTNER).received, 4);
+    stack.teardown().await;
 }
 
 #[tokio::test]
 async fn the_breaker_opens_after_consecutive_failures_and_a_probe_closes_it() {
-    let mut bed = Bed::start(|settings| {
-        settings.push.breaker_failures = 3;
-        settings.push.breaker_cooldown_secs = 1.0;
-        settings.push.retry_schedule_secs = vec![0.2; 8];
-    })
-    .await;
-    bed.behave(
+    let mut stack = TestStack::builder()
+        .push_receiver()
+        .settings(|settings| {
+            settings.push.breaker_failures = 3;
+            settings.push.breaker_cooldown_secs = 1.0;
+            settings.push.retry_schedule_secs = vec![0.2; 8];
+        })
+        .start()
+        .await;
+    stack.behave(
         PARTNER,
         Behaviour {
             status: Some(503),
             ..Behaviour::default()
         },
     );
-    bed.spawn_notifier().await;
+    stack.spawn_notifier().await;
 
-    bed.publish_many(PARTNER, 5).await;
+    stack.publish_many(PARTNER, 5).await;
     let opened = poll_until(LIMIT, || async {
-        bed.store
+        stack
+            .store()
             .push_state(PARTNER)
             .await
             .is_ok_and(|s| s.open_until_ms > 0)
     })
     .await;
     assert!(opened, "the breaker did not open");
-    bed.behave(PARTNER, Behaviour::default());
+    stack.behave(PARTNER, Behaviour::default());
     let delivered = poll_until(LIMIT, || async {
-        bed.receiver.counts(PARTNER).distinct == 5
+        stack.receiver().counts(PARTNER).distinct == 5
     })
     .await;
     assert!(
         delivered,
         "not all delivered after the probe: {:?}",
-        bed.receiver.counts(PARTNER)
+        stack.receiver().counts(PARTNER)
     );
     // The receiver counts a push before its answer reaches the notifier: wait for the 2xx's
     // effect on the breaker.
     let closed = poll_until(LIMIT, || async {
-        bed.store
+        stack
+            .store()
             .push_state(PARTNER)
             .await
             .is_ok_and(|s| s.open_until_ms == 0 && s.failures == 0)
@@ -319,41 +337,45 @@ async fn the_breaker_opens_after_consecutive_failures_and_a_probe_closes_it() {
     assert!(
         closed,
         "the breaker is not closed: {:?}",
-        bed.store.push_state(PARTNER).await
+        stack.store().push_state(PARTNER).await
     );
-    bed.teardown().await;
+    stack.teardown().await;
 }
 
 #[tokio::test]
 async fn a_notifier_killed_mid_delivery_loses_nothing() {
-    let mut bed = Bed::start(|settings| settings.push.timeout_secs = 60.0).await;
-    bed.behave(
+    let mut stack = TestStack::builder()
+        .push_receiver()
+        .settings(|settings| settings.push.timeout_secs = 60.0)
+        .start()
+        .await;
+    stack.behave(
         PARTNER,
         Behaviour {
             never: true,
             ..Behaviour::default()
         },
     );
-    let mut child = bed.notifier_process().await;
+    let mut child = stack.notifier_process().await;
 
-    let published = bed.publish_many(PARTNER, 3).await;
+    let published = stack.publish_many(PARTNER, 3).await;
     let in_flight = poll_until(LIMIT, || async {
-        bed.receiver.counts(PARTNER).received == 3
+        stack.receiver().counts(PARTNER).received == 3
     })
     .await;
     assert!(in_flight, "the child did not take the deliveries");
     child.0.kill().expect("kill -9");
     let _ = child.0.wait();
 
-    bed.behave(PARTNER, Behaviour::default());
-    bed.spawn_notifier().await;
+    stack.behave(PARTNER, Behaviour::default());
+    stack.spawn_notifier().await;
     let delivered = poll_until(LIMIT, || async {
         let pays = published
             .iter()
             .map(|(id, _)| id.split(':').next().unwrap_or("").to_owned());
         for pay_id in pays {
-            let found = bed
-                .store
+            let found = stack
+                .store()
                 .push_notifications(PARTNER, &pay_id)
                 .await
                 .unwrap_or_default();
@@ -370,27 +392,31 @@ async fn a_notifier_killed_mid_delivery_loses_nothing() {
     assert!(
         delivered,
         "an event was lost: {:?}",
-        bed.receiver.counts(PARTNER)
+        stack.receiver().counts(PARTNER)
     );
     // Every repeat carried its event's webhook-id.
     let expected: HashSet<String> = published
         .iter()
         .map(|(id, _)| push::webhook_id(id))
         .collect();
-    let seen: HashSet<String> = bed
-        .receiver
+    let seen: HashSet<String> = stack
+        .receiver()
         .arrivals(PARTNER)
         .iter()
         .map(|a| a.webhook_id.clone())
         .collect();
     assert_eq!(seen, expected);
-    bed.teardown().await;
+    stack.teardown().await;
 }
 
 #[tokio::test]
 async fn a_429_with_retry_after_delays_the_next_attempt_to_at_least_that() {
-    let mut bed = Bed::start(|settings| settings.push.retry_schedule_secs = vec![0.2, 2.0]).await;
-    bed.behave(
+    let mut stack = TestStack::builder()
+        .push_receiver()
+        .settings(|settings| settings.push.retry_schedule_secs = vec![0.2, 2.0])
+        .start()
+        .await;
+    stack.behave(
         PARTNER,
         Behaviour {
             status: Some(429),
@@ -398,18 +424,19 @@ async fn a_429_with_retry_after_delays_the_next_attempt_to_at_least_that() {
             ..Behaviour::default()
         },
     );
-    bed.spawn_notifier().await;
+    stack.spawn_notifier().await;
 
-    let (event_id, _) = bed.publish(PARTNER).await;
+    let (event_id, _) = stack.publish(PARTNER).await;
     let first = poll_until(LIMIT, || async {
-        bed.receiver.counts(PARTNER).received >= 1
+        stack.receiver().counts(PARTNER).received >= 1
     })
     .await;
     assert!(first, "no first attempt");
-    bed.behave(PARTNER, Behaviour::default());
+    stack.behave(PARTNER, Behaviour::default());
     let pay_id = event_id.split(':').next().unwrap_or("").to_owned();
     let delivered = poll_until(LIMIT, || async {
-        bed.store
+        stack
+            .store()
             .push_notifications(PARTNER, &pay_id)
             .await
             .unwrap_or_default()
@@ -418,8 +445,8 @@ async fn a_429_with_retry_after_delays_the_next_attempt_to_at_least_that() {
     })
     .await;
     assert!(delivered, "not delivered after the Retry-After");
-    let log = bed
-        .store
+    let log = stack
+        .store()
         .push_notifications(PARTNER, &pay_id)
         .await
         .expect("log");
@@ -437,5 +464,5 @@ async fn a_429_with_retry_after_delays_the_next_attempt_to_at_least_that() {
         gap >= time::Duration::milliseconds(990),
         "retried after {gap}"
     );
-    bed.teardown().await;
+    stack.teardown().await;
 }

@@ -3,51 +3,21 @@
 
 use std::time::Duration;
 
-use autorenew::config::PartnerPush;
-use autorenew::domain::push::{self, PushSecret};
-use autorenew::push::receiver::{self, Receiver};
-use secrecy::SecretString;
-use stripe_sim::faults::FaultConfig;
-use tokio_util::sync::CancellationToken;
+use autorenew::domain::push;
 
 use super::delivery::headers_of;
-use crate::helpers::{PARTNER, poll_until};
-use crate::worker::stack::Stack;
+use crate::helpers::{PARTNER, TestStack, poll_until};
 
 #[tokio::test]
 async fn a_subscription_created_by_a_worker_is_pushed_to_the_partner_and_verifies() {
-    // Arrange: a receiver, and a stack whose partner pushes to it.
-    let secret = PushSecret::encode(&[42; 32]);
-    let app = receiver::Application::build(
-        "127.0.0.1:0".parse().expect("addr"),
-        Receiver::new(vec![PushSecret::parse(&secret).expect("secret")], 300, true),
-    )
-    .await
-    .expect("the receiver binds");
-    let url = format!("http://{}/{PARTNER}", app.local_addr());
-    let inbox = app.receiver();
-    let stop = CancellationToken::new();
-    tokio::spawn(app.run_until_stopped(stop.clone()));
-    let mut stack = Stack::start_with(FaultConfig::default(), |settings| {
-        settings.push.allow_http = true;
-        settings.push.allow_private_networks = true;
-        settings.push.listen = "127.0.0.1:0".into();
-        for partner in settings.partners.iter_mut().filter(|p| p.code == PARTNER) {
-            partner.push = Some(PartnerPush {
-                url: url.clone(),
-                secrets: vec![SecretString::from(secret.clone())],
-                secrets_env: Vec::new(),
-                events: vec!["subscription.*".into()],
-                max_in_flight: 4,
-            });
-        }
-    })
-    .await;
-    stack.spawn_worker().await;
-    let notifier = autorenew::push::Application::build(&stack.settings)
-        .await
-        .expect("the notifier builds");
-    tokio::spawn(notifier.run_until_stopped(stop.clone()));
+    // Arrange: a deployment whose partners push to a receiver, and a notifier.
+    let mut stack = TestStack::deployment()
+        .push_receiver()
+        .workers(1)
+        .start()
+        .await;
+    stack.spawn_notifier().await;
+    let inbox = stack.receiver();
 
     // Act
     let pay_id = stack.send(|_| {}).await;
@@ -59,7 +29,7 @@ async fn a_subscription_created_by_a_worker_is_pushed_to_the_partner_and_verifie
     .await;
     assert!(arrived, "no push arrived: {:?}", inbox.counts(PARTNER));
     let arrival = inbox.arrivals(PARTNER).remove(0);
-    standardwebhooks::Webhook::new(&secret)
+    standardwebhooks::Webhook::new(stack.push_secret())
         .expect("secret")
         .verify(&arrival.body, &headers_of(&arrival))
         .expect("the reference library verifies the push");
@@ -82,6 +52,5 @@ async fn a_subscription_created_by_a_worker_is_pushed_to_the_partner_and_verifie
         object.retain(|key, _| !key.starts_with('_'));
     }
     assert_eq!(tapped, event);
-    stop.cancel();
     stack.teardown().await;
 }

@@ -5,8 +5,7 @@ use loadgen::LoadgenArgs;
 use loadgen::push::{self, PushReport};
 use tokio_util::sync::CancellationToken;
 
-use super::bed::Bed;
-use crate::helpers::{OTHER_PARTNER, PARTNER};
+use crate::helpers::{OTHER_PARTNER, PARTNER, TestStack};
 use crate::wiring::loadgen_defaults;
 
 /// `autorenew loadgen`'s flags, as its subcommand parses them.
@@ -25,19 +24,19 @@ fn args(flags: &[&str]) -> LoadgenArgs {
 }
 
 /// The receiver's base URL: the partners' push URLs without the partner.
-fn receiver_base(bed: &Bed) -> String {
-    let url = &bed.settings.partners[0]
+fn receiver_base(stack: &TestStack) -> String {
+    let url = &stack.settings.partners[0]
         .push
         .as_ref()
-        .expect("the bed's partners push")
+        .expect("the stack's partners push")
         .url;
     url.rsplit_once('/')
         .map(|(base, _)| base.to_owned())
         .unwrap_or_default()
 }
 
-async fn run(bed: &Bed, flags: &[&str]) -> PushReport {
-    let base = receiver_base(bed);
+async fn run(stack: &TestStack, flags: &[&str]) -> PushReport {
+    let base = receiver_base(stack);
     let mut all = vec![
         "--receiver",
         base.as_str(),
@@ -48,7 +47,7 @@ async fn run(bed: &Bed, flags: &[&str]) -> PushReport {
     ];
     all.extend_from_slice(flags);
     push::run(
-        &loadgen_defaults(&bed.settings),
+        &loadgen_defaults(&stack.settings),
         &args(&all),
         &CancellationToken::new(),
     )
@@ -80,39 +79,39 @@ fn assert_every_event_arrived_once(report: &PushReport) {
 
 #[tokio::test]
 async fn a_push_run_counts_each_partner_s_events_delivered_and_their_latency() {
-    let mut bed = Bed::start(|_| {}).await;
-    bed.spawn_notifier().await;
-    let report = run(&bed, &[]).await;
+    let mut stack = TestStack::builder().push_receiver().start().await;
+    stack.spawn_notifier().await;
+    let report = run(&stack, &[]).await;
     assert_eq!(report.mode, "push");
     assert_every_event_arrived_once(&report);
     // What the receiver verified is what the report says, partner by partner.
     for partner in [PARTNER, OTHER_PARTNER] {
-        let counts = bed.receiver.counts(partner);
+        let counts = stack.receiver().counts(partner);
         assert_eq!((counts.distinct, counts.delivered), (30, 30), "{partner}");
     }
-    bed.teardown().await;
+    stack.teardown().await;
 }
 
 #[tokio::test]
 async fn the_baseline_posts_the_same_bodies_without_a_notifier() {
-    let bed = Bed::start(|_| {}).await;
-    let report = run(&bed, &["--baseline"]).await;
+    let stack = TestStack::builder().push_receiver().start().await;
+    let report = run(&stack, &["--baseline"]).await;
     assert_eq!(report.mode, "baseline");
     assert_every_event_arrived_once(&report);
-    bed.teardown().await;
+    stack.teardown().await;
 }
 
 #[tokio::test]
 async fn a_partner_without_a_push_is_refused_by_name() {
-    let bed = Bed::start(|_| {}).await;
-    let base = receiver_base(&bed);
+    let stack = TestStack::builder().push_receiver().start().await;
+    let base = receiver_base(&stack);
     let error = push::run(
-        &loadgen_defaults(&bed.settings),
+        &loadgen_defaults(&stack.settings),
         &args(&["--receiver", &base, "--push-partners", "NOPUSH1"]),
         &CancellationToken::new(),
     )
     .await
     .expect_err("an unknown partner is refused");
     assert!(error.to_string().contains("`NOPUSH1`"), "{error}");
-    bed.teardown().await;
+    stack.teardown().await;
 }

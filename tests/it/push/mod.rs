@@ -1,6 +1,5 @@
 //! The partner push (docs/partners.md#the-push-signed-notifications-to-your-url): configuration, signing, delivery, the partner calls.
 
-pub mod bed;
 mod calls;
 mod config;
 pub mod delivery;

@@ -13,7 +13,8 @@ use stripe_shared::{
 };
 use stripe_types::Expandable;
 
-use super::helpers::{TestSim, spawn};
+use crate::helpers::TestStack;
+use crate::helpers::sim::TestSim;
 
 const DAY: i64 = 86_400;
 
@@ -54,8 +55,9 @@ fn parse_invoice(invoice: &Value) -> Invoice {
 
 #[tokio::test]
 async fn an_advance_past_the_period_end_renews_the_subscription_and_charges_its_card() {
-    let sim = spawn().await;
-    let (id, created) = subscribed(&sim, "pm_card_visa").await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
+    let (id, created) = subscribed(sim, "pm_card_visa").await;
     let (start, end) = period(&created);
 
     let report = sim.advance(31 * DAY).await;
@@ -105,7 +107,8 @@ async fn an_advance_past_the_period_end_renews_the_subscription_and_charges_its_
 
 #[tokio::test]
 async fn the_clock_stamps_what_is_made_after_an_advance() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
     let before = sim.post("/v1/customers", "email=a@example.com", None).await;
 
     sim.advance(10 * DAY).await;
@@ -114,7 +117,7 @@ async fn the_clock_stamps_what_is_made_after_an_advance() {
         .admin(reqwest::Method::GET, "/_sim/clock", json!(null))
         .await;
 
-    let made = |a: &super::helpers::Answer| a.body["created"].as_i64().expect("created");
+    let made = |a: &crate::helpers::sim::Answer| a.body["created"].as_i64().expect("created");
     assert!(made(&after) - made(&before) >= 10 * DAY);
     assert!(clock.body["now"].as_i64().expect("now") >= made(&after));
     assert_eq!(clock.body["offset_seconds"], 10 * DAY);
@@ -122,8 +125,9 @@ async fn the_clock_stamps_what_is_made_after_an_advance() {
 
 #[tokio::test]
 async fn two_periods_in_one_advance_renew_twice_each_at_its_own_period_end() {
-    let sim = spawn().await;
-    let (_, created) = subscribed(&sim, "pm_card_visa").await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
+    let (_, created) = subscribed(sim, "pm_card_visa").await;
     let (start, end) = period(&created);
 
     sim.advance(65 * DAY).await;
@@ -139,8 +143,9 @@ async fn two_periods_in_one_advance_renew_twice_each_at_its_own_period_end() {
 
 #[tokio::test]
 async fn a_card_that_fails_when_charged_is_retried_then_the_subscription_is_canceled() {
-    let sim = spawn().await;
-    let (id, created) = subscribed(&sim, "pm_card_visa").await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
+    let (id, created) = subscribed(sim, "pm_card_visa").await;
     let (_, end) = period(&created);
     let customer = created["customer"].as_str().expect("a customer");
     // Stripe's test card that attaches but fails every charge: the renewal is the first.
@@ -237,8 +242,9 @@ async fn a_card_that_fails_when_charged_is_retried_then_the_subscription_is_canc
 
 #[tokio::test]
 async fn a_period_end_cancel_takes_effect_at_the_first_advance_past_the_end() {
-    let sim = spawn().await;
-    let (id, created) = subscribed(&sim, "pm_card_visa").await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
+    let (id, created) = subscribed(sim, "pm_card_visa").await;
     let (_, end) = period(&created);
 
     let updated = UpdateSubscription::new(id.as_str())
@@ -275,8 +281,9 @@ async fn a_period_end_cancel_takes_effect_at_the_first_advance_past_the_end() {
 
 #[tokio::test]
 async fn a_period_end_cancel_taken_back_renews_as_before() {
-    let sim = spawn().await;
-    let (id, _) = subscribed(&sim, "pm_card_visa").await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
+    let (id, _) = subscribed(sim, "pm_card_visa").await;
     let path = format!("/v1/subscriptions/{id}");
     sim.post(&path, "cancel_at_period_end=true", None).await;
 
@@ -303,8 +310,9 @@ async fn a_period_end_cancel_taken_back_renews_as_before() {
 
 #[tokio::test]
 async fn a_delete_cancels_at_once_a_second_delete_is_404_and_nothing_renews_after() {
-    let sim = spawn().await;
-    let (id, _) = subscribed(&sim, "pm_card_visa").await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
+    let (id, _) = subscribed(sim, "pm_card_visa").await;
 
     let canceled = CancelSubscription::new(id.as_str())
         .send(&sim.stripe())
@@ -313,7 +321,7 @@ async fn a_delete_cancels_at_once_a_second_delete_is_404_and_nothing_renews_afte
     let again = sim
         .http
         .delete(format!("{}/v1/subscriptions/{id}", sim.base))
-        .bearer_auth(super::helpers::KEY)
+        .bearer_auth(crate::helpers::sim::KEY)
         .send()
         .await
         .expect("an answer");
@@ -338,8 +346,9 @@ async fn a_delete_cancels_at_once_a_second_delete_is_404_and_nothing_renews_afte
 
 #[tokio::test]
 async fn creating_a_subscription_announces_it_and_its_first_paid_invoice() {
-    let sim = spawn().await;
-    let (id, _) = subscribed(&sim, "pm_card_visa").await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
+    let (id, _) = subscribed(sim, "pm_card_visa").await;
 
     let created = sim.events_of("customer.subscription.created").await;
     let paid = sim.events_of("invoice.paid").await;
@@ -360,9 +369,10 @@ async fn creating_a_subscription_announces_it_and_its_first_paid_invoice() {
 
 #[tokio::test]
 async fn the_legacy_invoice_shape_names_the_subscription_at_the_top_level() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
     sim.configure(json!({"invoice_shape": "legacy"})).await;
-    let (id, _) = subscribed(&sim, "pm_card_visa").await;
+    let (id, _) = subscribed(sim, "pm_card_visa").await;
 
     let paid = sim.events_of("invoice.paid").await;
     let object = &paid[0]["data"]["object"];
@@ -375,9 +385,10 @@ async fn the_legacy_invoice_shape_names_the_subscription_at_the_top_level() {
 
 #[tokio::test]
 async fn both_invoice_shapes_at_once_parse_and_agree() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
     sim.configure(json!({"invoice_shape": "both"})).await;
-    let (id, _) = subscribed(&sim, "pm_card_visa").await;
+    let (id, _) = subscribed(sim, "pm_card_visa").await;
 
     let paid = sim.events_of("invoice.paid").await;
     let object = &paid[0]["data"]["object"];
@@ -392,8 +403,9 @@ async fn both_invoice_shapes_at_once_parse_and_agree() {
 
 #[tokio::test]
 async fn events_are_listed_newest_first_and_paged_by_created_and_cursor() {
-    let sim = spawn().await;
-    subscribed(&sim, "pm_card_visa").await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
+    subscribed(sim, "pm_card_visa").await;
     let now = sim
         .admin(reqwest::Method::GET, "/_sim/clock", json!(null))
         .await
@@ -442,8 +454,9 @@ async fn events_are_listed_newest_first_and_paged_by_created_and_cursor() {
 
 #[tokio::test]
 async fn a_paid_renewal_s_payment_has_a_succeeded_intent_and_no_error() {
-    let sim = spawn().await;
-    subscribed(&sim, "pm_card_visa").await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
+    subscribed(sim, "pm_card_visa").await;
     sim.advance(31 * DAY).await;
     let paid = sim.events_of("invoice.paid").await;
     let invoice = paid[0]["data"]["object"]["id"].as_str().expect("an id");
@@ -476,10 +489,11 @@ async fn a_paid_renewal_s_payment_has_a_succeeded_intent_and_no_error() {
 
 #[tokio::test]
 async fn a_decline_at_charge_puts_the_card_s_own_decline_code_on_the_intent() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
     sim.configure(json!({"declines_at": "charge", "invoice_shape": "legacy"}))
         .await;
-    let (id, created) = subscribed(&sim, "pm_card_visa").await;
+    let (id, created) = subscribed(sim, "pm_card_visa").await;
     let customer = created["customer"].as_str().expect("a customer");
     let failing = sim
         .post(

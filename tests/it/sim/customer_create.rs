@@ -6,11 +6,13 @@ use stripe::{ApiErrorsCode, ApiErrorsType, StripeError};
 use stripe_core::customer::{CreateCustomer, CreateCustomerInvoiceSettings};
 use stripe_payment::payment_method::ListPaymentMethod;
 
-use super::helpers::{KEY, spawn};
+use crate::helpers::TestStack;
+use crate::helpers::sim::KEY;
 
 #[tokio::test]
 async fn a_customer_created_with_a_payment_method_has_it_attached_and_as_its_default() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
     let client = sim.stripe();
 
     let created = CreateCustomer::new()
@@ -40,7 +42,8 @@ async fn a_customer_created_with_a_payment_method_has_it_attached_and_as_its_def
 
 #[tokio::test]
 async fn a_decline_card_fails_the_customer_create_as_its_attach_would_and_creates_nothing() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
     let card = "pm_card_chargeDeclinedInsufficientFunds";
     let other = sim
         .post("/v1/customers", "email=other@example.com", None)
@@ -90,7 +93,8 @@ async fn a_decline_card_fails_the_customer_create_as_its_attach_would_and_create
 
 #[tokio::test]
 async fn a_card_that_fails_only_when_charged_attaches_on_customer_create() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
 
     let created = sim
         .post(
@@ -113,7 +117,8 @@ async fn a_card_that_fails_only_when_charged_attaches_on_customer_create() {
 
 #[tokio::test]
 async fn a_default_that_is_not_the_method_given_is_refused_and_creates_nothing() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
     let (_, elsewhere) = sim
         .customer_with_card("a@example.com", "pm_card_visa")
         .await;
@@ -137,7 +142,8 @@ async fn a_default_that_is_not_the_method_given_is_refused_and_creates_nothing()
 
 #[tokio::test]
 async fn http_basic_auth_with_the_key_as_user_name_is_accepted_as_stripe_accepts_it() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
     let url = format!("{}/v1/customers", sim.base);
 
     // What `curl -u sk_test_…:` sends.
@@ -170,7 +176,8 @@ async fn http_basic_auth_with_the_key_as_user_name_is_accepted_as_stripe_accepts
 
 #[tokio::test]
 async fn the_stats_count_each_route_s_calls_whatever_their_status() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
     let (customer, pm) = sim
         .customer_with_card("a@example.com", "pm_card_visa")
         .await;

@@ -3,11 +3,12 @@
 
 use serde_json::json;
 
-use super::helpers::spawn;
+use crate::helpers::TestStack;
 
 #[tokio::test]
 async fn each_decline_test_card_fails_its_attach_with_stripe_s_codes() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
     let customer = sim.post("/v1/customers", "email=a@b.c", None).await.body["id"].clone();
     let customer = customer.as_str().expect("id");
     let cases = [
@@ -65,7 +66,8 @@ async fn each_decline_test_card_fails_its_attach_with_stripe_s_codes() {
 
 #[tokio::test]
 async fn a_card_that_fails_only_on_charge_follows_the_payment_behavior() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
     let (customer, _) = sim
         .customer_with_card("a@b.c", "pm_card_chargeCustomerFail")
         .await;
@@ -106,7 +108,8 @@ async fn a_card_that_fails_only_on_charge_follows_the_payment_behavior() {
 
 #[tokio::test]
 async fn a_good_card_makes_an_active_subscription_with_a_paid_invoice() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
     let (customer, pm) = sim.customer_with_card("a@b.c", "pm_card_visa").await;
     let price = sim.price(1999, None).await;
 
@@ -127,7 +130,8 @@ async fn a_good_card_makes_an_active_subscription_with_a_paid_invoice() {
 
 #[tokio::test]
 async fn a_subscription_without_any_payment_method_is_refused_or_incomplete() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
     let customer = sim.post("/v1/customers", "email=a@b.c", None).await.body["id"].clone();
     let customer = customer.as_str().expect("id");
     let price = sim.price(100, None).await;
@@ -155,7 +159,8 @@ async fn a_subscription_without_any_payment_method_is_refused_or_incomplete() {
 
 #[tokio::test]
 async fn a_partner_payment_method_attached_to_one_customer_cannot_go_to_another() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
     let first = sim.post("/v1/customers", "email=a@b.c", None).await.body["id"].clone();
     let second = sim.post("/v1/customers", "email=b@b.c", None).await.body["id"].clone();
     let path = "/v1/payment_methods/pm_1GnMUDLnVNBddzslXw7xuoe6/attach";
@@ -203,7 +208,8 @@ async fn a_partner_payment_method_attached_to_one_customer_cannot_go_to_another(
 #[tokio::test]
 async fn a_payment_method_attached_elsewhere_cannot_pay_a_subscription_it_is_400_resource_missing()
 {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
     let (_, pm) = sim.customer_with_card("a@b.c", "pm_card_visa").await;
     let other = sim.post("/v1/customers", "email=b@b.c", None).await.body["id"].clone();
     let price = sim.price(100, None).await;
@@ -228,7 +234,8 @@ async fn a_payment_method_attached_elsewhere_cannot_pay_a_subscription_it_is_400
 
 #[tokio::test]
 async fn each_use_of_a_test_id_mints_a_separate_payment_method() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
 
     let (_, first) = sim.customer_with_card("a@b.c", "pm_card_visa").await;
     let (_, second) = sim.customer_with_card("b@b.c", "pm_card_visa").await;
@@ -239,7 +246,8 @@ async fn each_use_of_a_test_id_mints_a_separate_payment_method() {
 
 #[tokio::test]
 async fn malformed_or_unknown_payment_methods_are_404_resource_missing() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
 
     let malformed = sim.get("/v1/payment_methods/card_123").await;
     let good_by_default = sim.get("/v1/payment_methods/pm_1Unseen").await;

@@ -6,11 +6,13 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::json;
 
-use super::helpers::{KEY, spawn};
+use crate::helpers::TestStack;
+use crate::helpers::sim::KEY;
 
 #[tokio::test]
 async fn a_missing_or_malformed_api_key_is_a_401() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
     let url = format!("{}/v1/customers", sim.base);
 
     let none = sim.http.get(&url).send().await.expect("answers");
@@ -38,7 +40,8 @@ async fn a_missing_or_malformed_api_key_is_a_401() {
 
 #[tokio::test]
 async fn the_rate_limit_answers_stripe_s_429_beyond_its_burst_but_never_on_admin_routes() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
     sim.configure(json!({"rate_limit_per_second": 1, "rate_limit_burst": 2}))
         .await;
 
@@ -64,7 +67,8 @@ async fn the_rate_limit_answers_stripe_s_429_beyond_its_burst_but_never_on_admin
 
 #[tokio::test]
 async fn the_test_preset_sets_stripe_s_25_per_second() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
 
     sim.configure(json!({"rate_limit": "test"})).await;
     let config = sim.admin(Method::GET, "/_sim/config", json!(null)).await;
@@ -74,7 +78,8 @@ async fn the_test_preset_sets_stripe_s_25_per_second() {
 
 #[tokio::test]
 async fn fixed_latency_delays_every_api_answer() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
     sim.configure(json!({"latency_p50_ms": 150, "latency_p99_ms": 150}))
         .await;
 
@@ -87,7 +92,8 @@ async fn fixed_latency_delays_every_api_answer() {
 
 #[tokio::test]
 async fn an_injected_500_writes_nothing_and_invites_a_retry() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
     sim.configure(json!({"error_rate": 1.0})).await;
 
     let answer = sim.post("/v1/customers", "email=a@b.c", Some("k")).await;
@@ -105,7 +111,8 @@ async fn an_injected_500_writes_nothing_and_invites_a_retry() {
 
 #[tokio::test]
 async fn a_spurious_429_comes_whatever_the_limiter_says() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
     sim.configure(json!({"rate_limit_error_rate": 1.0})).await;
 
     let answer = sim.get("/v1/customers").await;
@@ -116,7 +123,8 @@ async fn a_spurious_429_comes_whatever_the_limiter_says() {
 
 #[tokio::test]
 async fn a_hang_outlasts_the_client_s_timeout_and_writes_nothing() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
     sim.configure(json!({"hang_rate": 1.0, "hang_ms": 5000}))
         .await;
     let client = reqwest::Client::builder()
@@ -137,7 +145,8 @@ async fn a_hang_outlasts_the_client_s_timeout_and_writes_nothing() {
 
 #[tokio::test]
 async fn a_lost_response_writes_then_answers_500_and_the_key_replays_the_write() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
     sim.configure(json!({"lost_response_rate": 1.0, "lost_response_mode": "error"}))
         .await;
 
@@ -160,7 +169,8 @@ async fn a_lost_response_writes_then_answers_500_and_the_key_replays_the_write()
 /// retry with that key gets the 500 back, and only a new key runs the request.
 #[tokio::test]
 async fn a_saved_500_is_replayed_for_its_key_and_a_new_key_executes() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
     sim.configure(json!({"saved_error_rate": 1.0})).await;
 
     let first = sim.post("/v1/customers", "email=s@b.c", Some("k1")).await;
@@ -189,7 +199,8 @@ async fn a_saved_500_is_replayed_for_its_key_and_a_new_key_executes() {
 
 #[tokio::test]
 async fn a_scripted_saved_error_keeps_its_key_but_other_parameters_are_still_refused() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
     sim.script("POST /v1/customers", json!([{"kind": "saved_error"}]))
         .await;
 
@@ -207,7 +218,8 @@ async fn a_scripted_saved_error_keeps_its_key_but_other_parameters_are_still_ref
 
 #[tokio::test]
 async fn a_dropped_response_breaks_the_connection_after_the_write() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
     sim.script(
         "POST /v1/customers",
         json!([{"kind": "lost_response", "mode": "drop"}]),
@@ -233,7 +245,8 @@ async fn a_dropped_response_breaks_the_connection_after_the_write() {
 
 #[tokio::test]
 async fn a_script_fails_twice_with_500_then_succeeds_and_the_stats_count_each_call() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
     sim.script(
         "POST /v1/customers",
         json!([{"kind": "error", "status": 500}, {"kind": "error"}]),
@@ -254,7 +267,8 @@ async fn a_script_fails_twice_with_500_then_succeeds_and_the_stats_count_each_ca
 
 #[tokio::test]
 async fn a_scripted_error_can_carry_any_stripe_type_and_code() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
     sim.script(
         "GET /v1/customers/{id}",
         json!([{"kind": "error", "status": 402, "type": "card_error", "code": "card_declined", "decline_code": "do_not_honor"}]),
@@ -270,7 +284,8 @@ async fn a_scripted_error_can_carry_any_stripe_type_and_code() {
 
 #[tokio::test]
 async fn a_script_for_an_unknown_route_or_a_bad_config_is_refused() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
 
     let script = sim
         .admin(
@@ -293,7 +308,8 @@ async fn a_script_for_an_unknown_route_or_a_bad_config_is_refused() {
 
 #[tokio::test]
 async fn faults_never_touch_the_admin_routes() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
     sim.configure(json!({"error_rate": 1.0, "rate_limit_per_second": 1, "rate_limit_burst": 1}))
         .await;
 
@@ -306,7 +322,8 @@ async fn faults_never_touch_the_admin_routes() {
 
 #[tokio::test]
 async fn reset_forgets_objects_keys_counts_and_scripts_but_keeps_the_config() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
     sim.configure(json!({"latency_p50_ms": 1, "latency_p99_ms": 1}))
         .await;
     sim.post("/v1/customers", "email=a@b.c", Some("k")).await;

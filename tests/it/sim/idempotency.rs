@@ -3,11 +3,12 @@
 
 use serde_json::json;
 
-use super::helpers::spawn;
+use crate::helpers::TestStack;
 
 #[tokio::test]
 async fn the_same_key_and_parameters_in_another_order_replay_the_first_answer() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
 
     let first = sim
         .post(
@@ -36,7 +37,8 @@ async fn the_same_key_and_parameters_in_another_order_replay_the_first_answer() 
 
 #[tokio::test]
 async fn the_same_key_with_other_parameters_is_an_idempotency_error() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
     sim.post("/v1/customers", "email=a@b.c", Some("k1")).await;
 
     let other = sim
@@ -56,7 +58,8 @@ async fn the_same_key_with_other_parameters_is_an_idempotency_error() {
 
 #[tokio::test]
 async fn the_same_key_while_the_first_request_runs_is_a_409() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
     sim.script("POST /v1/customers", json!([{"kind": "delay", "ms": 1500}]))
         .await;
     let first = {
@@ -64,7 +67,7 @@ async fn the_same_key_while_the_first_request_runs_is_a_409() {
         let url = format!("{}/v1/customers", sim.base);
         tokio::spawn(async move {
             http.post(url)
-                .bearer_auth(super::helpers::KEY)
+                .bearer_auth(crate::helpers::sim::KEY)
                 .header("idempotency-key", "slow")
                 .form(&[("email", "a@b.c")])
                 .send()
@@ -93,7 +96,8 @@ async fn the_same_key_while_the_first_request_runs_is_a_409() {
 
 #[tokio::test]
 async fn a_429_is_not_saved_so_the_same_key_runs_on_retry() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
     sim.script("POST /v1/customers", json!([{"kind": "rate_limit"}]))
         .await;
 
@@ -108,7 +112,8 @@ async fn a_429_is_not_saved_so_the_same_key_runs_on_retry() {
 
 #[tokio::test]
 async fn a_validation_error_is_not_saved_so_the_key_can_carry_the_fixed_request() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
 
     let invalid = sim
         .post("/v1/customers", "email=not-an-email", Some("k"))
@@ -122,7 +127,8 @@ async fn a_validation_error_is_not_saved_so_the_key_can_carry_the_fixed_request(
 
 #[tokio::test]
 async fn a_decline_is_saved_and_replayed_like_any_answer_the_endpoint_gave() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
     sim.configure(json!({"declines_at": "charge"})).await;
     let (customer, _) = sim
         .customer_with_card("d@b.c", "pm_card_chargeDeclined")
@@ -142,7 +148,8 @@ async fn a_decline_is_saved_and_replayed_like_any_answer_the_endpoint_gave() {
 
 #[tokio::test]
 async fn get_requests_ignore_the_idempotency_key() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
     let created = sim.post("/v1/customers", "email=a@b.c", None).await;
     let id = created.body["id"].as_str().expect("id");
 
@@ -150,7 +157,7 @@ async fn get_requests_ignore_the_idempotency_key() {
     let get = || {
         sim.http
             .get(&url)
-            .bearer_auth(super::helpers::KEY)
+            .bearer_auth(crate::helpers::sim::KEY)
             .header("idempotency-key", "g")
             .send()
     };
@@ -164,7 +171,8 @@ async fn get_requests_ignore_the_idempotency_key() {
 
 #[tokio::test]
 async fn a_request_whose_client_timed_out_still_completes_and_replays_under_its_key() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
     sim.script("POST /v1/customers", json!([{"kind": "delay", "ms": 400}]))
         .await;
     let impatient = reqwest::Client::builder()
@@ -174,7 +182,7 @@ async fn a_request_whose_client_timed_out_still_completes_and_replays_under_its_
 
     let gave_up = impatient
         .post(format!("{}/v1/customers", sim.base))
-        .bearer_auth(super::helpers::KEY)
+        .bearer_auth(crate::helpers::sim::KEY)
         .header("idempotency-key", "impatient")
         .form(&[("email", "a@b.c")])
         .send()

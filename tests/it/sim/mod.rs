@@ -5,7 +5,6 @@ mod clock;
 mod customer_create;
 mod declines;
 mod faults;
-pub(crate) mod helpers;
 mod idempotency;
 mod queries;
 mod receiver;

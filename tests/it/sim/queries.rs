@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use super::helpers::spawn;
+use crate::helpers::TestStack;
 
 fn ids(body: &serde_json::Value) -> Vec<String> {
     body["data"]
@@ -15,7 +15,8 @@ fn ids(body: &serde_json::Value) -> Vec<String> {
 
 #[tokio::test]
 async fn customers_list_by_exact_email_newest_first_in_pages() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
     let mut made = Vec::new();
     for _ in 0..3 {
         made.push(sim.post("/v1/customers", "email=same@b.c", None).await.body["id"].clone());
@@ -42,7 +43,8 @@ async fn customers_list_by_exact_email_newest_first_in_pages() {
 
 #[tokio::test]
 async fn customer_search_matches_email_and_metadata_together() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
     sim.post(
         "/v1/customers",
         "email=a@b.c&metadata[partnerCode]=P1",
@@ -70,7 +72,8 @@ async fn customer_search_matches_email_and_metadata_together() {
 
 #[tokio::test]
 async fn search_lags_writes_when_told_to_while_lists_see_them_at_once() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
     sim.configure(json!({"search_delay_ms": 60000})).await;
     sim.post("/v1/customers", "email=a@b.c", None).await;
 
@@ -83,7 +86,8 @@ async fn search_lags_writes_when_told_to_while_lists_see_them_at_once() {
 
 #[tokio::test]
 async fn prices_are_found_by_lookup_keys_in_either_array_syntax() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
     let gold = sim.price(1999, Some("gold")).await;
     let silver = sim.price(999, Some("silver")).await;
     sim.price(99, Some("bronze")).await;
@@ -103,7 +107,8 @@ async fn prices_are_found_by_lookup_keys_in_either_array_syntax() {
 
 #[tokio::test]
 async fn a_lookup_key_in_use_is_refused_unless_transferred() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
     let old = sim.price(1999, Some("gold")).await;
     let form = "currency=usd&unit_amount=2999&recurring[interval]=month&product_data[name]=Gold&lookup_key=gold";
 
@@ -132,7 +137,8 @@ async fn a_lookup_key_in_use_is_refused_unless_transferred() {
 
 #[tokio::test]
 async fn subscriptions_list_by_customer_and_search_by_pay_id() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
     let (alice, _) = sim.customer_with_card("a@b.c", "pm_card_visa").await;
     let (bob, _) = sim.customer_with_card("b@b.c", "pm_card_visa").await;
     let price = sim.price(500, None).await;
@@ -167,7 +173,8 @@ async fn subscriptions_list_by_customer_and_search_by_pay_id() {
 
 #[tokio::test]
 async fn unknown_missing_and_malformed_parameters_are_stripe_400s_naming_the_param() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
 
     let unknown = sim.post("/v1/customers", "emial=a@b.c", None).await;
     let missing = sim
@@ -196,7 +203,8 @@ async fn unknown_missing_and_malformed_parameters_are_stripe_400s_naming_the_par
 
 #[tokio::test]
 async fn an_unknown_id_in_the_path_is_a_404_and_an_unknown_url_too() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
 
     let customer = sim.get("/v1/customers/cus_nope").await;
     let url = sim.get("/v1/charges").await;

@@ -10,7 +10,8 @@ use stripe_core::setup_intent::{CreateSetupIntent, CreateSetupIntentUsage, Retri
 use stripe_shared::{SetupIntent, SetupIntentStatus};
 use stripe_types::Expandable;
 
-use super::helpers::{Answer, TestSim, read, spawn};
+use crate::helpers::TestStack;
+use crate::helpers::sim::{Answer, TestSim, read};
 
 const PUBLISHABLE: &str = "pk_test_simulator";
 
@@ -68,10 +69,11 @@ fn parsed(answer: &Answer) -> SetupIntent {
 
 #[tokio::test]
 async fn a_setup_intent_confirmed_with_the_publishable_key_attaches_the_card() {
-    let sim = spawn().await;
-    let intent = setup_intent(&sim).await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
+    let intent = setup_intent(sim).await;
 
-    let answer = confirm(&sim, &intent, "pm_card_visa").await;
+    let answer = confirm(sim, &intent, "pm_card_visa").await;
     let retrieved = RetrieveSetupIntent::new(intent.id.clone())
         .send(&sim.stripe())
         .await
@@ -99,10 +101,11 @@ async fn a_setup_intent_confirmed_with_the_publishable_key_attaches_the_card() {
 
 #[tokio::test]
 async fn a_declining_card_fails_the_confirm_as_stripe_does() {
-    let sim = spawn().await;
-    let intent = setup_intent(&sim).await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
+    let intent = setup_intent(sim).await;
 
-    let declined = confirm(&sim, &intent, "pm_card_chargeDeclined").await;
+    let declined = confirm(sim, &intent, "pm_card_chargeDeclined").await;
     let after = RetrieveSetupIntent::new(intent.id.clone())
         .send(&sim.stripe())
         .await
@@ -121,13 +124,14 @@ async fn a_declining_card_fails_the_confirm_as_stripe_does() {
     assert_eq!(after.status, SetupIntentStatus::RequiresPaymentMethod);
     let error = after.last_setup_error.expect("the decline is kept");
     assert_eq!(error.decline_code.as_deref(), Some("generic_decline"));
-    assert_eq!(confirm(&sim, &intent, "pm_card_visa").await.status, 200);
+    assert_eq!(confirm(sim, &intent, "pm_card_visa").await.status, 200);
 }
 
 #[tokio::test]
 async fn the_publishable_key_reaches_only_a_setup_intent_with_its_client_secret() {
-    let sim = spawn().await;
-    let intent = setup_intent(&sim).await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
+    let intent = setup_intent(sim).await;
     let as_app = |path: String| {
         sim.http
             .get(format!("{}{path}", sim.base))

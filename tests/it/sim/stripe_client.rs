@@ -27,7 +27,7 @@ use stripe_product::price::{
 use stripe_product::product::CreateProduct;
 use stripe_types::Expandable;
 
-use super::helpers::spawn;
+use crate::helpers::TestStack;
 
 fn key(k: &str) -> RequestStrategy {
     RequestStrategy::Idempotent(IdempotencyKey::new(k).expect("a valid key"))
@@ -42,7 +42,8 @@ fn metadata(pairs: &[(&str, &str)]) -> HashMap<String, String> {
 
 #[tokio::test]
 async fn customers_are_created_found_by_email_and_searched_with_async_stripe() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
     let client = sim.stripe();
 
     let created = CreateCustomer::new()
@@ -84,7 +85,8 @@ async fn customers_are_created_found_by_email_and_searched_with_async_stripe() {
 
 #[tokio::test]
 async fn a_test_card_attaches_as_a_fresh_payment_method_and_becomes_the_default() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
     let client = sim.stripe();
     let customer = CreateCustomer::new()
         .email("a@example.com")
@@ -138,7 +140,8 @@ async fn a_test_card_attaches_as_a_fresh_payment_method_and_becomes_the_default(
 
 #[tokio::test]
 async fn products_and_prices_are_created_and_found_by_lookup_key_with_async_stripe() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
     let client = sim.stripe();
 
     let product = CreateProduct::new("Gold plan")
@@ -189,7 +192,8 @@ async fn products_and_prices_are_created_and_found_by_lookup_key_with_async_stri
 
 #[tokio::test]
 async fn a_subscription_is_created_listed_and_searched_with_async_stripe() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
     let client = sim.stripe();
     let (customer, pm) = sim
         .customer_with_card("b@example.com", "pm_card_mastercard")
@@ -248,7 +252,8 @@ async fn a_subscription_is_created_listed_and_searched_with_async_stripe() {
 
 #[tokio::test]
 async fn a_declined_first_invoice_comes_back_as_async_stripe_s_card_error() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
     sim.configure(json!({"declines_at": "charge"})).await;
     let client = sim.stripe();
     let (customer, pm) = sim
@@ -278,7 +283,8 @@ async fn a_declined_first_invoice_comes_back_as_async_stripe_s_card_error() {
 
 #[tokio::test]
 async fn an_invalid_request_comes_back_as_async_stripe_s_error_naming_the_param() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
     an_invalid_request_names_its_param(&sim.stripe()).await;
 }
 

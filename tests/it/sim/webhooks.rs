@@ -11,30 +11,33 @@ use stripe_shared::{Event, EventType};
 use stripe_sim::SimSettings;
 use stripe_sim::webhooks::{DeliveryPolicy, EndpointSettings, WebhookSettings};
 
-use super::helpers::{TestSim, spawn, spawn_settings};
 use super::receiver::Receiver;
+use crate::helpers::TestStack;
+use crate::helpers::sim::TestSim;
 
 const SECRET: &str = "whsec_test_secret_for_the_simulator";
 
 /// A simulator that delivers `events` to `receiver`, signed with [`SECRET`], retrying
 /// quickly: the settings `autorenew run` fills in for its own intake.
-async fn delivering_to(receiver: &Receiver, events: &[&str], attempts: u32) -> TestSim {
-    spawn_settings(SimSettings {
-        webhooks: WebhookSettings {
-            endpoints: vec![EndpointSettings {
-                url: receiver.url.clone(),
-                secret: SecretString::from(SECRET),
-                enabled_events: events.iter().map(|e| (*e).to_owned()).collect(),
-            }],
-            delivery: DeliveryPolicy {
-                attempts,
-                first_retry: Duration::from_millis(20),
-                ..DeliveryPolicy::default()
+async fn delivering_to(receiver: &Receiver, events: &[&str], attempts: u32) -> TestStack {
+    TestStack::builder()
+        .simulator_settings(SimSettings {
+            webhooks: WebhookSettings {
+                endpoints: vec![EndpointSettings {
+                    url: receiver.url.clone(),
+                    secret: SecretString::from(SECRET),
+                    enabled_events: events.iter().map(|e| (*e).to_owned()).collect(),
+                }],
+                delivery: DeliveryPolicy {
+                    attempts,
+                    first_retry: Duration::from_millis(20),
+                    ..DeliveryPolicy::default()
+                },
             },
-        },
-        ..SimSettings::laptop()
-    })
-    .await
+            ..SimSettings::laptop()
+        })
+        .start()
+        .await
 }
 
 async fn subscribe(sim: &TestSim) -> String {
@@ -50,7 +53,8 @@ async fn subscribe(sim: &TestSim) -> String {
 
 #[tokio::test]
 async fn an_endpoint_made_over_the_api_gets_each_event_signed_with_the_secret_it_was_given() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
     let receiver = Receiver::start().await;
     let endpoint = sim
         .post(
@@ -65,7 +69,7 @@ async fn an_endpoint_made_over_the_api_gets_each_event_signed_with_the_secret_it
         .expect("the secret")
         .to_owned();
 
-    let subscription = subscribe(&sim).await;
+    let subscription = subscribe(sim).await;
     let got = receiver
         .wait_for_kinds(&["customer.subscription.created", "invoice.paid"])
         .await;
@@ -108,9 +112,10 @@ async fn an_endpoint_made_over_the_api_gets_each_event_signed_with_the_secret_it
 #[tokio::test]
 async fn only_the_enabled_event_types_are_delivered() {
     let receiver = Receiver::start().await;
-    let sim = delivering_to(&receiver, &["invoice.paid"], 3).await;
+    let stack = delivering_to(&receiver, &["invoice.paid"], 3).await;
+    let sim = stack.sim();
 
-    subscribe(&sim).await;
+    subscribe(sim).await;
     let got = receiver.wait_for_kinds(&["invoice.paid"]).await;
     let stats = sim
         .wait_for_stats(|s| s["webhooks"]["delivered"] == 1)
@@ -128,7 +133,8 @@ async fn only_the_enabled_event_types_are_delivered() {
 async fn a_delivery_answered_5xx_is_retried_with_the_same_body_until_it_is_taken() {
     let receiver = Receiver::start().await;
     receiver.answer(&[500, 503]);
-    let sim = delivering_to(&receiver, &["customer.created"], 5).await;
+    let stack = delivering_to(&receiver, &["customer.created"], 5).await;
+    let sim = stack.sim();
 
     sim.post("/v1/customers", "email=retry@example.com", None)
         .await;
@@ -149,7 +155,8 @@ async fn a_delivery_answered_5xx_is_retried_with_the_same_body_until_it_is_taken
 async fn a_delivery_never_taken_is_given_up_after_the_configured_tries() {
     let receiver = Receiver::start().await;
     receiver.answer(&[500; 10]);
-    let sim = delivering_to(&receiver, &["customer.created"], 3).await;
+    let stack = delivering_to(&receiver, &["customer.created"], 3).await;
+    let sim = stack.sim();
 
     sim.post("/v1/customers", "email=down@example.com", None)
         .await;
@@ -164,8 +171,9 @@ async fn a_delivery_never_taken_is_given_up_after_the_configured_tries() {
 #[tokio::test]
 async fn a_renewal_is_delivered_when_the_clock_is_advanced() {
     let receiver = Receiver::start().await;
-    let sim = delivering_to(&receiver, &["invoice.paid"], 3).await;
-    let subscription = subscribe(&sim).await;
+    let stack = delivering_to(&receiver, &["invoice.paid"], 3).await;
+    let sim = stack.sim();
+    let subscription = subscribe(sim).await;
     receiver.wait_for_kinds(&["invoice.paid"]).await;
 
     sim.advance(31 * 86_400).await;
@@ -189,7 +197,8 @@ async fn a_renewal_is_delivered_when_the_clock_is_advanced() {
 
 #[tokio::test]
 async fn an_endpoint_the_simulator_cannot_reach_is_refused() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
 
     let https = sim
         .post(
@@ -236,19 +245,22 @@ async fn slow_endpoint(delay: Duration) -> (String, std::sync::Arc<std::sync::Mu
 #[tokio::test]
 async fn an_advance_answers_once_its_webhooks_are_taken() {
     let (url, taken) = slow_endpoint(Duration::from_millis(300)).await;
-    let sim = spawn_settings(SimSettings {
-        webhooks: WebhookSettings {
-            endpoints: vec![EndpointSettings {
-                url,
-                secret: SecretString::from(SECRET),
-                enabled_events: vec!["invoice.paid".into()],
-            }],
-            delivery: DeliveryPolicy::default(),
-        },
-        ..SimSettings::laptop()
-    })
-    .await;
-    let subscription = subscribe(&sim).await;
+    let stack = TestStack::builder()
+        .simulator_settings(SimSettings {
+            webhooks: WebhookSettings {
+                endpoints: vec![EndpointSettings {
+                    url,
+                    secret: SecretString::from(SECRET),
+                    enabled_events: vec!["invoice.paid".into()],
+                }],
+                delivery: DeliveryPolicy::default(),
+            },
+            ..SimSettings::laptop()
+        })
+        .start()
+        .await;
+    let sim = stack.sim();
+    let subscription = subscribe(sim).await;
     // The creation's own invoice.paid, delivered in the background, is not the advance's.
     let creation_delivered = tokio::time::timeout(Duration::from_secs(5), async {
         while taken.lock().expect("inbox").is_empty() {

@@ -16,8 +16,9 @@ use stripe_core::customer::CreateCustomer;
 use autorenew::stripe::{CallError, ClientOptions, StripeHttp};
 use stripe_sim::faults::FaultConfig;
 
-use super::helpers::{KEY, TestSim, spawn, spawn_with};
 use super::stripe_client::an_invalid_request_names_its_param;
+use crate::helpers::TestStack;
+use crate::helpers::sim::{KEY, TestSim};
 
 fn client(sim: &TestSim, http2_prior_knowledge: bool) -> StripeHttp {
     let key = SecretString::from(KEY);
@@ -54,24 +55,29 @@ async fn calls_parse(client: &StripeHttp) {
 
 #[tokio::test]
 async fn the_worker_client_reads_answers_and_errors_over_http1() {
-    let sim = spawn().await;
-    calls_parse(&client(&sim, false)).await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
+    calls_parse(&client(sim, false)).await;
 }
 
 #[tokio::test]
 async fn the_worker_client_reads_answers_and_errors_over_http2() {
-    let sim = spawn().await;
-    calls_parse(&client(&sim, true)).await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
+    calls_parse(&client(sim, true)).await;
 }
 
 #[tokio::test]
 async fn stripe_s_retry_advice_reaches_the_caller_with_the_error() {
-    let sim = spawn_with(FaultConfig {
-        error_rate: 1.0,
-        ..FaultConfig::default()
-    })
-    .await;
-    let client = client(&sim, true);
+    let stack = TestStack::builder()
+        .simulator(FaultConfig {
+            error_rate: 1.0,
+            ..FaultConfig::default()
+        })
+        .start()
+        .await;
+    let sim = stack.sim();
+    let client = client(sim, true);
 
     let result = CreateCustomer::new()
         .email("advice@example.com")
@@ -96,7 +102,8 @@ async fn stripe_s_retry_advice_reaches_the_caller_with_the_error() {
 /// answer, executed, carries none.
 #[tokio::test]
 async fn a_saved_500_replayed_for_its_key_reaches_the_caller_marked_replayed() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
     let scripted = sim
         .http
         .post(format!("{}/_sim/script", sim.base))
@@ -108,7 +115,7 @@ async fn a_saved_500_replayed_for_its_key_reaches_the_caller_marked_replayed() {
         .await
         .expect("script");
     assert!(scripted.status().is_success());
-    let client = client(&sim, true);
+    let client = client(sim, true);
     let create = || {
         CreateCustomer::new()
             .email("replayed@example.com")
@@ -135,7 +142,8 @@ async fn a_saved_500_replayed_for_its_key_reaches_the_caller_marked_replayed() {
 
 #[tokio::test]
 async fn the_simulator_speaks_http2_to_a_client_that_starts_with_it() {
-    let sim = spawn().await;
+    let stack = TestStack::simulator_only().start().await;
+    let sim = stack.sim();
     let h2: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
         .http2_only(true)
         .build_http();

@@ -6,10 +6,9 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use stripe_sim::faults::FaultConfig;
 
-use super::stack::{Stack, subscriptions_by_pay_id};
-use crate::helpers::{Answer, PARTNER};
+use crate::helpers::sim::subscriptions_by_pay_id;
+use crate::helpers::{Answer, PARTNER, TestStack};
 
 const PUBLISHABLE: &str = "pk_test_worker_tests";
 
@@ -26,14 +25,16 @@ fn fresh_pay_id() -> String {
     format!("A{}", uuid::Uuid::new_v4().simple())
 }
 
-async fn start() -> Stack {
-    Stack::start_with(FaultConfig::default(), |settings| {
-        settings.stripe.publishable_key = PUBLISHABLE.into();
-    })
-    .await
+async fn start() -> TestStack {
+    TestStack::deployment()
+        .settings(|settings| {
+            settings.stripe.publishable_key = PUBLISHABLE.into();
+        })
+        .start()
+        .await
 }
 
-impl Stack {
+impl TestStack {
     async fn authorize(&self, pay_id: &str, email: &str) -> Answer {
         self.post_signed("/stripeSubAuthorization", authorization(pay_id, email))
             .await
@@ -45,10 +46,11 @@ impl Stack {
         let secret = answer.body["client_secret"].as_str().expect("a secret");
         let key = answer.body["publishable_key"].as_str().expect("a key");
         let confirmed: Value = self
+            .sim()
             .http
             .post(format!(
                 "{}/v1/setup_intents/{intent}/confirm",
-                self.sim_base
+                self.sim().base
             ))
             .bearer_auth(key)
             .form(&[("payment_method", card), ("client_secret", secret)])
@@ -67,7 +69,7 @@ impl Stack {
 
     /// Stripe calls made so far by us, not by the app: its confirms are left out.
     async fn our_calls(&self) -> u64 {
-        let stats = self.sim_stats().await;
+        let stats = self.sim().stats().await;
         let total = stats["requests_total"].as_u64().unwrap_or(0);
         let confirms = stats["requests_by_route"]["POST /v1/setup_intents/{id}/confirm"]
             .as_u64()
@@ -144,7 +146,10 @@ async fn authorize_confirm_create_costs_four_calls_for_a_new_customer_and_two_fo
     );
     let result = stack.result_query(&first).await;
     assert_eq!(result.body["status"], "active");
-    assert_eq!(subscriptions_by_pay_id(&stack.sim_stats().await)[&first], 1);
+    assert_eq!(
+        subscriptions_by_pay_id(&stack.sim().stats().await)[&first],
+        1
+    );
     stack.teardown().await;
 }
 
@@ -198,7 +203,7 @@ async fn a_method_not_on_the_authorized_customer_is_attached_and_makes_one_subsc
         authorized.body["customer_id"]
     );
     assert_eq!(
-        subscriptions_by_pay_id(&stack.sim_stats().await)[&pay_id],
+        subscriptions_by_pay_id(&stack.sim().stats().await)[&pay_id],
         1
     );
     stack.teardown().await;
@@ -207,15 +212,17 @@ async fn a_method_not_on_the_authorized_customer_is_attached_and_makes_one_subsc
 #[tokio::test]
 async fn an_unreachable_stripe_answers_503_quickly_and_readiness_stays_green() {
     let closed = crate::helpers::private::free_port();
-    let stack = Stack::start_with(FaultConfig::default(), |settings| {
-        settings.stripe.api_base = format!("http://127.0.0.1:{closed}");
-    })
-    .await;
+    let stack = TestStack::deployment()
+        .settings(|settings| {
+            settings.stripe.api_base = format!("http://127.0.0.1:{closed}");
+        })
+        .start()
+        .await;
 
     let started = Instant::now();
     let answer = stack.authorize(&fresh_pay_id(), &fresh_email()).await;
     let took = started.elapsed();
-    let ready = stack.intake.get("/readyz").await;
+    let ready = stack.intake().get("/readyz").await;
 
     assert_eq!(answer.status, 503, "{:?}", answer.body);
     assert_eq!(answer.code(), "STRIPE_UNAVAILABLE");
@@ -227,18 +234,21 @@ async fn an_unreachable_stripe_answers_503_quickly_and_readiness_stays_green() {
 
 #[tokio::test]
 async fn a_stripe_slower_than_max_wait_answers_503_at_max_wait() {
-    let stack = Stack::start_with(FaultConfig::default(), |settings| {
-        settings.intake.max_wait_secs = 1;
-    })
-    .await;
+    let stack = TestStack::deployment()
+        .settings(|settings| {
+            settings.intake.max_wait_secs = 1;
+        })
+        .start()
+        .await;
     stack
-        .sim_config(json!({"latency_p50_ms": 5_000, "latency_p99_ms": 5_000}))
+        .sim()
+        .configure(json!({"latency_p50_ms": 5_000, "latency_p99_ms": 5_000}))
         .await;
 
     let started = Instant::now();
     let answer = stack.authorize(&fresh_pay_id(), &fresh_email()).await;
     let took = started.elapsed();
-    let ready = stack.intake.get("/readyz").await;
+    let ready = stack.intake().get("/readyz").await;
 
     assert_eq!(answer.status, 503, "{:?}", answer.body);
     assert_eq!(answer.code(), "STRIPE_UNAVAILABLE");
@@ -252,7 +262,8 @@ async fn a_stripe_slower_than_max_wait_answers_503_at_max_wait() {
 
 #[tokio::test]
 async fn bad_fields_get_the_codes_every_route_gives() {
-    let app = crate::helpers::TestApp::spawn().await;
+    let stack = TestStack::builder().intake().start().await;
+    let app = stack.intake();
     let valid = || authorization(&fresh_pay_id(), &fresh_email());
     let changed = |field: &str, value: Value| {
         let mut body = valid();
@@ -308,5 +319,5 @@ async fn bad_fields_get_the_codes_every_route_gives() {
         .post_signed("/stripeSubAuthorization", valid(), "another secret")
         .await;
     assert_eq!((unsigned.status, unsigned.code()), (401, "SIGN_INVALID"));
-    app.teardown().await;
+    stack.teardown().await;
 }

@@ -5,9 +5,8 @@ use std::time::Duration;
 
 use secrecy::ExposeSecret;
 use serde_json::json;
-use stripe_sim::faults::FaultConfig;
 
-use super::stack::Stack;
+use crate::helpers::TestStack;
 
 fn cancel(pay_id: &str, when: &str) -> serde_json::Value {
     json!({"partnerCode": crate::helpers::PARTNER, "payId": pay_id,
@@ -24,8 +23,7 @@ const CANCELED: &str = "autorenew.subscription.canceled";
 
 #[tokio::test]
 async fn a_cancel_at_period_end_then_now_is_carried_out_stored_and_announced() {
-    let mut stack = Stack::start(FaultConfig::default()).await;
-    stack.spawn_worker().await;
+    let stack = TestStack::deployment().workers(1).start().await;
     let pay_id = stack.send(|_| {}).await;
     assert!(
         stack
@@ -112,7 +110,7 @@ async fn a_cancel_at_period_end_then_now_is_carried_out_stored_and_announced() {
 
 #[tokio::test]
 async fn a_cancel_sent_while_the_creation_is_processing_runs_after_it() {
-    let mut stack = Stack::start(FaultConfig::default()).await;
+    let mut stack = TestStack::deployment().start().await;
     // No worker yet: the creation is still processing when the cancel comes.
     let pay_id = stack.send(|_| {}).await;
     let answer = stack
@@ -139,7 +137,7 @@ async fn a_cancel_sent_while_the_creation_is_processing_runs_after_it() {
 }
 
 /// The expiry (ms; -1 none, -2 gone) of each of a payId's keys, by family.
-async fn expiries(stack: &Stack, pay_id: &str) -> Vec<(&'static str, i64)> {
+async fn expiries(stack: &TestStack, pay_id: &str) -> Vec<(&'static str, i64)> {
     let client = redis::Client::open(crate::helpers::SHARED_REDIS).expect("redis");
     let mut redis = client
         .get_multiplexed_async_connection()
@@ -162,9 +160,11 @@ async fn expiries(stack: &Stack, pay_id: &str) -> Vec<(&'static str, i64)> {
 #[tokio::test]
 async fn a_live_subscription_is_kept_past_the_retention_and_only_its_end_starts_the_clock() {
     // A retention of 2 s stands in for 30 days.
-    let mut stack =
-        Stack::start_with(FaultConfig::default(), |s| s.redis.record_ttl_secs = 2).await;
-    stack.spawn_worker().await;
+    let stack = TestStack::deployment()
+        .settings(|s| s.redis.record_ttl_secs = 2)
+        .workers(1)
+        .start()
+        .await;
     let (pay_id, _) = stack.subscribed(|_| {}).await;
 
     // Live: nothing of it expires, however long it runs between two events.
@@ -213,8 +213,7 @@ async fn a_live_subscription_is_kept_past_the_retention_and_only_its_end_starts_
 /// same change again, and a subscriber that de-duplicates on `id` keeps one.
 #[tokio::test]
 async fn a_cancel_and_stripe_s_event_about_it_are_announced_under_one_id() {
-    let mut stack = Stack::start_with_webhooks(FaultConfig::default()).await;
-    stack.spawn_worker().await;
+    let stack = TestStack::deployment().webhooks().workers(1).start().await;
     let (pay_id, _) = stack.subscribed(|_| {}).await;
 
     let answer = stack
@@ -248,8 +247,7 @@ async fn a_cancel_and_stripe_s_event_about_it_are_announced_under_one_id() {
 /// reaches Stripe, found by the payId and partner in the subscription's metadata.
 #[tokio::test]
 async fn a_cancel_whose_pay_id_redis_lost_still_reaches_stripe() {
-    let mut stack = Stack::start(FaultConfig::default()).await;
-    stack.spawn_worker().await;
+    let mut stack = TestStack::deployment().workers(1).start().await;
     let (pay_id, created) = stack.subscribed(|_| {}).await;
     stack.stop_workers().await;
     let answer = stack
@@ -272,8 +270,9 @@ async fn a_cancel_whose_pay_id_redis_lost_still_reaches_stripe() {
     assert_eq!(canceled["data"]["sub_id"], created["data"]["sub_id"]);
     let sub_id = created["data"]["sub_id"].as_str().unwrap_or_default();
     let at_stripe: serde_json::Value = stack
+        .sim()
         .http
-        .get(format!("{}/v1/subscriptions/{sub_id}", stack.sim_base))
+        .get(format!("{}/v1/subscriptions/{sub_id}", stack.sim().base))
         .basic_auth(stack.settings.stripe.secret_key.expose_secret(), Some(""))
         .send()
         .await
@@ -296,8 +295,7 @@ async fn a_cancel_whose_pay_id_redis_lost_still_reaches_stripe() {
 /// again makes no second subscription.
 #[tokio::test]
 async fn after_redis_lost_everything_queries_cancels_and_repeats_still_answer_from_stripe() {
-    let mut stack = Stack::start(FaultConfig::default()).await;
-    stack.spawn_worker().await;
+    let stack = TestStack::deployment().workers(1).start().await;
     let mut live = Vec::new();
     for _ in 0..3 {
         live.push(stack.subscribed(|_| {}).await);
@@ -340,7 +338,7 @@ async fn after_redis_lost_everything_queries_cancels_and_repeats_still_answer_fr
         created["data"]["sub_id"]
     );
     assert_eq!(
-        super::stack::subscriptions_by_pay_id(&stack.sim_stats().await)[second],
+        crate::helpers::sim::subscriptions_by_pay_id(&stack.sim().stats().await)[second],
         1,
         "the repeat made no second subscription"
     );
@@ -348,7 +346,7 @@ async fn after_redis_lost_everything_queries_cancels_and_repeats_still_answer_fr
     let never = stack.result_query("NEVER-SENT-AFTER-LOSS").await;
     assert_eq!(never.status, 404, "{:?}", never.body);
     assert_eq!(
-        super::stack::subscriptions_by_pay_id(&stack.sim_stats().await)[first],
+        crate::helpers::sim::subscriptions_by_pay_id(&stack.sim().stats().await)[first],
         1,
         "still one subscription"
     );

@@ -11,13 +11,12 @@ use tokio_util::sync::CancellationToken;
 
 use autorenew::dlq::Select;
 
-use super::stack::{Stack, subscriptions_by_pay_id};
-use crate::helpers::{PARTNER, poll_until, read_queue};
+use crate::helpers::sim::subscriptions_by_pay_id;
+use crate::helpers::{PARTNER, TestStack, poll_until, read_queue};
 
 #[tokio::test]
 async fn a_poison_message_goes_to_the_dead_letters_and_the_worker_carries_on() {
-    let mut stack = Stack::start(FaultConfig::default()).await;
-    stack.spawn_worker().await;
+    let stack = TestStack::deployment().workers(1).start().await;
     let connection = crate::helpers::shared_amqp().await;
     let channel = connection.create_channel().await.expect("channel");
     channel
@@ -56,19 +55,19 @@ async fn a_poison_message_goes_to_the_dead_letters_and_the_worker_carries_on() {
 
 #[tokio::test]
 async fn a_job_answered_failed_after_give_up_stays_failed_through_a_dlq_replay() {
-    let mut stack = Stack::start_with(
-        FaultConfig {
+    let stack = TestStack::deployment()
+        .simulator(FaultConfig {
             error_rate: 1.0,
             ..FaultConfig::default()
-        },
-        |s| {
+        })
+        .settings(|s| {
             s.worker.step_retries = 1;
             s.amqp.reconcile_delay_ms = 500;
             s.worker.give_up_after = autorenew::config::HumanDuration(Duration::from_secs(3));
-        },
-    )
-    .await;
-    stack.spawn_worker().await;
+        })
+        .workers(1)
+        .start()
+        .await;
 
     let pay_id = stack.send(|_| {}).await;
     // The retries are spent within a second; the job stays `processing` until give_up_after.
@@ -97,7 +96,7 @@ async fn a_job_answered_failed_after_give_up_stays_failed_through_a_dlq_replay()
 
     // Stripe answers again, and an operator replays the dead letter: the partner was told `F`
     // (and may have sent the order again under a new payId), so `F` it stays.
-    stack.sim_config(json!({"error_rate": 0.0})).await;
+    stack.sim().configure(json!({"error_rate": 0.0})).await;
     let replayed = autorenew::dlq::replay(
         &stack.settings,
         &Select::pay_id(&pay_id),
@@ -123,7 +122,7 @@ async fn a_job_answered_failed_after_give_up_stays_failed_through_a_dlq_replay()
     assert_eq!(after.body["status"], "failed", "{:?}", after.body);
     assert_eq!(after.code(), "STRIPE_UNAVAILABLE");
     assert_eq!(
-        subscriptions_by_pay_id(&stack.sim_stats().await).get(&pay_id),
+        subscriptions_by_pay_id(&stack.sim().stats().await).get(&pay_id),
         None,
         "no subscription was made"
     );
@@ -131,13 +130,10 @@ async fn a_job_answered_failed_after_give_up_stays_failed_through_a_dlq_replay()
 }
 
 /// Runs `autorenew dlq ARGS` with the stack's configuration; its stdout.
-fn dlq(stack: &Stack, args: &[&str]) -> String {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_autorenew"))
-        .arg("--config")
-        .arg(&stack.config_path)
-        .arg("dlq")
+fn dlq(stack: &TestStack, args: &[&str]) -> String {
+    let output = stack
+        .autorenew(&["dlq"])
         .args(args)
-        .env("RUST_LOG", "warn")
         .output()
         .expect("autorenew dlq runs");
     assert!(output.status.success(), "dlq {args:?}: {output:?}");
@@ -146,7 +142,7 @@ fn dlq(stack: &Stack, args: &[&str]) -> String {
 
 #[tokio::test]
 async fn dlq_replay_and_drop_take_the_pay_id_and_message_id_that_dlq_list_shows() {
-    let stack = Stack::start(FaultConfig::default()).await;
+    let stack = TestStack::deployment().start().await;
     let prefix = stack.settings.amqp.prefix.clone();
     let pay_id = format!("DLQ-{}", uuid::Uuid::new_v4().simple());
     // A cancel whose message id is not its payId, and a poison message with only a message id.

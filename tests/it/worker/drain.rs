@@ -4,18 +4,24 @@ use std::time::Duration;
 
 use stripe_sim::faults::FaultConfig;
 
-use super::stack::Stack;
-use crate::helpers::poll_until;
+use crate::helpers::{TestStack, poll_until};
+
+/// A Stripe that takes 300 ms over every call.
+fn slow_stripe() -> FaultConfig {
+    FaultConfig {
+        latency_p50_ms: 300,
+        latency_p99_ms: 300,
+        ..FaultConfig::default()
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopping_worker_is_unready_at_once_and_still_finishes_its_jobs_in_hand() {
     // 300 ms a call: each job is in hand for over a second.
-    let mut stack = Stack::start(FaultConfig {
-        latency_p50_ms: 300,
-        latency_p99_ms: 300,
-        ..FaultConfig::default()
-    })
-    .await;
+    let mut stack = TestStack::deployment()
+        .simulator(slow_stripe())
+        .start()
+        .await;
     let (stop, probe) = stack.spawn_worker_at().await;
     let client = reqwest::Client::new();
     let readyz = || async {
@@ -80,12 +86,10 @@ fn answered(stats: &serde_json::Value) -> u64 {
 async fn a_stopping_worker_exits_as_soon_as_its_jobs_in_hand_are_done() {
     // 300 ms a call and no budget to wait for: each job in hand needs under a second more when
     // the stop comes, and nothing else (hand-back, channel and connection close) may add to it.
-    let stack = Stack::start(FaultConfig {
-        latency_p50_ms: 300,
-        latency_p99_ms: 300,
-        ..FaultConfig::default()
-    })
-    .await;
+    let stack = TestStack::deployment()
+        .simulator(slow_stripe())
+        .start()
+        .await;
     let app = autorenew::worker::Application::build(&stack.settings)
         .await
         .expect("the worker builds");
@@ -97,14 +101,14 @@ async fn a_stopping_worker_exits_as_soon_as_its_jobs_in_hand_are_done() {
             .wait_for_events(std::slice::from_ref(&first), Duration::from_secs(15))
             .await
     );
-    let before = answered(&stack.sim_stats().await);
+    let before = answered(&stack.sim().stats().await);
     let mut pay_ids = Vec::new();
     for _ in 0..8 {
         pay_ids.push(stack.send(|_| {}).await);
     }
     // Each job has had its first call answered: all eight are in hand, with calls to go.
     let in_hand = poll_until(Duration::from_secs(10), || async {
-        answered(&stack.sim_stats().await) >= before + 8
+        answered(&stack.sim().stats().await) >= before + 8
     })
     .await;
     assert!(in_hand);

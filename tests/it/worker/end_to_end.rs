@@ -3,14 +3,13 @@
 use std::time::Duration;
 
 use serde_json::json;
-use stripe_sim::faults::FaultConfig;
 
-use super::stack::{Stack, subscriptions_by_pay_id};
+use crate::helpers::TestStack;
+use crate::helpers::sim::subscriptions_by_pay_id;
 
 #[tokio::test]
 async fn a_request_becomes_an_active_subscription_an_event_and_an_answer() {
-    let mut stack = Stack::start(FaultConfig::default()).await;
-    stack.spawn_worker().await;
+    let stack = TestStack::deployment().workers(1).start().await;
 
     let pay_id = stack.send(|r| r["pm_id"] = json!("pm_card_visa")).await;
 
@@ -61,7 +60,7 @@ async fn a_request_becomes_an_active_subscription_an_event_and_an_answer() {
     assert_eq!(answer.body["customer_id"], data["customer_id"]);
     assert_eq!(answer.body["pay_method"], "card");
     assert_eq!(
-        subscriptions_by_pay_id(&stack.sim_stats().await)[&pay_id],
+        subscriptions_by_pay_id(&stack.sim().stats().await)[&pay_id],
         1
     );
     stack.teardown().await;
@@ -69,8 +68,7 @@ async fn a_request_becomes_an_active_subscription_an_event_and_an_answer() {
 
 #[tokio::test]
 async fn a_declined_card_ends_failed_with_the_decline_code_and_a_failed_event() {
-    let mut stack = Stack::start(FaultConfig::default()).await;
-    stack.spawn_worker().await;
+    let stack = TestStack::deployment().workers(1).start().await;
 
     let pay_id = stack
         .send(|r| r["pm_id"] = json!("pm_card_chargeDeclinedInsufficientFunds"))
@@ -94,7 +92,7 @@ async fn a_declined_card_ends_failed_with_the_decline_code_and_a_failed_event() 
     assert_eq!(answer.code(), "CARD_DECLINED");
     assert_eq!(answer.body["error"]["decline_code"], "insufficient_funds");
     assert_eq!(
-        subscriptions_by_pay_id(&stack.sim_stats().await).get(&pay_id),
+        subscriptions_by_pay_id(&stack.sim().stats().await).get(&pay_id),
         None
     );
     stack.teardown().await;
@@ -102,14 +100,13 @@ async fn a_declined_card_ends_failed_with_the_decline_code_and_a_failed_event() 
 
 #[tokio::test]
 async fn prefer_wait_answers_with_the_final_result() {
-    let mut stack = Stack::start(FaultConfig::default()).await;
-    stack.spawn_worker().await;
+    let stack = TestStack::deployment().workers(1).start().await;
     let request = crate::helpers::signed(crate::helpers::valid_request(), crate::helpers::SECRET);
 
     let response = stack
-        .intake
+        .intake()
         .client
-        .post(format!("{}/stripeSubDirectly", stack.intake.address))
+        .post(format!("{}/stripeSubDirectly", stack.intake().address))
         .header("prefer", "wait=10")
         .json(&request)
         .send()
@@ -134,18 +131,17 @@ async fn prefer_wait_answers_with_the_final_result() {
 
 #[tokio::test]
 async fn the_same_request_twice_makes_one_subscription() {
-    let mut stack = Stack::start(FaultConfig::default()).await;
-    stack.spawn_worker().await;
+    let stack = TestStack::deployment().workers(1).start().await;
     let request = crate::helpers::valid_request();
     let pay_id = request["payId"].as_str().expect("payId").to_owned();
 
-    let first = stack.intake.subscribe(request.clone()).await;
+    let first = stack.intake().subscribe(request.clone()).await;
     assert!(
         stack
             .wait_for_events(std::slice::from_ref(&pay_id), Duration::from_secs(20))
             .await
     );
-    let second = stack.intake.subscribe(request).await;
+    let second = stack.intake().subscribe(request).await;
 
     assert_eq!(first.body["status"], "processing");
     assert_eq!(
@@ -153,7 +149,7 @@ async fn the_same_request_twice_makes_one_subscription() {
         "the retry sees the final result"
     );
     assert_eq!(
-        subscriptions_by_pay_id(&stack.sim_stats().await)[&pay_id],
+        subscriptions_by_pay_id(&stack.sim().stats().await)[&pay_id],
         1
     );
     stack.teardown().await;
@@ -161,8 +157,7 @@ async fn the_same_request_twice_makes_one_subscription() {
 
 #[tokio::test]
 async fn a_new_customer_costs_three_stripe_calls_and_a_returning_one_two() {
-    let mut stack = Stack::start(FaultConfig::default()).await;
-    stack.spawn_worker().await;
+    let stack = TestStack::deployment().workers(1).start().await;
     let email = json!(format!(
         "returning-{}@example.com",
         uuid::Uuid::new_v4().simple()
@@ -176,21 +171,21 @@ async fn a_new_customer_costs_three_stripe_calls_and_a_returning_one_two() {
             .await
     );
     let calls = |stats: &serde_json::Value| stats["requests_total"].as_u64().unwrap_or(0);
-    let before_new = calls(&stack.sim_stats().await);
+    let before_new = calls(&stack.sim().stats().await);
     let first = stack.send(|r| r["email"] = email.clone()).await;
     assert!(
         stack
             .wait_for_events(std::slice::from_ref(&first), Duration::from_secs(20))
             .await
     );
-    let before_returning = calls(&stack.sim_stats().await);
+    let before_returning = calls(&stack.sim().stats().await);
     let second = stack.send(|r| r["email"] = email.clone()).await;
     assert!(
         stack
             .wait_for_events(std::slice::from_ref(&second), Duration::from_secs(20))
             .await
     );
-    let after = calls(&stack.sim_stats().await);
+    let after = calls(&stack.sim().stats().await);
 
     assert_eq!(
         before_returning - before_new,
@@ -212,8 +207,7 @@ async fn a_new_customer_costs_three_stripe_calls_and_a_returning_one_two() {
 #[tokio::test]
 async fn two_partners_with_one_payid_get_two_subscriptions_and_never_see_each_other() {
     use crate::helpers::{OTHER_PARTNER, OTHER_SECRET, PARTNER};
-    let mut stack = Stack::start(FaultConfig::default()).await;
-    stack.spawn_worker().await;
+    let stack = TestStack::deployment().workers(1).start().await;
 
     // Both partners number their orders: the same payId, other people.
     let (pay_id, ours) = stack.subscribed(|_| {}).await;
@@ -223,7 +217,7 @@ async fn two_partners_with_one_payid_get_two_subscriptions_and_never_see_each_ot
     theirs["email"] = json!("someone.else@example.com");
     theirs["pm_id"] = json!("pm_card_visa");
     let accepted = stack
-        .intake
+        .intake()
         .post_signed("/stripeSubDirectly", theirs, OTHER_SECRET)
         .await;
     assert_eq!(accepted.status, 200, "not a conflict: {:?}", accepted.body);
@@ -256,17 +250,17 @@ async fn two_partners_with_one_payid_get_two_subscriptions_and_never_see_each_ot
     // Each partner's query answers its own subscription, never the other's.
     let query = |partner: &str| json!({"partnerCode": partner, "payId": pay_id, "tradeType": "resultQuery", "version": "3.0"});
     let mine = stack
-        .intake
+        .intake()
         .post_signed("/resultQuery", query(PARTNER), crate::helpers::SECRET)
         .await;
     let other = stack
-        .intake
+        .intake()
         .post_signed("/resultQuery", query(OTHER_PARTNER), OTHER_SECRET)
         .await;
     assert_eq!(mine.body["sub_id"], ours["data"]["sub_id"]);
     assert_eq!(other.body["sub_id"], their_event["data"]["sub_id"]);
     assert_eq!(
-        subscriptions_by_pay_id(&stack.sim_stats().await)[&pay_id],
+        subscriptions_by_pay_id(&stack.sim().stats().await)[&pay_id],
         2,
         "one subscription for each partner"
     );

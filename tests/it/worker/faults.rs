@@ -5,7 +5,8 @@ use std::time::Duration;
 use serde_json::json;
 use stripe_sim::faults::FaultConfig;
 
-use super::stack::{Stack, subscriptions_by_pay_id};
+use crate::helpers::TestStack;
+use crate::helpers::sim::subscriptions_by_pay_id;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_transient_faults_and_lost_answers_every_job_ends_once_and_no_pay_id_is_charged_twice()
@@ -16,12 +17,15 @@ async fn under_transient_faults_and_lost_answers_every_job_ends_once_and_no_pay_
         lost_response_rate: 0.1,
         ..FaultConfig::default()
     };
-    let mut stack = Stack::start_with(faults, |s| {
-        s.worker.step_retries = 6;
-        s.worker.concurrency = 32;
-    })
-    .await;
-    stack.spawn_worker().await;
+    let mut stack = TestStack::deployment()
+        .simulator(faults)
+        .settings(|s| {
+            s.worker.step_retries = 6;
+            s.worker.concurrency = 32;
+        })
+        .workers(1)
+        .start()
+        .await;
     stack.spawn_worker().await;
 
     let sends = (0..300).map(|i| {
@@ -41,7 +45,7 @@ async fn under_transient_faults_and_lost_answers_every_job_ends_once_and_no_pay_
         "every job reaches a final result"
     );
     let events = stack.events_by_pay_id();
-    let stats = stack.sim_stats().await;
+    let stats = stack.sim().stats().await;
     let subscriptions = subscriptions_by_pay_id(&stats);
     let mut succeeded = 0;
     let mut failures = Vec::new();
@@ -80,12 +84,15 @@ async fn under_transient_faults_and_lost_answers_every_job_ends_once_and_no_pay_
 /// so once a lookup agrees, the create goes under the next key generation (no waiting window).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_create_whose_500_stripe_saved_for_its_key_ends_with_one_subscription_under_a_new_key() {
-    let mut stack = Stack::start_with(FaultConfig::default(), |s| {
-        s.stripe.request_timeout_ms = 500;
-    })
-    .await;
+    let mut stack = TestStack::deployment()
+        .settings(|s| {
+            s.stripe.request_timeout_ms = 500;
+        })
+        .start()
+        .await;
     stack
-        .sim_script("POST /v1/subscriptions", json!([{"kind": "saved_error"}]))
+        .sim()
+        .script("POST /v1/subscriptions", json!([{"kind": "saved_error"}]))
         .await;
     stack.spawn_worker().await;
 
@@ -100,7 +107,7 @@ async fn a_create_whose_500_stripe_saved_for_its_key_ends_with_one_subscription_
     // A late duplicate event would show here.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let events = stack.events_by_pay_id();
-    let stats = stack.sim_stats().await;
+    let stats = stack.sim().stats().await;
     let result = stack.result_query(&pay_id).await;
     assert_eq!(events[&pay_id].len(), 1, "one result event: {events:?}");
     assert_eq!(
@@ -131,11 +138,14 @@ async fn workers_sharing_the_budget_stay_under_stripe_s_rate_limit() {
         rate_limit_burst: Some(20.0),
         ..FaultConfig::default()
     };
-    let mut stack = Stack::start_with(faults, |s| {
-        s.stripe.max_requests_per_second = 20;
-    })
-    .await;
-    stack.spawn_worker().await;
+    let mut stack = TestStack::deployment()
+        .simulator(faults)
+        .settings(|s| {
+            s.stripe.max_requests_per_second = 20;
+        })
+        .workers(1)
+        .start()
+        .await;
     stack.spawn_worker().await;
 
     // Distinct emails: each job is a new customer, three calls (list by email, create the
@@ -155,7 +165,7 @@ async fn workers_sharing_the_budget_stay_under_stripe_s_rate_limit() {
             .wait_for_events(&pay_ids, Duration::from_secs(90))
             .await
     );
-    let stats = stack.sim_stats().await;
+    let stats = stack.sim().stats().await;
     let total = stats["requests_total"].as_u64().unwrap_or(0);
     assert!(total >= 300, "at least 300 Stripe calls were made: {total}");
     assert!(

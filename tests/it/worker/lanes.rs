@@ -18,7 +18,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{
-    SHARED_AMQP, SHARED_REDIS, delete_keys, delete_topology, read_queue, test_settings,
+    SHARED_AMQP, SHARED_REDIS, TestStack, delete_keys, delete_topology, read_queue, test_settings,
 };
 
 const A: &str = "PLANE_A";
@@ -300,12 +300,10 @@ async fn move_to_the_old_queues(prefix: &str, lane: &str, old_retry: &str) -> us
 
 #[tokio::test]
 async fn jobs_left_by_the_release_before_the_lanes_are_worked_once_each() {
-    use stripe_sim::faults::FaultConfig;
-
-    use super::stack::{Stack, subscriptions_by_pay_id};
+    use crate::helpers::sim::subscriptions_by_pay_id;
 
     // The intake takes the requests while no worker runs: they wait in the partner's lane.
-    let mut stack = Stack::start(FaultConfig::default()).await;
+    let mut stack = TestStack::deployment().start().await;
     let mut pay_ids = Vec::new();
     for _ in 0..6 {
         pay_ids.push(stack.send(|_| {}).await);
@@ -325,7 +323,7 @@ async fn jobs_left_by_the_release_before_the_lanes_are_worked_once_each() {
             .await,
         "every job of the release before got its result"
     );
-    let stats = stack.sim_stats().await;
+    let stats = stack.sim().stats().await;
     let subscriptions = subscriptions_by_pay_id(&stats);
     for pay_id in &pay_ids {
         assert_eq!(

@@ -7,9 +7,8 @@ use std::time::Duration;
 use autorenew::config::PlanSettings;
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
-use stripe_sim::faults::FaultConfig;
 
-use super::stack::Stack;
+use crate::helpers::TestStack;
 
 const DAY: u64 = 24 * 3600;
 /// The retention that stands in for `redis.record_ttl_secs` (30 days).
@@ -21,10 +20,11 @@ fn query(pay_id: &str) -> Value {
            "tradeType": "queryAutoRenewalRecord", "version": "3.0"})
 }
 
-async fn advance(stack: &Stack, seconds: u64) {
+async fn advance(stack: &TestStack, seconds: u64) {
     let answer = stack
+        .sim()
         .http
-        .post(format!("{}/_sim/advance", stack.sim_base))
+        .post(format!("{}/_sim/advance", stack.sim().base))
         .json(&json!({"seconds": seconds}))
         .send()
         .await
@@ -33,24 +33,26 @@ async fn advance(stack: &Stack, seconds: u64) {
 }
 
 /// A stack with webhooks, a short retention and a yearly plan.
-async fn stack() -> Stack {
-    let mut stack = Stack::start_with_webhooks_and(FaultConfig::default(), |settings| {
-        settings.redis.record_ttl_secs = RETENTION_SECS;
-        settings.plans.insert(
-            YEARLY.to_owned(),
-            PlanSettings {
-                price: None,
-                interval: "year".into(),
-            },
-        );
-    })
-    .await;
-    stack.spawn_worker().await;
-    stack
+async fn stack() -> TestStack {
+    TestStack::deployment()
+        .webhooks()
+        .settings(|settings| {
+            settings.redis.record_ttl_secs = RETENTION_SECS;
+            settings.plans.insert(
+                YEARLY.to_owned(),
+                PlanSettings {
+                    price: None,
+                    interval: "year".into(),
+                },
+            );
+        })
+        .workers(1)
+        .start()
+        .await
 }
 
 /// Waits until the record of `pay_id` counts `renewals` renewals; the record's answer then.
-async fn renewals_reach(stack: &Stack, pay_id: &str, renewals: u64) -> Value {
+async fn renewals_reach(stack: &TestStack, pay_id: &str, renewals: u64) -> Value {
     let record = || async {
         stack
             .post_signed("/queryAutoRenewalRecord", query(pay_id))
@@ -98,8 +100,9 @@ async fn a_monthly_subscription_is_canceled_400_days_after_its_creation() {
         .expect("the cancel announced");
     assert_eq!(canceled["data"]["sub_id"], sub_id);
     let at_stripe: Value = stack
+        .sim()
         .http
-        .get(format!("{}/v1/subscriptions/{sub_id}", stack.sim_base))
+        .get(format!("{}/v1/subscriptions/{sub_id}", stack.sim().base))
         .basic_auth(stack.settings.stripe.secret_key.expose_secret(), Some(""))
         .send()
         .await

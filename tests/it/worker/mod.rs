@@ -14,4 +14,3 @@ mod outages;
 mod processes;
 mod reconcile;
 mod renewals;
-pub mod stack;

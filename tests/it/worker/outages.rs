@@ -3,11 +3,8 @@
 
 use std::time::Duration;
 
-use stripe_sim::faults::FaultConfig;
-
-use super::stack::Stack;
-use crate::helpers::poll_until;
 use crate::helpers::private::{PrivateRabbit, PrivateRedis};
+use crate::helpers::{TestStack, poll_until};
 
 async fn ready(client: &reqwest::Client, probe: &str) -> bool {
     client
@@ -21,10 +18,12 @@ async fn ready(client: &reqwest::Client, probe: &str) -> bool {
 async fn a_worker_pauses_while_redis_is_away_and_resumes_by_itself() {
     let mut redis = PrivateRedis::start();
     let url = redis.url();
-    let mut stack = Stack::start_with(FaultConfig::default(), |s| {
-        s.redis.url = url.into();
-    })
-    .await;
+    let mut stack = TestStack::deployment()
+        .settings(|s| {
+            s.redis.url = url.into();
+        })
+        .start()
+        .await;
     let (_, probe) = stack.spawn_worker_at().await;
     let client = reqwest::Client::new();
     assert!(poll_until(Duration::from_secs(10), || ready(&client, &probe)).await);
@@ -43,7 +42,7 @@ async fn a_worker_pauses_while_redis_is_away_and_resumes_by_itself() {
     redis.boot();
     let back = poll_until(Duration::from_secs(20), || ready(&client, &probe)).await;
     let intake_back = poll_until(Duration::from_secs(20), || async {
-        stack.intake.get("/readyz").await.status() == 200
+        stack.intake().get("/readyz").await.status() == 200
     })
     .await;
     let after = stack.send(|_| {}).await;
@@ -63,10 +62,12 @@ async fn a_worker_pauses_while_rabbitmq_is_away_and_resumes_by_itself() {
         .await
         .expect("rabbit");
     let url = rabbit.url();
-    let mut stack = Stack::start_with(FaultConfig::default(), |s| {
-        s.amqp.url = url.into();
-    })
-    .await;
+    let mut stack = TestStack::deployment()
+        .settings(|s| {
+            s.amqp.url = url.into();
+        })
+        .start()
+        .await;
     let (_, probe) = stack.spawn_worker_at().await;
     let client = reqwest::Client::new();
     assert!(poll_until(Duration::from_secs(10), || ready(&client, &probe)).await);
@@ -89,7 +90,7 @@ async fn a_worker_pauses_while_rabbitmq_is_away_and_resumes_by_itself() {
     .expect("boot");
     let back = poll_until(Duration::from_secs(30), || ready(&client, &probe)).await;
     let intake_back = poll_until(Duration::from_secs(30), || async {
-        stack.intake.get("/readyz").await.status() == 200
+        stack.intake().get("/readyz").await.status() == 200
     })
     .await;
     let after = stack.send(|_| {}).await;

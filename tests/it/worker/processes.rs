@@ -9,8 +9,8 @@ use lapin::options::BasicPublishOptions;
 use serde_json::json;
 use stripe_sim::faults::FaultConfig;
 
-use super::stack::{Stack, subscription_creates, subscriptions_by_pay_id};
-use crate::helpers::poll_until;
+use crate::helpers::sim::{subscription_creates, subscriptions_by_pay_id};
+use crate::helpers::{TestStack, poll_until};
 
 fn signal(child: &std::process::Child, signal: &str) {
     let status = std::process::Command::new("kill")
@@ -20,7 +20,7 @@ fn signal(child: &std::process::Child, signal: &str) {
     assert!(status.success());
 }
 
-fn assert_once_each(stack: &Stack, pay_ids: &[String], stats: &serde_json::Value) {
+fn assert_once_each(stack: &TestStack, pay_ids: &[String], stats: &serde_json::Value) {
     let events = stack.events_by_pay_id();
     let subscriptions = subscriptions_by_pay_id(stats);
     for pay_id in pay_ids {
@@ -37,12 +37,14 @@ fn assert_once_each(stack: &Stack, pay_ids: &[String], stats: &serde_json::Value
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_pay_id_sent_to_two_worker_processes_at_once_makes_one_subscription() {
-    let stack = Stack::start(FaultConfig {
-        latency_p50_ms: 30,
-        latency_p99_ms: 30,
-        ..FaultConfig::default()
-    })
-    .await;
+    let stack = TestStack::deployment()
+        .simulator(FaultConfig {
+            latency_p50_ms: 30,
+            latency_p99_ms: 30,
+            ..FaultConfig::default()
+        })
+        .start()
+        .await;
     // One accepted job, then copies of it straight onto the queue, as a broker redelivery or a
     // second intake would put them there.
     let pay_id = stack.send(|_| {}).await;
@@ -87,7 +89,7 @@ async fn one_pay_id_sent_to_two_worker_processes_at_once_makes_one_subscription(
     assert_once_each(
         &stack,
         std::slice::from_ref(&pay_id),
-        &stack.sim_stats().await,
+        &stack.sim().stats().await,
     );
     let _ = connection.close(200, "done".into()).await;
     stack.teardown().await;
@@ -95,12 +97,14 @@ async fn one_pay_id_sent_to_two_worker_processes_at_once_makes_one_subscription(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_run_loses_no_job_and_doubles_none() {
-    let stack = Stack::start(FaultConfig {
-        latency_p50_ms: 15,
-        latency_p99_ms: 40,
-        ..FaultConfig::default()
-    })
-    .await;
+    let stack = TestStack::deployment()
+        .simulator(FaultConfig {
+            latency_p50_ms: 15,
+            latency_p99_ms: 40,
+            ..FaultConfig::default()
+        })
+        .start()
+        .await;
     let mut survivor = stack.worker_process();
     let mut victim = stack.worker_process();
 
@@ -114,7 +118,7 @@ async fn a_worker_killed_mid_run_loses_no_job_and_doubles_none() {
     });
     let pay_ids: Vec<String> = futures_util::future::join_all(sends).await;
     let midway = poll_until(Duration::from_secs(60), || async {
-        stack.events.lock().expect("events").len() >= 100
+        stack.events().lock().expect("events").len() >= 100
     })
     .await;
     assert!(midway, "the run got going");
@@ -129,7 +133,7 @@ async fn a_worker_killed_mid_run_loses_no_job_and_doubles_none() {
 
     assert!(all, "every job reached a final result");
     assert!(status.success(), "SIGTERM exits 0");
-    assert_once_each(&stack, &pay_ids, &stack.sim_stats().await);
+    assert_once_each(&stack, &pay_ids, &stack.sim().stats().await);
     stack.teardown().await;
 }
 
@@ -137,12 +141,14 @@ async fn a_worker_killed_mid_run_loses_no_job_and_doubles_none() {
 async fn sigterm_with_jobs_in_hand_finishes_them_itself_and_loses_none() {
     // 200 ms a call, four or five calls a job: at the SIGTERM the worker holds its 16 jobs
     // (its concurrency) with their Stripe steps half done.
-    let stack = Stack::start(FaultConfig {
-        latency_p50_ms: 200,
-        latency_p99_ms: 200,
-        ..FaultConfig::default()
-    })
-    .await;
+    let stack = TestStack::deployment()
+        .simulator(FaultConfig {
+            latency_p50_ms: 200,
+            latency_p99_ms: 200,
+            ..FaultConfig::default()
+        })
+        .start()
+        .await;
     let mut worker = stack.worker_process_with_log();
     let log = worker.stderr.take().expect("stderr");
     let log = std::thread::spawn(move || std::io::read_to_string(log).unwrap_or_default());
@@ -151,7 +157,7 @@ async fn sigterm_with_jobs_in_hand_finishes_them_itself_and_loses_none() {
         pay_ids.push(stack.send(|_| {}).await);
     }
     let busy = poll_until(Duration::from_secs(30), || async {
-        !stack.events.lock().expect("events").is_empty()
+        !stack.events().lock().expect("events").is_empty()
     })
     .await;
     assert!(busy);
@@ -161,7 +167,7 @@ async fn sigterm_with_jobs_in_hand_finishes_them_itself_and_loses_none() {
     let log = log.join().expect("the log");
     // What the worker left behind in Stripe: every subscription made before its exit belongs
     // to a job it had in hand, which it must have stored and announced itself.
-    let made_before_exit: Vec<String> = subscriptions_by_pay_id(&stack.sim_stats().await)
+    let made_before_exit: Vec<String> = subscriptions_by_pay_id(&stack.sim().stats().await)
         .into_keys()
         .collect();
     // Its events were published before it exited; give the tap a moment to receive them.
@@ -179,7 +185,7 @@ async fn sigterm_with_jobs_in_hand_finishes_them_itself_and_loses_none() {
         .await;
     signal(&next, "-TERM");
     let _ = next.wait();
-    let stats = stack.sim_stats().await;
+    let stats = stack.sim().stats().await;
 
     assert!(status.success(), "a drained worker exits 0");
     assert!(
@@ -216,7 +222,7 @@ async fn sigterm_with_jobs_in_hand_finishes_them_itself_and_loses_none() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_process_counts_its_jobs_and_stripe_calls_in_its_metrics() {
     use std::io::BufRead;
-    let stack = Stack::start(FaultConfig::default()).await;
+    let stack = TestStack::deployment().start().await;
     let mut worker = stack.worker_process_with_stdout();
     let mut line = String::new();
     std::io::BufReader::new(worker.stdout.take().expect("stdout"))

@@ -7,9 +7,8 @@ use std::time::Duration;
 use autorenew::reconcile::reconcile;
 use secrecy::SecretString;
 use serde_json::json;
-use stripe_sim::faults::FaultConfig;
 
-use super::stack::Stack;
+use crate::helpers::TestStack;
 
 const MONTH: u64 = 31 * 24 * 3600;
 const RENEWED: &str = "autorenew.subscription.renewed";
@@ -17,17 +16,20 @@ const RENEWED: &str = "autorenew.subscription.renewed";
 #[tokio::test]
 async fn reconcile_feeds_the_missed_events_once_and_the_worker_announces_them() {
     // The intake takes signed events, but the simulator delivers none: all are missed.
-    let mut stack = Stack::start_with(FaultConfig::default(), |settings| {
-        settings.stripe.webhook_secrets = vec![SecretString::from("whsec_reconcile_test")];
-    })
-    .await;
-    stack.spawn_worker().await;
+    let stack = TestStack::deployment()
+        .settings(|settings| {
+            settings.stripe.webhook_secrets = vec![SecretString::from("whsec_reconcile_test")];
+        })
+        .workers(1)
+        .start()
+        .await;
     let (pay_id, _) = stack
         .subscribed(|r| r["pm_id"] = json!("pm_card_visa"))
         .await;
     let advanced = stack
+        .sim()
         .http
-        .post(format!("{}/_sim/advance", stack.sim_base))
+        .post(format!("{}/_sim/advance", stack.sim().base))
         .json(&json!({"seconds": MONTH}))
         .send()
         .await
@@ -41,7 +43,7 @@ async fn reconcile_feeds_the_missed_events_once_and_the_worker_announces_them() 
         "no webhook, no renewal announced"
     );
 
-    let intake: url::Url = stack.intake.address.parse().expect("url");
+    let intake: url::Url = stack.intake().address.parse().expect("url");
     let first = reconcile(&stack.settings, Duration::from_secs(3600), &intake)
         .await
         .expect("the first run");

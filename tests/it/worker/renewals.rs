@@ -5,9 +5,8 @@
 use std::time::Duration;
 
 use serde_json::json;
-use stripe_sim::faults::FaultConfig;
 
-use super::stack::Stack;
+use crate::helpers::TestStack;
 
 const MONTH: u64 = 31 * 24 * 3600;
 
@@ -16,9 +15,9 @@ fn query(pay_id: &str) -> serde_json::Value {
            "tradeType": "queryAutoRenewalRecord", "version": "3.0"})
 }
 
-async fn advance(stack: &Stack, seconds: u64) {
+async fn advance(stack: &TestStack, seconds: u64) {
     let answer = reqwest::Client::new()
-        .post(format!("{}/_sim/advance", stack.sim_base))
+        .post(format!("{}/_sim/advance", stack.sim().base))
         .json(&json!({"seconds": seconds}))
         .send()
         .await
@@ -28,13 +27,12 @@ async fn advance(stack: &Stack, seconds: u64) {
 
 #[tokio::test]
 async fn create_advance_renewed_cancel_advance_canceled_and_the_query_shows_each_step() {
-    let mut stack = Stack::start_with_webhooks(FaultConfig::default()).await;
-    stack.spawn_worker().await;
+    let stack = TestStack::deployment().webhooks().workers(1).start().await;
     let (pay_id, created) = stack
         .subscribed(|r| r["pm_id"] = json!("pm_card_visa"))
         .await;
 
-    let calls_before = stack.sim_stats().await["requests_total"].clone();
+    let calls_before = stack.sim().stats().await["requests_total"].clone();
     advance(&stack, MONTH).await;
     let renewed = stack
         .wait_for_event(
@@ -45,7 +43,7 @@ async fn create_advance_renewed_cancel_advance_canceled_and_the_query_shows_each
         .await
         .expect("a renewal announced");
     assert_eq!(
-        stack.sim_stats().await["requests_total"],
+        stack.sim().stats().await["requests_total"],
         calls_before,
         "a paid renewal costs no Stripe call: its invoice carries all it needs"
     );
@@ -100,10 +98,10 @@ async fn create_advance_renewed_cancel_advance_canceled_and_the_query_shows_each
 }
 
 /// Calls the simulator as Stripe, with the stack's key.
-async fn stripe_get(stack: &Stack, path: &str) -> serde_json::Value {
+async fn stripe_get(stack: &TestStack, path: &str) -> serde_json::Value {
     use secrecy::ExposeSecret;
     reqwest::Client::new()
-        .get(format!("{}{path}", stack.sim_base))
+        .get(format!("{}{path}", stack.sim().base))
         .basic_auth(stack.settings.stripe.secret_key.expose_secret(), Some(""))
         .send()
         .await
@@ -115,7 +113,7 @@ async fn stripe_get(stack: &Stack, path: &str) -> serde_json::Value {
 
 /// A payId made into a subscription by the stack (it needs a worker), and the subscription's
 /// first invoice as Stripe renders it.
-async fn subscribed_with_first_invoice(stack: &Stack) -> (String, serde_json::Value) {
+async fn subscribed_with_first_invoice(stack: &TestStack) -> (String, serde_json::Value) {
     let (pay_id, created) = stack.subscribed(|_| {}).await;
     let sub_id = created["data"]["sub_id"].as_str().unwrap_or_default();
     let subscription = stripe_get(stack, &format!("/v1/subscriptions/{sub_id}")).await;
@@ -133,10 +131,10 @@ fn stripe_event(id: &str, kind: &str, object: &serde_json::Value) -> serde_json:
 }
 
 /// Calls the simulator as Stripe, with the stack's key.
-async fn stripe_post(stack: &Stack, path: &str, form: &[(&str, &str)]) -> serde_json::Value {
+async fn stripe_post(stack: &TestStack, path: &str, form: &[(&str, &str)]) -> serde_json::Value {
     use secrecy::ExposeSecret;
     reqwest::Client::new()
-        .post(format!("{}{path}", stack.sim_base))
+        .post(format!("{}{path}", stack.sim().base))
         .basic_auth(stack.settings.stripe.secret_key.expose_secret(), Some(""))
         .form(form)
         .send()
@@ -153,9 +151,9 @@ async fn stripe_post(stack: &Stack, path: &str, form: &[(&str, &str)]) -> serde_
 async fn a_renewal_charged_to(
     card: &str,
     config: serde_json::Value,
-) -> (Stack, String, serde_json::Value, serde_json::Value) {
-    let mut stack = Stack::start_with_webhooks(FaultConfig::default()).await;
-    stack.sim_config(config).await;
+) -> (TestStack, String, serde_json::Value, serde_json::Value) {
+    let mut stack = TestStack::deployment().webhooks().start().await;
+    stack.sim().configure(config).await;
     stack.spawn_worker().await;
     let (pay_id, created) = stack
         .subscribed(|r| r["pm_id"] = json!("pm_card_visa"))
@@ -221,7 +219,7 @@ async fn a_failed_renewal_is_announced_with_the_decline_code_of_the_card_that_de
     );
     assert_eq!(state["last_error"]["code"], "card_declined");
     assert_eq!(state["renewals"], 0);
-    let stats = stack.sim_stats().await;
+    let stats = stack.sim().stats().await;
     assert_eq!(
         stats["requests_by_route"]["GET /v1/invoice_payments"], 1,
         "one lookup of the failed payment: {stats}"
@@ -248,8 +246,7 @@ async fn a_failed_renewal_in_the_older_invoice_shape_carries_its_decline_code_to
 
 #[tokio::test]
 async fn a_payment_failed_event_with_only_a_finalization_error_reports_no_decline() {
-    let mut stack = Stack::start_with_webhooks(FaultConfig::default()).await;
-    stack.spawn_worker().await;
+    let stack = TestStack::deployment().webhooks().workers(1).start().await;
     let (pay_id, mut invoice) = subscribed_with_first_invoice(&stack).await;
     // Its payment went through (no `last_payment_error`); only finalizing is said to have
     // failed, with an error that looks like a decline. That is no decline of the card.
@@ -284,7 +281,7 @@ async fn a_payment_failed_event_with_only_a_finalization_error_reports_no_declin
         failed["data"]["error"],
         json!({"code": null, "decline_code": null, "message": "the renewal charge failed"})
     );
-    let stats = stack.sim_stats().await;
+    let stats = stack.sim().stats().await;
     assert_eq!(
         stats["requests_by_route"]["GET /v1/invoice_payments"], 1,
         "the payment was looked up: {stats}"
@@ -293,12 +290,12 @@ async fn a_payment_failed_event_with_only_a_finalization_error_reports_no_declin
 }
 
 /// Delivers a hand-made Stripe event to the stack's intake, signed as Stripe signs it.
-async fn deliver(stack: &Stack, event: &serde_json::Value) {
+async fn deliver(stack: &TestStack, event: &serde_json::Value) {
     let body = serde_json::to_vec(event).expect("json");
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let signature = autorenew::domain::webhook::sign(&body, "whsec_stack_test", now);
     let answer = reqwest::Client::new()
-        .post(format!("{}/stripe/webhook", stack.intake.address))
+        .post(format!("{}/stripe/webhook", stack.intake().address))
         .header("stripe-signature", signature)
         .header("content-type", "application/json")
         .body(body)
@@ -310,8 +307,7 @@ async fn deliver(stack: &Stack, event: &serde_json::Value) {
 
 #[tokio::test]
 async fn an_older_update_delivered_after_a_newer_one_is_announced_but_changes_nothing() {
-    let mut stack = Stack::start_with_webhooks(FaultConfig::default()).await;
-    stack.spawn_worker().await;
+    let stack = TestStack::deployment().webhooks().workers(1).start().await;
     let (pay_id, created) = stack.subscribed(|_| {}).await;
     let sub_id = created["data"]["sub_id"].as_str().unwrap_or_default();
     let subscription = stripe_get(&stack, &format!("/v1/subscriptions/{sub_id}")).await;
@@ -360,8 +356,7 @@ async fn an_older_update_delivered_after_a_newer_one_is_announced_but_changes_no
 /// 404) cannot be one autorenew made: it is taken once and dropped, never retried for ever.
 #[tokio::test]
 async fn an_event_of_a_subscription_stripe_does_not_know_is_taken_once_and_dropped() {
-    let mut stack = Stack::start_with_webhooks(FaultConfig::default()).await;
-    stack.spawn_worker().await;
+    let stack = TestStack::deployment().webhooks().workers(1).start().await;
     let (pay_id, mut invoice) = subscribed_with_first_invoice(&stack).await;
     // A real invoice, made to name a subscription the account does not have and to carry no
     // metadata, so the worker must retrieve the subscription to tie the event to a payId.
@@ -371,7 +366,7 @@ async fn an_event_of_a_subscription_stripe_does_not_know_is_taken_once_and_dropp
     let id = format!("evt_missing{}", uuid::Uuid::new_v4().simple());
     let event = stripe_event(&id, "invoice.payment_failed", &invoice);
     let retrievals = || async {
-        stack.sim_stats().await["requests_by_route"]["GET /v1/subscriptions/{id}"]
+        stack.sim().stats().await["requests_by_route"]["GET /v1/subscriptions/{id}"]
             .as_u64()
             .unwrap_or(0)
     };
@@ -404,8 +399,7 @@ async fn an_event_of_a_subscription_stripe_does_not_know_is_taken_once_and_dropp
 /// announced as a failed renewal, while a cycle invoice's is.
 #[tokio::test]
 async fn a_first_invoice_s_failed_payment_is_no_failed_renewal() {
-    let mut stack = Stack::start_with_webhooks(FaultConfig::default()).await;
-    stack.spawn_worker().await;
+    let stack = TestStack::deployment().webhooks().workers(1).start().await;
     let (pay_id, first) = subscribed_with_first_invoice(&stack).await;
     assert_eq!(first["billing_reason"], "subscription_create");
     let mut cycle = first.clone();
@@ -441,7 +435,7 @@ async fn a_first_invoice_s_failed_payment_is_no_failed_renewal() {
         1,
         "the first invoice's failure ({first_id}) is not a renewal's: {announced:?}"
     );
-    let stats = stack.sim_stats().await;
+    let stats = stack.sim().stats().await;
     assert_eq!(
         stats["requests_by_route"]["GET /v1/invoice_payments"], 1,
         "only the cycle invoice's payment was looked up: {stats}"

@@ -1,8 +1,9 @@
-//! A test bed for the push: a receiver on a random port, two partners pushing to it, a
-//! notifier in process (or as a child process), and result events published straight onto
-//! the results exchange, as a worker publishes them. Its own prefixes.
+//! The push part of a [`TestStack`](super::stack::TestStack) (`.push_receiver()`): a
+//! receiver on a random port that both test partners push to, notifiers in process (or as
+//! child processes), and result events published straight onto the results exchange, as a
+//! worker publishes them.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,55 +11,26 @@ use autorenew::broker::Topology;
 use autorenew::config::{PartnerPush, Settings};
 use autorenew::domain::push::PushSecret;
 use autorenew::push::receiver::{self, Behaviour, Receiver};
-use autorenew::store::Store;
 use lapin::BasicProperties;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{
-    SHARED_AMQP, SHARED_REDIS, delete_keys, poll_until, shared_amqp, test_settings,
-};
+use super::stack::TestStack;
+use super::{ChildGuard, PARTNER, poll_until, shared_amqp};
 
-pub struct Bed {
-    pub settings: Settings,
-    pub receiver: Arc<Receiver>,
-    pub secret: String,
-    pub store: Store,
-    stops: Vec<CancellationToken>,
-    _config_dir: tempfile::TempDir,
-    pub config_path: std::path::PathBuf,
+/// The receiver the partners push to, and the secret they sign with.
+pub(super) struct PushReceiver {
+    receiver: Arc<Receiver>,
+    base: String,
+    secret: String,
+    stop: CancellationToken,
 }
 
-/// Settings with a push for both test partners to `base/<partner>`, short retries, quick
-/// timeouts.
-pub fn push_settings(base: &str, secret: &str) -> Settings {
-    let mut settings = test_settings(SHARED_AMQP, SHARED_REDIS);
-    settings.push.allow_http = true;
-    settings.push.allow_private_networks = true;
-    settings.push.listen = "127.0.0.1:0".into();
-    settings.push.timeout_secs = 2.0;
-    settings.push.connect_timeout_secs = 1.0;
-    settings.push.retry_schedule_secs = vec![0.2, 0.4, 0.6];
-    settings.push.breaker_failures = 1_000;
-    settings.push.breaker_cooldown_secs = 0.5;
-    settings.push.breaker_cooldown_max_secs = 2.0;
-    for partner in settings.partners.iter_mut() {
-        partner.push = Some(PartnerPush {
-            url: format!("{base}/{}", partner.code),
-            secrets: vec![SecretString::from(secret.to_owned())],
-            secrets_env: Vec::new(),
-            events: vec!["subscription.*".into()],
-            max_in_flight: 4,
-        });
-    }
-    settings
-}
-
-impl Bed {
-    pub async fn start(tweak: impl FnOnce(&mut Settings)) -> Bed {
+impl PushReceiver {
+    pub(super) async fn start() -> PushReceiver {
         let secret = PushSecret::encode(uuid::Uuid::new_v4().simple().to_string().as_bytes());
         let key = PushSecret::parse(&secret).expect("secret");
         let app = receiver::Application::build(
@@ -67,26 +39,60 @@ impl Bed {
         )
         .await
         .expect("the receiver binds");
-        let receiver_base = format!("http://{}", app.local_addr());
+        let base = format!("http://{}", app.local_addr());
         let receiver = app.receiver();
-        let receiver_stop = CancellationToken::new();
-        tokio::spawn(app.run_until_stopped(receiver_stop.clone()));
-        let mut settings = push_settings(&receiver_base, &secret);
-        tweak(&mut settings);
-        settings.check().expect("the test settings are valid");
-        let config_dir = tempfile::tempdir().expect("dir");
-        let config_path = config_dir.path().join("config.toml");
-        std::fs::write(&config_path, config_file(&settings, &secret)).expect("config");
-        let store = Store::new(&settings.redis).expect("store");
-        Bed {
-            settings,
+        let stop = CancellationToken::new();
+        tokio::spawn(app.run_until_stopped(stop.clone()));
+        PushReceiver {
             receiver,
+            base,
             secret,
-            store,
-            stops: vec![receiver_stop],
-            _config_dir: config_dir,
-            config_path,
+            stop,
         }
+    }
+
+    /// A push for every partner to `base/<partner>`, short retries, quick timeouts.
+    pub(super) fn point_partners(&self, settings: &mut Settings) {
+        settings.push.allow_http = true;
+        settings.push.allow_private_networks = true;
+        settings.push.listen = "127.0.0.1:0".into();
+        settings.push.timeout_secs = 2.0;
+        settings.push.connect_timeout_secs = 1.0;
+        settings.push.retry_schedule_secs = vec![0.2, 0.4, 0.6];
+        settings.push.breaker_failures = 1_000;
+        settings.push.breaker_cooldown_secs = 0.5;
+        settings.push.breaker_cooldown_max_secs = 2.0;
+        for partner in settings.partners.iter_mut() {
+            partner.push = Some(PartnerPush {
+                url: format!("{}/{}", self.base, partner.code),
+                secrets: vec![SecretString::from(self.secret.clone())],
+                secrets_env: Vec::new(),
+                events: vec!["subscription.*".into()],
+                max_in_flight: 4,
+            });
+        }
+    }
+
+    pub(super) fn stop(&self) {
+        self.stop.cancel();
+    }
+}
+
+impl TestStack {
+    fn push(&self) -> &PushReceiver {
+        self.push
+            .as_ref()
+            .expect("this stack has no push receiver: call `.push_receiver()` on its builder")
+    }
+
+    /// What the receiver has been sent, by partner.
+    pub fn receiver(&self) -> &Receiver {
+        &self.push().receiver
+    }
+
+    /// The secret the partners' pushes are signed with.
+    pub fn push_secret(&self) -> &str {
+        &self.push().secret
     }
 
     /// Starts a notifier in this process and waits until its lanes consume.
@@ -97,7 +103,7 @@ impl Bed {
             .expect("the notifier builds");
         let probes = format!("http://{}/readyz", app.local_addr());
         tokio::spawn(app.run_until_stopped(stop.clone()));
-        self.stops.push(stop.clone());
+        self.notifiers.push(stop.clone());
         let client = reqwest::Client::new();
         let ready = poll_until(Duration::from_secs(20), || async {
             match client.get(&probes).send().await {
@@ -113,22 +119,18 @@ impl Bed {
         stop
     }
 
-    /// Starts `autorenew notifier` as a child process with this bed's configuration and waits
+    /// Starts `autorenew notifier` as a child process with this stack's configuration and waits
     /// until it has declared the push queues; the process is killed when the guard drops.
     pub async fn notifier_process(&self) -> ChildGuard {
-        let child = Command::new(env!("CARGO_BIN_EXE_autorenew"))
-            .arg("--config")
-            .arg(&self.config_path)
-            .arg("notifier")
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
+        let child = self
+            .autorenew(&["notifier"])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("autorenew notifier starts");
         let guard = ChildGuard(child);
         let declared = poll_until(Duration::from_secs(20), || async {
-            self.try_queued(crate::helpers::PARTNER).await.is_some()
+            self.try_queued(PARTNER).await.is_some()
         })
         .await;
         assert!(declared, "the notifier process did not declare its queues");
@@ -136,7 +138,7 @@ impl Bed {
     }
 
     pub fn behave(&self, partner: &str, behaviour: Behaviour) {
-        self.receiver.behave(partner, behaviour);
+        self.receiver().behave(partner, behaviour);
     }
 
     /// Publishes a result event for `partner` as a worker does; answers its id and bytes.
@@ -213,65 +215,4 @@ impl Bed {
         let _ = connection.close(200, "done".into()).await;
         declared.map(|d| d.message_count())
     }
-
-    pub async fn teardown(self) {
-        for stop in &self.stops {
-            stop.cancel();
-        }
-        let topology = Topology::from_settings(&self.settings);
-        crate::helpers::delete_topology(&topology).await;
-        delete_keys(
-            self.settings.redis.url.expose_secret(),
-            &self.settings.redis.key_prefix,
-        )
-        .await;
-    }
-}
-
-/// A child process, killed (SIGKILL) when dropped, so a failed test leaves none behind.
-pub struct ChildGuard(pub Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The bed's settings as a file, for child processes.
-fn config_file(settings: &Settings, secret: &str) -> String {
-    let mut text = format!(
-        "[amqp]\nurl = \"{}\"\nprefix = \"{}\"\n\n[redis]\nurl = \"{}\"\nkey_prefix = \"{}\"\n\n",
-        settings.amqp.url.expose_secret(),
-        settings.amqp.prefix,
-        settings.redis.url.expose_secret(),
-        settings.redis.key_prefix,
-    );
-    let push = &settings.push;
-    text.push_str(&format!(
-        "[push]\nlisten = \"127.0.0.1:0\"\ntimeout_secs = {}\nconnect_timeout_secs = {}\n\
-         retry_schedule_secs = {:?}\nbreaker_failures = {}\nbreaker_cooldown_secs = {}\n\
-         breaker_cooldown_max_secs = {}\nallow_http = true\nallow_private_networks = true\n\n",
-        push.timeout_secs,
-        push.connect_timeout_secs,
-        push.retry_schedule_secs,
-        push.breaker_failures,
-        push.breaker_cooldown_secs,
-        push.breaker_cooldown_max_secs,
-    ));
-    for partner in &settings.partners {
-        text.push_str(&format!(
-            "[[partners]]\ncode = \"{}\"\nsecret = \"{}\"\n",
-            partner.code,
-            partner.secret.expose_secret()
-        ));
-        if let Some(partner_push) = &partner.push {
-            text.push_str(&format!(
-                "[partners.push]\nurl = \"{}\"\nsecrets = [\"{secret}\"]\nmax_in_flight = {}\n",
-                partner_push.url, partner_push.max_in_flight
-            ));
-        }
-        text.push('\n');
-    }
-    text
 }

@@ -1,16 +1,17 @@
-//! A simulator on a free port, a raw HTTP client for it, and the async-stripe client.
+//! The simulator part of a [`TestStack`](super::stack::TestStack): the simulator on a free
+//! port, a raw HTTP client for it, its admin routes (`/_sim/...`), and the async-stripe client.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use reqwest::header::HeaderMap;
 use serde_json::Value;
-use stripe_sim::faults::FaultConfig;
 use stripe_sim::{Application, SimSettings};
 use tokio_util::sync::CancellationToken;
 
 pub const KEY: &str = "sk_test_simulator";
 
-/// A running simulator; stopped when dropped.
+/// A running simulator; stopped when dropped. Started by `TestStack::builder().simulator(…)`.
 pub struct TestSim {
     pub base: String,
     pub http: reqwest::Client,
@@ -43,31 +44,20 @@ impl Answer {
     }
 }
 
-pub async fn spawn() -> TestSim {
-    spawn_with(FaultConfig::default()).await
-}
-
-pub async fn spawn_with(faults: FaultConfig) -> TestSim {
-    spawn_settings(SimSettings {
-        faults,
-        ..SimSettings::laptop()
-    })
-    .await
-}
-
-pub async fn spawn_settings(settings: SimSettings) -> TestSim {
-    let app = Application::build(settings).expect("the simulator starts");
-    let base = format!("http://127.0.0.1:{}", app.port());
-    let shutdown = CancellationToken::new();
-    tokio::spawn(app.run_until_stopped(shutdown.clone()));
-    TestSim {
-        base,
-        http: reqwest::Client::new(),
-        shutdown,
-    }
-}
-
 impl TestSim {
+    /// Starts the simulator on the port its settings name (port 0 in tests).
+    pub(super) fn start(settings: SimSettings) -> TestSim {
+        let app = Application::build(settings).expect("the simulator starts");
+        let base = format!("http://127.0.0.1:{}", app.port());
+        let shutdown = CancellationToken::new();
+        tokio::spawn(app.run_until_stopped(shutdown.clone()));
+        TestSim {
+            base,
+            http: reqwest::Client::new(),
+            shutdown,
+        }
+    }
+
     /// async-stripe's own client, pointed at the simulator.
     pub fn stripe(&self) -> stripe::Client {
         stripe::ClientBuilder::new(KEY)
@@ -105,7 +95,9 @@ impl TestSim {
             .get(format!("{}/_sim/stats", self.base))
             .send()
             .await;
-        read(response.expect("stats answer")).await.body
+        let answer = read(response.expect("stats answer")).await;
+        assert_eq!(answer.status, 200, "stats refused: {}", answer.body);
+        answer.body
     }
 
     pub async fn admin(&self, method: reqwest::Method, path: &str, body: Value) -> Answer {
@@ -224,4 +216,26 @@ pub async fn read(response: reqwest::Response) -> Answer {
         headers,
         body,
     }
+}
+
+/// How many subscription creates the simulator answered (replays of an idempotency key too):
+/// one per job when no job's Stripe steps ran twice.
+pub fn subscription_creates(stats: &Value) -> u64 {
+    stats["requests"]["POST /v1/subscriptions"]
+        .as_object()
+        .map_or(0, |by_status| {
+            by_status.values().filter_map(Value::as_u64).sum()
+        })
+}
+
+/// Subscriptions per payId in the simulator.
+pub fn subscriptions_by_pay_id(stats: &Value) -> HashMap<String, u64> {
+    stats["subscriptions_by_pay_id"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                .collect()
+        })
+        .unwrap_or_default()
 }
