@@ -99,7 +99,15 @@ pub(super) fn sign_variants(out: &mut Vec<Case>) {
             "payId" => format!("T{}", uuid::Uuid::new_v4().simple()),
             "plan_id" => "PLAN_YEARLY".into(),
             "pm_id" => "pm_card_visa".into(),
-            "tradeTime" => (now_millis() - 1).to_string(),
+            // A millisecond before the signed time: now − 1 ms could equal it.
+            "tradeTime" => {
+                let signed = match map.get("tradeTime") {
+                    Some(Value::String(text)) => text.parse().unwrap_or_else(|_| now_millis()),
+                    Some(Value::Number(number)) => number.as_u64().unwrap_or_else(now_millis),
+                    _ => now_millis(),
+                };
+                (signed - 1).to_string()
+            }
             "tradeType" => "payPalPay".into(),
             // Checked before the sign: a changed version is refused for itself.
             "version" => "2.0".into(),
