@@ -37,6 +37,18 @@ fn result(sub: &str) -> FinalResult {
     }
 }
 
+/// A store on the shared Redis under a prefix of its own (delete its keys when done).
+fn redis_store() -> (Store, String) {
+    let prefix = format!("twin-{}", uuid::Uuid::new_v4().simple());
+    let store = Store::new(&RedisSettings {
+        url: SecretString::from(SHARED_REDIS),
+        key_prefix: prefix.clone(),
+        ..RedisSettings::default()
+    })
+    .expect("a store");
+    (store, prefix)
+}
+
 /// What a store answers to the job path's calls, in order, in words.
 async fn store_rules(store: &dyn JobStore) -> Vec<String> {
     let ttl = Duration::from_secs(30);
@@ -131,13 +143,7 @@ async fn store_rules(store: &dyn JobStore) -> Vec<String> {
 
 #[tokio::test]
 async fn the_memory_store_answers_the_job_path_like_redis() {
-    let prefix = format!("twin-{}", uuid::Uuid::new_v4().simple());
-    let redis = Store::new(&RedisSettings {
-        url: SecretString::from(SHARED_REDIS),
-        key_prefix: prefix.clone(),
-        ..RedisSettings::default()
-    })
-    .expect("a store");
+    let (redis, prefix) = redis_store();
 
     let real = store_rules(&redis).await;
     let memory = store_rules(&MemoryStore::new(
@@ -206,13 +212,7 @@ async fn turn_rules(turns: &dyn TurnSource) -> Vec<String> {
 
 #[tokio::test]
 async fn the_memory_store_takes_budget_turns_like_redis() {
-    let prefix = format!("twin-{}", uuid::Uuid::new_v4().simple());
-    let redis = Store::new(&RedisSettings {
-        url: SecretString::from(SHARED_REDIS),
-        key_prefix: prefix.clone(),
-        ..RedisSettings::default()
-    })
-    .expect("a store");
+    let (redis, prefix) = redis_store();
 
     let real = turn_rules(&redis).await;
     let memory = turn_rules(&MemoryStore::new(
