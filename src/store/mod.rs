@@ -34,6 +34,8 @@ pub(crate) mod scripts {
         parse_result,
     };
     pub(crate) use super::renewal::{APPLY_LUA, apply_args, apply_keys};
+    /// The intake's claim of a creation, for the partner's retry in the simulation.
+    pub(crate) use super::intake_record::{CLAIM_LUA, MARK_ENQUEUED};
 }
 pub use intake_record::{Claim, ClaimOutcome, IntakeRecord, RecordView};
 pub use job::JobStart;

@@ -19,6 +19,6 @@ mod trace;
 pub use clock::VirtualClock;
 pub use lanes::{Lane, LaneChange, LaneEvent};
 pub use queue::{Delivery, MemoryQueue, QueueDelays, QueuedJob};
-pub use store::MemoryStore;
+pub use store::{CreationClaim, MemoryStore};
 pub use stripe::{Fault as StripeFault, Faults, MemoryStripe, StripeCounts};
 pub use trace::Trace;
