@@ -29,13 +29,13 @@ pub use budget::{BudgetWaiter, Turn};
 /// arguments and reads their replies with: the store twin (`worker::memory`) runs the same text.
 #[cfg(feature = "testing")]
 pub(crate) mod scripts {
+    /// The intake's claim of a creation, for the partner's retry in the simulation.
+    pub(crate) use super::intake_record::{CLAIM_LUA, MARK_ENQUEUED};
     pub(crate) use super::job::{
         BEGIN_LUA, EXTEND_LUA, FINISH_LUA, RECORD_CREATE_LUA, RELEASE_LUA, millis, parse_created,
         parse_result,
     };
     pub(crate) use super::renewal::{APPLY_LUA, apply_args, apply_keys};
-    /// The intake's claim of a creation, for the partner's retry in the simulation.
-    pub(crate) use super::intake_record::{CLAIM_LUA, MARK_ENQUEUED};
 }
 pub use intake_record::{Claim, ClaimOutcome, IntakeRecord, RecordView};
 pub use job::JobStart;

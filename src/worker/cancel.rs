@@ -35,20 +35,32 @@ pub(super) async fn handle(
         Ok(result) => result,
         Err(_) => return Outcome::hand_back(),
     };
+    let mut locked = false;
     let result = match result {
         Some(result) => result,
-        // The creation has not ended: the cancel waits for it.
+        // The creation has not ended, or its ending was lost with a partial loss of Redis.
         None => match store.has_record(&pay_key).await {
-            Ok(true) => {
-                return wait(
-                    ctx,
-                    incoming,
-                    Wait::Lock,
-                    incoming.attempt,
-                    "cancel_waiting",
-                )
-                .await;
-            }
+            Ok(true) => match store.lock(&pay_key, token, ctx.settings.lock_ttl).await {
+                // A job of the payId is running: the cancel waits for it.
+                Ok(false) => {
+                    return wait(
+                        ctx,
+                        incoming,
+                        Wait::Lock,
+                        incoming.attempt,
+                        "cancel_waiting",
+                    )
+                    .await;
+                }
+                Ok(true) => match ended_at_stripe(ctx, incoming, &pay_key, token).await {
+                    Ok(result) => {
+                        locked = true;
+                        result
+                    }
+                    Err(outcome) => return outcome,
+                },
+                Err(_) => return Outcome::hand_back(),
+            },
             // Nothing on record, though the intake took the cancel for a payId it knew: Redis
             // lost it. Stripe is the system of record: the subscription is found there.
             Ok(false) => {
@@ -71,24 +83,82 @@ pub(super) async fn handle(
             Err(_) => return Outcome::hand_back(),
         },
     };
-    if result.is_failed() || result.sub_id.is_empty() {
-        tracing::info!(%pay_id, "cancel of a payId whose creation failed: nothing to cancel");
+    if result.is_failed() || result.sub_id.is_empty() || !result.subscription_lives() {
+        if locked {
+            unlock(ctx, &pay_key, token).await;
+        }
+        if result.is_failed() || result.sub_id.is_empty() {
+            tracing::info!(%pay_id, "cancel of a payId whose creation failed: nothing to cancel");
+        } else {
+            tracing::info!(%pay_id, status = %result.status, "cancel of a subscription that has ended: nothing to cancel");
+        }
         return Outcome::ack("cancel_nothing");
     }
-    if !result.subscription_lives() {
-        tracing::info!(%pay_id, status = %result.status, "cancel of a subscription that has ended: nothing to cancel");
-        return Outcome::ack("cancel_nothing");
-    }
-    match store.lock(&pay_key, token, ctx.settings.lock_ttl).await {
-        Ok(true) => {}
-        Ok(false) => return wait(ctx, incoming, Wait::Lock, incoming.attempt, "locked").await,
-        Err(_) => return Outcome::hand_back(),
+    if !locked {
+        match store.lock(&pay_key, token, ctx.settings.lock_ttl).await {
+            Ok(true) => {}
+            Ok(false) => return wait(ctx, incoming, Wait::Lock, incoming.attempt, "locked").await,
+            Err(_) => return Outcome::hand_back(),
+        }
     }
     let outcome = cancel_locked(ctx, incoming, cancel, &result.sub_id, token).await;
     if let Err(error) = store.unlock(&pay_key, token).await {
         tracing::warn!(%pay_id, %error, "lock not released; it expires by itself");
     }
     outcome
+}
+
+/// The creation's ending when the store has none though it has the intake's record, and no job
+/// of the payId holds the lock (this cancel does now): the creation is between two attempts, or
+/// it ended and a partial loss of Redis (a failover to a replica that missed the last writes)
+/// took its result back while the intake's record stayed. Waiting on the lock would wait
+/// forever in the second case, since nothing runs the creation again; so Stripe is asked (one
+/// search) and what it has is put back. Nothing there yet: the cancel waits through its delayed
+/// retries, then parked like a job, asking again each time (docs/design.md, "Partial loss of
+/// Redis"). The lock is released unless the result is returned.
+async fn ended_at_stripe(
+    ctx: &JobContext,
+    incoming: &Incoming,
+    pay_key: &crate::domain::PayKey,
+    token: &str,
+) -> Result<crate::domain::FinalResult, Outcome> {
+    let store = ctx.ports.store.as_ref();
+    let found = rebuild::from_stripe(ctx.ports.stripe.as_ref(), store, pay_key).await;
+    if let Ok(Some(result)) = found {
+        return Ok(result);
+    }
+    unlock(ctx, pay_key, token).await;
+    Err(match found {
+        Err(RebuildError::Store(_)) => Outcome::hand_back(),
+        _ => {
+            let stage = incoming.attempt.saturating_sub(1) as usize;
+            if stage < ctx.ports.queue.retry_stages() {
+                wait(
+                    ctx,
+                    incoming,
+                    Wait::Retry(stage),
+                    incoming.attempt + 1,
+                    "cancel_waiting",
+                )
+                .await
+            } else {
+                wait(
+                    ctx,
+                    incoming,
+                    Wait::Reconcile,
+                    incoming.attempt,
+                    "cancel_waiting",
+                )
+                .await
+            }
+        }
+    })
+}
+
+async fn unlock(ctx: &JobContext, pay_key: &crate::domain::PayKey, token: &str) {
+    if let Err(error) = ctx.ports.store.unlock(pay_key, token).await {
+        tracing::warn!(%pay_key, %error, "lock not released; it expires by itself");
+    }
 }
 
 /// The next delayed retry, or the dead letters (for `autorenew dlq`) once they are spent.

@@ -365,7 +365,9 @@ async fn schedule(seed: u64) -> Report {
     let partial = PartialLoss::draw(seed, chaos_window);
     if let Some(partial) = &partial {
         timeline.extend(partial.chaos.iter().cloned());
-        world.store.keep_undo_log(Duration::from_millis(PARTIAL_WINDOW_MS.end));
+        world
+            .store
+            .keep_undo_log(Duration::from_millis(PARTIAL_WINDOW_MS.end));
     }
     timeline.sort_by_key(|(when, _)| *when);
     let late_replay = rng.f64() < 0.2;
@@ -476,7 +478,9 @@ async fn schedule(seed: u64) -> Report {
             }
             Chaos::LoseRecent(window) => {
                 let lost = world.store.lose_recent(window);
-                lock(&books).partly_lost.extend(lost.iter().map(|key| pay_id_of(key)));
+                lock(&books)
+                    .partly_lost
+                    .extend(lost.iter().map(|key| pay_id_of(key)));
             }
             Chaos::Evict(pick) => {
                 if let Some(key) = world.store.evict_one(pick) {
@@ -704,7 +708,10 @@ impl PartialLoss {
         let mut chaos = vec![(at, Chaos::LoseRecent(window))];
         if rng.f64() < EVICTING_SHARE {
             for _ in 0..rng.usize(1..=2) {
-                chaos.push((Duration::from_millis(rng.u64(..span)), Chaos::Evict(rng.u64(..))));
+                chaos.push((
+                    Duration::from_millis(rng.u64(..span)),
+                    Chaos::Evict(rng.u64(..)),
+                ));
             }
         }
         Some(PartialLoss { chaos, at, rng })
@@ -778,7 +785,9 @@ async fn retry(world: &World, job: &Job) {
 fn claim_answer(claimed: &Result<ClaimOutcome, autorenew::store::StoreError>) -> String {
     match claimed {
         Ok(ClaimOutcome::Claimed { .. }) => "claimed afresh, the job published again".into(),
-        Ok(ClaimOutcome::Enqueued { result: Some(result) }) => {
+        Ok(ClaimOutcome::Enqueued {
+            result: Some(result),
+        }) => {
             format!("taken before, answered {}", result.status)
         }
         Ok(ClaimOutcome::Enqueued { result: None }) => "taken before, answered processing".into(),

@@ -234,7 +234,9 @@ impl MemoryStore {
     /// it (results, locks, create records, intake records, renewal states, customers alike).
     /// Returns the payIds whose keys went back (by their hash tag, `partner:payId`).
     pub fn lose_recent(&self, window: Duration) -> BTreeSet<String> {
-        let since = Instant::now().checked_sub(window).unwrap_or_else(Instant::now);
+        let since = Instant::now()
+            .checked_sub(window)
+            .unwrap_or_else(Instant::now);
         let mut state = self.state();
         let restored = state.redis.undo_since(since);
         let pay_ids: BTreeSet<String> = restored.iter().filter_map(|key| hash_tag(key)).collect();
@@ -261,8 +263,9 @@ impl MemoryStore {
     /// early), the `pick`-th of them. Returns the payId whose key it was, if it was one's.
     pub fn evict_one(&self, pick: u64) -> Option<String> {
         let key = self.state().redis.evict_one(Instant::now(), pick);
-        self.trace
-            .note(&self.who, || format!("evicted {}", key.as_deref().unwrap_or("nothing")));
+        self.trace.note(&self.who, || {
+            format!("evicted {}", key.as_deref().unwrap_or("nothing"))
+        });
         hash_tag(&key?)
     }
 
@@ -581,8 +584,12 @@ impl JobStore for MemoryStore {
                     // As `Store::remember_customer`: as long as a payId's record.
                     let key = names().customer(partner, email);
                     let ttl = RECORD_TTL.as_secs().to_string();
-                    checked(state.redis.command(now, &["SET", &key, customer, "EX", &ttl]))
-                        .map(drop)
+                    checked(
+                        state
+                            .redis
+                            .command(now, &["SET", &key, customer, "EX", &ttl]),
+                    )
+                    .map(drop)
                 },
                 move |_| customer.to_owned(),
             )
