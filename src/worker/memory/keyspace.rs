@@ -786,4 +786,34 @@ return {missing == false and 1 or 0, set.ok, again == false and 1 or 0, failed.e
             "{reply:?}"
         );
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failover_undoes_the_last_writes_and_keeps_the_older_ones() {
+        let mut space = Keyspace::default();
+        space.keep_undo_log(Duration::from_secs(2));
+        let start = Instant::now();
+        space.command(start, &["SET", "old", "1"]);
+        space.command(start, &["HSET", "h", "state", "pending"]);
+        let later = start + Duration::from_secs(5);
+        space.command(later, &["HSET", "h", "state", "enqueued"]);
+        space.eval(
+            later,
+            "redis.call('SET', KEYS[1], 'x', 'EX', 60); return redis.call('DEL', KEYS[2])",
+            &strings(&["new", "old"]),
+            &[],
+        );
+
+        let restored = space.undo_since(later);
+
+        assert_eq!(restored.len(), 3, "{restored:?}");
+        assert_eq!(
+            space.command(later, &["GET", "old"]),
+            Reply::Bulk("1".into())
+        );
+        assert_eq!(space.command(later, &["GET", "new"]), Reply::Nil);
+        assert_eq!(
+            space.command(later, &["HGET", "h", "state"]),
+            Reply::Bulk("pending".into())
+        );
+    }
 }
