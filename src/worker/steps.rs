@@ -209,18 +209,12 @@ pub(super) async fn run(
     // Which one, only Stripe can say, and only a person with a customer already can have a
     // payId there: the customer steps ask it then (docs/design.md, "Partial loss of Redis").
     let fresh = created.is_none() && records == Records::Kept;
-    match create(
-        ctx,
-        job,
-        incoming,
-        token,
-        created.as_ref(),
+    let resume = Resume {
+        created: created.as_ref(),
         generation,
-        &mut recorded,
         fresh,
-    )
-    .await
-    {
+    };
+    match create(ctx, job, incoming, token, resume, &mut recorded).await {
         Ok(made) => Decision::Made(made),
         Err(stop) => stopped(stop, recorded, unsettled),
     }
@@ -369,16 +363,30 @@ fn unavailable(message: &str) -> FailureDetail {
     }
 }
 
+/// Where a run takes the payId's creation up.
+#[derive(Debug, Clone, Copy)]
+struct Resume<'a> {
+    /// What the store remembers of the creates sent.
+    created: Option<&'a CreateSent>,
+    /// The key generation to create under.
+    generation: u32,
+    /// No create on record, the intake's record there (see [`payer_step`]).
+    fresh: bool,
+}
+
 async fn create(
     ctx: &JobContext,
     job: &Job,
     incoming: &Incoming,
     token: &str,
-    created: Option<&CreateSent>,
-    generation: u32,
+    resume: Resume<'_>,
     recorded: &mut bool,
-    fresh: bool,
 ) -> Result<Made, Stop> {
+    let Resume {
+        created,
+        generation,
+        fresh,
+    } = resume;
     // Customer and price keys move on with the attempts (Stripe replays a stored 500 for a
     // key): a second customer or price is harmless, and both are found by lookup first.
     let suffix = format!("g{}", incoming.attempt.saturating_sub(2));
