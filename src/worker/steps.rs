@@ -423,15 +423,6 @@ async fn create(
                 choice.generation += 1;
                 payer = payer_step(ctx, job, None, &suffix, false).await?;
             }
-            // Sent to settle a payId with fresh records after its attach was refused: Stripe
-            // executed it, and the method is not on the customer. The attach's refusal is the
-            // answer.
-            Err(Stop::Refused(detail))
-                if detail.code == FailureCode::PaymentMethodUnavailable
-                    && payer.refused.is_some() =>
-            {
-                return Err(Stop::Refused(payer.refused.take().unwrap_or(detail)));
-            }
             Err(stop) => return Err(stop),
             Ok(subscription) => {
                 let pay_method = if subscription.pay_method.is_empty() {
@@ -457,7 +448,6 @@ async fn resend(ctx: &JobContext, job: &Job, token: &str, sent: &CreateSent) -> 
         customer: sent.customer.clone(),
         method: sent.payment_method.clone(),
         kind: sent.pay_method.clone(),
-        refused: None,
     };
     let mut choice = KeyChoice {
         generation: sent.generation,
@@ -495,7 +485,6 @@ async fn authorized_payer(ctx: &JobContext, job: &Job) -> Option<Payer> {
         customer,
         method: job.pm_id.to_string(),
         kind: String::new(),
-        refused: None,
     })
 }
 
@@ -645,10 +634,6 @@ struct Payer {
     method: String,
     /// The method's type, when a call has told it (the subscription's answer tells it too).
     kind: String,
-    /// The attach's refusal, when the create goes out all the same to settle a payId whose
-    /// records look fresh (see [`payer_step`]): the job's failure if the create is refused for
-    /// want of the method.
-    refused: Option<FailureDetail>,
 }
 
 /// A customer made by this job, or one that a lookup found.
@@ -670,15 +655,15 @@ async fn answered_before(ctx: &JobContext, job: &Job) -> Result<(), Stop> {
     }
 }
 
-/// An attach refused for a payId whose records look fresh: a create sent under records Redis
-/// lost may have made the subscription, or may still be executing. The subscription is looked
-/// up on this customer first (a consistent list): found, it is the job's result. Not found,
-/// the caller sends the create all the same, under the key a lost create would have used:
-/// Stripe executes it (nothing was sent: refused for want of the method, and the attach's
-/// refusal is the job's answer), answers 409 (one is executing: the job tries again later), or
-/// replays how the lost one ended. A refusal here is never final on its own: it was once
-/// stored `F` beside a subscription a slow create made a moment later.
-async fn found_before_create(ctx: &JobContext, job: &Job, customer: &str) -> Result<(), Stop> {
+/// A refusal before any create, for a payId whose records look fresh: final only if Stripe has
+/// no subscription for it on this customer (a consistent list). A create sent under records
+/// Redis lost may have made one: then that is the job's result.
+async fn refused_before_create(
+    ctx: &JobContext,
+    job: &Job,
+    customer: &str,
+    refusal: StripeFailure,
+) -> Stop {
     let pay_id = job.pay_id.as_str();
     let lookup = with_retries(&ctx.settings.retry, || {
         ctx.ports.stripe.find_subscription(customer, pay_id)
@@ -690,18 +675,18 @@ async fn found_before_create(ctx: &JobContext, job: &Job, customer: &str) -> Res
                 pay_id,
                 "a payId with fresh records had a subscription already"
             );
-            Err(Stop::Found(Made {
+            Stop::Found(Made {
                 customer: customer.to_owned(),
                 pay_method: subscription.pay_method.clone(),
                 subscription,
-            }))
+            })
         }
-        Ok(None) => Ok(()),
+        Ok(None) => Stop::Stripe(refusal),
         // Not known yet whether one exists: the refusal is not final; the job runs again.
-        Err(StripeFailure::Permanent(detail)) => {
-            Err(Stop::Stripe(StripeFailure::Transient(detail.message)))
-        }
-        Err(failure) => Err(Stop::Stripe(failure)),
+        Err(failure) => Stop::Stripe(match failure {
+            StripeFailure::Permanent(detail) => StripeFailure::Transient(detail.message),
+            other => other,
+        }),
     }
 }
 
@@ -768,7 +753,6 @@ async fn payer_step(
             customer: made.id,
             method: made.payment_method,
             kind: String::new(),
-            refused: None,
         },
         Customer::Existing(customer) => {
             if fresh {
@@ -781,16 +765,8 @@ async fn payer_step(
             .await;
             let attached: Attached = match attached {
                 Ok(attached) => attached,
-                Err(StripeFailure::Permanent(refusal)) if fresh => {
-                    found_before_create(ctx, job, &customer).await?;
-                    // Nothing found: the create goes out all the same, under its key, which
-                    // settles it (docs/design.md, "Partial loss of Redis").
-                    return Ok(Payer {
-                        customer,
-                        method: job.pm_id.to_string(),
-                        kind: String::new(),
-                        refused: Some(refusal),
-                    });
+                Err(refusal @ StripeFailure::Permanent(_)) if fresh => {
+                    return Err(refused_before_create(ctx, job, &customer, refusal).await);
                 }
                 Err(failure) => return Err(failure.into()),
             };
@@ -798,7 +774,6 @@ async fn payer_step(
                 customer,
                 method: attached.id,
                 kind: attached.kind,
-                refused: None,
             }
         }
     };
