@@ -27,9 +27,7 @@ use crate::domain::request::PayKey;
 /// lease (ms), TTL (s), the field holding the message to publish on a takeover (or ''), then
 /// the field/value pairs a fresh claim writes (names without the prefix).
 /// Returns {outcome, the stored message on a takeover, or the result of an enqueued record}.
-static CLAIM: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
+pub(crate) const CLAIM_LUA: &str = r#"
 if redis.call('TYPE', KEYS[1]).ok == 'string' then
   -- A Stripe event taken before records were hashes ('taken', or a pending claim that expires
   -- by itself). None is left once a record's TTL has passed since.
@@ -67,9 +65,8 @@ if tonumber(ARGV[5]) - tonumber(rec[4] or '0') > tonumber(ARGV[6]) then
   return {'claimed', rec[5] or ''}
 end
 return {'pending', ''}
-"#,
-    )
-});
+"#;
+static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(CLAIM_LUA));
 
 /// Forgets a pending claim if this token still holds it: its message is known not to be on the
 /// broker, so the record is free again for the caller's retry. KEYS: the record. ARGV: field
@@ -98,7 +95,7 @@ return 0
 /// that, being batched); only a stub (a record lost before its mark: no fingerprint) gets one.
 /// KEYS: the record. ARGV: field prefix, TTL (s), the message's field (or ''), the field that
 /// keeps the expiry (or '').
-const MARK_ENQUEUED: &str = r#"
+pub(crate) const MARK_ENQUEUED: &str = r#"
 local p = ARGV[1]
 redis.call('HSET', KEYS[1], p .. 'state', 'enqueued')
 if ARGV[3] ~= '' then

@@ -30,6 +30,8 @@ pub use budget::{BudgetWaiter, Turn};
 #[cfg(feature = "testing")]
 pub(crate) mod scripts {
     pub(crate) use super::budget::{TAKE_TURN_LUA, read_turn, take_turn_args};
+    /// The intake's claim of a creation, for the partner's retry in the simulation.
+    pub(crate) use super::intake_record::{CLAIM_LUA, MARK_ENQUEUED};
     pub(crate) use super::job::{
         BEGIN_LUA, EXTEND_LUA, FINISH_LUA, RECORD_CREATE_LUA, RELEASE_LUA, millis, parse_created,
         parse_result,

@@ -21,9 +21,10 @@ use crate::stripe::{StripeFailure, SubscriptionState};
 
 /// Quick tries of the Stripe call before the cancel waits in a delayed-retry queue.
 const TRIES: u32 = 3;
-/// How long Stripe's search may take to show a new subscription (Stripe: "up to a minute"),
-/// with a margin.
-const SEARCH_LAG: Duration = Duration::from_secs(90);
+/// How long after its creation has ended a subscription may still be missing from search: a
+/// create sent just before `worker.give_up_after` may still be executing at Stripe for a few
+/// minutes, and search lags a new subscription by up to a minute.
+const SEARCH_LAG: Duration = Duration::from_secs(10 * 60);
 const PAUSE: Duration = Duration::from_millis(500);
 
 pub(super) async fn handle(
@@ -39,20 +40,32 @@ pub(super) async fn handle(
         Ok(result) => result,
         Err(_) => return Outcome::hand_back(),
     };
+    let mut locked = false;
     let result = match result {
         Some(result) => result,
-        // The creation has not ended: the cancel waits for it.
+        // The creation has not ended, or its ending was lost with a partial loss of Redis.
         None => match store.has_record(&pay_key).await {
-            Ok(true) => {
-                return wait(
-                    ctx,
-                    incoming,
-                    Wait::Lock,
-                    incoming.attempt,
-                    "cancel_waiting",
-                )
-                .await;
-            }
+            Ok(true) => match store.lock(&pay_key, token, ctx.settings.lock_ttl).await {
+                // A job of the payId is running: the cancel waits for it.
+                Ok(false) => {
+                    return wait(
+                        ctx,
+                        incoming,
+                        Wait::Lock,
+                        incoming.attempt,
+                        "cancel_waiting",
+                    )
+                    .await;
+                }
+                Ok(true) => match ended_at_stripe(ctx, cancel, incoming, &pay_key, token).await {
+                    Ok(result) => {
+                        locked = true;
+                        result
+                    }
+                    Err(outcome) => return outcome,
+                },
+                Err(_) => return Outcome::hand_back(),
+            },
             // Nothing on record, though the intake took the cancel for a payId it knew: Redis
             // lost it. Stripe is the system of record: the subscription is found there.
             Ok(false) => {
@@ -90,18 +103,23 @@ pub(super) async fn handle(
             Err(_) => return Outcome::hand_back(),
         },
     };
-    if result.is_failed() || result.sub_id.is_empty() {
-        tracing::info!(%pay_id, "cancel of a payId whose creation failed: nothing to cancel");
+    if result.is_failed() || result.sub_id.is_empty() || !result.subscription_lives() {
+        if locked {
+            unlock(ctx, &pay_key, token).await;
+        }
+        if result.is_failed() || result.sub_id.is_empty() {
+            tracing::info!(%pay_id, "cancel of a payId whose creation failed: nothing to cancel");
+        } else {
+            tracing::info!(%pay_id, status = %result.status, "cancel of a subscription that has ended: nothing to cancel");
+        }
         return Outcome::ack("cancel_nothing");
     }
-    if !result.subscription_lives() {
-        tracing::info!(%pay_id, status = %result.status, "cancel of a subscription that has ended: nothing to cancel");
-        return Outcome::ack("cancel_nothing");
-    }
-    match store.lock(&pay_key, token, ctx.settings.lock_ttl).await {
-        Ok(true) => {}
-        Ok(false) => return wait(ctx, incoming, Wait::Lock, incoming.attempt, "locked").await,
-        Err(_) => return Outcome::hand_back(),
+    if !locked {
+        match store.lock(&pay_key, token, ctx.settings.lock_ttl).await {
+            Ok(true) => {}
+            Ok(false) => return wait(ctx, incoming, Wait::Lock, incoming.attempt, "locked").await,
+            Err(_) => return Outcome::hand_back(),
+        }
     }
     let outcome = cancel_locked(ctx, incoming, cancel, &result.sub_id, token).await;
     if let Err(error) = store.unlock(&pay_key, token).await {
@@ -110,7 +128,66 @@ pub(super) async fn handle(
     outcome
 }
 
-/// The next delayed retry, or the dead letters (for `autorenew dlq`) once they are spent.
+/// The creation's ending when the store has none though it has the intake's record, and no job
+/// of the payId holds the lock (this cancel does now): the creation is between two attempts, or
+/// it ended and a partial loss of Redis (a failover to a replica that missed the last writes)
+/// took its result back while the intake's record stayed. Waiting on the lock would wait
+/// forever in the second case, since nothing runs the creation again; so Stripe is asked (one
+/// search) and what it has is put back. Nothing there yet: the cancel waits through its delayed
+/// retries, then parked like a job, asking again each time (docs/design.md, "Partial loss of
+/// Redis"). The lock is released unless the result is returned.
+async fn ended_at_stripe(
+    ctx: &JobContext,
+    cancel: &CancelJob,
+    incoming: &Incoming,
+    pay_key: &crate::domain::PayKey,
+    token: &str,
+) -> Result<crate::domain::FinalResult, Outcome> {
+    let store = ctx.ports.store.as_ref();
+    let found = rebuild::from_stripe(ctx.ports.stripe.as_ref(), store, pay_key).await;
+    if let Ok(Some(result)) = found {
+        return Ok(result);
+    }
+    unlock(ctx, pay_key, token).await;
+    Err(match found {
+        Err(RebuildError::Store(_)) => Outcome::hand_back(),
+        // Nothing at Stripe once the creation has surely ended and search caught up: it made
+        // no subscription (its `F` was lost with the store), and there is nothing to cancel.
+        Ok(None) if searched_long_enough(ctx, cancel) => {
+            tracing::info!(%pay_key, "cancel of a payId whose creation made nothing: nothing to cancel");
+            Outcome::ack("cancel_nothing")
+        }
+        _ => {
+            let stage = incoming.attempt.saturating_sub(1) as usize;
+            if stage < ctx.ports.queue.retry_stages() {
+                wait(
+                    ctx,
+                    incoming,
+                    Wait::Retry(stage),
+                    incoming.attempt + 1,
+                    "cancel_waiting",
+                )
+                .await
+            } else {
+                wait(
+                    ctx,
+                    incoming,
+                    Wait::Reconcile,
+                    incoming.attempt,
+                    "cancel_waiting",
+                )
+                .await
+            }
+        }
+    })
+}
+
+async fn unlock(ctx: &JobContext, pay_key: &crate::domain::PayKey, token: &str) {
+    if let Err(error) = ctx.ports.store.unlock(pay_key, token).await {
+        tracing::warn!(%pay_key, %error, "lock not released; it expires by itself");
+    }
+}
+
 /// Whether a search that finds nothing for the cancel's payId now means no subscription: the
 /// creation, accepted before the cancel was, has ended (`worker.give_up_after` after it at the
 /// latest), and search has had its lag ([`SEARCH_LAG`]) to show what it made. A request time
@@ -124,6 +201,7 @@ fn searched_long_enough(ctx: &JobContext, cancel: &CancelJob) -> bool {
     i64::try_from(ctx.ports.clock.now_ms()).unwrap_or(i64::MAX) >= due
 }
 
+/// The next delayed retry, or the dead letters (for `autorenew dlq`) once they are spent.
 async fn retry_or_dead_letter(ctx: &JobContext, incoming: &Incoming, reason: &str) -> Outcome {
     let stage = incoming.attempt.saturating_sub(1) as usize;
     if stage < ctx.ports.queue.retry_stages() {

@@ -49,6 +49,9 @@ pub(super) enum Decision {
     Made(Made),
     /// The job ends `failed`: no subscription exists, and none can appear.
     Failed(FailureDetail),
+    /// A copy of the job ended `failed` before and recorded it at Stripe: the same answer
+    /// again, stored and announced as it stands (it is recorded already).
+    Answered(FailureDetail),
     /// Stripe kept failing for now; `create_sent` says whether a subscription may exist.
     Retry { reason: String, create_sent: bool },
     /// The outcome is unknown: park the job for reconciliation by lookup.
@@ -198,6 +201,10 @@ async fn conclude(
     match decision {
         Decision::Made(made) => {
             let result = succeeded(ctx, job, incoming, made);
+            finish(ctx, job, token, &result).await
+        }
+        Decision::Answered(detail) => {
+            let result = failed(ctx, job, incoming.attempt, detail);
             finish(ctx, job, token, &result).await
         }
         Decision::Failed(detail) => {

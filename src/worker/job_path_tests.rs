@@ -1076,3 +1076,67 @@ async fn an_authorization_for_another_email_is_not_used() {
     assert_ne!(stored.customer_id, "cus_other");
     assert_eq!(subscriptions_of(&bench).len(), 1);
 }
+
+/// Partial loss of Redis: a failover to a replica that missed the job's writes takes its stored
+/// `F` back while the intake's record stays, so a copy finds the payId's records fresh. The
+/// person has a customer now (the one carrying the failure's mark): the copy reads the mark
+/// before anything is sent and answers the same `F` (docs/design.md, "Partial loss of Redis").
+#[tokio::test(start_paused = true)]
+async fn a_failure_a_failover_took_back_is_answered_again_from_its_mark_never_made_a_subscription()
+{
+    let bench = bench();
+    let job = job();
+    bench.store.keep_undo_log(Duration::from_secs(60));
+    bench
+        .scripted
+        .panic_on_customer
+        .store(true, Ordering::SeqCst);
+    let first = run_like_the_consumer(&bench, first_delivery(&job)).await;
+    assert_eq!(first.label, "failed");
+    bench
+        .scripted
+        .panic_on_customer
+        .store(false, Ordering::SeqCst);
+    bench.store.lose_recent(Duration::from_secs(60));
+    assert!(
+        bench.store.stored_result(&job.pay_key()).is_none(),
+        "the failover took the result back"
+    );
+
+    let again = run_like_the_consumer(&bench, first_delivery(&job)).await;
+
+    assert_eq!(again.label, "failed");
+    assert!(subscriptions_of(&bench).is_empty(), "an F became an S");
+    let events = bench.queue.events();
+    assert_eq!(events.len(), 2, "announced, then announced again");
+    assert_eq!(events[0].1.id, events[1].1.id, "the same answer");
+}
+
+/// Partial loss of Redis the other way: the create record and the result of a payId that
+/// succeeded are taken back, the intake's record stays. A copy whose attach is then refused
+/// (the issuer declines this time) looks the subscription up before the refusal is final, and
+/// ends with it: an `S` stays `S`.
+#[tokio::test(start_paused = true)]
+async fn a_subscription_a_failover_took_back_is_found_before_a_refused_attach_fails_the_job() {
+    let bench = bench();
+    let job = job();
+    bench.store.keep_undo_log(Duration::from_secs(60));
+    earlier_run(&bench, &job, 0, true).await;
+    let made = subscriptions_of(&bench);
+    bench.store.lose_recent(Duration::from_secs(60));
+    bench.stripe.set_faults(crate::worker::memory::Faults {
+        decline_rate: 1.0,
+        ..crate::worker::memory::Faults::none(TIMEOUT)
+    });
+
+    let again = run_like_the_consumer(&bench, first_delivery(&job)).await;
+
+    assert_eq!(again.label, "succeeded");
+    assert_eq!(
+        subscriptions_of(&bench),
+        made,
+        "one subscription, the first"
+    );
+    let stored = bench.store.stored_result(&job.pay_key()).expect("a result");
+    assert_eq!(Some(&stored.sub_id), made.first());
+}

@@ -103,6 +103,11 @@ enum Stop {
     Refused(FailureDetail),
     /// The store could not record a create: nothing was sent.
     Store(String),
+    /// A payId whose records looked fresh had a subscription at Stripe after all: the records
+    /// of its creation were lost.
+    Found(Made),
+    /// A payId whose records looked fresh ended `F` before, recorded at Stripe: that answer.
+    Answered(FailureDetail),
 }
 
 impl From<StripeFailure> for Stop {
@@ -198,17 +203,18 @@ pub(super) async fn run(
         return Decision::Failed(unavailable("no subscription was made"));
     }
     let mut recorded = created.is_some();
-    match create(
-        ctx,
-        job,
-        incoming,
-        token,
-        created.as_ref(),
+    // No create on record, yet the intake's record is there: a first run, or a run after a
+    // partial loss of Redis (a failover to a replica that missed the last writes, the
+    // partner's retry taken afresh) that kept or remade the intake's record and lost the rest.
+    // Which one, only Stripe can say, and only a person with a customer already can have a
+    // payId there: the customer steps ask it then (docs/design.md, "Partial loss of Redis").
+    let fresh = created.is_none() && records == Records::Kept;
+    let resume = Resume {
+        created: created.as_ref(),
         generation,
-        &mut recorded,
-    )
-    .await
-    {
+        fresh,
+    };
+    match create(ctx, job, incoming, token, resume, &mut recorded).await {
         Ok(made) => Decision::Made(made),
         Err(stop) => stopped(stop, recorded, unsettled),
     }
@@ -320,6 +326,8 @@ fn stopped(stop: Stop, create_sent: bool, unsettled: bool) -> Decision {
         // nothing was made, and no older key can still be executing (a new generation is used
         // only once the older one's requests have ended).
         Stop::Refused(detail) => Decision::Failed(detail),
+        Stop::Found(made) => Decision::Made(made),
+        Stop::Answered(detail) => Decision::Answered(detail),
         // A refusal of an earlier step is final unless an earlier create may still land.
         Stop::Stripe(StripeFailure::Permanent(detail)) if unsettled => {
             Decision::Park(detail.message)
@@ -355,15 +363,30 @@ fn unavailable(message: &str) -> FailureDetail {
     }
 }
 
+/// Where a run takes the payId's creation up.
+#[derive(Debug, Clone, Copy)]
+struct Resume<'a> {
+    /// What the store remembers of the creates sent.
+    created: Option<&'a CreateSent>,
+    /// The key generation to create under.
+    generation: u32,
+    /// No create on record, the intake's record there (see [`payer_step`]).
+    fresh: bool,
+}
+
 async fn create(
     ctx: &JobContext,
     job: &Job,
     incoming: &Incoming,
     token: &str,
-    created: Option<&CreateSent>,
-    generation: u32,
+    resume: Resume<'_>,
     recorded: &mut bool,
 ) -> Result<Made, Stop> {
+    let Resume {
+        created,
+        generation,
+        fresh,
+    } = resume;
     // Customer and price keys move on with the attempts (Stripe replays a stored 500 for a
     // key): a second customer or price is harmless, and both are found by lookup first.
     let suffix = format!("g{}", incoming.attempt.saturating_sub(2));
@@ -375,9 +398,12 @@ async fn create(
         Some(_) => None,
     };
     let mut shortcut = authorized.is_some();
+    // Its failure's mark is not read first (that would double its one call): an authorized
+    // payId that ended `F` before any create, whose ending a partial loss took back, is not
+    // covered (docs/design.md, "Partial loss of Redis").
     let mut payer = match authorized {
         Some(payer) => payer,
-        None => payer_step(ctx, job, created, &suffix).await?,
+        None => payer_step(ctx, job, created, &suffix, fresh).await?,
     };
     let (price, _product) = price_step(ctx, job, &suffix).await?;
     // A payId whose creates began before payIds were scoped by partner keeps its old keys.
@@ -395,7 +421,7 @@ async fn create(
                 tracing::info!(pay_id = %job.pay_id, "the authorized customer lacks the method; attaching it");
                 shortcut = false;
                 choice.generation += 1;
-                payer = payer_step(ctx, job, None, &suffix).await?;
+                payer = payer_step(ctx, job, None, &suffix, false).await?;
             }
             Err(stop) => return Err(stop),
             Ok(subscription) => {
@@ -616,14 +642,68 @@ enum Customer {
     Existing(String),
 }
 
+/// Stops the job with the final failure a copy of it recorded at Stripe, if one did: for a
+/// payId whose records look fresh, before anything is sent for it (one list of the person's
+/// customers). An `F` answered stays `F`, whatever Redis lost.
+async fn answered_before(ctx: &JobContext, job: &Job) -> Result<(), Stop> {
+    match with_retries(&ctx.settings.retry, || failure_recorded(ctx, job)).await? {
+        Some(detail) => {
+            tracing::warn!(pay_id = %job.pay_id, "a payId with fresh records had ended `F` before: the same answer again");
+            Err(Stop::Answered(detail))
+        }
+        None => Ok(()),
+    }
+}
+
+/// A refusal before any create, for a payId whose records look fresh: final only if Stripe has
+/// no subscription for it on this customer (a consistent list). A create sent under records
+/// Redis lost may have made one: then that is the job's result.
+async fn refused_before_create(
+    ctx: &JobContext,
+    job: &Job,
+    customer: &str,
+    refusal: StripeFailure,
+) -> Stop {
+    let pay_id = job.pay_id.as_str();
+    let lookup = with_retries(&ctx.settings.retry, || {
+        ctx.ports.stripe.find_subscription(customer, pay_id)
+    })
+    .await;
+    match lookup {
+        Ok(Some(subscription)) => {
+            tracing::warn!(
+                pay_id,
+                "a payId with fresh records had a subscription already"
+            );
+            Stop::Found(Made {
+                customer: customer.to_owned(),
+                pay_method: subscription.pay_method.clone(),
+                subscription,
+            })
+        }
+        Ok(None) => Stop::Stripe(refusal),
+        // Not known yet whether one exists: the refusal is not final; the job runs again.
+        Err(failure) => Stop::Stripe(match failure {
+            StripeFailure::Permanent(detail) => StripeFailure::Transient(detail.message),
+            other => other,
+        }),
+    }
+}
+
 /// The customer of (`partnerCode`, `email`) with the job's payment method attached. A customer
 /// we know (remembered in Redis, or found by listing by email): attach the method, one call. A
 /// new one: create it with the method attached and made its default, one call.
+///
+/// `fresh`: the payId has no create on record but its intake record is there, which a partial
+/// loss of Redis can also leave. A customer known already may then carry the payId's final
+/// failure (read first, one call) or its subscription (looked up only if the attach is
+/// refused, one call). A new customer carries neither.
 async fn payer_step(
     ctx: &JobContext,
     job: &Job,
     created: Option<&CreateSent>,
     suffix: &str,
+    fresh: bool,
 ) -> Result<Payer, Stop> {
     let partner = job.partner_code.as_str();
     let email = job.email.as_str();
@@ -675,11 +755,21 @@ async fn payer_step(
             kind: String::new(),
         },
         Customer::Existing(customer) => {
+            if fresh {
+                answered_before(ctx, job).await?;
+            }
             let key = format!("ar-{}-attach-{suffix}", job.pay_key());
-            let attached: Attached = with_retries(retry, || {
+            let attached = with_retries(retry, || {
                 stripe.attach_payment_method(job.pm_id.as_str(), &customer, &key)
             })
-            .await?;
+            .await;
+            let attached: Attached = match attached {
+                Ok(attached) => attached,
+                Err(refusal @ StripeFailure::Permanent(_)) if fresh => {
+                    return Err(refused_before_create(ctx, job, &customer, refusal).await);
+                }
+                Err(failure) => return Err(failure.into()),
+            };
             Payer {
                 customer,
                 method: attached.id,

@@ -40,8 +40,9 @@ pub fn invariants(world: &World, books: &Books) -> Vec<String> {
         // An acknowledged request is never lost: it ends, and the end agrees with Stripe.
         let Some(Some(result)) = results.get(pay_id) else {
             // After Redis lost everything, an ending stored before the loss is gone with it:
-            // the query rebuilds it from Stripe (life_checks holds that to Stripe).
-            if !books.data_lost {
+            // the query rebuilds it from Stripe (life_checks holds that to Stripe). The same for
+            // a payId whose keys a partial loss took back.
+            if !books.lost(pay_id) {
                 violations.push(format!(
                     "{pay_id}: accepted but has no ending (still processing)"
                 ));
@@ -82,12 +83,7 @@ pub fn invariants(world: &World, books: &Books) -> Vec<String> {
         }
     }
 
-    violations.extend(event_checks(
-        &events,
-        &subscriptions,
-        &results,
-        books.data_lost,
-    ));
+    violations.extend(event_checks(&events, &subscriptions, &results, books));
     violations.extend(life_checks(world, books, &results));
 
     // No lock is left held, but by a job that died with its worker (it expires by TTL).
@@ -112,7 +108,7 @@ fn event_checks(
     events: &[(tokio::time::Instant, ResultEvent)],
     subscriptions: &Subscriptions,
     results: &Results,
-    data_lost: bool,
+    books: &Books,
 ) -> Vec<String> {
     let mut violations = Vec::new();
     let mut ids: BTreeMap<(String, String), String> = BTreeMap::new();
@@ -139,7 +135,7 @@ fn event_checks(
         } else {
             let stored = results.get(pay_id).cloned().flatten();
             // After Redis lost everything, no stored result is what the query rebuilds.
-            let lost = data_lost && stored.is_none();
+            let lost = books.lost(pay_id) && stored.is_none();
             if !lost
                 && stored
                     .as_ref()

@@ -18,7 +18,7 @@ use std::process::ExitCode;
 const BASE_SEED: u64 = 20_261_130;
 /// Seeds that once broke an invariant (docs/design.md, the bugs the simulation found): every run
 /// from the base seed runs them too, so a schedule that found a hole keeps guarding its fix.
-const REGRESSION_SEEDS: [u64; 6] = [
+const REGRESSION_SEEDS: [u64; 8] = [
     2_002_766, 2_009_235, 20_262_893,
     // A final failure that Redis lost, revived by a later copy (docs/design.md, "A final
     // failure outlives Redis").
@@ -26,6 +26,10 @@ const REGRESSION_SEEDS: [u64; 6] = [
     // A cancel dead-lettered while Stripe's search still lagged the subscription Redis lost
     // (docs/design.md, "Faults simulated").
     20_261_408,
+    // A partial loss of Redis: an `F` made `S` by a copy that found the payId's records fresh,
+    // and a cancel that waited forever for a creation whose ending a failover took back
+    // (docs/design.md, "Partial loss of Redis").
+    20_261_382, 20_261_620,
 ];
 /// Traces printed in full; later failing seeds are only named.
 const TRACES_SHOWN: usize = 3;

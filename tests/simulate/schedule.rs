@@ -11,9 +11,10 @@ use autorenew::config::PlanSettings;
 use autorenew::domain::Job;
 use autorenew::domain::cancel::{CANCEL_MESSAGE_TYPE, CancelJob, CancelWhen};
 use autorenew::domain::webhook::STRIPE_EVENT_MESSAGE_TYPE;
+use autorenew::store::ClaimOutcome;
 use autorenew::worker::memory::{
-    Faults, MemoryQueue, MemoryStore, MemoryStripe, Pauses, QueueDelays, QueuedJob, Trace,
-    VirtualClock,
+    CreationClaim, Faults, MemoryQueue, MemoryStore, MemoryStripe, Pauses, QueueDelays, QueuedJob,
+    Trace, VirtualClock,
 };
 use autorenew::worker::message::{Message, after_panic, handle};
 use autorenew::worker::ports::{Clock, Disposition};
@@ -76,6 +77,33 @@ fn clock_skew_share() -> f64 {
 /// otherwise (a final failure is recorded at Stripe, so a copy that finds Redis emptied announces
 /// it again; docs/design.md, "A final failure outlives Redis").
 const DATA_LOSS_SHARE: f64 = 0.15;
+/// Mixed into the seed for the partial-loss draws: whether Redis fails over to a replica that
+/// missed its last writes, when, how much it missed, keys evicted early, and which payIds their
+/// partners then send again. A source of its own, so every other draw of a schedule stays what it
+/// was before partial loss was simulated.
+const PARTIAL_SEED: u64 = 0x9A27_1A15;
+/// The share of schedules with a partial loss, unless `SIM_PARTIAL_LOSS` says otherwise.
+const PARTIAL_LOSS_SHARE: f64 = 0.15;
+/// How much a lagging replica may have missed: the window of writes undone (ms).
+const PARTIAL_WINDOW_MS: std::ops::Range<u64> = 50..2_000;
+/// Of those schedules, the share where keys with an expiry also go early (1 or 2 of them).
+const EVICTING_SHARE: f64 = 0.5;
+/// The share of accepted payIds whose partner sends the request again after the loss, and how
+/// long after it the retry may come (ms).
+const RETRIED_SHARE: f64 = 0.5;
+const RETRY_AFTER_MS: u64 = 15_000;
+/// The intake's claim lease: twice `intake.publish_timeout_ms`.
+const CLAIM_LEASE: Duration = Duration::from_millis(3_000);
+
+/// The share of schedules whose Redis fails over to a replica that missed its last writes
+/// (`SIM_PARTIAL_LOSS`, default [`PARTIAL_LOSS_SHARE`]).
+fn partial_loss_share() -> f64 {
+    std::env::var("SIM_PARTIAL_LOSS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(PARTIAL_LOSS_SHARE)
+}
+
 /// Mixed into the seed for the broker's faults while up; the share of schedules that have them
 /// and the most of a schedule's worker publishes they hit.
 const PUBLISH_FAULT_SEED: u64 = 0x0B0C_FA17;
@@ -174,6 +202,11 @@ enum Chaos {
     DropLocks,
     /// Redis loses every key (drawn from a source of its own).
     LoseEverything,
+    /// Redis fails over to a replica that missed the writes of this last window: each key goes
+    /// back to what it was before them (drawn from a source of its own).
+    LoseRecent(Duration),
+    /// One key with an expiry goes early, the n-th of them (drawn with [`Chaos::LoseRecent`]).
+    Evict(u64),
     BrokerAway(Duration),
     StripeOutage(Duration),
     Replay,
@@ -209,11 +242,22 @@ pub struct Books {
     /// Redis lost everything at some point: a result may be gone, and is rebuilt from Stripe
     /// when a query or a cancel needs it.
     pub data_lost: bool,
+    /// payIds some of whose keys a partial loss (a failover to a lagging replica, an eviction)
+    /// took back or away: as after a loss of everything, for those payIds only.
+    pub partly_lost: BTreeSet<String>,
     /// The partner of every message published for one (by message id): a creation's payId, a
     /// cancel's id. A Stripe event has none.
     pub partner_of: BTreeMap<String, String>,
     /// The partners the workers have a lane for.
     pub lanes: BTreeSet<String>,
+}
+
+impl Books {
+    /// Whether Redis may have lost what it held of `pay_id`: everything was lost, or a partial
+    /// loss took some of its keys back.
+    pub fn lost(&self, pay_id: &str) -> bool {
+        self.data_lost || self.partly_lost.contains(pay_id)
+    }
 }
 
 /// The partners of a schedule, from draws of their own.
@@ -368,6 +412,13 @@ async fn schedule(seed: u64) -> Report {
             timeline.push((when, Chaos::LoseEverything));
         }
     }
+    let partial = PartialLoss::draw(seed, chaos_window);
+    if let Some(partial) = &partial {
+        timeline.extend(partial.chaos.iter().cloned());
+        world
+            .store
+            .keep_undo_log(Duration::from_millis(PARTIAL_WINDOW_MS.end));
+    }
     let missed_share = {
         // Draws of their own: the webhook intake misses a share of Stripe's deliveries, and
         // reconcile runs feed them again, once or twice in the window and once after it.
@@ -444,6 +495,9 @@ async fn schedule(seed: u64) -> Report {
         flood(&world, &books, &publishing, &partner, size, at);
     }
     schedule_cancels(seed, &jobs, &world, &books, &publishing);
+    if let Some(partial) = &partial {
+        partial.schedule_retries(&jobs, &world, &books, &publishing);
+    }
     tokio::spawn(courier(
         seed,
         world.clone(),
@@ -491,6 +545,17 @@ async fn schedule(seed: u64) -> Report {
             Chaos::LoseEverything => {
                 world.store.lose_everything();
                 lock(&books).data_lost = true;
+            }
+            Chaos::LoseRecent(window) => {
+                let lost = world.store.lose_recent(window);
+                lock(&books)
+                    .partly_lost
+                    .extend(lost.iter().map(|key| pay_id_of(key)));
+            }
+            Chaos::Evict(pick) => {
+                if let Some(key) = world.store.evict_one(pick) {
+                    lock(&books).partly_lost.insert(pay_id_of(&key));
+                }
             }
             Chaos::BrokerAway(away) => {
                 world.queue.set_down(true);
@@ -715,11 +780,156 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// The intake takes a creation: its claim keeps the payId's record, then it publishes until
-/// the broker confirms (the partner retries a 503), and the request is accepted.
+/// the broker confirms (the partner retries a 503), marks the record enqueued, and the request
+/// is accepted.
 async fn accept(world: &World, books: &Mutex<Books>, job: &Job) {
-    world.store.keep_record(&job.pay_key());
+    let pay_key = job.pay_key();
+    let body = String::from_utf8_lossy(&job.encode()).into_owned();
+    let claimed = world
+        .store
+        .claim_creation(&creation_claim(job, "first", &body));
+    if !matches!(claimed, Ok(ClaimOutcome::Claimed { .. })) {
+        world
+            .trace
+            .note("intake", || format!("claim {pay_key}: {claimed:?}"));
+    }
     intake_publish(world, job).await;
+    if let Err(error) = world.store.mark_creation_enqueued(&pay_key) {
+        world
+            .trace
+            .note("intake", || format!("mark {pay_key}: {error}"));
+    }
     lock(books).accepted.insert(job.pay_id.to_string());
+}
+
+/// The arguments of the intake's claim of `job`'s creation, for the request `request`.
+fn creation_claim<'a>(job: &'a Job, request: &'a str, body: &'a str) -> CreationClaim<'a> {
+    CreationClaim {
+        pay_key: job.pay_key(),
+        token: request,
+        // Every field but the sign and `tradeTime`: the same for the partner's retries.
+        fingerprint: job.pm_id.as_str(),
+        accepted_at: job.accepted_at.as_str(),
+        job: body,
+        lease: CLAIM_LEASE,
+    }
+}
+
+/// The payId of a store key's hash tag (`partner1:pay-1` → `pay-1`).
+fn pay_id_of(tag: &str) -> String {
+    tag.split_once(':')
+        .map_or(tag, |(_, pay_id)| pay_id)
+        .to_owned()
+}
+
+/// A failover to a replica that missed the last writes, from draws of their own: its moment
+/// and window, keys evicted early, and the partners' retries that follow.
+struct PartialLoss {
+    chaos: Vec<(Duration, Chaos)>,
+    /// When the failover happens.
+    at: Duration,
+    rng: fastrand::Rng,
+}
+
+impl PartialLoss {
+    fn draw(seed: u64, chaos_window: Duration) -> Option<Self> {
+        let mut rng = fastrand::Rng::with_seed(seed ^ PARTIAL_SEED);
+        if rng.f64() >= partial_loss_share() {
+            return None;
+        }
+        let span = u64::try_from(chaos_window.as_millis()).unwrap_or(u64::MAX);
+        let at = Duration::from_millis(rng.u64(..span));
+        let window = Duration::from_millis(rng.u64(PARTIAL_WINDOW_MS));
+        let mut chaos = vec![(at, Chaos::LoseRecent(window))];
+        if rng.f64() < EVICTING_SHARE {
+            for _ in 0..rng.usize(1..=2) {
+                chaos.push((
+                    Duration::from_millis(rng.u64(..span)),
+                    Chaos::Evict(rng.u64(..)),
+                ));
+            }
+        }
+        Some(PartialLoss { chaos, at, rng })
+    }
+
+    /// The partners send some accepted requests again after the failover (a partner that
+    /// lost its answer, or checks by sending again): the intake takes each as it takes any
+    /// request (`intake::subscribe`): a record still there answers as before and publishes
+    /// nothing; a record gone is claimed afresh and the job published again; a pending one
+    /// waits for its holder.
+    fn schedule_retries(
+        &self,
+        jobs: &[Job],
+        world: &World,
+        books: &Arc<Mutex<Books>>,
+        publishing: &Arc<AtomicUsize>,
+    ) {
+        let mut rng = self.rng.clone();
+        for job in jobs {
+            if rng.f64() >= RETRIED_SHARE {
+                continue;
+            }
+            let after = self.at + Duration::from_millis(rng.u64(..RETRY_AFTER_MS));
+            let (world, books, publishing) = (world.clone(), books.clone(), publishing.clone());
+            let job = job.clone();
+            publishing.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                let pay_id = job.pay_id.to_string();
+                while !lock(&books).accepted.contains(&pay_id) {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                retry(&world, &job).await;
+                publishing.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    }
+}
+
+/// The partner's retry of an accepted creation, as `intake::enqueue` takes it.
+async fn retry(world: &World, job: &Job) {
+    let pay_key = job.pay_key();
+    let body = String::from_utf8_lossy(&job.encode()).into_owned();
+    loop {
+        let claimed = world
+            .store
+            .claim_creation(&creation_claim(job, "retry", &body));
+        world.trace.note("intake", || {
+            format!("partner retries {pay_key}: {}", claim_answer(&claimed))
+        });
+        match claimed {
+            Ok(ClaimOutcome::Claimed { .. }) => {
+                intake_publish(world, job).await;
+                if let Err(error) = world.store.mark_creation_enqueued(&pay_key) {
+                    world
+                        .trace
+                        .note("intake", || format!("mark {pay_key}: {error}"));
+                }
+                return;
+            }
+            // Another request is between Redis and the broker: the intake waits for it, and
+            // past its deadline answers 503; the partner sends again a moment later.
+            Ok(ClaimOutcome::Pending) => tokio::time::sleep(Duration::from_secs(1)).await,
+            // Answered as the first time (the result if there is one), nothing published; or
+            // refused (not for a request of the same content).
+            Ok(ClaimOutcome::Enqueued { .. } | ClaimOutcome::Conflict) | Err(_) => return,
+        }
+    }
+}
+
+fn claim_answer(claimed: &Result<ClaimOutcome, autorenew::store::StoreError>) -> String {
+    match claimed {
+        Ok(ClaimOutcome::Claimed { .. }) => "claimed afresh, the job published again".into(),
+        Ok(ClaimOutcome::Enqueued {
+            result: Some(result),
+        }) => {
+            format!("taken before, answered {}", result.status)
+        }
+        Ok(ClaimOutcome::Enqueued { result: None }) => "taken before, answered processing".into(),
+        Ok(ClaimOutcome::Pending) => "pending".into(),
+        Ok(ClaimOutcome::Conflict) => "conflict".into(),
+        Err(error) => format!("error: {error}"),
+    }
 }
 
 /// Publishes a creation into its partner's lane until the broker confirms.

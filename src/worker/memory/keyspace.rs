@@ -11,7 +11,7 @@
 //! virtual time and a seed still replays the same run. Only the commands the scripts call.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 use mlua::{Function, Lua, MultiValue, Value};
@@ -67,6 +67,8 @@ pub struct Keyspace {
     entries: BTreeMap<String, Entry>,
     /// When `TIME` read `EPOCH_MS`.
     start: Instant,
+    /// The writes a failover to a lagging replica would undo, when kept.
+    undo: Option<UndoLog>,
 }
 
 impl Default for Keyspace {
@@ -74,7 +76,32 @@ impl Default for Keyspace {
         Keyspace {
             entries: BTreeMap::new(),
             start: Instant::now(),
+            undo: None,
         }
+    }
+}
+
+/// Every write of the last `keep`, as the key was before it: what a replica that missed those
+/// writes (asynchronous replication) still holds. Bounded by time: older writes are on the
+/// replica already and are forgotten here.
+#[derive(Debug, Clone)]
+struct UndoLog {
+    keep: Duration,
+    /// (when, key, the key before the write), oldest first.
+    writes: VecDeque<(Instant, String, Option<Entry>)>,
+}
+
+/// The commands that write, and where their keys are among their arguments.
+fn written_keys(args: &[String]) -> &[String] {
+    let Some(name) = args.first() else {
+        return &[];
+    };
+    match name.to_ascii_uppercase().as_str() {
+        "SET" | "EXPIRE" | "PEXPIRE" | "PERSIST" | "HSET" | "HSETNX" | "HINCRBY" | "HDEL" => {
+            args.get(1..2).unwrap_or_default()
+        }
+        "DEL" => &args[1..],
+        _ => &[],
     }
 }
 
@@ -103,9 +130,76 @@ impl Keyspace {
         )
     }
 
-    /// Forgets every key.
+    /// Forgets every key (and every write a failover could undo: there is nothing left to undo).
     pub fn clear(&mut self) {
         self.entries.clear();
+        if let Some(undo) = self.undo.as_mut() {
+            undo.writes.clear();
+        }
+    }
+
+    /// From now on, keeps what each write of the last `keep` changed, so that
+    /// [`Keyspace::undo_since`] can take them back.
+    pub fn keep_undo_log(&mut self, keep: Duration) {
+        self.undo = Some(UndoLog {
+            keep,
+            writes: VecDeque::new(),
+        });
+    }
+
+    /// Undoes every write made at `since` or later, newest first, as a failover to a replica
+    /// that had not received them: each key goes back to what it was (absent, another value, its
+    /// old expiry). Only as far back as the undo log keeps. Returns the keys put back.
+    pub fn undo_since(&mut self, since: Instant) -> BTreeSet<String> {
+        let mut restored = BTreeSet::new();
+        let Some(undo) = self.undo.as_mut() else {
+            return restored;
+        };
+        while undo.writes.back().is_some_and(|(at, _, _)| *at >= since) {
+            let Some((_, key, before)) = undo.writes.pop_back() else {
+                break;
+            };
+            match before {
+                Some(entry) => self.entries.insert(key.clone(), entry),
+                None => self.entries.remove(&key),
+            };
+            restored.insert(key);
+        }
+        restored
+    }
+
+    /// Deletes one key that has an expiry, the `pick`-th of them (modulo their number), as
+    /// Redis's `volatile-*` eviction or an expiry come early would. Returns its name.
+    pub fn evict_one(&mut self, now: Instant, pick: u64) -> Option<String> {
+        let volatile: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(_, entry)| entry.expires.is_some_and(|at| at > now))
+            .map(|(key, _)| key.clone())
+            .collect();
+        let count = u64::try_from(volatile.len()).ok().filter(|n| *n > 0)?;
+        let key = volatile.get(usize::try_from(pick % count).ok()?)?.clone();
+        self.remember_before(now, std::slice::from_ref(&key));
+        self.entries.remove(&key);
+        Some(key)
+    }
+
+    /// Keeps `keys` as they are now in the undo log, before a write at `now` changes them.
+    fn remember_before(&mut self, now: Instant, keys: &[String]) {
+        let Some(undo) = self.undo.as_mut() else {
+            return;
+        };
+        while undo
+            .writes
+            .front()
+            .is_some_and(|(at, _, _)| *at + undo.keep < now)
+        {
+            undo.writes.pop_front();
+        }
+        for key in keys {
+            undo.writes
+                .push_back((now, key.clone(), self.entries.get(key).cloned()));
+        }
     }
 
     /// One command, as a client sends it outside a script.
@@ -183,6 +277,9 @@ impl Keyspace {
 
     /// One command with its arguments; the name in any case.
     fn execute(&mut self, now: Instant, args: &[String]) -> Reply {
+        if self.undo.is_some() {
+            self.remember_before(now, written_keys(args));
+        }
         match self.dispatch(now, args) {
             Ok(reply) | Err(reply) => reply,
         }
@@ -687,6 +784,36 @@ return {missing == false and 1 or 0, set.ok, again == false and 1 or 0, failed.e
         assert!(
             matches!(reply, Reply::Error(ref e) if e.contains("WRONGTYPE")),
             "{reply:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failover_undoes_the_last_writes_and_keeps_the_older_ones() {
+        let mut space = Keyspace::default();
+        space.keep_undo_log(Duration::from_secs(2));
+        let start = Instant::now();
+        space.command(start, &["SET", "old", "1"]);
+        space.command(start, &["HSET", "h", "state", "pending"]);
+        let later = start + Duration::from_secs(5);
+        space.command(later, &["HSET", "h", "state", "enqueued"]);
+        space.eval(
+            later,
+            "redis.call('SET', KEYS[1], 'x', 'EX', 60); return redis.call('DEL', KEYS[2])",
+            &strings(&["new", "old"]),
+            &[],
+        );
+
+        let restored = space.undo_since(later);
+
+        assert_eq!(restored.len(), 3, "{restored:?}");
+        assert_eq!(
+            space.command(later, &["GET", "old"]),
+            Reply::Bulk("1".into())
+        );
+        assert_eq!(space.command(later, &["GET", "new"]), Reply::Nil);
+        assert_eq!(
+            space.command(later, &["HGET", "h", "state"]),
+            Reply::Bulk("pending".into())
         );
     }
 }

@@ -21,6 +21,6 @@ pub use clock::VirtualClock;
 pub use lanes::{Lane, LaneChange, LaneEvent};
 pub use pause::Pauses;
 pub use queue::{Delivery, MemoryQueue, QueueDelays, QueuedJob};
-pub use store::MemoryStore;
+pub use store::{CreationClaim, MemoryStore};
 pub use stripe::{Fault as StripeFault, Faults, MemoryStripe, StripeCounts};
 pub use trace::Trace;

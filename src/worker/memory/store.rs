@@ -6,7 +6,7 @@
 //! While "away" every call fails after a timeout and changes nothing; a "lost answer" applies
 //! the call and fails anyway, as a Redis timeout after the script ran would.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -20,10 +20,11 @@ use crate::budget::TurnSource;
 use crate::domain::renewal::{Applied, RenewalChange, RenewalUpdate};
 use crate::domain::{FinalResult, PayKey};
 use crate::store::scripts::{
-    APPLY_LUA, BEGIN_LUA, EXTEND_LUA, FINISH_LUA, RECORD_CREATE_LUA, RELEASE_LUA, TAKE_TURN_LUA,
-    apply_args, apply_keys, millis, parse_created, parse_result, read_turn, take_turn_args,
+    APPLY_LUA, BEGIN_LUA, CLAIM_LUA, EXTEND_LUA, FINISH_LUA, MARK_ENQUEUED, RECORD_CREATE_LUA,
+    RELEASE_LUA, TAKE_TURN_LUA, apply_args, apply_keys, millis, parse_created, parse_result,
+    read_turn, take_turn_args,
 };
-use crate::store::{BudgetWaiter, StoreError, Turn};
+use crate::store::{BudgetWaiter, ClaimOutcome, StoreError, Turn};
 use crate::worker::ports::{CreateSent, JobStart, JobStore};
 
 /// How long a call waits for a Redis that does not answer.
@@ -32,6 +33,27 @@ const TIMEOUT: Duration = Duration::from_millis(500);
 const RECORD_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// The key prefix, as the production store's (`redis.key_prefix`) would be.
 const PREFIX: &str = "sim";
+
+/// A key's hash tag (`sim:result:{partner1:pay-1}` → `partner1:pay-1`), if it has one.
+fn hash_tag(key: &str) -> Option<String> {
+    let (_, rest) = key.split_once('{')?;
+    let (tag, _) = rest.split_once('}')?;
+    Some(tag.to_owned())
+}
+
+/// A request the intake claims a creation's record for (`Store::claim`'s arguments).
+#[derive(Debug, Clone)]
+pub struct CreationClaim<'a> {
+    pub pay_key: PayKey,
+    /// Unique to the request.
+    pub token: &'a str,
+    pub fingerprint: &'a str,
+    pub accepted_at: &'a str,
+    /// The job, as the record keeps it for a takeover.
+    pub job: &'a str,
+    /// A pending claim older than this is taken over.
+    pub lease: Duration,
+}
 
 /// The production store's key names: the scripts run on the same keys as in Redis.
 fn names() -> crate::store::Keys {
@@ -85,8 +107,6 @@ struct State {
     redis: Keyspace,
     /// Every payId a call named, with what the checks track of it.
     tracked: BTreeMap<String, Tracked>,
-    /// (partner, email) → the Stripe customer remembered for them.
-    customers: BTreeMap<(String, String), String>,
     /// (partner, payId) → (email, customer) of its authorization (`/stripeSubAuthorization`).
     authorizations: BTreeMap<(String, String), (String, String)>,
     away: bool,
@@ -211,10 +231,119 @@ impl MemoryStore {
         let mut state = self.state();
         state.redis.clear();
         state.tracked.clear();
-        state.customers.clear();
         state.authorizations.clear();
         drop(state);
         self.trace.note(&self.who, || "all data lost".into());
+    }
+
+    /// From now on keeps an undo log of the last `keep` of writes, for [`MemoryStore::lose_recent`].
+    pub fn keep_undo_log(&self, keep: Duration) {
+        self.state().redis.keep_undo_log(keep);
+    }
+
+    /// Redis fails over to a replica that missed the last `window` of writes (asynchronous
+    /// replication): every write of that window is undone, each key back to what it was before
+    /// it (results, locks, create records, intake records, renewal states, customers alike).
+    /// Returns the payIds whose keys went back (by their hash tag, `partner:payId`).
+    pub fn lose_recent(&self, window: Duration) -> BTreeSet<String> {
+        let since = Instant::now()
+            .checked_sub(window)
+            .unwrap_or_else(Instant::now);
+        let mut state = self.state();
+        let restored = state.redis.undo_since(since);
+        let pay_ids: BTreeSet<String> = restored.iter().filter_map(|key| hash_tag(key)).collect();
+        // The renewal hashes went back too: the history the checks read starts again, as after
+        // a loss of everything.
+        for pay_id in &pay_ids {
+            if let Some(tracked) = state.tracked.get_mut(pay_id) {
+                tracked.history.clear();
+            }
+        }
+        drop(state);
+        self.trace.note(&self.who, || {
+            format!(
+                "failover: the last {} ms of writes lost ({} keys: {})",
+                window.as_millis(),
+                restored.len(),
+                restored.iter().cloned().collect::<Vec<_>>().join(" ")
+            )
+        });
+        pay_ids
+    }
+
+    /// One key with an expiry goes early (an eviction under `volatile-*`, or an expiry come
+    /// early), the `pick`-th of them. Returns the payId whose key it was, if it was one's.
+    pub fn evict_one(&self, pick: u64) -> Option<String> {
+        let key = self.state().redis.evict_one(Instant::now(), pick);
+        self.trace.note(&self.who, || {
+            format!("evicted {}", key.as_deref().unwrap_or("nothing"))
+        });
+        hash_tag(&key?)
+    }
+
+    /// The intake's claim of a creation, with its own script (`Store::claim` on the creation
+    /// record, src/store/intake_record.rs), at once: the intake's Redis calls are not what the
+    /// simulation draws faults for.
+    pub fn claim_creation(&self, claim: &CreationClaim<'_>) -> Result<ClaimOutcome, StoreError> {
+        let names = names();
+        let keys = [names.intake(&claim.pay_key), names.result(&claim.pay_key)];
+        let mut state = self.state();
+        let now = Instant::now();
+        state.tracked.entry(claim.pay_key.to_string()).or_default();
+        let now_ms = state.redis.now_ms(now).to_string();
+        let lease = millis(claim.lease).to_string();
+        let ttl = RECORD_TTL.as_secs().to_string();
+        let args: Vec<String> = [
+            "",
+            "fp",
+            claim.fingerprint,
+            claim.token,
+            &now_ms,
+            &lease,
+            &ttl,
+            "job",
+            "fp",
+            claim.fingerprint,
+            "partner",
+            claim.pay_key.partner().as_str(),
+            "accepted_at",
+            claim.accepted_at,
+            "job",
+            claim.job,
+        ]
+        .iter()
+        .map(|&arg| arg.to_owned())
+        .collect();
+        // As `Store::claim` reads the reply.
+        let reply = match checked(state.eval(now, CLAIM_LUA, &keys, &args))? {
+            Reply::Array(items) => items,
+            other => return Err(StoreError::Corrupt(format!("claim {other:?}"))),
+        };
+        let payload = reply.get(1).map(Reply::text).unwrap_or_default();
+        match reply.first().map(Reply::text) {
+            Some("claimed") => Ok(ClaimOutcome::Claimed {
+                stored: (!payload.is_empty()).then(|| payload.as_bytes().to_vec()),
+            }),
+            Some("enqueued") if payload.is_empty() => Ok(ClaimOutcome::Enqueued { result: None }),
+            Some("enqueued") => Ok(ClaimOutcome::Enqueued {
+                result: Some(Box::new(parse_result(payload)?)),
+            }),
+            Some("pending") => Ok(ClaimOutcome::Pending),
+            Some("conflict") => Ok(ClaimOutcome::Conflict),
+            other => Err(StoreError::Corrupt(format!("claim outcome `{other:?}`"))),
+        }
+    }
+
+    /// Marks a creation's record enqueued, as the intake does once the broker confirmed its
+    /// message (`Store::mark_enqueued`, its own script).
+    pub fn mark_creation_enqueued(&self, pay_key: &PayKey) -> Result<(), StoreError> {
+        let keys = [names().intake(pay_key)];
+        let args: Vec<String> = ["", &RECORD_TTL.as_secs().to_string(), "job", "fp"]
+            .iter()
+            .map(|&arg| arg.to_owned())
+            .collect();
+        let mut state = self.state();
+        checked(state.eval(Instant::now(), MARK_ENQUEUED, &keys, &args)).map(drop)
     }
 
     /// Every payId's lock is dropped now, as a failover to a replica that had not seen them would.
@@ -491,13 +620,18 @@ impl JobStore for MemoryStore {
         partner: &'a str,
         email: &'a str,
     ) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
-        let key = (partner.to_owned(), email.to_owned());
-        self.call_on(
-            email,
-            "customer_of",
-            move |state, _| state.customers.get(&key).cloned(),
-            |found| format!("{found:?}"),
-        )
+        async move {
+            self.call_on(
+                email,
+                "customer_of",
+                move |state, now| state.get(now, &names().customer(partner, email)),
+                |found| match found {
+                    Ok(found) => format!("{found:?}"),
+                    Err(error) => format!("error: {error}"),
+                },
+            )
+            .await?
+        }
         .boxed()
     }
 
@@ -507,15 +641,25 @@ impl JobStore for MemoryStore {
         email: &'a str,
         customer: &'a str,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        let key = (partner.to_owned(), email.to_owned());
-        self.call_on(
-            email,
-            "remember_customer",
-            move |state, _| {
-                state.customers.insert(key, customer.to_owned());
-            },
-            move |()| customer.to_owned(),
-        )
+        async move {
+            self.call_on(
+                email,
+                "remember_customer",
+                move |state, now| {
+                    // As `Store::remember_customer`: as long as a payId's record.
+                    let key = names().customer(partner, email);
+                    let ttl = RECORD_TTL.as_secs().to_string();
+                    checked(
+                        state
+                            .redis
+                            .command(now, &["SET", &key, customer, "EX", &ttl]),
+                    )
+                    .map(drop)
+                },
+                move |_| customer.to_owned(),
+            )
+            .await?
+        }
         .boxed()
     }
 
