@@ -65,14 +65,6 @@ const MAX_SKEW_MS: i64 = 5 * 60 * 1000;
 /// simulated").
 const CLOCK_SKEW_SHARE: f64 = 0.5;
 
-/// The share of schedules whose workers' clocks are off (`SIM_CLOCK_SKEW`, default
-/// [`CLOCK_SKEW_SHARE`]).
-fn clock_skew_share() -> f64 {
-    std::env::var("SIM_CLOCK_SKEW")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(CLOCK_SKEW_SHARE)
-}
 /// The share of schedules whose Redis loses everything once, unless `SIM_DATA_LOSS` says
 /// otherwise (a final failure is recorded at Stripe, so a copy that finds Redis emptied announces
 /// it again; docs/design.md, "A final failure outlives Redis").
@@ -95,15 +87,6 @@ const RETRY_AFTER_MS: u64 = 15_000;
 /// The intake's claim lease: twice `intake.publish_timeout_ms`.
 const CLAIM_LEASE: Duration = Duration::from_millis(3_000);
 
-/// The share of schedules whose Redis fails over to a replica that missed its last writes
-/// (`SIM_PARTIAL_LOSS`, default [`PARTIAL_LOSS_SHARE`]).
-fn partial_loss_share() -> f64 {
-    std::env::var("SIM_PARTIAL_LOSS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(PARTIAL_LOSS_SHARE)
-}
-
 /// Mixed into the seed for the broker's faults while up; the share of schedules that have them
 /// and the most of a schedule's worker publishes they hit.
 const PUBLISH_FAULT_SEED: u64 = 0x0B0C_FA17;
@@ -122,15 +105,6 @@ const FLOOD_JOBS: std::ops::RangeInclusive<usize> = 8..=24;
 /// The share of schedules with two partners or more where the last one has no lane (not in the
 /// workers' configuration yet): its jobs travel in the shared queue.
 const UNKNOWN_PARTNER_SCHEDULES: f64 = 0.2;
-
-/// The share of schedules whose Redis loses everything once (`SIM_DATA_LOSS`, default
-/// [`DATA_LOSS_SHARE`]).
-fn data_loss_share() -> f64 {
-    std::env::var("SIM_DATA_LOSS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(DATA_LOSS_SHARE)
-}
 
 /// Mixed into the seed for the pause draws: the share of schedules whose workers pause (a
 /// stop-the-world collection, a throttled VM), how likely a call of theirs starts a pause, and
@@ -407,7 +381,7 @@ async fn schedule(seed: u64) -> Report {
     {
         // Draws of their own, so every other draw of a schedule stays what it was.
         let mut loss = fastrand::Rng::with_seed(seed ^ LOSS_SEED);
-        if loss.f64() < data_loss_share() {
+        if loss.f64() < share("SIM_DATA_LOSS", DATA_LOSS_SHARE) {
             let when = Duration::from_millis(loss.u64(..chaos_window.as_millis() as u64));
             timeline.push((when, Chaos::LoseEverything));
         }
@@ -451,7 +425,7 @@ async fn schedule(seed: u64) -> Report {
     // Each worker's clock is off by its own amount in some schedules, from draws of their own:
     // the records one writes (a create's send time) are read by another.
     let mut skews = fastrand::Rng::with_seed(seed ^ SKEW_SEED);
-    let skewed = skews.f64() < clock_skew_share();
+    let skewed = skews.f64() < share("SIM_CLOCK_SKEW", CLOCK_SKEW_SHARE);
     let processes: Vec<Arc<Mutex<Process>>> = (0..workers)
         .map(|_| {
             let skew_ms = if skewed {
@@ -834,7 +808,7 @@ struct PartialLoss {
 impl PartialLoss {
     fn draw(seed: u64, chaos_window: Duration) -> Option<Self> {
         let mut rng = fastrand::Rng::with_seed(seed ^ PARTIAL_SEED);
-        if rng.f64() >= partial_loss_share() {
+        if rng.f64() >= share("SIM_PARTIAL_LOSS", PARTIAL_LOSS_SHARE) {
             return None;
         }
         let span = u64::try_from(chaos_window.as_millis()).unwrap_or(u64::MAX);
