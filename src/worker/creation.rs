@@ -119,7 +119,7 @@ pub(super) async fn handle(
             if created.is_some() || records == Records::Lost {
                 Decision::Park("the delivery limit was reached".into())
             } else {
-                Decision::Failed(internal("the job reached the broker's delivery limit"))
+                made_or_internal(ctx, job, "the job reached the broker's delivery limit").await
             }
         } else {
             steps::run(ctx, job, incoming, token, created, records).await
@@ -144,7 +144,7 @@ pub(super) async fn after_panic(
         // have been sent before. A copy asks Stripe first; this task, which just panicked,
         // stores no failure.
         Ok(None) => match ctx.ports.store.has_record(&pay_key).await {
-            Ok(true) => Decision::Failed(internal("the job panicked")),
+            Ok(true) => made_or_internal(ctx, job, "the job panicked").await,
             Ok(false) => Decision::Retry {
                 reason: "the job panicked, and the store has lost its records".into(),
                 create_sent: true,
@@ -154,6 +154,34 @@ pub(super) async fn after_panic(
         Err(error) => Decision::HandBack(error.to_string()),
     };
     conclude(ctx, job, incoming, token, decision).await
+}
+
+/// The ending of a job with no create on record that cannot go on (`why`): the subscription,
+/// if one of the payId is on the person's customer after all (a failover took the create record
+/// back), else `INTERNAL_ERROR`; unknown (parked) while Stripe cannot be asked. The lookup runs
+/// in a task of its own: the job may be ending after a panic in the Stripe client.
+async fn made_or_internal(ctx: &JobContext, job: &Job, why: &str) -> Decision {
+    let (stripe, store) = (ctx.ports.stripe.clone(), ctx.ports.store.clone());
+    let (retry, copy) = (ctx.settings.retry.clone(), job.clone());
+    let partner = crate::stripe::current_partner();
+    let lookup = async move {
+        crate::stripe::on_behalf_of(Some(&partner), async {
+            steps::made_before(stripe.as_ref(), store.as_ref(), &retry, &copy).await
+        })
+        .await
+    };
+    match tokio::spawn(lookup.in_current_span()).await {
+        Ok(Ok(Some(made))) => Decision::Made(made),
+        Ok(Ok(None)) => Decision::Failed(internal(why)),
+        // Not known yet: looked up again later, unless the job is past `give_up_after`.
+        Ok(Err(failure)) if !steps::given_up(ctx, job) => {
+            Decision::Park(format!("{why}; Stripe could not be asked: {failure}"))
+        }
+        Ok(Err(_)) => Decision::Failed(internal(why)),
+        // The lookup panicked too (the bug is in the Stripe client): it cannot tell, and the
+        // job must not wait for ever on a broken client. Ended as before there was a lookup.
+        Err(_) => Decision::Failed(internal(why)),
+    }
 }
 
 /// Runs `work` while keeping the payId's lock alive (every third of its TTL). In the same task,

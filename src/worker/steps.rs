@@ -296,6 +296,38 @@ async fn failure_recorded(
     Ok(value.and_then(|value| failure_mark::read(&pay_key, &value)))
 }
 
+/// A subscription of the payId on the person's customer, looked up before a job with no create
+/// on record ends `INTERNAL_ERROR` (the delivery limit, a panic): a failover that lost the
+/// store's last writes can have taken back the create record of a create that went out, so "no
+/// create on record" does not prove that nothing was made. Lists only (the customer remembered
+/// or listed by email, then its subscriptions), which see a write at once, unlike search; two
+/// calls at most, on those rare paths only.
+pub(super) async fn made_before(
+    stripe: &dyn StripeApi,
+    store: &dyn super::ports::JobStore,
+    retry: &RetryPolicy,
+    job: &Job,
+) -> Result<Option<Made>, StripeFailure> {
+    let (partner, email) = (job.partner_code.as_str(), job.email.as_str());
+    let customer = match store.customer_of(partner, email).await {
+        Ok(Some(customer)) => Some(customer),
+        // Not remembered, or the store cannot say: Stripe lists the person's customer.
+        _ => with_retries(retry, || stripe.find_customer(partner, email)).await?,
+    };
+    let Some(customer) = customer else {
+        return Ok(None);
+    };
+    let found = with_retries(retry, || {
+        stripe.find_subscription(&customer, job.pay_id.as_str())
+    })
+    .await?;
+    Ok(found.map(|subscription| Made {
+        customer,
+        pay_method: subscription.pay_method.clone(),
+        subscription,
+    }))
+}
+
 /// Records the job's final failure at Stripe, before it is stored and announced: on the
 /// customer of (`partnerCode`, `email`), made for it when there is none. Its own quick retries;
 /// a failure that remains says why the mark could not be written.
