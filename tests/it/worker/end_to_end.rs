@@ -156,7 +156,7 @@ async fn the_same_request_twice_makes_one_subscription() {
 }
 
 #[tokio::test]
-async fn a_new_customer_costs_three_stripe_calls_and_a_returning_one_two() {
+async fn a_new_customer_costs_three_stripe_calls_and_a_returning_one_three() {
     let stack = TestStack::deployment().workers(1).start().await;
     let email = json!(format!(
         "returning-{}@example.com",
@@ -192,7 +192,14 @@ async fn a_new_customer_costs_three_stripe_calls_and_a_returning_one_two() {
         3,
         "list, create with the method, subscribe"
     );
-    assert_eq!(after - before_returning, 2, "attach, subscribe");
+    // The customer is remembered, so the job lists the person's customers once for a failure's
+    // mark of its payId (a failover may have taken an `F` back; docs/design.md, "Partial loss of
+    // Redis") before it attaches.
+    assert_eq!(
+        after - before_returning,
+        3,
+        "the marks read, attach, subscribe"
+    );
     let events = stack.events_by_pay_id();
     let customer = |pay_id: &str| events[pay_id][0]["data"]["customer_id"].clone();
     assert_eq!(
