@@ -69,6 +69,10 @@ cleanup() {
     [ -f "$BASE/$i/pid" ] && kill -9 "$(cat "$BASE/$i/pid")" 2>/dev/null || true
   done
   [ -n "${KEEP_LOGS:-}" ] && cp -r "$BASE" "$KEEP_LOGS" 2>/dev/null; rm -rf "$BASE"
+  # The run's keys on the shared Redis: `<prefix>:…`, and the budget's `{<prefix>:…}`.
+  for pattern in "${RUN}:*" "{${RUN}:*"; do
+    redis-cli --scan --pattern "$pattern" 2>/dev/null | xargs -r -n 500 redis-cli del >/dev/null 2>&1 || true
+  done
 }
 trap cleanup EXIT
 
