@@ -1,13 +1,17 @@
 //! `autorenew events`: prints the result events as they are published, one JSON object a line,
-//! until Ctrl-C. A queue of its own (server-named, exclusive, auto-delete) is bound to
-//! `<prefix>.results`, so it takes nothing from anyone else's queue and vanishes with it.
+//! until Ctrl-C, from a `tap` on `<prefix>.results`: a queue of its own (server-named, exclusive,
+//! auto-delete), so it takes nothing from anyone else's queue and vanishes with it. The tests'
+//! stacks collect the events through the same `tap`.
 
 use std::io::Write;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::types::FieldTable;
+use lapin::{Channel, Consumer, ExchangeKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Broker, Topology};
@@ -42,38 +46,7 @@ pub async fn run(
     }
     let channel = broker.open_channel().await?;
     let exchange = broker.topology().results();
-    let queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_bind(
-            queue.name().clone(),
-            exchange.as_str().into(),
-            args.key.as_str().into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    // No acks: the queue is ours alone and goes with us.
-    let mut consumer = channel
-        .basic_consume(
-            queue.name().clone(),
-            "autorenew-events".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let mut consumer = tap(&channel, &exchange, &args.key, "autorenew-events").await?;
     // On stderr, so stdout is only events: from here on, no event is missed.
     eprintln!(
         "autorenew events: printing the events of {exchange} with key `{}`; Ctrl-C to stop",
@@ -97,6 +70,61 @@ pub async fn run(
     }
     let _ = channel.close(200, "done".into()).await;
     Ok(())
+}
+
+/// A queue of the caller's own on the results exchange `exchange`, bound with `key` (a
+/// routing-key pattern), and its consumer. The queue is server-named, exclusive and auto-delete,
+/// so it takes nothing from anyone else's queue and goes with the channel; deliveries need no
+/// ack. The exchange is declared as the service declares it (a durable topic), so a tap may
+/// start before any intake or worker has.
+pub async fn tap(
+    channel: &Channel,
+    exchange: &str,
+    key: &str,
+    consumer_tag: &str,
+) -> Result<Consumer, lapin::Error> {
+    channel
+        .exchange_declare(
+            exchange.into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            exchange.into(),
+            key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .basic_consume(
+            queue.name().clone(),
+            consumer_tag.into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
 }
 
 /// The body as one line: as published when it is one line already (events are compact JSON),

@@ -228,6 +228,9 @@ impl Service {
             .expect("logs");
         delete_queues(&self.prefix).await;
         delete_keys(SHARED_REDIS, &self.prefix).await;
+        // `run` with its simulator keeps its keys under a prefix of its own,
+        // `<prefix>.run-<millis>` (src/run.rs): a pattern, as `KEYS` reads it.
+        delete_keys(SHARED_REDIS, &format!("{}.run-*", self.prefix)).await;
         logs
     }
 }

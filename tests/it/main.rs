@@ -2,6 +2,7 @@
 
 mod addresses;
 mod events_command;
+mod harness;
 mod helpers;
 mod hostile;
 mod intake;

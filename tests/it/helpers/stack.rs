@@ -19,12 +19,14 @@
 //! A stack has its own queue prefix and Redis key prefix, and writes its settings to a config
 //! file for the child processes it starts. An accessor on a part that was not asked for panics
 //! with the builder method to call. `teardown` stops what runs and deletes the stack's queues,
-//! exchanges and keys on the shared broker and Redis; a stack of the simulator alone declares
-//! none, and dropping it is enough.
+//! exchanges and keys on the shared broker and Redis. A stack dropped without it (its test
+//! failed) deletes them too, and a stack of the simulator alone declares none, so dropping it is
+//! enough.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -32,11 +34,6 @@ use autorenew::broker::Topology;
 use autorenew::config::Settings;
 use autorenew::store::Store;
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
-};
-use lapin::types::FieldTable;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use stripe_sim::SimSettings;
@@ -205,6 +202,8 @@ impl<'a> TestStackBuilder<'a> {
             workers: Vec::new(),
             store: OnceLock::new(),
             _config_dir: config_dir,
+            torn_down: false,
+            touched_shared: AtomicBool::new(self.intake || self.tap || self.push_receiver),
         };
         for _ in 0..self.workers {
             stack.spawn_worker().await;
@@ -230,6 +229,11 @@ pub struct TestStack {
     workers: Vec<RunningWorker>,
     store: OnceLock<Store>,
     _config_dir: tempfile::TempDir,
+    /// Set by `teardown`; without it, dropping the stack deletes what it declared.
+    torn_down: bool,
+    /// Whether a part may have declared queues or written keys on the broker and Redis: any
+    /// part but the simulator, the store, a worker or a command started (set where they start).
+    touched_shared: AtomicBool,
 }
 
 impl TestStack {
@@ -278,6 +282,7 @@ impl TestStack {
 
     /// The store on the stack's Redis keys, made on first use.
     pub fn store(&self) -> &Store {
+        self.touched_shared.store(true, Ordering::Relaxed);
         self.store
             .get_or_init(|| Store::new(&self.settings.redis).expect("the store opens"))
     }
@@ -289,6 +294,7 @@ impl TestStack {
 
     /// As `spawn_worker`, also telling the worker's probe address.
     pub async fn spawn_worker_at(&mut self) -> (CancellationToken, String) {
+        self.touched_shared.store(true, Ordering::Relaxed);
         let stop = CancellationToken::new();
         let app = autorenew::worker::Application::build(&self.settings)
             .await
@@ -337,6 +343,7 @@ impl TestStack {
     /// `autorenew --config <this stack's config file> ARGS`, logging warnings only, with no
     /// stdin: the real binary, as an operator runs it against this stack.
     pub fn autorenew(&self, args: &[&str]) -> Command {
+        self.touched_shared.store(true, Ordering::Relaxed);
         let mut command = Command::new(env!("CARGO_BIN_EXE_autorenew"));
         command
             .arg("--config")
@@ -423,10 +430,26 @@ impl TestStack {
     }
 
     /// Stops every part, then deletes the stack's queues, exchanges and keys.
-    pub async fn teardown(self) {
+    pub async fn teardown(mut self) {
         // Workers first, waited for: a worker still running when its queues are deleted sees
         // its consumer cancelled, reconnects and declares them again, and they outlive the test.
-        stop_and_wait(self.workers).await;
+        stop_and_wait(std::mem::take(&mut self.workers)).await;
+        self.stop_parts();
+        self.sim = None;
+        delete_topology(&Topology::from_settings(&self.settings)).await;
+        delete_keys(
+            self.settings.redis.url.expose_secret(),
+            &self.settings.redis.key_prefix,
+        )
+        .await;
+        self.torn_down = true;
+    }
+
+    /// Tells every part but the simulator to stop.
+    fn stop_parts(&self) {
+        for (stop, _) in &self.workers {
+            stop.cancel();
+        }
         for notifier in &self.notifiers {
             notifier.cancel();
         }
@@ -439,13 +462,39 @@ impl TestStack {
         if let Some(intake) = &self.intake {
             intake.stop();
         }
-        drop(self.sim);
-        delete_topology(&Topology::from_settings(&self.settings)).await;
-        delete_keys(
-            self.settings.redis.url.expose_secret(),
-            &self.settings.redis.key_prefix,
-        )
-        .await;
+    }
+}
+
+/// A stack dropped without `teardown` (its test panicked, or returned early) still deletes its
+/// queues, exchanges and keys, so a failed test leaves nothing on the shared broker for the
+/// next run to trip over. The test's runtime is unwinding or busy, so the deleting runs on a
+/// thread and runtime of its own, bounded in time; workers of this process cannot declare
+/// their queues again meanwhile, as the test's runtime does not run them while it waits here.
+impl Drop for TestStack {
+    fn drop(&mut self) {
+        if self.torn_down || !self.touched_shared.load(Ordering::Relaxed) {
+            return;
+        }
+        self.stop_parts();
+        let topology = Topology::from_settings(&self.settings);
+        let redis_url = self.settings.redis.url.expose_secret().to_owned();
+        let key_prefix = self.settings.redis.key_prefix.clone();
+        let cleanup = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                let delete = async {
+                    delete_topology(&topology).await;
+                    delete_keys(&redis_url, &key_prefix).await;
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(30), delete).await;
+            });
+        });
+        let _ = cleanup.join();
     }
 }
 
@@ -491,49 +540,9 @@ impl Tap {
         let connection = shared_amqp().await;
         let channel = connection.create_channel().await.expect("channel");
         let exchange = format!("{prefix}.results");
-        channel
-            .exchange_declare(
-                exchange.as_str().into(),
-                lapin::ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
+        let mut consumer = autorenew::events::tap(&channel, &exchange, "subscription.#", "tap")
             .await
-            .expect("results exchange");
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("tap queue");
-        channel
-            .queue_bind(
-                queue.name().clone(),
-                exchange.as_str().into(),
-                "subscription.#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("bind");
-        let mut consumer = channel
-            .basic_consume(
-                queue.name().clone(),
-                "tap".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("consume");
+            .expect("a tap on the results exchange");
         let events = Arc::new(Mutex::new(Vec::new()));
         let stop = CancellationToken::new();
         let (sink, until) = (events.clone(), stop.clone());
@@ -543,7 +552,6 @@ impl Tap {
                     () = until.cancelled() => break,
                     delivery = consumer.next() => match delivery {
                         Some(Ok(delivery)) => {
-                            let _ = delivery.ack(BasicAckOptions::default()).await;
                             let mut event: Value = serde_json::from_slice(&delivery.data).unwrap_or(Value::Null);
                             event["_routing_key"] = json!(delivery.routing_key.as_str());
                             event["_content_type"] = json!(delivery.properties.content_type().as_ref().map(|c| c.to_string()));
