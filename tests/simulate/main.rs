@@ -5,14 +5,18 @@
 //! docs/design.md#how-a-request-becomes-a-subscription. A seed replays its schedule exactly.
 //!
 //! `SIM_SCHEDULES` (default 500) schedules, schedule i with seed `SIM_SEED` + i (without
-//! `SIM_SEED`, the regression seeds too); `SIM_TRACE=1`
+//! `SIM_SEED`, the regression seeds too), on `SIM_THREADS` threads (default: one a core; the
+//! output is in the seeds' order whatever the number); `SIM_TRACE=1`
 //! prints every schedule's trace; `SIM_TWICE=1` runs each schedule twice and counts a
 //! different trace as a violation. The last line is `simulation: N schedules, V violations`.
 
 mod checks;
+mod parallel;
 mod schedule;
 
 use std::process::ExitCode;
+
+use parallel::{default_threads, run_all};
 
 /// The base seed when `SIM_SEED` is not set.
 const BASE_SEED: u64 = 20_261_130;
@@ -39,75 +43,119 @@ fn main() -> ExitCode {
     let base = env_number("SIM_SEED", BASE_SEED);
     let print_all = std::env::var("SIM_TRACE").is_ok_and(|v| v == "1");
     let twice = std::env::var("SIM_TWICE").is_ok_and(|v| v == "1");
+    let threads = env_number("SIM_THREADS", default_threads());
     quiet_injected_panics();
-
-    let mut violations = 0;
-    let mut failing = 0;
-    let mut coverage = [0_u64; COVERAGE.len()];
-    let mut refusals_parked = 0_u64;
-    let mut refusals_after_create = 0_u64;
     let mut seeds: Vec<u64> = (0..schedules).map(|i| base.wrapping_add(i)).collect();
     if std::env::var("SIM_SEED").is_err() {
         seeds.extend(REGRESSION_SEEDS);
     }
     let total = seeds.len();
-    for (index, seed) in seeds.into_iter().enumerate() {
-        let mut report = schedule::run(seed);
-        if twice {
-            let again = schedule::run(seed);
-            if again.trace != report.trace {
-                report
-                    .violations
-                    .push("the same seed gave a different trace".into());
-            }
-        }
-        for (seen, (_, needle)) in coverage.iter_mut().zip(COVERAGE) {
-            if report.trace.iter().any(|line| line.contains(needle)) {
-                *seen += 1;
-            }
-        }
-        let (after_create, parked) = refusals(&report.trace);
-        refusals_after_create += u64::from(after_create);
-        refusals_parked += u64::from(parked);
-        if print_all {
-            println!("--- seed {seed}: {}", report.summary);
-            for line in &report.trace {
-                println!("{line}");
-            }
-        }
-        if report.violations.is_empty() {
-            continue;
-        }
-        violations += report.violations.len();
-        failing += 1;
-        println!(
-            "schedule {index} (seed {seed}) broke {} invariant(s): {}",
-            report.violations.len(),
-            report.summary
-        );
-        for violation in &report.violations {
-            println!("  violation: {violation}");
-        }
-        if failing <= TRACES_SHOWN && !print_all {
-            println!("  replay it with: scripts/simulate.sh 1 {seed}");
-            for line in &report.trace {
-                println!("  {line}");
-            }
-        }
-    }
+    let mut tally = Tally::default();
+    run_all(
+        &seeds,
+        threads,
+        |seed| run_schedule(seed, twice, print_all),
+        |index, seed, outcome| tally.add(index, seed, outcome, print_all),
+    );
     let mut reached: Vec<String> = COVERAGE
         .iter()
-        .zip(coverage)
+        .zip(tally.coverage)
         .map(|((name, _), seen)| format!("{name} {seen}"))
         .collect();
-    reached.push(format!("refusal after a create {refusals_after_create}"));
-    reached.push(format!("refusal parked {refusals_parked}"));
+    reached.push(format!(
+        "refusal after a create {}",
+        tally.refusals_after_create
+    ));
+    reached.push(format!("refusal parked {}", tally.refusals_parked));
     println!("schedules that reached: {}", reached.join(", "));
-    println!("simulation: {total} schedules, {violations} violations");
-    if violations == 0 {
+    println!(
+        "simulation: {total} schedules, {} violations",
+        tally.violations
+    );
+    if tally.violations == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// What the summary needs of one schedule: its trace is kept only to be printed.
+struct Outcome {
+    violations: Vec<String>,
+    summary: String,
+    /// The schedule's trace, when it is to be printed (it broke an invariant, or `SIM_TRACE`).
+    trace: Option<Vec<String>>,
+    reached: [bool; COVERAGE.len()],
+    refusal_after_create: bool,
+    refusal_parked: bool,
+}
+
+fn run_schedule(seed: u64, twice: bool, print_all: bool) -> Outcome {
+    let mut report = schedule::run(seed);
+    if twice {
+        let again = schedule::run(seed);
+        if again.trace != report.trace {
+            report
+                .violations
+                .push("the same seed gave a different trace".into());
+        }
+    }
+    let reached = COVERAGE.map(|(_, needle)| report.trace.iter().any(|line| line.contains(needle)));
+    let (refusal_after_create, refusal_parked) = refusals(&report.trace);
+    let keep_trace = print_all || !report.violations.is_empty();
+    Outcome {
+        violations: report.violations,
+        summary: report.summary,
+        trace: keep_trace.then_some(report.trace),
+        reached,
+        refusal_after_create,
+        refusal_parked,
+    }
+}
+
+/// The run's totals, and the printing of each schedule's news, in the seeds' order.
+#[derive(Default)]
+struct Tally {
+    violations: usize,
+    failing: usize,
+    coverage: [u64; COVERAGE.len()],
+    refusals_after_create: u64,
+    refusals_parked: u64,
+}
+
+impl Tally {
+    fn add(&mut self, index: usize, seed: u64, outcome: Outcome, print_all: bool) {
+        for (seen, reached) in self.coverage.iter_mut().zip(outcome.reached) {
+            *seen += u64::from(reached);
+        }
+        self.refusals_after_create += u64::from(outcome.refusal_after_create);
+        self.refusals_parked += u64::from(outcome.refusal_parked);
+        let trace = outcome.trace.unwrap_or_default();
+        if print_all {
+            println!("--- seed {seed}: {}", outcome.summary);
+            for line in &trace {
+                println!("{line}");
+            }
+        }
+        if outcome.violations.is_empty() {
+            return;
+        }
+        self.violations += outcome.violations.len();
+        self.failing += 1;
+        println!(
+            "schedule {index} (seed {seed}) broke {} invariant(s): {}",
+            outcome.violations.len(),
+            outcome.summary
+        );
+        for violation in &outcome.violations {
+            println!("  violation: {violation}");
+        }
+        if self.failing <= TRACES_SHOWN && !print_all {
+            println!("  replay it with: scripts/simulate.sh 1 {seed}");
+            for line in &trace {
+                println!("  {line}");
+            }
+        }
     }
 }
 

@@ -556,7 +556,8 @@ struct Running {
     now: Instant,
 }
 
-/// One Lua interpreter per thread (the simulation runs on one), with each script compiled once.
+/// One Lua interpreter per thread (each thread of the simulation runs its schedules one at a
+/// time), with each script compiled once.
 /// It is not `Send`, so it lives here rather than in the store, which tasks share.
 struct Scripting {
     lua: Lua,

@@ -14,10 +14,13 @@
 //! 4. an event recorded `delivered` was taken by its endpoint;
 //! 5. a delivered event never goes back to pending or failed.
 //!
-//! `SIM_PUSH_SCHEDULES` (default 200) schedules from `SIM_SEED` (default 20261207) on;
-//! `SIM_TRACE=1` prints each schedule's summary. The last line is
+//! `SIM_PUSH_SCHEDULES` (default 200) schedules from `SIM_SEED` (default 20261207) on, on
+//! `SIM_THREADS` threads (default: one a core); `SIM_TRACE=1` prints each schedule's summary. The last line is
 //! `push simulation: N schedules, V violations`.
 
+// The schedules run side by side, as the job path's do.
+#[path = "../parallel.rs"]
+mod parallel;
 mod twins;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,6 +33,7 @@ use autorenew::domain::push::{DeliveryStatus, Trigger, webhook_id};
 use autorenew::push::ports::{BreakerRule, PushClock};
 use autorenew::push::{Deliverer, DeliveryEnd, Lane};
 use bytes::Bytes;
+use parallel::{default_threads, run_all};
 use tokio::sync::Semaphore;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -50,11 +54,11 @@ fn main() -> ExitCode {
     let schedules = env_number("SIM_PUSH_SCHEDULES", 200);
     let base = env_number("SIM_SEED", BASE_SEED);
     let print_all = std::env::var("SIM_TRACE").is_ok_and(|v| v == "1");
+    let threads = env_number("SIM_THREADS", default_threads());
+    let seeds: Vec<u64> = (0..schedules).map(|i| base.wrapping_add(i)).collect();
     let mut violations = 0;
     let mut reached = BTreeMap::<&str, u64>::new();
-    for index in 0..schedules {
-        let seed = base.wrapping_add(index);
-        let report = run(seed);
+    run_all(&seeds, threads, run, |index, seed, report| {
         for (name, hit) in &report.reached {
             if *hit {
                 *reached.entry(name).or_default() += 1;
@@ -77,7 +81,7 @@ fn main() -> ExitCode {
                 "  replay it with: SIM_PUSH_SCHEDULES=1 SIM_SEED={seed} cargo test --test simulate_push"
             );
         }
-    }
+    });
     let reached: Vec<String> = reached.iter().map(|(k, v)| format!("{k} {v}")).collect();
     println!("push schedules that reached: {}", reached.join(", "));
     println!("push simulation: {schedules} schedules, {violations} violations");
