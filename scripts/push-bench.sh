@@ -40,22 +40,17 @@ fi
 BIN="${BIN:-$PWD/target/$PROFILE/autorenew}"
 RUN=pushbench$$
 dir=$(mktemp -d)
-pids=()
 
-cleanup() {
-  for pid in "${pids[@]:-}"; do [ -n "$pid" ] && kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rabbitmqctl -q list_queues --no-table-headers name </dev/null 2>/dev/null | grep "^$RUN" |
-    while read -r q; do rabbitmqctl -q delete_queue "$q" </dev/null >/dev/null 2>&1 || true; done
-  redis-cli --scan --pattern "$RUN*" 2>/dev/null | xargs -r -n 500 redis-cli del >/dev/null 2>&1 || true
-  rm -rf "$dir"
-}
-trap cleanup EXIT
+# What the drills share (scripts/lib/drill.sh): the ports, and the tear-down of this run's
+# queues, exchanges and keys, and of its scratch folder.
+# shellcheck source=lib/drill.sh
+source scripts/lib/drill.sh
+OUT=$dir
+trap drill_cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-receiver_port=$(free_port)
-notifier_port=$(free_port)
-intake_port=$(free_port)
+receiver_port=$(drill_free_port)
+notifier_port=$(drill_free_port)
+intake_port=$(drill_free_port)
 RECEIVER=http://127.0.0.1:$receiver_port
 SECRET="whsec_ZGVtby1wdXNoLXNlY3JldC1vZi1QMDAwODE4LTMyYg=="
 
