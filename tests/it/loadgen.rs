@@ -16,9 +16,7 @@ use loadgen::{LoadgenArgs, Plan, Report};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{
-    OTHER_PARTNER, SHARED_AMQP, SHARED_REDIS, TestStack, read_queue, test_settings,
-};
+use crate::helpers::{OTHER_PARTNER, SHARED_AMQP, SHARED_REDIS, TestStack, test_settings};
 use crate::wiring::loadgen_defaults;
 
 /// `autorenew loadgen`'s flags, as its subcommand parses them.
@@ -96,12 +94,7 @@ async fn intake_only_load_gets_the_answer_each_request_kind_expects() {
     assert_eq!(report.latency_ms.all.map(|p| p.count), Some(200));
 
     // One job per distinct valid payId: duplicates and conflicts made none.
-    let jobs = read_queue(
-        &crate::helpers::lane(app.prefix(), crate::helpers::PARTNER),
-        200,
-        Duration::from_secs(3),
-    )
-    .await;
+    let jobs = app.jobs_queued(200, Duration::from_secs(3)).await;
     assert_eq!(jobs.len() as u64, sent.fresh);
     stack.teardown().await;
 }

@@ -8,7 +8,7 @@ use autorenew::intake::Application;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::{Answer, SECRET, poll_until, signed};
+use super::{Answer, PARTNER, Received, SECRET, lane, poll_until, read_queue, signed};
 
 /// A running intake. Started by `TestStack::builder().intake()`; the stack stops it and
 /// deletes its queues and keys in `teardown`.
@@ -47,6 +47,12 @@ impl TestApp {
 
     pub fn prefix(&self) -> &str {
         &self.settings.amqp.prefix
+    }
+
+    /// The jobs the intake put on the demo partner's lane: up to `count` (asking for more than
+    /// are expected shows a job too many), read for at most `limit`.
+    pub async fn jobs_queued(&self, count: usize, limit: Duration) -> Vec<Received> {
+        read_queue(&lane(self.prefix(), PARTNER), count, limit).await
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {

@@ -4,9 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::{
-    OTHER_PARTNER, OTHER_SECRET, PARTNER, SECRET, TestStack, read_queue, valid_request,
-};
+use crate::helpers::{OTHER_PARTNER, OTHER_SECRET, PARTNER, SECRET, TestStack, valid_request};
 
 #[tokio::test]
 async fn a_valid_request_lands_on_the_jobs_queue_as_a_persistent_job() {
@@ -25,12 +23,7 @@ async fn a_valid_request_lands_on_the_jobs_queue_as_a_persistent_job() {
     for field in ["customer_id", "pay_method", "product_id", "sub_id"] {
         assert_eq!(answer.body[field], "", "{field}");
     }
-    let jobs = read_queue(
-        &crate::helpers::lane(app.prefix(), crate::helpers::PARTNER),
-        2,
-        Duration::from_secs(3),
-    )
-    .await;
+    let jobs = app.jobs_queued(2, Duration::from_secs(3)).await;
     assert_eq!(jobs.len(), 1, "exactly one job");
     let job = &jobs[0];
     assert_eq!(job.properties.delivery_mode(), &Some(2), "persistent");
@@ -67,12 +60,7 @@ async fn the_same_request_again_answers_the_same_and_enqueues_nothing_more() {
     assert_eq!(first.status, 200);
     assert_eq!(second.status, 200);
     assert_eq!(first.body, second.body);
-    let jobs = read_queue(
-        &crate::helpers::lane(app.prefix(), crate::helpers::PARTNER),
-        2,
-        Duration::from_secs(2),
-    )
-    .await;
+    let jobs = app.jobs_queued(2, Duration::from_secs(2)).await;
     assert_eq!(jobs.len(), 1, "one job for one payId");
     stack.teardown().await;
 }
@@ -90,12 +78,7 @@ async fn concurrent_copies_of_one_request_make_one_job() {
         assert_eq!(answer.status, 200, "{:?}", answer.body);
         assert_eq!(answer.body["operateCode"], "S");
     }
-    let jobs = read_queue(
-        &crate::helpers::lane(app.prefix(), crate::helpers::PARTNER),
-        3,
-        Duration::from_secs(2),
-    )
-    .await;
+    let jobs = app.jobs_queued(3, Duration::from_secs(2)).await;
     assert_eq!(jobs.len(), 1, "one job for one payId");
     stack.teardown().await;
 }
@@ -297,12 +280,7 @@ async fn a_retry_takes_over_a_claim_whose_holder_died_and_publishes_the_first_re
 
     assert_eq!(answer.status, 200, "{:?}", answer.body);
     assert_eq!(answer.body["status"], "processing", "{:?}", answer.body);
-    let jobs = read_queue(
-        &crate::helpers::lane(app.prefix(), crate::helpers::PARTNER),
-        2,
-        Duration::from_secs(3),
-    )
-    .await;
+    let jobs = app.jobs_queued(2, Duration::from_secs(3)).await;
     assert_eq!(jobs.len(), 1, "exactly one job");
     assert_eq!(
         jobs[0].body["requestId"], "the-first-request",
