@@ -3,7 +3,8 @@
 # schedule i with seed SEED+i (default: the binary's base seed). The last line is
 # `simulation: N schedules, V violations`; a violation prints its seed and trace, and
 # `scripts/simulate.sh 1 SEED` replays that schedule exactly.
-# Extra: SIM_TRACE=1 prints every schedule's trace, SIM_TWICE=1 runs each twice and compares.
+# Extra: SIM_TRACE=1 prints every schedule's trace, SIM_TWICE=1 runs each twice and compares,
+# SIM_THREADS=N runs them on N threads (default: one a core; the output is the same).
 # PROFILE=release builds optimised (faster for 10,000s of schedules).
 set -euo pipefail
 cd "$(dirname "$0")/.."
